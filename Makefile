@@ -1,0 +1,39 @@
+# Two entry points on a fresh Debian machine (root): `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := mosquitto docker-registry apache2-utils buildah debootstrap podman runc git
+
+.PHONY: demo test install system-packages venv lint clean
+
+demo: install
+	$(PY) scripts/demo.py
+
+test: install
+	$(VENV)/bin/pytest -q
+
+install: system-packages venv
+
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  systemctl disable --now mosquitto docker-registry >/dev/null 2>&1 || true; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml utils_pkg/pyproject.toml
+	test -x $(PY) || python3.11 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e utils_pkg -e '.[dev]'
+	touch $@
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy manager services orchestrator_adapters utils_pkg/flops_utils
+
+clean:
+	rm -rf $(VENV)

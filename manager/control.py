@@ -1,0 +1,61 @@
+"""What the REST API asks of the manager's core (implemented by the lifecycle service)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from manager.records import ProjectRecord
+from manager.sla import ProjectSLA
+
+
+class MockDataConfiguration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_name: str = Field(default="digits", description="only 'digits' (scikit-learn, offline) is built in")
+    number_of_partitions: int = Field(default=2, ge=1, le=64)
+    data_tag: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    distribution: str = Field(default="iid", pattern="^(iid|dirichlet)$")
+    dirichlet_alpha: float = Field(default=0.5, gt=0)
+    seed: int = 0
+    nodes: list[str] | None = Field(default=None, description="learner nodes to fill; default: the first N")
+
+
+class MockRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    customer_id: str = Field(default="Admin", alias="customerID")
+    mock_data_configuration: MockDataConfiguration
+
+
+class MockResult(BaseModel):
+    data_tag: str
+    partitions: dict[str, int] = Field(description="node -> rows pushed")
+
+
+class ControlError(Exception):
+    """A request the core refuses; ``status`` is the HTTP status the API answers with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class ProjectControl(Protocol):
+    def start_project(self, sla: ProjectSLA, customer: str) -> ProjectRecord:
+        """Store the project and start its lifecycle in the background; return at once."""
+        ...
+
+    def stop_project(self, project_id: str) -> ProjectRecord: ...
+
+    def tracking_url(self, customer: str) -> str:
+        """The customer's MLflow GUI URL; creates the observatory on demand."""
+        ...
+
+    def push_mock_data(self, request: MockRequest) -> MockResult: ...
+
+    def reset(self) -> None:
+        """Stop everything and wipe the database (admin only)."""
+        ...

@@ -1,0 +1,1 @@
+"""Pluggable orchestrator adapters: local processes, containers, Kubernetes, Oakestra."""

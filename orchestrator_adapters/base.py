@@ -1,0 +1,188 @@
+"""The one small interface every orchestrator adapter implements.
+
+In the spirit of NVIDIA FLARE's job launcher: the lifecycle only ever asks to
+create/delete an app, add/deploy/undeploy/inspect a service and list nodes. Local
+processes, containers, Kubernetes and Oakestra all answer the same calls, and the
+contract tests in ``tests/adapter_contract.py`` run against each of them.
+
+Domain objects here are plain dataclasses; constructors of adapters do no I/O
+(``start()`` does, where an adapter needs it).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class ServiceKind(StrEnum):
+    TRACKING = "tracking"  # MLflow server (observatory)
+    OBSERVER = "observer"  # project observer (observatory)
+    BUILDER = "builder"
+    AGGREGATOR = "aggregator"
+    LEARNER = "learner"
+    SERVING = "serving"  # trained-model inference endpoint
+    DATA_SERVER = "data_server"
+
+
+ONE_SHOT_KINDS = frozenset({ServiceKind.BUILDER, ServiceKind.AGGREGATOR, ServiceKind.LEARNER})
+
+
+class AppKind(StrEnum):
+    OBSERVATORY = "observatory"  # one per customer
+    PROJECT = "project"  # one per project
+
+
+@dataclass(frozen=True)
+class Resources:
+    memory_mb: int = 100
+    vcpus: float = 1
+    storage_mb: int = 0
+
+
+@dataclass(frozen=True)
+class Placement:
+    node: str | None = None  # pin to one node (learners: the node whose data server holds the data)
+    cluster: str | None = None  # hierarchical mode: a cluster aggregator's cluster
+    node_labels: dict[str, str] = field(default_factory=dict)
+    data_tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    name: str
+    port: int  # the port the service binds (container port)
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What to run. ``config`` is the service's typed configuration document (as JSON data)."""
+
+    name: str  # unique within the app, DNS-label safe
+    kind: ServiceKind
+    config: dict[str, object]
+    image: str | None = None  # container adapters
+    command: tuple[str, ...] = ()  # local adapter (argv); containers: entrypoint override
+    environment: dict[str, str] = field(default_factory=dict)
+    resources: Resources = Resources()
+    placement: Placement = Placement()
+    ports: tuple[PortSpec, ...] = ()
+
+    @property
+    def one_shot(self) -> bool:
+        """One-shot services run to completion (Jobs); the rest are long-lived (Deployments)."""
+        return self.kind in ONE_SHOT_KINDS
+
+
+@dataclass(frozen=True)
+class AppRef:
+    app_id: str  # the orchestrator's id for the app
+    name: str
+    kind: AppKind
+    customer: str
+    project_id: str | None = None
+
+
+class ServiceState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    instance_id: str
+    node: str | None
+    state: ServiceState
+    exit_code: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    name: str
+    state: ServiceState
+    instances: tuple[InstanceInfo, ...] = ()
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    cluster: str | None
+    labels: dict[str, str] = field(default_factory=dict)
+    data_server: str | None = None  # host:port of the node's data server, where it has one
+    learner: bool = True
+
+
+class AdapterError(RuntimeError):
+    """An orchestrator refused or failed a request; the message is short and user-facing."""
+
+
+class OrchestratorAdapter(ABC):
+    """Create apps and services on some orchestrator. All methods may do I/O; __init__ must not."""
+
+    name: str = "abstract"
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect / start what the adapter itself needs (e.g. the local adapter's data servers)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; running services keep running."""
+
+    @abstractmethod
+    def create_app(self, name: str, kind: AppKind, customer: str, project_id: str | None = None) -> AppRef: ...
+
+    @abstractmethod
+    def find_app(self, name: str, customer: str) -> AppRef | None: ...
+
+    @abstractmethod
+    def delete_app(self, app: AppRef) -> None:
+        """Undeploy every service of the app and remove it; deleting twice is not an error."""
+
+    @abstractmethod
+    def plan_endpoint(self, app: AppRef, service_name: str, port: PortSpec, placement: Placement) -> Endpoint:
+        """The address a service's port will be reachable at, known before it is deployed.
+
+        Lets the lifecycle write the aggregator's address into learner configs up front.
+        Calling it again with the same arguments returns the same endpoint.
+        """
+
+    @abstractmethod
+    def add_service(self, app: AppRef, spec: ServiceSpec) -> str:
+        """Register a service in the app; returns its service id. Does not start it."""
+
+    @abstractmethod
+    def deploy_service(self, app: AppRef, service_id: str, instances: int = 1) -> None: ...
+
+    @abstractmethod
+    def undeploy_service(self, app: AppRef, service_id: str) -> None:
+        """Stop every instance; undeploying a stopped or unknown service is not an error."""
+
+    @abstractmethod
+    def inspect_service(self, app: AppRef, service_id: str) -> ServiceInfo: ...
+
+    @abstractmethod
+    def list_nodes(self) -> list[NodeInfo]: ...
+
+    def list_clusters(self) -> list[str]:
+        return sorted({node.cluster for node in self.list_nodes() if node.cluster})

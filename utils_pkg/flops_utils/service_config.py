@@ -1,0 +1,131 @@
+"""One typed configuration document per FLOps service.
+
+The manager builds these documents; orchestrator adapters hand them to services as
+JSON, either inline in the ``FLOPS_CONFIG`` environment variable or as a file whose
+path is in ``FLOPS_CONFIG_FILE``. Services call :func:`load_config` and never parse
+positional command-line strings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CONFIG_ENV = "FLOPS_CONFIG"
+CONFIG_FILE_ENV = "FLOPS_CONFIG_FILE"
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MqttSettings(_Config):
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    ca_file: str | None = Field(default=None, description="CA bundle; set to use TLS")
+
+
+class TrainingSettings(_Config):
+    mode: Literal["classic", "hierarchical"] = "classic"
+    data_tags: list[str] = Field(default_factory=list)
+    training_rounds: int = Field(default=3, ge=1)
+    training_cycles: int = Field(default=1, ge=1)
+    min_available_clients: int = Field(default=1, ge=1)
+    min_fit_clients: int = Field(default=1, ge=1)
+    min_evaluate_clients: int = Field(default=1, ge=1)
+    round_timeout_s: float = Field(default=300.0, gt=0, description="stragglers past this are dropped")
+
+
+class RegistrySettings(_Config):
+    address: str = Field(description="host:port of the OCI registry")
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    tls_verify: bool = False
+
+
+class _ServiceConfig(_Config):
+    project_id: str
+    mqtt: MqttSettings
+    instance_name: str = Field(default="", description="name used as MQTT sender; defaults to the service kind")
+
+
+class BuilderConfig(_ServiceConfig):
+    repo_url: str
+    repo_ref: str | None = Field(default=None, description="branch, tag or commit; default branch when None")
+    flavor: Literal["sklearn", "pytorch", "tensorflow", "keras"]
+    cache_dir: str = Field(description="environments, apps and clones are cached here across projects")
+    mode: Literal["local", "oci"] = "local"
+    registry: RegistrySettings | None = None
+    platforms: list[str] = Field(default_factory=lambda: ["linux/amd64"])
+
+
+class AggregatorConfig(_ServiceConfig):
+    role: Literal["classic", "root", "cluster"] = "classic"
+    cluster: str | None = None
+    training: TrainingSettings
+    flavor: Literal["sklearn", "pytorch", "tensorflow", "keras"]
+    app_dir: str = Field(description="augmented user repo with the generated Flower app")
+    bind_host: str = "127.0.0.1"
+    port: int = Field(description="Flower SuperLink port learners (or cluster aggregators) connect to")
+    root_address: str | None = Field(default=None, description="cluster role: host:port of the root aggregator")
+    expected_clusters: list[str] = Field(default_factory=list, description="root role: clusters to wait for")
+    tracking_uri: str | None = None
+    experiment_name: str = "flops"
+    registered_model_name: str | None = None
+    params: dict[str, str] = Field(default_factory=dict, description="extra parameters to log (SLA, build)")
+    work_dir: str = Field(description="scratch space (Flower home, checkpoints)")
+
+
+class LearnerConfig(_ServiceConfig):
+    node: str
+    cluster: str | None = None
+    app_dir: str
+    aggregator_address: str = Field(description="host:port of the SuperLink fleet API")
+    data_server_address: str = Field(description="host:port of this node's data server")
+    data_tags: list[str] = Field(default_factory=list)
+    work_dir: str
+
+
+class ObserverConfig(_ServiceConfig):
+    bind_host: str = "127.0.0.1"
+    port: int
+    log_file: str = Field(description="human-readable event log, appended across restarts")
+
+
+class DataServerConfig(_Config):
+    node: str
+    host: str = "127.0.0.1"
+    port: int
+    storage_dir: str
+    max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+
+
+class ServingConfig(_ServiceConfig):
+    model_uri: str
+    tracking_uri: str
+    bind_host: str = "127.0.0.1"
+    port: int
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def load_config(model: type[ConfigT], environ: dict[str, str] | None = None) -> ConfigT:
+    """Read this service's configuration document from the environment."""
+    env = os.environ if environ is None else environ
+    if CONFIG_ENV in env:
+        return model.model_validate_json(env[CONFIG_ENV])
+    if CONFIG_FILE_ENV in env:
+        return model.model_validate_json(Path(env[CONFIG_FILE_ENV]).read_text())
+    raise RuntimeError(f"no configuration: set {CONFIG_ENV} (JSON) or {CONFIG_FILE_ENV} (path)")
+
+
+def config_environment(config: BaseModel) -> dict[str, str]:
+    """The environment that hands ``config`` to a service."""
+    return {CONFIG_ENV: json.dumps(config.model_dump(mode="json"))}
