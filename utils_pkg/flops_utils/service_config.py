@@ -106,6 +106,17 @@ class DataServerConfig(_Config):
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
 
 
+class TrackingConfig(_Config):
+    """The customer's MLflow tracking server (observatory)."""
+
+    customer: str
+    backend_store_uri: str = Field(description="SQL backend store, e.g. sqlite:////path/mlflow.db or postgresql+psycopg2://")
+    artifacts_destination: str = Field(description="artifact store served through the tracking server")
+    bind_host: str = "127.0.0.1"
+    port: int
+    workers: int = Field(default=1, ge=1)
+
+
 class ServingConfig(_ServiceConfig):
     model_uri: str
     tracking_uri: str

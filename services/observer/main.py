@@ -1,0 +1,100 @@
+"""The project observer: one per project, in the customer's observatory app.
+
+It subscribes to every topic of its project and keeps a human-readable event log
+(appended to a file, so it survives restarts) that it serves over HTTP:
+``GET /events?after=N`` (JSON lines with sequence numbers) and ``GET /health``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+from flops_utils.message_text import describe
+from flops_utils.mqtt_catalogue import FlopsMessage, project_filter
+from flops_utils.mqtt_link import MqttLink
+from flops_utils.service_config import ObserverConfig, load_config
+
+log = logging.getLogger("flops.observer")
+
+
+class EventLog:
+    """Append-only, thread-safe log of lines, persisted one per line in ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._lines: list[str] = []
+
+    def load(self) -> None:
+        if self.path.exists():
+            self._lines = self.path.read_text().splitlines()
+
+    def append(self, line: str) -> None:
+        with self._lock:
+            self._lines.append(line)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as handle:
+                handle.write(line + "\n")
+
+    def since(self, after: int) -> list[dict[str, object]]:
+        with self._lock:
+            return [{"seq": i + 1, "line": line} for i, line in enumerate(self._lines) if i + 1 > after]
+
+
+def format_line(message: FlopsMessage) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(message.sent_at))
+    return f"{stamp} {describe(message)}"
+
+
+def make_handler(events: EventLog) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server naming
+            url = urlparse(self.path)
+            if url.path == "/health":
+                self._send(200, {"status": "ok"})
+            elif url.path == "/events":
+                after = parse_qs(url.query).get("after", ["0"])[0]
+                self._send(200, {"events": events.since(int(after) if after.isdigit() else 0)})
+            else:
+                self._send(404, {"error": f"no such path {url.path}"})
+
+        def _send(self, status: int, body: dict[str, object]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+            log.debug(format, *args)
+
+    return Handler
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s observer %(message)s")
+    config = load_config(ObserverConfig)
+    events = EventLog(Path(config.log_file))
+    events.load()
+    link = MqttLink(config.mqtt, client_id=f"observer-{config.project_id}")
+    link.subscribe(project_filter(config.project_id), lambda _topic, message: events.append(format_line(message)))
+    link.connect(timeout=30)
+    server = ThreadingHTTPServer((config.bind_host, config.port), make_handler(events))
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    log.info("observing project %s on port %s", config.project_id, config.port)
+    try:
+        server.serve_forever()
+    finally:
+        link.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Serves a trained model from MLflow with MLflow's own scoring protocol.
+
+``/invocations`` and ``/ping`` come from ``mlflow.pyfunc.scoring_server``; running
+its ASGI app in-process with uvicorn avoids depending on a ``uvicorn`` binary on
+PATH (the cause of an earlier "exit 127" serving failure).
+"""
+
+from __future__ import annotations
+
+import os
+
+from flops_utils.mqtt_catalogue import ServiceState, ServiceStatus
+from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
+from flops_utils.service_config import ServingConfig, load_config
+
+
+def main() -> None:
+    config = load_config(ServingConfig)
+    os.environ["MLFLOW_TRACKING_URI"] = config.tracking_uri
+    import mlflow.pyfunc
+    import uvicorn
+    from mlflow.pyfunc import scoring_server
+
+    model = mlflow.pyfunc.load_model(config.model_uri)
+    app = scoring_server.init(model)
+    sender = config.instance_name or "serving"
+    try:
+        link = MqttLink(config.mqtt).connect(timeout=10)
+        link.publish(ServiceStatus(project_id=config.project_id, sender=sender, service="serving",
+                                   state=ServiceState.RUNNING, detail=f"serving {config.model_uri}"))
+        link.flush(5)
+        link.close()
+    except BrokerUnavailable:
+        pass  # serving does not depend on the broker; the manager polls /ping
+    uvicorn.run(app, host=config.bind_host, port=config.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""One-line human-readable text for every catalogue message (observer log, manager events)."""
+
+from __future__ import annotations
+
+from flops_utils.mqtt_catalogue import (
+    BuildResult,
+    BuildStep,
+    ControlCommand,
+    EventLine,
+    FlopsMessage,
+    ServiceStatus,
+    TrainingProgress,
+    TrainingResult,
+)
+
+
+def _metric(name: str, value: float | None) -> str:
+    return f" {name}={value:.4f}" if value is not None else ""
+
+
+def describe(message: FlopsMessage) -> str:
+    match message:
+        case ServiceStatus():
+            detail = f": {message.detail}" if message.detail else ""
+            return f"{message.sender} {message.state.value}{detail}"
+        case BuildStep():
+            detail = f" ({message.detail})" if message.detail else ""
+            return f"build step {message.step} {message.outcome} in {message.duration_s:.1f}s{detail}"
+        case BuildResult():
+            how = "reused from cache" if message.cached else "built"
+            seconds = f"{message.total_seconds:.1f}s"
+            return f"environment {message.digest[:12]} {how} for commit {message.commit[:12]} in {seconds}"
+        case TrainingProgress():
+            where = f"cluster {message.cluster} " if message.cluster else ""
+            cycle = f"cycle {message.cycle}/{message.total_cycles} " if message.total_cycles > 1 else ""
+            return (
+                f"{where}{cycle}round {message.round}/{message.total_rounds} done in {message.round_seconds:.1f}s "
+                f"with {message.participants} learners{_metric('loss', message.loss)}"
+                f"{_metric('accuracy', message.accuracy)}"
+            )
+        case TrainingResult():
+            return (
+                f"training finished after {message.rounds_completed} rounds{_metric('loss', message.loss)}"
+                f"{_metric('accuracy', message.accuracy)} (MLflow run {message.mlflow_run_id})"
+            )
+        case EventLine():
+            return f"{message.sender}: {message.text}"
+        case ControlCommand():
+            return f"{message.sender} asked to {message.command}"
+    return str(message)  # pragma: no cover - the union is exhaustive
