@@ -1,0 +1,27 @@
+"""Settings and collaborators a project run needs, gathered in one plain object."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flops_utils.service_config import MqttSettings, RegistrySettings
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    mqtt: MqttSettings
+    state_dir: Path
+    cache_dir: Path
+    orchestrator: str = "local"
+    adapter_settings: dict[str, dict[str, object]] = field(default_factory=dict)
+    registry: RegistrySettings | None = None
+    repo_base_dir: Path = Path.cwd()
+    python: str = sys.executable
+    images: dict[str, str] = field(default_factory=dict)  # service kind -> image, for container orchestrators
+    tracking_timeout_s: float = 240.0
+    build_timeout_s: float = 1800.0
+    training_timeout_s: float = 3600.0
+    serving_timeout_s: float = 180.0
+    poll_interval_s: float = 0.5

@@ -1,0 +1,106 @@
+"""The customer's observatory app: one MLflow tracking server per customer, created on demand."""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+
+from flops_utils.service_config import TrackingConfig
+from manager.lifecycle.context import LifecycleSettings
+from manager.lifecycle.errors import PhaseFailed
+from manager.lifecycle.specs import TRACKING_PORT, bind_host_for, service_spec
+from manager.lifecycle.waiting import http_ok, wait_until
+from manager.storage.base import ProjectStore
+from orchestrator_adapters.base import AppKind, AppRef, OrchestratorAdapter, Placement, ServiceKind, ServiceState
+
+TRACKING_SERVICE = "tracking"
+
+
+def safe_name(text: str) -> str:
+    """A DNS-label-safe version of a customer or project name."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:40] or "x"
+
+
+@dataclass(frozen=True)
+class Observatory:
+    app: AppRef
+    tracking_url: str
+    tracking_service: str
+
+
+class ObservatoryKeeper:
+    """Finds or creates each customer's observatory, one at a time per customer."""
+
+    def __init__(self, settings: LifecycleSettings, store: ProjectStore) -> None:
+        self.settings = settings
+        self.store = store
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, customer: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(customer, threading.Lock())
+
+    def ensure(self, adapter: OrchestratorAdapter, customer: str) -> Observatory:
+        with self._lock(customer):
+            name = f"observatory-{safe_name(customer)}"
+            stored = self.store.find_app(customer, AppKind.OBSERVATORY.value, name)
+            if stored is not None:
+                data = stored.get("data", stored)
+                app = AppRef(str(data["app_id"]), name, AppKind.OBSERVATORY, customer)
+                observatory = Observatory(app, str(data["tracking_url"]), str(data["tracking_service"]))
+                if self._healthy_or_restarted(adapter, observatory):
+                    return observatory
+            return self._create(adapter, customer, name)
+
+    def _healthy_or_restarted(self, adapter: OrchestratorAdapter, observatory: Observatory) -> bool:
+        if http_ok(f"{observatory.tracking_url}/health"):
+            return True
+        try:
+            info = adapter.inspect_service(observatory.app, observatory.tracking_service)
+        except Exception:  # the app vanished (e.g. orchestrator state wiped): create anew
+            return False
+        if info.state in (ServiceState.PENDING, ServiceState.RUNNING):
+            return self._wait_healthy(adapter, observatory)
+        adapter.deploy_service(observatory.app, observatory.tracking_service)
+        return self._wait_healthy(adapter, observatory)
+
+    def _create(self, adapter: OrchestratorAdapter, customer: str, name: str) -> Observatory:
+        app = adapter.find_app(name, customer) or adapter.create_app(name, AppKind.OBSERVATORY, customer)
+        endpoint = adapter.plan_endpoint(app, TRACKING_SERVICE, TRACKING_PORT, Placement())
+        root = self.settings.state_dir / "observatories" / safe_name(customer)
+        config = TrackingConfig(
+            customer=customer,
+            backend_store_uri=f"sqlite:///{root / 'mlflow.db'}",
+            artifacts_destination=str(root / "artifacts"),
+            bind_host=bind_host_for(adapter),
+            port=endpoint.port,
+        )
+        spec = service_spec(
+            TRACKING_SERVICE, ServiceKind.TRACKING, config,
+            python=self.settings.python, image=self.settings.images.get("tracking"), ports=(TRACKING_PORT,),
+        )  # fmt: skip
+        service_id = adapter.add_service(app, spec)
+        adapter.deploy_service(app, service_id)
+        observatory = Observatory(app, endpoint.url, service_id)
+        self.store.save_app(
+            customer, AppKind.OBSERVATORY.value, name, app.app_id,
+            {"app_id": app.app_id, "tracking_url": endpoint.url, "tracking_service": service_id},
+        )  # fmt: skip
+        if not self._wait_healthy(adapter, observatory):
+            raise PhaseFailed(f"the MLflow tracking server did not become healthy at {endpoint.url}")
+        return observatory
+
+    def _wait_healthy(self, adapter: OrchestratorAdapter, observatory: Observatory) -> bool:
+        def crashed() -> None:
+            info = adapter.inspect_service(observatory.app, observatory.tracking_service)
+            if info.state in (ServiceState.FAILED, ServiceState.SUCCEEDED, ServiceState.STOPPED):
+                raise PhaseFailed(f"the MLflow tracking server stopped: {info.detail or info.state.value}")
+
+        return wait_until(
+            lambda: http_ok(f"{observatory.tracking_url}/health"),
+            timeout=self.settings.tracking_timeout_s,
+            interval=1.0,
+            check=crashed,
+        )

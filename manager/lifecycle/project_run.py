@@ -1,0 +1,558 @@
+"""One project's way through the phases, run in its own thread.
+
+observatory -> project app -> observer -> build -> training -> post-training -> cleanup.
+Every transition is an event; any failure undeploys the project's services and keeps
+a one-line reason on the project.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flops_utils.message_text import describe
+from flops_utils.mqtt_catalogue import (
+    BuildResult,
+    ControlCommand,
+    EventLine,
+    FlopsMessage,
+    ServiceStatus,
+    TrainingProgress,
+    TrainingResult,
+)
+from flops_utils.mqtt_catalogue import ServiceState as ReportedState
+from flops_utils.service_config import (
+    AggregatorConfig,
+    BuilderConfig,
+    LearnerConfig,
+    ObserverConfig,
+    ServingConfig,
+)
+from manager.lifecycle.context import LifecycleSettings
+from manager.lifecycle.errors import PhaseFailed, StopRequested
+from manager.lifecycle.inbox import ProjectInbox
+from manager.lifecycle.observatory import Observatory, ObservatoryKeeper
+from manager.lifecycle.placement import LearnerPlan, plan_learners
+from manager.lifecycle.specs import (
+    FLEET_PORT,
+    OBSERVER_PORT,
+    SERVING_PORT,
+    bind_host_for,
+    environment_python,
+    service_spec,
+    sla_resources,
+)
+from manager.lifecycle.waiting import http_ok
+from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, ProjectStatus
+from manager.sla import ProjectSLA, sla_to_training_settings
+from manager.storage.base import ProjectStore
+from orchestrator_adapters.base import (
+    AdapterError,
+    AppKind,
+    AppRef,
+    OrchestratorAdapter,
+    Placement,
+    ServiceKind,
+    ServiceSpec,
+    ServiceState,
+)
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[FlopsMessage], None]
+FAILED_GRACE_S = 3.0  # time to let a service's own MQTT failure report arrive before using the adapter's
+RESULT_GRACE_S = 15.0
+FAILED = ReportedState.FAILED  # a one-shot service that exited 0 gets this long for its report to arrive
+
+
+def project_app_name(project_id: str) -> str:
+    return f"project-{project_id[:8]}"
+
+
+def registered_model_name(project_id: str) -> str:
+    return f"flops-{project_id[:8]}"
+
+
+@dataclass
+class RunDeps:
+    settings: LifecycleSettings
+    store: ProjectStore
+    adapter: OrchestratorAdapter
+    observatories: ObservatoryKeeper
+    publish: Publish
+
+
+@dataclass
+class RunState:
+    observatory: Observatory | None = None
+    app: AppRef | None = None
+    observer: str | None = None
+    services: dict[str, str] = field(default_factory=dict)  # name -> adapter service id
+    build: BuildResult | None = None
+    result: TrainingResult | None = None
+    training_started: bool = False
+
+
+class ProjectRun:
+    def __init__(self, record: ProjectRecord, sla: ProjectSLA, deps: RunDeps, inbox: ProjectInbox) -> None:
+        self.project_id = record.project_id
+        self.customer = record.customer
+        self.sla = sla
+        self.deps = deps
+        self.inbox = inbox
+        self.state = RunState()
+        self.phase = ProjectPhase.QUEUED
+        self.progress = Progress()
+
+    # -- the run -----------------------------------------------------------------
+    def run(self) -> None:
+        status, error = ProjectStatus.COMPLETED, None
+        self._update(status=ProjectStatus.RUNNING)
+        try:
+            self._enter(ProjectPhase.OBSERVATORY, self._observatory)
+            self._enter(ProjectPhase.PROJECT_APP, self._project_app)
+            self._enter(ProjectPhase.OBSERVER, self._observer)
+            self._enter(ProjectPhase.BUILD, self._build)
+            self._enter(ProjectPhase.TRAINING, self._train)
+            self._enter(ProjectPhase.POST_TRAINING, self._post_training)
+        except StopRequested:
+            status = ProjectStatus.STOPPED
+        except PhaseFailed as failure:
+            status, error = ProjectStatus.FAILED, failure.reason
+        except AdapterError as failure:
+            status, error = ProjectStatus.FAILED, f"the {self.deps.adapter.name} orchestrator refused: {failure}"
+        except Exception as failure:  # keep the project consistent whatever went wrong
+            log.exception("project %s crashed in phase %s", self.project_id, self.phase)
+            status, error = ProjectStatus.FAILED, f"internal error in phase {self.phase.value}: {_one_line(failure)}"
+        self._finish(status, error)
+
+    def _enter(self, phase: ProjectPhase, action: Callable[[], None]) -> None:
+        self._check_stop()
+        self.phase = phase
+        self._update(phase=phase)
+        self._event(f"phase {phase.value}")
+        action()
+
+    def _finish(self, status: ProjectStatus, error: str | None) -> None:
+        self.phase = ProjectPhase.CLEANUP
+        self._update(phase=ProjectPhase.CLEANUP)
+        keep_serving = status is ProjectStatus.COMPLETED and "serving" in self.state.services
+        try:
+            self._cleanup(keep_serving)
+        except Exception as failure:  # cleanup must never hide the project's real outcome
+            log.exception("cleanup of project %s failed", self.project_id)
+            self._event(f"cleanup incomplete: {_one_line(failure)}", level="warning")
+        if error:
+            self._event(f"project failed: {error}", level="error")
+        else:
+            self._event(f"project {status.value.lower()}")
+        self._update(status=status, phase=ProjectPhase.DONE, error=error, finished_at=time.time())
+
+    # -- phases ------------------------------------------------------------------
+    def _observatory(self) -> None:
+        observatory = self.deps.observatories.ensure(self.deps.adapter, self.customer)
+        self.state.observatory = observatory
+        self._update(tracking_url=observatory.tracking_url, apps={"observatory": observatory.app.app_id})
+
+    def _project_app(self) -> None:
+        adapter = self.deps.adapter
+        name = project_app_name(self.project_id)
+        self.state.app = adapter.create_app(name, AppKind.PROJECT, self.customer, self.project_id)
+        self._update(apps=self._app_ids())
+
+    def _observer(self) -> None:
+        observatory = self._observatory_ref()
+        adapter = self.deps.adapter
+        name = f"observer-{self.project_id[:8]}"
+        endpoint = adapter.plan_endpoint(observatory.app, name, OBSERVER_PORT, Placement())
+        config = ObserverConfig(
+            project_id=self.project_id,
+            mqtt=self.deps.settings.mqtt,
+            instance_name=name,
+            bind_host=bind_host_for(adapter),
+            port=endpoint.port,
+            log_file=str(self._work_dir("observer") / "events.log"),
+        )
+        spec = self._spec(name, ServiceKind.OBSERVER, config, ports=(OBSERVER_PORT,))
+        self.state.observer = adapter.add_service(observatory.app, spec)
+        adapter.deploy_service(observatory.app, self.state.observer)
+        self._event(f"observer {name} deployed at {endpoint.url}")
+
+    def _build(self) -> None:
+        sla, settings = self.sla, self.deps.settings
+        config = BuilderConfig(
+            project_id=self.project_id,
+            mqtt=settings.mqtt,
+            instance_name="builder",
+            repo_url=self._repo_url(),
+            repo_ref=sla.repo_ref,
+            flavor=sla.ml_model_flavor,
+            cache_dir=str(settings.cache_dir),
+            mode="local" if self.deps.adapter.name == "local" else "oci",
+            registry=settings.registry,
+            platforms=list(sla.supported_platforms),
+        )
+        builder = self._deploy("builder", self._spec("builder", ServiceKind.BUILDER, config))
+
+        def on_message(message: FlopsMessage) -> bool:
+            if isinstance(message, BuildResult):
+                self.state.build = message
+                return True
+            if isinstance(message, ServiceStatus) and message.service == "builder" and message.state is FAILED:
+                raise PhaseFailed(f"build failed: {message.detail}")
+            return False
+
+        self._await(on_message, {"builder": builder}, settings.build_timeout_s, "the build")
+        build = self.state.build
+        assert build is not None
+        self._update(build=build.model_dump(exclude={"project_id", "sender", "sent_at", "type"}))
+
+    def _train(self) -> None:
+        training = sla_to_training_settings(self.sla)
+        nodes = self.deps.adapter.list_nodes()
+        plan, notes = plan_learners(nodes, training)
+        for note in notes:
+            self._event(note, level="warning")
+        self._event(f"learners on nodes {[node.name for node in plan.nodes]}")
+        total_cycles = training.training_cycles if training.mode == "hierarchical" else 1
+        self.progress = Progress(total_rounds=training.training_rounds, total_cycles=total_cycles)
+        self._update(progress=self.progress)
+        if training.mode == "classic":
+            top, aggregators = self._deploy_classic(plan)
+        else:
+            top, aggregators = self._deploy_hierarchical(plan)
+        self.state.training_started = True
+
+        def on_message(message: FlopsMessage) -> bool:
+            if isinstance(message, TrainingProgress):
+                self._on_progress(message)
+            elif isinstance(message, TrainingResult) and message.sender == top:
+                self.state.result = message
+                return True
+            elif isinstance(message, ServiceStatus) and message.service == "aggregator" and message.state is FAILED:
+                raise PhaseFailed(f"{message.sender} failed: {message.detail}")
+            return False
+
+        self._await(on_message, aggregators, self.deps.settings.training_timeout_s, "training")
+        result = self.state.result
+        assert result is not None
+        self.progress = self.progress.model_copy(update={"loss": result.loss, "accuracy": result.accuracy})
+        self._update(
+            progress=self.progress,
+            mlflow_run_id=result.mlflow_run_id,
+            registered_model=result.registered_model,
+        )
+
+    def _deploy_classic(self, plan: LearnerPlan) -> tuple[str, dict[str, str]]:
+        name = "aggregator"
+        address = self._aggregator(name, role="classic", cluster=None, placement=Placement())
+        for node in plan.nodes:
+            self._learner(node.name, node.cluster, node.data_server or "", address)
+        return name, {name: self.state.services[name]}
+
+    def _deploy_hierarchical(self, plan: LearnerPlan) -> tuple[str, dict[str, str]]:
+        root = "root-aggregator"
+        clusters = [str(cluster) for cluster in plan.clusters]
+        root_address = self._aggregator(root, role="root", cluster=None, placement=Placement(), clusters=clusters)
+        watched = {root: self.state.services[root]}
+        for cluster, members in plan.clusters.items():
+            name = f"cluster-aggregator-{cluster}"
+            placement = Placement(cluster=cluster)
+            address = self._aggregator(name, role="cluster", cluster=cluster, placement=placement, root=root_address)
+            watched[name] = self.state.services[name]
+            for node in members:
+                self._learner(node.name, node.cluster, node.data_server or "", address)
+        return root, watched
+
+    def _aggregator(
+        self,
+        name: str,
+        *,
+        role: str,
+        cluster: str | None,
+        placement: Placement,
+        clusters: list[str] | None = None,
+        root: str | None = None,
+    ) -> str:
+        adapter, build, observatory = self.deps.adapter, self._build_result(), self._observatory_ref()
+        endpoint = adapter.plan_endpoint(self._app(), name, FLEET_PORT, placement)
+        config = AggregatorConfig(
+            project_id=self.project_id,
+            mqtt=self.deps.settings.mqtt,
+            instance_name=name,
+            role=role,  # type: ignore[arg-type]
+            cluster=cluster,
+            training=sla_to_training_settings(self.sla),
+            flavor=self.sla.ml_model_flavor,
+            app_dir=build.app_dir or "/app",
+            bind_host=bind_host_for(adapter),
+            port=endpoint.port,
+            root_address=root,
+            expected_clusters=clusters or [],
+            tracking_uri=observatory.tracking_url,
+            experiment_name=registered_model_name(self.project_id),
+            registered_model_name=registered_model_name(self.project_id),
+            params=self._params(),
+            work_dir=str(self._work_dir(name)),
+        )
+        spec = self._spec(
+            name, ServiceKind.AGGREGATOR, config,
+            runtime=True, image=build.aggregator_image, placement=placement, ports=(FLEET_PORT,),
+        )  # fmt: skip
+        self._deploy(name, spec)
+        return endpoint.address
+
+    def _learner(self, node: str, cluster: str | None, data_server: str, aggregator_address: str) -> None:
+        build = self._build_result()
+        name = f"learner-{node}"
+        config = LearnerConfig(
+            project_id=self.project_id,
+            mqtt=self.deps.settings.mqtt,
+            instance_name=name,
+            node=node,
+            cluster=cluster,
+            app_dir=build.app_dir or "/app",
+            aggregator_address=aggregator_address,
+            data_server_address=data_server,
+            data_tags=list(self.sla.training_configuration.data_tags),
+            work_dir=str(self._work_dir(name)),
+        )
+        placement = Placement(node=node, cluster=cluster, data_tags=tuple(config.data_tags))
+        spec = self._spec(
+            name, ServiceKind.LEARNER, config, runtime=True, image=build.learner_image, placement=placement
+        )
+        self._deploy(name, spec)
+
+    def _post_training(self) -> None:
+        steps = set(self.sla.post_training_steps)
+        if "build_image_for_trained_model" in steps and self.deps.adapter.name == "local":
+            self._event(
+                "build_image_for_trained_model: the local orchestrator serves from the cached environment; "
+                "no image is built (use the container, kubernetes or oakestra orchestrator for images)",
+                level="warning",
+            )
+        if "deploy_trained_model_image" in steps:
+            self._serve()
+
+    def _serve(self) -> None:
+        result, adapter, observatory = self.state.result, self.deps.adapter, self._observatory_ref()
+        assert result is not None
+        model_uri = result.model_uri
+        if result.registered_model and result.registered_version:
+            model_uri = f"models:/{result.registered_model}/{result.registered_version}"
+        if not model_uri:
+            raise PhaseFailed("training reported no model to serve")
+        endpoint = adapter.plan_endpoint(self._app(), "serving", SERVING_PORT, Placement())
+        config = ServingConfig(
+            project_id=self.project_id,
+            mqtt=self.deps.settings.mqtt,
+            instance_name="serving",
+            model_uri=model_uri,
+            tracking_uri=observatory.tracking_url,
+            bind_host=bind_host_for(adapter),
+            port=endpoint.port,
+        )
+        service = self._deploy("serving", self._spec("serving", ServiceKind.SERVING, config, runtime=True,
+                                                     image=self.state.build.learner_image if self.state.build else None,
+                                                     ports=(SERVING_PORT,)))
+
+        def healthy() -> bool:
+            return http_ok(f"{endpoint.url}/ping")
+
+        deadline = time.monotonic() + self.deps.settings.serving_timeout_s
+        while not healthy():
+            self._check_stop()
+            info = adapter.inspect_service(self._app(), service)
+            if info.state in (ServiceState.FAILED, ServiceState.SUCCEEDED, ServiceState.STOPPED):
+                raise PhaseFailed(f"the model serving endpoint failed to start: {info.detail or info.state.value}")
+            if time.monotonic() > deadline:
+                raise PhaseFailed(f"the model serving endpoint did not answer /ping within "
+                                  f"{self.deps.settings.serving_timeout_s:.0f}s")
+            time.sleep(1.0)
+        self._update(serving_url=endpoint.url)
+        self._event(f"model {model_uri} served at {endpoint.url}/invocations")
+
+    # -- waiting on reports and services ------------------------------------------
+    def _await(
+        self, on_message: Callable[[FlopsMessage], bool], watched: dict[str, str], timeout: float, what: str
+    ) -> None:
+        """Handle reports until ``on_message`` says done; fail on crashed services or timeout."""
+        deadline = time.monotonic() + timeout
+        next_inspect = 0.0
+        exited_at: dict[str, float] = {}
+        while True:
+            self._check_stop()
+            message = self.inbox.get(timeout=self.deps.settings.poll_interval_s)
+            if message is not None:
+                self._record(message)
+                if on_message(message):
+                    return
+                continue
+            now = time.monotonic()
+            if now >= next_inspect:
+                next_inspect = now + 2.0
+                self._inspect_watched(on_message, watched, exited_at)
+            if now > deadline:
+                raise PhaseFailed(f"{what} did not finish within {timeout:.0f}s")
+
+    def _inspect_watched(
+        self, on_message: Callable[[FlopsMessage], bool], watched: dict[str, str], exited_at: dict[str, float]
+    ) -> None:
+        for label, service_id in watched.items():
+            info = self.deps.adapter.inspect_service(self._app(), service_id)
+            if info.state is ServiceState.FAILED:
+                self._drain(on_message, FAILED_GRACE_S)  # prefer the service's own one-line reason
+                raise PhaseFailed(f"the {label} failed: {info.detail or 'no detail'}")
+            if info.state in (ServiceState.SUCCEEDED, ServiceState.STOPPED):
+                first = exited_at.setdefault(label, time.monotonic())
+                if time.monotonic() - first > RESULT_GRACE_S:
+                    raise PhaseFailed(f"the {label} exited without reporting its result")
+
+    def _drain(self, on_message: Callable[[FlopsMessage], bool], seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            message = self.inbox.get(timeout=0.2)
+            if message is not None:
+                self._record(message)
+                on_message(message)
+
+    def _on_progress(self, message: TrainingProgress) -> None:
+        update: dict[str, object] = {"cycle": message.cycle, "total_cycles": message.total_cycles}
+        if message.cluster is None:
+            update.update(round=message.round, total_rounds=message.total_rounds,
+                          loss=message.loss, accuracy=message.accuracy)  # fmt: skip
+        elif message.cycle >= self.progress.cycle:
+            update.update(round=message.round, total_rounds=message.total_rounds)
+        self.progress = self.progress.model_copy(update=update)
+        self._update(progress=self.progress)
+
+    def _record(self, message: FlopsMessage) -> None:
+        level = "info"
+        if isinstance(message, ServiceStatus) and message.state in (ReportedState.FAILED, ReportedState.NO_DATA):
+            level = "warning"
+        elif isinstance(message, EventLine):
+            level = message.level
+        self._event(describe(message), source=message.sender, level=level)
+
+    # -- cleanup -------------------------------------------------------------------
+    def _cleanup(self, keep_serving: bool) -> None:
+        adapter = self.deps.adapter
+        if self.state.training_started:
+            self._publish_stop()
+        app = self.state.app
+        if app is not None:
+            if keep_serving:
+                for name, service_id in self.state.services.items():
+                    if name != "serving":
+                        adapter.undeploy_service(app, service_id)
+            else:
+                adapter.delete_app(app)
+        if self.state.observer and self.state.observatory:
+            time.sleep(0.5)  # let the observer log the last reports
+            adapter.undeploy_service(self.state.observatory.app, self.state.observer)
+
+    def _publish_stop(self) -> None:
+        try:
+            self.deps.publish(ControlCommand(project_id=self.project_id, sender="manager", command="stop"))
+        except Exception as failure:  # services are undeployed anyway
+            log.warning("could not publish stop for %s: %s", self.project_id, failure)
+
+    # -- helpers -------------------------------------------------------------------
+    def _spec(
+        self,
+        name: str,
+        kind: ServiceKind,
+        config: object,
+        *,
+        runtime: bool = False,
+        image: str | None = None,
+        placement: Placement | None = None,
+        ports: tuple = (),
+    ) -> ServiceSpec:
+        """Runtime services run in the build's environment; the rest in the manager's."""
+        settings = self.deps.settings
+        python = settings.python
+        workdir = None
+        if runtime and self.state.build is not None:
+            python = environment_python(self.state.build.environment_dir, settings.python)
+            workdir = self.state.build.app_dir
+        if self.deps.adapter.name != "local":
+            python = "python"
+        return service_spec(
+            name, kind, config,  # type: ignore[arg-type]
+            python=python, image=image or settings.images.get(kind.value), workdir=workdir,
+            resources=sla_resources(self.sla) if runtime else None, placement=placement, ports=ports,
+        )  # fmt: skip
+
+    def _deploy(self, name: str, spec: ServiceSpec) -> str:
+        app = self._app()
+        service_id = self.deps.adapter.add_service(app, spec)
+        self.state.services[name] = service_id
+        self._update(services=dict(self.state.services))
+        self.deps.adapter.deploy_service(app, service_id)
+        self._event(f"{name} deployed")
+        return service_id
+
+    def _params(self) -> dict[str, str]:
+        training = self.sla.training_configuration
+        build = self._build_result()
+        params = {f"sla.{key}": str(value) for key, value in training.model_dump().items()}
+        params.update({
+            "sla.ml_model_flavor": self.sla.ml_model_flavor,
+            "sla.ml_repo_url": self.sla.ml_repo_url,
+            "build.commit": build.commit,
+            "build.digest": build.digest,
+            "build.cached": str(build.cached),
+            "build.seconds": f"{build.total_seconds:.2f}",
+            "orchestrator": self.deps.adapter.name,
+        })  # fmt: skip
+        return params
+
+    def _repo_url(self) -> str:
+        url = self.sla.ml_repo_url
+        if "://" in url or url.startswith("git@") or Path(url).is_absolute():
+            return url
+        return str((self.deps.settings.repo_base_dir / url).resolve())
+
+    def _work_dir(self, name: str) -> Path:
+        path = self.deps.settings.state_dir / "projects" / self.project_id / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _app(self) -> AppRef:
+        assert self.state.app is not None, "project app not created yet"
+        return self.state.app
+
+    def _observatory_ref(self) -> Observatory:
+        assert self.state.observatory is not None, "observatory not ready yet"
+        return self.state.observatory
+
+    def _build_result(self) -> BuildResult:
+        assert self.state.build is not None, "no build result yet"
+        return self.state.build
+
+    def _app_ids(self) -> dict[str, str]:
+        ids = {}
+        if self.state.observatory:
+            ids["observatory"] = self.state.observatory.app.app_id
+        if self.state.app:
+            ids["project"] = self.state.app.app_id
+        return ids
+
+    def _check_stop(self) -> None:
+        if self.inbox.stop_requested.is_set():
+            raise StopRequested
+
+    def _update(self, **fields: object) -> None:
+        self.deps.store.update_project(self.project_id, updated_at=time.time(), **fields)
+
+    def _event(self, text: str, *, source: str = "manager", level: str = "info") -> None:
+        self.deps.store.append_event(EventRecord(project_id=self.project_id, source=source, level=level, text=text))
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text[:300]

@@ -1,0 +1,210 @@
+"""The manager's core: starts project runs, routes MQTT reports to them, stops them.
+
+Implements :class:`manager.control.ProjectControl` for the REST API. One MQTT
+listener feeds every project's inbox; each project runs in its own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+from flops_utils.mqtt_catalogue import ALL_PROJECTS_FILTER, FlopsMessage, split_topic
+from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
+from manager.control import ControlError, MockRequest, MockResult
+from manager.lifecycle.context import LifecycleSettings
+from manager.lifecycle.inbox import ProjectInbox
+from manager.lifecycle.observatory import ObservatoryKeeper
+from manager.lifecycle.project_run import ProjectRun, RunDeps, project_app_name
+from manager.records import EventRecord, ProjectPhase, ProjectRecord, ProjectStatus
+from manager.sla import ProjectSLA
+from manager.storage.base import ProjectStore
+from orchestrator_adapters.base import AdapterError, AppKind, AppRef, OrchestratorAdapter
+from orchestrator_adapters.registry import create_adapter
+
+log = logging.getLogger(__name__)
+
+RESTART_REASON = "the manager restarted while the project was running; its services were stopped"
+
+
+class LifecycleService:
+    def __init__(self, settings: LifecycleSettings, store: ProjectStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.link = MqttLink(settings.mqtt, client_id=f"flops-manager-{uuid.uuid4().hex[:8]}")
+        self.observatories = ObservatoryKeeper(settings, store)
+        self._adapters: dict[str, OrchestratorAdapter] = {}
+        self._adapter_lock = threading.Lock()
+        self._inboxes: dict[str, ProjectInbox] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+
+    # -- start / stop --------------------------------------------------------------
+    def start(self) -> None:
+        """Connect to the broker (retrying in the background) and settle projects of an earlier run."""
+        self.link.subscribe(ALL_PROJECTS_FILTER, self._on_report)
+        try:
+            self.link.connect(timeout=5)
+        except BrokerUnavailable as error:
+            log.warning("%s; retrying in the background", error)
+            threading.Thread(target=self._connect_forever, name="mqtt-connect", daemon=True).start()
+        self._settle_interrupted_projects()
+
+    def _connect_forever(self) -> None:
+        while not self._closing.is_set() and not self.link.connected:
+            try:
+                self.link.connect(timeout=5)
+            except BrokerUnavailable:
+                self._closing.wait(2.0)
+
+    def close(self) -> None:
+        self._closing.set()
+        with self._lock:
+            inboxes = list(self._inboxes.values())
+            threads = list(self._threads.values())
+        for inbox in inboxes:
+            inbox.stop_requested.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        self.link.close()
+        for adapter in self._adapters.values():
+            adapter.close()
+
+    @property
+    def broker_connected(self) -> bool:
+        return self.link.connected
+
+    def adapter(self, name: str | None = None) -> OrchestratorAdapter:
+        name = name or self.settings.orchestrator
+        with self._adapter_lock:
+            if name not in self._adapters:
+                adapter = create_adapter(name, dict(self.settings.adapter_settings.get(name, {})))
+                adapter.start()
+                self._adapters[name] = adapter
+            return self._adapters[name]
+
+    # -- ProjectControl ------------------------------------------------------------
+    def start_project(self, sla: ProjectSLA, customer: str) -> ProjectRecord:
+        if not self.link.connected:
+            raise ControlError(
+                f"the MQTT broker at {self.settings.mqtt.host}:{self.settings.mqtt.port} is unreachable; "
+                "no project was created", status=503,
+            )  # fmt: skip
+        orchestrator = sla.orchestrator or self.settings.orchestrator
+        try:
+            adapter = self.adapter(orchestrator)
+        except AdapterError as error:
+            raise ControlError(str(error), status=400) from None
+        record = ProjectRecord(
+            project_id=uuid.uuid4().hex,
+            customer=customer,
+            sla=sla.model_dump(mode="json", by_alias=True),
+            orchestrator=orchestrator,
+        )
+        self.store.insert_project(record)
+        self._event(record.project_id, f"project created by {customer} on the {orchestrator} orchestrator")
+        inbox = ProjectInbox()
+        deps = RunDeps(self.settings, self.store, adapter, self.observatories, self.link.publish)
+        run = ProjectRun(record, sla, deps, inbox)
+        thread = threading.Thread(
+            target=self._run, args=(record.project_id, run), name=f"project-{record.project_id[:8]}"
+        )
+        with self._lock:
+            self._inboxes[record.project_id] = inbox
+            self._threads[record.project_id] = thread
+        thread.start()
+        return record
+
+    def _run(self, project_id: str, run: ProjectRun) -> None:
+        try:
+            run.run()
+        finally:
+            with self._lock:
+                self._inboxes.pop(project_id, None)
+                self._threads.pop(project_id, None)
+
+    def stop_project(self, project_id: str) -> ProjectRecord:
+        record = self._project(project_id)
+        with self._lock:
+            inbox = self._inboxes.get(project_id)
+            thread = self._threads.get(project_id)
+        if inbox is not None and thread is not None:
+            self._event(project_id, "stop requested")
+            inbox.stop_requested.set()
+            thread.join(timeout=60)
+        elif record.apps.get("project"):
+            self._undeploy_leftovers(record)
+            if record.serving_url:
+                self.store.update_project(project_id, serving_url=None, updated_at=time.time())
+                self._event(project_id, "serving endpoint undeployed")
+        return self._project(project_id)
+
+    def tracking_url(self, customer: str) -> str:
+        from manager.lifecycle.errors import PhaseFailed
+
+        try:
+            return self.observatories.ensure(self.adapter(), customer).tracking_url
+        except (PhaseFailed, AdapterError) as error:
+            raise ControlError(f"could not start the tracking server: {error}", status=503) from None
+
+    def push_mock_data(self, request: MockRequest) -> MockResult:
+        from manager.mocks import push_mock_data
+
+        return push_mock_data(self.adapter().list_nodes(), request.mock_data_configuration)
+
+    def reset(self) -> None:
+        with self._lock:
+            running = list(self._inboxes)
+        for project_id in running:
+            self.stop_project(project_id)
+        for record in self.store.list_projects(None):
+            self._undeploy_leftovers(record)
+        self.store.reset()
+
+    # -- MQTT reports --------------------------------------------------------------
+    def _on_report(self, topic: str, message: FlopsMessage) -> None:
+        parts = split_topic(topic)
+        if parts is None or parts[0] != message.project_id:
+            log.warning("ignored a report whose project does not match its topic %s", topic)
+            return
+        with self._lock:
+            inbox = self._inboxes.get(message.project_id)
+        if inbox is not None:
+            inbox.put(message)
+
+    # -- restarts ------------------------------------------------------------------
+    def _settle_interrupted_projects(self) -> None:
+        """Projects a previous manager process left running are stopped and marked FAILED."""
+        for record in self.store.list_projects(None):
+            if record.status.finished:
+                continue
+            try:
+                self._undeploy_leftovers(record)
+            except Exception as error:  # the orchestrator may be gone; still settle the record
+                log.warning("could not clean up project %s: %s", record.project_id, error)
+            self._event(record.project_id, RESTART_REASON, level="error")
+            self.store.update_project(
+                record.project_id, status=ProjectStatus.FAILED, phase=ProjectPhase.DONE,
+                error=RESTART_REASON, finished_at=time.time(), updated_at=time.time(),
+            )  # fmt: skip
+
+    def _undeploy_leftovers(self, record: ProjectRecord) -> None:
+        app_id = record.apps.get("project")
+        if not app_id:
+            return
+        adapter = self.adapter(record.orchestrator)
+        app = AppRef(app_id, project_app_name(record.project_id), AppKind.PROJECT, record.customer, record.project_id)
+        adapter.delete_app(app)
+
+    # -- helpers -------------------------------------------------------------------
+    def _project(self, project_id: str) -> ProjectRecord:
+        record = self.store.get_project(project_id)
+        if record is None:
+            raise ControlError(f"no project {project_id}", status=404)
+        return record
+
+    def _event(self, project_id: str, text: str, level: str = "info") -> None:
+        self.store.append_event(EventRecord(project_id=project_id, text=text, level=level))
