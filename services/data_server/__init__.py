@@ -1,0 +1,1 @@
+"""Per-node data server (Arrow Flight + Parquet)."""
