@@ -1,0 +1,68 @@
+"""Request and response documents of the REST API (they make up its OpenAPI description)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, ProjectStatus
+
+
+class ErrorDetail(BaseModel):
+    field: str = Field(description="dotted path of the offending field, e.g. training_configuration.min_fit_clients")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="one line saying what went wrong")
+    details: list[ErrorDetail] = Field(default_factory=list)
+
+
+class ProjectPath(BaseModel):
+    project_id: str = Field(min_length=1, max_length=200)
+
+
+class EventsQuery(BaseModel):
+    after: int = Field(default=0, ge=0, description="return events with a sequence number above this")
+    limit: int = Field(default=1000, ge=1, le=1000)
+
+
+class ProjectList(BaseModel):
+    projects: list[ProjectRecord]
+
+
+class EventsResponse(BaseModel):
+    project_id: str
+    status: ProjectStatus
+    phase: ProjectPhase
+    finished: bool = Field(description="the project reached COMPLETED, FAILED or STOPPED")
+    progress: Progress
+    error: str | None = None
+    events: list[EventRecord]
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[list[float]] = Field(min_length=1, max_length=10_000, description="rows of model input features")
+
+
+class PredictResponse(BaseModel):
+    project_id: str
+    predictions: list[Any]
+
+
+class TrackingResponse(BaseModel):
+    customer: str
+    tracking_url: str
+
+
+class ResetResponse(BaseModel):
+    status: Literal["reset"] = "reset"
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: bool
+    broker: bool

@@ -1,0 +1,227 @@
+"""The manager's REST API (flask-openapi3): projects, events, predictions, tracking, mock data, health."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import requests
+from flask import Response, g, request
+from flask_openapi3 import APIBlueprint, Info, OpenAPI, Tag
+from pydantic import BaseModel
+
+from manager.api.auth import Caller, TokenAuth
+from manager.api.errors import VALIDATION_STATUS, error_response, install_error_handlers, validation_error_response
+from manager.api.models import (
+    ErrorResponse,
+    EventsQuery,
+    EventsResponse,
+    HealthResponse,
+    PredictRequest,
+    PredictResponse,
+    ProjectList,
+    ProjectPath,
+    ResetResponse,
+    TrackingResponse,
+)
+from manager.control import ControlError, MockRequest, MockResult, ProjectControl
+from manager.records import ProjectRecord
+from manager.settings import ManagerSettings
+from manager.sla import ProjectSLA
+from manager.storage.base import ProjectNotFound, ProjectStore
+
+log = logging.getLogger("flops.api")
+
+API_PREFIX = "/api/flops"
+SECURITY_SCHEME = "bearerAuth"
+PREDICT_TIMEOUT_S = 60.0
+BROKER_PROBE_TIMEOUT_S = 2.0
+
+_projects_tag = Tag(name="projects", description="start, list, watch and stop federated-learning projects")
+_platform_tag = Tag(name="platform", description="tracking server, mock data, database")
+
+# Answers every authenticated operation may give, besides its own.
+_COMMON: dict[Any, Any] = {401: ErrorResponse, VALIDATION_STATUS: ErrorResponse, 503: ErrorResponse}
+
+
+def create_api(
+    control: ProjectControl, store: ProjectStore, auth: TokenAuth, settings: ManagerSettings
+) -> OpenAPI:
+    """The WSGI app; serve it with waitress (see ``manager.app``)."""
+    app = OpenAPI(
+        __name__,
+        info=Info(title="FLOps manager", version="0.1.0", description="Federated-learning projects from an ML repo"),
+        security_schemes={SECURITY_SCHEME: {"type": "http", "scheme": "bearer"}},
+        validation_error_status=VALIDATION_STATUS,
+        validation_error_model=ErrorResponse,
+        validation_error_callback=validation_error_response,
+    )
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    install_error_handlers(app)
+
+    @app.before_request
+    def _identify() -> None:
+        if request.path == API_PREFIX or request.path.startswith(API_PREFIX + "/"):
+            g.caller = auth.identify(request.headers.get("Authorization"))
+
+    @app.get("/health", summary="database and broker reachability (no token needed)",
+             responses={200: HealthResponse, 503: HealthResponse})  # fmt: skip
+    def health() -> Response:
+        report = HealthResponse(status="ok", database=store.ping(), broker=_broker_reachable(settings))
+        if not (report.database and report.broker):
+            report.status = "degraded"
+        return _json(report, 200 if report.status == "ok" else 503)
+
+    api = APIBlueprint(
+        "flops", __name__, url_prefix=API_PREFIX, abp_security=[{SECURITY_SCHEME: []}], abp_responses=_COMMON
+    )
+
+    def visible_project(project_id: str) -> ProjectRecord:
+        """The project if the caller may see it; other customers' projects are 'not found' too."""
+        record = store.get_project(project_id)
+        if record is None or not _caller().may_see(record.customer):
+            raise ProjectNotFound(project_id)
+        return record
+
+    @api.post("/projects", tags=[_projects_tag], summary="start a project from an SLA (answers at once)",
+              responses={201: ProjectRecord, 403: ErrorResponse, 409: ErrorResponse})  # fmt: skip
+    def start_project(body: ProjectSLA) -> Response:
+        caller = _caller()
+        sla = body
+        if "customer_id" not in body.model_fields_set:
+            sla = body.model_copy(update={"customer_id": caller.customer})
+        elif not caller.may_see(body.customer_id):
+            return error_response(
+                403, f"customerID {body.customer_id!r} does not match your identity {caller.customer!r}"
+            )
+        record = control.start_project(sla, sla.customer_id)
+        response = _json(record, 201)
+        response.headers["Location"] = f"{API_PREFIX}/projects/{record.project_id}"
+        return response
+
+    @api.get("/projects", tags=[_projects_tag], summary="your projects, newest first (admin: everyone's)",
+             responses={200: ProjectList})  # fmt: skip
+    def list_projects() -> Response:
+        caller = _caller()
+        records = store.list_projects(None if caller.is_admin else caller.customer)
+        return _json(ProjectList(projects=records))
+
+    @api.get("/projects/<project_id>", tags=[_projects_tag],
+             summary="status, phase, progress (round k of n, cycle c of m), timestamps, last error",
+             responses={200: ProjectRecord, 404: ErrorResponse})  # fmt: skip
+    def get_project(path: ProjectPath) -> Response:
+        return _json(visible_project(path.project_id))
+
+    @api.get("/projects/<project_id>/events", tags=[_projects_tag],
+             summary="the project's event log after sequence number 'after'",
+             responses={200: EventsResponse, 404: ErrorResponse})  # fmt: skip
+    def project_events(path: ProjectPath, query: EventsQuery) -> Response:
+        record = visible_project(path.project_id)
+        events = store.list_events(record.project_id, after_seq=query.after, limit=query.limit)
+        return _json(
+            EventsResponse(
+                project_id=record.project_id,
+                status=record.status,
+                phase=record.phase,
+                finished=record.status.finished,
+                progress=record.progress,
+                error=record.error,
+                events=events,
+            )
+        )
+
+    @api.delete("/projects/<project_id>", tags=[_projects_tag], summary="stop the project and undeploy its services",
+                responses={200: ProjectRecord, 404: ErrorResponse, 409: ErrorResponse})  # fmt: skip
+    def stop_project(path: ProjectPath) -> Response:
+        record = visible_project(path.project_id)
+        return _json(control.stop_project(record.project_id))
+
+    @api.post("/projects/<project_id>/predict", tags=[_projects_tag],
+              summary="predict with the project's deployed trained model",
+              responses={200: PredictResponse, 400: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse,
+                         502: ErrorResponse})  # fmt: skip
+    def predict(path: ProjectPath, body: PredictRequest) -> Response:
+        record = visible_project(path.project_id)
+        if not record.serving_url:
+            raise ControlError(f"project {record.project_id} has no serving endpoint (deploy_trained_model_image)", 409)
+        return _json(_forward_prediction(record.project_id, record.serving_url, body))
+
+    @api.get("/tracking", tags=[_platform_tag], summary="your MLflow tracking/GUI URL (created on demand)",
+             responses={200: TrackingResponse})  # fmt: skip
+    def tracking() -> Response:
+        customer = _caller().customer
+        return _json(TrackingResponse(customer=customer, tracking_url=control.tracking_url(customer)))
+
+    @api.post("/mocks", tags=[_platform_tag], summary="push mock dataset partitions into learner nodes' data servers",
+              responses={200: MockResult, 403: ErrorResponse})  # fmt: skip
+    def push_mocks(body: MockRequest) -> Response:
+        caller = _caller()
+        mock = body
+        if "customer_id" not in body.model_fields_set:
+            mock = body.model_copy(update={"customer_id": caller.customer})
+        elif not caller.may_see(body.customer_id):
+            return error_response(
+                403, f"customerID {body.customer_id!r} does not match your identity {caller.customer!r}"
+            )
+        return _json(control.push_mock_data(mock))
+
+    @api.delete("/database", tags=[_platform_tag], summary="admin only: stop everything and reset the database",
+                responses={200: ResetResponse, 403: ErrorResponse})  # fmt: skip
+    def reset_database() -> Response:
+        if not _caller().is_admin:
+            return error_response(403, "only the admin may reset the database")
+        control.reset()
+        return _json(ResetResponse())
+
+    app.register_api(api)
+    return app
+
+
+def _caller() -> Caller:
+    caller: Caller = g.caller
+    return caller
+
+
+def _json(document: BaseModel, status: int = 200) -> Response:
+    return Response(document.model_dump_json(), status=status, mimetype="application/json")
+
+
+def _broker_reachable(settings: ManagerSettings) -> bool:
+    try:
+        with socket.create_connection((settings.mqtt.host, settings.mqtt.port), timeout=BROKER_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _forward_prediction(project_id: str, serving_url: str, body: PredictRequest) -> PredictResponse:
+    """POST the rows to the MLflow scoring server's ``/invocations``; its 4xx become 400, the rest 502."""
+    url = serving_url if serving_url.rstrip("/").endswith("/invocations") else serving_url.rstrip("/") + "/invocations"
+    try:
+        answer = requests.post(url, json={"inputs": body.inputs}, timeout=PREDICT_TIMEOUT_S)
+    except requests.RequestException as error:
+        raise ControlError(f"the serving endpoint of project {project_id} did not answer: {error}", 502) from error
+    if 400 <= answer.status_code < 500:
+        raise ControlError(f"the model refused the inputs: {_serving_message(answer)}", 400)
+    if answer.status_code >= 300:
+        raise ControlError(f"the serving endpoint answered {answer.status_code}: {_serving_message(answer)}", 502)
+    try:
+        payload = answer.json()
+    except ValueError as error:
+        raise ControlError("the serving endpoint answered with something other than JSON", 502) from error
+    predictions = payload.get("predictions") if isinstance(payload, dict) else payload
+    if not isinstance(predictions, list):
+        predictions = [predictions]
+    return PredictResponse(project_id=project_id, predictions=predictions)
+
+
+def _serving_message(answer: requests.Response) -> str:
+    try:
+        payload = answer.json()
+    except ValueError:
+        return answer.text[:300] or answer.reason
+    if isinstance(payload, dict) and payload.get("message"):
+        return str(payload["message"])[:300]
+    return str(payload)[:300]

@@ -1,0 +1,134 @@
+"""The manager's configuration: one JSON document (``--config`` / ``FLOPS_MANAGER_CONFIG``) plus env overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from flops_utils.service_config import MqttSettings, RegistrySettings
+
+CONFIG_PATH_ENV = "FLOPS_MANAGER_CONFIG"
+DEFAULT_PORT = 5072
+
+# Environment variable -> dotted settings field. Values are parsed as JSON when they parse
+# (numbers, booleans, objects), else taken as plain strings.
+ENV_OVERRIDES: dict[str, str] = {
+    "FLOPS_MANAGER_HOST": "host",
+    "FLOPS_MANAGER_PORT": "port",
+    "FLOPS_PUBLIC_HOST": "public_host",
+    "FLOPS_ADMIN_TOKEN": "admin_token",
+    "FLOPS_CUSTOMER_TOKENS": "customer_tokens",
+    "FLOPS_MONGO_URI": "mongo_uri",
+    "FLOPS_DATABASE": "database",
+    "FLOPS_ORCHESTRATOR": "orchestrator",
+    "FLOPS_STATE_DIR": "state_dir",
+    "FLOPS_CACHE_DIR": "cache_dir",
+    "FLOPS_REPO_BASE_DIR": "repo_base_dir",
+    "FLOPS_LOG_LEVEL": "log_level",
+    "FLOPS_MQTT_HOST": "mqtt.host",
+    "FLOPS_MQTT_PORT": "mqtt.port",
+    "FLOPS_MQTT_USERNAME": "mqtt.username",
+    "FLOPS_MQTT_PASSWORD": "mqtt.password",
+    "FLOPS_MQTT_CA_FILE": "mqtt.ca_file",
+}
+_STRING_FIELDS = {
+    "host", "public_host", "admin_token", "mongo_uri", "database", "orchestrator", "state_dir", "cache_dir",
+    "repo_base_dir", "log_level", "mqtt.host", "mqtt.username", "mqtt.password", "mqtt.ca_file",
+}  # fmt: skip
+
+
+class SettingsError(ValueError):
+    """The manager configuration is missing, unreadable or invalid (one clear line)."""
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("FLOPS_HOME", str(Path.home() / ".flops")))
+
+
+class ManagerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="address the REST API binds")
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    public_host: str | None = Field(default=None, description="host name in URLs handed to users; default: host")
+    admin_token: str = Field(min_length=8, repr=False, description="bearer token of the admin (customer 'Admin')")
+    customer_tokens: dict[str, str] = Field(
+        default_factory=dict, repr=False, description="bearer token -> customer name"
+    )
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    mongo_uri: str = "mongodb://127.0.0.1:27017"
+    database: str = Field(default="flops", pattern=r"^[A-Za-z0-9_-]{1,63}$")
+    db_timeout_s: float = Field(default=5.0, gt=0, description="how long a database call waits for the server")
+    orchestrator: str = Field(default="local", description="default orchestrator adapter")
+    adapter_settings: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="adapter name -> that adapter's settings"
+    )
+    registry: RegistrySettings | None = None
+    images: dict[str, str] = Field(default_factory=dict, description="service kind -> image (container orchestrators)")
+    state_dir: Path = Field(default_factory=lambda: _default_home() / "state")
+    cache_dir: Path = Field(default_factory=lambda: _default_home() / "cache")
+    repo_base_dir: Path | None = Field(default=None, description="relative ml_repo_url paths resolve here")
+    lifecycle: dict[str, float] = Field(
+        default_factory=dict, description="overrides of lifecycle timeouts by name, e.g. build_timeout_s"
+    )
+    threads: int = Field(default=8, ge=1, le=64, description="waitress worker threads")
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
+    log_level: str = "INFO"
+
+    @property
+    def public_url(self) -> str:
+        """Base URL of the REST API as users reach it."""
+        host = self.public_host or ("127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host)
+        return f"http://{host}:{self.port}"
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> ManagerSettings:
+    """Read ``path`` (else ``$FLOPS_MANAGER_CONFIG``, else nothing) and apply ``FLOPS_*`` env overrides."""
+    env = os.environ if environ is None else environ
+    source = path if path is not None else env.get(CONFIG_PATH_ENV)
+    data: dict[str, Any] = {}
+    if source:
+        try:
+            loaded = json.loads(Path(source).read_text())
+        except OSError as error:
+            raise SettingsError(f"cannot read the manager config {source}: {error.strerror or error}") from error
+        except json.JSONDecodeError as error:
+            raise SettingsError(f"the manager config {source} is not valid JSON: {error}") from error
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"the manager config {source} must be a JSON object")
+        data = loaded
+    for variable, dotted in ENV_OVERRIDES.items():
+        if variable in env:
+            _set_dotted(data, dotted, _parse_env(dotted, env[variable]))
+    try:
+        return ManagerSettings.model_validate(data)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(document)"
+        where = f" in {source}" if source else ""
+        raise SettingsError(f"manager setting {field}{where}: {first['msg']}") from error
+
+
+def _parse_env(dotted: str, raw: str) -> Any:
+    if dotted in _STRING_FIELDS:
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[leaf] = value

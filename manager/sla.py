@@ -1,0 +1,235 @@
+"""The project SLA: the one JSON document a user POSTs to start a federated-learning project.
+
+Every field, default and constraint of the reference FLOps SLA is kept (see
+``shared/reference/sla.md``) so existing SLAs run unchanged; the extensions
+(``orchestrator``, ``repo_ref``, ``training_configuration.round_timeout_s``) are optional.
+Unknown fields are rejected at every level, and every error names its field path
+(:func:`describe_validation_error`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from flops_utils.service_config import TrainingSettings
+
+ModelFlavor = Literal["sklearn", "pytorch", "tensorflow", "keras"]
+Platform = Literal["linux/amd64", "linux/arm64"]
+PostTrainingStep = Literal["build_image_for_trained_model", "deploy_trained_model_image"]
+
+BUILD_STEP: PostTrainingStep = "build_image_for_trained_model"
+DEPLOY_STEP: PostTrainingStep = "deploy_trained_model_image"
+DEVEL_IMAGE_PLATFORMS: list[Platform] = ["linux/amd64"]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+DATA_TAG_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
+ORCHESTRATOR_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+GIT_REF_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._/@+-]{0,254}$"
+
+DataTag = Annotated[str, Field(pattern=DATA_TAG_PATTERN, description="letters, digits, '.', '_', '-'")]
+
+_MAX_URL_LENGTH = 2048
+_REMOTE_SCHEMES = ("https", "http", "ssh", "git", "git+ssh", "ssh+git")
+_SCP_LIKE = re.compile(r"^(?:[A-Za-z0-9._~-]+@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/].*|/.+)$")
+_URL_WITH_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
+_TRANSPORT_HELPER = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
+_FORBIDDEN_OPTIONS = ("--upload-pack", "--receive-pack", "--exec", "--config", "--template", "--separate-git-dir")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainingConfiguration(_Strict):
+    mode: Literal["classic", "hierarchical"] = Field(
+        default="classic", description="flat FL, or a root aggregator plus one cluster aggregator per cluster"
+    )
+    data_tags: list[DataTag] = Field(
+        default_factory=list,
+        max_length=64,
+        description="learners use only local data fragments whose tag matches any of these",
+    )
+    training_rounds: int = Field(default=3, ge=1, le=100_000, description="rounds per learner (per cycle)")
+    training_cycles: int = Field(default=1, ge=1, le=100_000, description="hierarchical only: root-cluster rounds")
+    min_available_clients: int = Field(
+        default=1, ge=1, le=10_000, description="learners to start / wait for (per cluster in hierarchical mode)"
+    )
+    min_fit_clients: int = Field(default=1, ge=1, le=10_000, description="learners needed to train a round")
+    min_evaluate_clients: int = Field(default=1, ge=1, le=10_000, description="learners needed to evaluate a round")
+    round_timeout_s: float | None = Field(
+        default=None, gt=0, le=86_400, description="extension: stragglers past this many seconds are dropped"
+    )
+
+    @field_validator("min_fit_clients", "min_evaluate_clients")
+    @classmethod
+    def _at_most_available(cls, value: int, info: ValidationInfo) -> int:
+        available = info.data.get("min_available_clients")
+        if available is not None and value > available:
+            raise ValueError(f"{info.field_name} ({value}) must not exceed min_available_clients ({available})")
+        return value
+
+
+class ResourceConstraints(_Strict):
+    memory: int = Field(default=100, ge=1, le=4_194_304, description="MB per training service")
+    vcpus: float = Field(default=1, gt=0, le=1024, description="CPUs per training service")
+    storage: int = Field(default=0, ge=0, le=1_073_741_824, description="MB of storage per training service")
+
+
+class ProjectSLA(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    customer_id: str = Field(
+        default="Admin",
+        alias="customerID",
+        pattern=NAME_PATTERN,
+        description="owner; defaults to the caller, must match the caller unless the caller is the admin",
+    )
+    verbose: bool = Field(default=False, description="more detailed events in the observer/manager log")
+    ml_repo_url: str = Field(
+        min_length=1,
+        max_length=_MAX_URL_LENGTH,
+        description="git URL (https, ssh, git@host:path), file:// URL or local path of the ML repository",
+    )
+    repo_ref: str | None = Field(
+        default=None, pattern=GIT_REF_PATTERN, description="extension: branch, tag or commit (default branch if unset)"
+    )
+    ml_model_flavor: ModelFlavor = Field(description="how the model is logged to and served from MLflow")
+    use_devel_base_images: bool = Field(
+        default=False, description="prebuilt base images for faster development builds; only with ['linux/amd64']"
+    )
+    supported_platforms: list[Platform] = Field(
+        default_factory=lambda: list(DEVEL_IMAGE_PLATFORMS), min_length=1, max_length=2
+    )
+    training_configuration: TrainingConfiguration = Field(default_factory=TrainingConfiguration)
+    post_training_steps: list[PostTrainingStep] = Field(
+        default_factory=list, max_length=4, description="deploying the trained model implies building its image"
+    )
+    resource_constraints: ResourceConstraints = Field(default_factory=ResourceConstraints)
+    orchestrator: str | None = Field(
+        default=None, pattern=ORCHESTRATOR_PATTERN, description="extension: orchestrator adapter for this project"
+    )
+
+    @field_validator("ml_repo_url")
+    @classmethod
+    def _safe_repo_url(cls, url: str) -> str:
+        return check_repo_url(url)
+
+    @field_validator("repo_ref")
+    @classmethod
+    def _safe_repo_ref(cls, ref: str | None) -> str | None:
+        if ref is not None and (".." in ref or ref.endswith((".", "/", ".lock")) or "//" in ref):
+            raise ValueError("repo_ref is not a valid git branch, tag or commit name")
+        return ref
+
+    @field_validator("supported_platforms")
+    @classmethod
+    def _platforms(cls, platforms: list[Platform], info: ValidationInfo) -> list[Platform]:
+        unique = list(dict.fromkeys(platforms))
+        if info.data.get("use_devel_base_images") and unique != DEVEL_IMAGE_PLATFORMS:
+            raise ValueError("use_devel_base_images is only valid with supported_platforms ['linux/amd64']")
+        return unique
+
+    @field_validator("post_training_steps")
+    @classmethod
+    def _deploy_implies_build(cls, steps: list[PostTrainingStep]) -> list[PostTrainingStep]:
+        normalised: list[PostTrainingStep] = []
+        if BUILD_STEP in steps or DEPLOY_STEP in steps:
+            normalised.append(BUILD_STEP)
+        if DEPLOY_STEP in steps:
+            normalised.append(DEPLOY_STEP)
+        return normalised
+
+    @property
+    def builds_model_image(self) -> bool:
+        return BUILD_STEP in self.post_training_steps
+
+    @property
+    def deploys_model_image(self) -> bool:
+        return DEPLOY_STEP in self.post_training_steps
+
+
+def check_repo_url(url: str) -> str:
+    """Return ``url`` stripped if it is a safe git URL or local path; raise ValueError otherwise.
+
+    Refused: option injection (a leading '-', ``--upload-pack`` and similar), git
+    transport helpers (``ext::``, ``fd::``), control characters, '..' path segments and
+    schemes git should not be asked to fetch from.
+    """
+    value = url.strip()
+    if not value:
+        raise ValueError("ml_repo_url must not be empty")
+    if value.startswith("-"):
+        raise ValueError("ml_repo_url must not start with '-' (it would be read as a git option)")
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise ValueError("ml_repo_url must not contain control characters")
+    lowered = value.lower()
+    for option in _FORBIDDEN_OPTIONS:
+        if option in lowered:
+            raise ValueError(f"ml_repo_url must not contain the git option {option!r}")
+    if _TRANSPORT_HELPER.match(value) or "ext::" in lowered:
+        raise ValueError("ml_repo_url must not use a git transport helper such as 'ext::'")
+    if _has_parent_segment(value):
+        raise ValueError("ml_repo_url must not contain '..' path segments; use an absolute path")
+    with_scheme = _URL_WITH_SCHEME.match(value)
+    if with_scheme:
+        scheme = with_scheme["scheme"].lower()
+        rest = with_scheme["rest"]
+        if scheme == "file":
+            if not rest.startswith("/"):
+                raise ValueError("a file:// ml_repo_url needs an absolute path (file:///path/to/repo)")
+            return value
+        if scheme not in _REMOTE_SCHEMES:
+            raise ValueError(f"ml_repo_url scheme {scheme!r} is not supported (use https, ssh, git or file)")
+        host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+        if not host or host.startswith("-"):
+            raise ValueError("ml_repo_url has no valid host")
+        return value
+    scp = _SCP_LIKE.match(value)
+    if scp and "/" not in value.split(":", 1)[0]:
+        if scp["host"].startswith("-"):
+            raise ValueError("ml_repo_url has no valid host")
+        return value
+    return value  # a local path, absolute or relative to the manager's repository base directory
+
+
+def _has_parent_segment(value: str) -> bool:
+    path = value.split("?", 1)[0].split("#", 1)[0]
+    return any(segment == ".." for segment in re.split(r"[/\\:]", path))
+
+
+def sla_to_training_settings(sla: ProjectSLA) -> TrainingSettings:
+    """The training part of ``sla`` as the services' ``TrainingSettings``."""
+    values = sla.training_configuration.model_dump(exclude_none=True)
+    return TrainingSettings.model_validate(values)
+
+
+def describe_validation_error(error: ValidationError) -> list[dict[str, str]]:
+    """One ``{field, message}`` per error; ``field`` is a dotted path such as ``training_configuration.mode``."""
+    described: list[dict[str, str]] = []
+    for item in error.errors(include_url=False):
+        described.append({"field": _dotted(item.get("loc", ())), "message": _message(item)})
+    return described
+
+
+def _dotted(loc: tuple[int | str, ...] | Any) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int) and parts:
+            parts[-1] = f"{parts[-1]}[{part}]"
+        else:
+            parts.append(str(part))
+    return ".".join(parts) or "body"
+
+
+def _message(item: Any) -> str:
+    kind = item.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "field required"
+    message = str(item.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    return message.splitlines()[0] if message else "invalid value"
