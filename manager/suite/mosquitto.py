@@ -1,0 +1,121 @@
+"""The suite's Mosquitto broker: password-protected, persistent, in the foreground."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import threading
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from flops_utils.service_config import MqttSettings
+from manager.suite.processes import ProcessRecord, find_binary, launch, run_tool, wait_ready
+from manager.suite.state import HOST, MOSQUITTO, ComponentState, Credentials
+
+_INSTALL_HINT = "install the Debian package 'mosquitto' (make system-packages)"
+READY_TIMEOUT_S = 30.0
+
+
+def broker_dir(state_dir: Path) -> Path:
+    return state_dir / MOSQUITTO
+
+
+def log_file(state_dir: Path) -> Path:
+    return state_dir / "logs" / f"{MOSQUITTO}.log"
+
+
+def config_file(state_dir: Path) -> Path:
+    return broker_dir(state_dir) / "mosquitto.conf"
+
+
+def write_config(state_dir: Path, component: ComponentState, acl_file: Path | None) -> Path:
+    """Write the password file and the config; return the config's path."""
+    if component.credentials is None:
+        raise ValueError("the broker needs credentials")
+    directory = broker_dir(state_dir)
+    data_dir = directory / "data"
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    password_file = directory / "passwd"
+    password_file.unlink(missing_ok=True)
+    password_file.touch(mode=0o600)
+    passwd_tool = find_binary("mosquitto_passwd", _INSTALL_HINT)
+    run_tool(
+        [passwd_tool, "-b", str(password_file), component.credentials.username, component.credentials.password],
+        name="mosquitto_passwd",
+    )
+    os.chmod(password_file, 0o600)
+    lines = [
+        "# written by manager.suite; rewritten on every start",
+        # As root Mosquitto would drop to the 'mosquitto' user, who cannot read our files.
+        f"user {pwd.getpwuid(os.geteuid()).pw_name}",
+        f"listener {component.port} {HOST}",
+        "allow_anonymous false",
+        f"password_file {password_file}",
+        "persistence true",
+        f"persistence_location {data_dir}/",
+        "autosave_interval 1",
+        "max_queued_messages 10000",
+        "log_dest stdout",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "log_type information",
+        "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+    ]
+    if acl_file is not None:
+        lines.append(f"acl_file {acl_file.resolve()}")
+    path = config_file(state_dir)
+    path.write_text("\n".join(lines) + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def start(state_dir: Path, component: ComponentState) -> ProcessRecord:
+    """Start Mosquitto from the config already written; return once it accepts our login."""
+    binary = find_binary("mosquitto", _INSTALL_HINT)
+    process = launch(
+        [binary, "-c", str(config_file(state_dir))], log_file=log_file(state_dir), cwd=state_dir, name=MOSQUITTO
+    )
+    settings = settings_for(component)
+    wait_ready(
+        process,
+        lambda: broker_accepts(settings),
+        name=MOSQUITTO,
+        log_file=log_file(state_dir),
+        timeout=READY_TIMEOUT_S,
+    )
+    return process
+
+
+def settings_for(component: ComponentState) -> MqttSettings:
+    credentials = component.credentials or Credentials(username="", password="")
+    return MqttSettings(host=HOST, port=component.port, username=credentials.username, password=credentials.password)
+
+
+def broker_accepts(settings: MqttSettings, timeout: float = 3.0) -> bool:
+    """True when the broker answers a CONNECT with these settings by accepting it."""
+    answered = threading.Event()
+    accepted: list[bool] = []
+
+    def on_connect(client: mqtt.Client, userdata: object, flags: object, reason_code: object, props: object) -> None:
+        accepted.append(not getattr(reason_code, "is_failure", True))
+        answered.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"flops-suite-probe-{uuid.uuid4().hex[:8]}")
+    if settings.username:
+        client.username_pw_set(settings.username, settings.password)
+    client.on_connect = on_connect
+    try:
+        client.connect(settings.host, settings.port, keepalive=10)
+    except (OSError, ValueError):
+        return False
+    client.loop_start()
+    try:
+        answered.wait(timeout)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return bool(accepted) and accepted[0]
