@@ -14,6 +14,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pymongo
@@ -137,13 +138,21 @@ def test_suite_started_by_a_process_that_exits_survives_is_reused_and_stops(own_
 
 
 def test_data_survives_a_suite_restart(own_state_dir: Path) -> None:
-    endpoints = start_suite(own_state_dir)
-    with pymongo.MongoClient(endpoints.mongo_uri, serverSelectionTimeoutMS=10000) as client:
-        client["keep"]["docs"].insert_one({"kept": True})
+    def collection() -> tuple[pymongo.MongoClient[dict[str, Any]], Any]:
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            start_suite(own_state_dir).mongo_uri, serverSelectionTimeoutMS=10000
+        )
+        return client, client["keep"]["docs"]
+
+    client, docs = collection()
+    docs.insert_one({"kept": True})
+    client.close()
     stop_suite(own_state_dir)
-    endpoints = start_suite(own_state_dir)
-    with pymongo.MongoClient(endpoints.mongo_uri, serverSelectionTimeoutMS=10000) as client:
-        assert client["keep"]["docs"].find_one({}, {"_id": 0}) == {"kept": True}
+    client, docs = collection()
+    try:
+        assert docs.find_one({}, {"_id": 0}) == {"kept": True}
+    finally:
+        client.close()
 
 
 def test_qos1_message_for_an_offline_subscriber_survives_a_broker_restart(own_state_dir: Path) -> None:
@@ -154,7 +163,7 @@ def test_qos1_message_for_an_offline_subscriber_survives_a_broker_restart(own_st
     got_it = threading.Event()
 
     def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        received.append(message.payload)
+        received.append(bytes(message.payload))
         got_it.set()
 
     def durable_subscriber() -> mqtt.Client:
