@@ -1,0 +1,87 @@
+"""``flops-manager``: load settings, connect the database, start the lifecycle, serve the REST API with waitress."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from types import FrameType
+
+from waitress import create_server
+
+from manager.api import TokenAuth, create_api
+from manager.settings import CONFIG_PATH_ENV, ManagerSettings, SettingsError, load_settings
+from manager.storage import MongoProjectStore, StorageUnavailable
+
+log = logging.getLogger("flops.manager")
+
+EXIT_CONFIG = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flops-manager", description="The FLOps manager: REST API and lifecycle.")
+    parser.add_argument("--config", help=f"manager settings (JSON); default: ${CONFIG_PATH_ENV}, then FLOPS_* env")
+    parser.add_argument("--host", help="override the bind address")
+    parser.add_argument("--port", type=int, help="override the port (0: any free port)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        if args.host is not None or args.port is not None:
+            overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+            settings = ManagerSettings.model_validate({**settings.model_dump(), **overrides})
+        auth = TokenAuth(settings.customer_tokens, settings.admin_token)
+    except (SettingsError, ValueError) as error:
+        print(f"flops-manager: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    return serve(settings, auth)
+
+
+def serve(settings: ManagerSettings, auth: TokenAuth) -> int:
+    """Run until SIGTERM/SIGINT; returns the process exit code."""
+    store = MongoProjectStore(settings.mongo_uri, settings.database, timeout_s=settings.db_timeout_s)
+    try:
+        store.connect()
+    except StorageUnavailable as error:
+        print(f"flops-manager: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    from manager.lifecycle import build_lifecycle  # heavy (MQTT, adapters): only when actually serving
+
+    lifecycle = build_lifecycle(settings, store)
+    try:
+        server = create_server(
+            create_api(lifecycle, store, auth, settings),
+            host=settings.host,
+            port=settings.port,
+            threads=settings.threads,
+            ident="flops-manager",
+        )
+    except OSError as error:
+        store.close()
+        print(f"flops-manager: cannot listen on {settings.host}:{settings.port}: {error.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
+    lifecycle.start()
+    previous = {signum: signal.signal(signum, _stop_serving) for signum in (signal.SIGTERM, signal.SIGINT)}
+    port = server.effective_port  # type: ignore[union-attr]
+    log.info("FLOps manager serving on http://%s:%s (API docs at /openapi)", settings.host, port)
+    try:
+        server.run()
+    finally:
+        log.info("FLOps manager stopping")
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        server.close()
+        lifecycle.close()
+        store.close()
+    return 0
+
+
+def _stop_serving(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)  # waitress' run loop turns this into an orderly return
+
+
+if __name__ == "__main__":
+    sys.exit(main())

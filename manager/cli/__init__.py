@@ -1,0 +1,1 @@
+"""The ``flops`` command-line client."""

@@ -1,0 +1,54 @@
+"""Where the CLI finds the manager: flags, then FLOPS_URL / FLOPS_TOKEN, then the local suite's manager config."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from manager.settings import DEFAULT_PORT
+
+URL_ENV = "FLOPS_URL"
+TOKEN_ENV = "FLOPS_TOKEN"
+MANAGER_DIR = "manager"
+MANAGER_CONFIG = "config.json"
+
+
+@dataclass(frozen=True)
+class Connection:
+    url: str
+    token: str | None
+
+
+def suite_manager_dir(state_dir: Path) -> Path:
+    return state_dir / MANAGER_DIR
+
+
+def read_suite_manager_config(state_dir: Path) -> dict[str, Any] | None:
+    """The manager config ``flops suite up --manager`` wrote, if present and readable."""
+    try:
+        loaded = json.loads((suite_manager_dir(state_dir) / MANAGER_CONFIG).read_text())
+    except (OSError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def manager_url(config: dict[str, Any]) -> str:
+    host = config.get("public_host") or config.get("host") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{host}:{config.get('port', DEFAULT_PORT)}"
+
+
+def resolve_connection(url: str | None, token: str | None, suite_dir: Path | None) -> Connection:
+    """Explicit values win; the suite's admin token is only ever sent to the suite's own manager."""
+    config = read_suite_manager_config(suite_dir) if suite_dir is not None else None
+    suite_url = manager_url(config) if config else None
+    resolved_url = (url or os.environ.get(URL_ENV) or suite_url or f"http://127.0.0.1:{DEFAULT_PORT}").rstrip("/")
+    resolved_token = token or os.environ.get(TOKEN_ENV)
+    if not resolved_token and config and resolved_url == suite_url:
+        admin_token = config.get("admin_token")
+        resolved_token = admin_token if isinstance(admin_token, str) else None
+    return Connection(url=resolved_url, token=resolved_token)
