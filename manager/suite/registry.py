@@ -55,16 +55,16 @@ def start(state_dir: Path, component: ComponentState) -> ProcessRecord:
     return process
 
 
-def registry_answers(component: ComponentState) -> bool:
+def registry_answers(component: ComponentState, timeout: float = 2.0) -> bool:
     if component.credentials is None:
         return False
     url = f"http://{HOST}:{component.port}/v2/"
     with requests.Session() as session:
         session.trust_env = False  # a proxy from the environment must not see loopback traffic
         try:
-            anonymous = session.get(url, timeout=2)
+            anonymous = session.get(url, timeout=timeout)
             authenticated = session.get(
-                url, auth=(component.credentials.username, component.credentials.password), timeout=2
+                url, auth=(component.credentials.username, component.credentials.password), timeout=timeout
             )
         except requests.RequestException:
             return False

@@ -40,6 +40,7 @@ STATE_DIR_ENV = "FLOPS_SUITE_DIR"
 USERNAME = "flops"
 _PORT_ATTEMPTS = 3
 _CORE = (MOSQUITTO, SECANTUSDB)
+_PROBE_TIMEOUT_S = 10.0
 
 
 def default_state_dir() -> Path:
@@ -179,13 +180,15 @@ def _new_credentials() -> Credentials:
 
 
 def _healthy(name: str, component: ComponentState) -> bool:
+    """Running and answering. Generous timeouts: a slow answer on a busy machine must not
+    make start_suite replace a working process."""
     if not is_running(component.process):
         return False
     if name == MOSQUITTO:
-        return mosquitto.broker_accepts(mosquitto.settings_for(component))
+        return mosquitto.broker_accepts(mosquitto.settings_for(component), timeout=_PROBE_TIMEOUT_S)
     if name == SECANTUSDB:
-        return secantus.database_answers(secantus.mongo_uri(component))
-    return registry.registry_answers(component)
+        return secantus.database_answers(secantus.mongo_uri(component), timeout_ms=int(_PROBE_TIMEOUT_S * 1000))
+    return registry.registry_answers(component, timeout=_PROBE_TIMEOUT_S)
 
 
 def _start_component(state_dir: Path, name: str, component: ComponentState, acl_file: Path | None) -> None:
