@@ -1,0 +1,71 @@
+"""The project observer keeps a readable, persistent event log of its project's reports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from flops_utils.mqtt_catalogue import ServiceState, ServiceStatus, TrainingProgress
+from flops_utils.mqtt_link import MqttLink
+from flops_utils.service_config import CONFIG_ENV, MqttSettings, ObserverConfig
+from tests.helpers import free_port, wait_until
+
+
+def start_observer(config: ObserverConfig, log_path: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, **{CONFIG_ENV: config.model_dump_json()})
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.observer.main"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def healthy(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/health", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+def events(url: str, after: int = 0) -> list[dict[str, object]]:
+    try:
+        return list(requests.get(f"{url}/events", params={"after": after}, timeout=2).json()["events"])
+    except requests.RequestException:
+        return []
+
+
+def test_observer_logs_reports_and_survives_a_restart(mqtt_settings: MqttSettings, tmp_path: Path) -> None:
+    port = free_port()
+    config = ObserverConfig(
+        project_id="p-obs", mqtt=mqtt_settings, port=port, log_file=str(tmp_path / "events.log")
+    )
+    url = f"http://127.0.0.1:{port}"
+    observer = start_observer(config, tmp_path / "observer.out")
+    link = MqttLink(mqtt_settings).connect()
+    try:
+        assert wait_until(lambda: healthy(url), 60)
+        time.sleep(1.0)  # the observer subscribes right after it connects
+        link.publish(ServiceStatus(project_id="p-obs", sender="builder", service="builder", state=ServiceState.STARTED))
+        link.publish(TrainingProgress(project_id="p-obs", sender="aggregator", round=1, total_rounds=3,
+                                      loss=0.25, accuracy=0.875, participants=2))  # fmt: skip
+        link.publish(ServiceStatus(project_id="other", sender="x", service="learner", state=ServiceState.FAILED))
+        assert wait_until(lambda: len(events(url)) >= 2, 30)
+        lines = [str(event["line"]) for event in events(url)]
+        assert "builder started" in lines[0]
+        assert "round 1/3" in lines[1] and "accuracy=0.8750" in lines[1] and "2 learners" in lines[1]
+        assert [event["seq"] for event in events(url, after=1)] == [2]
+
+        observer.send_signal(signal.SIGTERM)
+        assert observer.wait(timeout=20) == 0
+        observer = start_observer(config, tmp_path / "observer.out")
+        assert wait_until(lambda: len(events(url)) == 2, 60), "the log did not survive a restart"
+    finally:
+        link.close()
+        observer.kill()
+        observer.wait()
