@@ -19,6 +19,7 @@ NAME_ANNOTATION = "flops.io/app-name"
 CUSTOMER_ANNOTATION = "flops.io/customer"
 PROJECT_ANNOTATION = "flops.io/project-id"
 SERVICE_ANNOTATION = "flops.io/service-name"
+DEPLOYED_ANNOTATION = "flops.io/deployed"  # on the config Secret: tells "not deployed yet" from "stopped"
 
 CONFIG_KEY = "FLOPS_CONFIG"
 SPEC_KEY = "spec.json"

@@ -202,17 +202,19 @@ class KubernetesAdapter(OrchestratorAdapter):
         self._specs[(app.app_id, spec.name)] = spec
         return spec.name
 
+    def _registration(self, app: AppRef, service_id: str) -> Manifest | None:
+        secret_name = names.config_secret_name(service_id)
+        return self._call(
+            f"read secret {secret_name}", self._core.read_namespaced_secret, secret_name, app.app_id,
+            ignore=(_NOT_FOUND,),
+        )  # fmt: skip
+
     def _spec(self, app: AppRef, service_id: str) -> ServiceSpec | None:
         """The registered spec: cached, or read back from its Secret (the manager may have restarted)."""
         cached = self._specs.get((app.app_id, service_id))
         if cached is not None:
             return cached
-        secret_name = names.config_secret_name(service_id)
-        secret = self._call(
-            f"read secret {secret_name}", self._core.read_namespaced_secret, secret_name, app.app_id,
-            ignore=(_NOT_FOUND,),
-        )  # fmt: skip
-        encoded = ((secret or {}).get("data") or {}).get(names.SPEC_KEY)
+        encoded = ((self._registration(app, service_id) or {}).get("data") or {}).get(names.SPEC_KEY)
         if not encoded:
             return None
         spec = objects.decode_spec(base64.b64decode(encoded).decode())
@@ -237,6 +239,11 @@ class KubernetesAdapter(OrchestratorAdapter):
                 )
         manifest = objects.workload_manifest(app, spec, self.settings, instances, tagged_nodes)
         self._create_workload(app, spec, manifest)
+        secret_name = names.config_secret_name(spec.name)
+        self._call(
+            f"mark {spec.name} deployed", self._core.patch_namespaced_secret, secret_name, app.app_id,
+            {"metadata": {"annotations": {names.DEPLOYED_ANNOTATION: "true"}}}, ignore=(_NOT_FOUND,),
+        )  # fmt: skip
         service = objects.service_manifest(app, spec)
         if service is not None:
             self._call(
@@ -289,7 +296,11 @@ class KubernetesAdapter(OrchestratorAdapter):
         }[kind]
         workload = self._call(f"read {kind} {name}", reader, name, namespace, ignore=(_NOT_FOUND,))
         if workload is None:
-            return ServiceInfo(service_id, ServiceState.STOPPED, detail="not deployed")
+            registration = self._registration(app, service_id) or {}
+            annotations = (registration.get("metadata") or {}).get("annotations") or {}
+            if annotations.get(names.DEPLOYED_ANNOTATION) == "true":
+                return ServiceInfo(service_id, ServiceState.STOPPED, detail="undeployed")
+            return ServiceInfo(service_id, ServiceState.PENDING, detail="registered, not deployed yet")
         selector = ",".join(f"{key}={value}" for key, value in objects.selector_labels(app, service_id).items())
         pods = self._items(
             f"list the pods of {name}", self._core.list_namespaced_pod, namespace, label_selector=selector

@@ -70,6 +70,18 @@ def _status_body(code: int, reason: str, message: str) -> Obj:
     }
 
 
+def _merge(target: Obj, patch: Obj) -> Obj:
+    """JSON merge patch (RFC 7386); enough for the metadata and status patches the adapter sends."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+    return target
+
+
 def label_selector_matches(selector: str, labels: dict[str, str]) -> bool:
     """Equality-based selectors: ``k=v``, ``k==v``, ``k!=v``, ``k`` and ``!k``, comma-separated."""
     for term in filter(None, (part.strip() for part in selector.split(","))):
@@ -102,7 +114,9 @@ class KubernetesApiEmulator:
         self.cascaded: list[Key] = []  # deleted with their owner or namespace
         self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
         self.port = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, name="k8s-emulator", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="k8s-emulator", daemon=True
+        )
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> KubernetesApiEmulator:
@@ -308,6 +322,13 @@ class KubernetesApiEmulator:
                 self._normalise(plural, body)
                 self._objects[key] = body
                 return 200, body
+            if request.method == "PATCH":
+                if not isinstance(body, dict) or "json-patch" in (request.content_type or ""):
+                    raise ApiError(415, "UnsupportedMediaType", "only merge patches are supported")
+                merged = _merge(copy.deepcopy(self._objects[key]), body)
+                self._normalise(plural, merged)
+                self._objects[key] = merged
+                return 200, merged
             if request.method == "DELETE":
                 propagation = request.args.get("propagationPolicy") or (body or {}).get("propagationPolicy")
                 self._delete(key, propagation or "Background", explicit=True)
