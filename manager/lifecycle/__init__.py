@@ -2,35 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.service import LifecycleService
 from manager.storage.base import ProjectStore
 
-__all__ = ["LifecycleService", "LifecycleSettings", "build_lifecycle"]
+if TYPE_CHECKING:
+    from manager.settings import ManagerSettings
+
+__all__ = ["LifecycleService", "LifecycleSettings", "build_lifecycle", "lifecycle_settings"]
+
+TIMEOUT_FIELDS = {f.name for f in dataclasses.fields(LifecycleSettings) if f.name.endswith("_s")}
 
 
-def build_lifecycle(settings: Any, store: ProjectStore) -> LifecycleService:
-    """Build the lifecycle from the manager's settings (no I/O; call ``start()`` next)."""
-    state_dir = Path(settings.state_dir)
-    lifecycle_settings = LifecycleSettings(
+def lifecycle_settings(settings: ManagerSettings) -> LifecycleSettings:
+    unknown = set(settings.lifecycle) - TIMEOUT_FIELDS
+    if unknown:
+        raise ValueError(f"unknown lifecycle settings {sorted(unknown)}; known: {sorted(TIMEOUT_FIELDS)}")
+    adapters = {name: dict(values) for name, values in settings.adapter_settings.items()}
+    adapters.setdefault("local", {}).setdefault("state_dir", str(Path(settings.state_dir) / "local-adapter"))
+    return LifecycleSettings(
         mqtt=settings.mqtt,
-        state_dir=state_dir,
-        cache_dir=Path(getattr(settings, "cache_dir", None) or state_dir / "cache"),
-        orchestrator=getattr(settings, "orchestrator", "local"),
-        adapter_settings=_adapter_settings(settings, state_dir),
-        registry=getattr(settings, "registry", None),
-        repo_base_dir=Path(getattr(settings, "repo_base_dir", None) or Path.cwd()),
-        images=dict(getattr(settings, "images", {}) or {}),
+        state_dir=Path(settings.state_dir),
+        cache_dir=Path(settings.cache_dir),
+        orchestrator=settings.orchestrator,
+        adapter_settings=adapters,  # type: ignore[arg-type]
+        registry=settings.registry,
+        repo_base_dir=Path(settings.repo_base_dir or Path.cwd()),
+        images=dict(settings.images),
+        **{name: float(value) for name, value in settings.lifecycle.items()},  # type: ignore[arg-type]
     )
-    return LifecycleService(lifecycle_settings, store)
 
 
-def _adapter_settings(settings: Any, state_dir: Path) -> dict[str, dict[str, object]]:
-    configured = dict(getattr(settings, "adapters", None) or getattr(settings, "adapter_settings", None) or {})
-    local = dict(configured.get("local", {}))
-    local.setdefault("state_dir", str(state_dir / "local-adapter"))
-    configured["local"] = local
-    return configured
+def build_lifecycle(settings: ManagerSettings, store: ProjectStore) -> LifecycleService:
+    """Build the lifecycle from the manager's settings (no I/O; call ``start()`` next)."""
+    return LifecycleService(lifecycle_settings(settings), store)

@@ -162,6 +162,9 @@ class LifecycleService:
             self.stop_project(project_id)
         for record in self.store.list_projects(None):
             self._undeploy_leftovers(record)
+        for app in self.store.list_apps(kind=AppKind.OBSERVATORY.value):
+            observatory = AppRef(str(app["app_id"]), str(app["name"]), AppKind.OBSERVATORY, str(app["customer"]))
+            self.adapter().delete_app(observatory)
         self.store.reset()
 
     # -- MQTT reports --------------------------------------------------------------
