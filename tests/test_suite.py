@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,14 @@ def _recorded_pids(state_dir: Path) -> dict[str, int]:
     return {name: component["pid"] for name, component in document["components"].items()}
 
 
+def _with_collection(mongo_uri: str, action: Callable[[Any], Any]) -> Any:
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=10000)
+    try:
+        return action(client["keep"]["docs"])
+    finally:
+        client.close()
+
+
 @pytest.fixture()
 def own_state_dir(tmp_path: Path) -> Iterator[Path]:
     """A state dir for one test; whatever the test started there is stopped afterwards."""
@@ -103,7 +111,7 @@ def test_database_stores_and_finds_documents(mongo_uri: str, mongo_db_name: str)
         client.close()
 
 
-def test_suite_started_by_a_process_that_exits_survives_is_reused_and_stops(own_state_dir: Path) -> None:
+def test_suite_started_by_an_exiting_process_survives_is_reused_stops_and_keeps_data(own_state_dir: Path) -> None:
     cli = subprocess.run(
         [sys.executable, "-m", "manager.suite", "start", "--state-dir", str(own_state_dir)],
         cwd=REPO_ROOT,
@@ -126,6 +134,7 @@ def test_suite_started_by_a_process_that_exits_survives_is_reused_and_stops(own_
     again = start_suite(own_state_dir)
     assert again == first
     assert _recorded_pids(own_state_dir) == pids, "a second start must reuse the running processes"
+    _with_collection(first.mongo_uri, lambda docs: docs.insert_one({"kept": True}))
 
     stop_suite(own_state_dir)
     assert not any(_pid_alive(pid) for pid in pids.values())
@@ -135,24 +144,8 @@ def test_suite_started_by_a_process_that_exits_survives_is_reused_and_stops(own_
     restarted = start_suite(own_state_dir)
     assert restarted.mqtt.password == first.mqtt.password
     assert _connect_result(restarted.mqtt, restarted.mqtt.username, restarted.mqtt.password) == "Success"
-
-
-def test_data_survives_a_suite_restart(own_state_dir: Path) -> None:
-    def collection() -> tuple[pymongo.MongoClient[dict[str, Any]], Any]:
-        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-            start_suite(own_state_dir).mongo_uri, serverSelectionTimeoutMS=10000
-        )
-        return client, client["keep"]["docs"]
-
-    client, docs = collection()
-    docs.insert_one({"kept": True})
-    client.close()
-    stop_suite(own_state_dir)
-    client, docs = collection()
-    try:
-        assert docs.find_one({}, {"_id": 0}) == {"kept": True}
-    finally:
-        client.close()
+    kept = _with_collection(restarted.mongo_uri, lambda docs: docs.find_one({}, {"_id": 0}))
+    assert kept == {"kept": True}
 
 
 def test_qos1_message_for_an_offline_subscriber_survives_a_broker_restart(own_state_dir: Path) -> None:
