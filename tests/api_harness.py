@@ -1,0 +1,150 @@
+"""The real REST API served by waitress in a thread, with a small recording ProjectControl.
+
+The lifecycle is tested elsewhere; here the control stores plain records and events in
+the real MongoProjectStore, so the API, identity, storage and CLI are exercised for real.
+A project whose ``ml_repo_url`` contains ``simulate`` advances through its rounds in a
+background thread (``fail`` in the URL makes it end FAILED), for watching clients.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from waitress import create_server
+from waitress import wasyncore
+
+from flops_utils.service_config import MqttSettings
+from manager.api import TokenAuth, create_api
+from manager.control import ControlError, MockRequest, MockResult
+from manager.records import EventRecord, ProjectPhase, ProjectRecord, ProjectStatus, Progress
+from manager.settings import ManagerSettings
+from manager.sla import ProjectSLA
+from manager.storage import MongoProjectStore, ProjectStore
+
+ADMIN_TOKEN = "admin-token-" + uuid.uuid4().hex
+ALICE_TOKEN = "alice-token-" + uuid.uuid4().hex
+BOB_TOKEN = "bob-token-" + uuid.uuid4().hex
+TOKENS = {ALICE_TOKEN: "alice", BOB_TOKEN: "bob"}
+SIMULATED_ROUND_S = 0.25
+
+
+class RecordingControl:
+    """Implements manager.control.ProjectControl by writing records; remembers every call."""
+
+    def __init__(self, store: ProjectStore) -> None:
+        self.store = store
+        self.calls: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def _record_call(self, name: str, argument: Any) -> None:
+        with self._lock:
+            self.calls.append((name, argument))
+
+    def start_project(self, sla: ProjectSLA, customer: str) -> ProjectRecord:
+        self._record_call("start_project", (sla, customer))
+        training = sla.training_configuration
+        record = ProjectRecord(
+            project_id=uuid.uuid4().hex[:16],
+            customer=customer,
+            sla=sla.model_dump(mode="json", by_alias=True),
+            orchestrator=sla.orchestrator or "local",
+            progress=Progress(total_rounds=training.training_rounds, total_cycles=training.training_cycles),
+        )
+        self.store.insert_project(record)
+        self.store.append_event(EventRecord(project_id=record.project_id, text="project accepted"))
+        if "simulate" in sla.ml_repo_url:
+            thread = threading.Thread(target=self._simulate, args=(record.project_id, sla), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        return record
+
+    def _simulate(self, project_id: str, sla: ProjectSLA) -> None:
+        rounds = sla.training_configuration.training_rounds
+        self.store.update_project(project_id, status=ProjectStatus.RUNNING, phase=ProjectPhase.TRAINING)
+        for number in range(1, rounds + 1):
+            time.sleep(SIMULATED_ROUND_S)
+            current = self.store.get_project(project_id)
+            if current is None or current.status.finished:
+                return
+            progress = current.progress.model_copy(update={"round": number, "accuracy": 0.5 + number / 100})
+            self.store.update_project(project_id, progress=progress)
+            self.store.append_event(EventRecord(project_id=project_id, source="aggregator", text=f"round {number} done"))
+        failed = "fail" in sla.ml_repo_url
+        status = ProjectStatus.FAILED if failed else ProjectStatus.COMPLETED
+        self.store.append_event(EventRecord(project_id=project_id, text=f"project {status.value}"))
+        self.store.update_project(
+            project_id,
+            status=status,
+            phase=ProjectPhase.DONE,
+            finished_at=time.time(),
+            error="simulated failure" if failed else None,
+        )
+
+    def stop_project(self, project_id: str) -> ProjectRecord:
+        self._record_call("stop_project", project_id)
+        current = self.store.get_project(project_id)
+        if current is None:
+            raise ControlError(f"no project {project_id}", 404)
+        if current.status.finished:
+            raise ControlError(f"project {project_id} is already {current.status.value}", 409)
+        self.store.append_event(EventRecord(project_id=project_id, text="stopped by request"))
+        return self.store.update_project(
+            project_id, status=ProjectStatus.STOPPED, phase=ProjectPhase.DONE, finished_at=time.time()
+        )
+
+    def tracking_url(self, customer: str) -> str:
+        self._record_call("tracking_url", customer)
+        return f"http://127.0.0.1:5999/{customer}"
+
+    def push_mock_data(self, request: MockRequest) -> MockResult:
+        self._record_call("push_mock_data", request)
+        configuration = request.mock_data_configuration
+        partitions = {f"node-{index}": 100 + index for index in range(configuration.number_of_partitions)}
+        return MockResult(data_tag=configuration.data_tag, partitions=partitions)
+
+    def reset(self) -> None:
+        self._record_call("reset", None)
+        self.store.reset()
+
+    def join(self, timeout: float = 10.0) -> None:
+        for thread in self._threads:
+            thread.join(timeout)
+
+
+@dataclass
+class RunningApi:
+    url: str
+    store: MongoProjectStore
+    control: RecordingControl
+    settings: ManagerSettings
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def running_api(mongo_uri: str, database: str, mqtt: MqttSettings) -> Iterator[RunningApi]:
+    """The API on a free port of 127.0.0.1, backed by a fresh store; stopped and closed on exit."""
+    settings = ManagerSettings(
+        port=0, admin_token=ADMIN_TOKEN, customer_tokens=TOKENS, mqtt=mqtt, mongo_uri=mongo_uri, database=database
+    )
+    store = MongoProjectStore(mongo_uri, database, timeout_s=10.0)
+    store.connect()
+    control = RecordingControl(store)
+    app = create_api(control, store, TokenAuth(TOKENS, ADMIN_TOKEN), settings)
+    server = create_server(app, host="127.0.0.1", port=0, threads=4, ident="flops-test")
+    thread = threading.Thread(target=server.run, name="api-server", daemon=True)
+    thread.start()
+    try:
+        yield RunningApi(f"http://127.0.0.1:{server.effective_port}", store, control, settings)  # type: ignore[union-attr]
+    finally:
+        server.task_dispatcher.shutdown()  # type: ignore[union-attr]
+        wasyncore.close_all(server._map)  # type: ignore[union-attr]  # empties the loop's map: run() returns
+        thread.join(10)
+        control.join()
+        store.close()

@@ -1,0 +1,252 @@
+"""The project SLA: every field, default, constraint, cross-field check and refused repo URL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from manager.sla import ProjectSLA, describe_validation_error, sla_to_training_settings
+
+_DROP = object()  # sla(field=_DROP) leaves the field out
+MINIMAL: dict[str, Any] = {"ml_repo_url": "https://github.com/example/mnist-sklearn.git", "ml_model_flavor": "sklearn"}
+
+
+def sla(**changes: Any) -> dict[str, Any]:
+    document = dict(MINIMAL)
+    for key, value in changes.items():
+        if value is _DROP:
+            document.pop(key, None)
+        else:
+            document[key] = value
+    return document
+
+
+def training(**values: Any) -> dict[str, Any]:
+    return sla(training_configuration=values)
+
+
+
+def errors_of(document: Any) -> list[dict[str, str]]:
+    with pytest.raises(ValidationError) as caught:
+        ProjectSLA.model_validate(document)
+    return describe_validation_error(caught.value)
+
+
+def test_defaults_match_the_reference() -> None:
+    parsed = ProjectSLA.model_validate(MINIMAL)
+    assert parsed.customer_id == "Admin"
+    assert parsed.verbose is False
+    assert parsed.use_devel_base_images is False
+    assert parsed.supported_platforms == ["linux/amd64"]
+    assert parsed.post_training_steps == []
+    assert parsed.repo_ref is None and parsed.orchestrator is None
+    tc = parsed.training_configuration
+    assert (tc.mode, tc.data_tags, tc.training_rounds, tc.training_cycles) == ("classic", [], 3, 1)
+    assert (tc.min_available_clients, tc.min_fit_clients, tc.min_evaluate_clients) == (1, 1, 1)
+    assert tc.round_timeout_s is None
+    rc = parsed.resource_constraints
+    assert (rc.memory, rc.vcpus, rc.storage) == (100, 1, 0)
+
+
+def test_reference_examples_are_accepted_unchanged() -> None:
+    classic = {
+        "customerID": "Admin",
+        "ml_repo_url": "https://github.com/Malyuk-A/flops_ml_repo_mnist_sklearn.git",
+        "ml_model_flavor": "sklearn",
+        "training_configuration": {
+            "data_tags": ["mnist"], "min_available_clients": 2, "min_fit_clients": 2, "min_evaluate_clients": 2,
+        },
+        "post_training_steps": ["build_image_for_trained_model", "deploy_trained_model_image"],
+    }  # fmt: skip
+    hierarchical = {
+        "customerID": "Admin",
+        "ml_repo_url": "git@github.com:example/cifar10-pytorch.git",
+        "ml_model_flavor": "pytorch",
+        "supported_platforms": ["linux/amd64", "linux/arm64"],
+        "training_configuration": {
+            "mode": "hierarchical", "data_tags": ["cifar10"], "training_cycles": 10, "training_rounds": 5,
+            "min_available_clients": 3, "min_fit_clients": 3, "min_evaluate_clients": 3,
+        },
+        "post_training_steps": ["build_image_for_trained_model", "deploy_trained_model_image"],
+    }  # fmt: skip
+    assert ProjectSLA.model_validate(classic).training_configuration.min_fit_clients == 2
+    parsed = ProjectSLA.model_validate(hierarchical)
+    assert parsed.training_configuration.mode == "hierarchical"
+    assert parsed.supported_platforms == ["linux/amd64", "linux/arm64"]
+    assert parsed.deploys_model_image and parsed.builds_model_image
+
+
+@pytest.mark.parametrize(
+    ("document", "attribute", "expected"),
+    [
+        (sla(customerID="alice"), "customer_id", "alice"),
+        (sla(customer_id="bob"), "customer_id", "bob"),
+        (sla(verbose=True), "verbose", True),
+        (sla(ml_model_flavor="pytorch"), "ml_model_flavor", "pytorch"),
+        (sla(ml_model_flavor="tensorflow"), "ml_model_flavor", "tensorflow"),
+        (sla(ml_model_flavor="keras"), "ml_model_flavor", "keras"),
+        (sla(use_devel_base_images=True), "use_devel_base_images", True),
+        (sla(supported_platforms=["linux/arm64"]), "supported_platforms", ["linux/arm64"]),
+        (sla(post_training_steps=["build_image_for_trained_model"]), "post_training_steps",
+         ["build_image_for_trained_model"]),
+        (sla(post_training_steps=["deploy_trained_model_image"]), "post_training_steps",
+         ["build_image_for_trained_model", "deploy_trained_model_image"]),
+        (sla(repo_ref="release/v1.2"), "repo_ref", "release/v1.2"),
+        (sla(orchestrator="kubernetes"), "orchestrator", "kubernetes"),
+        (sla(ml_repo_url="  /srv/repos/mnist  "), "ml_repo_url", "/srv/repos/mnist"),
+    ],
+)  # fmt: skip
+def test_top_level_fields(document: dict[str, Any], attribute: str, expected: Any) -> None:
+    assert getattr(ProjectSLA.model_validate(document), attribute) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "attribute", "expected"),
+    [
+        ({"mode": "hierarchical"}, "mode", "hierarchical"),
+        ({"data_tags": ["mnist", "digits-2", "a.b_c"]}, "data_tags", ["mnist", "digits-2", "a.b_c"]),
+        ({"training_rounds": 7}, "training_rounds", 7),
+        ({"training_cycles": 4}, "training_cycles", 4),
+        ({"min_available_clients": 5, "min_fit_clients": 5, "min_evaluate_clients": 3}, "min_evaluate_clients", 3),
+        ({"round_timeout_s": 12.5}, "round_timeout_s", 12.5),
+    ],
+)
+def test_training_configuration_fields(values: dict[str, Any], attribute: str, expected: Any) -> None:
+    parsed = ProjectSLA.model_validate(training(**values))
+    assert getattr(parsed.training_configuration, attribute) == expected
+
+
+def test_resource_constraints() -> None:
+    parsed = ProjectSLA.model_validate(sla(resource_constraints={"memory": 2048, "vcpus": 2.5, "storage": 500}))
+    assert (parsed.resource_constraints.memory, parsed.resource_constraints.vcpus) == (2048, 2.5)
+    assert parsed.resource_constraints.storage == 500
+
+
+@pytest.mark.parametrize(
+    ("document", "field", "message_part"),
+    [
+        (sla(ml_repo_url=_DROP), "ml_repo_url", "field required"),
+        (sla(ml_model_flavor=_DROP), "ml_model_flavor", "field required"),
+        (sla(ml_model_flavor="xgboost"), "ml_model_flavor", "sklearn"),
+        (sla(customerID=""), "customerID", "pattern"),
+        (sla(customerID="../etc"), "customerID", "pattern"),
+        (sla(verbose="maybe"), "verbose", "bool"),
+        (sla(supported_platforms=["windows/amd64"]), "supported_platforms[0]", "linux/amd64"),
+        (sla(supported_platforms=[]), "supported_platforms", "at least 1"),
+        (sla(use_devel_base_images=True, supported_platforms=["linux/amd64", "linux/arm64"]), "supported_platforms",
+         "use_devel_base_images"),
+        (sla(use_devel_base_images=True, supported_platforms=["linux/arm64"]), "supported_platforms",
+         "use_devel_base_images"),
+        (sla(post_training_steps=["publish"]), "post_training_steps[0]", "build_image_for_trained_model"),
+        (training(mode="ring"), "training_configuration.mode", "classic"),
+        (training(data_tags="mnist"), "training_configuration.data_tags", "list"),
+        (training(data_tags=["../secrets"]), "training_configuration.data_tags[0]", "pattern"),
+        (training(data_tags=["a b"]), "training_configuration.data_tags[0]", "pattern"),
+        (training(training_rounds=0), "training_configuration.training_rounds", "greater than or equal to 1"),
+        (training(training_cycles=0), "training_configuration.training_cycles", "greater than or equal to 1"),
+        (training(min_available_clients=0), "training_configuration.min_available_clients", "greater than or equal"),
+        (training(min_fit_clients=0), "training_configuration.min_fit_clients", "greater than or equal"),
+        (training(min_evaluate_clients=0), "training_configuration.min_evaluate_clients", "greater than or equal"),
+        (training(training_rounds=2.5), "training_configuration.training_rounds", "integer"),
+        (training(round_timeout_s=0), "training_configuration.round_timeout_s", "greater than 0"),
+        (training(min_available_clients=2, min_fit_clients=3), "training_configuration.min_fit_clients",
+         "must not exceed min_available_clients (2)"),
+        (training(min_available_clients=2, min_evaluate_clients=4), "training_configuration.min_evaluate_clients",
+         "must not exceed min_available_clients (2)"),
+        (training(min_fit_clients=2), "training_configuration.min_fit_clients", "min_available_clients (1)"),
+        (sla(resource_constraints={"memory": 0}), "resource_constraints.memory", "greater than or equal to 1"),
+        (sla(resource_constraints={"vcpus": 0}), "resource_constraints.vcpus", "greater than 0"),
+        (sla(resource_constraints={"storage": -1}), "resource_constraints.storage", "greater than or equal to 0"),
+        (sla(repo_ref="--upload-pack=x"), "repo_ref", "pattern"),
+        (sla(repo_ref="main..evil"), "repo_ref", "repo_ref"),
+        (sla(orchestrator="Kube rnetes"), "orchestrator", "pattern"),
+    ],
+)  # fmt: skip
+def test_bad_values_name_their_field(document: dict[str, Any], field: str, message_part: str) -> None:
+    errors = errors_of(document)
+    assert field in [error["field"] for error in errors], errors
+    message = next(error["message"] for error in errors if error["field"] == field)
+    assert message_part in message
+
+
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [
+        (sla(colour="blue"), "colour"),
+        (training(learning_rate=0.1), "training_configuration.learning_rate"),
+        (sla(resource_constraints={"gpus": 1}), "resource_constraints.gpus"),
+    ],
+)
+def test_unknown_fields_are_rejected_at_every_level(document: dict[str, Any], field: str) -> None:
+    assert {"field": field, "message": "unknown field"} in errors_of(document)
+
+
+@pytest.mark.parametrize("document", [None, "an SLA", [MINIMAL], 42])
+def test_a_body_that_is_not_an_object_is_refused(document: Any) -> None:
+    assert errors_of(document)[0]["field"] == "body"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://github.com/example/repo.git",
+        "http://127.0.0.1:8080/repo.git",
+        "ssh://git@example.org:2222/team/repo.git",
+        "git://example.org/repo.git",
+        "git@github.com:example/repo.git",
+        "file:///srv/repos/mnist",
+        "/srv/repos/mnist",
+        "examples/mnist_sklearn",
+        "./mnist",
+    ],
+)
+def test_accepted_repo_urls(url: str) -> None:
+    assert ProjectSLA.model_validate(sla(ml_repo_url=url)).ml_repo_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("--upload-pack=touch /tmp/pwned", "must not start with '-'"),
+        ("-oProxyCommand=evil", "must not start with '-'"),
+        ("https://example.org/repo.git --upload-pack=evil", "--upload-pack"),
+        ("/srv/repo --receive-pack=x", "--receive-pack"),
+        ("ext::sh -c touch% /tmp/pwned", "transport helper"),
+        ("fd::17", "transport helper"),
+        ("https://example.org/a/../../etc/passwd", "'..'"),
+        ("../../etc", "'..'"),
+        ("git@example.org:../../etc", "'..'"),
+        ("ssh://-oProxyCommand=evil/repo", "no valid host"),
+        ("https:///repo.git", "no valid host"),
+        ("ftp://example.org/repo.git", "not supported"),
+        ("file://relative/path", "absolute path"),
+        ("https://example.org/repo\n.git", "control characters"),
+        ("   ", "must not be empty"),
+    ],
+)
+def test_refused_repo_urls(url: str, reason: str) -> None:
+    errors = errors_of(sla(ml_repo_url=url))
+    assert errors[0]["field"] == "ml_repo_url"
+    assert reason in errors[0]["message"]
+
+
+def test_training_settings_for_the_services() -> None:
+    parsed = ProjectSLA.model_validate(
+        training(mode="hierarchical", data_tags=["x"], training_rounds=2, training_cycles=3, round_timeout_s=9)
+    )
+    settings = sla_to_training_settings(parsed)
+    assert (settings.mode, settings.data_tags, settings.training_rounds, settings.training_cycles) == (
+        "hierarchical", ["x"], 2, 3,
+    )  # fmt: skip
+    assert settings.round_timeout_s == 9
+    default_timeout = sla_to_training_settings(ProjectSLA.model_validate(MINIMAL)).round_timeout_s
+    assert default_timeout > 0  # the services' default applies when the SLA leaves it out
+
+
+def test_dump_round_trips_with_the_reference_field_name() -> None:
+    parsed = ProjectSLA.model_validate(sla(customerID="carol", post_training_steps=["deploy_trained_model_image"]))
+    dumped = parsed.model_dump(mode="json", by_alias=True)
+    assert dumped["customerID"] == "carol"
+    assert ProjectSLA.model_validate(dumped) == parsed
