@@ -16,13 +16,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from waitress import create_server
-from waitress import wasyncore
+from waitress import create_server, wasyncore
 
 from flops_utils.service_config import MqttSettings
 from manager.api import TokenAuth, create_api
 from manager.control import ControlError, MockRequest, MockResult
-from manager.records import EventRecord, ProjectPhase, ProjectRecord, ProjectStatus, Progress
+from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, ProjectStatus
 from manager.settings import ManagerSettings
 from manager.sla import ProjectSLA
 from manager.storage import MongoProjectStore, ProjectStore
@@ -75,7 +74,8 @@ class RecordingControl:
                 return
             progress = current.progress.model_copy(update={"round": number, "accuracy": 0.5 + number / 100})
             self.store.update_project(project_id, progress=progress)
-            self.store.append_event(EventRecord(project_id=project_id, source="aggregator", text=f"round {number} done"))
+            done = EventRecord(project_id=project_id, source="aggregator", text=f"round {number} done")
+            self.store.append_event(done)
         failed = "fail" in sla.ml_repo_url
         status = ProjectStatus.FAILED if failed else ProjectStatus.COMPLETED
         self.store.append_event(EventRecord(project_id=project_id, text=f"project {status.value}"))

@@ -105,7 +105,8 @@ def test_customer_id_must_match_the_caller_unless_admin(api: RunningApi) -> None
     on_behalf = start(api, ADMIN_TOKEN, customerID="bob")
     assert on_behalf["customer"] == "bob"
     assert start(api, ADMIN_TOKEN)["customer"] == "Admin"
-    assert on_behalf["project_id"] in [p["project_id"] for p in call(api, "GET", PROJECTS, BOB_TOKEN).json()["projects"]]
+    bobs_projects = call(api, "GET", PROJECTS, BOB_TOKEN).json()["projects"]
+    assert on_behalf["project_id"] in [p["project_id"] for p in bobs_projects]
 
 
 @pytest.mark.parametrize(
@@ -217,7 +218,7 @@ def mlflow_scoring_url() -> Iterator[str]:
     import uvicorn
     from mlflow.pyfunc import scoring_server
 
-    class RowSum(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    class RowSum(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
         def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  # no hints: MLflow
             import numpy  # "inputs" arrive as a tensor (ndarray), columns as a DataFrame
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from manager.records import EventRecord, ProjectPhase, ProjectRecord, ProjectStatus, Progress
+from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, ProjectStatus
 from manager.storage import MongoProjectStore, ProjectNotFound, StorageUnavailable
 from tests.helpers import free_port
 
