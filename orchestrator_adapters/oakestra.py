@@ -1,0 +1,286 @@
+"""Run FLOps services on Oakestra through its root orchestrator's REST API.
+
+Apps are Oakestra applications, services are microservices described by SLA v2.0
+descriptors (the configuration document travels in the ``FLOPS_CONFIG`` environment
+variable). Learners are placed with the ``addons`` constraint, cluster aggregators with the
+``clusters`` constraint; every service with ports gets a deterministic, collision-checked
+round-robin address. Status is polled from ``GET /api/service/<id>``, so FAILED and DEAD
+services are noticed even when they never reported over MQTT.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator_adapters import oakestra_sla as sla
+from orchestrator_adapters.base import (
+    AdapterError,
+    AppKind,
+    AppRef,
+    Endpoint,
+    NodeInfo,
+    OrchestratorAdapter,
+    Placement,
+    PortSpec,
+    ServiceInfo,
+    ServiceSpec,
+    ServiceState,
+)
+from orchestrator_adapters.oakestra_client import OakestraClient, object_id
+
+__all__ = ["OakestraAdapter", "OakestraNode", "OakestraSettings"]
+
+Json = dict[str, Any]
+_ADDRESS_ATTEMPTS = 64
+
+
+class OakestraNode(BaseModel):
+    """A learner node FLOps should know about (the root API lists clusters, not their workers)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    cluster: str
+    data_server: str | None = Field(default=None, description="host:port of the node's data server")
+    labels: dict[str, str] = Field(default_factory=dict)
+    learner: bool = True
+
+
+class OakestraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="root orchestrator (system manager) URL, e.g. http://root:10000")
+    username: str
+    password: str = Field(repr=False)
+    organization: str | None = None
+    verify_tls: bool = True
+    application_namespace: str = Field(default="flops", pattern=r"^[a-zA-Z0-9]{1,10}$")
+    user_id: str | None = Field(
+        default=None, description="list apps via /api/applications/<user_id> (needed when the user is not an admin)"
+    )
+    learner_addon: str = Field(default="FLOps-learner", description="addon learner nodes run (addons constraint)")
+    virtualization: Literal["container", "unikernel"] = "container"
+    expose_ports: bool = Field(default=False, description="also map service ports on the nodes (host:port)")
+    service_network: str = Field(default="10.30.0.0/16", description="Oakestra's service (round-robin) addresses")
+    nodes: list[OakestraNode] = Field(default_factory=list, description="learner nodes and their data servers")
+    token_refresh_margin_s: float = Field(default=60.0, ge=0)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class OakestraAdapter(OrchestratorAdapter):
+    """Constructing it does no I/O; the first call logs in."""
+
+    name = "oakestra"
+
+    def __init__(self, settings: OakestraSettings) -> None:
+        self.settings = settings
+        self.client = OakestraClient(
+            settings.url,
+            settings.username,
+            settings.password,
+            organization=settings.organization,
+            verify_tls=settings.verify_tls,
+            timeout_s=settings.request_timeout_s,
+            refresh_margin_s=settings.token_refresh_margin_s,
+        )
+        self._addresses: dict[tuple[str, str], str] = {}  # (app id, service name) -> planned address
+        self._undeployed: set[str] = set()
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- apps ------------------------------------------------------------------------------
+    def _applications(self) -> list[Json]:
+        path = f"/api/applications/{self.settings.user_id}" if self.settings.user_id else "/api/applications/"
+        answer = self.client.call("GET", path, "listing applications")
+        return [app for app in answer or [] if isinstance(app, dict)]
+
+    @staticmethod
+    def _app_id(doc: Json) -> str:
+        return str(doc.get("applicationID") or object_id(doc.get("_id")))
+
+    def _app_doc(self, customer: str, name: str, docs: list[Json] | None = None) -> Json | None:
+        oak_name = sla.application_name(customer, name)
+        for doc in self._applications() if docs is None else docs:
+            if (
+                doc.get("application_name") == oak_name
+                and doc.get("application_namespace") == self.settings.application_namespace
+            ):
+                return doc
+        return None
+
+    def _app_ref(self, doc: Json, name: str, customer: str) -> AppRef:
+        """The app a document stands for; AdapterError when the name is taken by something else."""
+        meta = sla.parse_application_desc(doc.get("application_desc"))
+        if meta is None or meta.get("name") != name or meta.get("customer") != customer:
+            raise AdapterError(
+                f"Oakestra application {doc.get('application_name')} already exists and is not FLOps app "
+                f"{name!r} of {customer!r}"
+            )
+        return AppRef(self._app_id(doc), name, AppKind(meta.get("kind", "project")), customer, meta.get("project_id"))
+
+    def create_app(self, name: str, kind: AppKind, customer: str, project_id: str | None = None) -> AppRef:
+        existing = self._app_doc(customer, name)
+        if existing is not None:
+            return self._app_ref(existing, name, customer)
+        oak_name = sla.application_name(customer, name)
+        body = sla.application_sla(
+            customer, oak_name, self.settings.application_namespace,
+            sla.application_desc(name, kind, customer, project_id),
+        )  # fmt: skip
+        answer = self.client.call("POST", "/api/application/", f"creating application {name}", json_body=body,
+                                  allow=(409,))  # fmt: skip
+        docs = [doc for doc in answer if isinstance(doc, dict)] if isinstance(answer, list) else None
+        created = self._app_doc(customer, name, docs)
+        if created is None:
+            raise AdapterError(f"Oakestra did not list application {name} ({oak_name}) after creating it")
+        return self._app_ref(created, name, customer)
+
+    def find_app(self, name: str, customer: str) -> AppRef | None:
+        doc = self._app_doc(customer, name)
+        if doc is None:
+            return None
+        try:
+            return self._app_ref(doc, name, customer)
+        except AdapterError:
+            return None
+
+    def delete_app(self, app: AppRef) -> None:
+        """DELETE removes the application and its services; an app already gone is fine."""
+        if not any(self._app_id(doc) == app.app_id for doc in self._applications()):
+            return
+        self.client.call("DELETE", f"/api/application/{app.app_id}", f"deleting application {app.name}",
+                         allow=(404,))  # fmt: skip
+        for key in [key for key in self._addresses if key[0] == app.app_id]:
+            del self._addresses[key]
+
+    # -- services --------------------------------------------------------------------------
+    def _services(self, app_id: str) -> list[Json]:
+        answer = self.client.call("GET", f"/api/services/{app_id}", "listing services", allow=(404,))
+        return [job for job in answer or [] if isinstance(job, dict)]
+
+    def _job(self, service_id: str) -> Json | None:
+        answer = self.client.call("GET", f"/api/service/{service_id}", f"reading service {service_id}", allow=(404,))
+        return answer if isinstance(answer, dict) else None
+
+    def _taken_addresses(self) -> dict[str, tuple[str, str | None]]:
+        """Every service address in use (by all listed apps) -> (app id, FLOps name)."""
+        taken: dict[str, tuple[str, str | None]] = {}
+        for doc in self._applications():
+            app_id = self._app_id(doc)
+            for job in self._services(app_id):
+                address = job.get("RR_ip") or (job.get("addresses") or {}).get("rr_ip")
+                if address:
+                    taken[str(address)] = (app_id, sla.flops_name_of(job))
+        return taken
+
+    def _address(self, app: AppRef, service_name: str) -> str:
+        """Deterministic per (app, service); the next candidate when another service holds it."""
+        key = (app.app_id, service_name)
+        if key in self._addresses:
+            return self._addresses[key]
+        taken = self._taken_addresses()
+        planned = {address: owner for owner, address in self._addresses.items()}
+        for attempt in range(_ADDRESS_ATTEMPTS):
+            address = sla.service_address(self.settings.service_network, app.app_id, service_name, attempt)
+            holder = taken.get(address) or planned.get(address)
+            if holder is None or holder == key:
+                self._addresses[key] = address
+                return address
+        raise AdapterError(f"no free service address for {service_name} in {self.settings.service_network}")
+
+    def plan_endpoint(self, app: AppRef, service_name: str, port: PortSpec, placement: Placement) -> Endpoint:
+        """The service's round-robin address (Oakestra's semantic overlay) and its port."""
+        return Endpoint(self._address(app, service_name), port.port)
+
+    def _active_clusters(self) -> list[Json]:
+        answer = self.client.call("GET", "/api/clusters/active", "listing active clusters", auth=False)
+        return [cluster for cluster in answer or [] if isinstance(cluster, dict)]
+
+    def add_service(self, app: AppRef, spec: ServiceSpec) -> str:
+        if not spec.image:
+            raise AdapterError(f"service {spec.name} has no image; the Oakestra adapter runs images")
+        oak_name = sla.microservice_name(spec.name)
+        for job in self._services(app.app_id):
+            if job.get("microservice_name") != oak_name:
+                continue
+            if sla.flops_name_of(job) != spec.name:
+                raise AdapterError(f"service name {oak_name} is already used by another service of app {app.name}")
+            self._delete_service(object_id(job.get("microserviceID") or job.get("_id")))  # re-added: replace it
+        clusters: set[str] = set()  # without a node inventory, listed "nodes" are clusters
+        if spec.placement.node and not self.settings.nodes:
+            clusters = {str(cluster.get("cluster_name")) for cluster in self._active_clusters()}
+        descriptor = sla.microservice(
+            spec,
+            virtualization=self.settings.virtualization,
+            learner_addon=self.settings.learner_addon,
+            rr_ip=self._address(app, spec.name) if spec.ports else None,
+            expose_ports=self.settings.expose_ports,
+            clusters=clusters,
+        )
+        body = sla.service_sla(
+            app.customer, app.app_id, sla.application_name(app.customer, app.name),
+            self.settings.application_namespace, descriptor,
+        )  # fmt: skip
+        answer = self.client.call("POST", "/api/service/", f"adding service {spec.name}", json_body=body)
+        answer = answer if isinstance(answer, dict) else {}
+        failed = answer.get("failed_services") or []
+        if failed:
+            reasons = "; ".join(str(item.get("message") or item) for item in failed if isinstance(item, dict))
+            raise AdapterError(f"Oakestra refused service {spec.name}: {reasons or failed}")
+        service_id = str(answer.get("job_id") or "")
+        if not service_id:
+            raise AdapterError(f"Oakestra gave no id for service {spec.name}")
+        return service_id
+
+    def _delete_service(self, service_id: str) -> None:
+        self.client.call("DELETE", f"/api/service/{service_id}", f"deleting service {service_id}", allow=(404,))
+
+    def deploy_service(self, app: AppRef, service_id: str, instances: int = 1) -> None:
+        for _ in range(instances):
+            self.client.call("POST", f"/api/service/{service_id}/instance", f"deploying service {service_id}")
+        # The root answers "ok" even for unknown ids: look at the job to know.
+        if self._job(service_id) is None:
+            raise AdapterError(f"Oakestra has no service {service_id} to deploy")
+        self._undeployed.discard(service_id)
+
+    def undeploy_service(self, app: AppRef, service_id: str) -> None:
+        job = self._job(service_id)
+        if job is None:
+            return
+        for instance in job.get("instance_list") or []:
+            number = instance.get("instance_number") if isinstance(instance, dict) else None
+            if number is not None:
+                self.client.call("DELETE", f"/api/service/{service_id}/instance/{number}",
+                                 f"removing instance {number} of {service_id}", allow=(404,))  # fmt: skip
+        self._undeployed.add(service_id)
+
+    def inspect_service(self, app: AppRef, service_id: str) -> ServiceInfo:
+        job = self._job(service_id)
+        if job is None:
+            return ServiceInfo(service_id, ServiceState.UNKNOWN, detail="Oakestra has no such service")
+        name = sla.flops_name_of(job) or str(job.get("microservice_name") or service_id)
+        return sla.service_info(name, job, service_id in self._undeployed)
+
+    # -- nodes -----------------------------------------------------------------------------
+    def list_nodes(self) -> list[NodeInfo]:
+        """Configured learner nodes in active clusters; without any, one pseudo-node per active cluster."""
+        clusters = self._active_clusters()
+        active = {str(cluster.get("cluster_name")): cluster for cluster in clusters if cluster.get("cluster_name")}
+        if self.settings.nodes:
+            return [
+                NodeInfo(node.name, node.cluster, dict(node.labels), node.data_server, node.learner)
+                for node in self.settings.nodes
+                if node.cluster in active
+            ]
+        nodes = []
+        for name, cluster in sorted(active.items()):
+            addons = cluster.get("supported_addons")
+            learner = self.settings.learner_addon in addons if isinstance(addons, list) else True
+            labels = {"oakestra.io/cluster-id": object_id(cluster.get("_id"))}
+            if cluster.get("cluster_location"):
+                labels["oakestra.io/location"] = str(cluster["cluster_location"])
+            nodes.append(NodeInfo(name, name, labels, None, learner))
+        return nodes

@@ -1,0 +1,230 @@
+"""SLA v2.0 descriptors, names, service addresses and status mapping for Oakestra (pure functions).
+
+Oakestra limits names to ``^[a-zA-Z0-9]{1,30}$`` (and applications to 10 characters in its
+registration check), so FLOps names are mapped deterministically: kept when already valid,
+otherwise cleaned and suffixed with a digest so distinct names stay distinct.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import math
+import re
+from typing import Any
+
+from orchestrator_adapters.base import (
+    AppKind,
+    InstanceInfo,
+    ServiceInfo,
+    ServiceKind,
+    ServiceSpec,
+    ServiceState,
+)
+
+SLA_VERSION = "v2.0"
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9]{1,30}$")
+APP_NAME_LENGTH = 10
+SERVICE_NAME_ENV = "FLOPS_SERVICE_NAME"  # every microservice carries its FLOps name (collision checks)
+CONFIG_ENV = "FLOPS_CONFIG"
+LEARNER_KINDS = frozenset({ServiceKind.LEARNER, ServiceKind.DATA_SERVER})
+
+Json = dict[str, Any]
+
+
+def _hex(text: str, length: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def application_name(customer: str, name: str) -> str:
+    """The 10-character Oakestra application name of a FLOps app (stable across runs)."""
+    return "f" + _hex(f"{customer}\n{name}", APP_NAME_LENGTH - 1)
+
+
+def microservice_name(name: str) -> str:
+    if NAME_PATTERN.match(name):
+        return name
+    cleaned = re.sub(r"[^a-zA-Z0-9]", "", name)[:22]
+    return f"{cleaned}{_hex(name, 8)}"
+
+
+def microservice_namespace(kind: ServiceKind) -> str:
+    return kind.value.replace("_", "")
+
+
+def application_desc(name: str, kind: AppKind, customer: str, project_id: str | None) -> str:
+    """What FLOps needs to recognise its app later (names are digests)."""
+    return json.dumps({"flops": {"name": name, "kind": kind.value, "customer": customer, "project_id": project_id}})
+
+
+def parse_application_desc(desc: object) -> Json | None:
+    try:
+        data = json.loads(desc) if isinstance(desc, str) else None
+    except ValueError:
+        return None
+    flops = data.get("flops") if isinstance(data, dict) else None
+    return flops if isinstance(flops, dict) else None
+
+
+def service_address(network: str, app_id: str, name: str, attempt: int) -> str:
+    """Candidate ``attempt`` for a service's round-robin address: a digest, never Python's ``hash()``."""
+    net = ipaddress.ip_network(network)
+    digest = int(hashlib.sha256(f"{app_id}/{name}/{attempt}".encode()).hexdigest(), 16)
+    return str(net[1 + digest % (net.num_addresses - 2)])
+
+
+def environment_of(job: Json) -> dict[str, str]:
+    entries = job.get("environment") or []
+    return dict(entry.split("=", 1) for entry in entries if isinstance(entry, str) and "=" in entry)
+
+
+def flops_name_of(job: Json) -> str | None:
+    return environment_of(job).get(SERVICE_NAME_ENV)
+
+
+def application_sla(customer: str, app_name: str, namespace: str, desc: str) -> Json:
+    return {
+        "sla_version": SLA_VERSION,
+        "customerID": customer,
+        "applications": [
+            {
+                "applicationID": "",
+                "application_name": app_name,
+                "application_namespace": namespace,
+                "application_desc": desc,
+                "microservices": [],
+            }
+        ],
+    }
+
+
+def constraints_for(spec: ServiceSpec, learner_addon: str, clusters: set[str]) -> list[Json]:
+    """Learners (and data servers) need the learner addon; a cluster pins the service to it."""
+    constraints: list[Json] = []
+    if spec.kind in LEARNER_KINDS:
+        constraints.append({"type": "addons", "needs": [learner_addon]})
+    cluster = spec.placement.cluster
+    if not cluster and spec.placement.node in clusters:
+        cluster = spec.placement.node  # nodes listed from clusters (no inventory): the node is its cluster
+    if cluster:
+        constraints.append({"type": "clusters", "allowed": [cluster]})
+    return constraints
+
+
+def microservice(
+    spec: ServiceSpec,
+    *,
+    virtualization: str,
+    learner_addon: str,
+    rr_ip: str | None,
+    expose_ports: bool,
+    clusters: set[str],
+) -> Json:
+    if not spec.image:
+        raise ValueError(f"service {spec.name} has no image; Oakestra runs images")
+    environment = {**spec.environment, CONFIG_ENV: json.dumps(spec.config), SERVICE_NAME_ENV: spec.name}
+    descriptor: Json = {
+        "microserviceID": "",
+        "microservice_name": microservice_name(spec.name),
+        "microservice_namespace": microservice_namespace(spec.kind),
+        "virtualization": virtualization,
+        "code": spec.image,
+        "memory": max(1, spec.resources.memory_mb),
+        "vcpus": max(1, math.ceil(spec.resources.vcpus)),
+        "storage": max(0, spec.resources.storage_mb),
+        "one_shot": spec.one_shot,
+        "cmd": list(spec.command),
+        "environment": [f"{key}={value}" for key, value in sorted(environment.items())],
+    }
+    constraints = constraints_for(spec, learner_addon, clusters)
+    if constraints:
+        descriptor["constraints"] = constraints
+    if spec.placement.node and spec.placement.node not in clusters:
+        descriptor["target_node"] = spec.placement.node
+    if rr_ip:
+        descriptor["addresses"] = {"rr_ip": rr_ip}
+    if expose_ports and spec.ports:
+        descriptor["port"] = ";".join(f"{port.port}:{port.port}/{port.protocol.lower()}" for port in spec.ports)
+    return descriptor
+
+
+def service_sla(customer: str, app_id: str, app_name: str, namespace: str, descriptor: Json) -> Json:
+    return {
+        "sla_version": SLA_VERSION,
+        "customerID": customer,
+        "applications": [
+            {
+                "applicationID": app_id,
+                "application_name": app_name,
+                "application_namespace": namespace,
+                "microservices": [descriptor],
+            }
+        ],
+    }
+
+
+# -- status ------------------------------------------------------------------------
+PENDING_STATUSES = frozenset({"REQUESTED", "CLUSTER_SCHEDULED", "NODE_SCHEDULED", "CREATING", "CREATED"})
+FAILED_STATUSES = frozenset({"FAILED", "DEAD", "NO_WORKER_CAPACITY", "NO_QUALIFIED_WORKER_FOUND", "NO_NODE_FOUND"})
+SCHEDULING_FAILURE_PREFIXES = ("NoActiveCluster", "TargetCluster", "NO_")
+
+
+def state_of(status: object) -> ServiceState:
+    text = str(status or "")
+    if text in PENDING_STATUSES:
+        return ServiceState.PENDING
+    if text == "RUNNING":
+        return ServiceState.RUNNING
+    if text == "COMPLETED":
+        return ServiceState.SUCCEEDED
+    if text == "UNDEPLOYED":
+        return ServiceState.STOPPED
+    if text in FAILED_STATUSES or text.startswith(SCHEDULING_FAILURE_PREFIXES):
+        return ServiceState.FAILED
+    return ServiceState.UNKNOWN
+
+
+def _one_line(*parts: object) -> str:
+    text = ": ".join(str(part) for part in parts if part)
+    return " ".join(text.split())[:500]
+
+
+def instance_info(instance: Json) -> InstanceInfo:
+    status = instance.get("status")
+    node = instance.get("cluster_location") or instance.get("cluster_id") or instance.get("publicip")
+    return InstanceInfo(
+        instance_id=str(instance.get("instance_number", "?")),
+        node=str(node) if node else None,
+        state=state_of(status),
+        detail=_one_line(status, instance.get("status_detail")),
+    )
+
+
+def service_info(name: str, job: Json, undeployed: bool) -> ServiceInfo:
+    """A job document as FLOps state: any failed instance (or failed scheduling) fails the service."""
+    instances = tuple(instance_info(item) for item in job.get("instance_list") or [] if isinstance(item, dict))
+    job_status = job.get("status")
+    job_state = state_of(job_status)
+    failed = next((instance for instance in instances if instance.state is ServiceState.FAILED), None)
+    if failed is not None:
+        return ServiceInfo(
+            name, ServiceState.FAILED, instances, _one_line(f"instance {failed.instance_id}", failed.detail)
+        )
+    if job_state is ServiceState.FAILED and not undeployed:
+        return ServiceInfo(name, ServiceState.FAILED, instances, _one_line(job_status, job.get("status_detail")))
+    if not instances:
+        if undeployed:
+            return ServiceInfo(name, ServiceState.STOPPED, detail="undeployed")
+        if not job_status:
+            return ServiceInfo(name, ServiceState.PENDING, detail="registered, not deployed yet")
+        if job_state in (ServiceState.PENDING, ServiceState.SUCCEEDED):
+            return ServiceInfo(name, job_state, detail=_one_line(job_status, job.get("status_detail")))
+        return ServiceInfo(name, ServiceState.STOPPED, detail=_one_line("no instances", job_status))
+    states = {instance.state for instance in instances}
+    if states == {ServiceState.SUCCEEDED}:
+        return ServiceInfo(name, ServiceState.SUCCEEDED, instances, "completed")
+    for state in (ServiceState.RUNNING, ServiceState.PENDING, ServiceState.UNKNOWN):
+        if state in states:
+            return ServiceInfo(name, state, instances, _one_line(job_status))
+    return ServiceInfo(name, ServiceState.STOPPED, instances, _one_line(job_status))

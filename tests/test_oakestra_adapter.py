@@ -1,0 +1,305 @@
+"""The Oakestra adapter's whole project flow against a server implementing the documented contract."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from orchestrator_adapters import oakestra_sla as sla
+from orchestrator_adapters.base import (
+    AdapterError,
+    AppKind,
+    AppRef,
+    Placement,
+    PortSpec,
+    Resources,
+    ServiceInfo,
+    ServiceKind,
+    ServiceSpec,
+    ServiceState,
+)
+from orchestrator_adapters.oakestra import OakestraAdapter, OakestraNode, OakestraSettings
+from tests.oakestra_contract_server import OakestraContractServer
+
+ENDED = (ServiceState.SUCCEEDED, ServiceState.FAILED, ServiceState.STOPPED)
+FLEET = PortSpec("fleet", 9092)
+
+
+def cluster(name: str, addons: tuple[str, ...] = ("FLOps-learner",), active: bool = True) -> dict[str, Any]:
+    return {"_id": {"$oid": f"{name:0>24}"[-24:]}, "cluster_name": name, "cluster_location": f"{name}-site",
+            "supported_addons": list(addons), "active": active}  # fmt: skip
+
+
+@pytest.fixture
+def server() -> Iterator[OakestraContractServer]:
+    running = OakestraContractServer().start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        assert running.violations == [], "the adapter sent SLAs that break the v2.0 rules"
+
+
+def adapter_for(server: OakestraContractServer, **settings: Any) -> OakestraAdapter:
+    values: dict[str, Any] = {"url": server.url, "username": "Admin", "password": "Admin", "request_timeout_s": 20}
+    return OakestraAdapter(OakestraSettings(**{**values, **settings}))
+
+
+def spec(
+    name: str, kind: ServiceKind, placement: Placement | None = None, ports: tuple[PortSpec, ...] = ()
+) -> ServiceSpec:
+    return ServiceSpec(
+        name=name,
+        kind=kind,
+        config={"project_id": "p1", "instance_name": name, "note": 'a=b; "quoted"'},
+        image=f"registry:5000/flops/{kind.value}:1",
+        command=("python", "-m", f"services.{kind.value}.main"),
+        environment={"FLOPS_WORKDIR": "/work"},
+        resources=Resources(memory_mb=300, vcpus=0.5, storage_mb=10),
+        placement=placement or Placement(),
+        ports=ports,
+    )
+
+
+def settle(adapter: OakestraAdapter, app: AppRef, service_id: str, states: tuple[ServiceState, ...]) -> ServiceInfo:
+    """Poll (each poll advances the server's state machine) until one of ``states``."""
+    deadline = time.monotonic() + 30
+    info = adapter.inspect_service(app, service_id)
+    while info.state not in states:
+        assert time.monotonic() < deadline, f"{service_id} stayed {info}"
+        time.sleep(0.02)
+        info = adapter.inspect_service(app, service_id)
+    return info
+
+
+def job_named(server: OakestraContractServer, flops_name: str) -> dict[str, Any]:
+    (job,) = [job for job in server.jobs.values() if sla.flops_name_of(job) == flops_name]
+    return job
+
+
+def test_constructor_does_no_io() -> None:
+    adapter = OakestraAdapter(OakestraSettings(url="http://127.0.0.1:9", username="u", password="p"))
+    with pytest.raises(AdapterError, match="cannot reach the Oakestra root orchestrator"):
+        adapter.list_nodes()
+
+
+def test_classic_project_flow(server: OakestraContractServer) -> None:
+    adapter = adapter_for(server)
+    observatory = adapter.create_app("observatory-admin", AppKind.OBSERVATORY, "Admin")
+    assert adapter.create_app("observatory-admin", AppKind.OBSERVATORY, "Admin") == observatory
+    assert adapter.find_app("observatory-admin", "Admin") == observatory
+    assert adapter.find_app("observatory-admin", "Bob") is None
+    stored = server.apps[observatory.app_id]
+    assert len(stored["application_name"]) <= 10 and stored["application_namespace"] == "flops"
+
+    http = PortSpec("http", 5000)
+    endpoint = adapter.plan_endpoint(observatory, "tracking", http, Placement())
+    assert endpoint.host.startswith("10.30.") and endpoint.port == 5000
+    tracking = adapter.add_service(observatory, spec("tracking", ServiceKind.TRACKING, ports=(http,)))
+    assert adapter.plan_endpoint(observatory, "tracking", http, Placement()) == endpoint
+    assert server.jobs[tracking]["RR_ip"] == endpoint.host
+    assert adapter.inspect_service(observatory, tracking).state is ServiceState.PENDING  # not deployed yet
+    adapter.deploy_service(observatory, tracking)
+    info = settle(adapter, observatory, tracking, (ServiceState.RUNNING, *ENDED))
+    assert info.state is ServiceState.RUNNING and info.instances[0].node == "munich"
+
+    project = adapter.create_app("project-p1", AppKind.PROJECT, "Admin", "p1")
+    assert project.project_id == "p1" and project.app_id != observatory.app_id
+    builder = adapter.add_service(project, spec("builder", ServiceKind.BUILDER))
+    adapter.deploy_service(project, builder)
+    assert settle(adapter, project, builder, ENDED).state is ServiceState.SUCCEEDED
+
+    aggregator_endpoint = adapter.plan_endpoint(project, "aggregator", FLEET, Placement())
+    assert aggregator_endpoint != endpoint
+    aggregator = adapter.add_service(project, spec("aggregator", ServiceKind.AGGREGATOR, ports=(FLEET,)))
+    adapter.deploy_service(project, aggregator)
+    (node,) = adapter.list_nodes()
+    assert (node.name, node.cluster, node.learner, node.data_server) == ("cluster-a", "cluster-a", True, None)
+    learners = []
+    for index in (1, 2):
+        learner = spec(f"learner-{index}", ServiceKind.LEARNER, Placement(node=node.name, data_tags=("mnist",)))
+        learners.append(adapter.add_service(project, learner))
+    server.set_fate(sla.microservice_name("learner-2"), "FAILED", "exit code 1: ValueError: no data for tags ['mnist']")
+    for learner_id in learners:
+        adapter.deploy_service(project, learner_id)
+    assert settle(adapter, project, learners[0], ENDED).state is ServiceState.SUCCEEDED
+    failed = settle(adapter, project, learners[1], ENDED)
+    assert failed.state is ServiceState.FAILED and failed.name == "learner-2"
+    assert "FAILED" in failed.detail and "ValueError: no data for tags" in failed.detail
+
+    # What Oakestra received for a learner: the config document in the environment, placement constraints.
+    job = job_named(server, "learner-1")
+    environment = sla.environment_of(job)
+    assert json.loads(environment["FLOPS_CONFIG"]) == spec("learner-1", ServiceKind.LEARNER).config
+    assert environment["FLOPS_WORKDIR"] == "/work"
+    assert job["constraints"] == [{"type": "addons", "needs": ["FLOps-learner"]},
+                                  {"type": "clusters", "allowed": ["cluster-a"]}]  # fmt: skip
+    assert job["one_shot"] is True and job["vcpus"] == 1 and job["memory"] == 300
+    assert job["cmd"] == ["python", "-m", "services.learner.main"]
+
+    # Undeploy and redeploy; unknown services.
+    adapter.undeploy_service(observatory, tracking)
+    assert adapter.inspect_service(observatory, tracking).state is ServiceState.STOPPED
+    adapter.undeploy_service(observatory, tracking)
+    adapter.deploy_service(observatory, tracking)
+    assert settle(adapter, observatory, tracking, (ServiceState.RUNNING,)).state is ServiceState.RUNNING
+    assert adapter.inspect_service(project, "0" * 24).state is ServiceState.UNKNOWN
+    adapter.undeploy_service(project, "0" * 24)
+    with pytest.raises(AdapterError, match="no service"):
+        adapter.deploy_service(project, "0" * 24)
+
+    adapter.delete_app(project)
+    adapter.delete_app(project)
+    assert adapter.find_app("project-p1", "Admin") is None
+    assert not server.jobs_of(project.app_id)
+    assert adapter.inspect_service(project, builder).state is ServiceState.UNKNOWN
+    assert adapter.find_app("observatory-admin", "Admin") == observatory
+    adapter.delete_app(observatory)
+    assert server.apps == {} and server.jobs == {}
+    assert len(server.slas) == 2 + 1 + 1 + 1 + 2  # two apps, then tracking, builder, aggregator, two learners
+
+
+def test_hierarchical_flow_places_by_cluster_and_addon() -> None:
+    clusters = [cluster("cluster-a"), cluster("cluster-b"), cluster("cluster-c", addons=()),
+                cluster("cluster-d", active=False)]  # fmt: skip
+    server = OakestraContractServer(clusters=clusters).start()
+    try:
+        inventory = [
+            OakestraNode(name="n1", cluster="cluster-a", data_server="192.0.2.1:9400"),
+            OakestraNode(name="n2", cluster="cluster-b", data_server="192.0.2.2:9400"),
+            OakestraNode(name="n3", cluster="cluster-d", data_server="192.0.2.3:9400"),
+        ]
+        adapter = adapter_for(server, nodes=inventory)
+        nodes = adapter.list_nodes()
+        assert [(node.name, node.cluster, node.data_server) for node in nodes] == [
+            ("n1", "cluster-a", "192.0.2.1:9400"), ("n2", "cluster-b", "192.0.2.2:9400")]  # fmt: skip
+        assert adapter.list_clusters() == ["cluster-a", "cluster-b"]
+
+        app = adapter.create_app("project-h", AppKind.PROJECT, "Admin", "h")
+        root = adapter.add_service(app, spec("root-aggregator", ServiceKind.AGGREGATOR, ports=(FLEET,)))
+        adapter.deploy_service(app, root)
+        services = {}
+        for node in nodes:
+            name = f"cluster-aggregator-{node.cluster}"
+            adapter.plan_endpoint(app, name, FLEET, Placement(cluster=node.cluster))
+            services[name] = adapter.add_service(
+                app, spec(name, ServiceKind.AGGREGATOR, Placement(cluster=node.cluster), ports=(FLEET,))
+            )
+            learner = spec(f"learner-{node.name}", ServiceKind.LEARNER, Placement(node=node.name, cluster=node.cluster))
+            services[learner.name] = adapter.add_service(app, learner)
+        for service_id in services.values():
+            adapter.deploy_service(app, service_id)
+        for name, service_id in services.items():
+            info = settle(adapter, app, service_id, ENDED)
+            assert info.state is ServiceState.SUCCEEDED, (name, info)
+        job = job_named(server, "learner-n2")
+        assert job["target_node"] == "n2"
+        assert {"type": "clusters", "allowed": ["cluster-b"]} in job["constraints"]
+        aggregator_job = job_named(server, "cluster-aggregator-cluster-a")
+        assert aggregator_job["constraints"] == [{"type": "clusters", "allowed": ["cluster-a"]}]
+        assert aggregator_job["instance_list"][0]["cluster_location"] == "cluster-a-site"
+        addresses = [job["RR_ip"] for job in server.jobs.values() if job.get("RR_ip")]
+        assert len(addresses) == 3 and len(set(addresses)) == 3
+
+        # Scheduling failures surface as FAILED with Oakestra's reason.
+        stranded = adapter.add_service(app, spec("cluster-aggregator-d", ServiceKind.AGGREGATOR,
+                                                 Placement(cluster="cluster-d")))  # fmt: skip
+        adapter.deploy_service(app, stranded)
+        info = settle(adapter, app, stranded, ENDED)
+        assert info.state is ServiceState.FAILED and info.detail.startswith("TargetClusterNotActive")
+        no_addon = adapter.add_service(app, spec("learner-c", ServiceKind.LEARNER, Placement(cluster="cluster-c")))
+        adapter.deploy_service(app, no_addon)
+        info = settle(adapter, app, no_addon, ENDED)
+        assert info.state is ServiceState.FAILED and info.detail.startswith("NoActiveClusterWithCapacity")
+
+        # Without an inventory, each active cluster is one node; learners pinned to it get a clusters constraint.
+        plain = adapter_for(server)
+        assert [(node.name, node.learner) for node in plain.list_nodes()] == [
+            ("cluster-a", True), ("cluster-b", True), ("cluster-c", False)]  # fmt: skip
+        adapter.delete_app(app)
+        assert server.violations == []
+    finally:
+        server.stop()
+
+
+def test_tokens_are_refreshed_before_expiry_and_renewed_when_refused() -> None:
+    server = OakestraContractServer(token_lifetime_s=3.0).start()
+    try:
+        adapter = adapter_for(server, token_refresh_margin_s=2.0)
+        adapter.create_app("observatory", AppKind.OBSERVATORY, "Admin")
+        assert server.logins == 1
+        for _ in range(2):  # 3 s in all: past the first token's expiry
+            time.sleep(1.5)
+            assert adapter.find_app("observatory", "Admin") is not None
+        assert server.refreshes >= 1 and server.logins == 1
+        assert server.expired_token_uses == 0
+
+        server.revoke_tokens()  # e.g. the root restarted with new keys: log in again, once
+        assert adapter.find_app("observatory", "Admin") is not None
+        assert server.logins == 2
+
+        wrong = adapter_for(server, password="nope")
+        with pytest.raises(AdapterError, match="login failed with HTTP 401: invalid username or password"):
+            wrong.find_app("observatory", "Admin")
+    finally:
+        server.stop()
+
+
+def test_names_and_addresses_are_deterministic_and_collision_checked(server: OakestraContractServer) -> None:
+    assert sla.microservice_name("builder") == "builder"
+    odd, similar = sla.microservice_name("learner-node_a.1"), sla.microservice_name("learner-node-a-1")
+    assert odd != similar and sla.NAME_PATTERN.match(odd) and sla.NAME_PATTERN.match(similar)
+    assert (
+        sla.microservice_name("x" * 80) == sla.microservice_name("x" * 80)
+        and len(sla.microservice_name("x" * 80)) <= 30
+    )
+    assert sla.application_name("Admin", "p") == sla.application_name("Admin", "p") != sla.application_name("Bob", "p")
+
+    adapter = adapter_for(server)
+    app = adapter.create_app("project-n", AppKind.PROJECT, "Admin", "n")
+    other = adapter.create_app("project-o", AppKind.PROJECT, "Admin", "o")
+
+    # Another app already holds the first candidate address of this service: the next one is used.
+    first = sla.service_address("10.30.0.0/16", app.app_id, "aggregator", 0)
+    holder = adapter.add_service(other, spec("aggregator", ServiceKind.AGGREGATOR))
+    server.jobs[holder]["RR_ip"] = first
+    planned = adapter.plan_endpoint(app, "aggregator", FLEET, Placement())
+    assert planned.host == sla.service_address("10.30.0.0/16", app.app_id, "aggregator", 1)
+    assert adapter_for(server).plan_endpoint(app, "aggregator", FLEET, Placement()) == planned  # across restarts
+
+    # Re-adding a service replaces it; a different service under the same Oakestra name is refused.
+    old = adapter.add_service(app, spec("aggregator", ServiceKind.AGGREGATOR, ports=(FLEET,)))
+    new = adapter.add_service(app, spec("aggregator", ServiceKind.AGGREGATOR, ports=(FLEET,)))
+    assert old != new and old not in server.jobs and server.jobs[new]["RR_ip"] == planned.host
+    server.jobs[new]["environment"] = [f"{sla.SERVICE_NAME_ENV}=someone-else"]
+    with pytest.raises(AdapterError, match="already used by another service"):
+        adapter.add_service(app, spec("aggregator", ServiceKind.AGGREGATOR))
+
+    # The network refuses an address taken after it was planned: a clear error, nothing left behind.
+    late = adapter.plan_endpoint(app, "serving", PortSpec("http", 8080), Placement())
+    server.jobs[holder]["RR_ip"] = late.host
+    with pytest.raises(AdapterError, match=f"refused service serving: failed to deploy service: address {late.host}"):
+        adapter.add_service(app, spec("serving", ServiceKind.SERVING, ports=(PortSpec("http", 8080),)))
+
+    # An Oakestra application with FLOps' name that is not this FLOps app is never taken over.
+    intruder = sla.application_sla("Admin", sla.application_name("Admin", "project-z"), "flops", "someone's app")
+    adapter.client.call("POST", "/api/application/", "planting a foreign app", json_body=intruder)
+    with pytest.raises(AdapterError, match="is not FLOps app 'project-z'"):
+        adapter.create_app("project-z", AppKind.PROJECT, "Admin", "z")
+    assert adapter.find_app("project-z", "Admin") is None
+
+
+def test_a_non_admin_lists_its_own_applications(server: OakestraContractServer) -> None:
+    user_id = server.add_user("alice", "secret")
+    alice = adapter_for(server, username="alice", password="secret", user_id=user_id)
+    app = alice.create_app("project-a", AppKind.PROJECT, "alice", "a")
+    assert alice.find_app("project-a", "alice") == app
+    without_id = adapter_for(server, username="alice", password="secret")
+    with pytest.raises(AdapterError, match="HTTP 403: You have not enough permissions"):
+        without_id.find_app("project-a", "alice")
+    alice.delete_app(app)
+    assert alice.find_app("project-a", "alice") is None
