@@ -1,0 +1,205 @@
+"""Starting, watching and stopping supervised local processes.
+
+Each process runs under a tiny ``sh`` wrapper that leads its own process group
+(``start_new_session``) and writes the command's exit code to a file when it ends.
+The manager that started it also waits on it in a watcher thread; a manager started
+later finds the process by pid (checked against its start time) and its outcome in
+the exit-code file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+# "$0" is the exit-code file, "$@" the command. A signal that kills the wrapper itself
+# leaves no file; the watcher thread writes one then.
+_WRAPPER = 'rm -f "$0"; {limit}"$@"; code=$?; printf "%s\\n" "$code" > "$0.tmp" && mv -f "$0.tmp" "$0"; exit "$code"'
+_TAIL_BYTES = 16384
+
+
+def free_port(host: str = "127.0.0.1", exclude: Iterable[int] = ()) -> int:
+    """A port nothing listens on now and that is not in ``exclude`` (ports planned but not bound yet)."""
+    excluded = set(exclude)
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            port = int(probe.getsockname()[1])
+        if port not in excluded:
+            return port
+    raise OSError("no free port found")
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when a server could listen on ``port`` now (old connections in TIME_WAIT do not count,
+    as servers bind with SO_REUSEADDR; a listening socket does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def process_alive(pid: int, ticks: int | None) -> bool:
+    """True while ``pid`` runs and is the same process (not a zombie, not a reused pid)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat[stat.rfind(")") + 2:].split()
+    if not fields or fields[0] in ("Z", "X"):
+        return False
+    return ticks is None or (len(fields) > 19 and int(fields[19]) == ticks)
+
+
+def read_exit_file(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def write_exit_file(path: str, code: int) -> None:
+    """Record ``code`` unless the wrapper already did."""
+    target = Path(path)
+    if target.exists():
+        return
+    temporary = target.with_name(target.name + ".watcher")
+    with contextlib.suppress(OSError):
+        temporary.write_text(f"{code}\n")
+        if not target.exists():
+            os.replace(temporary, target)
+        temporary.unlink(missing_ok=True)
+
+
+def last_log_line(path: str, limit: int = 300) -> str:
+    """The last non-empty line of a log, trimmed to ``limit`` characters."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - _TAIL_BYTES))
+            tail = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    line = lines[-1]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def describe_exit(code: int | None, last_line: str) -> str:
+    """One line saying how a process ended, with the last thing it logged."""
+    if code is None:
+        reason = "process was killed before it recorded an exit code"
+    elif code < 0:
+        reason = f"process exited with code {code} (killed by {_signal_name(-code)})"
+    elif code > 128 and _signal_name(code - 128).startswith("SIG"):
+        reason = f"process exited with code {code} (killed by {_signal_name(code - 128)})"
+    else:
+        reason = f"process exited with code {code}"
+    return f"{reason}: {last_line}" if last_line else reason
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def spawn(
+    command: list[str],
+    *,
+    env: dict[str, str],
+    cwd: str,
+    log_file: str,
+    exit_file: str,
+    memory_limit_mb: int | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` in its own session under the exit-code wrapper, output appended to ``log_file``."""
+    limit = f"ulimit -v {memory_limit_mb * 1024} || exit 125; " if memory_limit_mb else ""
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        return subprocess.Popen(
+            ["/bin/sh", "-c", _WRAPPER.format(limit=limit), exit_file, *command],
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def watch(process: subprocess.Popen[bytes], exit_file: str) -> threading.Thread:
+    """Reap ``process`` when it ends and make sure its exit code is on disk."""
+
+    def wait() -> None:
+        code = process.wait()
+        write_exit_file(exit_file, code)
+
+    thread = threading.Thread(target=wait, name=f"local-watch-{process.pid}", daemon=True)
+    thread.start()
+    return thread
+
+
+def signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any live (non-zombie) process is in process group ``pgid``."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def stop_groups(processes: list[tuple[int, int | None]], grace_s: float) -> None:
+    """TERM each (pid, start ticks) process group, KILL what is left of it after ``grace_s``.
+
+    Waits for the whole group, not just its leader, so a service that shuts down
+    gracefully gets its grace time even after the wrapper shell is gone, and children a
+    service left behind do not outlive it.
+    """
+    targets = [pid for pid, ticks in processes if process_alive(pid, ticks) or group_alive(pid)]
+    for pid in targets:
+        signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(group_alive(pid) for pid in targets):
+        time.sleep(0.1)
+    for pid in targets:
+        signal_group(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and any(group_alive(pid) for pid in targets):
+        time.sleep(0.05)
