@@ -8,7 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from manager.settings import DEFAULT_PORT
+# Kept here rather than imported: manager.settings and manager.suite pull in flops_utils (and numpy),
+# which would double the start-up time of every command. tests/test_cli.py checks they agree.
+DEFAULT_PORT = 5072  # manager.settings.DEFAULT_PORT
+SUITE_DIR_ENV = "FLOPS_SUITE_DIR"  # manager.suite.suite.STATE_DIR_ENV
+DEFAULT_SUITE_DIR = "~/.flops/suite"
 
 URL_ENV = "FLOPS_URL"
 TOKEN_ENV = "FLOPS_TOKEN"
@@ -20,6 +24,11 @@ MANAGER_CONFIG = "config.json"
 class Connection:
     url: str
     token: str | None
+
+
+def default_suite_dir() -> Path:
+    """Same rule as ``manager.suite.default_state_dir``."""
+    return Path(os.environ.get(SUITE_DIR_ENV) or DEFAULT_SUITE_DIR).expanduser()
 
 
 def suite_manager_dir(state_dir: Path) -> Path:

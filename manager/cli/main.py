@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from manager.cli.client import CliError, FlopsClient
-from manager.cli.defaults import TOKEN_ENV, URL_ENV, resolve_connection
+from manager.cli.defaults import TOKEN_ENV, URL_ENV, default_suite_dir, resolve_connection
 from manager.cli.watch import exit_code_for, watch_project
 
 PROJECTS = "/api/flops/projects"
@@ -130,9 +130,7 @@ def _set_help(group: argparse.ArgumentParser) -> None:
 
 
 def _suite_dir(args: argparse.Namespace) -> Path:
-    from manager.suite import default_state_dir
-
-    return Path(args.suite_dir).expanduser() if args.suite_dir else default_state_dir()
+    return Path(args.suite_dir).expanduser() if args.suite_dir else default_suite_dir()
 
 
 def _client(args: argparse.Namespace) -> FlopsClient:

@@ -1,0 +1,220 @@
+"""The real ``flops`` console script, run as a subprocess against the running API (and a real suite)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pymongo
+import pytest
+
+from flops_utils.service_config import MqttSettings
+from manager.cli import defaults as cli_defaults
+from manager.cli.main import main as cli_main
+from manager.settings import DEFAULT_PORT
+from manager.suite.suite import STATE_DIR_ENV
+from tests.api_harness import ADMIN_TOKEN, ALICE_TOKEN, BOB_TOKEN, RunningApi, running_api
+from tests.helpers import free_port
+
+FLOPS = str(Path(sys.executable).with_name("flops"))
+SLA: dict[str, Any] = {"ml_repo_url": "https://example.org/ml/mnist.git", "ml_model_flavor": "sklearn"}
+
+
+@pytest.fixture(scope="module")
+def api(mongo_uri: str, mqtt_settings: MqttSettings) -> Iterator[RunningApi]:
+    database = f"t_cli_{uuid.uuid4().hex[:8]}"
+    with running_api(mongo_uri, database, mqtt_settings) as running:
+        yield running
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
+    client.drop_database(database)
+    client.close()
+
+
+@pytest.fixture()
+def sla_file(tmp_path: Path) -> Iterator[Any]:
+    def write(**changes: Any) -> Path:
+        path = tmp_path / f"sla-{uuid.uuid4().hex[:6]}.json"
+        path.write_text(json.dumps({**SLA, **changes}))
+        return path
+
+    yield write
+
+
+def flops(
+    *args: str, url: str | None = None, token: str | None = None, suite_dir: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FLOPS_")}
+    env["FLOPS_SUITE_DIR"] = str(suite_dir or Path("/nonexistent-flops-suite"))
+    if url is not None:
+        env["FLOPS_URL"] = url
+    if token is not None:
+        env["FLOPS_TOKEN"] = token
+    return subprocess.run([FLOPS, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False)
+
+
+def one_error_line(done: subprocess.CompletedProcess[str], *words: str) -> str:
+    assert done.returncode != 0, done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("flops: ") and "Traceback" not in done.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def started_id(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("started project ") and first.endswith("(PENDING)"), done.stdout
+    return first.split()[2]
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = [
+        [], ["project"], ["project", "start"], ["project", "list"], ["project", "status"], ["project", "watch"],
+        ["project", "stop"], ["project", "predict"], ["tracking"], ["mocks"], ["mocks", "push"], ["db"],
+        ["db", "reset"], ["suite"], ["suite", "up"], ["suite", "down"], ["suite", "status"],
+    ]  # fmt: skip
+    for command in commands:  # in-process: 17 interpreter start-ups would cost more than the rest of this file
+        with pytest.raises(SystemExit) as exited:
+            cli_main([*command, "--help"])
+        assert exited.value.code == 0, command
+        assert capsys.readouterr().out.startswith("usage: flops"), command
+    script = subprocess.run([FLOPS, "--help"], capture_output=True, text=True, timeout=60, check=False)
+    assert script.returncode == 0 and "project" in script.stdout and "suite" in script.stdout
+    group = flops("project")
+    assert group.returncode == 2 and "usage: flops project" in group.stderr
+
+
+def test_cli_defaults_agree_with_the_manager_and_suite() -> None:
+    assert cli_defaults.DEFAULT_PORT == DEFAULT_PORT
+    assert cli_defaults.SUITE_DIR_ENV == STATE_DIR_ENV
+
+
+def test_start_list_status_stop(api: RunningApi, sla_file: Any) -> None:
+    project_id = started_id(flops("project", "start", str(sla_file()), url=api.url, token=ALICE_TOKEN))
+    listed = flops("project", "list", url=api.url, token=ALICE_TOKEN)
+    assert listed.returncode == 0 and project_id in listed.stdout and "PENDING" in listed.stdout
+    assert project_id not in flops("project", "list", url=api.url, token=BOB_TOKEN).stdout
+    as_json = json.loads(flops("--json", "project", "list", url=api.url, token=ALICE_TOKEN).stdout)
+    assert project_id in [p["project_id"] for p in as_json["projects"]]
+
+    status = flops("project", "status", project_id, url=api.url, token=ALICE_TOKEN)
+    assert status.returncode == 0 and f"project:     {project_id}" in status.stdout
+    assert "status:      PENDING" in status.stdout and "round 0/3" in status.stdout
+
+    stopped = flops("project", "stop", project_id, url=api.url, token=ALICE_TOKEN)
+    assert stopped.returncode == 0 and stopped.stdout.strip() == f"project {project_id} STOPPED"
+    one_error_line(flops("project", "stop", project_id, url=api.url, token=ALICE_TOKEN), "already STOPPED", "409")
+    one_error_line(flops("project", "status", project_id, url=api.url, token=BOB_TOKEN), "no project", "404")
+
+
+def test_start_watch_shows_progress_and_events_until_completed(api: RunningApi, sla_file: Any) -> None:
+    path = sla_file(ml_repo_url="https://example.org/simulate.git", training_configuration={"training_rounds": 4})
+    done = flops("project", "start", str(path), "--watch", url=api.url, token=ALICE_TOKEN)
+    project_id = started_id(done)
+    lines = done.stdout.splitlines()
+    assert [line.split(": ", 1)[1] for line in lines if "aggregator: " in line] == [
+        f"round {n} done" for n in range(1, 5)
+    ]
+    assert any("round 4/4" in line and "100%" in line for line in lines), done.stdout
+    assert lines[-1] == f"project {project_id} COMPLETED: accuracy 0.5400"
+
+
+def test_watch_exits_non_zero_when_the_project_fails(api: RunningApi, sla_file: Any) -> None:
+    path = sla_file(ml_repo_url="https://example.org/simulate-fail.git", training_configuration={"training_rounds": 2})
+    project_id = started_id(flops("project", "start", str(path), url=api.url, token=BOB_TOKEN))
+    watched = flops("project", "watch", project_id, url=api.url, token=BOB_TOKEN)
+    assert watched.returncode == 1, watched.stdout + watched.stderr
+    assert "round 2 done" in watched.stdout
+    assert watched.stdout.splitlines()[-1].startswith(f"project {project_id} FAILED")
+    assert "simulated failure" in watched.stdout
+    one_error_line(flops("project", "watch", project_id, url=api.url, token=ALICE_TOKEN), "404")
+
+
+def test_clear_one_line_errors(api: RunningApi, sla_file: Any, tmp_path: Path) -> None:
+    bad = sla_file(training_configuration={"min_available_clients": 1, "min_fit_clients": 2})
+    one_error_line(
+        flops("project", "start", str(bad), url=api.url, token=ALICE_TOKEN),
+        "training_configuration.min_fit_clients",
+        "422",
+    )
+    one_error_line(flops("project", "list", url=api.url, token="wrong-token"), "invalid bearer token", "401")
+    one_error_line(flops("project", "list", url=api.url), "missing bearer token", "401")
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert one_error_line(flops("project", "list", url=dead, token=ALICE_TOKEN)) == (
+        f"flops: cannot reach the FLOps manager at {dead}"
+    )
+    one_error_line(flops("project", "start", str(tmp_path / "missing.json"), url=api.url), "cannot read SLA file")
+    (tmp_path / "broken.json").write_text("{")
+    one_error_line(flops("project", "start", str(tmp_path / "broken.json"), url=api.url), "not valid JSON")
+    one_error_line(flops("project", "status", "nope", url=api.url, token=ALICE_TOKEN), "no project 'nope'")
+
+
+def test_tracking_mocks_and_predict(api: RunningApi, sla_file: Any, tmp_path: Path) -> None:
+    tracking = flops("tracking", url=api.url, token=BOB_TOKEN)
+    assert tracking.returncode == 0 and tracking.stdout.strip() == "http://127.0.0.1:5999/bob"
+
+    pushed = flops(
+        "mocks", "push", "--tag", "digits", "--partitions", "2", "--dirichlet", "0.3", url=api.url, token=ALICE_TOKEN
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stdout.splitlines() == ["pushed tag digits to 2 node(s)", "  node-0: 100 rows", "  node-1: 101 rows"]
+    request = [arg for name, arg in api.control.calls if name == "push_mock_data"][-1]
+    configuration = request.mock_data_configuration
+    assert (configuration.distribution, configuration.dirichlet_alpha) == ("dirichlet", 0.3)
+    assert request.customer_id == "alice"
+    one_error_line(flops("mocks", "push", "--tag", "../x", "--partitions", "0", url=api.url, token=ALICE_TOKEN), "422")
+
+    project_id = started_id(flops("project", "start", str(sla_file()), url=api.url, token=ALICE_TOKEN))
+    inputs = tmp_path / "inputs.json"
+    inputs.write_text(json.dumps([[1.0, 2.0]]))
+    one_error_line(
+        flops("project", "predict", project_id, "--input", str(inputs), url=api.url, token=ALICE_TOKEN),
+        "no serving endpoint",
+        "409",
+    )
+
+
+def test_db_reset_is_admin_only(mongo_uri: str, mqtt_settings: MqttSettings, sla_file: Any) -> None:
+    database = f"t_cli_reset_{uuid.uuid4().hex[:8]}"
+    with running_api(mongo_uri, database, mqtt_settings) as api:
+        started_id(flops("project", "start", str(sla_file()), url=api.url, token=ALICE_TOKEN))
+        one_error_line(flops("db", "reset", url=api.url, token=ALICE_TOKEN), "only the admin", "403")
+        assert len(api.store.list_projects()) == 1
+        done = flops("db", "reset", "--yes", url=api.url, token=ADMIN_TOKEN)
+        assert done.returncode == 0 and done.stdout.strip() == "database reset"
+        assert api.store.list_projects() == []
+    pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=5000).drop_database(database)
+
+
+def test_suite_up_with_manager_then_down(tmp_path: Path) -> None:
+    """The real flops-manager, started detached with a generated config; the CLI finds it by itself."""
+    suite_dir = tmp_path / "suite"
+    try:
+        up = flops("suite", "up", "--manager", suite_dir=suite_dir, timeout=180)
+        assert up.returncode == 0, up.stdout + up.stderr
+        manager_line = next(line for line in up.stdout.splitlines() if line.startswith("manager: "))
+        assert manager_line.startswith("manager: http://127.0.0.1:")
+        config = json.loads((suite_dir / "manager" / "config.json").read_text())
+        assert (suite_dir / "manager" / "config.json").stat().st_mode & 0o077 == 0
+
+        listed = flops("project", "list", suite_dir=suite_dir)  # URL and admin token from the suite's config
+        assert listed.returncode == 0 and listed.stdout.strip() == "no projects", listed.stderr
+        status = flops("suite", "status", suite_dir=suite_dir)
+        assert status.returncode == 0 and "manager: up" in status.stdout and "mosquitto: up" in status.stdout
+        again = flops("suite", "up", "--manager", suite_dir=suite_dir, timeout=120)  # idempotent
+        assert again.returncode == 0 and manager_line in again.stdout
+        assert json.loads((suite_dir / "manager" / "config.json").read_text())["admin_token"] == config["admin_token"]
+    finally:
+        down = flops("suite", "down", suite_dir=suite_dir, timeout=180)
+    assert down.returncode == 0, down.stderr
+    after = flops("suite", "status", suite_dir=suite_dir)
+    assert after.returncode == 1 and "manager: down" in after.stdout
+    one_error_line(flops("project", "list", suite_dir=suite_dir), "cannot reach the FLOps manager")
