@@ -1,0 +1,132 @@
+"""End to end through the real API, broker, database, MLflow server and Flower processes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from tests.fixtures_stack import FlopsStack, flops_stack, sla  # noqa: F401 - fixture import
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def classic_data(flops_stack: FlopsStack) -> str:  # noqa: F811
+    pushed = flops_stack.push_mocks("digits-ab", 2)
+    assert sum(pushed["partitions"].values()) == 1797
+    return "digits-ab"
+
+
+def mlflow_client(tracking_url: str):  # type: ignore[no-untyped-def]
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_url)
+
+
+def test_classic_sklearn_trains_logs_registers_and_serves(flops_stack: FlopsStack, classic_data: str) -> None:  # noqa: F811
+    request = sla("examples/sklearn_digits", [classic_data], training_rounds=3,
+                  min_available_clients=2, min_fit_clients=2, min_evaluate_clients=2)  # fmt: skip
+    request["post_training_steps"] = ["deploy_trained_model_image"]
+    project_id = flops_stack.submit(request)
+    project = flops_stack.wait(project_id)
+    assert project["status"] == "COMPLETED", project["error"]
+    assert project["progress"]["round"] == 3 and project["progress"]["total_rounds"] == 3
+    assert project["progress"]["accuracy"] > 0.5
+
+    events = flops_stack.events(project_id)
+    for phase in ("observatory", "project_app", "observer", "build", "training", "post_training"):
+        assert f"phase {phase}" in events
+    assert sum("round" in text and "done in" in text for text in events) == 3
+
+    client = mlflow_client(project["tracking_url"])
+    run = client.get_run(project["mlflow_run_id"])
+    history = client.get_metric_history(run.info.run_id, "accuracy")
+    assert sorted(metric.step for metric in history) == [1, 2, 3]
+    assert run.data.params["sla.training_rounds"] == "3"
+
+    import mlflow.pyfunc
+
+    versions = client.search_model_versions(f"name='{project['registered_model']}'")
+    assert versions, "the model was not registered"
+    model = mlflow.pyfunc.load_model(f"models:/{project['registered_model']}/{versions[0].version}")
+    digits = load_digits()
+    features = (digits.data / 16.0).astype(np.float32)
+    accuracy = float(np.mean(np.asarray(model.predict(features)).astype(int) == digits.target))
+    assert accuracy > 0.5, f"registered model accuracy {accuracy}"
+
+    assert project["serving_url"], "no serving endpoint"
+    answer = flops_stack.api("POST", f"/api/flops/projects/{project_id}/predict",
+                             json={"inputs": features[:20].tolist()})  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    predictions = [int(value) for value in answer.json()["predictions"]]
+    assert sum(p == t for p, t in zip(predictions, digits.target[:20], strict=True)) >= 12
+
+    stopped = flops_stack.api("DELETE", f"/api/flops/projects/{project_id}")
+    assert stopped.status_code == 200 and stopped.json()["serving_url"] is None
+    gone = flops_stack.api("POST", f"/api/flops/projects/{project_id}/predict", json={"inputs": [[0.0] * 64]})
+    assert gone.status_code == 409
+
+
+def test_second_project_on_the_same_commit_reuses_the_environment(
+    flops_stack: FlopsStack, classic_data: str  # noqa: F811
+) -> None:
+    first = flops_stack.wait(flops_stack.submit(sla("examples/sklearn_digits", [classic_data], training_rounds=1)))
+    second = flops_stack.wait(flops_stack.submit(sla("examples/sklearn_digits", [classic_data], training_rounds=1)))
+    assert first["status"] == second["status"] == "COMPLETED", (first["error"], second["error"])
+    assert second["build"]["cached"] is True
+    assert second["build"]["digest"] == first["build"]["digest"]
+    assert second["build"]["total_seconds"] < 10
+
+
+def test_broken_contract_fails_with_a_one_line_reason(flops_stack: FlopsStack, classic_data: str) -> None:  # noqa: F811
+    request = sla("examples/sklearn_digits", [classic_data])
+    request["ml_repo_url"] = "examples/broken_contract"
+    project = flops_stack.wait(flops_stack.submit(request), timeout=300)
+    assert project["status"] == "FAILED"
+    assert "ModelManager" in project["error"] and "\n" not in project["error"]
+    assert project["phase"] == "done"
+
+
+def test_tags_without_data_fail_clearly(flops_stack: FlopsStack) -> None:  # noqa: F811
+    project = flops_stack.wait(flops_stack.submit(sla("examples/sklearn_digits", ["no-such-tag"])), timeout=300)
+    assert project["status"] == "FAILED"
+    assert "no learner node has data for tags ['no-such-tag']" in project["error"]
+
+
+def test_unreachable_repo_fails_clearly(flops_stack: FlopsStack) -> None:  # noqa: F811
+    request = sla("examples/sklearn_digits", ["digits-ab"])
+    request["ml_repo_url"] = "file:///nonexistent/repo.git"
+    project = flops_stack.wait(flops_stack.submit(request), timeout=300)
+    assert project["status"] == "FAILED"
+    assert "cannot clone" in project["error"]
+
+
+def test_stop_a_running_project(flops_stack: FlopsStack, classic_data: str) -> None:  # noqa: F811
+    from tests.helpers import wait_until
+
+    project_id = flops_stack.submit(sla("examples/sklearn_digits", [classic_data], training_rounds=50))
+    assert wait_until(lambda: flops_stack.project(project_id)["phase"] == "training", 300, interval=0.5)
+    answer = flops_stack.api("DELETE", f"/api/flops/projects/{project_id}")
+    assert answer.status_code == 200
+    project = flops_stack.wait(project_id, timeout=120)
+    assert project["status"] == "STOPPED"
+    assert "stop requested" in flops_stack.events(project_id)
+
+
+def test_hierarchical_pytorch_two_clusters(flops_stack: FlopsStack) -> None:  # noqa: F811
+    pushed = flops_stack.push_mocks("digits-all", 4)
+    assert len(pushed["partitions"]) == 4
+    request = sla("examples/pytorch_digits", ["digits-all"], mode="hierarchical", training_cycles=2,
+                  training_rounds=2, min_available_clients=2, min_fit_clients=2, min_evaluate_clients=2)  # fmt: skip
+    project = flops_stack.wait(flops_stack.submit(request))
+    assert project["status"] == "COMPLETED", project["error"]
+    assert project["progress"]["cycle"] == 2 and project["progress"]["total_cycles"] == 2
+    client = mlflow_client(project["tracking_url"])
+    run = client.get_run(project["mlflow_run_id"])
+    assert len(client.get_metric_history(run.info.run_id, "accuracy")) == 2  # one global value per cycle
+    runs = client.search_runs([run.info.experiment_id])
+    cluster_metrics = {
+        key for other in runs for key in other.data.metrics if key.startswith("cluster/")
+    } | {key for key in run.data.metrics if key.startswith("cluster/")}
+    assert any("cluster-a" in key for key in cluster_metrics) and any("cluster-b" in key for key in cluster_metrics)
