@@ -5,8 +5,12 @@ Kubernetes adapter touches: namespaces, secrets, services, pods, nodes, jobs, de
 daemon sets. It keeps objects, answers 404/409 with ``Status`` bodies, filters lists by label
 selector, cascades deletes through owner references and namespaces, converts a Secret's
 ``stringData`` into ``data`` and requires the bearer token from the kubeconfig it writes.
-There are no controllers: tests create pods for a workload with :meth:`spawn_pods` and set
-pod/workload status with :meth:`set_status`.
+By default there are no controllers: tests create pods for a workload with
+:meth:`spawn_pods` and set pod/workload status with :meth:`set_status`. With
+``run_pods=True`` a tiny controller + kubelet runs instead: workloads get pods on matching
+nodes, each pod's command runs as a local process (image ignored) with its env resolved
+(Secret keys, field refs), and exits become container/Job/Deployment status the way a
+kubelet reports them (terminated reason and log tail, CrashLoopBackOff, Job conditions).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import itertools
 import json
 import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +29,8 @@ from typing import Any
 
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
+
+from tests.process_runtime import LocalProcess
 
 Obj = dict[str, Any]
 Key = tuple[str, str | None, str]  # (plural, namespace or None, name)
@@ -102,8 +109,13 @@ def label_selector_matches(selector: str, labels: dict[str, str]) -> bool:
 
 
 class KubernetesApiEmulator:
-    def __init__(self, token: str = "test-token") -> None:
+    def __init__(self, token: str = "test-token", run_pods: bool = False) -> None:
         self.token = token
+        self.run_pods = run_pods
+        self._processes: dict[Key, LocalProcess] = {}
+        self._restart_at: dict[Key, float] = {}
+        self._stopping = threading.Event()
+        self._kubelet = threading.Thread(target=self._kubelet_loop, name="k8s-kubelet", daemon=True)
         self._objects: dict[Key, Obj] = {}
         self._lock = threading.RLock()
         self._versions = itertools.count(1)
@@ -121,12 +133,21 @@ class KubernetesApiEmulator:
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> KubernetesApiEmulator:
         self._thread.start()
+        if self.run_pods:
+            self._kubelet.start()
         return self
 
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+        self._stopping.set()
+        if self._kubelet.is_alive():
+            self._kubelet.join(timeout=10)
+        with self._lock:
+            for process in self._processes.values():
+                process.kill()
+            self._processes.clear()
 
     @property
     def url(self) -> str:
@@ -191,35 +212,36 @@ class KubernetesApiEmulator:
     def spawn_pods(self, plural: str, namespace: str, name: str, nodes: list[str]) -> list[str]:
         """What a controller would do: one pod per node from the workload's template, owned by it."""
         with self._lock:
-            owner = self._objects[(plural, namespace, name)]
-            template = owner["spec"]["template"]
-            created = []
-            for node in nodes:
-                pod_name = f"{name}-{uuid.uuid4().hex[:5]}"
-                labels = dict(template["metadata"].get("labels") or {})
-                if plural == "jobs":
-                    labels["job-name"] = name
-                pod = {
-                    "metadata": {
-                        "name": pod_name,
-                        "namespace": namespace,
-                        "labels": labels,
-                        "ownerReferences": [
-                            {
-                                "apiVersion": RESOURCES[plural].api_version,
-                                "kind": RESOURCES[plural].kind,
-                                "name": name,
-                                "uid": owner["metadata"]["uid"],
-                                "controller": True,
-                            }
-                        ],
-                    },
-                    "spec": {**copy.deepcopy(template["spec"]), "nodeName": node},
-                    "status": {"phase": "Pending"},
-                }
-                self._create("pods", namespace, pod, record=False)
-                created.append(pod_name)
-            return created
+            return [self._new_pod(plural, namespace, name, node)[2] for node in nodes]
+
+    def _new_pod(self, plural: str, namespace: str, name: str, node: str | None) -> Key:
+        owner = self._objects[(plural, namespace, name)]
+        template = owner["spec"]["template"]
+        labels = dict(template["metadata"].get("labels") or {})
+        if plural == "jobs":
+            labels["job-name"] = name
+        reference = {
+            "apiVersion": RESOURCES[plural].api_version,
+            "kind": RESOURCES[plural].kind,
+            "name": name,
+            "uid": owner["metadata"]["uid"],
+            "controller": True,
+        }
+        spec = copy.deepcopy(template["spec"])
+        if node is not None:
+            spec["nodeName"] = node
+        pod = {
+            "metadata": {
+                "name": f"{name}-{uuid.uuid4().hex[:5]}",
+                "namespace": namespace,
+                "labels": labels,
+                "ownerReferences": [reference],
+            },
+            "spec": spec,
+            "status": {"phase": "Pending"},
+        }
+        self._create("pods", namespace, pod, record=False)
+        return ("pods", namespace, pod["metadata"]["name"])
 
     # -- storage -------------------------------------------------------------------------
     def _create(self, plural: str, namespace: str | None, obj: Obj, record: bool) -> Obj:
@@ -258,6 +280,10 @@ class KubernetesApiEmulator:
 
     def _delete(self, key: Key, propagation: str, explicit: bool) -> None:
         obj = self._objects.pop(key)
+        process = self._processes.pop(key, None)
+        if process is not None:
+            process.kill()
+        self._restart_at.pop(key, None)
         (self.deleted if explicit else self.cascaded).append(key)
         if key[0] == "namespaces":
             for child in [child for child in self._objects if child[1] == key[2]]:
@@ -306,7 +332,10 @@ class KubernetesApiEmulator:
                 if request.method == "POST":
                     if not isinstance(body, dict):
                         raise ApiError(400, "BadRequest", "the body must be a JSON object")
-                    return 201, self._create(plural, namespace, body, record=True)
+                    created = self._create(plural, namespace, body, record=True)
+                    if self.run_pods and plural in ("jobs", "deployments", "daemonsets"):
+                        self._reconcile((plural, namespace, created["metadata"]["name"]))
+                    return 201, created
                 raise ApiError(405, "MethodNotAllowed", request.method)
             key: Key = (plural, namespace if resource.namespaced else None, name)
             if key not in self._objects:
@@ -321,6 +350,10 @@ class KubernetesApiEmulator:
                 body["apiVersion"], body["kind"] = resource.api_version, resource.kind
                 self._normalise(plural, body)
                 self._objects[key] = body
+                if self.run_pods and plural in ("deployments", "daemonsets"):
+                    for pod in self._owned_pods(body["metadata"]["uid"]):
+                        self._delete(pod, "Background", explicit=False)
+                    self._reconcile(key)
                 return 200, body
             if request.method == "PATCH":
                 if not isinstance(body, dict) or "json-patch" in (request.content_type or ""):
@@ -350,3 +383,161 @@ class KubernetesApiEmulator:
             "metadata": {"resourceVersion": str(next(self._versions))},
             "items": items,
         }
+
+    # -- controller + kubelet (run_pods=True) ----------------------------------------------
+    def _owned_pods(self, uid: str) -> list[Key]:
+        return [
+            key
+            for key, obj in self._objects.items()
+            if key[0] == "pods" and any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
+        ]
+
+    def _eligible_nodes(self, pod_spec: Obj) -> list[str]:
+        selector = pod_spec.get("nodeSelector") or {}
+        allowed: set[str] | None = None
+        affinity = ((pod_spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ) or {}
+        for term in affinity.get("nodeSelectorTerms") or []:
+            for field in term.get("matchFields") or []:
+                if field.get("key") == "metadata.name" and field.get("operator") == "In":
+                    allowed = set(field.get("values") or [])
+        nodes = []
+        for (kind, _, name), node in sorted(self._objects.items()):
+            labels = node["metadata"].get("labels") or {}
+            matches = kind == "nodes" and all(labels.get(k) == v for k, v in selector.items())
+            if matches and (allowed is None or name in allowed):
+                nodes.append(name)
+        return nodes
+
+    def _reconcile(self, key: Key) -> None:
+        plural, namespace, name = key
+        assert namespace is not None
+        workload = self._objects[key]
+        spec = workload["spec"]
+        nodes = self._eligible_nodes(spec["template"]["spec"])
+        if plural == "daemonsets":
+            placements: list[str | None] = list(nodes)
+        else:
+            count = spec.get("parallelism", 1) if plural == "jobs" else spec.get("replicas", 1)
+            placements = [nodes[index % len(nodes)] if nodes else None for index in range(count)]
+        for node in placements:
+            pod_key = self._new_pod(plural, namespace, name, node)
+            if node is None:
+                unschedulable = {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0 nodes are available: none matches the node selector or affinity",
+                }
+                self._objects[pod_key]["status"] = {"phase": "Pending", "conditions": [unschedulable]}  # fmt: skip
+            else:
+                self._start(pod_key)
+        self._update_owner(key)
+
+    def _environment(self, pod: Obj, container: Obj) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for entry in container.get("env") or []:
+            source = entry.get("valueFrom") or {}
+            if "value" in entry:
+                env[entry["name"]] = entry["value"]
+            elif "secretKeyRef" in source:
+                ref = source["secretKeyRef"]
+                secret = self._objects.get(("secrets", pod["metadata"]["namespace"], ref["name"])) or {}
+                encoded = (secret.get("data") or {}).get(ref["key"])
+                if encoded is not None:
+                    env[entry["name"]] = base64.b64decode(encoded).decode()
+            elif "fieldRef" in source:
+                path = source["fieldRef"]["fieldPath"]
+                env[entry["name"]] = (
+                    pod["spec"].get("nodeName", "") if path == "spec.nodeName" else pod["metadata"]["name"]
+                )
+        return env
+
+    @staticmethod
+    def _container_status(container: Obj, state: Obj, restarts: int = 0, last: Obj | None = None) -> Obj:
+        return {"name": container["name"], "image": container.get("image", ""), "imageID": "", "state": state,
+                "ready": "running" in state, "restartCount": restarts, "lastState": last or {}}  # fmt: skip
+
+    def _start(self, pod_key: Key) -> None:
+        pod = self._objects[pod_key]
+        container = pod["spec"]["containers"][0]
+        argv = list(container.get("command") or []) + list(container.get("args") or [])
+        previous = (pod.get("status") or {}).get("containerStatuses") or [{}]
+        restarts = previous[0].get("restartCount", 0)
+        node = self._objects.get(("nodes", None, pod["spec"]["nodeName"])) or {}
+        addresses = (node.get("status") or {}).get("addresses") or [{"address": "127.0.0.1"}]
+        if not argv:
+            state = {"waiting": {"reason": "CreateContainerError", "message": "the emulator runs commands only"}}
+            pod["status"] = {"phase": "Pending", "containerStatuses": [self._container_status(container, state)]}
+            return
+        self._processes[pod_key] = LocalProcess(argv, self._environment(pod, container))
+        state = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+        last = previous[0].get("lastState")
+        pod["status"] = {"phase": "Running", "hostIP": addresses[0]["address"], "podIP": "10.244.0.10",
+                         "containerStatuses": [self._container_status(container, state, restarts, last)]}  # fmt: skip
+
+    def _kubelet_loop(self) -> None:
+        while not self._stopping.wait(0.05):
+            with self._lock:
+                for pod_key, process in list(self._processes.items()):
+                    code = process.poll()
+                    if code is not None:
+                        self._exited(pod_key, process, code)
+                now = time.monotonic()
+                for pod_key, due in list(self._restart_at.items()):
+                    if due <= now and pod_key in self._objects:
+                        del self._restart_at[pod_key]
+                        self._start(pod_key)
+                        self._update_owner_of(pod_key)
+
+    def _exited(self, pod_key: Key, process: LocalProcess, code: int) -> None:
+        del self._processes[pod_key]
+        message = process.tail() if code != 0 else ""
+        process.kill()
+        pod = self._objects.get(pod_key)
+        if pod is None:
+            return
+        container = pod["spec"]["containers"][0]
+        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message,
+                      "startedAt": "2026-01-01T00:00:00Z", "finishedAt": "2026-01-01T00:00:01Z"}  # fmt: skip
+        restarts = pod["status"]["containerStatuses"][0].get("restartCount", 0)
+        if pod["spec"].get("restartPolicy") == "Never":
+            phase = "Succeeded" if code == 0 else "Failed"
+            status = self._container_status(container, {"terminated": terminated}, restarts)
+            pod["status"] = {**pod["status"], "phase": phase, "containerStatuses": [status]}
+        else:
+            waiting = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting failed container"}}
+            status = self._container_status(container, waiting, restarts + 1, {"terminated": terminated})
+            pod["status"] = {**pod["status"], "phase": "Running", "containerStatuses": [status]}
+            self._restart_at[pod_key] = time.monotonic() + 0.5
+        self._update_owner_of(pod_key)
+
+    def _update_owner_of(self, pod_key: Key) -> None:
+        references = self._objects[pod_key]["metadata"].get("ownerReferences") or []
+        for key, obj in list(self._objects.items()):
+            if any(ref.get("uid") == obj["metadata"].get("uid") for ref in references):
+                self._update_owner(key)
+
+    def _update_owner(self, key: Key) -> None:
+        workload = self._objects[key]
+        pods = [self._objects[pod] for pod in self._owned_pods(workload["metadata"]["uid"])]
+        running = sum(
+            1
+            for pod in pods
+            if any("running" in c.get("state", {}) for c in pod["status"].get("containerStatuses") or [])
+        )
+        if key[0] == "jobs":
+            succeeded = sum(1 for pod in pods if pod["status"].get("phase") == "Succeeded")
+            failed = sum(1 for pod in pods if pod["status"].get("phase") == "Failed")
+            status: Obj = {"active": running, "succeeded": succeeded, "failed": failed}
+            if failed > workload["spec"].get("backoffLimit", 6):
+                status["conditions"] = [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                         "message": "Job has reached the specified backoff limit"}]  # fmt: skip
+            elif succeeded >= workload["spec"].get("completions", 1):
+                status["conditions"] = [{"type": "Complete", "status": "True"}]
+            workload["status"] = status
+        elif key[0] == "deployments":
+            workload["status"] = {"replicas": len(pods), "readyReplicas": running}
+        else:
+            workload["status"] = {"desiredNumberScheduled": len(pods), "numberReady": running}

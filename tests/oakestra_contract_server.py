@@ -8,7 +8,9 @@ application name, ``GET /api/application/<id>`` answering ``null``, ``failed_ser
 200 when the network refuses a service address, "ok" for instances of unknown services, and
 service status transitions driven by polling (REQUESTED -> CLUSTER_SCHEDULED -> ... ->
 RUNNING -> COMPLETED / FAILED / DEAD). Scheduling honours the ``clusters`` and ``addons``
-constraints against the active clusters. Tests steer outcomes with :meth:`set_fate`.
+constraints against the active clusters. Tests steer outcomes with :meth:`set_fate`, or pass
+``run_instances=True`` to run each instance's ``cmd`` (with its ``environment``) as a local
+process whose exit decides the status (the log tail becomes ``status_detail``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 import jsonschema
 from flask import Flask, Response, request
 from werkzeug.serving import make_server
+
+from tests.process_runtime import LocalProcess
 
 Json = dict[str, Any]
 NAME = {"type": "string", "pattern": "^[a-zA-Z0-9]{1,30}$"}
@@ -133,8 +137,12 @@ def _json(value: Any, status: int = 200) -> Response:
 
 
 class OakestraContractServer:
-    def __init__(self, token_lifetime_s: float = 600.0, clusters: list[Json] | None = None) -> None:
+    def __init__(
+        self, token_lifetime_s: float = 600.0, clusters: list[Json] | None = None, run_instances: bool = False
+    ) -> None:
         self.token_lifetime_s = token_lifetime_s
+        self.run_instances = run_instances
+        self._processes: dict[tuple[str, int], LocalProcess] = {}
         self.users = {"Admin": {"password": "Admin", "id": _oid(), "admin": True}}
         self.tokens: dict[str, tuple[str, float, str]] = {}  # token -> (user, expiry, kind)
         self.apps: dict[str, Json] = {}
@@ -168,6 +176,10 @@ class OakestraContractServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+        with self._lock:
+            for process in self._processes.values():
+                process.kill()
+            self._processes.clear()
 
     # -- test controls --------------------------------------------------------------
     def set_fate(self, microservice_name: str, status: str, detail: str = "") -> None:
@@ -262,12 +274,29 @@ class OakestraContractServer:
         final, detail = self.fates.get(job["microservice_name"], (default, ""))
         for instance in job["instance_list"]:
             status = instance["status"]
+            key = (job["microserviceID"], instance["instance_number"])
             if status in STEPS[:-1]:
                 instance["status"] = STEPS[STEPS.index(status) + 1]
-            elif status == "RUNNING" and final != "RUNNING":
+                if instance["status"] == "RUNNING" and self.run_instances:
+                    environment = dict(entry.split("=", 1) for entry in job.get("environment") or [])
+                    self._processes[key] = LocalProcess(list(job.get("cmd") or []), environment)
+            elif status == "RUNNING" and self.run_instances and key in self._processes:
+                code = self._processes[key].poll()
+                if code is not None:
+                    process = self._processes.pop(key)
+                    if code == 0:
+                        instance["status"] = "COMPLETED" if job.get("one_shot") else "DEAD"
+                    else:
+                        instance["status"], instance["status_detail"] = "FAILED", f"exit code {code}: {process.tail(1)}"
+                    process.kill()
+            elif status == "RUNNING" and not self.run_instances and final != "RUNNING":
                 instance["status"], instance["status_detail"] = final, detail
         if job["instance_list"]:
             job["status"] = job["instance_list"][-1]["status"]
+
+    def _kill(self, job_id: str, number: int | None = None) -> None:
+        for key in [key for key in self._processes if key[0] == job_id and number in (None, key[1])]:
+            self._processes.pop(key).kill()
 
     # -- routes --------------------------------------------------------------------------
     def _build_app(self) -> Flask:
@@ -335,6 +364,7 @@ class OakestraContractServer:
                 if found is None or found["userId"] != user:
                     return _json({"message": "User could not be deleted"}, 501)
                 for job_id in found["microservices"]:
+                    self._kill(job_id)
                     self.jobs.pop(job_id, None)
                 del self.apps[app_id]
                 return _json({"message": "Application Deleted"})
@@ -407,6 +437,7 @@ class OakestraContractServer:
                 if job is None:
                     return _json({"message": "service not found"}, 404)
                 if request.method == "DELETE":
+                    self._kill(job_id)
                     del self.jobs[job_id]
                     self.apps[job["applicationID"]]["microservices"].remove(job_id)
                     return _json({"message": "Job deleted"})
@@ -435,6 +466,7 @@ class OakestraContractServer:
                 if job is None:
                     return _json({"message": "service not found"}, 404)
                 job["instance_list"] = [i for i in job["instance_list"] if i["instance_number"] != number]
+                self._kill(job_id, number)
                 return _json({"message": "ok"})
 
         @app.get("/api/services/<app_id>")

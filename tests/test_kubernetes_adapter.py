@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from flops_utils.service_config import RegistrySettings
 from orchestrator_adapters.base import (
     AdapterError,
     AppKind,
+    AppRef,
+    OrchestratorAdapter,
     Placement,
     PortSpec,
     Resources,
@@ -23,6 +26,17 @@ from orchestrator_adapters.base import (
     ServiceState,
 )
 from orchestrator_adapters.kubernetes import KubernetesAdapter, KubernetesSettings
+from tests.adapter_contract import (
+    ENDED as CONTRACT_ENDED,
+)
+from tests.adapter_contract import (
+    FAILURE_LINE,
+    AdapterContract,
+    Behaviour,
+    SpecFactory,
+    python_command,
+    wait_for_state,
+)
 from tests.k8s_api_emulator import KubernetesApiEmulator
 
 LEARNER_LABELS = {"flops.io/learner": "true"}
@@ -312,3 +326,39 @@ def test_errors_are_one_clear_sentence(emulator: KubernetesApiEmulator, tmp_path
     with pytest.raises(AdapterError, match="no image"):
         adapter.add_service(adapter_for(str(tmp_path / "kc")).create_app("p", AppKind.PROJECT, "Admin", "p"),
                             ServiceSpec("s", ServiceKind.BUILDER, {}))  # fmt: skip
+
+
+class TestKubernetesAdapterContract(AdapterContract):
+    """The shared contract, with pods really running (as local processes) in the emulator."""
+
+    timeout_s = 30.0
+
+    @pytest.fixture
+    def adapter(self, tmp_path: Path) -> Iterator[OrchestratorAdapter]:
+        emulator = KubernetesApiEmulator(run_pods=True).start()
+        emulator.add_node("node-a", LEARNER_LABELS)
+        emulator.add_node("node-b")
+        adapter = adapter_for(str(emulator.write_kubeconfig(tmp_path / "kubeconfig")))
+        try:
+            yield adapter
+        finally:
+            adapter.close()
+            emulator.stop()
+
+    @pytest.fixture
+    def make_spec(self) -> SpecFactory:
+        def make(name: str, behaviour: Behaviour) -> ServiceSpec:
+            kind = ServiceKind.OBSERVER if behaviour == "run" else ServiceKind.BUILDER
+            command = python_command(behaviour, sys.executable)
+            return ServiceSpec(name=name, kind=kind, config={}, image="python:3.11-slim", command=command)
+
+        return make
+
+    def test_a_crash_is_reported_with_its_exit_code_and_last_line(
+        self, adapter: OrchestratorAdapter, app: AppRef, make_spec: SpecFactory
+    ) -> None:
+        service_id = adapter.add_service(app, make_spec("crash", "fail"))
+        adapter.deploy_service(app, service_id)
+        info = wait_for_state(adapter, app, service_id, CONTRACT_ENDED, self.timeout_s)
+        assert info.state is ServiceState.FAILED
+        assert "exit code 3" in info.detail and FAILURE_LINE in info.detail, info.detail

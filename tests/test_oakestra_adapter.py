@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from orchestrator_adapters.base import (
     AdapterError,
     AppKind,
     AppRef,
+    OrchestratorAdapter,
     Placement,
     PortSpec,
     Resources,
@@ -23,6 +25,17 @@ from orchestrator_adapters.base import (
     ServiceState,
 )
 from orchestrator_adapters.oakestra import OakestraAdapter, OakestraNode, OakestraSettings
+from tests.adapter_contract import (
+    ENDED as CONTRACT_ENDED,
+)
+from tests.adapter_contract import (
+    FAILURE_LINE,
+    AdapterContract,
+    Behaviour,
+    SpecFactory,
+    python_command,
+    wait_for_state,
+)
 from tests.oakestra_contract_server import OakestraContractServer
 
 ENDED = (ServiceState.SUCCEEDED, ServiceState.FAILED, ServiceState.STOPPED)
@@ -303,3 +316,38 @@ def test_a_non_admin_lists_its_own_applications(server: OakestraContractServer) 
         without_id.find_app("project-a", "alice")
     alice.delete_app(app)
     assert alice.find_app("project-a", "alice") is None
+
+
+class TestOakestraAdapterContract(AdapterContract):
+    """The shared contract, with instances really running (as local processes) behind the contract server."""
+
+    timeout_s = 30.0
+
+    @pytest.fixture
+    def adapter(self) -> Iterator[OrchestratorAdapter]:
+        server = OakestraContractServer(run_instances=True).start()
+        adapter = adapter_for(server)
+        try:
+            yield adapter
+        finally:
+            adapter.close()
+            server.stop()
+        assert server.violations == []
+
+    @pytest.fixture
+    def make_spec(self) -> SpecFactory:
+        def make(name: str, behaviour: Behaviour) -> ServiceSpec:
+            kind = ServiceKind.OBSERVER if behaviour == "run" else ServiceKind.BUILDER
+            command = python_command(behaviour, sys.executable)
+            return ServiceSpec(name=name, kind=kind, config={}, image="python:3.11-slim", command=command)
+
+        return make
+
+    def test_a_crash_is_reported_with_its_exit_code_and_last_line(
+        self, adapter: OrchestratorAdapter, app: AppRef, make_spec: SpecFactory
+    ) -> None:
+        service_id = adapter.add_service(app, make_spec("crash", "fail"))
+        adapter.deploy_service(app, service_id)
+        info = wait_for_state(adapter, app, service_id, CONTRACT_ENDED, self.timeout_s)
+        assert info.state is ServiceState.FAILED
+        assert "exit code 3" in info.detail and FAILURE_LINE in info.detail, info.detail
