@@ -9,7 +9,9 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from flops_utils.mqtt_catalogue import BuildResult, BuildStep, FlopsMessage, Ser
 from flops_utils.mqtt_link import MqttLink
 from flops_utils.service_config import BuilderConfig, MqttSettings, config_environment
 from manager.suite import SuiteEndpoints
+from services.builder.environment import ensure_environment
 from services.builder.errors import BuildError
 from services.builder.local import build_local
 from services.builder.source import fetch_source
@@ -279,3 +282,72 @@ def test_service_reports_a_broken_contract_in_one_line(suite: SuiteEndpoints, tm
     assert isinstance(failed, ServiceStatus) and failed.state is ServiceState.FAILED
     assert failed.service == "builder" and failed.detail == reason
     assert "Traceback" not in stderr
+
+
+def _tiny_wheel(folder: Path) -> Path:
+    """A minimal pure-Python wheel on disk, so installing a dependency needs no network."""
+    wheel = folder / "tinypkg-1.0-py3-none-any.whl"
+    info = "tinypkg-1.0.dist-info"
+    files = {
+        "tinypkg/__init__.py": "VALUE = 42\n",
+        f"{info}/METADATA": "Metadata-Version: 2.1\nName: tinypkg\nVersion: 1.0\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: flops-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return wheel
+
+
+def _minimal_repo(tmp_path: Path, requirements: str) -> str:
+    """The broken example, completed, importing ``tinypkg``: a cheap repository to build."""
+    repo = Path(example_repo("broken_contract", tmp_path))
+    model = repo / "model_manager.py"
+    model.write_text(
+        model.read_text().replace("import numpy as np\n", "import numpy as np\nimport tinypkg\n")
+        + "\n    def fit_model(self) -> int:\n        return tinypkg.VALUE\n\n"
+        "    def evaluate_model(self) -> tuple[float, float, int]:\n        return 0.0, 0.0, 0\n"
+    )
+    (repo / "requirements.txt").write_text(requirements)
+    commit_all(repo, "complete the contract, depend on tinypkg")
+    return str(repo)
+
+
+def test_missing_dependencies_are_installed_into_the_environment_only(tmp_path: Path) -> None:
+    wheel = _tiny_wheel(tmp_path)
+    build = _build(_minimal_repo(tmp_path, f"numpy\ntinypkg @ {wheel.as_uri()}\n"), tmp_path / "cache")
+    env = Path(str(build.result.environment_dir))
+    assert list((env / "lib").glob("python3.*/site-packages/tinypkg/__init__.py"))
+    assert not list((env / "lib").glob("python3.*/site-packages/numpy"))  # already satisfied by the runtime
+    completed = subprocess.run([sys.executable, "-c", "import tinypkg"], capture_output=True, timeout=60, check=False)
+    assert completed.returncode != 0  # the builder's own environment is untouched
+
+
+def test_failed_install_leaves_no_environment_behind(tmp_path: Path) -> None:
+    missing = tmp_path / "absent" / "tinypkg-1.0-py3-none-any.whl"
+    repo = _minimal_repo(tmp_path, f"tinypkg @ {missing.as_uri()}\n")
+    reason, messages = _build_error(repo, tmp_path / "cache")
+    assert reason.startswith("cannot install the repository's dependencies: ")
+    failed = messages[-1]
+    assert isinstance(failed, BuildStep) and (failed.step, failed.outcome) == ("environment", "failed")
+    assert [path.name for path in (tmp_path / "cache" / "envs").iterdir() if path.is_dir()] == []
+
+
+def test_concurrent_builders_build_an_environment_once(tmp_path: Path) -> None:
+    outcomes: list[bool] = []
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            outcomes.append(ensure_environment(tmp_path / "envs", "same-digest", []).cached)
+        except BaseException as error:  # surfaced by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors
+    assert sorted(outcomes) == [False, True]
