@@ -155,7 +155,7 @@ class LocalAdapter(OrchestratorAdapter):
         with self.state.update() as state:
             previous = state.data_servers.get(node.name)
             used = state.used_ports()
-            if previous is not None and port_is_free(self.settings.host, previous.port):
+            if previous is not None and self._port_frees(previous.port):
                 port = previous.port  # keep the node's address stable across restarts
             else:
                 port = free_port(self.settings.host, used)
@@ -174,6 +174,15 @@ class LocalAdapter(OrchestratorAdapter):
             state.data_servers[node.name] = record
         log.info("started the data server of %s at %s (pid %d)", node.name, record.address, record.pid)
         return record
+
+    def _port_frees(self, port: int, timeout: float = 5.0) -> bool:
+        """Whether ``port`` is (or within ``timeout`` becomes) free: a killed server's socket may linger briefly."""
+        deadline = time.monotonic() + timeout
+        while not port_is_free(self.settings.host, port):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def _await_data_servers(self, records: dict[str, DataServerRecord]) -> dict[str, str]:
         """Wait until every data server answers; returns node -> reason for those that did not."""
@@ -307,8 +316,14 @@ class LocalAdapter(OrchestratorAdapter):
             raise AdapterError(f"cannot start {command[0]}: {error.strerror or error}") from error
         with self._children_lock:
             self._children[process.pid] = process
-        watch(process, exit_file)
+        watch(process, exit_file, on_exit=lambda: self._forget(process))
         return process
+
+    def _forget(self, process: subprocess.Popen[bytes]) -> None:
+        """The watcher reaped ``process`` and its exit code is on disk: nothing more to keep."""
+        with self._children_lock:
+            if self._children.get(process.pid) is process:
+                del self._children[process.pid]
 
     def _alive(self, pid: int, ticks: int | None) -> bool:
         # Not Popen.poll(): the watcher thread blocks in wait() holding Popen's lock, so poll()

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 # "$0" is the exit-code file, "$@" the command. A signal that kills the wrapper itself
@@ -59,6 +59,12 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19]) if len(fields) > 19 else None
 
 
+def _ended(fields: list[str]) -> bool:
+    """A zombie whose threads have all exited. A zombie *leader* with live threads is still
+    tearing down (e.g. after SIGKILL) and may still hold files and sockets."""
+    return not fields or (fields[0] in ("Z", "X") and (len(fields) < 18 or int(fields[17]) <= 1))
+
+
 def process_alive(pid: int, ticks: int | None) -> bool:
     """True while ``pid`` runs and is the same process (not a zombie, not a reused pid)."""
     try:
@@ -66,7 +72,7 @@ def process_alive(pid: int, ticks: int | None) -> bool:
     except OSError:
         return False
     fields = stat[stat.rfind(")") + 2:].split()
-    if not fields or fields[0] in ("Z", "X"):
+    if _ended(fields):
         return False
     return ticks is None or (len(fields) > 19 and int(fields[19]) == ticks)
 
@@ -153,12 +159,15 @@ def spawn(
         )
 
 
-def watch(process: subprocess.Popen[bytes], exit_file: str) -> threading.Thread:
-    """Reap ``process`` when it ends and make sure its exit code is on disk."""
+def watch(process: subprocess.Popen[bytes], exit_file: str,
+          on_exit: Callable[[], None] | None = None) -> threading.Thread:
+    """Reap ``process`` when it ends, make sure its exit code is on disk, then call ``on_exit``."""
 
     def wait() -> None:
         code = process.wait()
         write_exit_file(exit_file, code)
+        if on_exit is not None:
+            on_exit()
 
     thread = threading.Thread(target=wait, name=f"local-watch-{process.pid}", daemon=True)
     thread.start()
@@ -180,7 +189,7 @@ def group_alive(pgid: int) -> bool:
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+        if len(fields) > 2 and fields[2] == str(pgid) and not _ended(fields):
             return True
     return False
 

@@ -96,16 +96,26 @@ class StateFile:
         self.path = directory / "state.json"
         self._lock_path = directory / "state.lock"
         self._thread_lock = threading.RLock()
+        self._depth = 0  # guarded by _thread_lock
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
         with self._thread_lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self._lock_path, "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            if self._depth:  # nested in this thread: the file lock is already ours
+                self._depth += 1
                 try:
                     yield
                 finally:
+                    self._depth -= 1
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self._lock_path, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                self._depth = 1
+                try:
+                    yield
+                finally:
+                    self._depth = 0
                     fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _load(self) -> LocalState:

@@ -41,7 +41,8 @@ def _peer(context: flight.ServerCallContext) -> str:
         return "?"
 
 
-def _refuse(message: str) -> flight.FlightServerError:
+def _refuse(message: str, request: str = "request") -> flight.FlightServerError:
+    log.warning("%s refused: %s", request, message)
     return flight.FlightServerError(message)
 
 
@@ -71,8 +72,7 @@ class DataFlightServer(flight.FlightServerBase):
             tag = self._tag_of(descriptor)
             summary = self.store.write(tag, reader.schema, (chunk.data for chunk in reader))
         except RejectedUpload as error:
-            log.warning("put refused tag=%s peer=%s: %s", tag, _peer(context), error)
-            raise _refuse(str(error)) from None
+            raise _refuse(str(error), f"put tag={tag} peer={_peer(context)}") from None
         log.info("put tag=%s rows=%d bytes=%d peer=%s in %.3fs", tag, summary.rows, summary.bytes,
                  _peer(context), time.monotonic() - started)
 
@@ -81,8 +81,7 @@ class DataFlightServer(flight.FlightServerBase):
         try:
             tags = [check_tag(tag) for tag in dict.fromkeys(wanted)] if wanted else self.store.tags()
         except RejectedUpload as error:
-            log.warning("list refused criteria=%r: %s", criteria, error)
-            raise _refuse(str(error)) from None
+            raise _refuse(str(error), f"list criteria={criteria!r}") from None
         summaries = [summary for summary in map(self.store.summary, tags) if summary.fragments]
         log.info("list criteria=%s tags=%d peer=%s", ",".join(wanted) or "*", len(summaries), _peer(context))
         return iter([self._info(summary) for summary in summaries])
@@ -92,7 +91,7 @@ class DataFlightServer(flight.FlightServerBase):
         try:
             tag = self._tag_of(descriptor)
         except RejectedUpload as error:
-            raise _refuse(str(error)) from None
+            raise _refuse(str(error), "info") from None
         summary = self.store.summary(tag)
         log.info("info tag=%s rows=%d peer=%s", tag, summary.rows, _peer(context))
         if not summary.fragments:
@@ -103,7 +102,7 @@ class DataFlightServer(flight.FlightServerBase):
         try:
             tag = check_tag(bytes(ticket.ticket).decode("utf-8", errors="replace"))
         except RejectedUpload as error:
-            raise _refuse(str(error)) from None
+            raise _refuse(str(error), "get") from None
         summary = self.store.summary(tag)
         log.info("get tag=%s fragments=%d rows=%d peer=%s", tag, summary.fragments, summary.rows, _peer(context))
         return flight.GeneratorStream(FRAGMENT_SCHEMA, self.store.read(tag))
@@ -121,12 +120,12 @@ class DataFlightServer(flight.FlightServerBase):
             try:
                 summary = self.store.delete(check_tag(body.decode("utf-8", errors="replace")))
             except RejectedUpload as error:
-                raise _refuse(str(error)) from None
+                raise _refuse(str(error), "delete_tag") from None
             log.info("delete tag=%s fragments=%d rows=%d peer=%s", summary.tag, summary.fragments, summary.rows,
                      _peer(context))
             return iter([json.dumps({"tag": summary.tag, "fragments": summary.fragments,
                                      "rows": summary.rows}).encode()])
-        raise _refuse(f"unknown action {action.type!r}; known: {DELETE_TAG_ACTION}, {PING_ACTION}")
+        raise _refuse(f"unknown action {action.type!r}; known: {DELETE_TAG_ACTION}, {PING_ACTION}", "action")
 
 
 def main() -> None:
