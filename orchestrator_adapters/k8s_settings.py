@@ -32,6 +32,11 @@ class KubernetesSettings(BaseModel):
     job_ttl_seconds: int = Field(default=86400, ge=0, description="finished Jobs are garbage-collected after this")
     data_host_path: str = Field(default="/var/lib/flops/data", description="node directory data servers store data in")
     service_domain: str = Field(default="svc.cluster.local", description="cluster DNS suffix of Services")
+    data_server_image: str | None = Field(
+        default=None, description="when set, start() runs a data server on every learner node (a DaemonSet)"
+    )
+    data_server_command: list[str] = Field(default_factory=lambda: ["flops-data-server"])
+    data_server_port: int = Field(default=9400, ge=1, le=65535, description="host port of the data servers")
     request_timeout_s: float = Field(default=30.0, gt=0)
 
     @property

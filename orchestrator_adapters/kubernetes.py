@@ -17,6 +17,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from flops_utils.service_config import DataServerConfig
 from orchestrator_adapters import k8s_names as names
 from orchestrator_adapters import k8s_objects as objects
 from orchestrator_adapters import k8s_status as status
@@ -29,6 +30,7 @@ from orchestrator_adapters.base import (
     OrchestratorAdapter,
     Placement,
     PortSpec,
+    Resources,
     ServiceInfo,
     ServiceKind,
     ServiceSpec,
@@ -37,6 +39,9 @@ from orchestrator_adapters.base import (
 from orchestrator_adapters.k8s_settings import KubernetesSettings
 
 __all__ = ["KubernetesAdapter", "KubernetesSettings"]
+
+DATA_SERVERS_APP = "data-servers"
+DATA_SERVERS_CUSTOMER = "flops"
 
 Manifest = dict[str, Any]
 _CONFLICT, _NOT_FOUND = 409, 404
@@ -114,6 +119,25 @@ class KubernetesAdapter(OrchestratorAdapter):
     def _items(self, what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Manifest]:
         found = self._call(what, method, *args, ignore=(_NOT_FOUND,), **kwargs)
         return list((found or {}).get("items") or [])
+
+    def start(self) -> None:
+        """With ``data_server_image`` set: ensure a data server runs on every learner node."""
+        image = self.settings.data_server_image
+        if not image:
+            return
+        app = self.create_app(DATA_SERVERS_APP, AppKind.OBSERVATORY, DATA_SERVERS_CUSTOMER)
+        port = self.settings.data_server_port
+        config = DataServerConfig(node="kubernetes-daemonset", host="0.0.0.0", port=port, storage_dir="/data")
+        spec = ServiceSpec(
+            name="data-server",
+            kind=ServiceKind.DATA_SERVER,
+            config=config.model_dump(mode="json"),
+            image=image,
+            command=tuple(self.settings.data_server_command),
+            resources=Resources(memory_mb=512, vcpus=0.5),
+            ports=(PortSpec("flight", port),),
+        )
+        self.deploy_service(app, self.add_service(app, spec))
 
     def close(self) -> None:
         if self._api_client is not None:

@@ -309,6 +309,27 @@ def test_nodes_clusters_data_servers_and_tags(emulator: KubernetesApiEmulator, k
         adapter.deploy_service(project, untagged)
 
 
+def test_start_runs_a_data_server_on_every_learner_node(emulator: KubernetesApiEmulator, kubeconfig: str) -> None:
+    emulator.add_node("edge-1", LEARNER_LABELS)
+    emulator.add_node("control")
+    adapter_for(kubeconfig).start()  # nothing to run without a data server image
+    assert not emulator.items("daemonsets")
+    adapter = adapter_for(kubeconfig, data_server_image="registry:5000/flops/manager:1", data_server_port=9555)
+    adapter.start()
+    adapter.start()  # idempotent: the DaemonSet is updated, not duplicated
+    (daemonset,) = emulator.items("daemonsets")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"flops.io/learner": "true"}
+    assert pod["containers"][0]["command"] == ["flops-data-server"]
+    assert pod["containers"][0]["ports"][0]["hostPort"] == 9555
+    namespace = daemonset["metadata"]["namespace"]
+    (name,) = emulator.spawn_pods("daemonsets", namespace, daemonset["metadata"]["name"], ["edge-1"])
+    emulator.set_status("pods", namespace, name, {"phase": "Running", "hostIP": "192.0.2.77", "containerStatuses": [
+        container_status({"running": {"startedAt": "2026-01-01T00:00:00Z"}})]})  # fmt: skip
+    nodes = {node.name: node for node in adapter.list_nodes()}
+    assert nodes["edge-1"].data_server == "192.0.2.77:9555" and nodes["control"].data_server is None
+
+
 def test_errors_are_one_clear_sentence(emulator: KubernetesApiEmulator, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong"
     wrong.write_text(Path(emulator.write_kubeconfig(tmp_path / "kc")).read_text().replace("test-token", "bad"))
