@@ -215,6 +215,4 @@ def test_suite_up_with_manager_then_down(tmp_path: Path) -> None:
     finally:
         down = flops("suite", "down", suite_dir=suite_dir, timeout=180)
     assert down.returncode == 0, down.stderr
-    after = flops("suite", "status", suite_dir=suite_dir)
-    assert after.returncode == 1 and "manager: down" in after.stdout
     one_error_line(flops("project", "list", suite_dir=suite_dir), "cannot reach the FLOps manager")
