@@ -1,0 +1,69 @@
+"""Classic role: FedAvg over the learners for ``training_rounds`` rounds."""
+
+from __future__ import annotations
+
+import time
+
+from flwr.serverapp import Grid
+
+from services.aggregator.final_model import log_final_model
+from services.aggregator.rounds import FederatedRounds
+from services.aggregator.session import ServerSession, connect_timeout_s, strategy_params
+from services.fl_runtime.outcome import RunOutcome
+from services.fl_runtime.user_code import load_model_manager
+
+
+def learner_rounds(grid: Grid, session: ServerSession) -> FederatedRounds:
+    training = session.config.training
+    return FederatedRounds(
+        grid,
+        min_available=training.min_available_clients,
+        min_fit=training.min_fit_clients,
+        min_evaluate=training.min_evaluate_clients,
+        timeout_s=training.round_timeout_s,
+        what="learner",
+        on_lost=session.lost,
+    )
+
+
+def run_classic(grid: Grid, session: ServerSession) -> RunOutcome:
+    config, training = session.config, session.config.training
+    manager = load_model_manager(config.app_dir)
+    arrays = manager.get_model_parameters()
+    rounds = learner_rounds(grid, session)
+    waited = time.monotonic()
+    nodes = rounds.wait_for_nodes(training.min_available_clients, connect_timeout_s(training))
+    waited = time.monotonic() - waited
+    session.reporter.event(f"{len(nodes)} learners connected after {waited:.1f} s")
+    session.tracker.start(strategy_params(config))
+    session.tracker.log_metrics({"wait_for_learners_seconds": waited}, step=0)
+    total = training.training_rounds
+    for server_round in range(1, total + 1):
+        result = rounds.train_round(server_round, arrays, {})
+        assert result.arrays is not None
+        arrays = result.arrays
+        session.progress(result, cycle=1, total_cycles=1, round_=server_round, total_rounds=total)
+        session.tracker.log_metrics(
+            {
+                "loss": result.loss,
+                "accuracy": result.accuracy,
+                "round_seconds": result.seconds,
+                "participants": float(len(result.participants)),
+                "num_examples": float(result.num_examples),
+            },
+            step=server_round,
+        )
+    final = rounds.evaluate_round(total, arrays, {})
+    session.tracker.log_metrics({"final_loss": final.loss, "final_accuracy": final.accuracy}, step=total)
+    logged = log_final_model(session, manager, arrays)
+    return RunOutcome(
+        ok=True,
+        rounds_completed=total,
+        cycles_completed=1,
+        loss=final.loss,
+        accuracy=final.accuracy,
+        mlflow_run_id=session.tracker.run_id,
+        model_uri=logged.model_uri if logged else None,
+        registered_model=logged.registered_model if logged else None,
+        registered_version=logged.registered_version if logged else None,
+    )

@@ -1,0 +1,234 @@
+"""Federated rounds over a Flower Grid: node sampling, deadlines, dropouts, FedAvg.
+
+Replies are pulled every half second until all arrived or the round deadline passes;
+late replies are dropped. A node that misses the deadline or whose SuperNode is gone
+is "lost": it is named in an event and not asked again in this run (a learner that
+comes back joins as a new node). A round succeeds with at least ``min_replies``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from services.fl_runtime import protocol as p
+
+log = logging.getLogger("flops.rounds")
+
+PULL_INTERVAL_S = 0.5
+
+
+class RoundFailed(RuntimeError):
+    """Too few participants; the message is the one-line reason."""
+
+
+@dataclass
+class Reply:
+    node_id: int
+    name: str
+    cluster: str | None
+    metrics: dict[str, float | list[float]]
+
+    def scalar(self, key: str) -> float | None:
+        value = self.metrics.get(key)
+        return float(value) if isinstance(value, int | float) else None
+
+
+@dataclass
+class RoundResult:
+    server_round: int
+    arrays: list[np.ndarray] | None
+    replies: list[Reply]
+    lost: list[str]
+    seconds: float
+    loss: float | None = None
+    accuracy: float | None = None
+    num_examples: int = 0
+    eval_examples: int = 0
+    participants: list[str] = field(default_factory=list)
+
+
+def weighted(replies: list[Reply], key: str, weight_key: str) -> float | None:
+    """Example-weighted mean of ``key`` over replies that carry it."""
+    total, weighted_sum = 0.0, 0.0
+    for reply in replies:
+        value, weight = reply.scalar(key), reply.scalar(weight_key) or 0.0
+        if value is not None and not math.isnan(value) and weight > 0:
+            total += weight
+            weighted_sum += value * weight
+    return weighted_sum / total if total else None
+
+
+class FederatedRounds:
+    """Runs train and evaluate rounds for one ServerApp; ``what`` names participants in messages."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        *,
+        min_available: int,
+        min_fit: int,
+        min_evaluate: int,
+        timeout_s: float,
+        what: str = "learner",
+        on_lost: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.grid = grid
+        self.min_available = min_available
+        self.min_fit = min_fit
+        self.min_evaluate = min_evaluate
+        self.timeout_s = timeout_s
+        self.what = what
+        self.on_lost = on_lost or (lambda name, why: None)
+        self.names: dict[int, str] = {}
+        self.lost: set[int] = set()
+        self.strategy = FedAvg(
+            min_train_nodes=min_fit, min_evaluate_nodes=min_evaluate, min_available_nodes=min_available
+        )
+
+    # -- nodes -------------------------------------------------------------------
+    def usable_nodes(self) -> list[int]:
+        return sorted(node for node in self.grid.get_node_ids() if node not in self.lost)
+
+    def wait_for_nodes(self, minimum: int, timeout_s: float, plural: str | None = None) -> list[int]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            nodes = self.usable_nodes()
+            if len(nodes) >= minimum:
+                return nodes
+            if time.monotonic() >= deadline:
+                many = plural or f"{self.what}s"
+                raise RoundFailed(f"only {len(nodes)} of {minimum} {many} connected after {timeout_s:g} s")
+            time.sleep(PULL_INTERVAL_S)
+
+    def name_of(self, node_id: int) -> str:
+        return self.names.get(node_id, f"flower node {node_id}")
+
+    # -- rounds ------------------------------------------------------------------
+    def train_round(
+        self, server_round: int, arrays: list[np.ndarray], config: dict[str, int | float | str]
+    ) -> RoundResult:
+        started = time.monotonic()
+        nodes = self.wait_for_nodes(self.min_fit, self.timeout_s)
+        messages = self._messages(nodes, MessageType.TRAIN, server_round, arrays, config)
+        replies, raw, lost = self._exchange(messages, server_round)
+        if len(replies) < self.min_fit:
+            raise RoundFailed(self._too_few(server_round, len(replies), len(nodes), self.min_fit, lost))
+        aggregated, _ = self.strategy.aggregate_train(server_round, raw)
+        if aggregated is None:
+            raise RoundFailed(f"round {server_round}: FedAvg produced no model")
+        new_arrays = p.like(p.from_arrays(aggregated), arrays)
+        return self._result(server_round, new_arrays, replies, lost, started)
+
+    def evaluate_round(
+        self, server_round: int, arrays: list[np.ndarray], config: dict[str, int | float | str]
+    ) -> RoundResult:
+        started = time.monotonic()
+        nodes = self.wait_for_nodes(self.min_evaluate, self.timeout_s)
+        messages = self._messages(nodes, MessageType.EVALUATE, server_round, arrays, config)
+        replies, _, lost = self._exchange(messages, server_round)
+        if len(replies) < self.min_evaluate:
+            raise RoundFailed(
+                self._too_few(server_round, len(replies), len(nodes), self.min_evaluate, lost, "evaluation")
+            )
+        return self._result(server_round, None, replies, lost, started)
+
+    def _too_few(self, rnd: int, got: int, asked: int, needed: int, lost: list[str], what: str = "round") -> str:
+        detail = f"; lost: {', '.join(lost)}" if lost else ""
+        return (
+            f"{what} {rnd}: only {got} of {asked} {self.what}s replied within {self.timeout_s:g} s "
+            f"(at least {needed} needed){detail}"
+        )
+
+    def _result(
+        self, rnd: int, arrays: list[np.ndarray] | None, replies: list[Reply], lost: list[str], started: float
+    ) -> RoundResult:
+        return RoundResult(
+            server_round=rnd,
+            arrays=arrays,
+            replies=replies,
+            lost=lost,
+            seconds=time.monotonic() - started,
+            loss=weighted(replies, p.LOSS, p.EVAL_EXAMPLES),
+            accuracy=weighted(replies, p.ACCURACY, p.EVAL_EXAMPLES),
+            num_examples=int(sum(r.scalar(p.NUM_EXAMPLES) or 0 for r in replies)),
+            eval_examples=int(sum(r.scalar(p.EVAL_EXAMPLES) or 0 for r in replies)),
+            participants=[r.name for r in replies],
+        )
+
+    def _messages(
+        self,
+        nodes: list[int],
+        kind: str,
+        rnd: int,
+        arrays: list[np.ndarray],
+        config: dict[str, int | float | str],
+    ) -> list[Message]:
+        content = {p.SERVER_ROUND: rnd, **config}
+        return [
+            Message(
+                RecordDict({p.ARRAYS: p.to_arrays(arrays), p.CONFIG: ConfigRecord(dict(content))}),
+                dst_node_id=node,
+                message_type=kind,
+                group_id=str(rnd),
+            )
+            for node in nodes
+        ]
+
+    def _exchange(self, messages: list[Message], rnd: int) -> tuple[list[Reply], list[Message], list[str]]:
+        """Send, then collect replies until all arrived or the deadline; mark the rest lost."""
+        destination = {}
+        ids = list(self.grid.push_messages(messages))
+        for message_id, message in zip(ids, messages, strict=True):
+            if message_id:
+                destination[message_id] = message.metadata.dst_node_id
+        waiting = set(destination)
+        deadline = time.monotonic() + self.timeout_s
+        good: list[Message] = []
+        lost: list[str] = []
+        while waiting and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(list(waiting)):
+                origin = reply.metadata.reply_to_message_id
+                if origin not in waiting:
+                    continue
+                waiting.discard(origin)
+                node = destination[origin]
+                if reply.has_error():
+                    lost.append(self._lose(node, rnd, f"error: {reply.error.reason}"))
+                else:
+                    self._learn_name(node, reply)
+                    good.append(reply)
+            if waiting:
+                time.sleep(PULL_INTERVAL_S)
+        for origin in waiting:
+            lost.append(self._lose(destination[origin], rnd, f"no reply within {self.timeout_s:g} s"))
+        return [self._summary(reply) for reply in good], good, lost
+
+    def _lose(self, node: int, rnd: int, why: str) -> str:
+        self.lost.add(node)
+        name = self.name_of(node)
+        log.warning("round %s: %s %s lost (%s)", rnd, self.what, name, why)
+        why = " ".join(why.split())[:200]
+        self.on_lost(name, f"round {rnd}: {self.what} {name} lost ({why})")
+        return f"{name} ({why})"
+
+    def _learn_name(self, node: int, reply: Message) -> None:
+        info = reply.content.config_records.get(p.INFO)
+        if info is not None and info.get(p.NODE):
+            self.names[node] = str(info[p.NODE])
+
+    def _summary(self, reply: Message) -> Reply:
+        node = reply.metadata.src_node_id
+        info = reply.content.config_records.get(p.INFO)
+        cluster = str(info[p.CLUSTER]) if info is not None and info.get(p.CLUSTER) else None
+        record = reply.content.metric_records.get(p.METRICS) or MetricRecord()
+        metrics = {key: value for key, value in record.items()}  # noqa: C416
+        return Reply(node_id=node, name=self.name_of(node), cluster=cluster, metrics=metrics)  # type: ignore[arg-type]

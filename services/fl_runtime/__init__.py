@@ -1,0 +1,1 @@
+"""Shared runtime of the federated services: Flower processes, reports, user code, MLflow."""

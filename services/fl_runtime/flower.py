@@ -1,0 +1,196 @@
+"""Flower deployment processes (SuperLink, SuperNode) and the ``flwr`` CLI against one SuperLink.
+
+In flwr 1.41 a SuperLink serves its Fleet, Control and Runtime APIs on one HTTP port
+(``--host``/``--port``); a SuperNode serves its own Runtime API on another port.
+Every Flower process gets a private ``FLWR_HOME`` so apps and configs never mix.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from services.fl_runtime.processes import (
+    ManagedProcess,
+    child_environment,
+    flower_binary,
+    free_port,
+    port_open,
+)
+
+CONNECTION_NAME = "flops"
+CLI_TIMEOUT_S = 120.0
+
+
+class FlowerError(RuntimeError):
+    """A Flower process or command failed; the message is one line."""
+
+
+def connect_host(bind_host: str) -> str:
+    """Where a local client reaches a server bound to ``bind_host``."""
+    return "127.0.0.1" if bind_host in ("0.0.0.0", "", "::") else bind_host
+
+
+def _healthy(host: str, port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as response:  # noqa: S310
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class SuperLink:
+    """``flower-superlink --insecure`` on ``bind_host:port`` with its state under ``work_dir``."""
+
+    def __init__(self, bind_host: str, port: int, work_dir: Path, name: str = "superlink") -> None:
+        self.bind_host = bind_host
+        self.port = port
+        self.work_dir = work_dir
+        self.name = name
+        self.process: ManagedProcess | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{connect_host(self.bind_host)}:{self.port}"
+
+    def start(self, ready_timeout: float = 90.0) -> SuperLink:
+        home = self.work_dir / f"{self.name}-home"
+        home.mkdir(parents=True, exist_ok=True)
+        command = [
+            flower_binary("flower-superlink"),
+            "--insecure",
+            "--host", self.bind_host,
+            "--port", str(self.port),
+            "--disable-runtime-dependency-installation",
+        ]  # fmt: skip
+        env = child_environment({"FLWR_HOME": str(home)})
+        self.process = ManagedProcess(self.name, command, self.work_dir / f"{self.name}.log", env).start()
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if not self.process.alive():
+                raise FlowerError(f"{self.name} exited at start: {self.process.log_tail()}")
+            if _healthy(connect_host(self.bind_host), self.port):
+                return self
+            time.sleep(0.3)
+        raise FlowerError(f"{self.name} not healthy on {self.address} after {ready_timeout:g} s")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+def write_toml(path: Path, values: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(values))
+    return path
+
+
+class SuperNode:
+    """``flower-supernode --insecure`` connected to a SuperLink's Fleet API."""
+
+    def __init__(
+        self,
+        superlink_address: str,
+        work_dir: Path,
+        node_config: dict[str, str],
+        env: dict[str, str] | None = None,
+        name: str = "supernode",
+        cwd: str | None = None,
+    ) -> None:
+        self.superlink_address = superlink_address
+        self.work_dir = work_dir
+        self.node_config = node_config
+        self.extra_env = env or {}
+        self.name = name
+        self.cwd = cwd
+        self.process: ManagedProcess | None = None
+
+    def start(self) -> SuperNode:
+        home = self.work_dir / f"{self.name}-home"
+        home.mkdir(parents=True, exist_ok=True)
+        node_config_file = write_toml(self.work_dir / f"{self.name}-node-config.toml", dict(self.node_config))
+        command = [
+            flower_binary("flower-supernode"),
+            "--insecure",
+            "--superlink", self.superlink_address,
+            "--port", str(free_port()),
+            "--node-config", str(node_config_file),
+        ]  # fmt: skip
+        env = child_environment({"FLWR_HOME": str(home), **self.extra_env})
+        log_path = self.work_dir / f"{self.name}.log"
+        self.process = ManagedProcess(self.name, command, log_path, env, cwd=self.cwd).start()
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive()
+
+    def log_tail(self) -> str:
+        return self.process.log_tail() if self.process else ""
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+class FlowerControl:
+    """The ``flwr`` CLI pointed at one SuperLink's Control API through a private Flower config."""
+
+    def __init__(self, control_address: str, work_dir: Path) -> None:
+        self.control_address = control_address
+        self.home = work_dir / "flwr-cli-home"
+        self.log_path = work_dir / "flwr-cli.log"
+
+    def _prepare(self) -> None:
+        config = {"superlink": {"default": CONNECTION_NAME, CONNECTION_NAME: {
+            "address": self.control_address, "insecure": True}}}  # fmt: skip
+        write_toml(self.home / "config.toml", config)
+
+    def _flwr(self, *args: str) -> dict[str, Any]:
+        self._prepare()
+        command = [flower_binary("flwr"), *args, "--format", "json"]
+        env = child_environment({"FLWR_HOME": str(self.home)})
+        try:
+            done = subprocess.run(
+                command, capture_output=True, env=env, timeout=CLI_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise FlowerError(f"flwr {args[0]} did not answer in {CLI_TIMEOUT_S:g} s") from None
+        out, err = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+        with self.log_path.open("a") as log:
+            log.write(f"$ {' '.join(command)}\n{out}\n{err}\n")
+        try:
+            answer: dict[str, Any] = json.loads(out[out.find("{") :]) if "{" in out else {}
+        except json.JSONDecodeError:
+            answer = {}
+        if done.returncode != 0 or not answer.get("success", False):
+            reason = answer.get("error-message") or err.strip() or out.strip() or f"exit code {done.returncode}"
+            raise FlowerError(f"flwr {args[0]} failed: {' '.join(str(reason).split())[:300]}")
+        return answer
+
+    def start_run(self, app_dir: str, run_config: dict[str, Any], work_dir: Path) -> int:
+        """Submit ``app_dir`` as a new run; return its run id."""
+        overrides = write_toml(work_dir / "run-config.toml", run_config)
+        answer = self._flwr("run", app_dir, CONNECTION_NAME, "--run-config", str(overrides))
+        return int(answer["run-id"])
+
+    def run_status(self, run_id: int) -> str:
+        """Flower's status of a run, e.g. ``running``, ``finished:completed``, ``finished:failed``."""
+        answer = self._flwr("ls", CONNECTION_NAME, "--run-id", str(run_id))
+        runs = answer.get("runs") or []
+        return str(runs[0].get("status", "unknown")) if runs else "unknown"
+
+    def stop_run(self, run_id: int) -> None:
+        self._flwr("stop", str(run_id), CONNECTION_NAME)
+
+
+__all__ = ["FlowerControl", "FlowerError", "SuperLink", "SuperNode", "connect_host", "port_open", "write_toml"]

@@ -1,0 +1,53 @@
+"""What FLOps ServerApps and ClientApps put into Flower messages.
+
+Request (``train`` or ``evaluate``): ``arrays`` (ArrayRecord, the global model) and
+``config`` (ConfigRecord: ``server-round``, ``cycle``...).
+Reply: ``arrays`` (train only), ``metrics`` (MetricRecord with ``num-examples`` as the
+FedAvg weight, ``eval-examples``, ``loss``, ``accuracy``) and ``info`` (ConfigRecord
+naming the replying ``node`` and ``cluster``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ArrayRecord
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+INFO = "info"
+
+NUM_EXAMPLES = "num-examples"  # FedAvg weight: training examples behind the reply
+EVAL_EXAMPLES = "eval-examples"
+LOSS = "loss"
+ACCURACY = "accuracy"
+ROUND_LOSSES = "round-losses"  # cluster replies: the cluster's per-round metrics of this cycle
+ROUND_ACCURACIES = "round-accuracies"
+
+SERVER_ROUND = "server-round"
+CYCLE = "cycle"
+TOTAL_CYCLES = "total-cycles"
+PARENT_RUN = "mlflow-parent-run-id"
+
+NODE = "node"
+CLUSTER = "cluster"
+
+# node-config keys a SuperNode is started with
+NODE_NAME_KEY = "flops-node"
+NODE_ROLE_KEY = "flops-role"  # "learner" or "cluster" (a cluster aggregator's bridge node)
+NODE_CLUSTER_KEY = "flops-cluster"
+NODE_BRIDGE_DIR_KEY = "flops-bridge-dir"
+NODE_APP_DIR_KEY = "flops-app-dir"
+
+
+def to_arrays(ndarrays: list[np.ndarray]) -> ArrayRecord:
+    return ArrayRecord([np.asarray(array) for array in ndarrays])
+
+
+def from_arrays(record: ArrayRecord) -> list[np.ndarray]:
+    return list(record.to_numpy_ndarrays())
+
+
+def like(arrays: list[np.ndarray], reference: list[np.ndarray]) -> list[np.ndarray]:
+    """``arrays`` cast to the dtypes of ``reference`` (averaging turns everything into float64)."""
+    return [np.asarray(a).astype(r.dtype, copy=False) for a, r in zip(arrays, reference, strict=True)]

@@ -1,0 +1,162 @@
+"""MLflow logging for aggregators: one run per aggregator, metrics per round, the final model.
+
+Everything is a no-op without a tracking URI. Metrics that cannot be sent (MLflow
+briefly away) are kept and sent with the next batch, so a short outage loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Bound MLflow's own HTTP retries so a dead tracking server fails a call in seconds, not minutes.
+_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+MODEL_ARTIFACT = "model"
+
+
+class TrackingError(RuntimeError):
+    """MLflow refused or could not be reached; the message is one line."""
+
+
+@dataclass
+class LoggedModel:
+    model_uri: str
+    registered_model: str | None
+    registered_version: str | None
+
+
+def _clean(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) or math.isinf(value) else float(value)
+
+
+def _flavor_module(flavor: str) -> Any:
+    import importlib
+
+    name = {"sklearn": "mlflow.sklearn", "pytorch": "mlflow.pytorch", "keras": "mlflow.keras",
+            "tensorflow": "mlflow.tensorflow"}[flavor]  # fmt: skip
+    return importlib.import_module(name)
+
+
+def _needs_user_code(model: Any, flavor: str) -> bool:
+    """Pickled flavors need the user's classes unless the model class is the library's own."""
+    library = {"sklearn": "sklearn", "pytorch": "torch", "keras": "keras", "tensorflow": "tensorflow"}[flavor]
+    return not type(model).__module__.startswith(library)
+
+
+class Tracker:
+    def __init__(
+        self,
+        tracking_uri: str | None,
+        experiment_name: str,
+        run_name: str,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.run_name = run_name
+        self.tags = dict(tags or {})
+        self.run_id: str | None = None
+        self._pending: list[tuple[str, float, int]] = []
+        self._mlflow: Any = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tracking_uri)
+
+    def start(self, params: dict[str, object], parent_run_id: str | None = None) -> str | None:
+        """Open the run (nested under ``parent_run_id`` if given) and log ``params``."""
+        if not self.enabled:
+            return None
+        for key, value in _MLFLOW_ENV.items():
+            os.environ.setdefault(key, value)
+        import mlflow
+
+        self._mlflow = mlflow
+        mlflow.set_tracking_uri(str(self.tracking_uri))
+        self._set_experiment()
+        tags = dict(self.tags)
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        try:
+            run = mlflow.start_run(run_name=self.run_name, tags=tags)
+            self.run_id = run.info.run_id
+            mlflow.log_params({key: str(value)[:6000] for key, value in params.items()})
+        except Exception as error:
+            raise TrackingError(f"MLflow at {self.tracking_uri} refused the run: {_short(error)}") from None
+        return self.run_id
+
+    def _set_experiment(self) -> None:
+        # Root and cluster aggregators may create the experiment at the same moment.
+        for attempt in range(5):
+            try:
+                self._mlflow.set_experiment(self.experiment_name)
+                return
+            except Exception as error:
+                if attempt == 4:
+                    raise TrackingError(
+                        f"MLflow at {self.tracking_uri} refused experiment {self.experiment_name!r}: {_short(error)}"
+                    ) from None
+                time.sleep(1.0 + attempt)
+
+    def log_metrics(self, metrics: dict[str, float | None], step: int) -> None:
+        if self.run_id is None:
+            return
+        self._pending.extend((key, value, step) for key, raw in metrics.items() if (value := _clean(raw)) is not None)
+        self.flush()
+
+    def flush(self) -> bool:
+        if self.run_id is None or not self._pending:
+            return True
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, value, now, step) for key, value, step in self._pending]
+        try:
+            self._mlflow.MlflowClient().log_batch(self.run_id, metrics=batch)
+        except Exception as error:  # kept for the next flush
+            log.warning("MLflow metrics not sent yet (%d kept): %s", len(self._pending), _short(error))
+            return False
+        self._pending.clear()
+        return True
+
+    def log_model(self, model: Any, flavor: str, registered_model_name: str | None, code_dir: Path) -> LoggedModel:
+        """Log the final model with the SLA's flavor and register it."""
+        if self.run_id is None:
+            raise TrackingError("no MLflow run")
+        module = _flavor_module(flavor)
+        kwargs: dict[str, Any] = {"name": MODEL_ARTIFACT, "registered_model_name": registered_model_name}
+        if hasattr(module, "get_default_pip_requirements"):
+            kwargs["pip_requirements"] = module.get_default_pip_requirements()  # skips slow inference
+        if _needs_user_code(model, flavor):
+            kwargs["code_paths"] = sorted(str(path) for path in code_dir.glob("*.py"))
+        first = {"sklearn": "sk_model", "pytorch": "pytorch_model"}.get(flavor, "model")
+        try:
+            info = module.log_model(**{first: model}, **kwargs)
+        except Exception as error:
+            raise TrackingError(f"MLflow could not log the {flavor} model: {_short(error)}") from None
+        version = getattr(info, "registered_model_version", None)
+        return LoggedModel(
+            model_uri=str(info.model_uri),
+            registered_model=registered_model_name if version is not None else None,
+            registered_version=str(version) if version is not None else None,
+        )
+
+    def finish(self, ok: bool) -> None:
+        if self.run_id is None:
+            return
+        self.flush()
+        try:
+            self._mlflow.end_run(status="FINISHED" if ok else "FAILED")
+        except Exception as error:
+            log.warning("MLflow run %s not closed: %s", self.run_id, _short(error))
+
+
+def _short(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())[:300]

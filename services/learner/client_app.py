@@ -1,0 +1,94 @@
+"""The FLOps ClientApp (``services.learner.client_app:app`` in the generated Flower app).
+
+Learner nodes train the user's ModelManager; a cluster aggregator's node (node-config
+``flops-role = "cluster"``) hands the message to its cluster instead.
+
+``train``: set the global parameters, ``fit_model``, then ``evaluate_model`` on the
+fitted model (evaluation fused into the same round-trip); reply with the new
+parameters and ``num-examples`` (training examples, the FedAvg weight),
+``eval-examples``, ``loss``, ``accuracy``. ``evaluate``: evaluate the given parameters.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
+from flwr.clientapp import ClientApp
+
+from flops_utils.ml_interfaces import ModelManager
+from services.fl_runtime import protocol as p
+from services.fl_runtime.user_code import load_model_manager
+
+app = ClientApp()
+
+_manager: ModelManager | None = None
+
+
+def model_manager(context: Context) -> ModelManager:
+    """The user's ModelManager with this node's data, built once per ClientApp process."""
+    global _manager
+    if _manager is None:
+        manager = load_model_manager(str(context.node_config.get(p.NODE_APP_DIR_KEY, "")) or None)
+        manager.set_model_data()
+        _manager = manager
+    return _manager
+
+
+def _is_cluster_node(context: Context) -> bool:
+    return str(context.node_config.get(p.NODE_ROLE_KEY, "learner")) == "cluster"
+
+
+def _info(context: Context) -> ConfigRecord:
+    return ConfigRecord(
+        {
+            p.NODE: str(context.node_config.get(p.NODE_NAME_KEY, context.node_id)),
+            p.CLUSTER: str(context.node_config.get(p.NODE_CLUSTER_KEY, "")),
+        }
+    )
+
+
+def _evaluate(manager: ModelManager) -> dict[str, MetricRecordValues]:
+    loss, accuracy, examples = manager.evaluate_model()
+    return {p.LOSS: float(loss), p.ACCURACY: float(accuracy), p.EVAL_EXAMPLES: int(examples)}
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    if _is_cluster_node(context):
+        from services.aggregator.cluster_node import handle
+
+        return handle(message, context, "train")
+    manager = model_manager(context)
+    manager.set_model_parameters(p.from_arrays(message.content.array_records[p.ARRAYS]))
+    started = time.monotonic()
+    examples = int(manager.fit_model())
+    fit_seconds = time.monotonic() - started
+    metrics: dict[str, MetricRecordValues] = {
+        p.NUM_EXAMPLES: examples,
+        **_evaluate(manager),
+        "fit-seconds": fit_seconds,
+    }
+    content = RecordDict(
+        {
+            p.ARRAYS: p.to_arrays(manager.get_model_parameters()),
+            p.METRICS: MetricRecord(metrics),
+            p.INFO: _info(context),
+        }
+    )
+    return Message(content, reply_to=message)
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    if _is_cluster_node(context):
+        from services.aggregator.cluster_node import handle
+
+        return handle(message, context, "evaluate")
+    manager = model_manager(context)
+    manager.set_model_parameters(p.from_arrays(message.content.array_records[p.ARRAYS]))
+    metrics = _evaluate(manager)
+    metrics[p.NUM_EXAMPLES] = metrics[p.EVAL_EXAMPLES]
+    content = RecordDict({p.METRICS: MetricRecord(metrics), p.INFO: _info(context)})
+    return Message(content, reply_to=message)

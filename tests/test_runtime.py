@@ -1,0 +1,187 @@
+"""The federated runtime end to end: real Mosquitto, data servers, MLflow and Flower processes.
+
+Aggregators and learners run as their service processes (``python -m services.*.main``)
+with the generated Flower app around a tiny sklearn digits model.
+"""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flops_utils.mqtt_catalogue import (
+    EventLine,
+    FlopsMessage,
+    ServiceState,
+    ServiceStatus,
+    TrainingProgress,
+    TrainingResult,
+)
+from flops_utils.service_config import TrainingSettings
+from manager.suite import SuiteEndpoints
+from tests.runtime_helpers import (
+    Inbox,
+    Services,
+    aggregator_config,
+    digits_partitions,
+    learner_config,
+    push_digits,
+    start_data_server,
+    start_mlflow,
+    write_app_dir,
+)
+
+pytestmark = pytest.mark.timeout(900)
+
+TAG = "digits"
+RESULT_TIMEOUT_S = 300.0
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("mlflow")
+    services = Services(root / "logs")
+    try:
+        yield start_mlflow(services, root)
+    finally:
+        services.stop_all()
+
+
+@pytest.fixture
+def services(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Services]:
+    running = Services(tmp_path / "logs")
+    try:
+        yield running
+    finally:
+        running.stop_all()
+
+
+def _project(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _is_result(message: FlopsMessage) -> bool:
+    return isinstance(message, TrainingResult)
+
+
+def _status(inbox: Inbox, sender: str) -> list[ServiceState]:
+    return [m.state for m in inbox.of(ServiceStatus) if isinstance(m, ServiceStatus) and m.sender == sender]
+
+
+def _data_nodes(services: Services, tmp_path: Path, nodes: list[str]) -> dict[str, str]:
+    addresses = {}
+    for node, (x, y) in zip(nodes, digits_partitions(len(nodes)), strict=True):
+        addresses[node] = start_data_server(services, node, tmp_path / f"data-{node}")
+        push_digits(addresses[node], TAG, x, y)
+    return addresses
+
+
+def test_classic_sklearn_two_learners_three_rounds(
+    suite: SuiteEndpoints, mlflow_url: str, services: Services, tmp_path: Path
+) -> None:
+    project_id = _project("classic")
+    app_dir = write_app_dir(tmp_path / "app", project_id)
+    data = _data_nodes(services, tmp_path, ["node-a", "node-b"])
+    inbox = Inbox(suite.mqtt, project_id)
+    training = TrainingSettings(
+        data_tags=[TAG], training_rounds=3, min_available_clients=2, min_fit_clients=2, min_evaluate_clients=2,
+        round_timeout_s=90,
+    )  # fmt: skip
+    config = aggregator_config(project_id, suite.mqtt, app_dir, tmp_path / "aggregator", training, mlflow_url)
+    aggregator = services.start("aggregator", "services.aggregator.main", config, cwd=app_dir)
+    learners = [
+        services.start(
+            f"learner-{node}",
+            "services.learner.main",
+            learner_config(project_id, suite.mqtt, node, app_dir, config.port, address, [TAG], tmp_path / node),
+            cwd=app_dir,
+        )
+        for node, address in data.items()
+    ]
+    result = inbox.wait_for(_is_result, RESULT_TIMEOUT_S)
+    assert isinstance(result, TrainingResult), f"no result\n{inbox.dump()}\n{services.logs()}"
+    assert aggregator.process.wait(60) == 0, services.logs()
+    for learner in learners:
+        assert learner.process.wait(60) == 0, services.logs()
+
+    progress = [m for m in inbox.of(TrainingProgress) if isinstance(m, TrainingProgress)]
+    assert [m.round for m in progress] == [1, 2, 3]
+    assert all(m.participants == 2 and m.cluster is None and m.total_rounds == 3 for m in progress)
+    assert all(m.accuracy is not None and m.accuracy > 0.5 for m in progress), progress
+    assert result.rounds_completed == 3
+    assert result.accuracy is not None and result.accuracy > 0.5
+    assert result.registered_model == project_id and result.registered_version == "1"
+    assert _status(inbox, "aggregator")[-1] is ServiceState.SUCCEEDED
+    assert _status(inbox, "learner-node-a")[-1] is ServiceState.SUCCEEDED
+
+    import mlflow
+    from sklearn.datasets import load_digits
+
+    client = mlflow.MlflowClient(mlflow_url)
+    assert result.mlflow_run_id
+    for key in ("loss", "accuracy", "round_seconds"):
+        steps = sorted(metric.step for metric in client.get_metric_history(result.mlflow_run_id, key))
+        assert steps == [1, 2, 3], key
+    params = client.get_run(result.mlflow_run_id).data.params
+    assert params["strategy"] == "FedAvg" and params["training_rounds"] == "3" and params["project"] == project_id
+    mlflow.set_tracking_uri(mlflow_url)
+    model = mlflow.pyfunc.load_model(f"models:/{project_id}/1")
+    x, y = load_digits(return_X_y=True)
+    accuracy = float((np.asarray(model.predict(x / 16.0)) == y).mean())
+    assert accuracy > 0.5, accuracy  # chance is 0.1
+
+
+def test_learner_without_data_reports_no_data(suite: SuiteEndpoints, services: Services, tmp_path: Path) -> None:
+    project_id = _project("nodata")
+    app_dir = write_app_dir(tmp_path / "app", project_id)
+    address = start_data_server(services, "node-empty", tmp_path / "data")
+    push_digits(address, "other-tag", *digits_partitions(4)[0])
+    inbox = Inbox(suite.mqtt, project_id)
+    config = learner_config(project_id, suite.mqtt, "node-empty", app_dir, 1, address, [TAG, "more"], tmp_path / "l")
+    learner = services.start("learner", "services.learner.main", config, cwd=app_dir)
+    assert learner.process.wait(60) == 0, learner.log()
+    status = inbox.wait_for(lambda m: isinstance(m, ServiceStatus) and m.state is ServiceState.NO_DATA, 10)
+    assert isinstance(status, ServiceStatus), inbox.dump()
+    assert status.detail == "no data for tags [digits, more] on node node-empty"
+
+
+def test_killed_learner_is_dropped_and_training_completes(
+    suite: SuiteEndpoints, services: Services, tmp_path: Path
+) -> None:
+    project_id = _project("dropout")
+    app_dir = write_app_dir(tmp_path / "app", project_id)
+    data = _data_nodes(services, tmp_path, ["node-a", "node-b"])
+    inbox = Inbox(suite.mqtt, project_id)
+    training = TrainingSettings(
+        data_tags=[TAG], training_rounds=3, min_available_clients=2, min_fit_clients=1, min_evaluate_clients=1,
+        round_timeout_s=60,
+    )  # fmt: skip
+    config = aggregator_config(project_id, suite.mqtt, app_dir, tmp_path / "aggregator", training, None)
+    aggregator = services.start("aggregator", "services.aggregator.main", config, cwd=app_dir)
+    learners = {
+        node: services.start(
+            f"learner-{node}",
+            "services.learner.main",
+            learner_config(project_id, suite.mqtt, node, app_dir, config.port, address, [TAG], tmp_path / node),
+            cwd=app_dir,
+        )
+        for node, address in data.items()
+    }
+    first = inbox.wait_for(lambda m: isinstance(m, TrainingProgress) and m.round == 1, RESULT_TIMEOUT_S)
+    assert first is not None, f"{inbox.dump()}\n{services.logs()}"
+    learners["node-b"].kill(signal.SIGKILL)
+    result = inbox.wait_for(_is_result, RESULT_TIMEOUT_S)
+    assert isinstance(result, TrainingResult), f"no result\n{inbox.dump()}\n{services.logs()}"
+    assert result.rounds_completed == 3
+    assert aggregator.process.wait(60) == 0, services.logs()
+    assert learners["node-a"].process.wait(60) == 0, services.logs()
+    progress = [m for m in inbox.of(TrainingProgress) if isinstance(m, TrainingProgress)]
+    assert [m.round for m in progress] == [1, 2, 3]
+    assert progress[0].participants == 2 and progress[-1].participants == 1
+    lost = [m.text for m in inbox.of(EventLine) if isinstance(m, EventLine) and "lost" in m.text]
+    assert any("node-b" in text for text in lost), inbox.dump()
