@@ -22,6 +22,7 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
+from numpy.typing import ArrayLike
 
 DATA_SERVER_ENV = "FLOPS_DATA_SERVER"
 DATA_TAGS_ENV = "FLOPS_DATA_TAGS"
@@ -77,7 +78,7 @@ def schema_problem(schema: pa.Schema) -> str | None:
     return None
 
 
-def from_numpy(x: np.ndarray, y: np.ndarray) -> pa.Table:
+def from_numpy(x: ArrayLike, y: ArrayLike) -> pa.Table:
     """A fragment table from features ``x`` (n, d) and labels ``y`` (n,)."""
     features = np.asarray(x, dtype=np.float32)
     labels = np.asarray(y, dtype=np.int64).reshape(-1)
