@@ -17,7 +17,7 @@ import requests
 from flops_utils.service_config import MqttSettings
 from manager.api import TokenAuth, create_api
 from manager.records import ProjectStatus
-from manager.settings import ManagerSettings
+from manager.settings import ManagerSettings, SettingsError, load_settings
 from manager.storage import MongoProjectStore
 from tests.api_harness import ADMIN_TOKEN, ALICE_TOKEN, BOB_TOKEN, TOKENS, RecordingControl, RunningApi, running_api
 from tests.helpers import free_port
@@ -307,3 +307,45 @@ def test_a_database_that_is_down_gives_503_not_500(mqtt_settings: MqttSettings) 
     assert listed.status_code == 503 and "database" in listed.get_json()["error"]
     health = client.get("/health")
     assert health.status_code == 503 and health.get_json() == {"status": "degraded", "database": False, "broker": True}
+
+
+def test_settings_come_from_the_config_file_with_env_overrides(tmp_path: Path) -> None:
+    config = tmp_path / "manager.json"
+    config.write_text(
+        '{"admin_token": "file-admin-token", "port": 6000, "customer_tokens": {"tok-alice-123": "alice"},'
+        ' "mqtt": {"host": "10.0.0.5", "port": 1884}, "adapter_settings": {"local": {"nodes_file": "n.json"}}}'
+    )
+    env = {"FLOPS_MANAGER_CONFIG": str(config), "FLOPS_MANAGER_PORT": "6001", "FLOPS_MQTT_PASSWORD": "12345",
+           "FLOPS_MONGO_URI": "mongodb://db:27017"}  # fmt: skip
+    settings = load_settings(None, env)
+    assert (settings.admin_token, settings.port, settings.mongo_uri) == ("file-admin-token", 6001, "mongodb://db:27017")
+    assert settings.customer_tokens == {"tok-alice-123": "alice"}
+    assert (settings.mqtt.host, settings.mqtt.port, settings.mqtt.password) == ("10.0.0.5", 1884, "12345")
+    assert settings.orchestrator == "local" and settings.adapter_settings == {"local": {"nodes_file": "n.json"}}
+    assert settings.public_url == "http://127.0.0.1:6001"
+    assert "file-admin-token" not in repr(settings)
+    assert load_settings(config, {}).port == 6000  # an explicit path wins over the environment's
+    assert load_settings(None, {"FLOPS_ADMIN_TOKEN": "only-from-env"}).admin_token == "only-from-env"
+
+
+@pytest.mark.parametrize(
+    ("content", "env", "message"),
+    [
+        (None, {}, "admin_token"),
+        ("{", {}, "not valid JSON"),
+        ("[]", {}, "must be a JSON object"),
+        ('{"admin_token": "long-enough-token", "colour": 1}', {}, "colour"),
+        ('{"admin_token": "long-enough-token"}', {"FLOPS_MANAGER_PORT": "eighty"}, "port"),
+    ],
+)
+def test_bad_settings_give_one_clear_line(
+    tmp_path: Path, content: str | None, env: dict[str, str], message: str
+) -> None:
+    path = tmp_path / "manager.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path if content is not None else None, env)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(SettingsError, match="cannot read"):
+        load_settings(tmp_path / "missing.json", {})

@@ -213,6 +213,25 @@ def test_suite_up_with_manager_then_down(tmp_path: Path) -> None:
         assert again.returncode == 0 and manager_line in again.stdout
         assert json.loads((suite_dir / "manager" / "config.json").read_text())["admin_token"] == config["admin_token"]
     finally:
+        log_file = suite_dir / "manager" / "manager.log"
         down = flops("suite", "down", suite_dir=suite_dir, timeout=180)
     assert down.returncode == 0, down.stderr
+    assert "FLOps manager stopping" in log_file.read_text()  # SIGTERM led to an orderly shutdown
     one_error_line(flops("project", "list", suite_dir=suite_dir), "cannot reach the FLOps manager")
+
+
+def test_flops_manager_exits_2_with_a_clear_line_when_the_database_is_down(tmp_path: Path) -> None:
+    config = tmp_path / "manager.json"
+    config.write_text(json.dumps({
+        "admin_token": "a-long-admin-token", "port": free_port(), "state_dir": str(tmp_path / "state"),
+        "mongo_uri": f"mongodb://127.0.0.1:{free_port()}", "db_timeout_s": 0.5,
+    }))  # fmt: skip
+    manager = str(Path(sys.executable).with_name("flops-manager"))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FLOPS_")}
+    done = subprocess.run([manager, "--config", str(config)], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("flops-manager: cannot reach the database at mongodb://127.0.0.1:")
+    assert len(done.stderr.strip().splitlines()) == 1
+    bad = subprocess.run([manager, "--config", str(tmp_path / "nope.json")], capture_output=True, text=True, env=env,
+                         timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "cannot read the manager config" in bad.stderr

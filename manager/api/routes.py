@@ -69,7 +69,7 @@ def create_api(
     @app.get("/health", summary="database and broker reachability (no token needed)",
              responses={200: HealthResponse, 503: HealthResponse})  # fmt: skip
     def health() -> Response:
-        report = HealthResponse(status="ok", database=store.ping(), broker=_broker_reachable(settings))
+        report = HealthResponse(status="ok", database=store.ping(), broker=_broker_ok(control, settings))
         if not (report.database and report.broker):
             report.status = "degraded"
         return _json(report, 200 if report.status == "ok" else 503)
@@ -186,6 +186,14 @@ def _caller() -> Caller:
 
 def _json(document: BaseModel, status: int = 200) -> Response:
     return Response(document.model_dump_json(), status=status, mimetype="application/json")
+
+
+def _broker_ok(control: ProjectControl, settings: ManagerSettings) -> bool:
+    """The core's own MQTT link state when it reports one, else whether the broker accepts TCP."""
+    connected = getattr(control, "broker_connected", None)
+    if isinstance(connected, bool):
+        return connected
+    return _broker_reachable(settings)
 
 
 def _broker_reachable(settings: ManagerSettings) -> bool:
