@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -64,10 +65,15 @@ class KubernetesAdapter(OrchestratorAdapter):
     def __init__(self, settings: KubernetesSettings) -> None:
         self.settings = settings
         self._api_client: client.ApiClient | None = None
+        self._client_lock = threading.Lock()
         self._specs: dict[tuple[str, str], ServiceSpec] = {}
 
     # -- plumbing ----------------------------------------------------------------------
     def _client(self) -> client.ApiClient:
+        with self._client_lock:
+            return self._client_locked()
+
+    def _client_locked(self) -> client.ApiClient:
         if self._api_client is None:
             try:
                 if self.settings.in_cluster:

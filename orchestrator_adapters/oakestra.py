@@ -10,6 +10,7 @@ services are noticed even when they never reported over MQTT.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -87,6 +88,7 @@ class OakestraAdapter(OrchestratorAdapter):
         )
         self._addresses: dict[tuple[str, str], str] = {}  # (app id, service name) -> planned address
         self._undeployed: set[str] = set()
+        self._address_lock = threading.Lock()  # concurrent plans must not pick the same address
 
     def close(self) -> None:
         self.client.close()
@@ -179,16 +181,17 @@ class OakestraAdapter(OrchestratorAdapter):
     def _address(self, app: AppRef, service_name: str) -> str:
         """Deterministic per (app, service); the next candidate when another service holds it."""
         key = (app.app_id, service_name)
-        if key in self._addresses:
-            return self._addresses[key]
-        taken = self._taken_addresses()
-        planned = {address: owner for owner, address in self._addresses.items()}
-        for attempt in range(_ADDRESS_ATTEMPTS):
-            address = sla.service_address(self.settings.service_network, app.app_id, service_name, attempt)
-            holder = taken.get(address) or planned.get(address)
-            if holder is None or holder == key:
-                self._addresses[key] = address
-                return address
+        with self._address_lock:
+            if key in self._addresses:
+                return self._addresses[key]
+            taken = self._taken_addresses()
+            planned = {address: owner for owner, address in self._addresses.items()}
+            for attempt in range(_ADDRESS_ATTEMPTS):
+                address = sla.service_address(self.settings.service_network, app.app_id, service_name, attempt)
+                holder = taken.get(address) or planned.get(address)
+                if holder is None or holder == key:
+                    self._addresses[key] = address
+                    return address
         raise AdapterError(f"no free service address for {service_name} in {self.settings.service_network}")
 
     def plan_endpoint(self, app: AppRef, service_name: str, port: PortSpec, placement: Placement) -> Endpoint:

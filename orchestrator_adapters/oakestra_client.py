@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -95,6 +96,7 @@ class OakestraClient:
         self._token: str | None = None
         self._refresh_token: str | None = None
         self._expires_at = 0.0
+        self._auth_lock = threading.RLock()  # one login/refresh at a time when threads share the client
 
     def close(self) -> None:
         self._session.close()
@@ -113,8 +115,9 @@ class OakestraClient:
         if self._organization:
             body["organization"] = self._organization
             body["organization_name"] = self._organization
-        answer = self._send("POST", "/api/auth/login", json_body=body, token=None, what="login")
-        self._accept_tokens(answer, "login")
+        with self._auth_lock:
+            answer = self._send("POST", "/api/auth/login", json_body=body, token=None, what="login")
+            self._accept_tokens(answer, "login")
 
     def _refresh(self) -> None:
         """Exchange the refresh token; log in again when that fails."""
@@ -128,12 +131,13 @@ class OakestraClient:
         self.login()
 
     def _valid_token(self) -> str:
-        if self._token is None:
-            self.login()
-        elif self._clock() >= self._expires_at - self._margin:
-            self._refresh()
-        assert self._token is not None
-        return self._token
+        with self._auth_lock:
+            if self._token is None:
+                self.login()
+            elif self._clock() >= self._expires_at - self._margin:
+                self._refresh()
+            assert self._token is not None
+            return self._token
 
     # -- requests ----------------------------------------------------------------------------
     def _send(
