@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable
@@ -172,10 +173,8 @@ class MongoProjectStore(ProjectStore):
             )
             if counter is not None:
                 return int(counter["seq"])
-            try:
+            with contextlib.suppress(DuplicateKeyError):  # another writer created it first
                 counters.insert_one({"_id": project_id, "seq": 0})
-            except DuplicateKeyError:
-                pass  # another writer created it first
         raise StorageUnavailable(f"the database did not return the event counter of project {project_id!r}")
 
     @_translate_errors
