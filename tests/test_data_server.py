@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -57,18 +58,23 @@ def start_server(storage: Path, log_file: Path) -> RunningServer:
     with log_file.open("ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "services.data_server.main"], env=env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        ports = LISTENING.findall(log_file.read_text()[len(earlier):])
-        if ports and process.poll() is None:
-            server = RunningServer(process, f"127.0.0.1:{ports[-1]}", log_file)
-            DataServerClient(server.address).wait_ready(timeout=30)
-            return server
-        if process.poll() is not None:
-            raise AssertionError(f"data server exited: {log_file.read_text()}")
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    raise AssertionError(f"data server did not start: {log_file.read_text()}")
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ports = LISTENING.findall(log_file.read_text()[len(earlier):])
+            if process.poll() is not None:
+                raise AssertionError(f"data server exited: {log_file.read_text()}")
+            if ports:
+                server = RunningServer(process, f"127.0.0.1:{ports[-1]}", log_file)
+                DataServerClient(server.address).wait_ready(timeout=30)
+                return server
+            time.sleep(0.05)
+        raise AssertionError(f"data server did not start: {log_file.read_text()}")
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=15)
+        raise
 
 
 @pytest.fixture
