@@ -36,6 +36,7 @@ from tests.adapter_contract import (
     python_command,
     wait_for_state,
 )
+from tests.helpers import free_port
 from tests.oakestra_contract_server import OakestraContractServer
 
 ENDED = (ServiceState.SUCCEEDED, ServiceState.FAILED, ServiceState.STOPPED)
@@ -95,7 +96,7 @@ def job_named(server: OakestraContractServer, flops_name: str) -> dict[str, Any]
 
 
 def test_constructor_does_no_io() -> None:
-    adapter = OakestraAdapter(OakestraSettings(url="http://127.0.0.1:9", username="u", password="p"))
+    adapter = OakestraAdapter(OakestraSettings(url=f"http://127.0.0.1:{free_port()}", username="u", password="p"))
     with pytest.raises(AdapterError, match="cannot reach the Oakestra root orchestrator"):
         adapter.list_nodes()
 
@@ -240,13 +241,13 @@ def test_hierarchical_flow_places_by_cluster_and_addon() -> None:
 
 
 def test_tokens_are_refreshed_before_expiry_and_renewed_when_refused() -> None:
-    server = OakestraContractServer(token_lifetime_s=3.0).start()
+    server = OakestraContractServer(token_lifetime_s=4.0).start()
     try:
-        adapter = adapter_for(server, token_refresh_margin_s=2.0)
+        adapter = adapter_for(server, token_refresh_margin_s=3.0)  # refresh 1 s after each token is issued
         adapter.create_app("observatory", AppKind.OBSERVATORY, "Admin")
         assert server.logins == 1
-        for _ in range(2):  # 3 s in all: past the first token's expiry
-            time.sleep(1.5)
+        for pause in (1.2, 3.0):  # 4.2 s in all: past the first token's expiry
+            time.sleep(pause)
             assert adapter.find_app("observatory", "Admin") is not None
         assert server.refreshes >= 1 and server.logins == 1
         assert server.expired_token_uses == 0
