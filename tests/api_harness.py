@@ -2,7 +2,7 @@
 
 The lifecycle is tested elsewhere; here the control stores plain records and events in
 the real MongoProjectStore, so the API, identity, storage and CLI are exercised for real.
-A project whose ``ml_repo_url`` contains ``simulate`` advances through its rounds in a
+A project whose ``ml_repo_url`` starts with ``https://example.org/simulate`` advances through its rounds in a
 background thread (``fail`` in the URL makes it end FAILED), for watching clients.
 """
 
@@ -31,6 +31,7 @@ ALICE_TOKEN = "alice-token-" + uuid.uuid4().hex
 BOB_TOKEN = "bob-token-" + uuid.uuid4().hex
 TOKENS = {ALICE_TOKEN: "alice", BOB_TOKEN: "bob"}
 SIMULATED_ROUND_S = 0.25
+SIMULATE_PREFIX = "https://example.org/simulate"
 
 
 class RecordingControl:
@@ -41,6 +42,7 @@ class RecordingControl:
         self.calls: list[tuple[str, Any]] = []
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._closing = threading.Event()
 
     def _record_call(self, name: str, argument: Any) -> None:
         with self._lock:
@@ -58,7 +60,7 @@ class RecordingControl:
         )
         self.store.insert_project(record)
         self.store.append_event(EventRecord(project_id=record.project_id, text="project accepted"))
-        if "simulate" in sla.ml_repo_url:
+        if sla.ml_repo_url.startswith(SIMULATE_PREFIX) and training.training_rounds <= 10:
             thread = threading.Thread(target=self._simulate, args=(record.project_id, sla), daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -68,7 +70,8 @@ class RecordingControl:
         rounds = sla.training_configuration.training_rounds
         self.store.update_project(project_id, status=ProjectStatus.RUNNING, phase=ProjectPhase.TRAINING)
         for number in range(1, rounds + 1):
-            time.sleep(SIMULATED_ROUND_S)
+            if self._closing.wait(SIMULATED_ROUND_S):
+                return
             current = self.store.get_project(project_id)
             if current is None or current.status.finished:
                 return
@@ -114,6 +117,7 @@ class RecordingControl:
         self.store.reset()
 
     def join(self, timeout: float = 10.0) -> None:
+        self._closing.set()
         for thread in self._threads:
             thread.join(timeout)
 

@@ -37,8 +37,15 @@ def one_line(message: str) -> str:
 def validation_error_response(error: ValidationError) -> Response:
     """flask-openapi3's validation_error_callback: our error shape, naming each field path."""
     details = [ErrorDetail(**item) for item in describe_validation_error(error)]
-    fields = ", ".join(dict.fromkeys(detail.field for detail in details))
-    return error_response(VALIDATION_STATUS, f"invalid request: {fields}", details)
+    if request and any(detail.field == "body" for detail in details) and request.get_json(silent=True) is None:
+        details = [
+            ErrorDetail(field="body", message="expected a JSON object (Content-Type: application/json)")
+            if detail.field == "body"
+            else detail
+            for detail in details
+        ]
+    summary = "; ".join(f"{detail.field}: {detail.message}" for detail in details)
+    return error_response(VALIDATION_STATUS, f"invalid request: {summary}", details)
 
 
 def install_error_handlers(app: Flask) -> None:
