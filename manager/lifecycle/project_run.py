@@ -64,8 +64,9 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[FlopsMessage], None]
 FAILED_GRACE_S = 3.0  # time to let a service's own MQTT failure report arrive before using the adapter's
-RESULT_GRACE_S = 15.0
-FAILED = ReportedState.FAILED  # a one-shot service that exited 0 gets this long for its report to arrive
+RESULT_GRACE_S = 15.0  # a one-shot service that exited 0 gets this long for its report to arrive
+FAILED = ReportedState.FAILED
+OBSERVER_KEY = "observer"  # the observer lives in the observatory app; stored beside the project's services
 
 
 def project_app_name(project_id: str) -> str:
@@ -109,15 +110,40 @@ class ProjectRun:
 
     # -- the run -----------------------------------------------------------------
     def run(self) -> None:
+        """Run every phase from the start."""
+        self._execute(self._all_phases)
+
+    def resume(self, record: ProjectRecord) -> None:
+        """Continue a project that a previous manager process left in training.
+
+        The training services kept running; reconnect to them from the stored record.
+        A result published while the manager was away arrives as a retained message.
+        """
+        self._execute(lambda: self._resume_training(record))
+
+    def _all_phases(self) -> None:
+        self._enter(ProjectPhase.OBSERVATORY, self._observatory)
+        self._enter(ProjectPhase.PROJECT_APP, self._project_app)
+        self._enter(ProjectPhase.OBSERVER, self._observer)
+        self._enter(ProjectPhase.BUILD, self._build)
+        self._enter(ProjectPhase.TRAINING, self._train)
+        self._enter(ProjectPhase.POST_TRAINING, self._post_training)
+
+    def _resume_training(self, record: ProjectRecord) -> None:
+        self._reconnect(record)
+        self._event("manager restarted: reconnected to the running training services")
+        self.phase = ProjectPhase.TRAINING
+        top = "root-aggregator" if "root-aggregator" in self.state.services else "aggregator"
+        watched = {name: sid for name, sid in self.state.services.items() if name.endswith("aggregator")
+                   or name.startswith("cluster-aggregator")}  # fmt: skip
+        self._await_training(top, watched)
+        self._enter(ProjectPhase.POST_TRAINING, self._post_training)
+
+    def _execute(self, body: Callable[[], None]) -> None:
         status, error = ProjectStatus.COMPLETED, None
         self._update(status=ProjectStatus.RUNNING)
         try:
-            self._enter(ProjectPhase.OBSERVATORY, self._observatory)
-            self._enter(ProjectPhase.PROJECT_APP, self._project_app)
-            self._enter(ProjectPhase.OBSERVER, self._observer)
-            self._enter(ProjectPhase.BUILD, self._build)
-            self._enter(ProjectPhase.TRAINING, self._train)
-            self._enter(ProjectPhase.POST_TRAINING, self._post_training)
+            body()
         except StopRequested:
             status = ProjectStatus.STOPPED
         except PhaseFailed as failure:
@@ -128,6 +154,18 @@ class ProjectRun:
             log.exception("project %s crashed in phase %s", self.project_id, self.phase)
             status, error = ProjectStatus.FAILED, f"internal error in phase {self.phase.value}: {_one_line(failure)}"
         self._finish(status, error)
+
+    def _reconnect(self, record: ProjectRecord) -> None:
+        adapter = self.deps.adapter
+        self.state.observatory = self.deps.observatories.ensure(adapter, self.customer)
+        name = project_app_name(self.project_id)
+        self.state.app = AppRef(record.apps["project"], name, AppKind.PROJECT, self.customer, self.project_id)
+        services = dict(record.services)
+        self.state.observer = services.pop(OBSERVER_KEY, None)
+        self.state.services = services
+        self.state.build = BuildResult(project_id=self.project_id, sender="builder", **record.build)
+        self.state.training_started = True
+        self.progress = record.progress
 
     def _enter(self, phase: ProjectPhase, action: Callable[[], None]) -> None:
         self._check_stop()
@@ -178,6 +216,7 @@ class ProjectRun:
         )
         spec = self._spec(name, ServiceKind.OBSERVER, config, ports=(OBSERVER_PORT,))
         self.state.observer = adapter.add_service(observatory.app, spec)
+        self._update(services={**self.state.services, OBSERVER_KEY: self.state.observer})
         adapter.deploy_service(observatory.app, self.state.observer)
         self._event(f"observer {name} deployed at {endpoint.url}")
 
@@ -225,7 +264,9 @@ class ProjectRun:
         else:
             top, aggregators = self._deploy_hierarchical(plan)
         self.state.training_started = True
+        self._await_training(top, aggregators)
 
+    def _await_training(self, top: str, aggregators: dict[str, str]) -> None:
         def on_message(message: FlopsMessage) -> bool:
             if isinstance(message, TrainingProgress):
                 self._on_progress(message)
@@ -491,7 +532,10 @@ class ProjectRun:
         app = self._app()
         service_id = self.deps.adapter.add_service(app, spec)
         self.state.services[name] = service_id
-        self._update(services=dict(self.state.services))
+        stored = dict(self.state.services)
+        if self.state.observer:
+            stored[OBSERVER_KEY] = self.state.observer
+        self._update(services=stored)
         self.deps.adapter.deploy_service(app, service_id)
         self._event(f"{name} deployed")
         return service_id

@@ -6,10 +6,12 @@ listener feeds every project's inbox; each project runs in its own thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from flops_utils.mqtt_catalogue import ALL_PROJECTS_FILTER, FlopsMessage, split_topic
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
@@ -27,6 +29,9 @@ from orchestrator_adapters.registry import create_adapter
 log = logging.getLogger(__name__)
 
 RESTART_REASON = "the manager restarted while the project was running; its services were stopped"
+RESTARTABLE_PHASES = frozenset(
+    {ProjectPhase.QUEUED, ProjectPhase.OBSERVATORY, ProjectPhase.PROJECT_APP, ProjectPhase.OBSERVER, ProjectPhase.BUILD}
+)
 
 
 class LifecycleService:
@@ -44,14 +49,20 @@ class LifecycleService:
 
     # -- start / stop --------------------------------------------------------------
     def start(self) -> None:
-        """Connect to the broker (retrying in the background) and settle projects of an earlier run."""
+        """Pick up projects of an earlier manager process, then connect to the broker.
+
+        Runs are prepared before the MQTT link connects, so retained results published
+        while the manager was away reach their inboxes.
+        """
         self.link.subscribe(ALL_PROJECTS_FILTER, self._on_report)
+        pending = self._settle_interrupted_projects()
         try:
             self.link.connect(timeout=5)
         except BrokerUnavailable as error:
             log.warning("%s; retrying in the background", error)
             threading.Thread(target=self._connect_forever, name="mqtt-connect", daemon=True).start()
-        self._settle_interrupted_projects()
+        for thread in pending:
+            thread.start()
 
     def _connect_forever(self) -> None:
         while not self._closing.is_set() and not self.link.connected:
@@ -106,21 +117,28 @@ class LifecycleService:
         )
         self.store.insert_project(record)
         self._event(record.project_id, f"project created by {customer} on the {orchestrator} orchestrator")
+        self._prepare(record, sla, adapter, resume=False).start()
+        return record
+
+    def _prepare(
+        self, record: ProjectRecord, sla: ProjectSLA, adapter: OrchestratorAdapter, resume: bool
+    ) -> threading.Thread:
+        """Register the project's inbox and return its (not yet started) run thread."""
         inbox = ProjectInbox()
         deps = RunDeps(self.settings, self.store, adapter, self.observatories, self.link.publish)
         run = ProjectRun(record, sla, deps, inbox)
+        body = (lambda: run.resume(record)) if resume else run.run
         thread = threading.Thread(
-            target=self._run, args=(record.project_id, run), name=f"project-{record.project_id[:8]}"
+            target=self._run, args=(record.project_id, body), name=f"project-{record.project_id[:8]}"
         )
         with self._lock:
             self._inboxes[record.project_id] = inbox
             self._threads[record.project_id] = thread
-        thread.start()
-        return record
+        return thread
 
-    def _run(self, project_id: str, run: ProjectRun) -> None:
+    def _run(self, project_id: str, body: Callable[[], None]) -> None:
         try:
-            run.run()
+            body()
         finally:
             with self._lock:
                 self._inboxes.pop(project_id, None)
@@ -179,20 +197,39 @@ class LifecycleService:
             inbox.put(message)
 
     # -- restarts ------------------------------------------------------------------
-    def _settle_interrupted_projects(self) -> None:
-        """Projects a previous manager process left running are stopped and marked FAILED."""
+    def _settle_interrupted_projects(self) -> list[threading.Thread]:
+        """Projects a previous manager process left unfinished: resume, restart or fail them.
+
+        Training reconnects to the services that kept running; earlier phases start again
+        from the beginning (their services are undeployed first); later phases fail.
+        """
+        pending: list[threading.Thread] = []
         for record in self.store.list_projects(None):
             if record.status.finished:
                 continue
             try:
-                self._undeploy_leftovers(record)
-            except Exception as error:  # the orchestrator may be gone; still settle the record
-                log.warning("could not clean up project %s: %s", record.project_id, error)
-            self._event(record.project_id, RESTART_REASON, level="error")
-            self.store.update_project(
-                record.project_id, status=ProjectStatus.FAILED, phase=ProjectPhase.DONE,
-                error=RESTART_REASON, finished_at=time.time(), updated_at=time.time(),
-            )  # fmt: skip
+                pending.append(self._pick_up(record))
+            except Exception as error:  # the SLA or orchestrator may be gone; settle the record
+                log.warning("cannot pick up project %s: %s", record.project_id, error)
+                with contextlib.suppress(Exception):
+                    self._undeploy_leftovers(record)
+                self._event(record.project_id, f"{RESTART_REASON} ({error})", level="error")
+                self.store.update_project(
+                    record.project_id, status=ProjectStatus.FAILED, phase=ProjectPhase.DONE,
+                    error=RESTART_REASON, finished_at=time.time(), updated_at=time.time(),
+                )  # fmt: skip
+        return pending
+
+    def _pick_up(self, record: ProjectRecord) -> threading.Thread:
+        sla = ProjectSLA.model_validate(record.sla)
+        adapter = self.adapter(record.orchestrator)
+        if record.phase is ProjectPhase.TRAINING and record.build and record.apps.get("project"):
+            return self._prepare(record, sla, adapter, resume=True)
+        if record.phase in RESTARTABLE_PHASES:
+            self._undeploy_leftovers(record)
+            self._event(record.project_id, "manager restarted: the project starts again from the beginning")
+            return self._prepare(record, sla, adapter, resume=False)
+        raise ControlError(f"phase {record.phase.value} cannot be resumed")
 
     def _undeploy_leftovers(self, record: ProjectRecord) -> None:
         app_id = record.apps.get("project")
