@@ -22,6 +22,10 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:40] or "x"
 
 
+def observatory_name(customer: str) -> str:
+    return f"observatory-{safe_name(customer)}"
+
+
 @dataclass(frozen=True)
 class Observatory:
     app: AppRef
@@ -44,7 +48,7 @@ class ObservatoryKeeper:
 
     def ensure(self, adapter: OrchestratorAdapter, customer: str) -> Observatory:
         with self._lock(customer):
-            name = f"observatory-{safe_name(customer)}"
+            name = observatory_name(customer)
             stored = self.store.find_app(customer, AppKind.OBSERVATORY.value, name)
             if stored is not None:
                 data = stored.get("data", stored)

@@ -18,8 +18,8 @@ from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
 from manager.control import ControlError, MockRequest, MockResult
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.inbox import ProjectInbox
-from manager.lifecycle.observatory import ObservatoryKeeper
-from manager.lifecycle.project_run import ProjectRun, RunDeps, project_app_name
+from manager.lifecycle.observatory import ObservatoryKeeper, observatory_name
+from manager.lifecycle.project_run import OBSERVER_KEY, ProjectRun, RunDeps, project_app_name
 from manager.records import EventRecord, ProjectPhase, ProjectRecord, ProjectStatus
 from manager.sla import ProjectSLA
 from manager.storage.base import ProjectStore
@@ -232,12 +232,17 @@ class LifecycleService:
         raise ControlError(f"phase {record.phase.value} cannot be resumed")
 
     def _undeploy_leftovers(self, record: ProjectRecord) -> None:
-        app_id = record.apps.get("project")
-        if not app_id:
-            return
+        """Undeploy what a project left running: its project app and its observer."""
         adapter = self.adapter(record.orchestrator)
-        app = AppRef(app_id, project_app_name(record.project_id), AppKind.PROJECT, record.customer, record.project_id)
-        adapter.delete_app(app)
+        app_id, observatory_id = record.apps.get("project"), record.apps.get("observatory")
+        if app_id:
+            name = project_app_name(record.project_id)
+            adapter.delete_app(AppRef(app_id, name, AppKind.PROJECT, record.customer, record.project_id))
+        observer = record.services.get(OBSERVER_KEY)
+        if observer and observatory_id:
+            name = observatory_name(record.customer)
+            with contextlib.suppress(AdapterError):
+                adapter.undeploy_service(AppRef(observatory_id, name, AppKind.OBSERVATORY, record.customer), observer)
 
     # -- helpers -------------------------------------------------------------------
     def _project(self, project_id: str) -> ProjectRecord:
