@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from flops_utils.service_config import RegistrySettings
+from manager.settings import load_settings
 from orchestrator_adapters.base import (
     AdapterError,
     AppKind,
@@ -26,6 +27,7 @@ from orchestrator_adapters.base import (
     ServiceState,
 )
 from orchestrator_adapters.kubernetes import KubernetesAdapter, KubernetesSettings
+from orchestrator_adapters.registry import create_adapter
 from tests.adapter_contract import (
     ENDED as CONTRACT_ENDED,
 )
@@ -383,3 +385,18 @@ class TestKubernetesAdapterContract(AdapterContract):
         info = wait_for_state(adapter, app, service_id, CONTRACT_ENDED, self.timeout_s)
         assert info.state is ServiceState.FAILED
         assert "exit code 3" in info.detail and FAILURE_LINE in info.detail, info.detail
+
+
+def test_the_documented_manager_configuration_selects_this_adapter(tmp_path: Path) -> None:
+    """docs/kubernetes.md's manager.json is valid and makes the registry build a KubernetesAdapter."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "kubernetes.md").read_text()
+    document = text.split("```json\n", 1)[1].split("```", 1)[0]
+    config = tmp_path / "manager.json"
+    config.write_text(document)
+    settings = load_settings(config, environ={})
+    assert settings.orchestrator == "kubernetes"
+    adapter = create_adapter(settings.orchestrator, settings.adapter_settings["kubernetes"])
+    assert isinstance(adapter, KubernetesAdapter)
+    assert adapter.settings.context == "prod" and adapter.settings.pull_secret_name == "flops-registry"
+    with pytest.raises(AdapterError, match="invalid settings for the kubernetes orchestrator: namespace_prefix"):
+        create_adapter("kubernetes", {"namespace_prefix": "Not_A_DNS_Label"})

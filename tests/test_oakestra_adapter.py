@@ -6,10 +6,12 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from manager.settings import load_settings
 from orchestrator_adapters import oakestra_sla as sla
 from orchestrator_adapters.base import (
     AdapterError,
@@ -25,6 +27,7 @@ from orchestrator_adapters.base import (
     ServiceState,
 )
 from orchestrator_adapters.oakestra import OakestraAdapter, OakestraNode, OakestraSettings
+from orchestrator_adapters.registry import create_adapter
 from tests.adapter_contract import (
     ENDED as CONTRACT_ENDED,
 )
@@ -352,3 +355,18 @@ class TestOakestraAdapterContract(AdapterContract):
         info = wait_for_state(adapter, app, service_id, CONTRACT_ENDED, self.timeout_s)
         assert info.state is ServiceState.FAILED
         assert "exit code 3" in info.detail and FAILURE_LINE in info.detail, info.detail
+
+
+def test_the_documented_manager_configuration_selects_this_adapter(tmp_path: Path) -> None:
+    """docs/oakestra.md's manager.json is valid and makes the registry build an OakestraAdapter."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "oakestra.md").read_text()
+    document = text.split("```json\n", 1)[1].split("```", 1)[0]
+    config = tmp_path / "manager.json"
+    config.write_text(document)
+    settings = load_settings(config, environ={})
+    assert settings.orchestrator == "oakestra"
+    adapter = create_adapter(settings.orchestrator, settings.adapter_settings["oakestra"])
+    assert isinstance(adapter, OakestraAdapter)
+    assert [node.name for node in adapter.settings.nodes] == ["edge-1", "edge-2"]
+    with pytest.raises(AdapterError, match="invalid settings for the oakestra orchestrator: password"):
+        create_adapter("oakestra", {"url": "http://root:10000", "username": "Admin"})
