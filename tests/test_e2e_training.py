@@ -19,9 +19,13 @@ def classic_data(flops_stack: FlopsStack) -> str:  # noqa: F811
 
 
 def mlflow_client(tracking_url: str):  # type: ignore[no-untyped-def]
+    """A client of the project's tracking server (also as model registry; MLflow 3 defaults to a local file)."""
+    import mlflow
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_url)
+    mlflow.set_tracking_uri(tracking_url)
+    mlflow.set_registry_uri(tracking_url)
+    return MlflowClient(tracking_uri=tracking_url, registry_uri=tracking_url)
 
 
 def test_classic_sklearn_trains_logs_registers_and_serves(flops_stack: FlopsStack, classic_data: str) -> None:  # noqa: F811
