@@ -66,7 +66,9 @@ def _project(prefix: str) -> str:
 
 
 def _is_result(message: FlopsMessage) -> bool:
-    return isinstance(message, TrainingResult)
+    """The training result, or an aggregator's failure (so a broken run fails fast)."""
+    failed = isinstance(message, ServiceStatus) and message.service == "aggregator" and message.state is ServiceState.FAILED
+    return isinstance(message, TrainingResult) or failed
 
 
 def _status(inbox: Inbox, sender: str) -> list[ServiceState]:
@@ -185,3 +187,66 @@ def test_killed_learner_is_dropped_and_training_completes(
     assert progress[0].participants == 2 and progress[-1].participants == 1
     lost = [m.text for m in inbox.of(EventLine) if isinstance(m, EventLine) and "lost" in m.text]
     assert any("node-b" in text for text in lost), inbox.dump()
+
+
+def test_hierarchical_two_clusters_two_cycles(
+    suite: SuiteEndpoints, mlflow_url: str, services: Services, tmp_path: Path
+) -> None:
+    project_id = _project("hier")
+    app_dir = write_app_dir(tmp_path / "app", project_id)
+    clusters = {"east": ["node-e1", "node-e2"], "west": ["node-w1", "node-w2"]}
+    data = _data_nodes(services, tmp_path, [node for nodes in clusters.values() for node in nodes])
+    inbox = Inbox(suite.mqtt, project_id)
+    training = TrainingSettings(
+        mode="hierarchical", data_tags=[TAG], training_rounds=2, training_cycles=2,
+        min_available_clients=2, min_fit_clients=2, min_evaluate_clients=2, round_timeout_s=90,
+    )  # fmt: skip
+    root = aggregator_config(
+        project_id, suite.mqtt, app_dir, tmp_path / "root", training, mlflow_url,
+        role="root", instance_name="root-aggregator", expected_clusters=list(clusters),
+    )  # fmt: skip
+    services.start("root-aggregator", "services.aggregator.main", root, cwd=app_dir)
+    for cluster, nodes in clusters.items():
+        config = aggregator_config(
+            project_id, suite.mqtt, app_dir, tmp_path / f"cluster-{cluster}", training, mlflow_url,
+            role="cluster", cluster=cluster, instance_name=f"cluster-aggregator-{cluster}",
+            root_address=f"127.0.0.1:{root.port}",
+        )  # fmt: skip
+        services.start(f"cluster-aggregator-{cluster}", "services.aggregator.main", config, cwd=app_dir)
+        for node in nodes:
+            learner = learner_config(
+                project_id, suite.mqtt, node, app_dir, config.port, data[node], [TAG], tmp_path / node, cluster
+            )
+            services.start(f"learner-{node}", "services.learner.main", learner, cwd=app_dir)
+    result = inbox.wait_for(_is_result, RESULT_TIMEOUT_S * 2)
+    assert isinstance(result, TrainingResult), f"no result\n{inbox.dump()}\n{services.logs()}"
+    assert result.sender == "root-aggregator"
+    assert (result.cycles_completed, result.rounds_completed) == (2, 4)
+    assert result.accuracy is not None and result.accuracy > 0.5
+    for service in services.running:
+        if service.name.startswith(("root", "cluster", "learner")):
+            assert service.process.wait(90) == 0, services.logs()
+
+    progress = [m for m in inbox.of(TrainingProgress) if isinstance(m, TrainingProgress)]
+    for cluster in clusters:
+        rounds = [(m.cycle, m.round) for m in progress if m.cluster == cluster]
+        assert rounds == [(1, 1), (1, 2), (2, 1), (2, 2)], (cluster, rounds)
+        assert all(m.participants == 2 for m in progress if m.cluster == cluster)
+    global_progress = [(m.cycle, m.round, m.total_cycles) for m in progress if m.cluster is None]
+    assert global_progress == [(1, 2, 2), (2, 2, 2)]
+
+    import mlflow
+
+    client = mlflow.MlflowClient(mlflow_url)
+    assert result.mlflow_run_id
+    assert sorted(m.step for m in client.get_metric_history(result.mlflow_run_id, "loss")) == [1, 2]
+    for cluster in clusters:
+        history = client.get_metric_history(result.mlflow_run_id, f"cluster/{cluster}/loss")
+        assert sorted(m.step for m in history) == [1, 2, 3, 4], cluster
+    experiment = client.get_run(result.mlflow_run_id).info.experiment_id
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'")
+    assert sorted(run.data.tags["flops.cluster"] for run in children) == ["east", "west"]
+    for child in children:
+        steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "accuracy"))
+        assert steps == [1, 2, 3, 4]
+    assert result.registered_model == project_id and result.registered_version == "1"

@@ -18,9 +18,17 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from flops_utils.mqtt_catalogue import ControlCommand, FlopsMessage, TopicKind, TrainingResult, topic
+from flops_utils.mqtt_catalogue import (
+    ControlCommand,
+    FlopsMessage,
+    ServiceState,
+    ServiceStatus,
+    TopicKind,
+    TrainingResult,
+    topic,
+)
 from flops_utils.service_config import AggregatorConfig, load_config
-from services.aggregator.session import BRIDGE_DIR, sender_name
+from services.aggregator.session import BRIDGE_DIR, cycle_timeout_s, sender_name
 from services.fl_runtime import protocol as p
 from services.fl_runtime.flower import FlowerControl, FlowerError, SuperLink, SuperNode
 from services.fl_runtime.flower_app import RUN_CONFIG_KEY
@@ -39,14 +47,18 @@ class AggregatorService:
         self.reporter = reporter
         self.work_dir = Path(config.work_dir)
         self.stop_requested = threading.Event()
+        self.root_finished = threading.Event()
         self.superlink: SuperLink | None = None
         self.root_link: SuperNode | None = None
 
     # -- entry -------------------------------------------------------------------
     def run(self) -> int:
-        self.reporter.subscribe(topic(self.config.project_id, TopicKind.CONTROL), self._on_control)
+        for kind in (TopicKind.CONTROL, TopicKind.RESULT, TopicKind.STATUS):
+            self.reporter.subscribe(topic(self.config.project_id, kind), self._on_message)
         try:
             outcome = self._train()
+            if outcome is not None and outcome.ok and self.config.role == "cluster":
+                self._await_root()
         except (FlowerError, OSError, ValueError) as error:
             self.reporter.failed(error)
             return 1
@@ -63,9 +75,26 @@ class AggregatorService:
         self.reporter.succeeded(f"{outcome.rounds_completed} rounds")
         return 0
 
-    def _on_control(self, _topic: str, message: FlopsMessage) -> None:
+    def _on_message(self, _topic: str, message: FlopsMessage) -> None:
         if isinstance(message, ControlCommand) and message.command == "stop":
             self.stop_requested.set()
+        elif isinstance(message, TrainingResult):
+            self.root_finished.set()
+        elif (
+            isinstance(message, ServiceStatus)
+            and message.service == "aggregator"
+            and message.state in (ServiceState.FAILED, ServiceState.STOPPED)
+            and message.sender != self.reporter.sender
+        ):
+            self.root_finished.set()  # the root (or a sibling) gave up: nobody needs our link any more
+
+    def _await_root(self) -> None:
+        """Keep the link to the root until it has our last reply (it publishes the result after that)."""
+        deadline = time.monotonic() + cycle_timeout_s(self.config.training)
+        while not (self.root_finished.is_set() or self.stop_requested.is_set()) and time.monotonic() < deadline:
+            if self.root_link is not None and not self.root_link.alive():
+                return
+            time.sleep(POLL_S)
 
     # -- steps -------------------------------------------------------------------
     def _train(self) -> RunOutcome | None:
@@ -94,7 +123,12 @@ class AggregatorService:
             p.NODE_APP_DIR_KEY: self.config.app_dir,
         }
         node = SuperNode(
-            self.config.root_address, self.work_dir, node_config, name="root-link", cwd=self.config.app_dir
+            self.config.root_address,
+            self.work_dir,
+            node_config,
+            name="root-link",
+            cwd=self.config.app_dir,
+            warm_preload=["services.learner.client_app", "services.aggregator.cluster_node"],
         )
         return node.start()
 

@@ -8,7 +8,11 @@ Every Flower process gets a private ``FLWR_HOME`` so apps and configs never mix.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +28,7 @@ from services.fl_runtime.processes import (
     free_port,
     port_open,
 )
+from services.fl_runtime.warm_start import SOCKET_ENV, write_shim
 
 CONNECTION_NAME = "flops"
 CLI_TIMEOUT_S = 120.0
@@ -96,7 +101,11 @@ def write_toml(path: Path, values: dict[str, Any]) -> Path:
 
 
 class SuperNode:
-    """``flower-supernode --insecure`` connected to a SuperLink's Fleet API."""
+    """``flower-supernode --insecure`` connected to a SuperLink's Fleet API.
+
+    With ``warm_preload`` (module names), ClientApp processes are forked from a warm
+    starter that imported those modules once (see :mod:`services.fl_runtime.warm_start`).
+    """
 
     def __init__(
         self,
@@ -106,6 +115,7 @@ class SuperNode:
         env: dict[str, str] | None = None,
         name: str = "supernode",
         cwd: str | None = None,
+        warm_preload: list[str] | None = None,
     ) -> None:
         self.superlink_address = superlink_address
         self.work_dir = work_dir
@@ -113,11 +123,17 @@ class SuperNode:
         self.extra_env = env or {}
         self.name = name
         self.cwd = cwd
+        self.warm_preload = warm_preload
         self.process: ManagedProcess | None = None
+        self.warm_starter: ManagedProcess | None = None
+        self._socket_dir: Path | None = None
 
     def start(self) -> SuperNode:
         home = self.work_dir / f"{self.name}-home"
         home.mkdir(parents=True, exist_ok=True)
+        env = child_environment({"FLWR_HOME": str(home), **self.extra_env})
+        if self.warm_preload is not None:
+            env = self._start_warm_starter(env)
         node_config_file = write_toml(self.work_dir / f"{self.name}-node-config.toml", dict(self.node_config))
         command = [
             flower_binary("flower-supernode"),
@@ -126,10 +142,22 @@ class SuperNode:
             "--port", str(free_port()),
             "--node-config", str(node_config_file),
         ]  # fmt: skip
-        env = child_environment({"FLWR_HOME": str(home), **self.extra_env})
         log_path = self.work_dir / f"{self.name}.log"
         self.process = ManagedProcess(self.name, command, log_path, env, cwd=self.cwd).start()
         return self
+
+    def _start_warm_starter(self, env: dict[str, str]) -> dict[str, str]:
+        # Unix socket paths are limited to ~100 bytes: keep the socket in a short temp dir.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="flops-warm-"))
+        socket_path = self._socket_dir / "clientapp.sock"
+        shim_dir = write_shim(self.work_dir / f"{self.name}-bin").parent
+        starter_env = dict(env)
+        if self.cwd:
+            starter_env["FLOPS_WARM_APP_DIR"] = self.cwd
+        command = [sys.executable, "-m", "services.fl_runtime.warm_start", str(socket_path), *(self.warm_preload or [])]
+        log_path = self.work_dir / f"{self.name}-warm.log"
+        self.warm_starter = ManagedProcess(f"{self.name}-warm", command, log_path, starter_env, cwd=self.cwd).start()
+        return {**env, SOCKET_ENV: str(socket_path), "PATH": f"{shim_dir}{os.pathsep}{env['PATH']}"}
 
     def alive(self) -> bool:
         return self.process is not None and self.process.alive()
@@ -140,6 +168,10 @@ class SuperNode:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+        if self.warm_starter is not None:
+            self.warm_starter.stop()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
 
 class FlowerControl:

@@ -26,6 +26,8 @@ from services.fl_runtime.reporter import Reporter
 log = logging.getLogger("flops.learner")
 
 DATA_SERVER_WAIT_S = 30.0
+# Imported once by the warm ClientApp starter: the FLOps ClientApp and the user's model code.
+WARM_PRELOAD = ["services.learner.client_app", "model_manager"]
 POLL_S = 0.3
 
 
@@ -100,7 +102,14 @@ class LearnerService:
             p.NODE_APP_DIR_KEY: config.app_dir,
         }
         env = {DATA_SERVER_ENV: config.data_server_address, DATA_TAGS_ENV: ",".join(config.data_tags)}
-        return SuperNode(config.aggregator_address, Path(config.work_dir), node_config, env=env, cwd=config.app_dir)
+        return SuperNode(
+            config.aggregator_address,
+            Path(config.work_dir),
+            node_config,
+            env=env,
+            cwd=config.app_dir,
+            warm_preload=WARM_PRELOAD,
+        )
 
     def shutdown(self) -> None:
         if self.supernode is not None:
