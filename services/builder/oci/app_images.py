@@ -1,0 +1,108 @@
+"""Thin learner and aggregator images: the dependency image plus the app and FLOps' runtime code.
+
+One working container gets the augmented app at :data:`IMAGE_APP_DIR` and the
+runtime packages (``flops_utils``, ``services``) at :data:`IMAGE_RUNTIME_DIR`, then is
+committed twice with different entrypoints, so both images share one small layer.
+Their tag is a digest of the dependency image, the app's files, the runtime's files
+and the entrypoints: unchanged inputs give the same tag and nothing is rebuilt.
+
+Services in these images run with ``cwd=/app``; their configs should name
+``app_dir=/app`` and a ``work_dir`` under ``/tmp``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import flops_utils
+import services
+from services.builder.oci.engine import ContainerEngine
+from services.builder.oci.images import ImageStore, commit, configure
+from services.builder.oci.naming import ImageName, image_name, tag_of
+from services.builder.oci.platforms import Platform
+from services.builder.oci.python_env import VENV_DIR, run_check
+from services.builder.source import content_hash, copy_tree
+
+IMAGE_APP_DIR = "/app"
+IMAGE_RUNTIME_DIR = "/opt/flops"
+IMAGE_WORK_DIR = "/tmp/flops"
+APP_FORMAT = 1
+ENTRYPOINTS: dict[str, tuple[str, ...]] = {
+    "learner": ("python", "-m", "services.learner.main"),
+    "aggregator": ("python", "-m", "services.aggregator.main"),
+}
+
+
+@dataclass(frozen=True)
+class StagedApp:
+    """The files that go into the thin layer, staged on the host, with their content digests."""
+
+    app_dir: Path
+    runtime_dir: Path
+    app_digest: str
+    runtime_digest: str
+
+
+def runtime_packages() -> dict[str, Path]:
+    """The FLOps runtime packages this builder carries (and copies into images)."""
+    return {"flops_utils": Path(flops_utils.__file__).resolve().parent,
+            "services": Path(next(iter(services.__path__))).resolve()}
+
+
+def stage(app_dir: Path, destination: Path) -> StagedApp:
+    """Copy the app and the runtime (no caches, no .git) under ``destination``."""
+    staged_app, runtime = destination / "app", destination / "runtime"
+    copy_tree(app_dir, staged_app)
+    runtime.mkdir(parents=True)
+    for package, source in runtime_packages().items():
+        copy_tree(source, runtime / package)
+    return StagedApp(staged_app, runtime, content_hash(staged_app), content_hash(runtime))
+
+
+def app_tag(deps_identity: str, staged: StagedApp, platform: Platform) -> str:
+    return tag_of({"deps": deps_identity, "app": staged.app_digest, "runtime": staged.runtime_digest,
+                   "entrypoints": {kind: list(argv) for kind, argv in ENTRYPOINTS.items()},
+                   "platform": platform.name, "format": APP_FORMAT})
+
+
+def app_names(project: str, tag: str) -> dict[str, ImageName]:
+    return {kind: image_name(kind, tag, project) for kind in ENTRYPOINTS}
+
+
+_VERIFY = """
+import importlib.util, sys
+missing = [m for m in ("services.learner.main", "services.aggregator.main") if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit("entry modules missing: " + ", ".join(missing))
+import flops_utils, model_manager
+if not isinstance(getattr(model_manager, "ModelManager", None), type):
+    sys.exit("model_manager.py defines no class ModelManager")
+print("ok")
+"""
+
+
+def build_app_images(engine: ContainerEngine, store: ImageStore, deps_source: str, staged: StagedApp,
+                     names: dict[str, ImageName], platform: Platform, labels: dict[str, str]) -> None:
+    """Commit ``names[kind].local`` for every kind from one working container."""
+    with store.working_container(deps_source, platform) as container:
+        engine.buildah("copy", "--quiet", container, str(staged.app_dir), IMAGE_APP_DIR, what="copying the app")
+        engine.buildah("copy", "--quiet", container, str(staged.runtime_dir), IMAGE_RUNTIME_DIR,
+                       what="copying the FLOps runtime")
+        configure(engine, container, workdir=IMAGE_APP_DIR,
+                  env={"PYTHONPATH": IMAGE_RUNTIME_DIR, "FLOPS_APP_DIR": IMAGE_APP_DIR},
+                  labels=labels, platform=platform)
+        run_check(engine, container, _VERIFY, "the app does not import in the image")
+        for kind, name in names.items():
+            configure(engine, container, entrypoint=ENTRYPOINTS[kind],
+                      labels={"org.opencontainers.image.title": name.repository, "io.flops.service": kind})
+            commit(engine, container, name.local)
+
+
+def cleanup_stage(destination: Path) -> None:
+    shutil.rmtree(destination, ignore_errors=True)
+
+
+__all__ = ["ENTRYPOINTS", "IMAGE_APP_DIR", "IMAGE_RUNTIME_DIR", "IMAGE_WORK_DIR", "VENV_DIR", "StagedApp",
+           "app_names", "app_tag", "build_app_images", "stage"]

@@ -1,0 +1,301 @@
+"""buildah and podman on this host, with FLOps' own storage and configuration files.
+
+Every FLOps process that touches containers (the OCI builder, the container adapter's
+``podman system service``) uses the same storage root, so an image built once is
+found again by the next build and by the adapter. The root defaults to
+``~/.cache/flops/containers`` (``$FLOPS_CONTAINERS_DIR`` overrides it) and holds:
+
+* ``engine/<driver>/storage`` - containers/storage graph root (overlay when the kernel
+  allows an overlay mount here, else vfs; the choice is remembered in ``driver``);
+* ``conf/`` - ``storage.conf``, ``containers.conf`` (runc, cgroupfs, raised ulimits)
+  and one ``registries-<hash>.conf`` per set of insecure registries;
+* ``auth/`` - registry credential files (mode 0600), so passwords never appear on a
+  command line.
+
+Builds run with ``BUILDAH_ISOLATION=chroot``: no user namespaces or extra daemons needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from flops_utils.service_config import RegistrySettings
+from services.builder.errors import BuildError, one_line
+from services.builder.process import CommandOutcome, run_command
+
+ROOT_ENV = "FLOPS_CONTAINERS_DIR"
+DEFAULT_ULIMITS = ("nofile=20000:20000", "nproc=4096:4096")
+TOOL_TIMEOUT_S = 900.0
+_DRIVER_FILE = "driver"
+_ENV_PREFIXES_DROPPED = ("CONTAINERS_", "BUILDAH_", "STORAGE_", "REGISTRIES_CONFIG_PATH")
+
+Driver = Literal["overlay", "vfs"]
+
+
+class EngineError(BuildError):
+    """buildah/podman failed or is missing; the message is one line."""
+
+
+def default_root() -> Path:
+    return Path(os.environ.get(ROOT_ENV) or "~/.cache/flops/containers").expanduser()
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    root: Path = field(default_factory=default_root)
+    driver: Literal["auto", "overlay", "vfs"] = "auto"
+
+
+def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    if path.is_file() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, scratch = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    os.chmod(scratch, mode)
+    os.replace(scratch, path)
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def find_tool(name: str) -> str:
+    """Absolute path of a system tool, looking in the sbin folders too."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
+    found = shutil.which(name, path=search)
+    if found is None:
+        raise EngineError(f"{name} not found: install the Debian package '{name}' (make system-packages)")
+    return found
+
+
+def overlay_mount_works(probe_dir: Path) -> bool:
+    """Whether the kernel lets us mount an overlay on this file system (root, no nested overlay)."""
+    if os.geteuid() != 0:
+        return False
+    shutil.rmtree(probe_dir, ignore_errors=True)
+    layers = {name: probe_dir / name for name in ("lower", "upper", "work", "merged")}
+    for path in layers.values():
+        path.mkdir(parents=True)
+    options = f"lowerdir={layers['lower']},upperdir={layers['upper']},workdir={layers['work']}"
+    try:
+        mounted = run_command(["mount", "-t", "overlay", "overlay", "-o", options, str(layers["merged"])], timeout=20)
+        if mounted.ok:
+            run_command(["umount", str(layers["merged"])], timeout=20)
+        return mounted.ok
+    except OSError:
+        return False
+    finally:
+        shutil.rmtree(probe_dir, ignore_errors=True)
+
+
+class ContainerEngine:
+    """Runs buildah/podman against FLOps' storage; remembers every command it ran (without secrets)."""
+
+    def __init__(self, settings: EngineSettings | None = None) -> None:
+        self.settings = settings or EngineSettings()
+        self.root = self.settings.root
+        self.history: list[tuple[str, ...]] = []
+        self._environment: dict[str, str] | None = None
+        self._driver: Driver | None = None
+        self._lock = threading.Lock()
+
+    # -- configuration ---------------------------------------------------------------
+    @property
+    def conf_dir(self) -> Path:
+        return self.root / "conf"
+
+    def driver(self) -> Driver:
+        """The storage driver for this root: an explicit setting, else decided once and kept in ``<root>/driver``."""
+        if self._driver is not None:
+            return self._driver
+        if self.settings.driver != "auto":
+            self._driver = self.settings.driver  # each driver has its own graph root
+            return self._driver
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self.locked("driver"):
+            record = self.root / _DRIVER_FILE
+            text = record.read_text().strip() if record.is_file() else ""
+            chosen: Driver
+            if text in ("overlay", "vfs"):
+                chosen = "overlay" if text == "overlay" else "vfs"
+            else:
+                chosen = "overlay" if overlay_mount_works(self.root / ".overlay-probe") else "vfs"
+                _atomic_write(record, chosen + "\n")
+        self._driver = chosen
+        return chosen
+
+    def graph_root(self) -> Path:
+        return self.root / "engine" / self.driver() / "storage"
+
+    def run_root(self) -> Path:
+        """Runtime state (mount counts, locks): on /run when we may write there, else next to the graph root."""
+        graph = self.graph_root()
+        tag = hashlib.sha256(str(graph).encode()).hexdigest()[:12]
+        run = Path("/run")
+        if os.access(run, os.W_OK):
+            return run / "flops-containers" / tag
+        return graph.parent / "run"
+
+    def _runtime(self) -> str:
+        for name in ("runc", "crun"):
+            try:
+                return find_tool(name)
+            except EngineError:
+                continue
+        raise EngineError("no OCI runtime found: install the Debian package 'runc' (make system-packages)")
+
+    def write_configuration(self) -> dict[str, str]:
+        """Write storage.conf and containers.conf; return the environment every tool call uses."""
+        with self._lock:
+            if self._environment is not None:
+                return dict(self._environment)
+            driver = self.driver()
+            graph, run = self.graph_root(), self.run_root()
+            graph.mkdir(parents=True, exist_ok=True, mode=0o700)
+            run.mkdir(parents=True, exist_ok=True, mode=0o700)
+            storage = self.conf_dir / "storage.conf"
+            _atomic_write(storage, "\n".join([
+                "# written by FLOps (services.builder.oci.engine)",
+                "[storage]",
+                f"driver = {_toml_string(driver)}",
+                f"graphroot = {_toml_string(str(graph))}",
+                f"runroot = {_toml_string(str(run))}",
+                "",
+            ]))
+            containers = self.conf_dir / "containers.conf"
+            ulimits = ", ".join(_toml_string(limit) for limit in DEFAULT_ULIMITS)
+            _atomic_write(containers, "\n".join([
+                "# written by FLOps (services.builder.oci.engine)",
+                "[containers]",
+                f"default_ulimits = [{ulimits}]",
+                'log_driver = "k8s-file"',
+                "[engine]",
+                f"runtime = {_toml_string(Path(self._runtime()).name)}",
+                'cgroup_manager = "cgroupfs"',
+                'events_logger = "file"',
+                f"tmp_dir = {_toml_string(str(run / 'libpod'))}",
+                "",
+            ]))
+            base = {key: value for key, value in os.environ.items() if not key.startswith(_ENV_PREFIXES_DROPPED)}
+            base.update(
+                CONTAINERS_STORAGE_CONF=str(storage),
+                CONTAINERS_CONF=str(containers),
+                CONTAINERS_REGISTRIES_CONF=str(self.registries_conf(())),
+                BUILDAH_ISOLATION="chroot",
+                STORAGE_DRIVER=driver,
+            )
+            self._environment = base
+            return dict(base)
+
+    def registries_conf(self, insecure: Sequence[str]) -> Path:
+        """A registries.conf that marks ``insecure`` (host:port) as plain-HTTP / unverified registries."""
+        addresses = sorted(set(insecure))
+        name = hashlib.sha256("\n".join(addresses).encode()).hexdigest()[:12]
+        path = self.conf_dir / f"registries-{name}.conf"
+        lines = ["# written by FLOps (services.builder.oci.engine)", "unqualified-search-registries = []"]
+        for address in addresses:
+            lines += ["", "[[registry]]", f"location = {_toml_string(address)}", "insecure = true"]
+        _atomic_write(path, "\n".join(lines) + "\n")
+        return path
+
+    def environment(self, insecure_registries: Sequence[str] = ()) -> dict[str, str]:
+        env = self.write_configuration()
+        if insecure_registries:
+            env["CONTAINERS_REGISTRIES_CONF"] = str(self.registries_conf(insecure_registries))
+        return env
+
+    def auth_file(self, registry: RegistrySettings) -> Path | None:
+        """A credentials file for ``registry`` (None without credentials)."""
+        if not registry.username:
+            return None
+        token = base64.b64encode(f"{registry.username}:{registry.password or ''}".encode()).decode()
+        document = json.dumps({"auths": {registry.address: {"auth": token}}}, indent=1) + "\n"
+        name = hashlib.sha256(document.encode()).hexdigest()[:16]
+        directory = self.root / "auth"
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(directory, 0o700)
+        path = directory / f"{name}.json"
+        _atomic_write(path, document, mode=0o600)
+        return path
+
+    @contextmanager
+    def locked(self, name: str) -> Iterator[None]:
+        """An exclusive lock across processes (e.g. one builder per image tag at a time)."""
+        directory = self.root / "locks"
+        directory.mkdir(parents=True, exist_ok=True)
+        safe = hashlib.sha256(name.encode()).hexdigest()[:24]
+        with open(directory / f"{safe}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- running tools ---------------------------------------------------------------
+    def run(
+        self,
+        tool: str,
+        args: Sequence[str],
+        *,
+        timeout: float = TOOL_TIMEOUT_S,
+        check: bool = True,
+        what: str = "",
+        extra_env: Mapping[str, str] | None = None,
+    ) -> CommandOutcome:
+        """Run ``tool args``; raise :class:`EngineError` (last error line) unless it succeeds or ``check`` is off."""
+        binary = find_tool(tool)
+        env = self.environment()
+        if extra_env:
+            env.update(extra_env)
+        self.history.append((tool, *args))
+        try:
+            outcome = run_command([binary, *args], timeout=timeout, env=env, cwd=self.root)
+        except OSError as error:
+            raise EngineError(f"cannot run {tool}: {error.strerror or error}") from None
+        if check and not outcome.ok:
+            action = what or f"{tool} {args[0] if args else ''}".strip()
+            raise EngineError(f"{action} failed: {describe_failure(outcome, timeout)}")
+        return outcome
+
+    def buildah(self, *args: str, timeout: float = TOOL_TIMEOUT_S, what: str = "") -> str:
+        return self.run("buildah", args, timeout=timeout, what=what).stdout
+
+    def image_exists(self, reference: str) -> bool:
+        outcome = self.run("buildah", ["inspect", "--type", "image", "--format", "{{.FromImageID}}", reference],
+                           timeout=60, check=False)
+        return outcome.ok
+
+    def image_size(self, reference: str) -> int | None:
+        """Uncompressed size in bytes of a local image (None when unknown)."""
+        outcome = self.run("podman", ["image", "inspect", "--format", "{{.Size}}", reference], timeout=60, check=False)
+        text = outcome.stdout.strip()
+        return int(text) if outcome.ok and text.isdigit() else None
+
+    def mutating_commands(self) -> list[tuple[str, ...]]:
+        """Commands that built, changed or pushed something (what a cache hit must not run)."""
+        verbs = {"from", "run", "commit", "copy", "add", "push", "build", "bud", "manifest", "pull", "tag"}
+        return [command for command in self.history if command[0] == "buildah" and len(command) > 1
+                and command[1] in verbs]
+
+
+def describe_failure(outcome: CommandOutcome, timeout: float) -> str:
+    if outcome.timed_out:
+        return f"timed out after {timeout:g} s"
+    lines = [line.strip() for line in (outcome.stderr + "\n" + outcome.stdout).splitlines() if line.strip()]
+    errors = [line for line in lines if line.lower().startswith(("error", "fatal")) or " error" in line.lower()]
+    chosen = errors[-1] if errors else (lines[-1] if lines else f"exit code {outcome.returncode}")
+    return one_line(chosen, 300)

@@ -1,0 +1,174 @@
+"""The OCI distribution API of the internal registry: is this tag there, what is its digest and size.
+
+Checking the registry before building is what makes a rebuild of an unchanged
+project free: a ``HEAD``/``GET`` of ``/v2/<name>/manifests/<tag>`` costs milliseconds.
+Handles htpasswd (basic) auth and bearer-token auth; a registry without TLS is
+reached over plain HTTP when ``tls_verify`` is off.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from flops_utils.service_config import RegistrySettings
+from services.builder.errors import BuildError, one_line
+
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+INDEX_TYPES = MANIFEST_TYPES[:2]
+_TIMEOUT_S = 30.0
+_BEARER = re.compile(r'(\w+)="([^"]*)"')
+
+
+class RegistryError(BuildError):
+    """The registry cannot be reached or refused our credentials."""
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    digest: str  # sha256:... of the manifest (or manifest list)
+    media_type: str
+    compressed_bytes: int  # layers + config as stored (for a list: the sum over its platforms' manifests)
+    platforms: tuple[str, ...] = ()  # os/arch of each entry of a manifest list
+    config_digest: str = ""  # the image ID: independent of layer compression (empty for a list)
+
+    @property
+    def is_list(self) -> bool:
+        return self.media_type in INDEX_TYPES
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+class RegistryClient:
+    """Reads the registry's HTTP API; no I/O until a method is called."""
+
+    def __init__(self, settings: RegistrySettings) -> None:
+        self.settings = settings
+        self._session: requests.Session | None = None
+        self._scheme = "https" if settings.tls_verify else "http"
+        self._tokens: dict[str, str] = {}
+
+    @property
+    def address(self) -> str:
+        return self.settings.address
+
+    def _http(self) -> requests.Session:
+        if self._session is None:
+            session = requests.Session()
+            session.trust_env = not _is_loopback(self.address)  # a proxy must not see loopback traffic
+            self._session = session
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def _request(self, method: str, path: str, scope: str, headers: dict[str, str] | None = None) -> requests.Response:
+        headers = dict(headers or {})
+        try:
+            response = self._send(method, path, scope, headers)
+        except requests.exceptions.SSLError as error:
+            raise RegistryError(f"registry {self.address}: TLS error ({one_line(str(error), 160)})") from None
+        except requests.RequestException as error:
+            raise RegistryError(f"registry {self.address} unreachable: {one_line(str(error), 160)}") from None
+        if response.status_code == 401:
+            raise RegistryError(f"registry {self.address} refused the credentials (401)")
+        return response
+
+    def _send(self, method: str, path: str, scope: str, headers: dict[str, str]) -> requests.Response:
+        session = self._http()
+        verify = self.settings.tls_verify
+        auth = (self.settings.username, self.settings.password or "") if self.settings.username else None
+        token = self._tokens.get(scope)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+            auth = None
+        url = f"{self._scheme}://{self.address}{path}"
+        response = session.request(method, url, headers=headers, auth=auth, verify=verify, timeout=_TIMEOUT_S)
+        if self._scheme == "http" and response.status_code == 400 and "HTTPS" in response.text:
+            self._scheme = "https"  # a TLS registry we may not verify (tls_verify off)
+            return self._send(method, path, scope, headers)
+        challenge = response.headers.get("WWW-Authenticate", "")
+        if response.status_code == 401 and challenge.lower().startswith("bearer") and scope not in self._tokens:
+            self._tokens[scope] = self._fetch_token(challenge, scope)
+            return self._send(method, path, scope, headers)
+        return response
+
+    def _fetch_token(self, challenge: str, scope: str) -> str:
+        fields = dict(_BEARER.findall(challenge))
+        realm = fields.get("realm")
+        if not realm:
+            raise RegistryError(f"registry {self.address}: bearer challenge without a realm")
+        params = {"service": fields.get("service", "")}
+        if scope:
+            params["scope"] = scope
+        auth = (self.settings.username, self.settings.password or "") if self.settings.username else None
+        response = self._http().get(realm, params=params, auth=auth, verify=self.settings.tls_verify,
+                                    timeout=_TIMEOUT_S)
+        if response.status_code != 200:
+            raise RegistryError(f"registry {self.address}: token request refused ({response.status_code})")
+        body: dict[str, Any] = response.json()
+        return str(body.get("token") or body.get("access_token") or "")
+
+    # -- queries ---------------------------------------------------------------------
+    def ping(self) -> None:
+        """Raise :class:`RegistryError` unless ``/v2/`` accepts us."""
+        response = self._request("GET", "/v2/", "")
+        if response.status_code != 200:
+            raise RegistryError(f"registry {self.address} answered /v2/ with {response.status_code}")
+
+    def manifest(self, repository: str, reference: str) -> ManifestInfo | None:
+        """The manifest (or manifest list) at ``repository:reference``, or None when there is none."""
+        scope = f"repository:{repository}:pull"
+        response = self._request("GET", f"/v2/{repository}/manifests/{reference}", scope,
+                                 {"Accept": ", ".join(MANIFEST_TYPES)})
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise RegistryError(f"registry {self.address}: manifest {repository}:{reference} answered "
+                                f"{response.status_code}")
+        body: dict[str, Any] = response.json()
+        media_type = str(body.get("mediaType") or response.headers.get("Content-Type", "")).split(";")[0]
+        digest = response.headers.get("Docker-Content-Digest", "")
+        if media_type in INDEX_TYPES:
+            entries = body.get("manifests", [])
+            platforms = tuple(
+                f"{entry.get('platform', {}).get('os', '?')}/{entry.get('platform', {}).get('architecture', '?')}"
+                for entry in entries)
+            total = 0
+            for entry in entries:
+                child = self.manifest(repository, str(entry.get("digest")))
+                total += child.compressed_bytes if child else 0
+            return ManifestInfo(digest, media_type, total, platforms)
+        layers = body.get("layers", [])
+        size = sum(int(layer.get("size", 0)) for layer in layers) + int(body.get("config", {}).get("size", 0))
+        return ManifestInfo(digest, media_type, size, config_digest=str(body.get("config", {}).get("digest", "")))
+
+    def has(self, repository: str, reference: str) -> bool:
+        return self.manifest(repository, reference) is not None
+
+    def catalog(self) -> list[str]:
+        response = self._request("GET", "/v2/_catalog?n=1000", "registry:catalog:*")
+        if response.status_code != 200:
+            raise RegistryError(f"registry {self.address}: catalog answered {response.status_code}")
+        return [str(name) for name in response.json().get("repositories", [])]
+
+    def tags(self, repository: str) -> list[str]:
+        response = self._request("GET", f"/v2/{repository}/tags/list", f"repository:{repository}:pull")
+        if response.status_code == 404:
+            return []
+        if response.status_code != 200:
+            raise RegistryError(f"registry {self.address}: tags of {repository} answered {response.status_code}")
+        return [str(tag) for tag in response.json().get("tags") or []]
