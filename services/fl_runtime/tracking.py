@@ -136,6 +136,8 @@ class Tracker:
             kwargs["pip_requirements"] = module.get_default_pip_requirements()  # skips slow inference
         if _needs_user_code(model, flavor):
             kwargs["code_paths"] = sorted(str(path) for path in code_dir.glob("*.py"))
+        if flavor == "pytorch":
+            kwargs["serialization_format"] = "pickle"  # MLflow 3's default 'pt2' needs an input example
         first = {"sklearn": "sk_model", "pytorch": "pytorch_model"}.get(flavor, "model")
         try:
             info = module.log_model(**{first: model}, **kwargs)
