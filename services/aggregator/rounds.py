@@ -202,7 +202,7 @@ class FederatedRounds:
                 waiting.discard(origin)
                 node = destination[origin]
                 if reply.has_error():
-                    lost.append(self._lose(node, rnd, f"error: {reply.error.reason}"))
+                    lost.append(self._lose(node, rnd, str(reply.error.reason)))
                 else:
                     self._learn_name(node, reply)
                     good.append(reply)

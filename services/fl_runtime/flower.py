@@ -135,8 +135,9 @@ class SuperNode:
         if self.warm_preload is not None:
             env = self._start_warm_starter(env)
         node_config_file = write_toml(self.work_dir / f"{self.name}-node-config.toml", dict(self.node_config))
+        flower_binary("flower-supernode")  # fail early and clearly when Flower is missing
         command = [
-            flower_binary("flower-supernode"),
+            sys.executable, "-m", "services.fl_runtime.supernode",  # flower-supernode with a shorter idle poll
             "--insecure",
             "--superlink", self.superlink_address,
             "--port", str(free_port()),
