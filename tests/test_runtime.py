@@ -67,8 +67,9 @@ def _project(prefix: str) -> str:
 
 def _is_result(message: FlopsMessage) -> bool:
     """The training result, or an aggregator's failure (so a broken run fails fast)."""
-    failed = isinstance(message, ServiceStatus) and message.service == "aggregator" and message.state is ServiceState.FAILED
-    return isinstance(message, TrainingResult) or failed
+    if isinstance(message, ServiceStatus):
+        return message.service == "aggregator" and message.state is ServiceState.FAILED
+    return isinstance(message, TrainingResult)
 
 
 def _status(inbox: Inbox, sender: str) -> list[ServiceState]:
