@@ -16,7 +16,7 @@ Behaves like the local adapter, with images instead of commands:
 
 ``spec.command`` overrides the image's entrypoint. The lifecycle builds the same
 specs for every adapter, with a host interpreter path first; that path does not exist
-in an image, so a leading absolute ``.../python*`` is replaced by the image's ``python``.
+in an image, so a leading absolute ``.../python*`` runs as the image's ``python*`` (found on its PATH).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def container_name(app_id: str, service_id: str, index: int) -> str:
 def _entrypoint(command: tuple[str, ...]) -> list[str] | None:
     if not command:
         return None
-    first = "python" if _PYTHON_PATH.match(command[0]) else command[0]
+    first = command[0].rsplit("/", 1)[-1] if _PYTHON_PATH.match(command[0]) else command[0]
     return [first, *command[1:]]
 
 
@@ -118,10 +118,14 @@ class ContainerAdapter(OrchestratorAdapter):
     def close(self) -> None:
         self.api.close()
 
-    def stop_everything(self) -> None:
-        """Stop every container this adapter labelled and every node data server (tests, suite shutdown)."""
-        for container in self._containers({LABEL_MANAGED: "true"}):
-            self._stop(container)
+    def stop_everything(self, remove: bool = False) -> None:
+        """Stop (or remove) every container of this adapter's apps and every node data server (tests, shutdown)."""
+        for app_id in self.state.read().apps:
+            for container in self._containers({LABEL_APP: app_id}):
+                if remove:
+                    self._remove(container)
+                else:
+                    self._stop(container)
         self.nodes_host.stop_everything()
 
     # -- nodes -------------------------------------------------------------------------------
@@ -315,12 +319,17 @@ class ContainerAdapter(OrchestratorAdapter):
             raise _api_error(f"cannot stop {container.name}", error) from None
 
     def _remove(self, container: Any) -> None:
-        try:
-            container.remove(force=True)
-        except docker.errors.NotFound:
-            return
-        except _API_ERRORS as error:
-            raise _api_error(f"cannot remove {container.name}", error) from None
+        for attempt in range(3):
+            try:
+                container.remove(force=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except _API_ERRORS as error:  # e.g. a container that is just exiting: try again shortly
+                if attempt == 2:
+                    raise _api_error(f"cannot remove {container.name}", error) from None
+                log.warning("removing %s failed (%s); retrying", container.name, error)
+                time.sleep(1.0)
 
     def _containers(self, labels: dict[str, str]) -> list[Any]:
         try:
@@ -348,13 +357,17 @@ class ContainerAdapter(OrchestratorAdapter):
             return InstanceInfo(instance_id, node, ServiceState.STOPPED, code, "stopped on request")
         if code == 0:
             return InstanceInfo(instance_id, node, ServiceState.SUCCEEDED, 0)
+        limit_mb = int(container.attrs.get("HostConfig", {}).get("Memory") or 0) // (1024 * 1024)
         if state.get("OOMKilled"):
-            limit = container.attrs.get("HostConfig", {}).get("Memory") or 0
-            detail = f"container ran out of memory (limit {int(limit) // (1024 * 1024)} MB)"
+            detail = f"container ran out of memory (limit {limit_mb} MB)"
             return InstanceInfo(instance_id, node, ServiceState.FAILED, code, detail)
-        error = str(state.get("Error") or "").strip()
-        detail = describe_exit(code, _last_log_line(container) or error)
-        return InstanceInfo(instance_id, node, ServiceState.FAILED, code, detail)
+        last_line = _last_log_line(container) or str(state.get("Error") or "").strip()
+        detail = describe_exit(code, "")
+        if code == 137 and limit_mb:
+            # Not every engine reports OOM kills (podman with cgroup v1 does not); SIGKILL is the usual sign.
+            detail += f", probably out of memory (limit {limit_mb} MB)"
+        return InstanceInfo(instance_id, node, ServiceState.FAILED, code,
+                            f"{detail}: {last_line}" if last_line else detail)
 
     def inspect_service(self, app: AppRef, service_id: str) -> ServiceInfo:
         record = self._service_record(app, service_id)

@@ -46,6 +46,7 @@ class ContainerApi:
         self.log_file = self.state_dir / "podman-service.log"
         self._client: docker.DockerClient | None = None
         self._service: subprocess.Popen[bytes] | None = None
+        self.base_url = settings.docker_host or f"unix://{_socket_path(self.state_dir)}"
 
     @property
     def client(self) -> docker.DockerClient:
@@ -56,12 +57,9 @@ class ContainerApi:
     def start(self) -> None:
         if self._client is not None:
             return
-        base_url = self.settings.docker_host
-        if base_url is None:
-            socket = _socket_path(self.state_dir)
-            base_url = f"unix://{socket}"
-            if not self._answers(base_url):
-                self._start_service(socket)
+        base_url = self.base_url
+        if self.settings.docker_host is None and not self._answers(base_url):
+            self._start_service(_socket_path(self.state_dir))
         timeout = int(self.settings.api_timeout_s)
         self._client = docker.DockerClient(base_url=base_url, version=API_VERSION, timeout=timeout)
         try:
@@ -72,11 +70,15 @@ class ContainerApi:
 
     @staticmethod
     def _answers(base_url: str) -> bool:
+        probe: docker.DockerClient | None = None
         try:
-            with docker.DockerClient(base_url=base_url, version=API_VERSION, timeout=5) as probe:
-                return bool(probe.ping())
+            probe = docker.DockerClient(base_url=base_url, version=API_VERSION, timeout=5)
+            return bool(probe.ping())
         except (docker.errors.DockerException, requests.RequestException, OSError):
             return False
+        finally:
+            if probe is not None:
+                probe.close()
 
     def engine(self) -> ContainerEngine:
         root = Path(self.settings.containers_dir).expanduser() if self.settings.containers_dir else default_root()

@@ -65,10 +65,10 @@ def parse_platform(text: str) -> Platform:
     return Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
 
 
-def binfmt_handler_usable(handler: str, binfmt_dir: Path = BINFMT_DIR) -> bool:
+def binfmt_handler_usable(handler: str, binfmt_dir: Path | None = None) -> bool:
     """A registered, enabled handler with the F flag (usable in a chroot)."""
     try:
-        text = (binfmt_dir / handler).read_text()
+        text = ((binfmt_dir or BINFMT_DIR) / handler).read_text()
     except OSError:
         return False
     lines = [line.strip() for line in text.splitlines()]
@@ -76,7 +76,7 @@ def binfmt_handler_usable(handler: str, binfmt_dir: Path = BINFMT_DIR) -> bool:
     return "enabled" in lines and "F" in flags
 
 
-def check_platforms(requested: list[str], binfmt_dir: Path = BINFMT_DIR) -> list[Platform]:
+def check_platforms(requested: list[str], binfmt_dir: Path | None = None) -> list[Platform]:
     """The requested platforms, host first; :class:`PlatformUnsupported` names the first one we cannot build."""
     platforms = list(dict.fromkeys(parse_platform(text) for text in requested or ["linux/" + host_architecture()]))
     native = host_architecture()

@@ -39,6 +39,7 @@ class ManifestInfo:
     compressed_bytes: int  # layers + config as stored (for a list: the sum over its platforms' manifests)
     platforms: tuple[str, ...] = ()  # os/arch of each entry of a manifest list
     config_digest: str = ""  # the image ID: independent of layer compression (empty for a list)
+    layers: tuple[str, ...] = ()  # layer blob digests, base first (empty for a list)
 
     @property
     def is_list(self) -> bool:
@@ -154,7 +155,8 @@ class RegistryClient:
             return ManifestInfo(digest, media_type, total, platforms)
         layers = body.get("layers", [])
         size = sum(int(layer.get("size", 0)) for layer in layers) + int(body.get("config", {}).get("size", 0))
-        return ManifestInfo(digest, media_type, size, config_digest=str(body.get("config", {}).get("digest", "")))
+        return ManifestInfo(digest, media_type, size, config_digest=str(body.get("config", {}).get("digest", "")),
+                            layers=tuple(str(layer.get("digest", "")) for layer in layers))
 
     def has(self, repository: str, reference: str) -> bool:
         return self.manifest(repository, reference) is not None
