@@ -176,10 +176,17 @@ class Services:
 _LISTENING = re.compile(r"serving node \S+ on [\d.]+:(\d+)")
 
 
-def start_data_server(services: Services, node: str, storage: Path) -> str:
-    config = DataServerConfig(node=node, host="127.0.0.1", port=0, storage_dir=str(storage))
-    service = services.start(f"data-{node}", "services.data_server.main", config)
-    deadline = time.monotonic() + 60
+def start_data_servers(services: Services, nodes: list[str], root: Path) -> list[str]:
+    """One data server per node, started together; their ``host:port`` addresses in order."""
+    started = []
+    for node in nodes:
+        config = DataServerConfig(node=node, host="127.0.0.1", port=0, storage_dir=str(root / node))
+        started.append(services.start(f"data-{node}", "services.data_server.main", config))
+    return [_data_server_address(service) for service in started]
+
+
+def _data_server_address(service: Service) -> str:
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         ports = _LISTENING.findall(service.log())
         if ports:
@@ -187,9 +194,9 @@ def start_data_server(services: Services, node: str, storage: Path) -> str:
             DataServerClient(address).wait_ready(timeout=30)
             return address
         if not service.alive():
-            raise AssertionError(f"data server {node} exited: {service.log()}")
+            raise AssertionError(f"{service.name} exited: {service.log()}")
         time.sleep(0.1)
-    raise AssertionError(f"data server {node} did not start: {service.log()}")
+    raise AssertionError(f"{service.name} did not start: {service.log()}")
 
 
 def push_digits(address: str, tag: str, x: np.ndarray, y: np.ndarray) -> None:
@@ -205,24 +212,35 @@ def mlflow_healthy(url: str) -> bool:
         return False
 
 
-def start_mlflow(services: Services, root: Path) -> str:
-    port = free_port()
-    config = TrackingConfig(
-        customer="runtime-tests",
-        backend_store_uri=f"sqlite:///{root / 'mlflow.db'}",
-        artifacts_destination=str(root / "artifacts"),
-        port=port,
-    )
-    service = services.start("mlflow", "services.observer.tracking_server", config)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
-        if mlflow_healthy(url):
-            return url
-        if not service.alive():
-            raise AssertionError(f"mlflow server exited: {service.log()[-2000:]}")
-        time.sleep(0.5)
-    raise AssertionError(f"mlflow server not healthy after 150 s: {service.log()[-2000:]}")
+class MlflowServer:
+    """An ``mlflow server`` process that gets healthy in the background (~15-40 s)."""
+
+    def __init__(self, services: Services, root: Path) -> None:
+        port = free_port()
+        config = TrackingConfig(
+            customer="runtime-tests",
+            backend_store_uri=f"sqlite:///{root / 'mlflow.db'}",
+            artifacts_destination=str(root / "artifacts"),
+            port=port,
+        )
+        self.address = f"http://127.0.0.1:{port}"
+        self.service = services.start("mlflow", "services.observer.tracking_server", config)
+        self._healthy = False
+
+    @property
+    def url(self) -> str:
+        """The tracking URI, once the server answers /health."""
+        deadline = time.monotonic() + 150
+        while not self._healthy:
+            self._healthy = mlflow_healthy(self.address)
+            if self._healthy:
+                break
+            if not self.service.alive():
+                raise AssertionError(f"mlflow server exited: {self.service.log()[-2000:]}")
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"mlflow server not healthy after 150 s: {self.service.log()[-2000:]}")
+            time.sleep(0.5)
+        return self.address
 
 
 # -- configs --------------------------------------------------------------------------

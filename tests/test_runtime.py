@@ -26,13 +26,13 @@ from flops_utils.service_config import TrainingSettings
 from manager.suite import SuiteEndpoints
 from tests.runtime_helpers import (
     Inbox,
+    MlflowServer,
     Services,
     aggregator_config,
     digits_partitions,
     learner_config,
     push_digits,
-    start_data_server,
-    start_mlflow,
+    start_data_servers,
     write_app_dir,
 )
 
@@ -43,17 +43,37 @@ RESULT_TIMEOUT_S = 300.0
 
 
 @pytest.fixture(scope="module")
-def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """One MLflow server for the module; it warms up while the first tests run."""
     root = tmp_path_factory.mktemp("mlflow")
     services = Services(root / "logs")
     try:
-        yield start_mlflow(services, root)
+        yield MlflowServer(services, root)
     finally:
         services.stop_all()
 
 
 @pytest.fixture
-def services(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Services]:
+def mlflow_url(mlflow_server: MlflowServer) -> str:
+    return mlflow_server.url
+
+
+@pytest.fixture(scope="module")
+def data_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """Four data servers, each holding a quarter of digits under the tag ``digits``."""
+    root = tmp_path_factory.mktemp("data")
+    services = Services(root / "logs")
+    try:
+        addresses = start_data_servers(services, [f"data-{index}" for index in range(4)], root)
+        for address, (x, y) in zip(addresses, digits_partitions(4), strict=True):
+            push_digits(address, TAG, x, y)
+        yield addresses
+    finally:
+        services.stop_all()
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Services]:
     running = Services(tmp_path / "logs")
     try:
         yield running
@@ -76,20 +96,33 @@ def _status(inbox: Inbox, sender: str) -> list[ServiceState]:
     return [m.state for m in inbox.of(ServiceStatus) if isinstance(m, ServiceStatus) and m.sender == sender]
 
 
-def _data_nodes(services: Services, tmp_path: Path, nodes: list[str]) -> dict[str, str]:
-    addresses = {}
-    for node, (x, y) in zip(nodes, digits_partitions(len(nodes)), strict=True):
-        addresses[node] = start_data_server(services, node, tmp_path / f"data-{node}")
-        push_digits(addresses[node], TAG, x, y)
-    return addresses
+def _data_nodes(data_servers: list[str], nodes: list[str], first: int = 0) -> dict[str, str]:
+    """Learner node name -> the data server it reads from."""
+    return {node: data_servers[first + index] for index, node in enumerate(nodes)}
+
+
+def test_learner_without_data_reports_no_data(
+    suite: SuiteEndpoints, mlflow_server: MlflowServer, data_servers: list[str], services: Services, tmp_path: Path
+) -> None:
+    # Runs first and asks for mlflow_server only so that MLflow warms up meanwhile.
+    project_id = _project("nodata")
+    app_dir = write_app_dir(tmp_path / "app", project_id)
+    inbox = Inbox(suite.mqtt, project_id)
+    tags = ["absent", "more"]  # the server only holds "digits"
+    config = learner_config(project_id, suite.mqtt, "node-empty", app_dir, 1, data_servers[0], tags, tmp_path / "l")
+    learner = services.start("learner", "services.learner.main", config, cwd=app_dir)
+    assert learner.process.wait(60) == 0, learner.log()
+    status = inbox.wait_for(lambda m: isinstance(m, ServiceStatus) and m.state is ServiceState.NO_DATA, 10)
+    assert isinstance(status, ServiceStatus), inbox.dump()
+    assert status.detail == "no data for tags [absent, more] on node node-empty"
 
 
 def test_classic_sklearn_two_learners_three_rounds(
-    suite: SuiteEndpoints, mlflow_url: str, services: Services, tmp_path: Path
+    suite: SuiteEndpoints, mlflow_url: str, data_servers: list[str], services: Services, tmp_path: Path
 ) -> None:
     project_id = _project("classic")
     app_dir = write_app_dir(tmp_path / "app", project_id)
-    data = _data_nodes(services, tmp_path, ["node-a", "node-b"])
+    data = _data_nodes(data_servers, ["node-a", "node-b"])
     inbox = Inbox(suite.mqtt, project_id)
     training = TrainingSettings(
         data_tags=[TAG], training_rounds=3, min_available_clients=2, min_fit_clients=2, min_evaluate_clients=2,
@@ -139,26 +172,12 @@ def test_classic_sklearn_two_learners_three_rounds(
     assert accuracy > 0.5, accuracy  # chance is 0.1
 
 
-def test_learner_without_data_reports_no_data(suite: SuiteEndpoints, services: Services, tmp_path: Path) -> None:
-    project_id = _project("nodata")
-    app_dir = write_app_dir(tmp_path / "app", project_id)
-    address = start_data_server(services, "node-empty", tmp_path / "data")
-    push_digits(address, "other-tag", *digits_partitions(4)[0])
-    inbox = Inbox(suite.mqtt, project_id)
-    config = learner_config(project_id, suite.mqtt, "node-empty", app_dir, 1, address, [TAG, "more"], tmp_path / "l")
-    learner = services.start("learner", "services.learner.main", config, cwd=app_dir)
-    assert learner.process.wait(60) == 0, learner.log()
-    status = inbox.wait_for(lambda m: isinstance(m, ServiceStatus) and m.state is ServiceState.NO_DATA, 10)
-    assert isinstance(status, ServiceStatus), inbox.dump()
-    assert status.detail == "no data for tags [digits, more] on node node-empty"
-
-
 def test_killed_learner_is_dropped_and_training_completes(
-    suite: SuiteEndpoints, services: Services, tmp_path: Path
+    suite: SuiteEndpoints, data_servers: list[str], services: Services, tmp_path: Path
 ) -> None:
     project_id = _project("dropout")
     app_dir = write_app_dir(tmp_path / "app", project_id)
-    data = _data_nodes(services, tmp_path, ["node-a", "node-b"])
+    data = _data_nodes(data_servers, ["node-a", "node-b"], first=2)
     inbox = Inbox(suite.mqtt, project_id)
     training = TrainingSettings(
         data_tags=[TAG], training_rounds=3, min_available_clients=2, min_fit_clients=1, min_evaluate_clients=1,
@@ -191,12 +210,12 @@ def test_killed_learner_is_dropped_and_training_completes(
 
 
 def test_hierarchical_two_clusters_two_cycles(
-    suite: SuiteEndpoints, mlflow_url: str, services: Services, tmp_path: Path
+    suite: SuiteEndpoints, mlflow_url: str, data_servers: list[str], services: Services, tmp_path: Path
 ) -> None:
     project_id = _project("hier")
     app_dir = write_app_dir(tmp_path / "app", project_id)
     clusters = {"east": ["node-e1", "node-e2"], "west": ["node-w1", "node-w2"]}
-    data = _data_nodes(services, tmp_path, [node for nodes in clusters.values() for node in nodes])
+    data = _data_nodes(data_servers, [node for nodes in clusters.values() for node in nodes])
     inbox = Inbox(suite.mqtt, project_id)
     training = TrainingSettings(
         mode="hierarchical", data_tags=[TAG], training_rounds=2, training_cycles=2,

@@ -32,12 +32,12 @@ from services.aggregator.session import BRIDGE_DIR, cycle_timeout_s, sender_name
 from services.fl_runtime import protocol as p
 from services.fl_runtime.flower import FlowerControl, FlowerError, SuperLink, SuperNode
 from services.fl_runtime.flower_app import RUN_CONFIG_KEY
-from services.fl_runtime.outcome import RunOutcome, clear_outcome, read_outcome
+from services.fl_runtime.outcome import RunOutcome, alive_recently, clear_outcome, read_outcome
 from services.fl_runtime.reporter import Reporter
 
 log = logging.getLogger("flops.aggregator")
 
-STATUS_CHECK_S = 20.0
+STATUS_CHECK_S = 30.0  # asking Flower costs a CLI process; only when the ServerApp looks silent
 POLL_S = 0.3
 
 
@@ -149,7 +149,8 @@ class AggregatorService:
                     f"lost the root aggregator at {self.config.root_address}: {self.root_link.log_tail()}"
                 )
             if time.monotonic() >= next_check:
-                self._check_run(control, run_id)
+                if not alive_recently(self.work_dir):
+                    self._check_run(control, run_id)
                 next_check = time.monotonic() + STATUS_CHECK_S
             time.sleep(POLL_S)
 

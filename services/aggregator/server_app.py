@@ -19,7 +19,7 @@ from services.aggregator.classic import run_classic
 from services.aggregator.hierarchical import run_cluster, run_root
 from services.aggregator.session import ServerSession, log_to_file
 from services.fl_runtime.flower_app import RUN_CONFIG_KEY
-from services.fl_runtime.outcome import RunOutcome, write_outcome
+from services.fl_runtime.outcome import AliveSignal, RunOutcome, write_outcome
 from services.fl_runtime.reporter import one_line
 
 log = logging.getLogger("flops.server_app")
@@ -45,6 +45,7 @@ def serve(grid: Grid, config: AggregatorConfig) -> RunOutcome:
     log_to_file(Path(config.work_dir) / "server_app.log")
     session = ServerSession(config)
     session.reporter.connect()
+    alive = AliveSignal(config.work_dir).start()
     try:
         outcome = ROLES[config.role](grid, session)
     except Exception as error:
@@ -55,6 +56,8 @@ def serve(grid: Grid, config: AggregatorConfig) -> RunOutcome:
         write_outcome(config.work_dir, outcome)
         session.reporter.close()
         raise
+    finally:
+        alive.stop()
     session.tracker.finish(ok=True)
     write_outcome(config.work_dir, outcome)
     session.reporter.close()
