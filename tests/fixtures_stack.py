@@ -41,11 +41,20 @@ def sla(repo: str, tags: list[str], **training: Any) -> dict[str, Any]:
 
 
 class FlopsStack:
-    def __init__(self, url: str, state_dir: Path, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    def __init__(
+        self, url: str, state_dir: Path, process: subprocess.Popen[bytes], log_path: Path, config_path: Path
+    ) -> None:
         self.url = url
+        self.config_path = config_path
         self.state_dir = state_dir
         self.process = process
         self.log_path = log_path
+
+    def restart_manager(self) -> None:
+        """SIGTERM the manager and start a new one on the same config (projects keep running)."""
+        stop_manager(self.process)
+        self.process = start_manager(self.config_path, self.log_path)
+        wait_healthy(self.url, self.process, self.log_path)
 
     def api(self, method: str, path: str, token: str = ADMIN_TOKEN, **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"}
@@ -141,7 +150,7 @@ def flops_stack(suite: SuiteEndpoints, tmp_path_factory: pytest.TempPathFactory)
     config_path.write_text(json.dumps(manager_config(suite, state_dir, cache_dir, port)))
     log_path = root / "manager.log"
     process = start_manager(config_path, log_path)
-    stack = FlopsStack(f"http://127.0.0.1:{port}", state_dir, process, log_path)
+    stack = FlopsStack(f"http://127.0.0.1:{port}", state_dir, process, log_path, config_path)
     try:
         wait_healthy(stack.url, process, log_path)
         yield stack

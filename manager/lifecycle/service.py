@@ -72,14 +72,8 @@ class LifecycleService:
                 self._closing.wait(2.0)
 
     def close(self) -> None:
+        """Disconnect. Running projects are left running: the next manager process resumes them."""
         self._closing.set()
-        with self._lock:
-            inboxes = list(self._inboxes.values())
-            threads = list(self._threads.values())
-        for inbox in inboxes:
-            inbox.stop_requested.set()
-        for thread in threads:
-            thread.join(timeout=30)
         self.link.close()
         for adapter in self._adapters.values():
             adapter.close()
@@ -129,7 +123,7 @@ class LifecycleService:
         run = ProjectRun(record, sla, deps, inbox)
         body = (lambda: run.resume(record)) if resume else run.run
         thread = threading.Thread(
-            target=self._run, args=(record.project_id, body), name=f"project-{record.project_id[:8]}"
+            target=self._run, args=(record.project_id, body), name=f"project-{record.project_id[:8]}", daemon=True
         )
         with self._lock:
             self._inboxes[record.project_id] = inbox

@@ -27,6 +27,11 @@ class TopicKind(StrEnum):
     CONTROL = "control"  # manager -> services (stop)
 
 
+# The broker keeps the last message of these kinds per project, so a subscriber that
+# (re)connects later, e.g. a restarted manager or a late learner, still learns the outcome.
+RETAINED_KINDS = frozenset({TopicKind.RESULT})
+
+
 def topic(project_id: str, kind: TopicKind) -> str:
     return f"{TOPIC_ROOT}/{project_id}/{kind.value}"
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from flops_utils.mqtt_catalogue import FlopsMessage, MalformedMessage, parse_message
+from flops_utils.mqtt_catalogue import RETAINED_KINDS, FlopsMessage, MalformedMessage, parse_message
 from flops_utils.service_config import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,11 @@ class MqttLink:
         return f"{text} at {self.settings.host}:{self.settings.port}"
 
     # -- publish / subscribe ---------------------------------------------------
-    def publish(self, message: FlopsMessage, retain: bool = False) -> None:
+    def publish(self, message: FlopsMessage) -> None:
+        """Publish with QoS 1; result messages are retained (see ``RETAINED_KINDS``)."""
         if self._client is None:
             raise BrokerUnavailable("MQTT link is not connected")
+        retain = message.kind in RETAINED_KINDS
         self._client.publish(message.topic(), message.to_payload(), qos=1, retain=retain)
 
     def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
