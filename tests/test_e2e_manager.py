@@ -50,7 +50,7 @@ def test_cli_pushes_data_starts_watches_and_lists(flops_stack: FlopsStack, tmp_p
 
 def test_manager_restart_mid_training_resumes_the_project(flops_stack: FlopsStack) -> None:  # noqa: F811
     flops_stack.push_mocks("digits-restart", 2)
-    request = sla("examples/sklearn_digits", ["digits-restart"], training_rounds=12, min_available_clients=2)
+    request = sla("examples/sklearn_digits", ["digits-restart"], training_rounds=8, min_available_clients=2)
     project_id = flops_stack.submit(request)
     assert wait_until(lambda: flops_stack.project(project_id)["progress"]["round"] >= 2, 400, interval=0.5)
 
@@ -60,5 +60,5 @@ def test_manager_restart_mid_training_resumes_the_project(flops_stack: FlopsStac
 
     project = flops_stack.wait(project_id)
     assert project["status"] == "COMPLETED", project["error"]
-    assert project["progress"]["round"] == 12
+    assert project["progress"]["round"] == 8
     assert "manager restarted: reconnected to the running training services" in flops_stack.events(project_id)

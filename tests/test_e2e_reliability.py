@@ -1,0 +1,45 @@
+"""Faults injected into real processes during training: a learner dies, the broker restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from manager.suite import SuiteEndpoints, restart_broker
+from orchestrator_adapters.base import AppKind, AppRef
+from orchestrator_adapters.local import LocalAdapter, LocalAdapterSettings
+from tests.fixtures_stack import FlopsStack, flops_stack, sla  # noqa: F401
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def test_training_survives_a_broker_restart(flops_stack: FlopsStack, suite: SuiteEndpoints) -> None:  # noqa: F811
+    flops_stack.push_mocks("digits-broker", 2)
+    request = sla("examples/sklearn_digits", ["digits-broker"], training_rounds=5, min_available_clients=2)
+    project_id = flops_stack.submit(request)
+    assert wait_until(lambda: flops_stack.project(project_id)["progress"]["round"] >= 1, 400, interval=0.5)
+    restart_broker(Path(suite.state_dir), down_for=3.0)
+    project = flops_stack.wait(project_id)
+    assert project["status"] == "COMPLETED", project["error"]
+    assert project["progress"]["round"] == 5
+
+
+def test_a_learner_killed_mid_training_does_not_fail_the_project(flops_stack: FlopsStack) -> None:  # noqa: F811
+    flops_stack.push_mocks("digits-drop", 3)
+    request = sla("examples/sklearn_digits", ["digits-drop"], training_rounds=5,
+                  min_available_clients=3, min_fit_clients=2, min_evaluate_clients=2, round_timeout_s=20)  # fmt: skip
+    project_id = flops_stack.submit(request)
+    assert wait_until(lambda: flops_stack.project(project_id)["progress"]["round"] >= 2, 400, interval=0.5)
+    project = flops_stack.project(project_id)
+    adapter = LocalAdapter(LocalAdapterSettings(state_dir=str(flops_stack.state_dir / "local-adapter")))
+    app = AppRef(project["apps"]["project"], f"project-{project_id[:8]}", AppKind.PROJECT, "Admin", project_id)
+    victim = sorted(name for name in project["services"] if name.startswith("learner-"))[0]
+    adapter.kill_instance(app, project["services"][victim])
+
+    project = flops_stack.wait(project_id)
+    assert project["status"] == "COMPLETED", project["error"]
+    assert project["progress"]["round"] == 5
+    node = victim.removeprefix("learner-")
+    assert any(node in text and ("lost" in text or "dropped" in text) for text in flops_stack.events(project_id))
