@@ -40,6 +40,7 @@ def suite_up(state_dir: Path, *, registry: bool, with_manager: bool, out: TextIO
 
 def suite_down(state_dir: Path, out: TextIO) -> int:
     stop_manager(state_dir)
+    stop_local_services(state_dir)
     try:
         stop_suite(state_dir)
     except SuiteError as error:
@@ -96,6 +97,20 @@ def stop_manager(state_dir: Path) -> None:
     except SuiteError as error:
         raise CliError(str(error)) from None
     (suite_manager_dir(state_dir) / PROCESS_FILE).unlink(missing_ok=True)
+
+
+def stop_local_services(state_dir: Path) -> None:
+    """Stop what the suite manager's local orchestrator started (data servers, MLflow, services)."""
+    config = read_suite_manager_config(state_dir)
+    if config is None or config.get("orchestrator", "local") != "local":
+        return
+    from orchestrator_adapters.local import LocalAdapter, LocalAdapterSettings
+
+    manager_state = Path(str(config.get("state_dir", suite_manager_dir(state_dir) / "state")))
+    configured = (config.get("adapter_settings") or {}).get("local", {}).get("state_dir")
+    adapter_state = Path(configured) if configured else manager_state / "local-adapter"
+    if adapter_state.exists():
+        LocalAdapter(LocalAdapterSettings(state_dir=str(adapter_state))).stop_everything()
 
 
 def _manager_config(previous: dict[str, Any] | None, endpoints: SuiteEndpoints, manager_dir: Path) -> dict[str, Any]:
