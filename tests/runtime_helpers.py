@@ -126,6 +126,12 @@ class Service:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, sig)
 
+    def crash(self) -> None:
+        """SIGKILL the service and every process it started (as if its machine died)."""
+        for pid in [self.process.pid, *descendants(self.process.pid)]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
     def stop(self, grace: float = 10.0) -> None:
         if self.alive():
             self.kill(signal.SIGTERM)
@@ -134,6 +140,26 @@ class Service:
         self.kill(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (from /proc), whatever session it moved to."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(parent, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in parents.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
 
 
 def start_service(name: str, module: str, config: BaseModel, log_dir: Path, cwd: Path | None = None) -> Service:

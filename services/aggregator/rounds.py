@@ -98,15 +98,14 @@ class FederatedRounds:
     def usable_nodes(self) -> list[int]:
         return sorted(node for node in self.grid.get_node_ids() if node not in self.lost)
 
-    def wait_for_nodes(self, minimum: int, timeout_s: float, plural: str | None = None) -> list[int]:
+    def wait_for_nodes(self, minimum: int, timeout_s: float) -> list[int]:
         deadline = time.monotonic() + timeout_s
         while True:
             nodes = self.usable_nodes()
             if len(nodes) >= minimum:
                 return nodes
             if time.monotonic() >= deadline:
-                many = plural or f"{self.what}s"
-                raise RoundFailed(f"only {len(nodes)} of {minimum} {many} connected after {timeout_s:g} s")
+                raise RoundFailed(f"only {len(nodes)} of {minimum} {self.what}s connected after {timeout_s:g} s")
             time.sleep(PULL_INTERVAL_S)
 
     def name_of(self, node_id: int) -> str:
