@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from flops_utils.mqtt_catalogue import (
+    ControlCommand,
     EventLine,
     FlopsMessage,
     ServiceState,
@@ -21,8 +22,10 @@ from flops_utils.mqtt_catalogue import (
     TrainingProgress,
     TrainingResult,
 )
+from flops_utils.mqtt_link import MqttLink
 from flops_utils.service_config import TrainingSettings
 from manager.suite import SuiteEndpoints
+from tests.helpers import free_port
 from tests.runtime_helpers import (
     Inbox,
     MlflowServer,
@@ -114,6 +117,26 @@ def test_learner_without_data_reports_no_data(
     status = inbox.wait_for(lambda m: isinstance(m, ServiceStatus) and m.state is ServiceState.NO_DATA, 10)
     assert isinstance(status, ServiceStatus), inbox.dump()
     assert status.detail == "no data for tags [absent, more] on node node-empty"
+
+
+def test_learner_stops_on_stop_command(
+    suite: SuiteEndpoints, data_servers: list[str], services: Services, tmp_path: Path
+) -> None:
+    project_id = _project("stop")
+    app_dir = write_app_dir(tmp_path / "app", project_id)
+    inbox = Inbox(suite.mqtt, project_id)
+    nobody = free_port()  # no SuperLink there: the learner waits for its aggregator
+    config = learner_config(project_id, suite.mqtt, "node-s", app_dir, nobody, data_servers[1], [TAG], tmp_path / "l")
+    learner = services.start("learner", "services.learner.main", config, cwd=app_dir)
+    started = inbox.wait_for(lambda m: isinstance(m, ServiceStatus) and m.state is ServiceState.STARTED, 60)
+    assert started is not None, learner.log()
+    link = MqttLink(suite.mqtt).connect()
+    try:
+        link.publish(ControlCommand(project_id=project_id, sender="manager", command="stop"))
+        assert learner.process.wait(60) == 0, learner.log()
+    finally:
+        link.close()
+    assert _status(inbox, "learner-node-s")[-1] is ServiceState.STOPPED
 
 
 def test_classic_sklearn_two_learners_three_rounds(

@@ -7,8 +7,9 @@ import time
 from flwr.serverapp import Grid
 
 from services.aggregator.final_model import log_final_model
-from services.aggregator.rounds import FederatedRounds
+from services.aggregator.rounds import FederatedRounds, RoundResult
 from services.aggregator.session import ServerSession, connect_timeout_s, strategy_params
+from services.fl_runtime import protocol as p
 from services.fl_runtime.outcome import RunOutcome
 from services.fl_runtime.user_code import load_model_manager
 
@@ -24,6 +25,11 @@ def learner_rounds(grid: Grid, session: ServerSession) -> FederatedRounds:
         what="learner",
         on_lost=session.lost,
     )
+
+
+def slowest_fit_seconds(result: RoundResult) -> float | None:
+    """The slowest learner's ``fit_model`` time in a round (round_seconds minus this is control-plane time)."""
+    return max((t for reply in result.replies if (t := reply.scalar(p.FIT_SECONDS)) is not None), default=None)
 
 
 def run_classic(grid: Grid, session: ServerSession) -> RunOutcome:
@@ -48,6 +54,7 @@ def run_classic(grid: Grid, session: ServerSession) -> RunOutcome:
                 "loss": result.loss,
                 "accuracy": result.accuracy,
                 "round_seconds": result.seconds,
+                "slowest_fit_seconds": slowest_fit_seconds(result),
                 "participants": float(len(result.participants)),
                 "num_examples": float(result.num_examples),
             },

@@ -39,6 +39,7 @@ log = logging.getLogger("flops.aggregator")
 
 STATUS_CHECK_S = 30.0  # asking Flower costs a CLI process; only when the ServerApp looks silent
 POLL_S = 0.3
+ROOT_WAIT_S = 600.0  # then the root link keeps retrying by itself
 
 
 class AggregatorService:
@@ -130,6 +131,7 @@ class AggregatorService:
             cwd=self.config.app_dir,
             warm_preload=["services.learner.client_app", "services.aggregator.cluster_node"],
         )
+        node.prepare().wait_for_superlink(ROOT_WAIT_S, self.stop_requested.is_set)
         return node.start()
 
     def _wait(self, control: FlowerControl, run_id: int) -> RunOutcome | None:

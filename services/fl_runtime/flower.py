@@ -16,6 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,13 +128,33 @@ class SuperNode:
         self.process: ManagedProcess | None = None
         self.warm_starter: ManagedProcess | None = None
         self._socket_dir: Path | None = None
+        self._env: dict[str, str] | None = None
 
-    def start(self) -> SuperNode:
+    def prepare(self) -> SuperNode:
+        """Start the warm ClientApp starter (if any): its imports overlap the wait for the SuperLink."""
+        if self._env is not None:
+            return self
         home = self.work_dir / f"{self.name}-home"
         home.mkdir(parents=True, exist_ok=True)
         env = child_environment({"FLWR_HOME": str(home), **self.extra_env})
         if self.warm_preload is not None:
             env = self._start_warm_starter(env)
+        self._env = env
+        return self
+
+    def wait_for_superlink(self, timeout_s: float, give_up: Callable[[], bool] = lambda: False) -> bool:
+        """Wait until the SuperLink accepts connections (Flower's own retries back off up to 20 s)."""
+        host, _, port = self.superlink_address.rpartition(":")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not give_up():
+            if port_open(host.strip("[]"), int(port)):
+                return True
+            time.sleep(0.3)
+        return False
+
+    def start(self) -> SuperNode:
+        env = self.prepare()._env
+        assert env is not None
         node_config_file = write_toml(self.work_dir / f"{self.name}-node-config.toml", dict(self.node_config))
         flower_binary("flower-supernode")  # fail early and clearly when Flower is missing
         command = [

@@ -21,6 +21,7 @@ NUM_EXAMPLES = "num-examples"  # FedAvg weight: training examples behind the rep
 EVAL_EXAMPLES = "eval-examples"
 LOSS = "loss"
 ACCURACY = "accuracy"
+FIT_SECONDS = "fit-seconds"  # train replies: how long the learner's fit_model took
 ROUND_LOSSES = "round-losses"  # cluster replies: the cluster's per-round metrics of this cycle
 ROUND_ACCURACIES = "round-accuracies"
 

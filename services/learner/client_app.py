@@ -68,7 +68,7 @@ def train(message: Message, context: Context) -> Message:
     metrics: dict[str, MetricRecordValues] = {
         p.NUM_EXAMPLES: examples,
         **_evaluate(manager),
-        "fit-seconds": fit_seconds,
+        p.FIT_SECONDS: fit_seconds,
     }
     content = RecordDict(
         {

@@ -26,6 +26,7 @@ from services.fl_runtime.reporter import Reporter
 log = logging.getLogger("flops.learner")
 
 DATA_SERVER_WAIT_S = 30.0
+SUPERLINK_WAIT_S = 600.0  # then the SuperNode keeps retrying by itself
 # Imported once by the warm ClientApp starter: the FLOps ClientApp and the user's model code.
 WARM_PRELOAD = ["services.learner.client_app", "model_manager"]
 POLL_S = 0.3
@@ -73,11 +74,14 @@ class LearnerService:
             return 0
         for kind in (TopicKind.RESULT, TopicKind.CONTROL):
             self.reporter.subscribe(topic(config.project_id, kind), self._on_message)
-        self.supernode = self._supernode().start()
-        rows = sum(present.values())
-        self.reporter.event(f"learner on node {config.node}: {rows} rows for tags {sorted(present)}, "
-                            f"joining {config.aggregator_address}")  # fmt: skip
+        self.supernode = self._supernode().prepare()
         try:
+            self.supernode.wait_for_superlink(SUPERLINK_WAIT_S, self.finished.is_set)
+            if not self.finished.is_set():
+                self.supernode.start()
+                rows = sum(present.values())
+                self.reporter.event(f"learner on node {config.node}: {rows} rows for tags {sorted(present)}, "
+                                    f"joining {config.aggregator_address}")  # fmt: skip
             while not self.finished.is_set():
                 if not self.supernode.alive():
                     self.reporter.failed(
