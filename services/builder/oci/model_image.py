@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
@@ -94,7 +95,18 @@ class ModelImageResult:
         return not self.image.built
 
 
-def serving_requirements(lines: Sequence[str]) -> list[str]:
+def flavor_extras(model_dir: Path) -> list[str]:
+    """Packages a model's serialization needs that MLflow may leave out of requirements.txt."""
+    try:
+        document = yaml.safe_load((model_dir / "MLmodel").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    sklearn = (document.get("flavors") or {}).get("sklearn") or {}
+    serialization = str(sklearn.get("serialization_format", "")).lower()
+    return [name for name in ("skops", "cloudpickle") if name == serialization]
+
+
+def serving_requirements(lines: Sequence[str], extras: Sequence[str] = ()) -> list[str]:
     """A model's ``requirements.txt`` for serving: mlflow -> mlflow-skinny (same version) plus pandas."""
     result: list[str] = []
     for raw in lines:
@@ -112,7 +124,7 @@ def serving_requirements(lines: Sequence[str]) -> list[str]:
     names = {canonicalize_name(Requirement(line).name) for line in result}
     if "mlflow-skinny" not in names:
         result.append(next(line for line in runtime_requirements() if line.startswith("mlflow-skinny")))
-    result += [extra for extra in ("pandas", "uvicorn") if extra not in names]
+    result += [extra for extra in ("pandas", "uvicorn", *extras) if extra not in names]
     return result
 
 
@@ -199,7 +211,7 @@ def build_model_image(
             model_dir = download_model(model_uri, tracking_uri, work / "download")
             requirements_file = model_dir / "requirements.txt"
             lines = requirements_file.read_text().splitlines() if requirements_file.is_file() else []
-            requirements = serving_requirements(lines)
+            requirements = serving_requirements(lines, flavor_extras(model_dir))
             record.detail = f"{model_uri}: {', '.join(requirements)}"
         if base_image:
             base_identity = base_image
