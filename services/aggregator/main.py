@@ -53,9 +53,12 @@ class AggregatorService:
         self.root_link: SuperNode | None = None
 
     # -- entry -------------------------------------------------------------------
-    def run(self) -> int:
+    def listen(self) -> None:
+        """Subscribe before reporting ``started``: a stop sent after that is never missed."""
         for kind in (TopicKind.CONTROL, TopicKind.RESULT, TopicKind.STATUS):
             self.reporter.subscribe(topic(self.config.project_id, kind), self._on_message)
+
+    def run(self) -> int:
         try:
             outcome = self._train()
             if outcome is not None and outcome.ok and self.config.role == "cluster":
@@ -206,8 +209,9 @@ def main() -> None:
     config = load_config(AggregatorConfig)
     reporter = Reporter(config.mqtt, config.project_id, sender_name(config), "aggregator").connect()
     role = f"{config.role} aggregator" + (f" of cluster {config.cluster}" if config.cluster else "")
-    reporter.started(f"{role} on {config.bind_host}:{config.port}")
     service = AggregatorService(config, reporter)
+    service.listen()
+    reporter.started(f"{role} on {config.bind_host}:{config.port}")
     signal.signal(signal.SIGTERM, _raise_stop)
     try:
         code = service.run()

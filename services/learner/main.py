@@ -62,6 +62,11 @@ class LearnerService:
             self.finish_reason = "stop requested"
             self.finished.set()
 
+    def listen(self) -> None:
+        """Subscribe before reporting ``started``: a stop sent after that is never missed."""
+        for kind in (TopicKind.RESULT, TopicKind.CONTROL):
+            self.reporter.subscribe(topic(self.config.project_id, kind), self._on_message)
+
     def run(self) -> int:
         config = self.config
         try:
@@ -72,8 +77,6 @@ class LearnerService:
         if not present:
             self.reporter.no_data(f"no data for tags [{', '.join(config.data_tags)}] on node {config.node}")
             return 0
-        for kind in (TopicKind.RESULT, TopicKind.CONTROL):
-            self.reporter.subscribe(topic(config.project_id, kind), self._on_message)
         self.supernode = self._supernode().prepare()
         try:
             self.supernode.wait_for_superlink(SUPERLINK_WAIT_S, self.finished.is_set)
@@ -128,8 +131,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(LearnerConfig)
     reporter = Reporter(config.mqtt, config.project_id, sender_name(config), "learner").connect()
-    reporter.started(f"node {config.node}")
     service = LearnerService(config, reporter)
+    service.listen()
+    reporter.started(f"node {config.node}")
     signal.signal(signal.SIGTERM, _raise_stop)
     try:
         code = service.run()
