@@ -1,0 +1,209 @@
+"""Example-weighted FedAvg throughput: FLOps's round aggregation against Flower's own, same arrays.
+
+In process, no services. For each model size, every client's parameters are random
+float32 arrays and its weight a random example count. Contenders:
+
+- ``flops``: what ``services.aggregator.rounds.FederatedRounds.train_round`` does with the
+  learners' reply Messages: Flower's Message-API ``FedAvg.aggregate_train`` (reply checks,
+  ArrayRecord and MetricRecord averaging), then the result decoded and cast back to the
+  model's dtypes (``protocol.from_arrays`` + ``protocol.like``);
+- ``flwr-arrayrecords``: the bare Message-API averaging, ``aggregate_arrayrecords`` on the
+  replies' RecordDicts (no checks, no metrics, result left as an ArrayRecord);
+- ``flwr-inplace``: legacy ``aggregate_inplace`` on ``FitRes`` (decodes ``Parameters`` bytes;
+  the legacy FedAvg's default);
+- ``flwr-aggregate+decode``: the legacy FedAvg with ``inplace=False``: ``parameters_to_ndarrays``
+  per client, then ``flwr.server.strategy.aggregate.aggregate``;
+- ``flwr-aggregate``: ``aggregate`` alone on already decoded NDArrays;
+- ``numpy``: a weighted sum into one accumulator per layer on decoded arrays (a floor).
+
+MB/s counts the client parameters read: clients x model bytes / time (MB = 10^6 bytes).
+
+    .venv/bin/python benchmarks/fedavg_throughput.py [--clients 10] [--min-seconds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict  # noqa: E402
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays  # noqa: E402
+from flwr.server.strategy.aggregate import aggregate, aggregate_inplace  # noqa: E402
+from flwr.serverapp import Grid  # noqa: E402
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords  # noqa: E402
+
+from benchmarks.common import print_json, print_table  # noqa: E402
+from services.aggregator.rounds import FederatedRounds  # noqa: E402
+from services.fl_runtime import protocol as p  # noqa: E402
+
+MODELS: dict[str, list[tuple[int, ...]]] = {
+    # the sklearn example: LogisticRegression on 8x8 digits (coef_, intercept_), 650 parameters
+    "digits-logreg": [(10, 64), (10,)],
+    # an MLP 784-1024-192-10: 1,002,570 parameters (4.0 MB in float32)
+    "mlp-1M": [(784, 1024), (1024,), (1024, 192), (192,), (192, 10), (10,)],
+}
+Arrays = list[np.ndarray]
+Result = Arrays | ArrayRecord  # the bare Message-API average stays an ArrayRecord
+
+
+@dataclass
+class Inputs:
+    reference: Arrays  # the global model the round started from (dtypes to keep)
+    clients: list[Arrays]
+    examples: list[int]
+    replies: list[Message]  # as the ServerApp receives them from learners
+    fit_results: list[tuple[Any, FitRes]]  # as a legacy strategy receives them
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(array.nbytes for arrays in self.clients for array in arrays)
+
+
+def reply(arrays: Arrays, examples: int, node: int) -> Message:
+    """A learner's train reply with the records services.learner.client_app puts in it."""
+    metrics = MetricRecord({p.NUM_EXAMPLES: examples, p.LOSS: 0.5, p.ACCURACY: 0.9, p.EVAL_EXAMPLES: 100,
+                            p.FIT_SECONDS: 0.01})  # fmt: skip
+    info = ConfigRecord({p.NODE: f"node-{node}", p.CLUSTER: ""})
+    content = RecordDict({p.ARRAYS: p.to_arrays(arrays), p.METRICS: metrics, p.INFO: info})
+    # The metadata a reply has after the SuperLink delivered it (set directly: no Flower run here).
+    metadata = Metadata(run_id=1, message_id=f"reply-{node}", src_node_id=node, dst_node_id=0,
+                        reply_to_message_id=f"train-{node}", group_id="1", created_at=time.time(), ttl=3600.0,
+                        message_type=MessageType.TRAIN)  # fmt: skip
+    return Message(content=content, metadata=metadata)  # type: ignore[call-overload]  # how Flower rebuilds replies
+
+
+def make_inputs(shapes: list[tuple[int, ...]], clients: int, rng: np.random.Generator) -> Inputs:
+    reference = [rng.standard_normal(shape, dtype=np.float32) for shape in shapes]
+    arrays = [[rng.standard_normal(shape, dtype=np.float32) for shape in shapes] for _ in range(clients)]
+    examples = [int(n) for n in rng.integers(50, 1000, size=clients)]
+    ok = Status(code=Code.OK, message="")
+    pairs = list(zip(arrays, examples, strict=True))
+    return Inputs(
+        reference=reference,
+        clients=arrays,
+        examples=examples,
+        replies=[reply(a, n, node) for node, (a, n) in enumerate(pairs, start=1)],
+        fit_results=[(None, FitRes(ok, ndarrays_to_parameters(a), n, {})) for a, n in pairs],
+    )
+
+
+def flops_aggregation(inputs: Inputs) -> Arrays:
+    # FederatedRounds builds no connection in its constructor; only its strategy is used here.
+    rounds = FederatedRounds(cast(Grid, None), min_available=1, min_fit=1, min_evaluate=1, timeout_s=1.0)
+    aggregated, _ = rounds.strategy.aggregate_train(1, inputs.replies)
+    assert aggregated is not None
+    return p.like(p.from_arrays(aggregated), inputs.reference)
+
+
+def flwr_arrayrecords(inputs: Inputs) -> ArrayRecord:
+    return aggregate_arrayrecords([message.content for message in inputs.replies], p.NUM_EXAMPLES)
+
+
+def flwr_aggregate_decoding(inputs: Inputs) -> Arrays:
+    """The legacy FedAvg with ``inplace=False``: decode every client's Parameters, then average."""
+    return aggregate([(parameters_to_ndarrays(fit.parameters), fit.num_examples) for _, fit in inputs.fit_results])
+
+
+def flwr_aggregate(inputs: Inputs) -> Arrays:
+    return aggregate(list(zip(inputs.clients, inputs.examples, strict=True)))
+
+
+def flwr_inplace(inputs: Inputs) -> Arrays:
+    return aggregate_inplace(inputs.fit_results)
+
+
+def numpy_floor(inputs: Inputs) -> Arrays:
+    total = float(sum(inputs.examples))
+    result = [layer * np.float32(inputs.examples[0] / total) for layer in inputs.clients[0]]
+    for arrays, examples in zip(inputs.clients[1:], inputs.examples[1:], strict=True):
+        factor = np.float32(examples / total)
+        for accumulator, layer in zip(result, arrays, strict=True):
+            accumulator += layer * factor
+    return result
+
+
+CONTENDERS: dict[str, Callable[[Inputs], Result]] = {
+    "flops": flops_aggregation,
+    "flwr-arrayrecords": flwr_arrayrecords,
+    "flwr-inplace": flwr_inplace,
+    "flwr-aggregate+decode": flwr_aggregate_decoding,
+    "flwr-aggregate": flwr_aggregate,
+    "numpy": numpy_floor,
+}
+
+
+def expected(inputs: Inputs) -> Arrays:
+    weights = np.asarray(inputs.examples, dtype=np.float64) / sum(inputs.examples)
+    return [
+        sum(w * np.asarray(client[i], dtype=np.float64) for w, client in zip(weights, inputs.clients, strict=True))
+        for i in range(len(inputs.reference))
+    ]  # type: ignore[misc]
+
+
+def check(name: str, result: Result, inputs: Inputs) -> None:
+    """Every contender must compute the same example-weighted mean (float32 tolerance)."""
+    arrays = p.from_arrays(result) if isinstance(result, ArrayRecord) else result
+    for got, want in zip(arrays, expected(inputs), strict=True):
+        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+            raise AssertionError(f"{name} computed a different average")
+
+
+def timed(function: Callable[[Inputs], Result], inputs: Inputs, min_seconds: float, min_runs: int) -> list[float]:
+    function(inputs)  # warm-up
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - started < min_seconds:
+        begin = time.perf_counter()
+        function(inputs)
+        times.append(time.perf_counter() - begin)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
+    parser.add_argument("--min-seconds", type=float, default=1.0, help="time each contender for at least this long")
+    parser.add_argument("--min-runs", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.getLogger("flwr").setLevel(logging.WARNING)  # aggregate_train logs every call at INFO
+
+    rng = np.random.default_rng(args.seed)
+    figures: dict[str, Any] = {}
+    for model in args.models:
+        inputs = make_inputs(MODELS[model], args.clients, rng)
+        rows: list[list[object]] = []
+        figures[model] = {"parameters": sum(a.size for a in inputs.reference), "bytes_read": inputs.bytes_read}
+        for name, function in CONTENDERS.items():
+            check(name, function(inputs), inputs)
+            times = timed(function, inputs, args.min_seconds, args.min_runs)
+            median = statistics.median(times)
+            mb_per_s = inputs.bytes_read / median / 1e6
+            figures[model][name] = {"ms_median": round(median * 1000, 4), "ms_min": round(min(times) * 1000, 4),
+                                    "mb_per_s": round(mb_per_s, 1), "runs": len(times)}  # fmt: skip
+            rows.append([name, median * 1000, min(times) * 1000, mb_per_s, len(times)])
+        flops_ms = figures[model]["flops"]["ms_median"]
+        for row in rows:
+            row.append(f"{flops_ms / figures[model][str(row[0])]['ms_median']:.2f}x")
+        title = (f"FedAvg, {model}: {figures[model]['parameters']:,} float32 parameters x {args.clients} clients "
+                 f"({inputs.bytes_read / 1e6:.2f} MB read per aggregation)")  # fmt: skip
+        print_table(["contender", "ms median", "ms min", "MB/s", "runs", "flops time / this"], rows, title)
+    print_json("fedavg_throughput", {"clients": args.clients, **figures})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
