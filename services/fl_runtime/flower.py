@@ -243,8 +243,5 @@ class FlowerControl:
         runs = answer.get("runs") or []
         return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
-    def stop_run(self, run_id: int) -> None:
-        self._flwr("stop", str(run_id), CONNECTION_NAME)
 
-
-__all__ = ["FlowerControl", "FlowerError", "SuperLink", "SuperNode", "connect_host", "port_open", "write_toml"]
+__all__ = ["FlowerControl", "FlowerError", "SuperLink", "SuperNode", "connect_host", "write_toml"]
