@@ -36,7 +36,7 @@ from services.builder.oci.app_images import app_names, app_tag, build_app_images
 from services.builder.oci.base_image import BaseImage, BaseSettings, ensure_base
 from services.builder.oci.deps_image import build_deps, deps_name, runtime_constraints
 from services.builder.oci.engine import ContainerEngine, EngineSettings
-from services.builder.oci.images import Compression, EnsuredImage, ImageStore
+from services.builder.oci.images import FAST_COMPRESSION_LEVEL, Compression, EnsuredImage, ImageStore
 from services.builder.oci.naming import ImageName, repo_slug, tag_of
 from services.builder.oci.platforms import Platform, check_platforms
 from services.builder.oci.python_env import PackageIndex
@@ -54,6 +54,7 @@ class OciSettings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     base: BaseSettings = field(default_factory=BaseSettings)
     compression: Compression = "gzip"
+    compression_level: int | None = FAST_COMPRESSION_LEVEL  # None: the tool's default level
     index: PackageIndex | None = None  # default: the host's PIP_INDEX_URL / PIP_EXTRA_INDEX_URL, else PyPI
 
     @classmethod
@@ -95,7 +96,7 @@ class _Images:
         self.settings = settings
         self.engine = engine
         self.steps = steps
-        self.store = ImageStore(engine, settings.registry, settings.compression)
+        self.store = ImageStore(engine, settings.registry, settings.compression, settings.compression_level)
         self.project = repo_slug(config.repo_url)
 
     def base(self, platform: Platform, platforms: list[Platform]) -> BaseImage:
