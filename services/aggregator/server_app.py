@@ -44,23 +44,21 @@ def serve(grid: Grid, config: AggregatorConfig) -> RunOutcome:
     """Run the configured role; always leaves an outcome in the work dir."""
     log_to_file(Path(config.work_dir) / "server_app.log")
     session = ServerSession(config)
-    session.reporter.connect()
     alive = AliveSignal(config.work_dir).start()
     try:
+        session.reporter.connect()
         outcome = ROLES[config.role](grid, session)
+        session.tracker.finish(ok=True)
     except Exception as error:
         reason = one_line(error if str(error) else type(error).__name__)
         log.exception("ServerApp (%s) failed: %s", config.role, reason)
         session.tracker.finish(ok=False)
-        outcome = RunOutcome(ok=False, reason=reason, mlflow_run_id=session.tracker.run_id)
-        write_outcome(config.work_dir, outcome)
-        session.reporter.close()
+        write_outcome(config.work_dir, RunOutcome(ok=False, reason=reason, mlflow_run_id=session.tracker.run_id))
         raise
     finally:
         alive.stop()
-    session.tracker.finish(ok=True)
+        session.reporter.close()
     write_outcome(config.work_dir, outcome)
-    session.reporter.close()
     return outcome
 
 
