@@ -133,6 +133,13 @@ class Bench:
             raise BenchmarkError(f"project {project_id} {project['status']}: {project['error']}")
         return project
 
+    def stop(self, project_id: str, timeout: float = 180) -> dict[str, Any]:
+        """DELETE the project (its services are undeployed) and wait until it has finished."""
+        answer = self.stack.api("DELETE", f"/api/flops/projects/{project_id}")
+        if answer.status_code != 200:
+            raise BenchmarkError(f"cannot stop project {project_id}: {answer.status_code} {answer.text[:300]}")
+        return self.stack.wait(project_id, timeout)
+
     def push_digits(self, tag: str, partitions: int) -> None:
         pushed = self.stack.push_mocks(tag, partitions)
         if sum(pushed["partitions"].values()) != 1797:

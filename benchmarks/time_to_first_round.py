@@ -8,7 +8,10 @@ is started before the cold project (``GET /api/flops/tracking``, timed separatel
 so cold and warm differ by the cache only; ``--cold-observatory`` leaves it to the
 cold project instead.
 
-    .venv/bin/python benchmarks/time_to_first_round.py [--rounds 1] [--learners 2]
+Each project is stopped (DELETE) after its first round, which keeps the run short;
+``--complete`` lets it finish instead (and checks it COMPLETED).
+
+    .venv/bin/python benchmarks/time_to_first_round.py [--learners 2] [--complete]
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from flops_utils.mqtt_catalogue import (  # noqa: E402
 PHASES = ("observatory", "project_app", "observer", "build", "training")
 MILESTONES = ("aggregator started", "learners started", "learners connected")
 TAG = "bench-ttfr"
+ROUNDS = 1  # the project is stopped after it (during final evaluation and model logging) unless --complete
 
 
 def phase_starts(bench: Bench, project_id: str, posted_wall: float) -> dict[str, float | None]:
@@ -73,14 +77,18 @@ def training_milestones(bench: Bench, project_id: str, posted: float, learners: 
     }
 
 
-def one_project(bench: Bench, label: str, rounds: int, learners: int, timeout: float) -> dict[str, Any]:
+def one_project(bench: Bench, label: str, learners: int, timeout: float, complete: bool) -> dict[str, Any]:
     note(f"{label}: submitting the sklearn example ...")
     posted_wall, posted = time.time(), time.monotonic()
-    project_id = bench.stack.submit(classic_sklearn_sla(TAG, rounds, learners))
+    project_id = bench.stack.submit(classic_sklearn_sla(TAG, ROUNDS, learners))
     built = bench.await_message(project_id, BuildResult, timeout)
     first = bench.await_message(project_id, TrainingProgress, timeout, lambda m: m.cluster is None and m.round >= 1)
-    note(f"{label}: first round after {first.at - posted:.1f} s; waiting for the project to finish ...")
-    project = bench.complete(project_id)
+    if complete:
+        note(f"{label}: first round after {first.at - posted:.1f} s; waiting for the project to finish ...")
+        project = bench.complete(project_id)
+    else:
+        note(f"{label}: first round after {first.at - posted:.1f} s; stopping the project ...")
+        project = bench.stop(project_id)
     note(f"{label}: {project['status']} {time.monotonic() - first.at:.1f} s after the first round")
     build = project["build"]
     return {
@@ -118,10 +126,11 @@ def print_report(figures: dict[str, Any], learners: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=1, help="training rounds per project (only the first is timed)")
     parser.add_argument("--learners", type=int, default=2, help="learner nodes (data partitions)")
     parser.add_argument("--cold-observatory", action="store_true",
                         help="do not start the MLflow tracking server before the cold project")  # fmt: skip
+    parser.add_argument("--complete", action="store_true",
+                        help="let each project finish (final evaluation, model logging); default: stop it")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=420.0, help="seconds to wait for each message")
     parser.add_argument("--work-dir", type=Path, help="keep state, logs and cache here (default: a temporary dir)")
     args = parser.parse_args()
@@ -136,7 +145,7 @@ def main() -> int:
                 bench.stack.api("GET", "/api/flops/tracking").raise_for_status()
                 figures["observatory_start_s"] = round(time.monotonic() - started, 3)
             for label in ("cold", "warm"):
-                figures[label] = one_project(bench, label, args.rounds, args.learners, args.timeout)
+                figures[label] = one_project(bench, label, args.learners, args.timeout, args.complete)
     except BenchmarkError as error:
         print(f"time_to_first_round: {error}", file=sys.stderr)
         return 1
