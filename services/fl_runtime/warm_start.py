@@ -142,6 +142,19 @@ def _exit_code(status: int) -> int:
     return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else 1
 
 
+def _remove_on_exit(socket_path: Path) -> None:
+    """Leave no socket (or private temp dir) behind when stopped with SIGTERM."""
+
+    def stop(signum: int, _frame: object) -> None:
+        socket_path.unlink(missing_ok=True)
+        if socket_path.parent.name.startswith("flops-warm-"):
+            with contextlib.suppress(OSError):
+                socket_path.parent.rmdir()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def serve(socket_path: Path, preload: list[str]) -> None:
     for module in preload:
         try:
@@ -156,6 +169,7 @@ def serve(socket_path: Path, preload: list[str]) -> None:
     listener.bind(str(scratch))
     listener.listen(32)
     os.replace(scratch, socket_path)  # appears only when ready
+    _remove_on_exit(socket_path)
     log.info("warm ClientApp starter ready on %s (preloaded %s)", socket_path, ", ".join(preload) or "nothing")
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
