@@ -66,6 +66,7 @@ _RUNNING = ("running", "restarting", "paused")
 _NOT_STARTED = ("created", "configured", "initialized")
 _PYTHON_PATH = re.compile(r"^/.*/python[0-9.]*$")
 _API_ERRORS = (docker.errors.DockerException, requests.RequestException)
+_LOG_ATTEMPTS = 10
 
 
 def _api_error(action: str, error: Exception) -> AdapterError:
@@ -84,9 +85,21 @@ def _entrypoint(command: tuple[str, ...]) -> list[str] | None:
     return [first, *command[1:]]
 
 
+def _read_logs(container: Any, tail: int) -> str:
+    """The last ``tail`` lines; an empty answer is asked again briefly, as conmon may still be
+    writing a just-ended container's last output when the engine already reports the exit."""
+    text = ""
+    for attempt in range(_LOG_ATTEMPTS):
+        text = str(container.logs(tail=tail).decode("utf-8", errors="replace"))
+        if text.strip() or attempt == _LOG_ATTEMPTS - 1:
+            break
+        time.sleep(0.3)
+    return text
+
+
 def _last_log_line(container: Any, limit: int = 300) -> str:
     try:
-        tail = container.logs(tail=20).decode("utf-8", errors="replace")
+        tail = _read_logs(container, 20)
     except _API_ERRORS:
         return ""
     lines = [line.strip() for line in tail.splitlines() if line.strip()]
@@ -286,7 +299,7 @@ class ContainerAdapter(OrchestratorAdapter):
         options: dict[str, Any] = {}
         if self.settings.enforce_resources:
             memory = max(spec.resources.memory_mb, self.settings.min_memory_mb)
-            options["mem_limit"] = f"{memory}m"
+            options["mem_limit"] = options["memswap_limit"] = f"{memory}m"  # no swap beyond the limit
             options["nano_cpus"] = int(spec.resources.vcpus * 1_000_000_000)
         entrypoint = _entrypoint(spec.command)
         if entrypoint is not None:
@@ -400,7 +413,7 @@ class ContainerAdapter(OrchestratorAdapter):
         for container in self._service_containers(app, service_id):
             if container.labels.get(LABEL_INDEX) == str(index):
                 try:
-                    return str(container.logs(tail=tail).decode("utf-8", errors="replace"))
+                    return _read_logs(container, tail)
                 except _API_ERRORS as error:
                     raise _api_error(f"cannot read the logs of {container.name}", error) from None
         return ""

@@ -28,7 +28,7 @@ from services.builder.errors import BuildError
 from services.builder.oci.engine import ContainerEngine, EngineSettings, default_root, find_tool
 
 API_VERSION = "1.41"
-SERVICE_START_TIMEOUT_S = 60.0
+SERVICE_START_TIMEOUT_S = 120.0
 
 
 def _socket_path(state_dir: Path) -> Path:

@@ -32,6 +32,7 @@ BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 RECIPE_VERSION = 1
 DEBOOTSTRAP_TIMEOUT_S = 1200.0
+DEBOOTSTRAP_ATTEMPTS = 2
 _TRIMMED = ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/man", "usr/share/info", "usr/share/locale")
 _SOURCES_DIR = Path("/etc/apt")
 
@@ -123,16 +124,19 @@ def build_debootstrap_base(engine: ContainerEngine, settings: BaseSettings, plat
         mirror = settings.mirror or debian_mirror(settings.suite)
         cache = engine.root / "debootstrap-cache" / platform.debian_architecture
         cache.mkdir(parents=True, exist_ok=True)
-        try:
-            engine.run("debootstrap", [
-                "--variant=minbase", f"--arch={platform.debian_architecture}",
-                f"--include={','.join(settings.packages)}", f"--cache-dir={cache}",
-                settings.suite, str(rootfs), mirror,
-            ], timeout=DEBOOTSTRAP_TIMEOUT_S, what=f"debootstrap {settings.suite} from {mirror}")
-        except EngineError as error:
-            log = rootfs / "debootstrap" / "debootstrap.log"
-            hint = f" (see {log})" if log.is_file() else ""
-            raise BuildError(f"{error}{hint}") from None
+        for attempt in range(1, DEBOOTSTRAP_ATTEMPTS + 1):
+            try:
+                engine.run("debootstrap", [
+                    "--variant=minbase", f"--arch={platform.debian_architecture}",
+                    f"--include={','.join(settings.packages)}", f"--cache-dir={cache}",
+                    settings.suite, str(rootfs), mirror,
+                ], timeout=DEBOOTSTRAP_TIMEOUT_S, what=f"debootstrap {settings.suite} from {mirror}")
+                break
+            except EngineError as error:
+                # A dropped download fails the whole run; the packages fetched so far stay in the cache dir.
+                if attempt == DEBOOTSTRAP_ATTEMPTS:
+                    raise BuildError(f"{error} (after {attempt} attempts)") from None
+                shutil.rmtree(rootfs, ignore_errors=True)
         _trim(rootfs)
         archive = work / "rootfs.tar"
         engine.run("tar", ["--numeric-owner", "-C", str(rootfs), "-cf", str(archive), "."], timeout=600,

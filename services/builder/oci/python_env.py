@@ -35,6 +35,7 @@ IMAGE_ENVIRONMENT: dict[str, str] = {
     "GIT_PYTHON_REFRESH": "quiet",  # mlflow imports GitPython; images have no git
 }
 INSTALL_TIMEOUT_S = 1800.0
+INSTALL_ATTEMPTS = 2
 _BUILD_MOUNT = "/flops-build"
 _TOOLS_MOUNT = "/flops-tools"
 _PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
@@ -148,7 +149,10 @@ def install_requirements(
         for key, value in sorted(env.items()):
             args += ["--env", f"{key}={value}"]
         args += [container, "--", "sh", "-c", _install_script(uv is not None, index)]
-        outcome = engine.run("buildah", args, timeout=timeout, check=False)
+        for _attempt in range(INSTALL_ATTEMPTS):  # a second try for a dropped connection (uv retries requests too)
+            outcome = engine.run("buildah", args, timeout=timeout, check=False)
+            if outcome.ok or outcome.timed_out:
+                break
     if outcome.timed_out:
         raise BuildError(f"installing the Python requirements took longer than {timeout:g} s")
     if not outcome.ok:
