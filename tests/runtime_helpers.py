@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,15 +26,11 @@ from flops_utils.data_client import DataServerClient, from_numpy
 from flops_utils.mqtt_catalogue import FlopsMessage, project_filter
 from flops_utils.mqtt_link import MqttLink
 from flops_utils.service_config import (
-    AggregatorConfig,
     DataServerConfig,
     LearnerConfig,
     MqttSettings,
-    TrackingConfig,
-    TrainingSettings,
 )
 from services.fl_runtime.flower_app import flower_app_pyproject
-from tests.helpers import free_port
 
 MODEL_MANAGER = '''
 """A small digits classifier (sklearn logistic regression) for the runtime tests."""
@@ -228,72 +223,6 @@ def _data_server_address(service: Service) -> str:
 def push_digits(address: str, tag: str, x: np.ndarray, y: np.ndarray) -> None:
     with DataServerClient(address) as client:
         client.put(tag, from_numpy(x, y))
-
-
-def mlflow_healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=3) as response:  # noqa: S310
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-class MlflowServer:
-    """An ``mlflow server`` process that gets healthy in the background (~15-40 s)."""
-
-    def __init__(self, services: Services, root: Path) -> None:
-        port = free_port()
-        config = TrackingConfig(
-            customer="runtime-tests",
-            backend_store_uri=f"sqlite:///{root / 'mlflow.db'}",
-            artifacts_destination=str(root / "artifacts"),
-            port=port,
-        )
-        self.address = f"http://127.0.0.1:{port}"
-        self.service = services.start("mlflow", "services.observer.tracking_server", config)
-        self._healthy = False
-
-    @property
-    def url(self) -> str:
-        """The tracking URI, once the server answers /health."""
-        deadline = time.monotonic() + 150
-        while not self._healthy:
-            self._healthy = mlflow_healthy(self.address)
-            if self._healthy:
-                break
-            if not self.service.alive():
-                raise AssertionError(f"mlflow server exited: {self.service.log()[-2000:]}")
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"mlflow server not healthy after 150 s: {self.service.log()[-2000:]}")
-            time.sleep(0.5)
-        return self.address
-
-
-# -- configs --------------------------------------------------------------------------
-def aggregator_config(
-    project_id: str,
-    mqtt: MqttSettings,
-    app_dir: Path,
-    work_dir: Path,
-    training: TrainingSettings,
-    tracking_uri: str | None,
-    **extra: object,
-) -> AggregatorConfig:
-    values: dict[str, object] = {
-        "project_id": project_id,
-        "mqtt": mqtt,
-        "training": training,
-        "flavor": "sklearn",
-        "app_dir": str(app_dir),
-        "port": free_port(),
-        "tracking_uri": tracking_uri,
-        "experiment_name": project_id,
-        "registered_model_name": project_id,
-        "params": {"project": project_id},
-        "work_dir": str(work_dir),
-    }
-    values.update(extra)
-    return AggregatorConfig.model_validate(values)
 
 
 def learner_config(

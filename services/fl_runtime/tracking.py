@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+REGISTER_ATTEMPTS = 6
 
 # Bound MLflow's own HTTP retries so a dead tracking server fails a call in seconds, not minutes.
 _MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
@@ -131,7 +132,7 @@ class Tracker:
         if self.run_id is None:
             raise TrackingError("no MLflow run")
         module = _flavor_module(flavor)
-        kwargs: dict[str, Any] = {"name": MODEL_ARTIFACT, "registered_model_name": registered_model_name}
+        kwargs: dict[str, Any] = {"name": MODEL_ARTIFACT}
         if hasattr(module, "get_default_pip_requirements"):
             kwargs["pip_requirements"] = module.get_default_pip_requirements()  # skips slow inference
         if _needs_user_code(model, flavor):
@@ -143,12 +144,24 @@ class Tracker:
             info = module.log_model(**{first: model}, **kwargs)
         except Exception as error:
             raise TrackingError(f"MLflow could not log the {flavor} model: {_short(error)}") from None
-        version = getattr(info, "registered_model_version", None)
+        version = self._register(str(info.model_uri), registered_model_name) if registered_model_name else None
         return LoggedModel(
             model_uri=str(info.model_uri),
             registered_model=registered_model_name if version is not None else None,
-            registered_version=str(version) if version is not None else None,
+            registered_version=version,
         )
+
+    def _register(self, model_uri: str, name: str, attempts: int = REGISTER_ATTEMPTS) -> str:
+        """Register with retries: a busy SQLite backend answers 500 ('database is locked') under load."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return str(self._mlflow.register_model(model_uri, name).version)
+            except Exception as error:
+                if attempt == attempts:
+                    raise TrackingError(f"MLflow could not register the model as {name}: {_short(error)}") from None
+                log.warning("model registration attempt %d failed, retrying: %s", attempt, _short(error))
+                time.sleep(2.0 * attempt)
+        raise AssertionError("unreachable")
 
     def finish(self, ok: bool) -> None:
         if self.run_id is None:
