@@ -36,6 +36,7 @@ from tests.adapter_contract import (
     SpecFactory,
     python_command,
 )
+from tests.helpers import wait_until
 
 if TYPE_CHECKING:
     from services.builder.oci import EnsuredImage
@@ -171,7 +172,9 @@ def test_pulls_use_the_registry_credentials(container_adapter: ContainerAdapter,
         service = container_adapter.add_service(app, python_spec("allowed", reference, "print('pulled and ran')"))
         container_adapter.deploy_service(app, service)
         assert wait_service(container_adapter, app, service).state is ServiceState.SUCCEEDED
-        assert "pulled and ran" in container_adapter.logs(app, service)
+        # podman may flush an exited container's log file a moment after the exit is visible
+        assert wait_until(lambda: "pulled and ran" in container_adapter.logs(app, service), 20), \
+            container_adapter.logs(app, service)
     finally:
         container_adapter.delete_app(app)
 
