@@ -9,17 +9,13 @@ so several adapter objects - or processes - on one state directory stay consiste
 
 from __future__ import annotations
 
-import fcntl
-import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, TypeAdapter
 
 from orchestrator_adapters.base import AppKind, AppRef, ServiceSpec
+from orchestrator_adapters.state_file import JsonStateFile
 
 _SPEC_ADAPTER: TypeAdapter[ServiceSpec] = TypeAdapter(ServiceSpec)
 
@@ -89,50 +85,10 @@ class LocalState(BaseModel):
         return set(self.endpoints.values()) | {record.port for record in self.data_servers.values()}
 
 
-class StateFile:
+class StateFile(JsonStateFile[LocalState]):
     """Locked access to ``state.json``; no I/O until the first read or update."""
 
     def __init__(self, directory: Path) -> None:
-        self.path = directory / "state.json"
-        self._lock_path = directory / "state.lock"
-        self._thread_lock = threading.RLock()
-        self._depth = 0  # guarded by _thread_lock
+        super().__init__(directory, LocalState)
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with self._thread_lock:
-            if self._depth:  # nested in this thread: the file lock is already ours
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self._lock_path, "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                self._depth = 1
-                try:
-                    yield
-                finally:
-                    self._depth = 0
-                    fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _load(self) -> LocalState:
-        if not self.path.exists():
-            return LocalState()
-        return LocalState.model_validate_json(self.path.read_text())
-
-    def read(self) -> LocalState:
-        with self._locked():
-            return self._load()
-
-    @contextmanager
-    def update(self) -> Iterator[LocalState]:
-        """Yield the current state; what the block changes is saved when it ends without error."""
-        with self._locked():
-            state = self._load()
-            yield state
-            temporary = self.path.with_suffix(".json.tmp")
-            temporary.write_text(state.model_dump_json(indent=1))
-            os.replace(temporary, self.path)
