@@ -14,6 +14,10 @@ Behaves like the local adapter, with images instead of commands:
   server per learner node on this host (the containers share the host network);
 * ``plan_endpoint`` hands out a free host port per (app, service, port), stable across calls.
 
+A spec without an image (the lifecycle's builder, observer and tracking server when no
+manager image is configured) runs as a supervised host process, exactly as the local
+adapter runs it: the OCI builder needs buildah on the host anyway.
+
 ``spec.command`` overrides the image's entrypoint. The lifecycle builds the same
 specs for every adapter, with a host interpreter path first; that path does not exist
 in an image, so a leading absolute ``.../python*`` runs as the image's ``python*`` (found on its PATH).
@@ -174,6 +178,7 @@ class ContainerAdapter(OrchestratorAdapter):
                 record = ContainerAppRecord(app_id=app_id, name=name, kind=kind, customer=customer,
                                             project_id=project_id)
                 state.apps[app_id] = record
+        self.nodes_host.create_app(name, kind, customer, project_id)  # same app id: for host services
         return record.ref()
 
     def find_app(self, name: str, customer: str) -> AppRef | None:
@@ -188,6 +193,7 @@ class ContainerAdapter(OrchestratorAdapter):
             self.undeploy_service(app, service_id)
         for container in self._containers({LABEL_APP: app.app_id}):
             self._remove(container)
+        self.nodes_host.delete_app(app)
         with self.state.update() as state:
             state.apps.pop(app.app_id, None)
             prefix = f"{app.app_id}/"
@@ -215,22 +221,26 @@ class ContainerAdapter(OrchestratorAdapter):
     def add_service(self, app: AppRef, spec: ServiceSpec) -> str:
         if not re.fullmatch(NAME_PATTERN, spec.name):
             raise AdapterError(f"invalid service name {spec.name!r}: use up to 63 letters, digits, '.', '_' or '-'")
-        if not spec.image:
-            raise AdapterError(f"service {spec.name!r} has no image; the container orchestrator runs images")
         self._check_placement(spec.placement)
         data = spec_to_data(spec)
         existing = self.state.read().apps.get(app.app_id)
         if existing is None:
             raise AdapterError(f"no app {app.name!r} (id {app.app_id}) on the container orchestrator")
+        host_process = not spec.image
         previous = existing.services.get(spec.name)
         if previous is not None and previous.spec != data:
             self.undeploy_service(app, spec.name)  # a new spec under a running name: the new one wins
             for container in self._service_containers(app, spec.name):
                 self._remove(container)
+        if host_process:
+            if not spec.command:
+                raise AdapterError(f"service {spec.name!r} has neither an image nor a command")
+            self.nodes_host.add_service(app, spec)
         with self.state.update() as state:
             services = state.apps[app.app_id].services
             if spec.name not in services or services[spec.name].spec != data:
-                services[spec.name] = ContainerServiceRecord(service_id=spec.name, spec=data)
+                services[spec.name] = ContainerServiceRecord(service_id=spec.name, spec=data,
+                                                             host_process=host_process)
         return spec.name
 
     def deploy_service(self, app: AppRef, service_id: str, instances: int = 1) -> None:
@@ -238,6 +248,9 @@ class ContainerAdapter(OrchestratorAdapter):
         if instances < 1:
             raise AdapterError(f"cannot deploy {service_id!r} with {instances} instances; use undeploy to stop it")
         record = self._service_record(app, service_id)
+        if record.host_process:
+            self.nodes_host.deploy_service(app, service_id, instances)
+            return
         spec = record.service_spec()
         assert spec.image is not None  # add_service checked it
         self._ensure_image(spec.image)
@@ -318,6 +331,9 @@ class ContainerAdapter(OrchestratorAdapter):
             record = app_record.services.get(service_id) if app_record else None
             if record is not None:
                 record.stop_requested = True
+        if record is not None and record.host_process:
+            self.nodes_host.undeploy_service(app, service_id)
+            return
         for container in self._service_containers(app, service_id):
             self._stop(container)
 
@@ -384,6 +400,8 @@ class ContainerAdapter(OrchestratorAdapter):
 
     def inspect_service(self, app: AppRef, service_id: str) -> ServiceInfo:
         record = self._service_record(app, service_id)
+        if record.host_process:
+            return self.nodes_host.inspect_service(app, service_id)
         containers = sorted(self._service_containers(app, service_id),
                             key=lambda container: int(container.labels.get(LABEL_INDEX, "0")))
         if record.instances == 0:

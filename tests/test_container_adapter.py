@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -183,6 +184,26 @@ def test_adapter_registry_builds_the_container_adapter_from_plain_settings(tmp_p
     adapter = create_adapter("container", {"state_dir": str(tmp_path), "pull_policy": "missing"})
     assert isinstance(adapter, ContainerAdapter) and adapter.name == "container"
     app = adapter.create_app("x", AppKind.PROJECT, "c")
-    with pytest.raises(AdapterError, match="has no image"):
-        adapter.add_service(app, ServiceSpec(name="noimage", kind=ServiceKind.BUILDER, config={}, command=("true",)))
+    with pytest.raises(AdapterError, match="neither an image nor a command"):
+        adapter.add_service(app, ServiceSpec(name="nothing", kind=ServiceKind.BUILDER, config={}))
     assert list(json.loads((tmp_path / "state.json").read_text())["apps"]) == [app.app_id]
+
+
+def test_services_without_an_image_run_as_host_processes(container_adapter: ContainerAdapter, adapter_app: AppRef,
+                                                         wait_service: Waiter) -> None:
+    # The builder needs buildah on the host; observer and tracking server have no image unless configured.
+    script = "import json, os; print('host', json.loads(os.environ['FLOPS_CONFIG'])['service'])"
+    spec = ServiceSpec(name="host-builder", kind=ServiceKind.BUILDER, config={"service": "host-builder"},
+                       command=(sys.executable, "-c", script))
+    service = container_adapter.add_service(adapter_app, spec)
+    container_adapter.deploy_service(adapter_app, service)
+    info = wait_service(container_adapter, adapter_app, service)
+    assert info.state is ServiceState.SUCCEEDED, info
+    assert container_adapter.nodes_host.log_file(adapter_app, service).read_text().strip() == "host host-builder"
+    labelled = {"label": [f"io.flops.app={adapter_app.app_id}", f"io.flops.service-id={service}"]}
+    assert container_adapter.api.client.containers.list(all=True, filters=labelled) == []
+    failing = ServiceSpec(name="host-crash", kind=ServiceKind.OBSERVER, config={},
+                          command=(sys.executable, "-c", f"import sys; sys.exit({FAILURE_EXIT_CODE})"))
+    container_adapter.deploy_service(adapter_app, container_adapter.add_service(adapter_app, failing))
+    info = wait_service(container_adapter, adapter_app, "host-crash")
+    assert info.state is ServiceState.FAILED and f"code {FAILURE_EXIT_CODE}" in info.detail
