@@ -29,6 +29,7 @@ import json
 import logging
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -235,13 +236,19 @@ class ContainerAdapter(OrchestratorAdapter):
         if host_process:
             if not spec.command:
                 raise AdapterError(f"service {spec.name!r} has neither an image nor a command")
-            self.nodes_host.add_service(app, spec)
+            self.nodes_host.add_service(app, self._host_spec(spec))
         with self.state.update() as state:
             services = state.apps[app.app_id].services
             if spec.name not in services or services[spec.name].spec != data:
                 services[spec.name] = ContainerServiceRecord(service_id=spec.name, spec=data,
                                                              host_process=host_process)
         return spec.name
+
+    def _host_spec(self, spec: ServiceSpec) -> ServiceSpec:
+        """A bare ``python`` (as written for images) means this manager's interpreter on the host."""
+        if spec.command and spec.command[0] in ("python", "python3"):
+            return replace(spec, command=(self.settings.python, *spec.command[1:]))
+        return spec
 
     def deploy_service(self, app: AppRef, service_id: str, instances: int = 1) -> None:
         """Make ``instances`` containers run: live ones are kept, ended ones replaced, extra ones removed."""

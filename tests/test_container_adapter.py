@@ -192,14 +192,16 @@ def test_adapter_registry_builds_the_container_adapter_from_plain_settings(tmp_p
 def test_services_without_an_image_run_as_host_processes(container_adapter: ContainerAdapter, adapter_app: AppRef,
                                                          wait_service: Waiter) -> None:
     # The builder needs buildah on the host; observer and tracking server have no image unless configured.
-    script = "import json, os; print('host', json.loads(os.environ['FLOPS_CONFIG'])['service'])"
+    # The lifecycle writes a bare "python" for non-local adapters: on the host that is the manager's interpreter.
+    script = "import json, os, sys; print('host', json.loads(os.environ['FLOPS_CONFIG'])['service'], sys.executable)"
     spec = ServiceSpec(name="host-builder", kind=ServiceKind.BUILDER, config={"service": "host-builder"},
-                       command=(sys.executable, "-c", script))
+                       command=("python", "-c", script))
     service = container_adapter.add_service(adapter_app, spec)
     container_adapter.deploy_service(adapter_app, service)
     info = wait_service(container_adapter, adapter_app, service)
     assert info.state is ServiceState.SUCCEEDED, info
-    assert container_adapter.nodes_host.log_file(adapter_app, service).read_text().strip() == "host host-builder"
+    written = container_adapter.nodes_host.log_file(adapter_app, service).read_text().strip()
+    assert written == f"host host-builder {container_adapter.settings.python}"
     labelled = {"label": [f"io.flops.app={adapter_app.app_id}", f"io.flops.service-id={service}"]}
     assert container_adapter.api.client.containers.list(all=True, filters=labelled) == []
     failing = ServiceSpec(name="host-crash", kind=ServiceKind.OBSERVER, config={},
