@@ -369,10 +369,12 @@ class ProjectRun:
 
     def _post_training(self) -> None:
         steps = set(self.sla.post_training_steps)
-        if "build_image_for_trained_model" in steps and self.deps.adapter.name == "local":
+        if "build_image_for_trained_model" in steps:
+            # services.builder.oci.build_model_image exists, but the lifecycle does not run it yet:
+            # say so instead of skipping silently. The local orchestrator serves from the cached env.
             self._event(
-                "build_image_for_trained_model: the local orchestrator serves from the cached environment; "
-                "no image is built (use the container, kubernetes or oakestra orchestrator for images)",
+                "build_image_for_trained_model: inference images are not built by the lifecycle yet; "
+                "the model is served from the build's environment",
                 level="warning",
             )
         if "deploy_trained_model_image" in steps:
