@@ -90,12 +90,40 @@ def _entrypoint(command: tuple[str, ...]) -> list[str] | None:
     return [first, *command[1:]]
 
 
+def log_file_lines(path: str) -> list[str]:
+    """Lines of a k8s-file container log (``<time> <stream> <F|P> <text>``), partial lines joined."""
+    try:
+        raw = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    lines, pending = [], ""
+    for entry in raw:
+        parts = entry.split(" ", 3)
+        if len(parts) < 3:
+            continue
+        text = parts[3] if len(parts) == 4 else ""
+        if parts[2] == "P":
+            pending += text
+            continue
+        lines.append(pending + text)
+        pending = ""
+    return lines + ([pending] if pending else [])
+
+
 def _read_logs(container: Any, tail: int) -> str:
-    """The last ``tail`` lines; an empty answer is asked again briefly, as conmon may still be
-    writing a just-ended container's last output when the engine already reports the exit."""
+    """The last ``tail`` lines an instance wrote.
+
+    Podman's API sometimes answers with nothing for a container that has just ended (conmon
+    may still be writing, or the read races the exit); the engine's own log file, on this
+    host when the engine is local, is read then, and both are asked again briefly.
+    """
     text = ""
     for attempt in range(_LOG_ATTEMPTS):
         text = str(container.logs(tail=tail).decode("utf-8", errors="replace"))
+        if not text.strip():
+            log_path = container.attrs.get("LogPath")
+            if log_path:
+                text = "\n".join(log_file_lines(str(log_path))[-tail:])
         if text.strip() or attempt == _LOG_ATTEMPTS - 1:
             break
         time.sleep(0.3)

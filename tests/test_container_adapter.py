@@ -207,3 +207,15 @@ def test_services_without_an_image_run_as_host_processes(container_adapter: Cont
     container_adapter.deploy_service(adapter_app, container_adapter.add_service(adapter_app, failing))
     info = wait_service(container_adapter, adapter_app, "host-crash")
     assert info.state is ServiceState.FAILED and f"code {FAILURE_EXIT_CODE}" in info.detail
+
+
+def test_k8s_file_logs_are_read_back_with_partial_lines_joined(tmp_path: Path) -> None:
+    from orchestrator_adapters.container import log_file_lines
+
+    log = tmp_path / "ctr.log"
+    log.write_text("2026-11-23T14:34:32.3+00:00 stdout F first\n"
+                   "2026-11-23T14:34:32.4+00:00 stderr P a long \n"
+                   "2026-11-23T14:34:32.5+00:00 stderr F line\n"
+                   "2026-11-23T14:34:32.6+00:00 stdout F \n")
+    assert log_file_lines(str(log)) == ["first", "a long line", ""]
+    assert log_file_lines(str(tmp_path / "missing.log")) == []
