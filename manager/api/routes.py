@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 from flask import Response, g, request
@@ -88,14 +88,7 @@ def create_api(
     @api.post("/projects", tags=[_projects_tag], summary="start a project from an SLA (answers at once)",
               responses={201: ProjectRecord, 403: ErrorResponse, 409: ErrorResponse})  # fmt: skip
     def start_project(body: ProjectSLA) -> Response:
-        caller = _caller()
-        sla = body
-        if "customer_id" not in body.model_fields_set:
-            sla = body.model_copy(update={"customer_id": caller.customer})
-        elif not caller.may_see(body.customer_id):
-            return error_response(
-                403, f"customerID {body.customer_id!r} does not match your identity {caller.customer!r}"
-            )
+        sla = _owned_by_caller(body)
         record = control.start_project(sla, sla.customer_id)
         response = _json(record, 201)
         response.headers["Location"] = f"{API_PREFIX}/projects/{record.project_id}"
@@ -157,15 +150,7 @@ def create_api(
     @api.post("/mocks", tags=[_platform_tag], summary="push mock dataset partitions into learner nodes' data servers",
               responses={200: MockResult, 403: ErrorResponse})  # fmt: skip
     def push_mocks(body: MockRequest) -> Response:
-        caller = _caller()
-        mock = body
-        if "customer_id" not in body.model_fields_set:
-            mock = body.model_copy(update={"customer_id": caller.customer})
-        elif not caller.may_see(body.customer_id):
-            return error_response(
-                403, f"customerID {body.customer_id!r} does not match your identity {caller.customer!r}"
-            )
-        return _json(control.push_mock_data(mock))
+        return _json(control.push_mock_data(_owned_by_caller(body)))
 
     @api.delete("/database", tags=[_platform_tag], summary="admin only: stop everything and reset the database",
                 responses={200: ResetResponse, 403: ErrorResponse})  # fmt: skip
@@ -177,6 +162,19 @@ def create_api(
 
     app.register_api(api)
     return app
+
+
+OwnedT = TypeVar("OwnedT", ProjectSLA, MockRequest)
+
+
+def _owned_by_caller(body: OwnedT) -> OwnedT:
+    """``customerID`` defaults to the caller; naming another customer is refused (admin may)."""
+    caller = _caller()
+    if "customer_id" not in body.model_fields_set:
+        return body.model_copy(update={"customer_id": caller.customer})
+    if not caller.may_see(body.customer_id):
+        raise ControlError(f"customerID {body.customer_id!r} does not match your identity {caller.customer!r}", 403)
+    return body
 
 
 def _caller() -> Caller:
