@@ -113,20 +113,22 @@ def log_file_lines(path: str) -> list[str]:
 def _read_logs(container: Any, tail: int) -> str:
     """The last ``tail`` lines an instance wrote.
 
-    Podman's API sometimes answers with nothing for a container that has just ended (conmon
-    may still be writing, or the read races the exit); the engine's own log file, on this
-    host when the engine is local, is read then, and both are asked again briefly.
+    The engine's own log file is read first when it is on this host (a local engine): Podman's
+    compat log stream sometimes answers with nothing for a container that has just ended, or
+    drops the first bytes of a frame. The API answers for remote engines; both are asked again
+    briefly while neither has anything.
     """
     text = ""
+    log_path = str(container.attrs.get("LogPath") or "")
     for attempt in range(_LOG_ATTEMPTS):
-        text = str(container.logs(tail=tail).decode("utf-8", errors="replace"))
+        if log_path and Path(log_path).is_file():
+            text = "\n".join(log_file_lines(log_path)[-tail:])
         if not text.strip():
-            log_path = container.attrs.get("LogPath")
-            if log_path:
-                text = "\n".join(log_file_lines(str(log_path))[-tail:])
+            text = str(container.logs(tail=tail).decode("utf-8", errors="replace"))
         if text.strip() or attempt == _LOG_ATTEMPTS - 1:
             break
         time.sleep(0.3)
+        container.reload()
     return text
 
 
