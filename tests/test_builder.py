@@ -48,15 +48,11 @@ def _config(
     project_id: str = "p-build",
     mqtt: MqttSettings = UNUSED_MQTT,
     instance_name: str = "",
+    **extra: object,
 ) -> BuilderConfig:
-    return BuilderConfig(
-        project_id=project_id,
-        mqtt=mqtt,
-        instance_name=instance_name,
-        repo_url=repo,
-        flavor="sklearn",
-        cache_dir=str(cache_dir),
-    )
+    return BuilderConfig.model_validate({
+        "project_id": project_id, "mqtt": mqtt, "instance_name": instance_name, "repo_url": repo,
+        "flavor": "sklearn", "cache_dir": str(cache_dir), **extra})
 
 
 def _build(repo: str, cache_dir: Path) -> Build:
@@ -282,6 +278,16 @@ def test_service_reports_a_broken_contract_in_one_line(suite: SuiteEndpoints, tm
     assert isinstance(failed, ServiceStatus) and failed.state is ServiceState.FAILED
     assert failed.service == "builder" and failed.detail == reason
     assert "Traceback" not in stderr
+
+
+def test_service_refuses_a_model_image_without_a_registry_in_one_line(suite: SuiteEndpoints, tmp_path: Path) -> None:
+    config = _config(str(tmp_path), tmp_path / "cache", project_id="p-builder-model", mqtt=suite.mqtt,
+                     task="model_image", model_uri="models:/m/1")
+    code, messages, stderr = _run_service(config, suite.mqtt)
+    assert code == 1, stderr
+    failed = messages[-1]
+    assert isinstance(failed, ServiceStatus) and failed.state is ServiceState.FAILED
+    assert failed.detail == "an inference image needs an OCI build with a registry (mode 'oci' and registry settings)"
 
 
 def _tiny_wheel(folder: Path) -> Path:

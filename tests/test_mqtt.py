@@ -8,6 +8,7 @@ import pytest
 
 from flops_utils.mqtt_catalogue import (
     MalformedMessage,
+    ModelImageBuilt,
     ServiceState,
     ServiceStatus,
     TopicKind,
@@ -17,6 +18,7 @@ from flops_utils.mqtt_catalogue import (
     split_topic,
     topic,
 )
+from flops_utils.message_text import describe
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
 from flops_utils.service_config import MqttSettings
 
@@ -39,6 +41,15 @@ def test_messages_parse_by_type_and_reject_garbage() -> None:
         parse_message(b'{"type": "training_progress", "project_id": "p", "sender": "a", "total_rounds": 1}')
     with pytest.raises(MalformedMessage):
         parse_message(b"\xff not json")
+
+
+def test_model_image_report_round_trips_and_reads_as_one_line() -> None:
+    message = ModelImageBuilt(project_id="p", sender="model-builder", image="r:5000/flops/x-model:abc",
+                              pinned="r:5000/flops/x-model@sha256:1", digest="sha256:1", model_uri="models:/m/1",
+                              run_id="run1", run_tagged=True, cached=True)
+    parsed = parse_message(message.to_payload())
+    assert parsed == message and parsed.topic() == "flops/projects/p/build"
+    assert describe(parsed) == "inference image r:5000/flops/x-model@sha256:1 found in the registry for models:/m/1"
 
 
 def test_publish_subscribe_through_the_broker(mqtt_settings: MqttSettings) -> None:

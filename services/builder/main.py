@@ -5,6 +5,7 @@ Reads :class:`BuilderConfig` with ``load_config`` and reports over MQTT:
 ``ServiceStatus(succeeded)`` and exit 0 -- or ``ServiceStatus(failed)`` with a
 one-line reason and exit 1. ``mode="local"`` runs :func:`services.builder.local.build_local`;
 ``mode="oci"`` runs ``services.builder.oci.build_oci(config, report)`` (same signature).
+``task="model_image"`` packages a trained model instead and reports one ``ModelImageBuilt``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
-from flops_utils.mqtt_catalogue import BuildResult, FlopsMessage, ServiceState, ServiceStatus
+from flops_utils.mqtt_catalogue import BuildResult, FlopsMessage, ModelImageBuilt, ServiceState, ServiceStatus
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
 from flops_utils.service_config import BuilderConfig, load_config
 from services.builder.errors import BuildError, one_line
@@ -38,16 +39,41 @@ def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
     raise _Stopped(f"signal {signum}")
 
 
-def run_build(config: BuilderConfig, report: Reporter) -> BuildResult:
-    """Dispatch on ``config.mode``; raises :class:`BuildError` on failure."""
-    if config.mode == "local":
-        return build_local(config, report)
+def _oci_module() -> Any:
     try:
-        module: Any = importlib.import_module("services.builder.oci")
+        return importlib.import_module("services.builder.oci")
     except ImportError as error:
         raise BuildError(f"OCI builds are not available in this installation ({error})") from None
-    result: BuildResult = module.build_oci(config, report)
+
+
+def run_build(config: BuilderConfig, report: Reporter) -> BuildResult | ModelImageBuilt:
+    """Dispatch on ``config.task`` and ``config.mode``; raises :class:`BuildError` on failure."""
+    if config.task == "model_image":
+        return build_trained_model_image(config, report)
+    if config.mode == "local":
+        return build_local(config, report)
+    result: BuildResult = _oci_module().build_oci(config, report)
     return result
+
+
+def build_trained_model_image(config: BuilderConfig, report: Reporter) -> ModelImageBuilt:
+    """Package ``config.model_uri`` as an inference image in the registry and report it."""
+    if config.mode != "oci" or config.registry is None:
+        raise BuildError("an inference image needs an OCI build with a registry (mode 'oci' and registry settings)")
+    if not config.model_uri:
+        raise BuildError("an inference image needs model_uri: training reported no model")
+    oci = _oci_module()
+    image = config.image_name or f"{oci.naming.repo_slug(config.repo_url)}-model"
+    built = oci.build_model_image(
+        config.model_uri, config.tracking_uri, config.registry, image=image, base_image=config.base_image,
+        project_id=config.project_id, report=report)
+    message = ModelImageBuilt(
+        project_id=config.project_id, sender=config.instance_name or SERVICE, image=built.reference,
+        pinned=built.pinned, digest=built.digest, model_uri=built.model_uri, run_id=built.run_id,
+        run_tagged=built.run_tagged, cached=built.cached, size_bytes=built.image.size_bytes,
+        total_seconds=built.total_seconds)
+    report(message)
+    return message
 
 
 def _status(config: BuilderConfig, state: ServiceState, detail: str = "") -> ServiceStatus:
@@ -80,7 +106,8 @@ def run(environ: Mapping[str, str] | None = None) -> int:
 
     code = EXIT_FAILED
     try:
-        publish(_status(config, ServiceState.STARTED, f"{config.mode} build of {config.repo_url}"))
+        what = f"image of {config.model_uri}" if config.task == "model_image" else config.repo_url
+        publish(_status(config, ServiceState.STARTED, f"{config.mode} build of {what}"))
         try:
             run_build(config, publish)
         except BuildError as error:

@@ -8,6 +8,7 @@ from flops_utils.mqtt_catalogue import (
     ControlCommand,
     EventLine,
     FlopsMessage,
+    ModelImageBuilt,
     ServiceStatus,
     TrainingProgress,
     TrainingResult,
@@ -30,6 +31,9 @@ def describe(message: FlopsMessage) -> str:
             how = "reused from cache" if message.cached else "built"
             seconds = f"{message.total_seconds:.1f}s"
             return f"environment {message.digest[:12]} {how} for commit {message.commit[:12]} in {seconds}"
+        case ModelImageBuilt():
+            how = "found in the registry" if message.cached else f"built in {message.total_seconds:.1f}s"
+            return f"inference image {message.pinned} {how} for {message.model_uri}"
         case TrainingProgress():
             where = f"cluster {message.cluster} " if message.cluster else ""
             cycle = f"cycle {message.cycle}/{message.total_cycles} " if message.total_cycles > 1 else ""

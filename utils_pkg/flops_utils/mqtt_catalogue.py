@@ -120,6 +120,25 @@ class BuildResult(_Message):
         return TopicKind.BUILD
 
 
+class ModelImageBuilt(_Message):
+    """The builder's answer to a post-training image build: the trained model's inference image."""
+
+    type: Literal["model_image_built"] = "model_image_built"
+    image: str = Field(description="registry/flops/<name>:<tag>")
+    pinned: str = Field(description="registry/flops/<name>@sha256:... (what a deployment should pull)")
+    digest: str
+    model_uri: str
+    run_id: str | None = Field(default=None, description="the MLflow run the model belongs to")
+    run_tagged: bool = Field(default=False, description="the run carries the image as a tag")
+    cached: bool = Field(default=False, description="found in the registry, nothing built")
+    size_bytes: int | None = None
+    total_seconds: float = 0.0
+
+    @property
+    def kind(self) -> TopicKind:
+        return TopicKind.BUILD
+
+
 class TrainingProgress(_Message):
     type: Literal["training_progress"] = "training_progress"
     cluster: str | None = Field(default=None, description="None for global (root or classic) rounds")
@@ -174,7 +193,8 @@ class ControlCommand(_Message):
 
 
 FlopsMessage = Annotated[
-    ServiceStatus | BuildStep | BuildResult | TrainingProgress | TrainingResult | EventLine | ControlCommand,
+    ServiceStatus | BuildStep | BuildResult | ModelImageBuilt | TrainingProgress | TrainingResult | EventLine
+    | ControlCommand,
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[FlopsMessage] = TypeAdapter(FlopsMessage)

@@ -63,6 +63,13 @@ class BuilderConfig(_ServiceConfig):
     mode: Literal["local", "oci"] = "local"
     registry: RegistrySettings | None = None
     platforms: list[str] = Field(default_factory=lambda: ["linux/amd64"])
+    task: Literal["project", "model_image"] = Field(
+        default="project", description="'project': learner/aggregator runtime; 'model_image': a trained model's "
+        "inference image (post-training step build_image_for_trained_model, OCI mode)")
+    model_uri: str | None = Field(default=None, description="model_image: the MLflow model to package")
+    tracking_uri: str | None = Field(default=None, description="model_image: the MLflow server holding it")
+    base_image: str | None = Field(default=None, description="model_image: start from this image (the learner's)")
+    image_name: str | None = Field(default=None, description="model_image: repository name under flops/")
 
 
 class AggregatorConfig(_ServiceConfig):

@@ -129,8 +129,11 @@ def serving_requirements(lines: Sequence[str], extras: Sequence[str] = ()) -> li
 
 
 def download_model(model_uri: str, tracking_uri: str | None, destination: Path) -> Path:
+    import mlflow
     import mlflow.artifacts
 
+    if tracking_uri:  # models:/ URIs resolve through the registry, which MLflow 3 does not derive from tracking_uri
+        mlflow.set_registry_uri(tracking_uri)
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=tracking_uri,
                                                     dst_path=str(destination))
@@ -146,7 +149,7 @@ def model_run_id(model_uri: str, tracking_uri: str | None) -> str | None:
     """The MLflow run that logged the model, when the URI leads to one."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         if model_uri.startswith("runs:/"):
             return model_uri.removeprefix("runs:/").split("/", 1)[0] or None
@@ -168,7 +171,7 @@ def model_run_id(model_uri: str, tracking_uri: str | None) -> str | None:
 def tag_run(run_id: str, tracking_uri: str | None, image: EnsuredImage) -> bool:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         client.set_tag(run_id, RUN_TAG, image.pinned)
         client.set_tag(run_id, f"{RUN_TAG}_reference", image.reference)
