@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flops_utils.service_config import MqttSettings, RegistrySettings
+from manager.broker_access import ProjectCredentialsMode
 
 CONFIG_PATH_ENV = "FLOPS_MANAGER_CONFIG"
 DEFAULT_PORT = 5072
@@ -35,10 +36,12 @@ ENV_OVERRIDES: dict[str, str] = {
     "FLOPS_MQTT_USERNAME": "mqtt.username",
     "FLOPS_MQTT_PASSWORD": "mqtt.password",
     "FLOPS_MQTT_CA_FILE": "mqtt.ca_file",
+    "FLOPS_MQTT_PROJECT_CREDENTIALS": "mqtt_project_credentials",
 }
 _STRING_FIELDS = {
     "host", "public_host", "admin_token", "mongo_uri", "database", "orchestrator", "state_dir", "cache_dir",
     "repo_base_dir", "log_level", "mqtt.host", "mqtt.username", "mqtt.password", "mqtt.ca_file",
+    "mqtt_project_credentials",
 }  # fmt: skip
 
 
@@ -61,6 +64,11 @@ class ManagerSettings(BaseModel):
         default_factory=dict, repr=False, description="bearer token -> customer name"
     )
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    mqtt_project_credentials: ProjectCredentialsMode = Field(
+        default="auto",
+        description="'dynamic-security': one broker account per project, limited to its topics (needs Mosquitto's "
+        "dynamic-security plugin; the suite enables it); 'shared': services use the manager's account; "
+        "'auto': per project when the broker supports it, else shared with a warning")
     mongo_uri: str = "mongodb://127.0.0.1:27017"
     database: str = Field(default="flops", pattern=r"^[A-Za-z0-9_-]{1,63}$")
     db_timeout_s: float = Field(default=5.0, gt=0, description="how long a database call waits for the server")

@@ -6,6 +6,7 @@ data servers and services are real processes) and pushes mock digits data once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -141,13 +142,13 @@ def stop_local_services(state_dir: Path) -> None:
     LocalAdapter(LocalAdapterSettings(state_dir=str(state_dir / "local-adapter"))).stop_everything()
 
 
-@pytest.fixture(scope="session")
-def flops_stack(suite: SuiteEndpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlopsStack]:
-    root = tmp_path_factory.mktemp("stack")
+@contextlib.contextmanager
+def running_stack(suite: SuiteEndpoints, root: Path, **overrides: Any) -> Iterator[FlopsStack]:
+    """A manager on ``suite`` with state under ``root``; ``overrides`` replace top-level config keys."""
     state_dir, cache_dir = root / "state", root / "cache"
     port = free_port()
     config_path = root / "manager.json"
-    config_path.write_text(json.dumps(manager_config(suite, state_dir, cache_dir, port)))
+    config_path.write_text(json.dumps({**manager_config(suite, state_dir, cache_dir, port), **overrides}))
     log_path = root / "manager.log"
     process = start_manager(config_path, log_path)
     stack = FlopsStack(f"http://127.0.0.1:{port}", state_dir, process, log_path, config_path)
@@ -156,5 +157,14 @@ def flops_stack(suite: SuiteEndpoints, tmp_path_factory: pytest.TempPathFactory)
         yield stack
     finally:
         stop_manager(stack.process)
-        stop_local_services(state_dir)
+
+
+@pytest.fixture(scope="session")
+def flops_stack(suite: SuiteEndpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlopsStack]:
+    root = tmp_path_factory.mktemp("stack")
+    try:
+        with running_stack(suite, root) as stack:
+            yield stack
+    finally:
+        stop_local_services(root / "state")
         time.sleep(0.5)

@@ -26,9 +26,10 @@ def test_training_survives_a_broker_restart(flops_stack: FlopsStack, suite: Suit
     assert project["progress"]["round"] == 5
 
 
-def test_a_learner_killed_mid_training_does_not_fail_the_project(flops_stack: FlopsStack) -> None:  # noqa: F811
+def test_a_killed_learner_does_not_fail_the_project_and_rejoins(flops_stack: FlopsStack) -> None:  # noqa: F811
+    """The round completes with the survivors; the lifecycle redeploys the learner, which rejoins."""
     flops_stack.push_mocks("digits-drop", 3)
-    request = sla("examples/sklearn_digits", ["digits-drop"], training_rounds=5,
+    request = sla("examples/sklearn_digits", ["digits-drop"], training_rounds=25,
                   min_available_clients=3, min_fit_clients=2, min_evaluate_clients=2, round_timeout_s=20)  # fmt: skip
     project_id = flops_stack.submit(request)
     assert wait_until(lambda: flops_stack.project(project_id)["progress"]["round"] >= 2, 400, interval=0.5)
@@ -37,9 +38,14 @@ def test_a_learner_killed_mid_training_does_not_fail_the_project(flops_stack: Fl
     app = AppRef(project["apps"]["project"], f"project-{project_id[:8]}", AppKind.PROJECT, "Admin", project_id)
     victim = sorted(name for name in project["services"] if name.startswith("learner-"))[0]
     adapter.kill_instance(app, project["services"][victim])
-
     project = flops_stack.wait(project_id)
     assert project["status"] == "COMPLETED", project["error"]
-    assert project["progress"]["round"] == 5
+    assert project["progress"]["round"] == 25
+
+    events = flops_stack.events(project_id)
     node = victim.removeprefix("learner-")
-    assert any(node in text and ("lost" in text or "dropped" in text) for text in flops_stack.events(project_id))
+    assert any(node in text and ("lost" in text or "dropped" in text) for text in events)
+    redeployed = [index for index, text in enumerate(events) if text.startswith(f"{victim} lost (")]
+    assert len(redeployed) == 1 and "redeploying it, restart 1 of 3" in events[redeployed[0]], events
+    later_rounds = [text for text in events[redeployed[0]:] if " done in " in text and "round" in text]
+    assert any(text.endswith("with 3 learners") or "with 3 learners " in text for text in later_rounds), later_rounds

@@ -26,6 +26,7 @@ def lifecycle_settings(settings: ManagerSettings) -> LifecycleSettings:
     adapters.setdefault("local", {}).setdefault("state_dir", str(Path(settings.state_dir) / "local-adapter"))
     return LifecycleSettings(
         mqtt=settings.mqtt,
+        mqtt_project_credentials=settings.mqtt_project_credentials,
         state_dir=Path(settings.state_dir),
         cache_dir=Path(settings.cache_dir),
         orchestrator=settings.orchestrator,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flops_utils.service_config import MqttSettings, RegistrySettings
+from manager.broker_access import ProjectCredentialsMode
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,7 @@ class LifecycleSettings:
     mqtt: MqttSettings
     state_dir: Path
     cache_dir: Path
+    mqtt_project_credentials: ProjectCredentialsMode = "auto"  # see ManagerSettings.mqtt_project_credentials
     orchestrator: str = "local"
     adapter_settings: dict[str, dict[str, object]] = field(default_factory=dict)
     registry: RegistrySettings | None = None

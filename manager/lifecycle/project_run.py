@@ -19,6 +19,7 @@ from flops_utils.mqtt_catalogue import (
     ControlCommand,
     EventLine,
     FlopsMessage,
+    ModelImageBuilt,
     ServiceStatus,
     TrainingProgress,
     TrainingResult,
@@ -28,9 +29,11 @@ from flops_utils.service_config import (
     AggregatorConfig,
     BuilderConfig,
     LearnerConfig,
+    MqttSettings,
     ObserverConfig,
     ServingConfig,
 )
+from manager.broker_access import BrokerAccess, BrokerAccessError
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.errors import PhaseFailed, StopRequested
 from manager.lifecycle.inbox import ProjectInbox
@@ -55,6 +58,7 @@ from orchestrator_adapters.base import (
     AppRef,
     OrchestratorAdapter,
     Placement,
+    PortSpec,
     ServiceKind,
     ServiceSpec,
     ServiceState,
@@ -65,6 +69,7 @@ log = logging.getLogger(__name__)
 Publish = Callable[[FlopsMessage], None]
 FAILED_GRACE_S = 3.0  # time to let a service's own MQTT failure report arrive before using the adapter's
 RESULT_GRACE_S = 15.0  # a one-shot service that exited 0 gets this long for its report to arrive
+MAX_LEARNER_RESTARTS = 3  # per learner and project; a learner that keeps dying is left out after that
 FAILED = ReportedState.FAILED
 OBSERVER_KEY = "observer"  # the observer lives in the observatory app; stored beside the project's services
 
@@ -84,6 +89,7 @@ class RunDeps:
     adapter: OrchestratorAdapter
     observatories: ObservatoryKeeper
     publish: Publish
+    broker: BrokerAccess
 
 
 @dataclass
@@ -94,6 +100,10 @@ class RunState:
     services: dict[str, str] = field(default_factory=dict)  # name -> adapter service id
     build: BuildResult | None = None
     result: TrainingResult | None = None
+    model_image: ModelImageBuilt | None = None
+    mqtt: MqttSettings | None = None  # this run's broker account (granted on first use)
+    learner_restarts: dict[str, int] = field(default_factory=dict)
+    retired_learners: set[str] = field(default_factory=set)  # died too often: not started again
     training_started: bool = False
 
 
@@ -208,7 +218,7 @@ class ProjectRun:
         endpoint = adapter.plan_endpoint(observatory.app, name, OBSERVER_PORT, Placement())
         config = ObserverConfig(
             project_id=self.project_id,
-            mqtt=self.deps.settings.mqtt,
+            mqtt=self._mqtt(),
             instance_name=name,
             bind_host=bind_host_for(adapter),
             port=endpoint.port,
@@ -224,7 +234,7 @@ class ProjectRun:
         sla, settings = self.sla, self.deps.settings
         config = BuilderConfig(
             project_id=self.project_id,
-            mqtt=settings.mqtt,
+            mqtt=self._mqtt(),
             instance_name="builder",
             repo_url=self._repo_url(),
             repo_ref=sla.repo_ref,
@@ -277,7 +287,8 @@ class ProjectRun:
                 raise PhaseFailed(f"{message.sender} failed: {message.detail}")
             return False
 
-        self._await(on_message, aggregators, self.deps.settings.training_timeout_s, "training")
+        self._await(on_message, aggregators, self.deps.settings.training_timeout_s, "training",
+                    on_inspect=self._revive_learners)
         result = self.state.result
         assert result is not None
         self.progress = self.progress.model_copy(update={"loss": result.loss, "accuracy": result.accuracy})
@@ -286,6 +297,29 @@ class ProjectRun:
             mlflow_run_id=result.mlflow_run_id,
             registered_model=result.registered_model,
         )
+
+    def _revive_learners(self) -> None:
+        """A learner that crashed during training is started again; it rejoins as a new Flower node.
+
+        Learners that exit 0 (no data, training over, stop requested) are left alone.
+        """
+        app = self._app()
+        for name, service_id in list(self.state.services.items()):
+            if not name.startswith("learner-") or name in self.state.retired_learners:
+                continue
+            info = self.deps.adapter.inspect_service(app, service_id)
+            if info.state is not ServiceState.FAILED:
+                continue
+            why = info.detail or "failed"
+            restarts = self.state.learner_restarts.get(name, 0)
+            if restarts >= MAX_LEARNER_RESTARTS:
+                self.state.retired_learners.add(name)
+                self._event(f"{name} lost for good after {restarts} restarts: {why}", level="warning")
+                continue
+            self.state.learner_restarts[name] = restarts + 1
+            self._event(f"{name} lost ({why}); redeploying it, restart {restarts + 1} of {MAX_LEARNER_RESTARTS}",
+                        level="warning")
+            self.deps.adapter.deploy_service(app, service_id)
 
     def _deploy_classic(self, plan: LearnerPlan) -> tuple[str, dict[str, str]]:
         name = "aggregator"
@@ -322,7 +356,7 @@ class ProjectRun:
         endpoint = adapter.plan_endpoint(self._app(), name, FLEET_PORT, placement)
         config = AggregatorConfig(
             project_id=self.project_id,
-            mqtt=self.deps.settings.mqtt,
+            mqtt=self._mqtt(),
             instance_name=name,
             role=role,  # type: ignore[arg-type]
             cluster=cluster,
@@ -351,7 +385,7 @@ class ProjectRun:
         name = f"learner-{node}"
         config = LearnerConfig(
             project_id=self.project_id,
-            mqtt=self.deps.settings.mqtt,
+            mqtt=self._mqtt(),
             instance_name=name,
             node=node,
             cluster=cluster,
@@ -370,37 +404,85 @@ class ProjectRun:
     def _post_training(self) -> None:
         steps = set(self.sla.post_training_steps)
         if "build_image_for_trained_model" in steps:
-            # services.builder.oci.build_model_image exists, but the lifecycle does not run it yet:
-            # say so instead of skipping silently. The local orchestrator serves from the cached env.
-            self._event(
-                "build_image_for_trained_model: inference images are not built by the lifecycle yet; "
-                "the model is served from the build's environment",
-                level="warning",
-            )
+            self._build_model_image()
         if "deploy_trained_model_image" in steps:
             self._serve()
 
-    def _serve(self) -> None:
-        result, adapter, observatory = self.state.result, self.deps.adapter, self._observatory_ref()
+    def _trained_model_uri(self) -> str:
+        result = self.state.result
         assert result is not None
-        model_uri = result.model_uri
         if result.registered_model and result.registered_version:
-            model_uri = f"models:/{result.registered_model}/{result.registered_version}"
-        if not model_uri:
-            raise PhaseFailed("training reported no model to serve")
-        endpoint = adapter.plan_endpoint(self._app(), "serving", SERVING_PORT, Placement())
-        config = ServingConfig(
+            return f"models:/{result.registered_model}/{result.registered_version}"
+        if not result.model_uri:
+            raise PhaseFailed("training reported no model")
+        return result.model_uri
+
+    def _build_model_image(self) -> None:
+        """The builder packages the trained model as an inference image (image-based orchestrators)."""
+        settings, build = self.deps.settings, self._build_result()
+        if self.deps.adapter.name == "local":
+            self._event("build_image_for_trained_model: the local orchestrator runs no images; "
+                        "the model is served from the build's environment")
+            return
+        if settings.registry is None:
+            raise PhaseFailed("build_image_for_trained_model needs the manager's registry setting")
+        config = BuilderConfig(
             project_id=self.project_id,
-            mqtt=self.deps.settings.mqtt,
-            instance_name="serving",
-            model_uri=model_uri,
-            tracking_uri=observatory.tracking_url,
-            bind_host=bind_host_for(adapter),
-            port=endpoint.port,
+            mqtt=self._mqtt(),
+            instance_name="model-builder",
+            repo_url=self._repo_url(),
+            flavor=self.sla.ml_model_flavor,
+            cache_dir=str(settings.cache_dir),
+            mode="oci",
+            registry=settings.registry,
+            task="model_image",
+            model_uri=self._trained_model_uri(),
+            tracking_uri=self._observatory_ref().tracking_url,
+            base_image=build.learner_image,
         )
-        service = self._deploy("serving", self._spec("serving", ServiceKind.SERVING, config, runtime=True,
-                                                     image=self.state.build.learner_image if self.state.build else None,
-                                                     ports=(SERVING_PORT,)))
+        builder = self._deploy("model-builder", self._spec("model-builder", ServiceKind.BUILDER, config))
+
+        def on_message(message: FlopsMessage) -> bool:
+            if isinstance(message, ModelImageBuilt):
+                self.state.model_image = message
+                return True
+            if isinstance(message, ServiceStatus) and message.service == "builder" and message.state is FAILED:
+                raise PhaseFailed(f"build_image_for_trained_model failed: {message.detail}")
+            return False
+
+        self._await(on_message, {"model-builder": builder}, settings.build_timeout_s, "the inference image build")
+        built = self.state.model_image
+        assert built is not None
+        self._update(model_image=built.pinned)
+        how = "found in the registry" if built.cached else f"built in {built.total_seconds:.0f}s"
+        tagged = f", tagged on MLflow run {built.run_id}" if built.run_tagged else ""
+        self._event(f"inference image {built.pinned} {how}{tagged}")
+
+    def _serve(self) -> None:
+        adapter, observatory = self.deps.adapter, self._observatory_ref()
+        model_uri = self._trained_model_uri()
+        endpoint = adapter.plan_endpoint(self._app(), "serving", SERVING_PORT, Placement())
+        if self.state.model_image is not None:
+            # The inference image serves its model by itself (MLflow's scoring server as entrypoint).
+            spec = ServiceSpec(
+                name="serving", kind=ServiceKind.SERVING, config={}, image=self.state.model_image.pinned,
+                environment={"UVICORN_HOST": bind_host_for(adapter), "UVICORN_PORT": str(endpoint.port)},
+                resources=sla_resources(self.sla), ports=(PortSpec(SERVING_PORT.name, endpoint.port),),
+            )
+        else:
+            config = ServingConfig(
+                project_id=self.project_id,
+                mqtt=self._mqtt(),
+                instance_name="serving",
+                model_uri=model_uri,
+                tracking_uri=observatory.tracking_url,
+                bind_host=bind_host_for(adapter),
+                port=endpoint.port,
+            )
+            spec = self._spec("serving", ServiceKind.SERVING, config, runtime=True,
+                              image=self.state.build.learner_image if self.state.build else None,
+                              ports=(SERVING_PORT,))
+        service = self._deploy("serving", spec)
 
         def healthy() -> bool:
             return http_ok(f"{endpoint.url}/ping")
@@ -420,9 +502,17 @@ class ProjectRun:
 
     # -- waiting on reports and services ------------------------------------------
     def _await(
-        self, on_message: Callable[[FlopsMessage], bool], watched: dict[str, str], timeout: float, what: str
+        self,
+        on_message: Callable[[FlopsMessage], bool],
+        watched: dict[str, str],
+        timeout: float,
+        what: str,
+        on_inspect: Callable[[], None] | None = None,
     ) -> None:
-        """Handle reports until ``on_message`` says done; fail on crashed services or timeout."""
+        """Handle reports until ``on_message`` says done; fail on crashed services or timeout.
+
+        ``on_inspect`` runs whenever the watched services are inspected (every two seconds without reports).
+        """
         deadline = time.monotonic() + timeout
         next_inspect = 0.0
         exited_at: dict[str, float] = {}
@@ -433,11 +523,12 @@ class ProjectRun:
                 self._record(message)
                 if on_message(message):
                     return
-                continue
             now = time.monotonic()
             if now >= next_inspect:
                 next_inspect = now + 2.0
                 self._inspect_watched(on_message, watched, exited_at)
+                if on_inspect is not None:
+                    on_inspect()
             if now > deadline:
                 raise PhaseFailed(f"{what} did not finish within {timeout:.0f}s")
 
@@ -496,6 +587,8 @@ class ProjectRun:
         if self.state.observer and self.state.observatory:
             time.sleep(0.5)  # let the observer log the last reports
             adapter.undeploy_service(self.state.observatory.app, self.state.observer)
+        if not keep_serving:
+            self.deps.broker.revoke(self.project_id)
 
     def _publish_stop(self) -> None:
         try:
@@ -567,6 +660,15 @@ class ProjectRun:
         path = self.deps.settings.state_dir / "projects" / self.project_id / name
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def _mqtt(self) -> MqttSettings:
+        """The broker account this project's services use: limited to the project's topics where the broker can."""
+        if self.state.mqtt is None:
+            try:
+                self.state.mqtt = self.deps.broker.grant(self.project_id)
+            except BrokerAccessError as error:
+                raise PhaseFailed(f"no MQTT account for the project's services: {error}") from None
+        return self.state.mqtt
 
     def _app(self) -> AppRef:
         assert self.state.app is not None, "project app not created yet"

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from flops_utils.mqtt_catalogue import ALL_PROJECTS_FILTER, FlopsMessage, split_topic
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
+from manager.broker_access import BrokerAccessError, ResolvingAccess
 from manager.control import ControlError, MockRequest, MockResult
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.inbox import ProjectInbox
@@ -40,6 +41,7 @@ class LifecycleService:
         self.store = store
         self.link = MqttLink(settings.mqtt, client_id=f"flops-manager-{uuid.uuid4().hex[:8]}")
         self.observatories = ObservatoryKeeper(settings, store)
+        self.broker = ResolvingAccess(settings.mqtt, settings.mqtt_project_credentials)
         self._adapters: dict[str, OrchestratorAdapter] = {}
         self._adapter_lock = threading.Lock()
         self._inboxes: dict[str, ProjectInbox] = {}
@@ -119,7 +121,7 @@ class LifecycleService:
     ) -> threading.Thread:
         """Register the project's inbox and return its (not yet started) run thread."""
         inbox = ProjectInbox()
-        deps = RunDeps(self.settings, self.store, adapter, self.observatories, self.link.publish)
+        deps = RunDeps(self.settings, self.store, adapter, self.observatories, self.link.publish, self.broker)
         run = ProjectRun(record, sla, deps, inbox)
         body = (lambda: run.resume(record)) if resume else run.run
         thread = threading.Thread(
@@ -149,10 +151,17 @@ class LifecycleService:
             thread.join(timeout=60)
         elif record.apps.get("project"):
             self._undeploy_leftovers(record)
+            self._revoke_broker_access(project_id)
             if record.serving_url:
                 self.store.update_project(project_id, serving_url=None, updated_at=time.time())
                 self._event(project_id, "serving endpoint undeployed")
         return self._project(project_id)
+
+    def _revoke_broker_access(self, project_id: str) -> None:
+        try:
+            self.broker.revoke(project_id)
+        except BrokerAccessError as error:
+            log.warning("could not remove the MQTT accounts of project %s: %s", project_id, error)
 
     def tracking_url(self, customer: str) -> str:
         from manager.lifecycle.errors import PhaseFailed

@@ -1,7 +1,12 @@
-"""The suite's Mosquitto broker: password-protected, persistent, in the foreground."""
+"""The suite's Mosquitto broker: password-protected, per-project accounts, persistent, in the foreground.
+
+With the dynamic-security plugin (Debian's 'mosquitto' package has it) the manager creates
+one account per project that may only use that project's topics; see manager.broker_access.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import threading
@@ -31,29 +36,79 @@ def config_file(state_dir: Path) -> Path:
     return broker_dir(state_dir) / "mosquitto.conf"
 
 
+DYNSEC_PLUGIN_GLOBS = ("/usr/lib/*/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so",
+                       "/usr/local/lib/mosquitto_dynamic_security.so")
+# The admin (the manager) also publishes under every project (control commands, tests).
+ADMIN_EXTRA_ACLS = ({"acltype": "publishClientSend", "topic": "flops/#", "allow": True},)
+
+
+def dynsec_plugin() -> Path | None:
+    """Mosquitto's dynamic-security plugin (Debian ships it in the 'mosquitto' package)."""
+    for pattern in DYNSEC_PLUGIN_GLOBS:
+        for match in sorted(Path("/").glob(pattern.lstrip("/"))):
+            return match
+    return None
+
+
+def dynsec_file(state_dir: Path) -> Path:
+    return broker_dir(state_dir) / "dynamic-security.json"
+
+
+def write_dynsec(state_dir: Path, credentials: Credentials) -> Path:
+    """The plugin's state with the suite's admin account, keeping the project accounts of earlier starts."""
+    path = dynsec_file(state_dir)
+    fresh_path = path.with_name("dynamic-security.fresh.json")
+    fresh_path.unlink(missing_ok=True)
+    run_tool([find_binary("mosquitto_ctrl", _INSTALL_HINT), "dynsec", "init", str(fresh_path),
+              credentials.username, credentials.password], name="mosquitto_ctrl dynsec init")  # fmt: skip
+    fresh = json.loads(fresh_path.read_text())
+    fresh_path.unlink()
+    for role in fresh["roles"]:
+        if role["rolename"] == "admin":
+            role["acls"].extend(ADMIN_EXTRA_ACLS)
+    try:
+        kept = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        kept = {}
+    admin_names = {client["username"] for client in fresh["clients"]} | {"admin"}
+    fresh["clients"] += [client for client in kept.get("clients", []) if client.get("username") not in admin_names]
+    fresh["roles"] += [role for role in kept.get("roles", []) if role.get("rolename") != "admin"]
+    fresh["groups"] = kept.get("groups", [])
+    fresh["defaultACLAccess"] = {"publishClientSend": False, "publishClientReceive": True,
+                                 "subscribe": False, "unsubscribe": True}  # fmt: skip
+    path.write_text(json.dumps(fresh, indent=1))
+    os.chmod(path, 0o600)
+    return path
+
+
 def write_config(state_dir: Path, component: ComponentState, acl_file: Path | None) -> Path:
-    """Write the password file and the config; return the config's path."""
+    """Write the account store (dynamic security, else a password file) and the config; return the config's path."""
     if component.credentials is None:
         raise ValueError("the broker needs credentials")
     directory = broker_dir(state_dir)
     data_dir = directory / "data"
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    password_file = directory / "passwd"
-    password_file.unlink(missing_ok=True)
-    password_file.touch(mode=0o600)
-    passwd_tool = find_binary("mosquitto_passwd", _INSTALL_HINT)
-    run_tool(
-        [passwd_tool, "-b", str(password_file), component.credentials.username, component.credentials.password],
-        name="mosquitto_passwd",
-    )
-    os.chmod(password_file, 0o600)
+    plugin = dynsec_plugin()
+    if plugin is not None:
+        accounts = [f"plugin {plugin}", f"plugin_opt_config_file {write_dynsec(state_dir, component.credentials)}"]
+    else:
+        password_file = directory / "passwd"
+        password_file.unlink(missing_ok=True)
+        password_file.touch(mode=0o600)
+        passwd_tool = find_binary("mosquitto_passwd", _INSTALL_HINT)
+        run_tool(
+            [passwd_tool, "-b", str(password_file), component.credentials.username, component.credentials.password],
+            name="mosquitto_passwd",
+        )
+        os.chmod(password_file, 0o600)
+        accounts = [f"password_file {password_file}"]
     lines = [
         "# written by manager.suite; rewritten on every start",
         # As root Mosquitto would drop to the 'mosquitto' user, who cannot read our files.
         f"user {pwd.getpwuid(os.geteuid()).pw_name}",
         f"listener {component.port} {HOST}",
         "allow_anonymous false",
-        f"password_file {password_file}",
+        *accounts,
         "persistence true",
         f"persistence_location {data_dir}/",
         "autosave_interval 1",
