@@ -6,6 +6,7 @@ import queue
 
 import pytest
 
+from flops_utils.message_text import describe
 from flops_utils.mqtt_catalogue import (
     MalformedMessage,
     ModelImageBuilt,
@@ -18,7 +19,6 @@ from flops_utils.mqtt_catalogue import (
     split_topic,
     topic,
 )
-from flops_utils.message_text import describe
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
 from flops_utils.service_config import MqttSettings
 
