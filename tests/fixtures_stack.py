@@ -41,6 +41,16 @@ def sla(repo: str, tags: list[str], **training: Any) -> dict[str, Any]:
     }
 
 
+def mlflow_client(tracking_url: str):  # type: ignore[no-untyped-def]
+    """A client of the project's tracking server (also as model registry; MLflow 3 defaults to a local file)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_url)
+    mlflow.set_registry_uri(tracking_url)
+    return MlflowClient(tracking_uri=tracking_url, registry_uri=tracking_url)
+
+
 class FlopsStack:
     def __init__(
         self, url: str, state_dir: Path, process: subprocess.Popen[bytes], log_path: Path, config_path: Path

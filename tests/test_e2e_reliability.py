@@ -1,4 +1,4 @@
-"""Faults injected into real processes during training: a learner dies, the broker restarts."""
+"""Faults injected into real processes during training: a learner or the aggregator dies, the broker restarts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from manager.suite import SuiteEndpoints, restart_broker
 from orchestrator_adapters.base import AppKind, AppRef
 from orchestrator_adapters.local import LocalAdapter, LocalAdapterSettings
-from tests.fixtures_stack import FlopsStack, flops_stack, sla  # noqa: F401
+from tests.fixtures_stack import FlopsStack, flops_stack, mlflow_client, sla  # noqa: F401
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(900)
@@ -49,3 +49,30 @@ def test_a_killed_learner_does_not_fail_the_project_and_rejoins(flops_stack: Flo
     assert len(redeployed) == 1 and "redeploying it, restart 1 of 3" in events[redeployed[0]], events
     later_rounds = [text for text in events[redeployed[0]:] if " done in " in text and "round" in text]
     assert any(text.endswith("with 3 learners") or "with 3 learners " in text for text in later_rounds), later_rounds
+
+
+def test_a_killed_aggregator_is_redeployed_and_resumes_from_its_checkpoint(flops_stack: FlopsStack) -> None:  # noqa: F811
+    """No round is lost or counted twice: MLflow has each round's metrics exactly once, in one run."""
+    flops_stack.push_mocks("digits-agg", 2)
+    request = sla("examples/sklearn_digits", ["digits-agg"], training_rounds=8, min_available_clients=2)
+    project_id = flops_stack.submit(request)
+    assert wait_until(lambda: flops_stack.project(project_id)["progress"]["round"] >= 3, 400, interval=0.5)
+    project = flops_stack.project(project_id)
+    adapter = LocalAdapter(LocalAdapterSettings(state_dir=str(flops_stack.state_dir / "local-adapter")))
+    app = AppRef(project["apps"]["project"], f"project-{project_id[:8]}", AppKind.PROJECT, "Admin", project_id)
+    adapter.kill_instance(app, project["services"]["aggregator"])
+    project = flops_stack.wait(project_id)
+    events = flops_stack.events(project_id)
+    assert project["status"] == "COMPLETED", (project["error"], events[-12:])
+    assert project["progress"]["round"] == 8
+
+    assert sum(text.startswith("the aggregator was lost") for text in events) == 1, events
+    resumed = [text for text in events if "resuming MLflow run" in text]
+    assert len(resumed) == 1 and project["mlflow_run_id"] in resumed[0], events
+
+    client = mlflow_client(project["tracking_url"])
+    steps = sorted(metric.step for metric in client.get_metric_history(project["mlflow_run_id"], "accuracy"))
+    assert steps == list(range(1, 9)), steps
+    runs = client.search_runs([client.get_run(project["mlflow_run_id"]).info.experiment_id],
+                              filter_string=f"tags.`flops.project_id` = '{project_id}'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"

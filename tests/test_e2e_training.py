@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from tests.fixtures_stack import FlopsStack, flops_stack, sla  # noqa: F401 - fixture import
+from tests.fixtures_stack import FlopsStack, flops_stack, mlflow_client, sla  # noqa: F401 - fixture import
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -16,16 +16,6 @@ def classic_data(flops_stack: FlopsStack) -> str:  # noqa: F811
     pushed = flops_stack.push_mocks("digits-ab", 2)
     assert sum(pushed["partitions"].values()) == 1797
     return "digits-ab"
-
-
-def mlflow_client(tracking_url: str):  # type: ignore[no-untyped-def]
-    """A client of the project's tracking server (also as model registry; MLflow 3 defaults to a local file)."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    mlflow.set_tracking_uri(tracking_url)
-    mlflow.set_registry_uri(tracking_url)
-    return MlflowClient(tracking_uri=tracking_url, registry_uri=tracking_url)
 
 
 def test_classic_sklearn_trains_logs_registers_and_serves(flops_stack: FlopsStack, classic_data: str) -> None:  # noqa: F811

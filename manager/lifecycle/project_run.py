@@ -59,6 +59,7 @@ from orchestrator_adapters.base import (
     OrchestratorAdapter,
     Placement,
     PortSpec,
+    ServiceInfo,
     ServiceKind,
     ServiceSpec,
     ServiceState,
@@ -67,9 +68,11 @@ from orchestrator_adapters.base import (
 log = logging.getLogger(__name__)
 
 Publish = Callable[[FlopsMessage], None]
+Reviver = Callable[[str, str, "ServiceInfo"], bool]
 FAILED_GRACE_S = 3.0  # time to let a service's own MQTT failure report arrive before using the adapter's
 RESULT_GRACE_S = 15.0  # a one-shot service that exited 0 gets this long for its report to arrive
 MAX_LEARNER_RESTARTS = 3  # per learner and project; a learner that keeps dying is left out after that
+MAX_AGGREGATOR_RESTARTS = 2  # per project (classic mode)
 FAILED = ReportedState.FAILED
 OBSERVER_KEY = "observer"  # the observer lives in the observatory app; stored beside the project's services
 
@@ -103,6 +106,7 @@ class RunState:
     model_image: ModelImageBuilt | None = None
     mqtt: MqttSettings | None = None  # this run's broker account (granted on first use)
     learner_restarts: dict[str, int] = field(default_factory=dict)
+    aggregator_restarts: int = 0
     retired_learners: set[str] = field(default_factory=set)  # died too often: not started again
     training_started: bool = False
 
@@ -288,7 +292,7 @@ class ProjectRun:
             return False
 
         self._await(on_message, aggregators, self.deps.settings.training_timeout_s, "training",
-                    on_inspect=self._revive_learners)
+                    on_inspect=self._revive_learners, revive=self._revive_aggregator)
         result = self.state.result
         assert result is not None
         self.progress = self.progress.model_copy(update={"loss": result.loss, "accuracy": result.accuracy})
@@ -297,6 +301,17 @@ class ProjectRun:
             mlflow_run_id=result.mlflow_run_id,
             registered_model=result.registered_model,
         )
+
+    def _revive_aggregator(self, label: str, service_id: str, info: ServiceInfo) -> bool:
+        """A crashed classic aggregator is redeployed; it resumes its MLflow run from the last checkpoint."""
+        if label != "aggregator" or self.state.aggregator_restarts >= MAX_AGGREGATOR_RESTARTS:
+            return False
+        self.state.aggregator_restarts += 1
+        self._event(f"the aggregator was lost ({info.detail or 'failed'}); redeploying it, restart "
+                    f"{self.state.aggregator_restarts} of {MAX_AGGREGATOR_RESTARTS}: it resumes from its last "
+                    "checkpoint", level="warning")
+        self.deps.adapter.deploy_service(self._app(), service_id)
+        return True
 
     def _revive_learners(self) -> None:
         """A learner that crashed during training is started again; it rejoins as a new Flower node.
@@ -508,10 +523,12 @@ class ProjectRun:
         timeout: float,
         what: str,
         on_inspect: Callable[[], None] | None = None,
+        revive: Reviver | None = None,
     ) -> None:
         """Handle reports until ``on_message`` says done; fail on crashed services or timeout.
 
-        ``on_inspect`` runs whenever the watched services are inspected (every two seconds without reports).
+        ``on_inspect`` runs whenever the watched services are inspected (every two seconds);
+        ``revive(label, service_id, info)`` may handle a crashed watched service (True: redeployed).
         """
         deadline = time.monotonic() + timeout
         next_inspect = 0.0
@@ -526,19 +543,25 @@ class ProjectRun:
             now = time.monotonic()
             if now >= next_inspect:
                 next_inspect = now + 2.0
-                self._inspect_watched(on_message, watched, exited_at)
+                self._inspect_watched(on_message, watched, exited_at, revive)
                 if on_inspect is not None:
                     on_inspect()
             if now > deadline:
                 raise PhaseFailed(f"{what} did not finish within {timeout:.0f}s")
 
     def _inspect_watched(
-        self, on_message: Callable[[FlopsMessage], bool], watched: dict[str, str], exited_at: dict[str, float]
+        self,
+        on_message: Callable[[FlopsMessage], bool],
+        watched: dict[str, str],
+        exited_at: dict[str, float],
+        revive: Reviver | None = None,
     ) -> None:
         for label, service_id in watched.items():
             info = self.deps.adapter.inspect_service(self._app(), service_id)
             if info.state is ServiceState.FAILED:
                 self._drain(on_message, FAILED_GRACE_S)  # prefer the service's own one-line reason
+                if revive is not None and revive(label, service_id, info):
+                    continue
                 raise PhaseFailed(f"the {label} failed: {info.detail or 'no detail'}")
             if info.state in (ServiceState.SUCCEEDED, ServiceState.STOPPED):
                 first = exited_at.setdefault(label, time.monotonic())

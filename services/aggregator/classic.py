@@ -10,6 +10,7 @@ from services.aggregator.final_model import log_final_model
 from services.aggregator.rounds import FederatedRounds, RoundResult
 from services.aggregator.session import ServerSession, connect_timeout_s, strategy_params
 from services.fl_runtime import protocol as p
+from services.fl_runtime.checkpoint import Checkpoint
 from services.fl_runtime.outcome import RunOutcome
 from services.fl_runtime.user_code import load_model_manager
 
@@ -32,34 +33,56 @@ def slowest_fit_seconds(result: RoundResult) -> float | None:
     return max((t for reply in result.replies if (t := reply.scalar(p.FIT_SECONDS)) is not None), default=None)
 
 
+def resume_point(session: ServerSession) -> tuple[str | None, Checkpoint | None]:
+    """The run and checkpoint an earlier, crashed instance of this aggregator left, if any."""
+    run_id = session.tracker.find_unfinished_run()
+    if run_id is None:
+        return None, None
+    return run_id, session.tracker.load_checkpoint(run_id)
+
+
+def round_metrics(result: RoundResult) -> dict[str, float | None]:
+    return {
+        "loss": result.loss,
+        "accuracy": result.accuracy,
+        "round_seconds": result.seconds,
+        "slowest_fit_seconds": slowest_fit_seconds(result),
+        "participants": float(len(result.participants)),
+        "num_examples": float(result.num_examples),
+    }
+
+
 def run_classic(grid: Grid, session: ServerSession) -> RunOutcome:
     config, training = session.config, session.config.training
     manager = load_model_manager(config.app_dir)
     arrays = manager.get_model_parameters()
     rounds = learner_rounds(grid, session)
+    resumed_run, checkpoint = resume_point(session)
     waited = time.monotonic()
     nodes = rounds.wait_for_nodes(training.min_available_clients, connect_timeout_s(training))
     waited = time.monotonic() - waited
     session.reporter.event(f"{len(nodes)} learners connected after {waited:.1f} s")
-    session.tracker.start(strategy_params(config))
-    session.tracker.log_metrics({"wait_for_learners_seconds": waited}, step=0)
+    session.tracker.start(strategy_params(config), resume_run_id=resumed_run)
+    first_round = 1
+    if checkpoint is not None:
+        arrays, first_round = checkpoint.arrays, checkpoint.round + 1
+        if "accuracy" in checkpoint.metrics and checkpoint.round not in session.tracker.logged_steps("accuracy"):
+            session.tracker.log_metrics(dict(checkpoint.metrics), step=checkpoint.round)  # died before logging
+        session.reporter.event(f"resuming MLflow run {resumed_run} from the checkpoint of round {checkpoint.round}")
+    elif resumed_run is not None:
+        session.reporter.event(f"resuming MLflow run {resumed_run} from round 1 (no checkpoint yet)")
+    session.tracker.log_metrics({"wait_for_learners_seconds": waited}, step=first_round - 1)
     total = training.training_rounds
-    for server_round in range(1, total + 1):
+    for server_round in range(first_round, total + 1):
         result = rounds.train_round(server_round, arrays, {})
         assert result.arrays is not None
         arrays = result.arrays
+        metrics = round_metrics(result)
+        # Checkpoint first: a crash after it re-logs these metrics on resume, a crash before it reruns the round.
+        session.tracker.save_checkpoint(Checkpoint(server_round, arrays, {
+            key: value for key, value in metrics.items() if value is not None}))
         session.progress(result, cycle=1, total_cycles=1, round_=server_round, total_rounds=total)
-        session.tracker.log_metrics(
-            {
-                "loss": result.loss,
-                "accuracy": result.accuracy,
-                "round_seconds": result.seconds,
-                "slowest_fit_seconds": slowest_fit_seconds(result),
-                "participants": float(len(result.participants)),
-                "num_examples": float(result.num_examples),
-            },
-            step=server_round,
-        )
+        session.tracker.log_metrics(metrics, step=server_round)
     final = rounds.evaluate_round(total, arrays, {})
     session.tracker.log_metrics({"final_loss": final.loss, "final_accuracy": final.accuracy}, step=total)
     logged = log_final_model(session, manager, arrays)

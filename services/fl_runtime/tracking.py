@@ -9,10 +9,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from services.fl_runtime.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE, Checkpoint, CheckpointError
 
 log = logging.getLogger(__name__)
 REGISTER_ATTEMPTS = 6
@@ -71,10 +74,9 @@ class Tracker:
     def enabled(self) -> bool:
         return bool(self.tracking_uri)
 
-    def start(self, params: dict[str, object], parent_run_id: str | None = None) -> str | None:
-        """Open the run (nested under ``parent_run_id`` if given) and log ``params``."""
-        if not self.enabled:
-            return None
+    def _connect(self) -> None:
+        if self._mlflow is not None:
+            return
         for key, value in _MLFLOW_ENV.items():
             os.environ.setdefault(key, value)
         import mlflow
@@ -82,18 +84,86 @@ class Tracker:
         self._mlflow = mlflow
         mlflow.set_tracking_uri(str(self.tracking_uri))
         self._set_experiment()
+
+    def start(
+        self, params: dict[str, object], parent_run_id: str | None = None, resume_run_id: str | None = None
+    ) -> str | None:
+        """Open the run (nested under ``parent_run_id`` if given) and log ``params``.
+
+        ``resume_run_id``: continue that run (a redeployed aggregator); params are already there.
+        """
+        if not self.enabled:
+            return None
+        self._connect()
         tags = dict(self.tags)
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         try:
-            run = mlflow.start_run(run_name=self.run_name, tags=tags)
+            if resume_run_id:
+                run = self._mlflow.start_run(run_id=resume_run_id)
+            else:
+                run = self._mlflow.start_run(run_name=self.run_name, tags=tags)
+                self._mlflow.log_params({key: str(value)[:6000] for key, value in params.items()})
             self.run_id = run.info.run_id
-            mlflow.log_params({key: str(value)[:6000] for key, value in params.items()})
         except Exception as error:
             raise TrackingError(f"MLflow at {self.tracking_uri} refused the run: {_short(error)}") from None
         return self.run_id
 
-    def _set_experiment(self) -> None:
+    def find_unfinished_run(self) -> str | None:
+        """The still-running run with this tracker's tags: left behind by an aggregator that died."""
+        if not self.enabled:
+            return None
+        self._connect()
+        experiment = self._mlflow.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            return None
+        query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in sorted(self.tags.items()))
+        try:
+            runs = self._mlflow.MlflowClient().search_runs(
+                [experiment.experiment_id], filter_string=f"{query} and attributes.status = 'RUNNING'",
+                order_by=["attributes.start_time DESC"], max_results=1)
+        except Exception as error:
+            raise TrackingError(f"MLflow at {self.tracking_uri} cannot search runs: {_short(error)}") from None
+        return str(runs[0].info.run_id) if runs else None
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> bool:
+        """Upload the checkpoint to the run's artifacts; False (and a warning) when MLflow is away."""
+        if self.run_id is None:
+            return False
+        try:
+            with tempfile.TemporaryDirectory(prefix="flops-checkpoint-") as folder:
+                path = Path(folder) / CHECKPOINT_FILE
+                path.write_bytes(checkpoint.to_bytes())
+                self._mlflow.MlflowClient().log_artifact(self.run_id, str(path), CHECKPOINT_DIR)
+        except Exception as error:
+            log.warning("checkpoint of round %d not saved: %s", checkpoint.round, _short(error))
+            return False
+        return True
+
+    def load_checkpoint(self, run_id: str) -> Checkpoint | None:
+        """The run's last checkpoint, or None when it has none."""
+        self._connect()
+        client = self._mlflow.MlflowClient()
+        try:
+            names = [item.path for item in client.list_artifacts(run_id, CHECKPOINT_DIR)]
+            if f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}" not in names:
+                return None
+            with tempfile.TemporaryDirectory(prefix="flops-checkpoint-") as folder:
+                local = client.download_artifacts(run_id, f"{CHECKPOINT_DIR}/{CHECKPOINT_FILE}", folder)
+                return Checkpoint.from_bytes(Path(local).read_bytes())
+        except CheckpointError:
+            raise
+        except Exception as error:
+            raise TrackingError(f"MLflow cannot give back the checkpoint of run {run_id}: {_short(error)}") from None
+
+    def logged_steps(self, key: str) -> set[int]:
+        """Steps at which ``key`` was logged in this run."""
+        if self.run_id is None:
+            return set()
+        history = self._mlflow.MlflowClient().get_metric_history(self.run_id, key)
+        return {int(metric.step) for metric in history}
+
+    def _set_experiment(self) -> None:  # called once, from _connect
         # Root and cluster aggregators may create the experiment at the same moment.
         for attempt in range(5):
             try:
