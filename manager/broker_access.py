@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from flops_utils.mqtt_catalogue import project_filter
+from flops_utils.mqtt_link import configure_tls
 from flops_utils.service_config import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,7 @@ class DynamicSecurityAccess:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"flops-dynsec-{uuid.uuid4().hex[:8]}",
                              protocol=mqtt.MQTTv5)
         client.username_pw_set(self.admin.username, self.admin.password)
-        if self.admin.ca_file:
-            client.tls_set(ca_certs=self.admin.ca_file)
+        configure_tls(client, self.admin)
         client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
         try:
             client.connect(self.admin.host, self.admin.port, keepalive=15)

@@ -118,12 +118,19 @@ def manager_config(suite: SuiteEndpoints, state_dir: Path, cache_dir: Path, port
     }
 
 
+def manager_environment() -> dict[str, str]:
+    """This process's environment without MLflow's: tests point MLflow at their projects' servers
+    (``mlflow.set_registry_uri`` exports MLFLOW_REGISTRY_URI), which a manager must not inherit."""
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    return {**clean, "PYTHONUNBUFFERED": "1"}
+
+
 def start_manager(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [str(Path(sys.executable).with_name("flops-manager")), "--config", str(config_path)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO_ROOT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env=manager_environment(),
         )  # fmt: skip
 
 

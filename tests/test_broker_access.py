@@ -13,7 +13,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from flops_utils.mqtt_catalogue import EventLine, FlopsMessage, project_filter
-from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
+from flops_utils.mqtt_link import BrokerUnavailable, MqttLink, configure_tls
 from flops_utils.service_config import MqttSettings
 from manager.broker_access import (
     BrokerUnreachable,
@@ -36,6 +36,7 @@ def _subscribe_outcome(settings: MqttSettings, topic_filter: str) -> bool:
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"acl-probe-{uuid.uuid4().hex[:8]}")
     client.username_pw_set(settings.username, settings.password)
+    configure_tls(client, settings)
     client.on_connect, client.on_subscribe = on_connect, on_subscribe
     client.connect(settings.host, settings.port)
     client.loop_start()

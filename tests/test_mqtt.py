@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,7 @@ from flops_utils.mqtt_catalogue import (
 )
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
 from flops_utils.service_config import MqttSettings
+from manager.suite.tls import ensure_server_tls
 
 
 def test_topics_round_trip() -> None:
@@ -82,3 +84,14 @@ def test_wrong_password_and_dead_broker_are_clear_errors(mqtt_settings: MqttSett
     nowhere = MqttSettings(host="127.0.0.1", port=1, username="u", password="p")
     with pytest.raises(BrokerUnavailable, match="127.0.0.1:1"):
         MqttLink(nowhere).connect(timeout=3)
+
+
+def test_the_suite_broker_speaks_only_verified_tls(mqtt_settings: MqttSettings, tmp_path: Path) -> None:
+    assert mqtt_settings.tls and mqtt_settings.ca_pem and "BEGIN CERTIFICATE" in mqtt_settings.ca_pem
+    MqttLink(mqtt_settings).connect(timeout=10).close()
+    plain = mqtt_settings.model_copy(update={"ca_pem": None, "ca_file": None})
+    with pytest.raises(BrokerUnavailable):
+        MqttLink(plain).connect(timeout=4)
+    stranger_ca = ensure_server_tls(tmp_path / "other-ca", ["127.0.0.1"]).ca_pem
+    with pytest.raises(BrokerUnavailable):
+        MqttLink(mqtt_settings.model_copy(update={"ca_pem": stranger_ca})).connect(timeout=4)

@@ -22,6 +22,7 @@ import pytest
 import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
+from flops_utils.mqtt_link import configure_tls
 from flops_utils.service_config import MqttSettings
 from manager.suite import (
     SuiteEndpoints,
@@ -50,6 +51,7 @@ def _connect_result(settings: MqttSettings, username: str | None, password: str 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:8]}")
     if username is not None:
         client.username_pw_set(username, password)
+    configure_tls(client, settings)
     client.on_connect = on_connect
     client.connect(settings.host, settings.port, keepalive=10)
     client.loop_start()
@@ -162,6 +164,7 @@ def test_qos1_message_for_an_offline_subscriber_survives_a_broker_restart(own_st
     def durable_subscriber() -> mqtt.Client:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="durable-subscriber", clean_session=False)
         client.username_pw_set(settings.username, settings.password)
+        configure_tls(client, settings)
         client.on_message = on_message
         client.connect(settings.host, settings.port, keepalive=10)
         return client
@@ -178,6 +181,7 @@ def test_qos1_message_for_an_offline_subscriber_survives_a_broker_restart(own_st
 
     publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="publisher")
     publisher.username_pw_set(settings.username, settings.password)
+    configure_tls(publisher, settings)
     publisher.connect(settings.host, settings.port, keepalive=10)
     publisher.loop_start()
     publisher.publish(topic, b"kept across restart", qos=1).wait_for_publish(15)

@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = _command(suite_commands, "up", "start the suite (idempotent)", _suite_up)
     up.add_argument("--registry", action="store_true", help="also start the OCI registry")
     up.add_argument("--manager", action="store_true", help="also start flops-manager (detached)")
+    up.add_argument("--no-tls", action="store_true",
+                    help="broker without TLS (development only; a warning is printed)")
     _command(suite_commands, "down", "stop the manager and the suite (data is kept)", _suite_down)
     _command(suite_commands, "status", "which suite components are up (exit 1 if any is down)", _suite_status)
     _set_help(suite)
@@ -337,7 +339,8 @@ def _db_reset(args: argparse.Namespace, out: TextIO) -> int:
 def _suite_up(args: argparse.Namespace, out: TextIO) -> int:
     from manager.cli.suite_commands import suite_up
 
-    return suite_up(_suite_dir(args), registry=args.registry, with_manager=args.manager, out=out)
+    return suite_up(_suite_dir(args), registry=args.registry, with_manager=args.manager, out=out,
+                    tls=not args.no_tls)
 
 
 def _suite_down(args: argparse.Namespace, out: TextIO) -> int:

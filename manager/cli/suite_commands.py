@@ -22,12 +22,15 @@ LOG_FILE = "manager.log"
 MANAGER_READY_TIMEOUT_S = 90.0
 
 
-def suite_up(state_dir: Path, *, registry: bool, with_manager: bool, out: TextIO) -> int:
+def suite_up(state_dir: Path, *, registry: bool, with_manager: bool, out: TextIO, tls: bool = True) -> int:
+    if not tls:
+        out.write("warning: the broker listens without TLS; use this for development only\n")
     try:
-        endpoints = start_suite(state_dir, registry=registry)
+        endpoints = start_suite(state_dir, registry=registry, mqtt_tls=tls)
     except SuiteError as error:
         raise CliError(f"cannot start the suite: {error}") from None
-    out.write(f"mosquitto: {endpoints.mqtt.host}:{endpoints.mqtt.port} (user {endpoints.mqtt.username})\n")
+    scheme = "mqtts" if endpoints.mqtt.tls else "mqtt"
+    out.write(f"mosquitto: {scheme}://{endpoints.mqtt.host}:{endpoints.mqtt.port} (user {endpoints.mqtt.username})\n")
     out.write(f"secantusdb: {endpoints.mongo_uri}\n")
     if endpoints.registry is not None:
         out.write(f"registry: {endpoints.registry.address} (user {endpoints.registry.username})\n")

@@ -7,6 +7,7 @@ one account per project that may only use that project's topics; see manager.bro
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pwd
 import threading
@@ -16,9 +17,13 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from flops_utils.mqtt_link import configure_tls
 from flops_utils.service_config import MqttSettings
 from manager.suite.processes import ProcessRecord, find_binary, launch, run_tool, wait_ready
 from manager.suite.state import HOST, MOSQUITTO, ComponentState, Credentials
+from manager.suite.tls import ensure_server_tls, server_hosts
+
+log = logging.getLogger(__name__)
 
 _INSTALL_HINT = "install the Debian package 'mosquitto' (make system-packages)"
 READY_TIMEOUT_S = 30.0
@@ -81,8 +86,11 @@ def write_dynsec(state_dir: Path, credentials: Credentials) -> Path:
     return path
 
 
-def write_config(state_dir: Path, component: ComponentState, acl_file: Path | None) -> Path:
-    """Write the account store (dynamic security, else a password file) and the config; return the config's path."""
+def write_config(state_dir: Path, component: ComponentState, acl_file: Path | None, tls: bool = True) -> Path:
+    """Write the account store (dynamic security, else a password file), TLS files and the config.
+
+    Returns the config's path. ``tls=False`` (development only) listens in plain TCP.
+    """
     if component.credentials is None:
         raise ValueError("the broker needs credentials")
     directory = broker_dir(state_dir)
@@ -102,11 +110,20 @@ def write_config(state_dir: Path, component: ComponentState, acl_file: Path | No
         )
         os.chmod(password_file, 0o600)
         accounts = [f"password_file {password_file}"]
+    listener = [f"listener {component.port} {HOST}"]
+    if tls:
+        files = ensure_server_tls(directory / "tls", server_hosts())
+        component.ca_pem = files.ca_pem
+        listener += [f"cafile {files.ca_file}", f"certfile {files.cert_file}", f"keyfile {files.key_file}",
+                     "tls_version tlsv1.2"]  # fmt: skip
+    else:
+        component.ca_pem = None
+        log.warning("the suite's MQTT broker listens without TLS (development only)")
     lines = [
         "# written by manager.suite; rewritten on every start",
         # As root Mosquitto would drop to the 'mosquitto' user, who cannot read our files.
         f"user {pwd.getpwuid(os.geteuid()).pw_name}",
-        f"listener {component.port} {HOST}",
+        *listener,
         "allow_anonymous false",
         *accounts,
         "persistence true",
@@ -147,7 +164,8 @@ def start(state_dir: Path, component: ComponentState) -> ProcessRecord:
 
 def settings_for(component: ComponentState) -> MqttSettings:
     credentials = component.credentials or Credentials(username="", password="")
-    return MqttSettings(host=HOST, port=component.port, username=credentials.username, password=credentials.password)
+    return MqttSettings(host=HOST, port=component.port, username=credentials.username, password=credentials.password,
+                        ca_pem=component.ca_pem)
 
 
 def broker_accepts(settings: MqttSettings, timeout: float = 3.0) -> bool:
@@ -162,6 +180,7 @@ def broker_accepts(settings: MqttSettings, timeout: float = 3.0) -> bool:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"flops-suite-probe-{uuid.uuid4().hex[:8]}")
     if settings.username:
         client.username_pw_set(settings.username, settings.password)
+    configure_tls(client, settings)
     client.on_connect = on_connect
     try:
         client.connect(settings.host, settings.port, keepalive=10)

@@ -53,6 +53,7 @@ class ComponentState(_Record):
     pid: int = 0
     start_ticks: int = 0
     credentials: Credentials | None = None
+    ca_pem: str | None = None  # the broker's CA certificate when it speaks TLS (not secret)
 
     @property
     def process(self) -> ProcessRecord:
@@ -80,6 +81,7 @@ class SuiteState(_Record):
                 port=broker.port,
                 username=broker.credentials.username,
                 password=broker.credentials.password,
+                ca_pem=broker.ca_pem,
             ),
             mongo_uri=f"mongodb://{HOST}:{self.components[SECANTUSDB].port}",
             registry=(

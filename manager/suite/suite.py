@@ -48,12 +48,15 @@ def default_state_dir() -> Path:
     return Path(os.environ.get(STATE_DIR_ENV) or "~/.flops/suite").expanduser()
 
 
-def start_suite(state_dir: Path, *, registry: bool = False, mqtt_acl_file: Path | None = None) -> SuiteEndpoints:
+def start_suite(
+    state_dir: Path, *, registry: bool = False, mqtt_acl_file: Path | None = None, mqtt_tls: bool = True
+) -> SuiteEndpoints:
     """Start whatever part of the suite is not running yet and return its endpoints.
 
     Idempotent: a suite that is already up is left alone. A registry started earlier
     stays part of the suite. On failure, components this call started are stopped
-    again and :class:`SuiteError` says why.
+    again and :class:`SuiteError` says why. The broker speaks TLS with the suite's own CA
+    unless ``mqtt_tls`` is False (development only).
     """
     state_dir = _resolve(state_dir)
     with locked(state_dir):
@@ -72,7 +75,7 @@ def start_suite(state_dir: Path, *, registry: bool = False, mqtt_acl_file: Path 
                 else:
                     component = ComponentState(port=free_port(), credentials=_new_credentials())
                     state.components[name] = component
-                _start_component(state_dir, name, component, mqtt_acl_file)
+                _start_component(state_dir, name, component, mqtt_acl_file, mqtt_tls)
                 started.append((name, component))
                 write_state(state_dir, state)
         except BaseException:
@@ -191,10 +194,12 @@ def _healthy(name: str, component: ComponentState) -> bool:
     return registry.registry_answers(component, timeout=_PROBE_TIMEOUT_S)
 
 
-def _start_component(state_dir: Path, name: str, component: ComponentState, acl_file: Path | None) -> None:
+def _start_component(
+    state_dir: Path, name: str, component: ComponentState, acl_file: Path | None, mqtt_tls: bool = True
+) -> None:
     """Start one component, moving to a fresh port if its port is (or gets) taken."""
     starters: dict[str, Callable[[], ProcessRecord]] = {
-        MOSQUITTO: lambda: _start_mosquitto(state_dir, component, acl_file),
+        MOSQUITTO: lambda: _start_mosquitto(state_dir, component, acl_file, mqtt_tls),
         SECANTUSDB: lambda: secantus.start(state_dir, component),
         REGISTRY: lambda: registry.start(state_dir, component),
     }
@@ -210,8 +215,8 @@ def _start_component(state_dir: Path, name: str, component: ComponentState, acl_
             component.port = free_port()
 
 
-def _start_mosquitto(state_dir: Path, component: ComponentState, acl_file: Path | None) -> ProcessRecord:
-    mosquitto.write_config(state_dir, component, acl_file)
+def _start_mosquitto(state_dir: Path, component: ComponentState, acl_file: Path | None, tls: bool) -> ProcessRecord:
+    mosquitto.write_config(state_dir, component, acl_file, tls)
     return mosquitto.start(state_dir, component)
 
 

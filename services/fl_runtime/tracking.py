@@ -83,6 +83,8 @@ class Tracker:
 
         self._mlflow = mlflow
         mlflow.set_tracking_uri(str(self.tracking_uri))
+        # Explicitly: an inherited MLFLOW_REGISTRY_URI would register models on another server.
+        mlflow.set_registry_uri(str(self.tracking_uri))
         self._set_experiment()
 
     def start(

@@ -17,6 +17,7 @@ from flops_utils.service_config import ServingConfig, load_config
 def main() -> None:
     config = load_config(ServingConfig)
     os.environ["MLFLOW_TRACKING_URI"] = config.tracking_uri
+    os.environ["MLFLOW_REGISTRY_URI"] = config.tracking_uri  # models:/ URIs: never an inherited registry
     import mlflow.pyfunc
     import uvicorn
     from mlflow.pyfunc import scoring_server

@@ -24,6 +24,22 @@ log = logging.getLogger(__name__)
 MessageHandler = Callable[[str, FlopsMessage], None]
 
 
+def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+    """A verifying client context for the broker's CA (file or PEM text), or None for plain TCP."""
+    if not settings.tls:
+        return None
+    context = ssl.create_default_context(cafile=settings.ca_file or None, cadata=settings.ca_pem or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def configure_tls(client: mqtt.Client, settings: MqttSettings) -> None:
+    """Make ``client`` speak TLS and verify the broker when the settings carry a CA."""
+    context = tls_context(settings)
+    if context is not None:
+        client.tls_set_context(context)
+
+
 class BrokerUnavailable(ConnectionError):
     """The broker refused us or could not be reached in time."""
 
@@ -43,8 +59,7 @@ class MqttLink:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True)
         if self.settings.username:
             client.username_pw_set(self.settings.username, self.settings.password)
-        if self.settings.ca_file:
-            client.tls_set(ca_certs=self.settings.ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        configure_tls(client, self.settings)
         client.max_queued_messages_set(0)
         client.max_inflight_messages_set(100)
         client.reconnect_delay_set(min_delay=1, max_delay=5)

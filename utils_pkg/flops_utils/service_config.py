@@ -28,7 +28,14 @@ class MqttSettings(_Config):
     port: int = 1883
     username: str | None = None
     password: str | None = Field(default=None, repr=False)
-    ca_file: str | None = Field(default=None, description="CA bundle; set to use TLS")
+    ca_file: str | None = Field(default=None, description="CA bundle file; set to use TLS")
+    ca_pem: str | None = Field(
+        default=None, repr=False,
+        description="CA certificate(s) as PEM text; set to use TLS with no file on the service's host")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.ca_file or self.ca_pem)
 
 
 class TrainingSettings(_Config):
