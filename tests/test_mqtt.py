@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from flops_utils.mqtt_catalogue import (
     ServiceStatus,
     TopicKind,
     TrainingProgress,
+    TrainingResult,
     parse_message,
     project_filter,
     split_topic,
@@ -95,3 +97,31 @@ def test_the_suite_broker_speaks_only_verified_tls(mqtt_settings: MqttSettings, 
     stranger_ca = ensure_server_tls(tmp_path / "other-ca", ["127.0.0.1"]).ca_pem
     with pytest.raises(BrokerUnavailable):
         MqttLink(mqtt_settings.model_copy(update={"ca_pem": stranger_ca})).connect(timeout=4)
+
+
+def test_results_are_retained_until_the_project_is_cleared(mqtt_settings: MqttSettings) -> None:
+    project = f"p-retain-{uuid.uuid4().hex[:8]}"
+    result = TrainingResult(project_id=project, sender="aggregator", rounds_completed=3, accuracy=0.9)
+
+    def late_subscriber_sees() -> list[object]:
+        seen: queue.Queue[object] = queue.Queue()
+        late = MqttLink(mqtt_settings)
+        late.subscribe(project_filter(project), lambda _t, message: seen.put(message))
+        late.connect()
+        try:
+            return [seen.get(timeout=3)]
+        except queue.Empty:
+            return []
+        finally:
+            late.close()
+
+    publisher = MqttLink(mqtt_settings).connect()
+    try:
+        publisher.publish(result)
+        assert publisher.flush(10)
+        assert late_subscriber_sees() == [result]
+        publisher.clear_retained(project)
+        assert publisher.flush(10)
+        assert late_subscriber_sees() == []
+    finally:
+        publisher.close()

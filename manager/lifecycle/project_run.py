@@ -93,6 +93,7 @@ class RunDeps:
     observatories: ObservatoryKeeper
     publish: Publish
     broker: BrokerAccess
+    clear_retained: Callable[[str], None]
 
 
 @dataclass
@@ -197,6 +198,10 @@ class ProjectRun:
         except Exception as failure:  # cleanup must never hide the project's real outcome
             log.exception("cleanup of project %s failed", self.project_id)
             self._event(f"cleanup incomplete: {_one_line(failure)}", level="warning")
+        try:
+            self.deps.clear_retained(self.project_id)  # the broker keeps nothing of a finished project
+        except Exception as failure:  # only housekeeping
+            log.warning("retained messages of %s not cleared: %s", self.project_id, failure)
         if error:
             self._event(f"project failed: {error}", level="error")
         else:

@@ -121,7 +121,8 @@ class LifecycleService:
     ) -> threading.Thread:
         """Register the project's inbox and return its (not yet started) run thread."""
         inbox = ProjectInbox()
-        deps = RunDeps(self.settings, self.store, adapter, self.observatories, self.link.publish, self.broker)
+        deps = RunDeps(self.settings, self.store, adapter, self.observatories, self.link.publish, self.broker,
+                       self.link.clear_retained)
         run = ProjectRun(record, sla, deps, inbox)
         body = (lambda: run.resume(record)) if resume else run.run
         thread = threading.Thread(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from flops_utils.mqtt_catalogue import RETAINED_KINDS, FlopsMessage, MalformedMessage, parse_message
+from flops_utils.mqtt_catalogue import RETAINED_KINDS, FlopsMessage, MalformedMessage, parse_message, topic
 from flops_utils.service_config import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,13 @@ class MqttLink:
         retain = message.kind in RETAINED_KINDS
         self._client.publish(message.topic(), message.to_payload(), qos=1, retain=retain)
 
+    def clear_retained(self, project_id: str) -> None:
+        """Drop the broker's retained messages of a finished project (an empty retained payload)."""
+        if self._client is None:
+            raise BrokerUnavailable("MQTT link is not connected")
+        for kind in RETAINED_KINDS:
+            self._client.publish(topic(project_id, kind), b"", qos=1, retain=True)
+
     def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
         with self._lock:
             self._subscriptions[topic_filter] = handler
@@ -143,7 +150,7 @@ class MqttLink:
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
             handlers = [h for f, h in self._subscriptions.items() if mqtt.topic_matches_sub(f, msg.topic)]
-        if not handlers:
+        if not handlers or not msg.payload:  # empty: a retained message being cleared
             return
         try:
             message = parse_message(msg.payload)
