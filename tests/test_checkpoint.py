@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,10 @@ def file_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
         while mlflow.active_run():
             mlflow.end_run()
         mlflow.set_tracking_uri(previous)
+        # Tracker.start made an experiment of this store active (globally and in MLFLOW_EXPERIMENT_ID);
+        # later tests use other stores.
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        mlflow.tracking.fluent._active_experiment_id = None
 
 
 def test_checkpoint_bytes_round_trip_and_garbage_is_refused() -> None:

@@ -38,6 +38,7 @@ def file_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
     previous = mlflow.get_tracking_uri()
     uri = (tmp_path / "mlruns").as_uri()
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("oci-inference")  # not an experiment id an earlier test made active in another store
     try:
         yield uri
     finally:
