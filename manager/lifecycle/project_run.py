@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from flops_utils.message_text import describe
 from flops_utils.mqtt_catalogue import (
@@ -68,7 +69,8 @@ from orchestrator_adapters.base import (
 log = logging.getLogger(__name__)
 
 Publish = Callable[[FlopsMessage], None]
-Reviver = Callable[[str, str, "ServiceInfo"], bool]
+Reviver = Callable[[str, str, ServiceInfo], bool]
+Answer = TypeVar("Answer", BuildResult, ModelImageBuilt)
 FAILED_GRACE_S = 3.0  # time to let a service's own MQTT failure report arrive before using the adapter's
 RESULT_GRACE_S = 15.0  # a one-shot service that exited 0 gets this long for its report to arrive
 MAX_LEARNER_RESTARTS = 3  # per learner and project; a learner that keeps dying is left out after that
@@ -253,20 +255,25 @@ class ProjectRun:
             registry=settings.registry,
             platforms=list(sla.supported_platforms),
         )
-        builder = self._deploy("builder", self._spec("builder", ServiceKind.BUILDER, config))
+        build = self._run_builder("builder", config, BuildResult, failed="build", what="the build")
+        self.state.build = build
+        self._update(build=build.model_dump(exclude={"project_id", "sender", "sent_at", "type"}))
+
+    def _run_builder(self, name: str, config: BuilderConfig, answer: type[Answer], *, failed: str, what: str) -> Answer:
+        """Deploy a builder and wait for its one ``answer``; its own failure report fails the phase."""
+        service = self._deploy(name, self._spec(name, ServiceKind.BUILDER, config))
+        answers: list[Answer] = []
 
         def on_message(message: FlopsMessage) -> bool:
-            if isinstance(message, BuildResult):
-                self.state.build = message
+            if isinstance(message, answer):
+                answers.append(message)
                 return True
             if isinstance(message, ServiceStatus) and message.service == "builder" and message.state is FAILED:
-                raise PhaseFailed(f"build failed: {message.detail}")
+                raise PhaseFailed(f"{failed} failed: {message.detail}")
             return False
 
-        self._await(on_message, {"builder": builder}, settings.build_timeout_s, "the build")
-        build = self.state.build
-        assert build is not None
-        self._update(build=build.model_dump(exclude={"project_id", "sender", "sent_at", "type"}))
+        self._await(on_message, {name: service}, self.deps.settings.build_timeout_s, what)
+        return answers[0]
 
     def _train(self) -> None:
         training = sla_to_training_settings(self.sla)
@@ -460,19 +467,9 @@ class ProjectRun:
             tracking_uri=self._observatory_ref().tracking_url,
             base_image=build.learner_image,
         )
-        builder = self._deploy("model-builder", self._spec("model-builder", ServiceKind.BUILDER, config))
-
-        def on_message(message: FlopsMessage) -> bool:
-            if isinstance(message, ModelImageBuilt):
-                self.state.model_image = message
-                return True
-            if isinstance(message, ServiceStatus) and message.service == "builder" and message.state is FAILED:
-                raise PhaseFailed(f"build_image_for_trained_model failed: {message.detail}")
-            return False
-
-        self._await(on_message, {"model-builder": builder}, settings.build_timeout_s, "the inference image build")
-        built = self.state.model_image
-        assert built is not None
+        built = self._run_builder("model-builder", config, ModelImageBuilt, failed="build_image_for_trained_model",
+                                  what="the inference image build")
+        self.state.model_image = built
         self._update(model_image=built.pinned)
         how = "found in the registry" if built.cached else f"built in {built.total_seconds:.0f}s"
         tagged = f", tagged on MLflow run {built.run_id}" if built.run_tagged else ""

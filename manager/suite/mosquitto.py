@@ -75,7 +75,7 @@ def write_dynsec(state_dir: Path, credentials: Credentials) -> Path:
         kept = json.loads(path.read_text()) if path.is_file() else {}
     except ValueError:
         kept = {}
-    admin_names = {client["username"] for client in fresh["clients"]} | {"admin"}
+    admin_names = {client["username"] for client in fresh["clients"]}
     fresh["clients"] += [client for client in kept.get("clients", []) if client.get("username") not in admin_names]
     fresh["roles"] += [role for role in kept.get("roles", []) if role.get("rolename") != "admin"]
     fresh["groups"] = kept.get("groups", [])
