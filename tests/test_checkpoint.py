@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,9 +35,11 @@ def file_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
 
 def test_checkpoint_bytes_round_trip_and_garbage_is_refused() -> None:
     arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1.5, -2.0]), np.zeros((0,), dtype=np.int64)]
-    checkpoint = Checkpoint(round=4, arrays=arrays, metrics={"accuracy": 0.93, "loss": 0.21}, cycle=2)
+    checkpoint = Checkpoint(round=4, arrays=arrays, metrics={"accuracy": 0.93, "loss": 0.21}, cycle=2,
+                            state={"round_losses": [0.5, 0.3], "cluster": "a"})
     back = Checkpoint.from_bytes(checkpoint.to_bytes())
     assert (back.round, back.cycle, back.metrics) == (4, 2, {"accuracy": 0.93, "loss": 0.21})
+    assert back.state == {"round_losses": [0.5, 0.3], "cluster": "a"}
     assert [array.dtype for array in back.arrays] == [array.dtype for array in arrays]
     assert all(np.array_equal(a, b) for a, b in zip(back.arrays, arrays, strict=True))
     with pytest.raises(CheckpointError, match="unreadable checkpoint"):
@@ -65,3 +69,35 @@ def test_a_second_tracker_finds_the_unfinished_run_and_its_last_checkpoint(file_
     assert second.logged_steps("accuracy") == {1}
     second.finish(ok=True)
     assert Tracker(file_tracking, "ckpt-tests", "p-ckpt", tags).find_unfinished_run() is None
+
+
+RACE_SCRIPT = """
+import sys
+from services.fl_runtime.tracking import Tracker
+tracker = Tracker(sys.argv[1], "race", sys.argv[2], {"flops.project_id": "p-race", "flops.role": sys.argv[2]})
+tracker.find_unfinished_run()
+print(tracker.start({}))
+"""
+
+
+def test_aggregators_creating_the_experiment_at_once_all_log_into_it(tmp_path: Path) -> None:
+    """Root and clusters start together; a run must never fall into the Default experiment (resume finds it by tags)."""
+
+    uri = f"sqlite:///{tmp_path / 'race.db'}"
+    create_tables = f"import mlflow; mlflow.MlflowClient({uri!r}).search_experiments()"
+    subprocess.run([sys.executable, "-c", create_tables], check=True, capture_output=True)  # the race is the experiment
+    roles = ["root", "cluster-a", "cluster-b", "cluster-c"]
+    workers = [
+        subprocess.Popen([sys.executable, "-c", RACE_SCRIPT, uri, role], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+        for role in roles
+    ]  # fmt: skip
+    run_ids = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err[-2000:]
+        run_ids.append(out.strip().splitlines()[-1])
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("race")
+    assert experiment is not None
+    assert {client.get_run(run_id).info.experiment_id for run_id in run_ids} == {experiment.experiment_id}

@@ -74,7 +74,7 @@ Answer = TypeVar("Answer", BuildResult, ModelImageBuilt)
 FAILED_GRACE_S = 3.0  # time to let a service's own MQTT failure report arrive before using the adapter's
 RESULT_GRACE_S = 15.0  # a one-shot service that exited 0 gets this long for its report to arrive
 MAX_LEARNER_RESTARTS = 3  # per learner and project; a learner that keeps dying is left out after that
-MAX_AGGREGATOR_RESTARTS = 2  # per project (classic mode)
+MAX_AGGREGATOR_RESTARTS = 2  # per aggregator and project (classic, root or cluster)
 FAILED = ReportedState.FAILED
 OBSERVER_KEY = "observer"  # the observer lives in the observatory app; stored beside the project's services
 
@@ -109,7 +109,7 @@ class RunState:
     model_image: ModelImageBuilt | None = None
     mqtt: MqttSettings | None = None  # this run's broker account (granted on first use)
     learner_restarts: dict[str, int] = field(default_factory=dict)
-    aggregator_restarts: int = 0
+    aggregator_restarts: dict[str, int] = field(default_factory=dict)
     retired_learners: set[str] = field(default_factory=set)  # died too often: not started again
     training_started: bool = False
 
@@ -315,13 +315,14 @@ class ProjectRun:
         )
 
     def _revive_aggregator(self, label: str, service_id: str, info: ServiceInfo) -> bool:
-        """A crashed classic aggregator is redeployed; it resumes its MLflow run from the last checkpoint."""
-        if label != "aggregator" or self.state.aggregator_restarts >= MAX_AGGREGATOR_RESTARTS:
+        """A crashed aggregator (classic, root or cluster) is redeployed; it resumes from its last checkpoint."""
+        restarts = self.state.aggregator_restarts.get(label, 0)
+        if restarts >= MAX_AGGREGATOR_RESTARTS:
             return False
-        self.state.aggregator_restarts += 1
-        self._event(f"the aggregator was lost ({info.detail or 'failed'}); redeploying it, restart "
-                    f"{self.state.aggregator_restarts} of {MAX_AGGREGATOR_RESTARTS}: it resumes from its last "
-                    "checkpoint", level="warning")
+        self.state.aggregator_restarts[label] = restarts + 1
+        self._event(f"the {label} was lost ({info.detail or 'failed'}); redeploying it, restart "
+                    f"{restarts + 1} of {MAX_AGGREGATOR_RESTARTS}: it resumes from its last checkpoint",
+                    level="warning")  # fmt: skip
         self.deps.adapter.deploy_service(self._app(), service_id)
         return True
 

@@ -8,6 +8,10 @@ Cluster (inner ServerApp on the cluster's own SuperLink): waits for jobs from th
 bridge (see :mod:`services.aggregator.bridge`), trains its learners for
 ``training_rounds`` rounds per ``train`` job starting from the root's model, and
 evaluates on an ``evaluate`` job, after which it ends.
+
+Both checkpoint to their MLflow runs (the root after every cycle, a cluster after every
+round). A redeployed root continues with the next cycle; a redeployed cluster joins the
+root as a new node, gets the interrupted cycle again and continues after its last round.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
+from flops_utils.service_config import TrainingSettings
 from services.aggregator.bridge import Bridge, Job
-from services.aggregator.classic import learner_rounds
+from services.aggregator.classic import learner_rounds, resume_point
 from services.aggregator.final_model import log_final_model
 from services.aggregator.rounds import FederatedRounds, RoundFailed, RoundResult
 from services.aggregator.session import (
@@ -29,9 +34,12 @@ from services.aggregator.session import (
     strategy_params,
 )
 from services.fl_runtime import protocol as p
+from services.fl_runtime.checkpoint import Checkpoint
 from services.fl_runtime.outcome import RunOutcome
 from services.fl_runtime.reporter import one_line
 from services.fl_runtime.user_code import load_model_manager
+
+CYCLE_SECONDS = "cycle_seconds"
 
 
 def _number(value: float | None) -> float:
@@ -39,6 +47,11 @@ def _number(value: float | None) -> float:
 
 
 # -- root ---------------------------------------------------------------------------
+def replacement_wait_s(training: TrainingSettings) -> float:
+    """How long the root waits for a redeployed cluster aggregator to join (its processes start from scratch)."""
+    return connect_timeout_s(training) * 2
+
+
 def run_root(grid: Grid, session: ServerSession) -> RunOutcome:
     config, training = session.config, session.config.training
     manager = load_model_manager(config.app_dir)
@@ -52,28 +65,38 @@ def run_root(grid: Grid, session: ServerSession) -> RunOutcome:
         timeout_s=cycle_timeout_s(training),
         what="cluster aggregator",
         on_lost=session.lost,
+        replacement_wait_s=replacement_wait_s(training),
     )
+    resumed_run, checkpoint = resume_point(session)
     waited = time.monotonic()
     rounds.wait_for_nodes(clusters, connect_timeout_s(training) * 2)
     waited = time.monotonic() - waited
     session.reporter.event(f"{clusters} cluster aggregators connected after {waited:.1f} s")
-    run_id = session.tracker.start(strategy_params(config))
-    session.tracker.log_metrics({"wait_for_clusters_seconds": waited}, step=0)
+    run_id = session.tracker.start(strategy_params(config), resume_run_id=resumed_run)
     cycles, per_cycle = training.training_cycles, training.training_rounds
-    for cycle in range(1, cycles + 1):
+    first_cycle = 1
+    if checkpoint is not None:
+        arrays, first_cycle = checkpoint.arrays, checkpoint.cycle + 1
+        if checkpoint.cycle not in session.tracker.logged_steps(CYCLE_SECONDS):  # died before logging
+            _log_cycle(session, checkpoint.metrics, checkpoint.state, checkpoint.cycle)
+        session.reporter.event(f"resuming MLflow run {resumed_run} from the checkpoint of cycle {checkpoint.cycle}")
+    session.tracker.log_metrics({"wait_for_clusters_seconds": waited}, step=first_cycle - 1)
+    for cycle in range(first_cycle, cycles + 1):
         job = {p.CYCLE: cycle, p.TOTAL_CYCLES: cycles, p.PARENT_RUN: run_id or ""}
         result = rounds.train_round(cycle, arrays, job)
         assert result.arrays is not None
         arrays = result.arrays
-        session.progress(result, cycle=cycle, total_cycles=cycles, round_=per_cycle, total_rounds=per_cycle)
-        metrics: dict[str, float | None] = {
+        metrics = {key: value for key, value in {
             "loss": result.loss,
             "accuracy": result.accuracy,
-            "cycle_seconds": result.seconds,
+            CYCLE_SECONDS: result.seconds,
             "num_examples": float(result.num_examples),
-        }
-        session.tracker.log_metrics(metrics, step=cycle)
-        _log_cluster_rounds(session, result, cycle, per_cycle)
+        }.items() if value is not None}  # fmt: skip
+        state = {"cluster_rounds": _cluster_rounds(result, cycle, per_cycle)}
+        # Checkpoint first: a crash after it logs these values on resume, a crash before it reruns the cycle.
+        session.tracker.save_checkpoint(Checkpoint(per_cycle, arrays, metrics, cycle=cycle, state=state))
+        session.progress(result, cycle=cycle, total_cycles=cycles, round_=per_cycle, total_rounds=per_cycle)
+        _log_cycle(session, metrics, state, cycle)
     final = rounds.evaluate_round(cycles, arrays, {p.CYCLE: cycles, p.TOTAL_CYCLES: cycles, p.PARENT_RUN: run_id or ""})
     session.tracker.log_metrics({"final_loss": final.loss, "final_accuracy": final.accuracy}, step=cycles)
     logged = log_final_model(session, manager, arrays)
@@ -90,20 +113,27 @@ def run_root(grid: Grid, session: ServerSession) -> RunOutcome:
     )
 
 
-def _log_cluster_rounds(session: ServerSession, result: RoundResult, cycle: int, per_cycle: int) -> None:
-    """Per-cluster metrics in the root run, stepped by global round index."""
+def _cluster_rounds(result: RoundResult, cycle: int, per_cycle: int) -> list[list[Any]]:
+    """Per-cluster metrics for the root run as ``[step, {name: value}]``, stepped by global round index."""
+    steps: list[list[Any]] = []
     for reply in result.replies:
         name = reply.cluster or reply.name
         losses = reply.metrics.get(p.ROUND_LOSSES)
         accuracies = reply.metrics.get(p.ROUND_ACCURACIES)
         for index in range(per_cycle):
-            step = (cycle - 1) * per_cycle + index + 1
-            values: dict[str, float | None] = {}
+            values: dict[str, float] = {}
             if isinstance(losses, list) and index < len(losses):
                 values[f"cluster/{name}/loss"] = float(losses[index])
             if isinstance(accuracies, list) and index < len(accuracies):
                 values[f"cluster/{name}/accuracy"] = float(accuracies[index])
-            session.tracker.log_metrics(values, step=step)
+            steps.append([(cycle - 1) * per_cycle + index + 1, values])
+    return steps
+
+
+def _log_cycle(session: ServerSession, metrics: dict[str, float], state: dict[str, Any], cycle: int) -> None:
+    session.tracker.log_metrics(dict(metrics), step=cycle)
+    for step, values in state.get("cluster_rounds", []):
+        session.tracker.log_metrics(values, step=int(step))
 
 
 # -- cluster ------------------------------------------------------------------------
@@ -111,11 +141,16 @@ def run_cluster(grid: Grid, session: ServerSession) -> RunOutcome:
     config, training = session.config, session.config.training
     bridge = Bridge(session.work_dir / BRIDGE_DIR)
     rounds = learner_rounds(grid, session)
+    resumed_run, checkpoint = resume_point(session)
     waited = time.monotonic()
     nodes = rounds.wait_for_nodes(training.min_available_clients, connect_timeout_s(training))
     session.reporter.event(
         f"cluster {config.cluster}: {len(nodes)} learners connected after {time.monotonic() - waited:.1f} s"
     )
+    if resumed_run is not None:
+        session.tracker.start(strategy_params(config), resume_run_id=resumed_run)
+        where = f"after cycle {checkpoint.cycle} round {checkpoint.round}" if checkpoint else "(no checkpoint yet)"
+        session.reporter.event(f"cluster {config.cluster}: resuming MLflow run {resumed_run} {where}")
     job_wait = cycle_timeout_s(training) + connect_timeout_s(training)
     done: set[str] = set()
     cycles_done, last = 0, None
@@ -133,7 +168,8 @@ def run_cluster(grid: Grid, session: ServerSession) -> RunOutcome:
                 bridge.complete(job.name, True, _evaluation_metrics(last))
                 break
             cycles_done = int(job.config[p.CYCLE])
-            _train_cycle(session, rounds, bridge, job)
+            resume = checkpoint if checkpoint is not None and checkpoint.cycle == cycles_done else None
+            _train_cycle(session, rounds, bridge, job, resume)
         except Exception as error:
             bridge.complete(job.name, False, {}, reason=one_line(f"cluster {config.cluster}: {error}"))
             raise
@@ -147,40 +183,46 @@ def run_cluster(grid: Grid, session: ServerSession) -> RunOutcome:
     )
 
 
-def _train_cycle(session: ServerSession, rounds: FederatedRounds, bridge: Bridge, job: Job) -> None:
+def _train_cycle(
+    session: ServerSession, rounds: FederatedRounds, bridge: Bridge, job: Job, resume: Checkpoint | None
+) -> None:
+    """The cycle's rounds; ``resume`` (this cycle's checkpoint of a crashed instance) skips the rounds done."""
     training = session.config.training
     cycle = int(job.config[p.CYCLE])
     cycles = int(job.config.get(p.TOTAL_CYCLES, training.training_cycles))
     per_cycle = training.training_rounds
-    arrays, losses, accuracies = job.arrays, [], []
-    result: RoundResult | None = None
-    for server_round in range(1, per_cycle + 1):
+    arrays, first_round = job.arrays, 1
+    state: dict[str, Any] = {"round_losses": [], "round_accuracies": [], "reply": {}}
+    if resume is not None:
+        arrays, first_round, state = resume.arrays, resume.round + 1, dict(resume.state)
+        step = (cycle - 1) * per_cycle + resume.round
+        if step not in session.tracker.logged_steps("round_seconds"):  # died before logging
+            session.tracker.log_metrics(dict(resume.metrics), step=step)
+    for server_round in range(first_round, per_cycle + 1):
         result = rounds.train_round(server_round, arrays, {p.CYCLE: cycle})
         assert result.arrays is not None
         arrays = result.arrays
-        losses.append(_number(result.loss))
-        accuracies.append(_number(result.accuracy))
-        session.progress(result, cycle=cycle, total_cycles=cycles, round_=server_round, total_rounds=per_cycle)
-        step = (cycle - 1) * per_cycle + server_round
-        session.tracker.log_metrics(
-            {
-                "loss": result.loss,
-                "accuracy": result.accuracy,
-                "round_seconds": result.seconds,
-                "participants": float(len(result.participants)),
+        state = {
+            "round_losses": [*state["round_losses"], _number(result.loss)],
+            "round_accuracies": [*state["round_accuracies"], _number(result.accuracy)],
+            "reply": {
+                p.NUM_EXAMPLES: result.num_examples,
+                p.EVAL_EXAMPLES: result.eval_examples,
+                p.LOSS: _number(result.loss),
+                p.ACCURACY: _number(result.accuracy),
             },
-            step=step,
-        )
-    assert result is not None
-    metrics: dict[str, Any] = {
-        p.NUM_EXAMPLES: result.num_examples,
-        p.EVAL_EXAMPLES: result.eval_examples,
-        p.LOSS: _number(result.loss),
-        p.ACCURACY: _number(result.accuracy),
-        p.ROUND_LOSSES: losses,
-        p.ROUND_ACCURACIES: accuracies,
-    }
-    bridge.complete(job.name, True, metrics, arrays=arrays)
+        }
+        metrics = {key: value for key, value in {
+            "loss": result.loss,
+            "accuracy": result.accuracy,
+            "round_seconds": result.seconds,
+            "participants": float(len(result.participants)),
+        }.items() if value is not None}  # fmt: skip
+        session.tracker.save_checkpoint(Checkpoint(server_round, arrays, metrics, cycle=cycle, state=state))
+        session.progress(result, cycle=cycle, total_cycles=cycles, round_=server_round, total_rounds=per_cycle)
+        session.tracker.log_metrics(dict(metrics), step=(cycle - 1) * per_cycle + server_round)
+    reply = {**state["reply"], p.ROUND_LOSSES: state["round_losses"], p.ROUND_ACCURACIES: state["round_accuracies"]}
+    bridge.complete(job.name, True, reply, arrays=arrays)
 
 
 def _evaluation_metrics(result: RoundResult) -> dict[str, Any]:

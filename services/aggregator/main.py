@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -105,6 +106,8 @@ class AggregatorService:
         config = self.config
         self.work_dir.mkdir(parents=True, exist_ok=True)
         clear_outcome(self.work_dir)
+        # A redeployed instance starts with an empty bridge: the root sends the interrupted cycle again.
+        shutil.rmtree(self.work_dir / BRIDGE_DIR, ignore_errors=True)
         config_file = self.work_dir / "aggregator-config.json"
         config_file.write_text(config.model_dump_json())
         os.chmod(config_file, 0o600)

@@ -4,6 +4,11 @@ Replies are pulled every half second until all arrived or the round deadline pas
 late replies are dropped. A node that misses the deadline or whose SuperNode is gone
 is "lost": it is named in an event and not asked again in this run (a learner that
 comes back joins as a new node). A round succeeds with at least ``min_replies``.
+
+With ``replacement_wait_s`` (the root of a hierarchical project, which needs every
+cluster), a round that lost participants waits that long for new nodes (a redeployed
+cluster aggregator joins as one) and asks them the same question; the replies that
+did arrive are kept, so the other clusters' work is not repeated.
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ class FederatedRounds:
         timeout_s: float,
         what: str = "learner",
         on_lost: Callable[[str, str], None] | None = None,
+        replacement_wait_s: float = 0.0,
     ) -> None:
         self.grid = grid
         self.min_available = min_available
@@ -88,6 +94,7 @@ class FederatedRounds:
         self.timeout_s = timeout_s
         self.what = what
         self.on_lost = on_lost or (lambda name, why: None)
+        self.replacement_wait_s = replacement_wait_s
         self.names: dict[int, str] = {}
         self.lost: set[int] = set()
         self.strategy = FedAvg(
@@ -117,8 +124,7 @@ class FederatedRounds:
     ) -> RoundResult:
         started = time.monotonic()
         nodes = self.wait_for_nodes(self.min_fit, self.timeout_s)
-        messages = self._messages(nodes, MessageType.TRAIN, server_round, arrays, config)
-        replies, raw, lost = self._exchange(messages, server_round)
+        replies, raw, lost = self._ask(nodes, MessageType.TRAIN, server_round, arrays, config, self.min_fit)
         if len(replies) < self.min_fit:
             raise RoundFailed(self._too_few(server_round, len(replies), len(nodes), self.min_fit, lost))
         aggregated, _ = self.strategy.aggregate_train(server_round, raw)
@@ -132,8 +138,7 @@ class FederatedRounds:
     ) -> RoundResult:
         started = time.monotonic()
         nodes = self.wait_for_nodes(self.min_evaluate, self.timeout_s)
-        messages = self._messages(nodes, MessageType.EVALUATE, server_round, arrays, config)
-        replies, _, lost = self._exchange(messages, server_round)
+        replies, _, lost = self._ask(nodes, MessageType.EVALUATE, server_round, arrays, config, self.min_evaluate)
         if len(replies) < self.min_evaluate:
             raise RoundFailed(
                 self._too_few(server_round, len(replies), len(nodes), self.min_evaluate, lost, "evaluation")
@@ -181,6 +186,39 @@ class FederatedRounds:
             )
             for node in nodes
         ]
+
+    def _ask(
+        self,
+        nodes: list[int],
+        kind: str,
+        rnd: int,
+        arrays: list[np.ndarray],
+        config: dict[str, int | float | str],
+        needed: int,
+    ) -> tuple[list[Reply], list[Message], list[str]]:
+        """One question to ``nodes``; lost ones are replaced by new nodes while ``replacement_wait_s`` allows."""
+        replies, raw, lost = self._exchange(self._messages(nodes, kind, rnd, arrays, config), rnd)
+        asked = set(nodes)
+        while lost and len(replies) < needed and self.replacement_wait_s > 0:
+            fresh = self._new_nodes(asked, needed - len(replies), self.replacement_wait_s)
+            if not fresh:
+                break
+            asked.update(fresh)
+            log.info("round %s: asking %d new %s node(s) in place of the lost ones", rnd, len(fresh), self.what)
+            more, more_raw, more_lost = self._exchange(self._messages(fresh, kind, rnd, arrays, config), rnd)
+            replies, raw, lost = replies + more, raw + more_raw, lost + more_lost
+        return replies, raw, lost
+
+    def _new_nodes(self, asked: set[int], count: int, timeout_s: float) -> list[int]:
+        """Up to ``count`` nodes that joined after ``asked`` was sent (waits at most ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            fresh = [node for node in self.usable_nodes() if node not in asked]
+            if len(fresh) >= count or (fresh and time.monotonic() >= deadline):
+                return fresh[:count]
+            if time.monotonic() >= deadline:
+                return []
+            time.sleep(PULL_INTERVAL_S)
 
     def _exchange(self, messages: list[Message], rnd: int) -> tuple[list[Reply], list[Message], list[str]]:
         """Send, then collect replies until all arrived or the deadline; mark the rest lost."""

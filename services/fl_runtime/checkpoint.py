@@ -1,9 +1,11 @@
-"""Aggregator checkpoints: the global model, the round counter and that round's metrics.
+"""Aggregator checkpoints: the global model, the round and cycle counters, that round's metrics.
 
 One ``.npz`` file per checkpoint (numpy arrays plus a small JSON header), written after
 every round to the aggregator's MLflow run (``checkpoints/latest.npz``). A redeployed
 aggregator finds its run by tags, loads the file and continues with the next round; the
 round's metrics travel along so a crash between checkpoint and metric logging loses none.
+``state`` holds what else a role needs to continue (JSON values: per-round histories of
+the cycle under way, per-cluster metrics the root has not logged yet).
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ class Checkpoint:
     arrays: list[np.ndarray]
     metrics: dict[str, float] = field(default_factory=dict)
     cycle: int = 1
+    state: dict[str, Any] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         header = {"format": FORMAT, "round": self.round, "cycle": self.cycle, "metrics": self.metrics,
-                  "arrays": len(self.arrays)}  # fmt: skip
+                  "arrays": len(self.arrays), "state": self.state}  # fmt: skip
         buffer = io.BytesIO()
         named: dict[str, Any] = {f"a{index}": array for index, array in enumerate(self.arrays)}
         named[_HEADER] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
@@ -52,4 +55,5 @@ class Checkpoint:
         except (OSError, ValueError, KeyError) as error:
             raise CheckpointError(f"unreadable checkpoint: {error}") from None
         return cls(round=int(header["round"]), arrays=arrays, cycle=int(header.get("cycle", 1)),
-                   metrics={key: float(value) for key, value in header.get("metrics", {}).items()})
+                   metrics={key: float(value) for key, value in header.get("metrics", {}).items()},
+                   state=dict(header.get("state") or {}))

@@ -69,6 +69,7 @@ class Tracker:
         self.run_id: str | None = None
         self._pending: list[tuple[str, float, int]] = []
         self._mlflow: Any = None
+        self.experiment_id: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -104,7 +105,7 @@ class Tracker:
             if resume_run_id:
                 run = self._mlflow.start_run(run_id=resume_run_id)
             else:
-                run = self._mlflow.start_run(run_name=self.run_name, tags=tags)
+                run = self._mlflow.start_run(experiment_id=self.experiment_id, run_name=self.run_name, tags=tags)
                 self._mlflow.log_params({key: str(value)[:6000] for key, value in params.items()})
             self.run_id = run.info.run_id
         except Exception as error:
@@ -116,13 +117,10 @@ class Tracker:
         if not self.enabled:
             return None
         self._connect()
-        experiment = self._mlflow.get_experiment_by_name(self.experiment_name)
-        if experiment is None:
-            return None
         query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in sorted(self.tags.items()))
         try:
             runs = self._mlflow.MlflowClient().search_runs(
-                [experiment.experiment_id], filter_string=f"{query} and attributes.status = 'RUNNING'",
+                [self.experiment_id], filter_string=f"{query} and attributes.status = 'RUNNING'",
                 order_by=["attributes.start_time DESC"], max_results=1)
         except Exception as error:
             raise TrackingError(f"MLflow at {self.tracking_uri} cannot search runs: {_short(error)}") from None
@@ -166,10 +164,26 @@ class Tracker:
         return {int(metric.step) for metric in history}
 
     def _set_experiment(self) -> None:  # called once, from _connect
-        # Root and cluster aggregators may create the experiment at the same moment.
+        """Find or create the experiment and remember its id; every run is created in it explicitly.
+
+        Root and cluster aggregators may create the experiment at the same moment; MLflow's
+        ``set_experiment`` can then leave no active experiment behind, and a run started
+        without an id lands in the Default experiment, where nobody looks for it.
+        """
         for attempt in range(5):
             try:
-                self._mlflow.set_experiment(self.experiment_name)
+                experiment = self._mlflow.get_experiment_by_name(self.experiment_name)
+                if experiment is None:
+                    try:
+                        self.experiment_id = str(self._mlflow.create_experiment(self.experiment_name))
+                    except Exception:  # created by a sibling meanwhile: read it on the next attempt
+                        if attempt == 4:
+                            raise
+                        time.sleep(0.2 + attempt)
+                        continue
+                else:
+                    self.experiment_id = str(experiment.experiment_id)
+                self._mlflow.set_experiment(experiment_id=self.experiment_id)
                 return
             except Exception as error:
                 if attempt == 4:
