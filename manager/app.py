@@ -63,6 +63,11 @@ def serve(settings: ManagerSettings, auth: TokenAuth) -> int:
         store.close()
         print(f"flops-manager: cannot listen on {settings.host}:{settings.port}: {error.strerror}", file=sys.stderr)
         return EXIT_CONFIG
+    if not settings.mlflow_auth:
+        log.warning("mlflow_auth is off: every customer's MLflow server (runs, models, artifacts) is open to "
+                    "anyone who can reach it; turn it on outside development")
+    if not settings.flower_tls:
+        log.warning("flower_tls is off: models and updates cross Flower links unencrypted and unauthenticated")
     lifecycle.start()
     previous = {signum: signal.signal(signum, _stop_serving) for signum in (signal.SIGTERM, signal.SIGINT)}
     port = server.effective_port  # type: ignore[union-attr]

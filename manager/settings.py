@@ -69,6 +69,15 @@ class ManagerSettings(BaseModel):
         description="'dynamic-security': one broker account per project, limited to its topics (needs Mosquitto's "
         "dynamic-security plugin; the suite enables it); 'shared': services use the manager's account; "
         "'auto': per project when the broker supports it, else shared with a warning")
+    mlflow_auth: bool = Field(
+        default=True,
+        description="each customer's MLflow server lets in only that customer's API token (Bearer, or as the "
+        "Basic password in a browser), the admin's and its services' token; false: open to anyone who reaches "
+        "it (development only; the manager warns)")
+    flower_tls: bool = Field(
+        default=True,
+        description="Flower links (learner -> aggregator, cluster -> root) speak TLS with a CA per project; "
+        "false: plain HTTP (development only; the manager warns)")
     mongo_uri: str = "mongodb://127.0.0.1:27017"
     database: str = Field(default="flops", pattern=r"^[A-Za-z0-9_-]{1,63}$")
     db_timeout_s: float = Field(default=5.0, gt=0, description="how long a database call waits for the server")

@@ -41,11 +41,15 @@ def sla(repo: str, tags: list[str], **training: Any) -> dict[str, Any]:
     }
 
 
-def mlflow_client(tracking_url: str):  # type: ignore[no-untyped-def]
-    """A client of the project's tracking server (also as model registry; MLflow 3 defaults to a local file)."""
+def mlflow_client(tracking_url: str, token: str = ADMIN_TOKEN):  # type: ignore[no-untyped-def]
+    """A client of the project's tracking server (also as model registry; MLflow 3 defaults to a local file).
+
+    The server lets in the customer's (or the admin's) API token only; MLflow's client sends it from the environment.
+    """
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    os.environ["MLFLOW_TRACKING_TOKEN"] = token
     mlflow.set_tracking_uri(tracking_url)
     mlflow.set_registry_uri(tracking_url)
     return MlflowClient(tracking_uri=tracking_url, registry_uri=tracking_url)

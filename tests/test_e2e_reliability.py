@@ -78,16 +78,24 @@ def test_a_killed_aggregator_is_redeployed_and_resumes_from_its_checkpoint(flops
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
 
 
-def test_a_killed_cluster_aggregator_is_redeployed_and_its_cycle_completes(flops_stack: FlopsStack) -> None:  # noqa: F811
-    """Hierarchical mode: the root keeps the other cluster's reply and resends the cycle to the new instance."""
-    flops_stack.push_mocks("digits-hier-kill", 4)
-    request = sla("examples/sklearn_digits", ["digits-hier-kill"], mode="hierarchical", training_cycles=3,
+@pytest.mark.parametrize("victim", ["cluster-aggregator-cluster-a", "root-aggregator"])
+def test_a_killed_hierarchical_aggregator_is_redeployed_and_no_round_is_lost(
+    flops_stack: FlopsStack, victim: str  # noqa: F811
+) -> None:
+    """A lost cluster gets its cycle again (the other cluster's reply is kept); a lost root resumes its last cycle.
+
+    Either way every round's metrics are in MLflow exactly once, in one run per aggregator.
+    """
+    tag = f"digits-kill-{victim.split('-')[0]}"
+    flops_stack.push_mocks(tag, 4)
+    request = sla("examples/sklearn_digits", [tag], mode="hierarchical", training_cycles=3,
                   training_rounds=3, min_available_clients=2, min_fit_clients=2, min_evaluate_clients=2)  # fmt: skip
     project_id = flops_stack.submit(request)
-    assert wait_until(lambda: any("cycle 2/3 round 1/3 done" in text for text in flops_stack.events(project_id)),
+    # The cluster dies in the middle of cycle 2, the root right after cycle 1.
+    marker = "cluster cluster-a cycle 2/3 round 1/3 done" if victim.startswith("cluster") else "cycle 1/3 round 3/3"
+    assert wait_until(lambda: any(text.startswith(marker) for text in flops_stack.events(project_id)),
                       600, interval=0.5)  # fmt: skip
     project = flops_stack.project(project_id)
-    victim = sorted(name for name in project["services"] if name.startswith("cluster-aggregator-"))[0]
     adapter = LocalAdapter(LocalAdapterSettings(state_dir=str(flops_stack.state_dir / "local-adapter")))
     app = AppRef(project["apps"]["project"], f"project-{project_id[:8]}", AppKind.PROJECT, "Admin", project_id)
     adapter.kill_instance(app, project["services"][victim])
@@ -97,15 +105,17 @@ def test_a_killed_cluster_aggregator_is_redeployed_and_its_cycle_completes(flops
     assert project["progress"]["cycle"] == 3
 
     assert sum(text.startswith(f"the {victim} was lost") for text in events) == 1, events
+    assert any("resuming MLflow run" in text for text in events), events
     client = mlflow_client(project["tracking_url"])
     root = client.get_run(project["mlflow_run_id"])
     steps = sorted(metric.step for metric in client.get_metric_history(root.info.run_id, "accuracy"))
     assert steps == [1, 2, 3], steps  # one global value per cycle, none twice
-    cluster = victim.removeprefix("cluster-aggregator-")
-    runs = client.search_runs([root.info.experiment_id], filter_string=(
-        f"tags.`flops.project_id` = '{project_id}' and tags.`flops.cluster` = '{cluster}'"))
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED", [run.info for run in runs]
-    cluster_steps = sorted(metric.step for metric in client.get_metric_history(runs[0].info.run_id, "loss"))
-    assert cluster_steps == list(range(1, 10)), cluster_steps  # 3 cycles x 3 rounds, each once
-    per_cluster = client.get_metric_history(root.info.run_id, f"cluster/{cluster}/loss")
-    assert sorted(metric.step for metric in per_cluster) == list(range(1, 10))
+    runs = client.search_runs([root.info.experiment_id], filter_string=f"tags.`flops.project_id` = '{project_id}'")
+    assert sorted(run.data.tags["flops.role"] for run in runs) == ["cluster", "cluster", "root"], len(runs)
+    assert all(run.info.status == "FINISHED" for run in runs)
+    for cluster in ("cluster-a", "cluster-b"):
+        run = next(run for run in runs if run.data.tags.get("flops.cluster") == cluster)
+        cluster_steps = sorted(metric.step for metric in client.get_metric_history(run.info.run_id, "loss"))
+        assert cluster_steps == list(range(1, 10)), (cluster, cluster_steps)  # 3 cycles x 3 rounds, each once
+        per_cluster = client.get_metric_history(root.info.run_id, f"cluster/{cluster}/loss")
+        assert sorted(metric.step for metric in per_cluster) == list(range(1, 10)), cluster

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import requests
 from sklearn.datasets import load_digits
 
-from tests.fixtures_stack import FlopsStack, flops_stack, mlflow_client, sla  # noqa: F401 - fixture import
+from tests.fixtures_stack import (  # noqa: F401 - fixture import
+    ADMIN_TOKEN,
+    CUSTOMER_TOKENS,
+    FlopsStack,
+    flops_stack,
+    mlflow_client,
+    sla,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -38,6 +46,12 @@ def test_classic_sklearn_trains_logs_registers_and_serves(flops_stack: FlopsStac
     history = client.get_metric_history(run.info.run_id, "accuracy")
     assert sorted(metric.step for metric in history) == [1, 2, 3]
     assert run.data.params["sla.training_rounds"] == "3"
+    # The run is the customer's: without a token, or with another customer's, MLflow answers 401.
+    run_url = f"{project['tracking_url']}/api/2.0/mlflow/runs/get?run_id={run.info.run_id}"
+    assert requests.get(run_url, timeout=10).status_code == 401
+    bob = next(token for token, customer in CUSTOMER_TOKENS.items() if customer == "bob")
+    assert requests.get(run_url, headers={"Authorization": f"Bearer {bob}"}, timeout=10).status_code == 401
+    assert requests.get(run_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10).status_code == 200
 
     import mlflow.pyfunc
 

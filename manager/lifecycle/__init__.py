@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.service import LifecycleService
+from manager.lifecycle.tracking_access import TrackingAccess
 from manager.storage.base import ProjectStore
 
 if TYPE_CHECKING:
@@ -27,6 +28,10 @@ def lifecycle_settings(settings: ManagerSettings) -> LifecycleSettings:
     return LifecycleSettings(
         mqtt=settings.mqtt,
         mqtt_project_credentials=settings.mqtt_project_credentials,
+        flower_tls=settings.flower_tls,
+        tracking_access=TrackingAccess.from_tokens(
+            settings.mlflow_auth, settings.admin_token, settings.admin_token, settings.customer_tokens
+        ),
         state_dir=Path(settings.state_dir),
         cache_dir=Path(settings.cache_dir),
         orchestrator=settings.orchestrator,

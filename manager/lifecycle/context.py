@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flops_utils.service_config import MqttSettings, RegistrySettings
 from manager.broker_access import ProjectCredentialsMode
+from manager.lifecycle.tracking_access import TrackingAccess
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,8 @@ class LifecycleSettings:
     state_dir: Path
     cache_dir: Path
     mqtt_project_credentials: ProjectCredentialsMode = "auto"  # see ManagerSettings.mqtt_project_credentials
+    tracking_access: TrackingAccess = field(default_factory=TrackingAccess)  # who may use each MLflow server
+    flower_tls: bool = True  # see ManagerSettings.flower_tls
     orchestrator: str = "local"
     adapter_settings: dict[str, dict[str, object]] = field(default_factory=dict)
     registry: RegistrySettings | None = None

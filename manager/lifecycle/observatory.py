@@ -1,7 +1,14 @@
-"""The customer's observatory app: one MLflow tracking server per customer, created on demand."""
+"""The customer's observatory app: one MLflow tracking server per customer, created on demand.
+
+With ``tracking_access`` enabled the server lets in only the customer's (and the admin's)
+API tokens and the services' token; the digests it was started with are stored with the
+app, and an observatory whose digests are out of date (a token was changed) is replaced.
+Its store lives outside the app, so runs survive that.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from dataclasses import dataclass
@@ -15,6 +22,8 @@ from manager.storage.base import ProjectStore
 from orchestrator_adapters.base import AppKind, AppRef, OrchestratorAdapter, Placement, ServiceKind, ServiceState
 
 TRACKING_SERVICE = "tracking"
+
+log = logging.getLogger("flops.observatory")
 
 
 def safe_name(text: str) -> str:
@@ -54,9 +63,15 @@ class ObservatoryKeeper:
                 data = stored.get("data", stored)
                 app = AppRef(str(data["app_id"]), name, AppKind.OBSERVATORY, customer)
                 observatory = Observatory(app, str(data["tracking_url"]), str(data["tracking_service"]))
-                if self._healthy_or_restarted(adapter, observatory):
+                if list(data.get("token_sha256") or []) != self._digests(customer):
+                    log.warning("the MLflow access of %s changed: replacing its tracking server", customer)
+                    adapter.delete_app(app)
+                elif self._healthy_or_restarted(adapter, observatory):
                     return observatory
             return self._create(adapter, customer, name)
+
+    def _digests(self, customer: str) -> list[str]:
+        return self.settings.tracking_access.digests(customer)
 
     def _healthy_or_restarted(self, adapter: OrchestratorAdapter, observatory: Observatory) -> bool:
         if http_ok(f"{observatory.tracking_url}/health"):
@@ -80,6 +95,7 @@ class ObservatoryKeeper:
             artifacts_destination=str(root / "artifacts"),
             bind_host=bind_host_for(adapter),
             port=endpoint.port,
+            access_token_sha256=self._digests(customer),
         )
         spec = service_spec(
             TRACKING_SERVICE, ServiceKind.TRACKING, config,
@@ -90,7 +106,8 @@ class ObservatoryKeeper:
         observatory = Observatory(app, endpoint.url, service_id)
         self.store.save_app(
             customer, AppKind.OBSERVATORY.value, name, app.app_id,
-            {"app_id": app.app_id, "tracking_url": endpoint.url, "tracking_service": service_id},
+            {"app_id": app.app_id, "tracking_url": endpoint.url, "tracking_service": service_id,
+             "token_sha256": config.access_token_sha256},
         )  # fmt: skip
         if not self._wait_healthy(adapter, observatory):
             raise PhaseFailed(f"the MLflow tracking server did not become healthy at {endpoint.url}")

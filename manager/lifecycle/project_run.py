@@ -37,6 +37,7 @@ from flops_utils.service_config import (
 from manager.broker_access import BrokerAccess, BrokerAccessError
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.errors import PhaseFailed, StopRequested
+from manager.lifecycle.flower_pki import ProjectFlowerCa
 from manager.lifecycle.inbox import ProjectInbox
 from manager.lifecycle.observatory import Observatory, ObservatoryKeeper
 from manager.lifecycle.placement import LearnerPlan, plan_learners
@@ -110,6 +111,7 @@ class RunState:
     mqtt: MqttSettings | None = None  # this run's broker account (granted on first use)
     learner_restarts: dict[str, int] = field(default_factory=dict)
     aggregator_restarts: dict[str, int] = field(default_factory=dict)
+    aggregator_failures: dict[str, str] = field(default_factory=dict)  # reported by cluster aggregators
     retired_learners: set[str] = field(default_factory=set)  # died too often: not started again
     training_started: bool = False
 
@@ -122,6 +124,7 @@ class ProjectRun:
         self.deps = deps
         self.inbox = inbox
         self.state = RunState()
+        self.flower_ca = ProjectFlowerCa(self.project_id)  # no I/O: keys are made on first use
         self.phase = ProjectPhase.QUEUED
         self.progress = Progress()
 
@@ -300,7 +303,11 @@ class ProjectRun:
                 self.state.result = message
                 return True
             elif isinstance(message, ServiceStatus) and message.service == "aggregator" and message.state is FAILED:
-                raise PhaseFailed(f"{message.sender} failed: {message.detail}")
+                if message.sender == top:
+                    raise PhaseFailed(f"{message.sender} failed: {message.detail}")
+                # A cluster aggregator's failure (often: it lost the root) is handled when its process has
+                # ended: it is redeployed, and its reason is the project's if it cannot be.
+                self.state.aggregator_failures[message.sender] = message.detail or "failed"
             return False
 
         self._await(on_message, aggregators, self.deps.settings.training_timeout_s, "training",
@@ -317,10 +324,11 @@ class ProjectRun:
     def _revive_aggregator(self, label: str, service_id: str, info: ServiceInfo) -> bool:
         """A crashed aggregator (classic, root or cluster) is redeployed; it resumes from its last checkpoint."""
         restarts = self.state.aggregator_restarts.get(label, 0)
+        reported = self.state.aggregator_failures.pop(label, None)
         if restarts >= MAX_AGGREGATOR_RESTARTS:
-            return False
+            raise PhaseFailed(f"the {label} failed: {reported or info.detail or 'no detail'}")
         self.state.aggregator_restarts[label] = restarts + 1
-        self._event(f"the {label} was lost ({info.detail or 'failed'}); redeploying it, restart "
+        self._event(f"the {label} was lost ({reported or info.detail or 'failed'}); redeploying it, restart "
                     f"{restarts + 1} of {MAX_AGGREGATOR_RESTARTS}: it resumes from its last checkpoint",
                     level="warning")  # fmt: skip
         self.deps.adapter.deploy_service(self._app(), service_id)
@@ -396,10 +404,12 @@ class ProjectRun:
             root_address=root,
             expected_clusters=clusters or [],
             tracking_uri=observatory.tracking_url,
+            tracking_token=self._tracking_token(),
             experiment_name=registered_model_name(self.project_id),
             registered_model_name=registered_model_name(self.project_id),
             params=self._params(),
             work_dir=str(self._work_dir(name)),
+            flower_tls=self.flower_ca.for_superlink(endpoint.host) if self.deps.settings.flower_tls else None,
         )
         spec = self._spec(
             name, ServiceKind.AGGREGATOR, config,
@@ -422,6 +432,7 @@ class ProjectRun:
             data_server_address=data_server,
             data_tags=list(self.sla.training_configuration.data_tags),
             work_dir=str(self._work_dir(name)),
+            flower_tls=self.flower_ca.for_supernode() if self.deps.settings.flower_tls else None,
         )
         placement = Placement(node=node, cluster=cluster, data_tags=tuple(config.data_tags))
         spec = self._spec(
@@ -466,6 +477,7 @@ class ProjectRun:
             task="model_image",
             model_uri=self._trained_model_uri(),
             tracking_uri=self._observatory_ref().tracking_url,
+            tracking_token=self._tracking_token(),
             base_image=build.learner_image,
         )
         built = self._run_builder("model-builder", config, ModelImageBuilt, failed="build_image_for_trained_model",
@@ -475,6 +487,9 @@ class ProjectRun:
         how = "found in the registry" if built.cached else f"built in {built.total_seconds:.0f}s"
         tagged = f", tagged on MLflow run {built.run_id}" if built.run_tagged else ""
         self._event(f"inference image {built.pinned} {how}{tagged}")
+
+    def _tracking_token(self) -> str | None:
+        return self.deps.settings.tracking_access.service_token(self.customer)
 
     def _serve(self) -> None:
         adapter, observatory = self.deps.adapter, self._observatory_ref()
@@ -494,6 +509,7 @@ class ProjectRun:
                 instance_name="serving",
                 model_uri=model_uri,
                 tracking_uri=observatory.tracking_url,
+                tracking_token=self._tracking_token(),
                 bind_host=bind_host_for(adapter),
                 port=endpoint.port,
             )

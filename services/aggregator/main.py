@@ -31,7 +31,7 @@ from flops_utils.mqtt_catalogue import (
 from flops_utils.service_config import AggregatorConfig, load_config
 from services.aggregator.session import BRIDGE_DIR, cycle_timeout_s, sender_name
 from services.fl_runtime import protocol as p
-from services.fl_runtime.flower import FlowerControl, FlowerError, SuperLink, SuperNode
+from services.fl_runtime.flower import FlowerControl, FlowerError, SuperLink, SuperNode, TlsFiles, write_tls_files
 from services.fl_runtime.flower_app import RUN_CONFIG_KEY
 from services.fl_runtime.outcome import RunOutcome, alive_recently, clear_outcome, read_outcome
 from services.fl_runtime.reporter import Reporter
@@ -52,6 +52,7 @@ class AggregatorService:
         self.root_finished = threading.Event()
         self.superlink: SuperLink | None = None
         self.root_link: SuperNode | None = None
+        self.tls: TlsFiles | None = None
 
     # -- entry -------------------------------------------------------------------
     def listen(self) -> None:
@@ -111,8 +112,9 @@ class AggregatorService:
         config_file = self.work_dir / "aggregator-config.json"
         config_file.write_text(config.model_dump_json())
         os.chmod(config_file, 0o600)
-        self.superlink = SuperLink(config.bind_host, config.port, self.work_dir).start()
-        control = FlowerControl(self.superlink.address, self.work_dir)
+        self.tls = write_tls_files(config.flower_tls, self.work_dir / "tls")
+        self.superlink = SuperLink(config.bind_host, config.port, self.work_dir, tls=self.tls).start()
+        control = FlowerControl(self.superlink.address, self.work_dir, ca_file=self.tls.ca_file if self.tls else None)
         run_id = control.start_run(config.app_dir, {RUN_CONFIG_KEY: str(config_file)}, self.work_dir)
         log.info("Flower run %s started on %s", run_id, self.superlink.address)
         if config.role == "cluster":
@@ -136,6 +138,7 @@ class AggregatorService:
             name="root-link",
             cwd=self.config.app_dir,
             warm_preload=["services.learner.client_app", "services.aggregator.cluster_node"],
+            ca_file=self.tls.ca_file if self.tls else None,
         )
         node.prepare().wait_for_superlink(ROOT_WAIT_S, self.stop_requested.is_set)
         return node.start()

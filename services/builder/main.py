@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
 import sys
 import uuid
@@ -62,6 +63,8 @@ def build_trained_model_image(config: BuilderConfig, report: Reporter) -> ModelI
         raise BuildError("an inference image needs an OCI build with a registry (mode 'oci' and registry settings)")
     if not config.model_uri:
         raise BuildError("an inference image needs model_uri: training reported no model")
+    if config.tracking_token:  # the customer's MLflow server is gated (services.observer.mlflow_gate)
+        os.environ["MLFLOW_TRACKING_TOKEN"] = config.tracking_token
     oci = _oci_module()
     image = config.image_name or f"{oci.naming.repo_slug(config.repo_url)}-model"
     built = oci.build_model_image(

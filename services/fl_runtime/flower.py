@@ -3,6 +3,9 @@
 In flwr 1.41 a SuperLink serves its Fleet, Control and Runtime APIs on one HTTP port
 (``--host``/``--port``); a SuperNode serves its own Runtime API on another port.
 Every Flower process gets a private ``FLWR_HOME`` so apps and configs never mix.
+
+With :class:`TlsFiles` that port speaks HTTPS only: the SuperLink gets its certificate
+and key, SuperNodes and the ``flwr`` CLI verify it against the project's CA.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -17,11 +21,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from flops_utils.service_config import FlowerTls
 from services.fl_runtime.processes import (
     ManagedProcess,
     child_environment,
@@ -44,18 +50,58 @@ def connect_host(bind_host: str) -> str:
     return "127.0.0.1" if bind_host in ("0.0.0.0", "", "::") else bind_host
 
 
-def _healthy(host: str, port: int) -> bool:
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @property
+    def serves(self) -> bool:
+        return self.cert_file is not None and self.key_file is not None
+
+
+def _write_private(path: Path, text: str) -> Path:
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    return path
+
+
+def write_tls_files(tls: FlowerTls | None, directory: Path) -> TlsFiles | None:
+    """Flower takes certificates as files: write the config's PEMs (the key with mode 0600)."""
+    if tls is None:
+        return None
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca_file = directory / "ca.pem"
+    ca_file.write_text(tls.ca_pem)
+    if not (tls.cert_pem and tls.key_pem):
+        return TlsFiles(ca_file)
+    cert_file = directory / "superlink.pem"
+    cert_file.write_text(tls.cert_pem)
+    return TlsFiles(ca_file, cert_file, _write_private(directory / "superlink.key", tls.key_pem))
+
+
+def _healthy(host: str, port: int, tls: TlsFiles | None = None) -> bool:
+    scheme = "https" if tls is not None else "http"
+    context = ssl.create_default_context(cafile=str(tls.ca_file)) if tls is not None else None
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as response:  # noqa: S310
+        with urllib.request.urlopen(f"{scheme}://{host}:{port}/health", timeout=2, context=context) as response:  # noqa: S310
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
 
 class SuperLink:
-    """``flower-superlink --insecure`` on ``bind_host:port`` with its state under ``work_dir``."""
+    """``flower-superlink`` on ``bind_host:port`` with its state under ``work_dir`` (``--insecure`` without TLS)."""
 
-    def __init__(self, bind_host: str, port: int, work_dir: Path, name: str = "superlink") -> None:
+    def __init__(
+        self, bind_host: str, port: int, work_dir: Path, name: str = "superlink", tls: TlsFiles | None = None
+    ) -> None:
+        if tls is not None and not tls.serves:
+            raise ValueError("a SuperLink with TLS needs its certificate and key")
+        self.tls = tls
         self.bind_host = bind_host
         self.port = port
         self.work_dir = work_dir
@@ -69,9 +115,14 @@ class SuperLink:
     def start(self, ready_timeout: float = 90.0) -> SuperLink:
         home = self.work_dir / f"{self.name}-home"
         home.mkdir(parents=True, exist_ok=True)
+        if self.tls is not None:
+            security = ["--ssl-ca-certfile", str(self.tls.ca_file), "--ssl-certfile", str(self.tls.cert_file),
+                        "--ssl-keyfile", str(self.tls.key_file)]  # fmt: skip
+        else:
+            security = ["--insecure"]
         command = [
             flower_binary("flower-superlink"),
-            "--insecure",
+            *security,
             "--host", self.bind_host,
             "--port", str(self.port),
             "--disable-runtime-dependency-installation",
@@ -82,7 +133,7 @@ class SuperLink:
         while time.monotonic() < deadline:
             if not self.process.alive():
                 raise FlowerError(f"{self.name} exited at start: {self.process.log_tail()}")
-            if _healthy(connect_host(self.bind_host), self.port):
+            if _healthy(connect_host(self.bind_host), self.port, self.tls):
                 return self
             time.sleep(0.3)
         raise FlowerError(f"{self.name} not healthy on {self.address} after {ready_timeout:g} s")
@@ -102,7 +153,7 @@ def write_toml(path: Path, values: dict[str, Any]) -> Path:
 
 
 class SuperNode:
-    """``flower-supernode --insecure`` connected to a SuperLink's Fleet API.
+    """``flower-supernode`` connected to a SuperLink's Fleet API (verified with ``ca_file``, else ``--insecure``).
 
     With ``warm_preload`` (module names), ClientApp processes are forked from a warm
     starter that imported those modules once (see :mod:`services.fl_runtime.warm_start`).
@@ -117,8 +168,10 @@ class SuperNode:
         name: str = "supernode",
         cwd: str | None = None,
         warm_preload: list[str] | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         self.superlink_address = superlink_address
+        self.ca_file = ca_file
         self.work_dir = work_dir
         self.node_config = node_config
         self.extra_env = env or {}
@@ -159,7 +212,7 @@ class SuperNode:
         flower_binary("flower-supernode")  # fail early and clearly when Flower is missing
         command = [
             sys.executable, "-m", "services.fl_runtime.supernode",  # flower-supernode with a shorter idle poll
-            "--insecure",
+            *(["--root-certificates", str(self.ca_file)] if self.ca_file else ["--insecure"]),
             "--superlink", self.superlink_address,
             "--port", str(free_port()),
             "--node-config", str(node_config_file),
@@ -199,14 +252,17 @@ class SuperNode:
 class FlowerControl:
     """The ``flwr`` CLI pointed at one SuperLink's Control API through a private Flower config."""
 
-    def __init__(self, control_address: str, work_dir: Path) -> None:
+    def __init__(self, control_address: str, work_dir: Path, ca_file: Path | None = None) -> None:
         self.control_address = control_address
+        self.ca_file = ca_file
         self.home = work_dir / "flwr-cli-home"
         self.log_path = work_dir / "flwr-cli.log"
 
     def _prepare(self) -> None:
-        config = {"superlink": {"default": CONNECTION_NAME, CONNECTION_NAME: {
-            "address": self.control_address, "insecure": True}}}  # fmt: skip
+        connection: dict[str, Any] = {"address": self.control_address, "insecure": self.ca_file is None}
+        if self.ca_file is not None:
+            connection["root-certificates"] = str(self.ca_file)
+        config = {"superlink": {"default": CONNECTION_NAME, CONNECTION_NAME: connection}}
         write_toml(self.home / "config.toml", config)
 
     def _flwr(self, *args: str) -> dict[str, Any]:
@@ -244,4 +300,7 @@ class FlowerControl:
         return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
 
-__all__ = ["FlowerControl", "FlowerError", "SuperLink", "SuperNode", "connect_host", "write_toml"]
+__all__ = [
+    "FlowerControl", "FlowerError", "SuperLink", "SuperNode", "TlsFiles", "connect_host", "write_tls_files",
+    "write_toml",
+]  # fmt: skip

@@ -25,6 +25,16 @@ _MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIME
 MODEL_ARTIFACT = "model"
 
 
+DONE_TAG = "flops.done"  # set when the run's work is over; a run without it can be resumed
+TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"  # MLflow's client sends it as a Bearer token
+
+
+def use_tracking_token(token: str | None) -> None:
+    """Let this process's MLflow client in to a customer's gated server (see services.observer.mlflow_gate)."""
+    if token:
+        os.environ[TOKEN_ENV] = token
+
+
 class TrackingError(RuntimeError):
     """MLflow refused or could not be reached; the message is one line."""
 
@@ -61,8 +71,10 @@ class Tracker:
         experiment_name: str,
         run_name: str,
         tags: dict[str, str] | None = None,
+        token: str | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
+        self.token = token
         self.experiment_name = experiment_name
         self.run_name = run_name
         self.tags = dict(tags or {})
@@ -80,6 +92,7 @@ class Tracker:
             return
         for key, value in _MLFLOW_ENV.items():
             os.environ.setdefault(key, value)
+        use_tracking_token(self.token)
         import mlflow
 
         self._mlflow = mlflow
@@ -113,18 +126,21 @@ class Tracker:
         return self.run_id
 
     def find_unfinished_run(self) -> str | None:
-        """The still-running run with this tracker's tags: left behind by an aggregator that died."""
+        """The newest run with this tracker's tags that did not finish its work: left by an aggregator that died.
+
+        Not the MLflow status: a process stopped by a signal may have its run ended by MLflow's
+        exit hook (FINISHED) although training was not over; only :meth:`finish` marks it done.
+        """
         if not self.enabled:
             return None
         self._connect()
         query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in sorted(self.tags.items()))
         try:
             runs = self._mlflow.MlflowClient().search_runs(
-                [self.experiment_id], filter_string=f"{query} and attributes.status = 'RUNNING'",
-                order_by=["attributes.start_time DESC"], max_results=1)
+                [self.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=20)
         except Exception as error:
             raise TrackingError(f"MLflow at {self.tracking_uri} cannot search runs: {_short(error)}") from None
-        return str(runs[0].info.run_id) if runs else None
+        return next((str(run.info.run_id) for run in runs if run.data.tags.get(DONE_TAG) != "true"), None)
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> bool:
         """Upload the checkpoint to the run's artifacts; False (and a warning) when MLflow is away."""
@@ -254,6 +270,8 @@ class Tracker:
             return
         self.flush()
         try:
+            if ok:
+                self._mlflow.MlflowClient().set_tag(self.run_id, DONE_TAG, "true")
             self._mlflow.end_run(status="FINISHED" if ok else "FAILED")
         except Exception as error:
             log.warning("MLflow run %s not closed: %s", self.run_id, _short(error))

@@ -20,7 +20,7 @@ from flops_utils.data_client import DATA_SERVER_ENV, DATA_TAGS_ENV, DataServerCl
 from flops_utils.mqtt_catalogue import ControlCommand, FlopsMessage, TopicKind, TrainingResult, topic
 from flops_utils.service_config import LearnerConfig, load_config
 from services.fl_runtime import protocol as p
-from services.fl_runtime.flower import SuperNode
+from services.fl_runtime.flower import SuperNode, write_tls_files
 from services.fl_runtime.reporter import Reporter
 
 log = logging.getLogger("flops.learner")
@@ -109,6 +109,7 @@ class LearnerService:
             p.NODE_APP_DIR_KEY: config.app_dir,
         }
         env = {DATA_SERVER_ENV: config.data_server_address, DATA_TAGS_ENV: ",".join(config.data_tags)}
+        tls = write_tls_files(config.flower_tls, Path(config.work_dir) / "tls")
         return SuperNode(
             config.aggregator_address,
             Path(config.work_dir),
@@ -116,6 +117,7 @@ class LearnerService:
             env=env,
             cwd=config.app_dir,
             warm_preload=WARM_PRELOAD,
+            ca_file=tls.ca_file if tls else None,
         )
 
     def shutdown(self) -> None:

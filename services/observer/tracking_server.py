@@ -2,7 +2,8 @@
 
 A thin wrapper so the tracking server, like every FLOps service, takes one typed
 config document instead of command-line strings. It replaces itself with
-``mlflow server`` (exec), so the adapter supervises MLflow directly.
+``mlflow server`` (exec), so the adapter supervises MLflow directly. With token digests
+in the config, MLflow runs behind :mod:`services.observer.mlflow_gate`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from flops_utils.service_config import TrackingConfig, load_config
+from services.observer.mlflow_gate import GATE_APP_NAME, REALM_ENV, TOKEN_DIGESTS_ENV
 
 
 def mlflow_command(config: TrackingConfig) -> list[str]:
@@ -25,7 +27,18 @@ def mlflow_command(config: TrackingConfig) -> list[str]:
         "--port", str(config.port),
         "--workers", str(config.workers),
         "--allowed-hosts", "*",
+        *(["--app-name", GATE_APP_NAME] if config.access_token_sha256 else []),
     ]  # fmt: skip
+
+
+def mlflow_environment(config: TrackingConfig, base: dict[str, str]) -> dict[str, str]:
+    env = dict(base, PATH=f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', '')}")
+    if config.access_token_sha256:
+        env[TOKEN_DIGESTS_ENV] = ",".join(config.access_token_sha256)
+        env[REALM_ENV] = f"FLOps MLflow of {config.customer}"
+    else:
+        print(f"warning: the MLflow server of {config.customer} is open to anyone who reaches it", file=sys.stderr)
+    return env
 
 
 def _prepare_local_paths(config: TrackingConfig) -> None:
@@ -39,7 +52,7 @@ def main() -> None:
     config = load_config(TrackingConfig)
     _prepare_local_paths(config)
     command = mlflow_command(config)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = mlflow_environment(config, dict(os.environ))
     sys.stdout.flush()
     os.execve(command[0], command, env)
 

@@ -18,6 +18,8 @@ def main() -> None:
     config = load_config(ServingConfig)
     os.environ["MLFLOW_TRACKING_URI"] = config.tracking_uri
     os.environ["MLFLOW_REGISTRY_URI"] = config.tracking_uri  # models:/ URIs: never an inherited registry
+    if config.tracking_token:
+        os.environ["MLFLOW_TRACKING_TOKEN"] = config.tracking_token
     import mlflow.pyfunc
     import uvicorn
     from mlflow.pyfunc import scoring_server

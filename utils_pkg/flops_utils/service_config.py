@@ -38,6 +38,14 @@ class MqttSettings(_Config):
         return bool(self.ca_file or self.ca_pem)
 
 
+class FlowerTls(_Config):
+    """TLS on Flower links: the project's CA; a SuperLink (aggregator) also gets its certificate and key."""
+
+    ca_pem: str = Field(description="PEM of the CA that signed the project's SuperLink certificates")
+    cert_pem: str | None = Field(default=None, description="aggregators: this SuperLink's certificate (PEM)")
+    key_pem: str | None = Field(default=None, repr=False, description="aggregators: its private key (PEM)")
+
+
 class TrainingSettings(_Config):
     mode: Literal["classic", "hierarchical"] = "classic"
     data_tags: list[str] = Field(default_factory=list)
@@ -75,6 +83,7 @@ class BuilderConfig(_ServiceConfig):
         "inference image (post-training step build_image_for_trained_model, OCI mode)")
     model_uri: str | None = Field(default=None, description="model_image: the MLflow model to package")
     tracking_uri: str | None = Field(default=None, description="model_image: the MLflow server holding it")
+    tracking_token: str | None = Field(default=None, repr=False, description="bearer token for that MLflow server")
     base_image: str | None = Field(default=None, description="model_image: start from this image (the learner's)")
     image_name: str | None = Field(default=None, description="model_image: repository name under flops/")
 
@@ -90,10 +99,12 @@ class AggregatorConfig(_ServiceConfig):
     root_address: str | None = Field(default=None, description="cluster role: host:port of the root aggregator")
     expected_clusters: list[str] = Field(default_factory=list, description="root role: clusters to wait for")
     tracking_uri: str | None = None
+    tracking_token: str | None = Field(default=None, repr=False, description="bearer token for the MLflow server")
     experiment_name: str = "flops"
     registered_model_name: str | None = None
     params: dict[str, str] = Field(default_factory=dict, description="extra parameters to log (SLA, build)")
     work_dir: str = Field(description="scratch space (Flower home, checkpoints)")
+    flower_tls: FlowerTls | None = Field(default=None, description="None: Flower links without TLS (development)")
 
 
 class LearnerConfig(_ServiceConfig):
@@ -104,6 +115,7 @@ class LearnerConfig(_ServiceConfig):
     data_server_address: str = Field(description="host:port of this node's data server")
     data_tags: list[str] = Field(default_factory=list)
     work_dir: str
+    flower_tls: FlowerTls | None = Field(default=None, description="the project's CA; None: no TLS (development)")
 
 
 class ObserverConfig(_ServiceConfig):
@@ -129,11 +141,17 @@ class TrackingConfig(_Config):
     bind_host: str = "127.0.0.1"
     port: int
     workers: int = Field(default=1, ge=1)
+    access_token_sha256: list[str] = Field(
+        default_factory=list,
+        description="SHA-256 digests of the tokens allowed in (the customer's and the services'); "
+        "empty: the server is open to anyone who reaches it",
+    )
 
 
 class ServingConfig(_ServiceConfig):
     model_uri: str
     tracking_uri: str
+    tracking_token: str | None = Field(default=None, repr=False, description="bearer token for the MLflow server")
     bind_host: str = "127.0.0.1"
     port: int
 

@@ -1,0 +1,96 @@
+"""Small X.509 helpers: an EC P-256 CA and server certificates it signs (suite broker, Flower links)."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+RENEW_BEFORE = datetime.timedelta(days=30)
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())  # fmt: skip
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(key_pem(key))
+    os.chmod(path, 0o600)
+
+
+def name(organization: str, common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])  # fmt: skip
+
+
+def still_valid(path: Path, hosts: list[str]) -> bool:
+    """``path`` holds a certificate valid for another month and (if given) for all ``hosts``."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    if cert.not_valid_after_utc - now() < RENEW_BEFORE:
+        return False
+    if not hosts:
+        return True
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    known = {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} | set(names.get_values_for_type(x509.DNSName))
+    return set(hosts) <= known
+
+
+def new_ca(subject: x509.Name, days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now() - datetime.timedelta(minutes=5))
+        .not_valid_after(now() + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    return cert, key
+
+
+def issue_server_cert(
+    ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, subject: x509.Name, hosts: list[str], days: int
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A TLS server certificate for ``hosts`` (IP addresses or DNS names), signed by the CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    alternative: list[x509.GeneralName] = []
+    for host in sorted(set(hosts)):
+        try:
+            alternative.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            alternative.append(x509.DNSName(host))
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now() - datetime.timedelta(minutes=5))
+        .not_valid_after(now() + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(alternative), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    return cert, key
