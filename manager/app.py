@@ -1,4 +1,4 @@
-"""``flops-manager``: load settings, connect the database, start the lifecycle, serve the REST API with waitress."""
+"""``flops-manager``: load settings, connect the database, start the lifecycle, serve the REST API (waitress or TLS)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import signal
 import sys
 from types import FrameType
 
-from waitress import create_server
-
 from manager.api import TokenAuth, create_api
+from manager.api_server import make_server
 from manager.settings import CONFIG_PATH_ENV, ManagerSettings, SettingsError, load_settings
 from manager.storage import MongoProjectStore, StorageUnavailable
 
@@ -52,13 +51,7 @@ def serve(settings: ManagerSettings, auth: TokenAuth) -> int:
 
     lifecycle = build_lifecycle(settings, store)
     try:
-        server = create_server(
-            create_api(lifecycle, store, auth, settings),
-            host=settings.host,
-            port=settings.port,
-            threads=settings.threads,
-            ident="flops-manager",
-        )
+        server = make_server(create_api(lifecycle, store, auth, settings), settings)
     except OSError as error:
         store.close()
         print(f"flops-manager: cannot listen on {settings.host}:{settings.port}: {error.strerror}", file=sys.stderr)
@@ -70,8 +63,10 @@ def serve(settings: ManagerSettings, auth: TokenAuth) -> int:
         log.warning("flower_tls is off: models and updates cross Flower links unencrypted and unauthenticated")
     lifecycle.start()
     previous = {signum: signal.signal(signum, _stop_serving) for signum in (signal.SIGTERM, signal.SIGINT)}
-    port = server.effective_port  # type: ignore[union-attr]
-    log.info("FLOps manager serving on http://%s:%s (API docs at /openapi)", settings.host, port)
+    if server.scheme == "http":
+        log.warning("the API speaks plain HTTP: bearer tokens cross the network in clear; set tls_cert_file "
+                    "and tls_key_file (the suite does) outside development")
+    log.info("FLOps manager serving on %s://%s:%s (API docs at /openapi)", server.scheme, settings.host, server.port)
     try:
         server.run()
     finally:

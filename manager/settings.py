@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from flops_utils.service_config import MqttSettings, RegistrySettings
 from manager.broker_access import ProjectCredentialsMode
@@ -37,11 +37,14 @@ ENV_OVERRIDES: dict[str, str] = {
     "FLOPS_MQTT_PASSWORD": "mqtt.password",
     "FLOPS_MQTT_CA_FILE": "mqtt.ca_file",
     "FLOPS_MQTT_PROJECT_CREDENTIALS": "mqtt_project_credentials",
+    "FLOPS_TLS_CERT_FILE": "tls_cert_file",
+    "FLOPS_TLS_KEY_FILE": "tls_key_file",
+    "FLOPS_TLS_CA_FILE": "tls_ca_file",
 }
 _STRING_FIELDS = {
     "host", "public_host", "admin_token", "mongo_uri", "database", "orchestrator", "state_dir", "cache_dir",
     "repo_base_dir", "log_level", "mqtt.host", "mqtt.username", "mqtt.password", "mqtt.ca_file",
-    "mqtt_project_credentials",
+    "mqtt_project_credentials", "tls_cert_file", "tls_key_file", "tls_ca_file",
 }  # fmt: skip
 
 
@@ -93,15 +96,26 @@ class ManagerSettings(BaseModel):
     lifecycle: dict[str, float] = Field(
         default_factory=dict, description="overrides of lifecycle timeouts by name, e.g. build_timeout_s"
     )
-    threads: int = Field(default=8, ge=1, le=64, description="waitress worker threads")
+    tls_cert_file: Path | None = Field(default=None, description="serve the API over HTTPS with this certificate "
+                                       "(PEM, chain first); with tls_key_file")
+    tls_key_file: Path | None = Field(default=None, description="the certificate's private key (PEM)")
+    tls_ca_file: Path | None = Field(default=None, description="the CA that signed tls_cert_file; the CLI and the "
+                                     "suite verify the API with it when they read this config")
+    threads: int = Field(default=8, ge=1, le=64, description="API worker threads")
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ManagerSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
 
     @property
     def public_url(self) -> str:
         """Base URL of the REST API as users reach it."""
         host = self.public_host or ("127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host)
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls_cert_file else 'http'}://{host}:{self.port}"
 
 
 def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> ManagerSettings:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pymongo
 import pytest
+import requests
 
 from flops_utils.service_config import MqttSettings
 from manager.cli import defaults as cli_defaults
@@ -201,12 +202,21 @@ def test_suite_up_with_manager_then_down(tmp_path: Path) -> None:
         up = flops("suite", "up", "--manager", suite_dir=suite_dir, timeout=180)
         assert up.returncode == 0, up.stdout + up.stderr
         manager_line = next(line for line in up.stdout.splitlines() if line.startswith("manager: "))
-        assert manager_line.startswith("manager: http://127.0.0.1:")
+        assert manager_line.startswith("manager: https://127.0.0.1:")  # secure by default, like the broker
         config = json.loads((suite_dir / "manager" / "config.json").read_text())
         assert (suite_dir / "manager" / "config.json").stat().st_mode & 0o077 == 0
 
-        listed = flops("project", "list", suite_dir=suite_dir)  # URL and admin token from the suite's config
+        listed = flops("project", "list", suite_dir=suite_dir)  # URL, admin token and CA from the suite's config
         assert listed.returncode == 0 and listed.stdout.strip() == "no projects", listed.stderr
+        url = manager_line.split()[1]
+        with pytest.raises(requests.ConnectionError):  # plain HTTP gets no answer
+            requests.get(url.replace("https://", "http://") + "/health", timeout=10)
+        with pytest.raises(requests.exceptions.SSLError):  # nor a client that does not trust the suite's CA
+            requests.get(url + "/health", timeout=10)
+        assert requests.get(url + "/health", timeout=10, verify=config["tls_ca_file"]).status_code == 200
+        one_error_line(flops("project", "list", url=url, token=config["admin_token"]), "TLS check", "--ca-file")
+        trusted = flops("project", "list", "--ca-file", config["tls_ca_file"], url=url, token=config["admin_token"])
+        assert trusted.returncode == 0 and trusted.stdout.strip() == "no projects", trusted.stderr
         status = flops("suite", "status", suite_dir=suite_dir)
         assert status.returncode == 0 and "manager: up" in status.stdout and "mosquitto: up" in status.stdout
         again = flops("suite", "up", "--manager", suite_dir=suite_dir, timeout=120)  # idempotent

@@ -22,11 +22,15 @@ class ManagerUnreachable(CliError):
 
 
 class FlopsClient:
-    def __init__(self, url: str, token: str | None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self, url: str, token: str | None, timeout_s: float = DEFAULT_TIMEOUT_S, ca_file: str | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
         self._session = requests.Session()
+        # Per request: a Session's verify loses to $REQUESTS_CA_BUNDLE, which many hosts set.
+        self._verify: str | bool = ca_file or True
 
     def get(self, path: str, params: dict[str, Any] | None = None, timeout_s: float | None = None) -> Any:
         return self.request("GET", path, params=params, timeout_s=timeout_s)
@@ -52,8 +56,12 @@ class FlopsClient:
         timeout = timeout_s or self.timeout_s
         try:
             response = self._session.request(
-                method, self.url + path, json=body, params=params, headers=headers, timeout=timeout
+                method, self.url + path, json=body, params=params, headers=headers, timeout=timeout,
+                verify=self._verify,
             )
+        except requests.exceptions.SSLError as error:
+            raise CliError(f"the FLOps manager at {self.url} failed the TLS check ({_ssl_reason(error)}); "
+                           f"pass its CA with --ca-file or $FLOPS_CA_FILE") from None
         except requests.ConnectionError:
             raise ManagerUnreachable(f"cannot reach the FLOps manager at {self.url}") from None
         except requests.Timeout:
@@ -64,6 +72,14 @@ class FlopsClient:
 
     def close(self) -> None:
         self._session.close()
+
+
+def _ssl_reason(error: Exception) -> str:
+    text = str(error)
+    for reason in ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "certificate verify failed"):
+        if reason in text:
+            return reason
+    return " ".join(text.split())[-160:]
 
 
 def _payload(response: requests.Response) -> Any:

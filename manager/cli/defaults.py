@@ -16,6 +16,7 @@ DEFAULT_SUITE_DIR = "~/.flops/suite"
 
 URL_ENV = "FLOPS_URL"
 TOKEN_ENV = "FLOPS_TOKEN"
+CA_FILE_ENV = "FLOPS_CA_FILE"
 MANAGER_DIR = "manager"
 MANAGER_CONFIG = "config.json"
 
@@ -24,6 +25,7 @@ MANAGER_CONFIG = "config.json"
 class Connection:
     url: str
     token: str | None
+    ca_file: str | None = None  # verify an HTTPS manager with this CA (else the system's)
 
 
 def default_suite_dir() -> Path:
@@ -48,11 +50,20 @@ def manager_url(config: dict[str, Any]) -> str:
     host = config.get("public_host") or config.get("host") or "127.0.0.1"
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
-    return f"http://{host}:{config.get('port', DEFAULT_PORT)}"
+    scheme = "https" if config.get("tls_cert_file") else "http"
+    return f"{scheme}://{host}:{config.get('port', DEFAULT_PORT)}"
 
 
-def resolve_connection(url: str | None, token: str | None, suite_dir: Path | None) -> Connection:
-    """Explicit values win; the suite's admin token is only ever sent to the suite's own manager."""
+def manager_ca_file(config: dict[str, Any]) -> str | None:
+    """The CA a manager config names for its API certificate (the suite's own CA)."""
+    value = config.get("tls_ca_file")
+    return str(value) if value else None
+
+
+def resolve_connection(
+    url: str | None, token: str | None, suite_dir: Path | None, ca_file: str | None = None
+) -> Connection:
+    """Explicit values win; the suite's admin token (and CA) only ever go with the suite's own manager."""
     config = read_suite_manager_config(suite_dir) if suite_dir is not None else None
     suite_url = manager_url(config) if config else None
     resolved_url = (url or os.environ.get(URL_ENV) or suite_url or f"http://127.0.0.1:{DEFAULT_PORT}").rstrip("/")
@@ -60,4 +71,7 @@ def resolve_connection(url: str | None, token: str | None, suite_dir: Path | Non
     if not resolved_token and config and resolved_url == suite_url:
         admin_token = config.get("admin_token")
         resolved_token = admin_token if isinstance(admin_token, str) else None
-    return Connection(url=resolved_url, token=resolved_token)
+    resolved_ca = ca_file or os.environ.get(CA_FILE_ENV)
+    if not resolved_ca and config and resolved_url == suite_url:
+        resolved_ca = manager_ca_file(config)
+    return Connection(url=resolved_url, token=resolved_token, ca_file=resolved_ca)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from manager.cli.client import CliError, FlopsClient
-from manager.cli.defaults import TOKEN_ENV, URL_ENV, default_suite_dir, resolve_connection
+from manager.cli.defaults import CA_FILE_ENV, TOKEN_ENV, URL_ENV, default_suite_dir, resolve_connection
 from manager.cli.watch import exit_code_for, watch_project
 
 PROJECTS = "/api/flops/projects"
@@ -100,6 +100,10 @@ def _add_connection_options(parser: argparse.ArgumentParser, default: Any) -> No
         "--token", default=default, help=f"bearer token (default: ${TOKEN_ENV}, then the local suite's admin token)"
     )
     parser.add_argument(
+        "--ca-file", default=default,
+        help=f"CA certificate to verify an HTTPS manager (default: ${CA_FILE_ENV}, then the local suite's CA)",
+    )  # fmt: skip
+    parser.add_argument(
         "--suite-dir", type=Path, default=default, help="local suite dir (default: $FLOPS_SUITE_DIR, ~/.flops/suite)"
     )
     parser.add_argument("--timeout", type=float, default=default, help="seconds to wait for each answer")
@@ -136,8 +140,8 @@ def _suite_dir(args: argparse.Namespace) -> Path:
 
 
 def _client(args: argparse.Namespace) -> FlopsClient:
-    connection = resolve_connection(args.url, args.token, _suite_dir(args))
-    return FlopsClient(connection.url, connection.token, timeout_s=args.timeout or 30.0)
+    connection = resolve_connection(args.url, args.token, _suite_dir(args), getattr(args, "ca_file", None))
+    return FlopsClient(connection.url, connection.token, timeout_s=args.timeout or 30.0, ca_file=connection.ca_file)
 
 
 def _slow(args: argparse.Namespace) -> float:

@@ -12,8 +12,15 @@ from typing import Any, TextIO
 import requests
 
 from manager.cli.client import CliError
-from manager.cli.defaults import MANAGER_CONFIG, manager_url, read_suite_manager_config, suite_manager_dir
+from manager.cli.defaults import (
+    MANAGER_CONFIG,
+    manager_ca_file,
+    manager_url,
+    read_suite_manager_config,
+    suite_manager_dir,
+)
 from manager.suite import SuiteEndpoints, SuiteError, start_suite, stop_suite, suite_status
+from manager.suite.mosquitto import suite_server_tls
 from manager.suite.processes import ProcessRecord, free_port, is_running, launch, port_is_free, stop, wait_ready
 
 MANAGER = "flops-manager"
@@ -24,7 +31,7 @@ MANAGER_READY_TIMEOUT_S = 90.0
 
 def suite_up(state_dir: Path, *, registry: bool, with_manager: bool, out: TextIO, tls: bool = True) -> int:
     if not tls:
-        out.write("warning: the broker listens without TLS; use this for development only\n")
+        out.write("warning: the broker and the manager's API listen without TLS; use this for development only\n")
     try:
         endpoints = start_suite(state_dir, registry=registry, mqtt_tls=tls)
     except SuiteError as error:
@@ -128,6 +135,11 @@ def _manager_config(previous: dict[str, Any] | None, endpoints: SuiteEndpoints, 
     port = config.get("port")
     if not isinstance(port, int) or not port or not port_is_free(port, config["host"]):
         config["port"] = free_port(config["host"])
+    for key in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+        config.pop(key, None)
+    if endpoints.mqtt.tls:  # secure by default: the API speaks HTTPS with the suite's certificate, like the broker
+        tls = suite_server_tls(Path(endpoints.state_dir))
+        config.update(tls_cert_file=str(tls.cert_file), tls_key_file=str(tls.key_file), tls_ca_file=str(tls.ca_file))
     config["mqtt"] = endpoints.mqtt.model_dump(mode="json")
     config["mongo_uri"] = endpoints.mongo_uri
     if endpoints.registry is not None:
@@ -149,7 +161,8 @@ def _manager_process(state_dir: Path) -> ProcessRecord | None:
 
 def _healthy(config: dict[str, Any]) -> bool:
     try:
-        return requests.get(manager_url(config) + "/health", timeout=3).status_code == 200
+        verify: str | bool = manager_ca_file(config) or True
+        return requests.get(manager_url(config) + "/health", timeout=3, verify=verify).status_code == 200
     except requests.RequestException:
         return False
 

@@ -21,7 +21,7 @@ from flops_utils.mqtt_link import configure_tls
 from flops_utils.service_config import MqttSettings
 from manager.suite.processes import ProcessRecord, find_binary, launch, run_tool, wait_ready
 from manager.suite.state import HOST, MOSQUITTO, ComponentState, Credentials
-from manager.suite.tls import ensure_server_tls, server_hosts
+from manager.suite.tls import ServerTls, ensure_server_tls, server_hosts
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,11 @@ READY_TIMEOUT_S = 30.0
 
 def broker_dir(state_dir: Path) -> Path:
     return state_dir / MOSQUITTO
+
+
+def suite_server_tls(state_dir: Path) -> ServerTls:
+    """The suite's CA and its certificate for this host (the broker's, reused by the suite's manager API)."""
+    return ensure_server_tls(broker_dir(state_dir) / "tls", server_hosts())
 
 
 def log_file(state_dir: Path) -> Path:
@@ -112,7 +117,7 @@ def write_config(state_dir: Path, component: ComponentState, acl_file: Path | No
         accounts = [f"password_file {password_file}"]
     listener = [f"listener {component.port} {HOST}"]
     if tls:
-        files = ensure_server_tls(directory / "tls", server_hosts())
+        files = suite_server_tls(state_dir)
         component.ca_pem = files.ca_pem
         listener += [f"cafile {files.ca_file}", f"certfile {files.cert_file}", f"keyfile {files.key_file}",
                      "tls_version tlsv1.2"]  # fmt: skip
