@@ -14,6 +14,7 @@ import requests
 from flops_utils.mqtt_catalogue import ServiceState, ServiceStatus, TrainingProgress
 from flops_utils.mqtt_link import MqttLink
 from flops_utils.service_config import CONFIG_ENV, MqttSettings, ObserverConfig
+from flops_utils.token_access import token_digest
 from tests.helpers import free_port, wait_until
 
 
@@ -33,17 +34,23 @@ def healthy(url: str) -> bool:
         return False
 
 
+CUSTOMER_TOKEN = "customer-token-of-p-obs"
+
+
 def events(url: str, after: int = 0) -> list[dict[str, object]]:
     try:
-        return list(requests.get(f"{url}/events", params={"after": after}, timeout=2).json()["events"])
-    except requests.RequestException:
+        answer = requests.get(f"{url}/events", params={"after": after}, timeout=2,
+                              headers={"Authorization": f"Bearer {CUSTOMER_TOKEN}"})  # fmt: skip
+        return list(answer.json()["events"])
+    except (requests.RequestException, KeyError, ValueError):
         return []
 
 
 def test_observer_logs_reports_and_survives_a_restart(mqtt_settings: MqttSettings, tmp_path: Path) -> None:
     port = free_port()
     config = ObserverConfig(
-        project_id="p-obs", mqtt=mqtt_settings, port=port, log_file=str(tmp_path / "events.log")
+        project_id="p-obs", mqtt=mqtt_settings, port=port, log_file=str(tmp_path / "events.log"),
+        access_token_sha256=[token_digest(CUSTOMER_TOKEN)],
     )
     url = f"http://127.0.0.1:{port}"
     observer = start_observer(config, tmp_path / "observer.out")
@@ -60,6 +67,10 @@ def test_observer_logs_reports_and_survives_a_restart(mqtt_settings: MqttSetting
         assert "builder started" in lines[0]
         assert "round 1/3" in lines[1] and "accuracy=0.8750" in lines[1] and "2 learners" in lines[1]
         assert [event["seq"] for event in events(url, after=1)] == [2]
+        # The events are the customer's: no token, or another customer's, gets 401.
+        assert requests.get(f"{url}/events", timeout=5).status_code == 401
+        other = requests.get(f"{url}/events", headers={"Authorization": "Bearer another-customer"}, timeout=5)
+        assert other.status_code == 401 and other.headers["WWW-Authenticate"].startswith("Basic")
 
         observer.send_signal(signal.SIGTERM)
         assert observer.wait(timeout=20) == 0

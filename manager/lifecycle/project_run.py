@@ -237,6 +237,7 @@ class ProjectRun:
             bind_host=bind_host_for(adapter),
             port=endpoint.port,
             log_file=str(self._work_dir("observer") / "events.log"),
+            access_token_sha256=self.deps.settings.tracking_access.digests(self.customer),
         )
         spec = self._spec(name, ServiceKind.OBSERVER, config, ports=(OBSERVER_PORT,))
         self.state.observer = adapter.add_service(observatory.app, spec)

@@ -1,4 +1,4 @@
-"""Who may use each customer's MLflow server: the customer's API tokens, the admin's and one service token.
+"""Who may use a customer's endpoints (MLflow server, project observers): its tokens, the admin's, a service token.
 
 The service token that FLOps services present (aggregators log runs, the builder reads
 models, serving loads them) is derived from the manager's secret with HMAC, so it is
@@ -13,9 +13,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+from flops_utils.token_access import token_digest
 
 
 @dataclass(frozen=True)

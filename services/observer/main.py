@@ -3,6 +3,8 @@
 It subscribes to every topic of its project and keeps a human-readable event log
 (appended to a file, so it survives restarts) that it serves over HTTP:
 ``GET /events?after=N`` (JSON lines with sequence numbers) and ``GET /health``.
+``/events`` needs one of the customer's tokens (see :mod:`flops_utils.token_access`)
+when the config names their digests.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from flops_utils.message_text import describe
 from flops_utils.mqtt_catalogue import FlopsMessage, project_filter
 from flops_utils.mqtt_link import MqttLink
 from flops_utils.service_config import ObserverConfig, load_config
+from flops_utils.token_access import TokenCheck
 
 log = logging.getLogger("flops.observer")
 
@@ -53,21 +56,28 @@ def format_line(message: FlopsMessage) -> str:
     return f"{stamp} {describe(message)}"
 
 
-def make_handler(events: EventLog) -> type[BaseHTTPRequestHandler]:
+def make_handler(events: EventLog, check: TokenCheck | None = None) -> type[BaseHTTPRequestHandler]:
+    access = check or TokenCheck([])
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server naming
             url = urlparse(self.path)
             if url.path == "/health":
                 self._send(200, {"status": "ok"})
+            elif not access.allows(self.headers.get("Authorization")):
+                self._send(401, {"error": "send one of this project's customer tokens (Bearer, or as the Basic "
+                                          "password)"}, {"WWW-Authenticate": 'Basic realm="FLOps observer"'})
             elif url.path == "/events":
                 after = parse_qs(url.query).get("after", ["0"])[0]
                 self._send(200, {"events": events.since(int(after) if after.isdigit() else 0)})
             else:
                 self._send(404, {"error": f"no such path {url.path}"})
 
-        def _send(self, status: int, body: dict[str, object]) -> None:
+        def _send(self, status: int, body: dict[str, object], headers: dict[str, str] | None = None) -> None:
             data = json.dumps(body).encode()
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -87,7 +97,10 @@ def main() -> None:
     link = MqttLink(config.mqtt, client_id=f"observer-{config.project_id}")
     link.subscribe(project_filter(config.project_id), lambda _topic, message: events.append(format_line(message)))
     link.connect(timeout=30)
-    server = ThreadingHTTPServer((config.bind_host, config.port), make_handler(events))
+    check = TokenCheck(config.access_token_sha256)
+    if check.open:
+        log.warning("no access tokens configured: anyone who reaches port %s reads this project's events", config.port)
+    server = ThreadingHTTPServer((config.bind_host, config.port), make_handler(events, check))
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     log.info("observing project %s on port %s", config.project_id, config.port)
     try:

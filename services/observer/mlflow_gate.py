@@ -14,14 +14,12 @@ comma-separated), so neither its configuration nor its environment holds a secre
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import json
 import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
+
+from flops_utils.token_access import TokenCheck
 
 GATE_APP_NAME = "flops-token-gate"  # the entry point in pyproject.toml's "mlflow.app" group
 TOKEN_DIGESTS_ENV = "FLOPS_MLFLOW_TOKEN_SHA256"
@@ -35,45 +33,20 @@ Send = Callable[[Message], Awaitable[None]]
 AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def presented_token(authorization: str) -> str | None:
-    """The token in a Bearer or Basic (password part) ``Authorization`` header."""
-    scheme, _, value = authorization.strip().partition(" ")
-    if scheme.lower() == "bearer":
-        return value.strip() or None
-    if scheme.lower() == "basic":
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        return decoded.partition(":")[2] or None
-    return None
-
-
 class TokenGate:
     """Pure ASGI middleware: 401 unless the request carries an accepted token."""
 
     def __init__(self, app: AsgiApp, digests: Iterable[str], realm: str = "FLOps MLflow") -> None:
         self.app = app
-        self.digests = [digest.strip().lower() for digest in digests if digest.strip()]
+        self.check = TokenCheck(digests)
         self.realm = realm.replace('"', "")
-
-    def allows(self, authorization: str | None) -> bool:
-        token = presented_token(authorization or "")
-        if token is None:
-            return False
-        digest = token_digest(token)
-        return any(hmac.compare_digest(digest, accepted) for accepted in self.digests)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", [])}
-        if self.allows(headers.get("authorization")):
+        if self.check.allows(headers.get("authorization")):
             await self.app(scope, receive, send)
             return
         body = json.dumps({"error_code": "UNAUTHENTICATED",

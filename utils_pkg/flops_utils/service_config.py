@@ -122,6 +122,9 @@ class ObserverConfig(_ServiceConfig):
     bind_host: str = "127.0.0.1"
     port: int
     log_file: str = Field(description="human-readable event log, appended across restarts")
+    access_token_sha256: list[str] = Field(
+        default_factory=list, description="SHA-256 digests of the tokens that may read /events; empty: anyone"
+    )
 
 
 class DataServerConfig(_Config):
