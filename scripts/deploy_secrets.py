@@ -8,6 +8,12 @@ ignores it): the Mosquitto password file, the registry htpasswd, the manager's
 config, and Kubernetes Secret manifests. The directory is made owner-only (0700);
 the files in it are 0644 because the containers that mount them run as their own
 non-root users.
+
+It also makes a small CA (its key is not kept: regenerate with --force to add names)
+and TLS certificates for the broker and the manager's API, for their names in the
+compose network and in the cluster namespace, localhost, and any ``--host``. The
+broker listens only with TLS; services trust it through ``mqtt.ca_pem``; the API
+speaks HTTPS, verified with ``ca.pem``.
 """
 
 from __future__ import annotations
@@ -34,8 +40,12 @@ MANAGER_PORT = 5072
 
 # Plain secrets, one value per file (compose `secrets:` and `*_FILE` variables read these).
 PLAIN_SECRETS = ("mqtt_password", "mongo_password", "postgres_password", "registry_password", "admin_token")
+TLS_FILES = ("ca.pem", "mosquitto_tls_cert", "mosquitto_tls_key", "manager_tls_cert", "manager_tls_key")
+SECRETS_MOUNT = "/run/secrets"  # compose mounts its secrets here; the Kubernetes manifests mount the same paths
+CA_DAYS, SERVER_DAYS = 5 * 365, 2 * 365
 GENERATED_FILES = (
     *PLAIN_SECRETS,
+    *TLS_FILES,
     "mosquitto_passwd",
     "mosquitto.env",
     "registry_htpasswd",
@@ -60,13 +70,38 @@ def htpasswd_line(username: str, password: str) -> str:
     return done.stdout.strip()
 
 
-def manager_config(values: dict[str, str]) -> dict[str, Any]:
+def service_names(service: str) -> list[str]:
+    """How a suite service is reached: compose network, cluster namespace, and locally."""
+    return [service, f"{service}.{NAMESPACE}", f"{service}.{NAMESPACE}.svc", f"{service}.{NAMESPACE}.svc.cluster.local",
+            "localhost", "127.0.0.1"]  # fmt: skip
+
+
+def tls_files(extra_hosts: list[str]) -> dict[str, str]:
+    """A CA, and certificates for the broker and the manager's API (PEM texts; the CA key is dropped)."""
+    from manager.pki import cert_pem, issue_server_cert, key_pem, name, new_ca
+
+    organization = "FLOps deployment"
+    ca, ca_key = new_ca(name(organization, "FLOps deployment CA"), CA_DAYS)
+    files = {"ca.pem": cert_pem(ca).decode()}
+    for service, hosts in (("mosquitto", service_names("mosquitto")),
+                           ("manager", [*service_names("manager"), *extra_hosts])):  # fmt: skip
+        cert, key = issue_server_cert(ca, ca_key, name(organization, f"FLOps {service}"), hosts, SERVER_DAYS)
+        files[f"{service}_tls_cert"] = cert_pem(cert).decode()
+        files[f"{service}_tls_key"] = key_pem(key).decode()
+    return files
+
+
+def manager_config(values: dict[str, str], ca_pem: str) -> dict[str, Any]:
     """The manager's settings document inside the compose network / cluster namespace."""
     return {
         "host": "0.0.0.0",
         "port": MANAGER_PORT,
         "admin_token": values["admin_token"],
-        "mqtt": {"host": "mosquitto", "port": 1883, "username": USERNAME, "password": values["mqtt_password"]},
+        "tls_cert_file": f"{SECRETS_MOUNT}/manager_tls_cert",
+        "tls_key_file": f"{SECRETS_MOUNT}/manager_tls_key",
+        "tls_ca_file": f"{SECRETS_MOUNT}/flops_ca",
+        "mqtt": {"host": "mosquitto", "port": 1883, "username": USERNAME, "password": values["mqtt_password"],
+                 "ca_pem": ca_pem},  # fmt: skip
         "mongo_uri": f"mongodb://{USERNAME}:{values['mongo_password']}@mongo:27017/?authSource=admin",
         "registry": {
             "address": "registry:5000",
@@ -93,15 +128,19 @@ def kubernetes_secrets(files: dict[str, str]) -> list[dict[str, Any]]:
 
     return [
         secret("flops-mosquitto", {"passwd": files["mosquitto_passwd"], "username": USERNAME,
-                                    "password": files["mqtt_password"]}),
+                                    "password": files["mqtt_password"], "ca.pem": files["ca.pem"],
+                                    "server.pem": files["mosquitto_tls_cert"],
+                                    "server.key": files["mosquitto_tls_key"]}),
         secret("flops-mongo", {"username": USERNAME, "password": files["mongo_password"]}),
         secret("flops-postgres", {"username": "mlflow", "password": files["postgres_password"]}),
         secret("flops-registry", {"htpasswd": files["registry_htpasswd"]}),
-        secret("flops-manager", {"manager.json": files["manager.json"]}),
+        secret("flops-manager", {"manager.json": files["manager.json"], "flops_ca": files["ca.pem"],
+                                  "manager_tls_cert": files["manager_tls_cert"],
+                                  "manager_tls_key": files["manager_tls_key"]}),
     ]
 
 
-def generate(out_dir: Path, *, force: bool = False) -> list[Path]:
+def generate(out_dir: Path, *, force: bool = False, hosts: list[str] | None = None) -> list[Path]:
     if out_dir.exists() and any((out_dir / name).exists() for name in GENERATED_FILES) and not force:
         raise SystemExit(f"{out_dir} already holds secrets; pass --force to replace them")
     values = {name: secrets.token_hex(24) for name in PLAIN_SECRETS}
@@ -109,7 +148,8 @@ def generate(out_dir: Path, *, force: bool = False) -> list[Path]:
     files["mosquitto_passwd"] = mosquitto_password_line(USERNAME, values["mqtt_password"]) + "\n"
     files["mosquitto.env"] = f"MQTT_USERNAME={USERNAME}\nMQTT_PASSWORD={values['mqtt_password']}\n"
     files["registry_htpasswd"] = htpasswd_line(USERNAME, values["registry_password"]) + "\n"
-    config = manager_config(values)
+    files.update(tls_files(hosts or []))
+    config = manager_config(values, files["ca.pem"])
     # Service names are the same in the compose network and the cluster namespace: one config serves both.
     files["manager.json"] = json.dumps(config, indent=2) + "\n"
     files["kubernetes-secrets.yaml"] = yaml.safe_dump_all(kubernetes_secrets(files), sort_keys=False)
@@ -129,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}")
     parser.add_argument("--force", action="store_true", help="replace existing secrets")
+    parser.add_argument("--host", action="append", default=[],
+                        help="another name the manager's API is reached by (its TLS certificate); repeatable")
     args = parser.parse_args(argv)
-    for path in generate(args.out, force=args.force):
+    for path in generate(args.out, force=args.force, hosts=args.host):
         print(path)
     return 0
 

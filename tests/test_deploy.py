@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +22,12 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import requests
 import yaml
 from kubernetes_validate.utils import all_versions
 
-from flops_utils.service_config import MqttSettings
-from manager.settings import DEFAULT_PORT, load_settings
+from manager.api_server import TlsServer
+from manager.settings import DEFAULT_PORT, ManagerSettings, load_settings
 from manager.suite.mosquitto import broker_accepts
 from manager.suite.processes import ProcessRecord, launch, stop, wait_ready
 from tests.helpers import free_port
@@ -186,6 +188,11 @@ def test_generated_secrets_are_private_complete_and_not_overwritten(generated: P
     assert settings.mqtt.password == (generated / "mqtt_password").read_text()
     assert settings.registry is not None and settings.registry.password == (generated / "registry_password").read_text()
     assert (generated / "mongo_password").read_text() in settings.mongo_uri
+    # TLS: the broker's CA travels in the config; the API's files are where compose and the manifests mount them.
+    assert settings.mqtt.ca_pem == (generated / "ca.pem").read_text()
+    assert (settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file) == (
+        Path("/run/secrets/manager_tls_cert"), Path("/run/secrets/manager_tls_key"), Path("/run/secrets/flops_ca"))
+    assert settings.public_url.startswith("https://")
     again = subprocess.run(
         [sys.executable, str(GENERATOR), "--out", str(generated)], capture_output=True, text=True, timeout=60,
         check=False,
@@ -202,27 +209,62 @@ def test_generated_registry_htpasswd_holds_the_registry_password(generated: Path
     assert (generated / "registry_htpasswd").read_text().startswith("flops:$2y$")  # the registry needs bcrypt
 
 
-def test_generated_mosquitto_password_file_works_with_the_real_broker(generated: Path, tmp_path: Path) -> None:
+def test_generated_broker_files_work_with_the_real_broker_over_tls(generated: Path, tmp_path: Path) -> None:
+    """The production config's listener, with the generated password file, CA and certificate, on a local port."""
     port = free_port()
     config = tmp_path / "mosquitto.conf"
     production = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
     assert "allow_anonymous false" in production and "persistence true" in production
+    assert "listener 1883\ncafile /mosquitto/config/tls/ca.pem" in production  # TLS only
+    mounted = {"/mosquitto/config/passwd": generated / "mosquitto_passwd",
+               "/mosquitto/config/tls/ca.pem": generated / "ca.pem",
+               "/mosquitto/config/tls/server.pem": generated / "mosquitto_tls_cert",
+               "/mosquitto/config/tls/server.key": generated / "mosquitto_tls_key"}  # fmt: skip
+    lines = [line for line in production.splitlines() if line.split()[:1] in (
+        ["cafile"], ["certfile"], ["keyfile"], ["tls_version"], ["allow_anonymous"], ["password_file"])]
+    for inside, outside in mounted.items():  # as compose.yml mounts them
+        lines = [line.replace(inside, str(outside)) for line in lines]
     config.write_text(
         # As root, Mosquitto would switch to the 'mosquitto' user, who cannot enter the 0700 secrets dir.
-        f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
-        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {generated / 'mosquitto_passwd'}\n"
-        "log_dest stdout\n"
+        f"user {pwd.getpwuid(os.geteuid()).pw_name}\nlistener {port} 127.0.0.1\n" + "\n".join(lines)
+        + "\nlog_dest stdout\n"
     )
     log_file = tmp_path / "mosquitto.log"
     broker: ProcessRecord = launch(["mosquitto", "-c", str(config)], log_file=log_file, cwd=tmp_path, name="mosquitto")
-    password = (generated / "mqtt_password").read_text()
-    settings = MqttSettings(host="127.0.0.1", port=port, username="flops", password=password)
+    manager = load_settings(generated / "manager.json", environ={})
+    settings = manager.mqtt.model_copy(update={"host": "localhost", "port": port})  # with the generated CA
     try:
         wait_ready(broker, lambda: broker_accepts(settings), name="mosquitto", log_file=log_file, timeout=30)
-        assert not broker_accepts(settings.model_copy(update={"password": password + "x"}))
+        assert not broker_accepts(settings.model_copy(update={"password": str(settings.password) + "x"}))
         assert not broker_accepts(settings.model_copy(update={"username": None, "password": None}))
+        assert not broker_accepts(settings.model_copy(update={"ca_pem": None}))  # plain TCP is refused
     finally:
         stop(broker, name="mosquitto")
+
+
+def test_generated_api_certificate_serves_https_for_the_manager_names(generated: Path, tmp_path: Path) -> None:
+    """The real API server (cheroot) with the generated files; clients verify it with the generated CA."""
+    settings = ManagerSettings(admin_token="x" * 12, port=free_port(), tls_cert_file=generated / "manager_tls_cert",
+                               tls_key_file=generated / "manager_tls_key")  # fmt: skip
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    server = TlsServer(app, settings)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for name in ("localhost", "127.0.0.1"):
+            url = f"https://{name}:{server.port}/health"
+            assert requests.get(url, verify=str(generated / "ca.pem"), timeout=10).text == "ok"
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(f"https://localhost:{server.port}/health", timeout=10)  # the system's CAs do not know it
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://localhost:{server.port}/health", timeout=10)  # no plain HTTP
+    finally:
+        server.close()
+        thread.join(timeout=10)
 
 
 def test_kubernetes_manifests_validate_against_the_official_schemas(manifests: list[dict[str, Any]]) -> None:
