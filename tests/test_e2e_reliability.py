@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from manager.suite import SuiteEndpoints, restart_broker
+from manager.suite import SuiteEndpoints, restart_broker, restart_database
 from orchestrator_adapters.base import AppKind, AppRef
 from orchestrator_adapters.local import LocalAdapter, LocalAdapterSettings
 from tests.fixtures_stack import FlopsStack, flops_stack, mlflow_client, sla  # noqa: F401
@@ -15,29 +16,65 @@ from tests.helpers import wait_until
 pytestmark = pytest.mark.timeout(900)
 
 
+def _training(flops_stack: FlopsStack, tag: str, learners: int, until_round: int, **training: Any) -> str:  # noqa: F811
+    """Push mock data, start a classic sklearn project and wait until it has done ``until_round`` rounds."""
+    flops_stack.push_mocks(tag, learners)
+    project_id = flops_stack.submit(sla("examples/sklearn_digits", [tag], **training))
+    assert wait_until(lambda: flops_stack.project(project_id)["progress"]["round"] >= until_round, 400, interval=0.5)
+    return project_id
+
+
+def _local_adapter(flops_stack: FlopsStack) -> LocalAdapter:  # noqa: F811
+    return LocalAdapter(LocalAdapterSettings(state_dir=str(flops_stack.state_dir / "local-adapter")))
+
+
+def _project_app(project: dict[str, Any]) -> AppRef:
+    project_id = project["project_id"]
+    return AppRef(project["apps"]["project"], f"project-{project_id[:8]}", AppKind.PROJECT, "Admin", project_id)
+
+
+
 def test_training_survives_a_broker_restart(flops_stack: FlopsStack, suite: SuiteEndpoints) -> None:  # noqa: F811
-    flops_stack.push_mocks("digits-broker", 2)
-    request = sla("examples/sklearn_digits", ["digits-broker"], training_rounds=5, min_available_clients=2)
-    project_id = flops_stack.submit(request)
-    assert wait_until(lambda: flops_stack.project(project_id)["progress"]["round"] >= 1, 400, interval=0.5)
+    project_id = _training(flops_stack, "digits-broker", 2, 1, training_rounds=5, min_available_clients=2)
     restart_broker(Path(suite.state_dir), down_for=3.0)
     project = flops_stack.wait(project_id)
     assert project["status"] == "COMPLETED", project["error"]
     assert project["progress"]["round"] == 5
 
 
+def test_training_survives_a_database_restart(flops_stack: FlopsStack, suite: SuiteEndpoints) -> None:  # noqa: F811
+    """The run buffers its record and events while the database is away; nothing is lost or doubled."""
+    project_id = _training(flops_stack, "digits-db", 2, 1, training_rounds=6, min_available_clients=2)
+    restart_database(Path(suite.state_dir), down_for=8.0)  # rounds go on meanwhile (a few seconds each)
+    project = flops_stack.wait(project_id)
+    assert project["status"] == "COMPLETED", project["error"]
+    assert project["progress"]["round"] == 6
+    rounds = [text.split(" done in ")[0] for text in flops_stack.events(project_id) if " done in " in text]
+    assert rounds == [f"round {n}/6" for n in range(1, 7)], rounds  # every report recorded once, in order
+
+
+def test_metrics_survive_a_tracking_server_crash(flops_stack: FlopsStack) -> None:  # noqa: F811
+    """The lifecycle restarts the customer's MLflow server; the aggregator sends the metrics it kept meanwhile."""
+    project_id = _training(flops_stack, "digits-mlflow", 2, 1, training_rounds=8, min_available_clients=2)
+    project = flops_stack.project(project_id)
+    observatory = AppRef(project["apps"]["observatory"], "observatory-admin", AppKind.OBSERVATORY, "Admin")
+    _local_adapter(flops_stack).kill_instance(observatory, "tracking")
+    project = flops_stack.wait(project_id)
+    events = flops_stack.events(project_id)
+    assert project["status"] == "COMPLETED", (project["error"], events[-10:])
+    assert sum(text.startswith("the MLflow tracking server stopped") for text in events) == 1, events
+    client = mlflow_client(project["tracking_url"])
+    steps = sorted(metric.step for metric in client.get_metric_history(project["mlflow_run_id"], "accuracy"))
+    assert steps == list(range(1, 9)), steps  # none lost while the server was away, none twice
+
+
 def test_a_killed_learner_does_not_fail_the_project_and_rejoins(flops_stack: FlopsStack) -> None:  # noqa: F811
     """The round completes with the survivors; the lifecycle redeploys the learner, which rejoins."""
-    flops_stack.push_mocks("digits-drop", 3)
-    request = sla("examples/sklearn_digits", ["digits-drop"], training_rounds=25,
-                  min_available_clients=3, min_fit_clients=2, min_evaluate_clients=2, round_timeout_s=20)  # fmt: skip
-    project_id = flops_stack.submit(request)
-    assert wait_until(lambda: flops_stack.project(project_id)["progress"]["round"] >= 2, 400, interval=0.5)
+    project_id = _training(flops_stack, "digits-drop", 3, 2, training_rounds=25, min_available_clients=3,
+                           min_fit_clients=2, min_evaluate_clients=2, round_timeout_s=20)  # fmt: skip
     project = flops_stack.project(project_id)
-    adapter = LocalAdapter(LocalAdapterSettings(state_dir=str(flops_stack.state_dir / "local-adapter")))
-    app = AppRef(project["apps"]["project"], f"project-{project_id[:8]}", AppKind.PROJECT, "Admin", project_id)
     victim = sorted(name for name in project["services"] if name.startswith("learner-"))[0]
-    adapter.kill_instance(app, project["services"][victim])
+    _local_adapter(flops_stack).kill_instance(_project_app(project), project["services"][victim])
     project = flops_stack.wait(project_id)
     assert project["status"] == "COMPLETED", project["error"]
     assert project["progress"]["round"] == 25
@@ -53,14 +90,9 @@ def test_a_killed_learner_does_not_fail_the_project_and_rejoins(flops_stack: Flo
 
 def test_a_killed_aggregator_is_redeployed_and_resumes_from_its_checkpoint(flops_stack: FlopsStack) -> None:  # noqa: F811
     """No round is lost or counted twice: MLflow has each round's metrics exactly once, in one run."""
-    flops_stack.push_mocks("digits-agg", 2)
-    request = sla("examples/sklearn_digits", ["digits-agg"], training_rounds=8, min_available_clients=2)
-    project_id = flops_stack.submit(request)
-    assert wait_until(lambda: flops_stack.project(project_id)["progress"]["round"] >= 3, 400, interval=0.5)
+    project_id = _training(flops_stack, "digits-agg", 2, 3, training_rounds=8, min_available_clients=2)
     project = flops_stack.project(project_id)
-    adapter = LocalAdapter(LocalAdapterSettings(state_dir=str(flops_stack.state_dir / "local-adapter")))
-    app = AppRef(project["apps"]["project"], f"project-{project_id[:8]}", AppKind.PROJECT, "Admin", project_id)
-    adapter.kill_instance(app, project["services"]["aggregator"])
+    _local_adapter(flops_stack).kill_instance(_project_app(project), project["services"]["aggregator"])
     project = flops_stack.wait(project_id)
     events = flops_stack.events(project_id)
     assert project["status"] == "COMPLETED", (project["error"], events[-12:])
@@ -96,9 +128,7 @@ def test_a_killed_hierarchical_aggregator_is_redeployed_and_no_round_is_lost(
     assert wait_until(lambda: any(text.startswith(marker) for text in flops_stack.events(project_id)),
                       600, interval=0.5)  # fmt: skip
     project = flops_stack.project(project_id)
-    adapter = LocalAdapter(LocalAdapterSettings(state_dir=str(flops_stack.state_dir / "local-adapter")))
-    app = AppRef(project["apps"]["project"], f"project-{project_id[:8]}", AppKind.PROJECT, "Admin", project_id)
-    adapter.kill_instance(app, project["services"][victim])
+    _local_adapter(flops_stack).kill_instance(_project_app(project), project["services"][victim])
     project = flops_stack.wait(project_id)
     events = flops_stack.events(project_id)
     assert project["status"] == "COMPLETED", (project["error"], events[-15:])

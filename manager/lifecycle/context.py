@@ -29,4 +29,5 @@ class LifecycleSettings:
     build_timeout_s: float = 1800.0
     training_timeout_s: float = 3600.0
     serving_timeout_s: float = 180.0
+    db_outage_limit_s: float = 120.0  # a project rides out a database outage this long (writes are buffered)
     poll_interval_s: float = 0.5

@@ -41,6 +41,7 @@ from manager.lifecycle.flower_pki import ProjectFlowerCa
 from manager.lifecycle.inbox import ProjectInbox
 from manager.lifecycle.observatory import Observatory, ObservatoryKeeper
 from manager.lifecycle.placement import LearnerPlan, plan_learners
+from manager.lifecycle.record_writer import RecordWriter
 from manager.lifecycle.specs import (
     FLEET_PORT,
     OBSERVER_PORT,
@@ -53,7 +54,7 @@ from manager.lifecycle.specs import (
 from manager.lifecycle.waiting import http_ok
 from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, ProjectStatus
 from manager.sla import ProjectSLA, sla_to_training_settings
-from manager.storage.base import ProjectStore
+from manager.storage.base import ProjectStore, StorageUnavailable
 from orchestrator_adapters.base import (
     AdapterError,
     AppKind,
@@ -76,6 +77,7 @@ FAILED_GRACE_S = 3.0  # time to let a service's own MQTT failure report arrive b
 RESULT_GRACE_S = 15.0  # a one-shot service that exited 0 gets this long for its report to arrive
 MAX_LEARNER_RESTARTS = 3  # per learner and project; a learner that keeps dying is left out after that
 MAX_AGGREGATOR_RESTARTS = 2  # per aggregator and project (classic, root or cluster)
+MAX_TRACKING_RESTARTS = 3  # per project: the customer's MLflow server
 FAILED = ReportedState.FAILED
 OBSERVER_KEY = "observer"  # the observer lives in the observatory app; stored beside the project's services
 
@@ -113,6 +115,7 @@ class RunState:
     aggregator_restarts: dict[str, int] = field(default_factory=dict)
     aggregator_failures: dict[str, str] = field(default_factory=dict)  # reported by cluster aggregators
     retired_learners: set[str] = field(default_factory=set)  # died too often: not started again
+    tracking_restarts: int = 0
     training_started: bool = False
 
 
@@ -124,6 +127,7 @@ class ProjectRun:
         self.deps = deps
         self.inbox = inbox
         self.state = RunState()
+        self.writer = RecordWriter(deps.store, self.project_id, deps.settings.db_outage_limit_s)
         self.flower_ca = ProjectFlowerCa(self.project_id)  # no I/O: keys are made on first use
         self.phase = ProjectPhase.QUEUED
         self.progress = Progress()
@@ -170,6 +174,8 @@ class ProjectRun:
             status, error = ProjectStatus.FAILED, failure.reason
         except AdapterError as failure:
             status, error = ProjectStatus.FAILED, f"the {self.deps.adapter.name} orchestrator refused: {failure}"
+        except StorageUnavailable as failure:
+            status, error = ProjectStatus.FAILED, str(failure)
         except Exception as failure:  # keep the project consistent whatever went wrong
             log.exception("project %s crashed in phase %s", self.project_id, self.phase)
             status, error = ProjectStatus.FAILED, f"internal error in phase {self.phase.value}: {_one_line(failure)}"
@@ -212,6 +218,9 @@ class ProjectRun:
         else:
             self._event(f"project {status.value.lower()}")
         self._update(status=status, phase=ProjectPhase.DONE, error=error, finished_at=time.time())
+        if not self.writer.settle(self.deps.settings.db_outage_limit_s):
+            log.error("project %s ended %s but the project store did not take its last state", self.project_id,
+                      status.value)  # fmt: skip
 
     # -- phases ------------------------------------------------------------------
     def _observatory(self) -> None:
@@ -312,7 +321,7 @@ class ProjectRun:
             return False
 
         self._await(on_message, aggregators, self.deps.settings.training_timeout_s, "training",
-                    on_inspect=self._revive_learners, revive=self._revive_aggregator)
+                    on_inspect=self._revive_during_training, revive=self._revive_aggregator)
         result = self.state.result
         assert result is not None
         self.progress = self.progress.model_copy(update={"loss": result.loss, "accuracy": result.accuracy})
@@ -334,6 +343,24 @@ class ProjectRun:
                     level="warning")  # fmt: skip
         self.deps.adapter.deploy_service(self._app(), service_id)
         return True
+
+    def _revive_during_training(self) -> None:
+        self._revive_learners()
+        self._revive_tracking()
+
+    def _revive_tracking(self) -> None:
+        """The customer's MLflow server crashed: start it again (aggregators keep their metrics meanwhile)."""
+        observatory = self.state.observatory
+        if observatory is None or self.state.tracking_restarts >= MAX_TRACKING_RESTARTS:
+            return
+        info = self.deps.adapter.inspect_service(observatory.app, observatory.tracking_service)
+        if info.state is not ServiceState.FAILED:
+            return
+        self.state.tracking_restarts += 1
+        self._event(f"the MLflow tracking server stopped ({info.detail or 'failed'}); redeploying it, restart "
+                    f"{self.state.tracking_restarts} of {MAX_TRACKING_RESTARTS}; the aggregators keep their "
+                    "metrics until it is back", level="warning")  # fmt: skip
+        self.deps.adapter.deploy_service(observatory.app, observatory.tracking_service)
 
     def _revive_learners(self) -> None:
         """A learner that crashed during training is started again; it rejoins as a new Flower node.
@@ -560,6 +587,8 @@ class ProjectRun:
                 self._record(message)
                 if on_message(message):
                     return
+            if self.writer.pending:
+                self.writer.flush()  # buffered while the database was away; fails the run after the limit
             now = time.monotonic()
             if now >= next_inspect:
                 next_inspect = now + 2.0
@@ -738,10 +767,10 @@ class ProjectRun:
             raise StopRequested
 
     def _update(self, **fields: object) -> None:
-        self.deps.store.update_project(self.project_id, updated_at=time.time(), **fields)
+        self.writer.update(updated_at=time.time(), **fields)
 
     def _event(self, text: str, *, source: str = "manager", level: str = "info") -> None:
-        self.deps.store.append_event(EventRecord(project_id=self.project_id, source=source, level=level, text=text))
+        self.writer.event(EventRecord(project_id=self.project_id, source=source, level=level, text=text))
 
 
 def _one_line(error: BaseException) -> str:

@@ -124,37 +124,55 @@ def load_endpoints(state_dir: Path) -> SuiteEndpoints | None:
     return state.endpoints()
 
 
-def stop_broker(state_dir: Path) -> None:
-    """Stop only Mosquitto (it saves its persistence file on the way out)."""
+def stop_component(state_dir: Path, name: str) -> None:
+    """Stop one core component (Mosquitto saves its persistence file, SecantusDB its data, on the way out)."""
     state_dir = _resolve(state_dir)
     with locked(state_dir):
         state = _require_state(state_dir)
-        component = state.components[MOSQUITTO]
-        stop(component.process, name=MOSQUITTO)
+        component = state.components[name]
+        stop(component.process, name=name)
         component.started_as(ProcessRecord(pid=0, start_ticks=0))
         write_state(state_dir, state)
 
 
-def start_broker(state_dir: Path, *, port_timeout: float = 30.0) -> SuiteEndpoints:
-    """Start Mosquitto again on the same port with the same config and persistence."""
+def start_component(state_dir: Path, name: str, *, port_timeout: float = 30.0) -> SuiteEndpoints:
+    """Start a core component again on the same port with the same config and data."""
+    starters: dict[str, Callable[[Path, ComponentState], ProcessRecord]] = {
+        MOSQUITTO: mosquitto.start, SECANTUSDB: secantus.start}  # fmt: skip
     state_dir = _resolve(state_dir)
     with locked(state_dir):
         state = _require_state(state_dir)
-        component = state.components[MOSQUITTO]
-        if not _healthy(MOSQUITTO, component):
-            stop(component.process, name=MOSQUITTO)
+        component = state.components[name]
+        if not _healthy(name, component):
+            stop(component.process, name=name)
             _await_free_port(component.port, port_timeout)
-            component.started_as(mosquitto.start(state_dir, component))
+            component.started_as(starters[name](state_dir, component))
             write_state(state_dir, state)
         return state.endpoints()
 
 
+def stop_broker(state_dir: Path) -> None:
+    stop_component(state_dir, MOSQUITTO)
+
+
+def start_broker(state_dir: Path, *, port_timeout: float = 30.0) -> SuiteEndpoints:
+    return start_component(state_dir, MOSQUITTO, port_timeout=port_timeout)
+
+
 def restart_broker(state_dir: Path, *, down_for: float = 0.0) -> SuiteEndpoints:
-    """Stop Mosquitto, keep it down for ``down_for`` seconds, start it on the same port."""
+    """Stop Mosquitto, keep it down for ``down_for`` seconds, start it on the same port (outage tests)."""
     stop_broker(state_dir)
     if down_for > 0:
         time.sleep(down_for)
     return start_broker(state_dir)
+
+
+def restart_database(state_dir: Path, *, down_for: float = 0.0) -> SuiteEndpoints:
+    """Stop SecantusDB, keep it down for ``down_for`` seconds, start it on the same port (outage tests)."""
+    stop_component(state_dir, SECANTUSDB)
+    if down_for > 0:
+        time.sleep(down_for)
+    return start_component(state_dir, SECANTUSDB)
 
 
 def _resolve(state_dir: Path) -> Path:

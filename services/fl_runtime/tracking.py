@@ -11,6 +11,8 @@ import math
 import os
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ REGISTER_ATTEMPTS = 6
 # Bound MLflow's own HTTP retries so a dead tracking server fails a call in seconds, not minutes.
 _MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 MODEL_ARTIFACT = "model"
+REACHABLE_TIMEOUT_S = 180.0  # the final model waits this long for a tracking server that went away
 
 
 DONE_TAG = "flops.done"  # set when the run's work is over; a run without it can be resumed
@@ -214,6 +217,14 @@ class Tracker:
         self._pending.extend((key, value, step) for key, raw in metrics.items() if (value := _clean(raw)) is not None)
         self.flush()
 
+    def wait_until_reachable(self, timeout_s: float) -> None:
+        """Wait for the tracking server (restarted after a crash, say) and send the metrics kept meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        while not (_answers(f"{str(self.tracking_uri).rstrip('/')}/health") and self.flush()):
+            if time.monotonic() >= deadline:
+                raise TrackingError(f"MLflow at {self.tracking_uri} has not answered for {timeout_s:g} s")
+            time.sleep(2.0)
+
     def flush(self) -> bool:
         if self.run_id is None or not self._pending:
             return True
@@ -230,9 +241,10 @@ class Tracker:
         return True
 
     def log_model(self, model: Any, flavor: str, registered_model_name: str | None, code_dir: Path) -> LoggedModel:
-        """Log the final model with the SLA's flavor and register it."""
+        """Log the final model with the SLA's flavor and register it (after MLflow is back, if it was away)."""
         if self.run_id is None:
             raise TrackingError("no MLflow run")
+        self.wait_until_reachable(REACHABLE_TIMEOUT_S)
         module = _flavor_module(flavor)
         kwargs: dict[str, Any] = {"name": MODEL_ARTIFACT}
         if hasattr(module, "get_default_pip_requirements"):
@@ -275,6 +287,16 @@ class Tracker:
             self._mlflow.end_run(status="FINISHED" if ok else "FAILED")
         except Exception as error:
             log.warning("MLflow run %s not closed: %s", self.run_id, _short(error))
+
+
+def _answers(url: str) -> bool:
+    if not url.startswith(("http://", "https://")):
+        return True  # a local store (tests)
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 - our own tracking URL
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
 
 
 def _short(error: BaseException) -> str:

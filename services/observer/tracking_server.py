@@ -33,6 +33,8 @@ def mlflow_command(config: TrackingConfig) -> list[str]:
 
 def mlflow_environment(config: TrackingConfig, base: dict[str, str]) -> dict[str, str]:
     env = dict(base, PATH=f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', '')}")
+    # MLflow 3 starts a job runner and seven huey consumers (~1.9 GB) for GenAI jobs FLOps never submits.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if config.access_token_sha256:
         env[TOKEN_DIGESTS_ENV] = ",".join(config.access_token_sha256)
         env[REALM_ENV] = f"FLOps MLflow of {config.customer}"
