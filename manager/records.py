@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from enum import StrEnum
 from typing import Any
 
@@ -66,6 +67,8 @@ class ProjectRecord(BaseModel):
 
 class EventRecord(BaseModel):
     project_id: str
+    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex,
+                          description="unique; a write retried after a lost answer is stored once")  # fmt: skip
     seq: int = 0  # assigned by the store, increasing per project
     at: float = Field(default_factory=time.time)
     source: str = "manager"

@@ -105,6 +105,16 @@ def test_events_get_increasing_sequence_numbers_even_from_many_threads(store: Mo
     assert [event.text for event in store.list_events("p2")] == ["other project"]
 
 
+def test_an_event_written_again_is_stored_once(store: MongoProjectStore) -> None:
+    """The lifecycle retries a write whose answer was lost in an outage: no doubled event."""
+    event = EventRecord(project_id="p-retry", text="round 3/6 done")
+    first = store.append_event(event)
+    again = store.append_event(event)
+    assert again.seq == first.seq == 1
+    assert store.append_event(EventRecord(project_id="p-retry", text="round 4/6 done")).seq == 2
+    assert [stored.text for stored in store.list_events("p-retry")] == ["round 3/6 done", "round 4/6 done"]
+
+
 def test_apps_are_saved_found_listed_and_deleted(store: MongoProjectStore) -> None:
     store.save_app("alice", "observatory", "alice", "app-1", {"tracking_url": "http://x"})
     store.save_app("alice", "project", "p1", "app-2", {})

@@ -98,6 +98,7 @@ class MongoProjectStore(ProjectStore):
         self._collection(PROJECTS).create_index([("customer", ASCENDING), ("created_at", DESCENDING)])
         self._collection(PROJECTS).create_index([("created_at", DESCENDING)])
         self._collection(EVENTS).create_index([("project_id", ASCENDING), ("seq", ASCENDING)], unique=True)
+        self._collection(EVENTS).create_index([("project_id", ASCENDING), ("event_id", ASCENDING)])
         self._collection(APPS).create_index([("customer", ASCENDING), ("kind", ASCENDING)])
 
     @property
@@ -158,6 +159,10 @@ class MongoProjectStore(ProjectStore):
 
     @_translate_errors
     def append_event(self, event: EventRecord) -> EventRecord:
+        # Idempotent: the lifecycle retries a write whose answer was lost in a database outage.
+        earlier = self._collection(EVENTS).find_one({"project_id": event.project_id, "event_id": event.event_id})
+        if earlier is not None:
+            return EventRecord.model_validate({key: value for key, value in earlier.items() if key != "_id"})
         stored = event.model_copy(update={"seq": self._next_event_seq(event.project_id)})
         document = stored.model_dump(mode="json")
         document["_id"] = f"{stored.project_id}:{stored.seq:012d}"
