@@ -17,7 +17,7 @@ from tests.helpers import free_port, wait_until
 from tests.runtime_helpers import Services
 
 CUSTOMER_A, CUSTOMER_B, ADMIN = "token-of-customer-a", "token-of-customer-b", "admin-token-0123"
-ACCESS = TrackingAccess.from_tokens(True, "manager-secret", ADMIN, {CUSTOMER_A: "alice", CUSTOMER_B: "bob"})
+ACCESS = TrackingAccess.from_tokens(True, ADMIN, {CUSTOMER_A: "alice", CUSTOMER_B: "bob"})
 SEARCH = "/api/2.0/mlflow/experiments/search"
 
 

@@ -140,7 +140,7 @@ def _suite_dir(args: argparse.Namespace) -> Path:
 
 
 def _client(args: argparse.Namespace) -> FlopsClient:
-    connection = resolve_connection(args.url, args.token, _suite_dir(args), getattr(args, "ca_file", None))
+    connection = resolve_connection(args.url, args.token, _suite_dir(args), args.ca_file)
     return FlopsClient(connection.url, connection.token, timeout_s=args.timeout or 30.0, ca_file=connection.ca_file)
 
 

@@ -30,7 +30,7 @@ def lifecycle_settings(settings: ManagerSettings) -> LifecycleSettings:
         mqtt_project_credentials=settings.mqtt_project_credentials,
         flower_tls=settings.flower_tls,
         tracking_access=TrackingAccess.from_tokens(
-            settings.mlflow_auth, settings.admin_token, settings.admin_token, settings.customer_tokens
+            settings.mlflow_auth, settings.admin_token, settings.customer_tokens
         ),
         state_dir=Path(settings.state_dir),
         cache_dir=Path(settings.cache_dir),

@@ -20,17 +20,19 @@ from manager.storage.base import ProjectStore, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUTAGE_LIMIT_S = 120.0
+RETRY_INTERVAL_S = 2.0  # while the store is away: each try can wait for the driver's whole timeout
 
 
 class RecordWriter:
-    def __init__(self, store: ProjectStore, project_id: str, outage_limit_s: float = DEFAULT_OUTAGE_LIMIT_S) -> None:
+    def __init__(self, store: ProjectStore, project_id: str, outage_limit_s: float) -> None:
         self.store = store
         self.project_id = project_id
         self.outage_limit_s = outage_limit_s
         self._fields: dict[str, Any] = {}
         self._events: list[EventRecord] = []
         self._failing_since: float | None = None
+        self._retry_at = 0.0
+        self._error: StorageUnavailable | None = None
         self._lock = threading.Lock()
 
     @property
@@ -52,6 +54,8 @@ class RecordWriter:
         with self._lock:
             if not self.pending:
                 return True
+            if self._failing_since is not None and time.monotonic() < self._retry_at:
+                return self._still_away(strict)
             try:
                 if self._fields:
                     self.store.update_project(self.project_id, **self._fields)
@@ -68,13 +72,19 @@ class RecordWriter:
 
     def _failed(self, error: StorageUnavailable, strict: bool) -> bool:
         now = time.monotonic()
+        self._retry_at = now + RETRY_INTERVAL_S
+        self._error = error
         if self._failing_since is None:
             self._failing_since = now
             log.warning("project %s: %s; keeping %d event(s) and the record's changes until it is back",
                         self.project_id, error, len(self._events))  # fmt: skip
-        away = now - self._failing_since
+        return self._still_away(strict)
+
+    def _still_away(self, strict: bool) -> bool:
+        assert self._failing_since is not None
+        away = time.monotonic() - self._failing_since
         if strict and away > self.outage_limit_s:
-            raise StorageUnavailable(f"the project store has been unreachable for {away:.0f} s: {error}")
+            raise StorageUnavailable(f"the project store has been unreachable for {away:.0f} s: {self._error}")
         return False
 
     def settle(self, timeout_s: float) -> bool:

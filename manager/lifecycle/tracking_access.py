@@ -1,7 +1,7 @@
 """Who may use a customer's endpoints (MLflow server, project observers): its tokens, the admin's, a service token.
 
 The service token that FLOps services present (aggregators log runs, the builder reads
-models, serving loads them) is derived from the manager's secret with HMAC, so it is
+models, serving loads them) is derived from the manager's secret (the admin token) with HMAC, so it is
 never stored: the same manager always derives the same token, and no customer can
 derive another's. The tracking server itself only gets SHA-256 digests.
 """
@@ -19,24 +19,21 @@ from flops_utils.token_access import token_digest
 @dataclass(frozen=True)
 class TrackingAccess:
     enabled: bool = False
-    key: str = field(default="", repr=False)
-    admin_token: str = field(default="", repr=False)  # the admin sees every customer's projects, and runs
+    admin_token: str = field(default="", repr=False)  # sees every customer's runs; also the HMAC key
     customer_tokens: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)  # customer -> tokens
 
     @classmethod
-    def from_tokens(
-        cls, enabled: bool, key: str, admin_token: str, token_to_customer: Mapping[str, str]
-    ) -> TrackingAccess:
+    def from_tokens(cls, enabled: bool, admin_token: str, token_to_customer: Mapping[str, str]) -> TrackingAccess:
         tokens: dict[str, list[str]] = {}
         for token, customer in token_to_customer.items():
             tokens.setdefault(customer, []).append(token)
-        return cls(enabled, key, admin_token, {customer: tuple(values) for customer, values in tokens.items()})
+        return cls(enabled, admin_token, {customer: tuple(values) for customer, values in tokens.items()})
 
     def service_token(self, customer: str) -> str | None:
         """The token FLOps services use for ``customer``'s MLflow server (None: the server is open)."""
         if not self.enabled:
             return None
-        return hmac.new(self.key.encode(), f"flops-mlflow/{customer}".encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self.admin_token.encode(), f"flops-mlflow/{customer}".encode(), hashlib.sha256).hexdigest()
 
     def digests(self, customer: str) -> list[str]:
         """Digests of every token ``customer``'s MLflow server accepts; empty when access is open."""

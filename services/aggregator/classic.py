@@ -10,7 +10,7 @@ from services.aggregator.final_model import log_final_model
 from services.aggregator.rounds import FederatedRounds, RoundResult
 from services.aggregator.session import ServerSession, connect_timeout_s, strategy_params
 from services.fl_runtime import protocol as p
-from services.fl_runtime.checkpoint import Checkpoint
+from services.fl_runtime.checkpoint import Checkpoint, known
 from services.fl_runtime.outcome import RunOutcome
 from services.fl_runtime.user_code import load_model_manager
 
@@ -79,8 +79,7 @@ def run_classic(grid: Grid, session: ServerSession) -> RunOutcome:
         arrays = result.arrays
         metrics = round_metrics(result)
         # Checkpoint first: a crash after it re-logs these metrics on resume, a crash before it reruns the round.
-        session.tracker.save_checkpoint(Checkpoint(server_round, arrays, {
-            key: value for key, value in metrics.items() if value is not None}))
+        session.tracker.save_checkpoint(Checkpoint(server_round, arrays, known(metrics)))
         session.progress(result, cycle=1, total_cycles=1, round_=server_round, total_rounds=total)
         session.tracker.log_metrics(metrics, step=server_round)
     final = rounds.evaluate_round(total, arrays, {})

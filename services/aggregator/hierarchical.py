@@ -34,7 +34,7 @@ from services.aggregator.session import (
     strategy_params,
 )
 from services.fl_runtime import protocol as p
-from services.fl_runtime.checkpoint import Checkpoint
+from services.fl_runtime.checkpoint import Checkpoint, known
 from services.fl_runtime.outcome import RunOutcome
 from services.fl_runtime.reporter import one_line
 from services.fl_runtime.user_code import load_model_manager
@@ -86,12 +86,12 @@ def run_root(grid: Grid, session: ServerSession) -> RunOutcome:
         result = rounds.train_round(cycle, arrays, job)
         assert result.arrays is not None
         arrays = result.arrays
-        metrics = {key: value for key, value in {
+        metrics = known({
             "loss": result.loss,
             "accuracy": result.accuracy,
             CYCLE_SECONDS: result.seconds,
             "num_examples": float(result.num_examples),
-        }.items() if value is not None}  # fmt: skip
+        })
         state = {"cluster_rounds": _cluster_rounds(result, cycle, per_cycle)}
         # Checkpoint first: a crash after it logs these values on resume, a crash before it reruns the cycle.
         session.tracker.save_checkpoint(Checkpoint(per_cycle, arrays, metrics, cycle=cycle, state=state))
@@ -212,12 +212,12 @@ def _train_cycle(
                 p.ACCURACY: _number(result.accuracy),
             },
         }
-        metrics = {key: value for key, value in {
+        metrics = known({
             "loss": result.loss,
             "accuracy": result.accuracy,
             "round_seconds": result.seconds,
             "participants": float(len(result.participants)),
-        }.items() if value is not None}  # fmt: skip
+        })
         session.tracker.save_checkpoint(Checkpoint(server_round, arrays, metrics, cycle=cycle, state=state))
         session.progress(result, cycle=cycle, total_cycles=cycles, round_=server_round, total_rounds=per_cycle)
         session.tracker.log_metrics(dict(metrics), step=(cycle - 1) * per_cycle + server_round)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import signal
 import sys
 import uuid
@@ -23,6 +22,7 @@ from typing import Any
 from flops_utils.mqtt_catalogue import BuildResult, FlopsMessage, ModelImageBuilt, ServiceState, ServiceStatus
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
 from flops_utils.service_config import BuilderConfig, load_config
+from flops_utils.token_access import use_tracking_token
 from services.builder.errors import BuildError, one_line
 from services.builder.local import Reporter, build_local
 
@@ -63,8 +63,7 @@ def build_trained_model_image(config: BuilderConfig, report: Reporter) -> ModelI
         raise BuildError("an inference image needs an OCI build with a registry (mode 'oci' and registry settings)")
     if not config.model_uri:
         raise BuildError("an inference image needs model_uri: training reported no model")
-    if config.tracking_token:  # the customer's MLflow server is gated (services.observer.mlflow_gate)
-        os.environ["MLFLOW_TRACKING_TOKEN"] = config.tracking_token
+    use_tracking_token(config.tracking_token)
     oci = _oci_module()
     image = config.image_name or f"{oci.naming.repo_slug(config.repo_url)}-model"
     built = oci.build_model_image(

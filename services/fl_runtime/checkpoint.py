@@ -23,6 +23,11 @@ _HEADER = "__flops_header__"
 FORMAT = 1
 
 
+def known(metrics: dict[str, float | None]) -> dict[str, float]:
+    """The metrics that have a value (a checkpoint's header holds numbers only)."""
+    return {key: value for key, value in metrics.items() if value is not None}
+
+
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read (one line)."""
 

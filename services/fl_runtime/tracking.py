@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flops_utils.token_access import use_tracking_token
 from services.fl_runtime.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE, Checkpoint, CheckpointError
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,6 @@ REACHABLE_TIMEOUT_S = 180.0  # the final model waits this long for a tracking se
 
 
 DONE_TAG = "flops.done"  # set when the run's work is over; a run without it can be resumed
-TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"  # MLflow's client sends it as a Bearer token
-
-
-def use_tracking_token(token: str | None) -> None:
-    """Let this process's MLflow client in to a customer's gated server (see services.observer.mlflow_gate)."""
-    if token:
-        os.environ[TOKEN_ENV] = token
 
 
 class TrackingError(RuntimeError):

@@ -12,7 +12,16 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 from collections.abc import Iterable
+
+MLFLOW_TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"  # MLflow's client sends it as a Bearer token
+
+
+def use_tracking_token(token: str | None) -> None:
+    """Let this process's MLflow client in to a customer's gated server (see services.observer.mlflow_gate)."""
+    if token:
+        os.environ[MLFLOW_TOKEN_ENV] = token
 
 
 def token_digest(token: str) -> str:
