@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         endpoints = start_suite(suite_dir, registry=True)
         assert endpoints.registry is not None
-        registry = RegistrySettings(address=endpoints.registry.address, username=endpoints.registry.username,
-                                    password=endpoints.registry.password, tls_verify=False)
+        registry = endpoints.registry.settings()
         repo = Path(example_repo("sklearn_digits", work / "repos"))
         cold_s, cold = _build("cold", repo, registry, root, work / "cache")
         warm_s, warm = _build("warm", repo, registry, root, work / "cache")

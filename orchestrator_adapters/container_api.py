@@ -2,8 +2,8 @@
 
 Either a given endpoint (Docker's or Podman's socket), or our own
 ``podman system service`` started on the FLOps container storage (the same storage
-the OCI builder uses) with runc, raised ulimits and the internal registry marked
-insecure when it has no TLS. The service runs in its own process group and is stopped
+the OCI builder uses) with runc, raised ulimits, and the internal registry's own CA
+trusted (or the registry marked insecure when it has no TLS). The service runs in its own process group and is stopped
 by :meth:`ContainerApi.close`; containers keep running without it (conmon supervises them).
 """
 
@@ -25,7 +25,7 @@ from orchestrator_adapters.base import AdapterError
 from orchestrator_adapters.container_settings import ContainerSettings
 from orchestrator_adapters.local_process import last_log_line
 from services.builder.errors import BuildError
-from services.builder.oci.engine import ContainerEngine, EngineSettings, default_root, find_tool
+from services.builder.oci.engine import ContainerEngine, EngineSettings, default_root, find_tool, install_registry_ca
 
 API_VERSION = "1.41"
 SERVICE_START_TIMEOUT_S = 120.0
@@ -86,9 +86,12 @@ class ContainerApi:
 
     def _start_service(self, socket: Path) -> None:
         registry = self.settings.registry
-        insecure = [registry.address] if registry is not None and not registry.tls_verify else []
+        insecure = [registry.address] if registry is not None and not registry.verifies_tls else []
         try:
-            env = self.engine().environment(insecure)
+            engine = self.engine()
+            env = engine.environment(insecure)
+            if registry is not None and install_registry_ca(engine.root, registry) is not None:
+                env["HOME"] = str(engine.home)  # podman reads a registry's own CA only from $HOME's certs.d
             podman = find_tool("podman")
         except BuildError as error:
             raise AdapterError(str(error)) from None

@@ -10,10 +10,11 @@ the files in it are 0644 because the containers that mount them run as their own
 non-root users.
 
 It also makes a small CA (its key is not kept: regenerate with --force to add names)
-and TLS certificates for the broker and the manager's API, for their names in the
-compose network and in the cluster namespace, localhost, and any ``--host``. The
-broker listens only with TLS; services trust it through ``mqtt.ca_pem``; the API
-speaks HTTPS, verified with ``ca.pem``.
+and TLS certificates for the broker, the registry and the manager's API, for their
+names in the compose network and in the cluster namespace, localhost, and any
+``--host``. The broker and the registry listen only with TLS; services trust them
+through ``mqtt.ca_pem`` and ``registry.ca_pem``; the API speaks HTTPS, verified with
+``ca.pem``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ MANAGER_PORT = 5072
 
 # Plain secrets, one value per file (compose `secrets:` and `*_FILE` variables read these).
 PLAIN_SECRETS = ("mqtt_password", "mongo_password", "postgres_password", "registry_password", "admin_token")
-TLS_FILES = ("ca.pem", "mosquitto_tls_cert", "mosquitto_tls_key", "manager_tls_cert", "manager_tls_key")
+TLS_SERVICES = ("mosquitto", "registry", "manager")
+TLS_FILES = ("ca.pem", *(f"{service}_tls_{part}" for service in TLS_SERVICES for part in ("cert", "key")))
 SECRETS_MOUNT = "/run/secrets"  # compose mounts its secrets here; the Kubernetes manifests mount the same paths
 CA_DAYS, SERVER_DAYS = 5 * 365, 2 * 365
 GENERATED_FILES = (
@@ -77,14 +79,14 @@ def service_names(service: str) -> list[str]:
 
 
 def tls_files(extra_hosts: list[str]) -> dict[str, str]:
-    """A CA, and certificates for the broker and the manager's API (PEM texts; the CA key is dropped)."""
+    """A CA, and certificates for the broker, the registry and the manager's API (PEM texts; the CA key is dropped)."""
     from manager.pki import cert_pem, issue_server_cert, key_pem, name, new_ca
 
     organization = "FLOps deployment"
     ca, ca_key = new_ca(name(organization, "FLOps deployment CA"), CA_DAYS)
     files = {"ca.pem": cert_pem(ca).decode()}
-    for service, hosts in (("mosquitto", service_names("mosquitto")),
-                           ("manager", [*service_names("manager"), *extra_hosts])):  # fmt: skip
+    for service in TLS_SERVICES:
+        hosts = service_names(service) + (extra_hosts if service in ("registry", "manager") else [])
         cert, key = issue_server_cert(ca, ca_key, name(organization, f"FLOps {service}"), hosts, SERVER_DAYS)
         files[f"{service}_tls_cert"] = cert_pem(cert).decode()
         files[f"{service}_tls_key"] = key_pem(key).decode()
@@ -107,7 +109,7 @@ def manager_config(values: dict[str, str], ca_pem: str) -> dict[str, Any]:
             "address": "registry:5000",
             "username": USERNAME,
             "password": values["registry_password"],
-            "tls_verify": False,
+            "ca_pem": ca_pem,
         },
         "state_dir": "/var/lib/flops/state",
         "cache_dir": "/var/lib/flops/cache",
@@ -133,7 +135,8 @@ def kubernetes_secrets(files: dict[str, str]) -> list[dict[str, Any]]:
                                     "server.key": files["mosquitto_tls_key"]}),
         secret("flops-mongo", {"username": USERNAME, "password": files["mongo_password"]}),
         secret("flops-postgres", {"username": "mlflow", "password": files["postgres_password"]}),
-        secret("flops-registry", {"htpasswd": files["registry_htpasswd"]}),
+        secret("flops-registry", {"htpasswd": files["registry_htpasswd"], "server.pem": files["registry_tls_cert"],
+                                  "server.key": files["registry_tls_key"]}),
         secret("flops-manager", {"manager.json": files["manager.json"], "flops_ca": files["ca.pem"],
                                   "manager_tls_cert": files["manager_tls_cert"],
                                   "manager_tls_key": files["manager_tls_key"]}),
@@ -170,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}")
     parser.add_argument("--force", action="store_true", help="replace existing secrets")
     parser.add_argument("--host", action="append", default=[],
-                        help="another name the manager's API is reached by (its TLS certificate); repeatable")
+                        help="another name the manager's API and the registry are reached by (their TLS "
+                        "certificates); repeatable")
     args = parser.parse_args(argv)
     for path in generate(args.out, force=args.force, hosts=args.host):
         print(path)

@@ -55,8 +55,7 @@ def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryS
     endpoints = start_suite(state_dir, registry=True)
     assert endpoints.registry is not None
     try:
-        yield RegistrySettings(address=endpoints.registry.address, username=endpoints.registry.username,
-                               password=endpoints.registry.password, tls_verify=False)
+        yield endpoints.registry.settings()
     finally:
         stop_suite(state_dir)
 

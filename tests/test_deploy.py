@@ -30,6 +30,8 @@ from manager.api_server import TlsServer
 from manager.settings import DEFAULT_PORT, ManagerSettings, load_settings
 from manager.suite.mosquitto import broker_accepts
 from manager.suite.processes import ProcessRecord, launch, stop, wait_ready
+from services.builder.oci import RegistryClient
+from services.builder.oci.registry import RegistryError
 from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -240,6 +242,52 @@ def test_generated_broker_files_work_with_the_real_broker_over_tls(generated: Pa
         assert not broker_accepts(settings.model_copy(update={"ca_pem": None}))  # plain TCP is refused
     finally:
         stop(broker, name="mosquitto")
+
+
+def test_generated_registry_files_serve_tls_and_auth_with_the_real_registry(
+        compose: dict[str, Any], generated: Path, tmp_path: Path) -> None:
+    """compose.yml's registry environment and mounts, on the real docker-registry; the builder's client verifies it."""
+    service = compose["services"]["registry"]
+    mounts = {}
+    for volume in service["volumes"]:
+        source, inside = volume.split(":")[:2]
+        source = source.removeprefix("./")
+        if source.startswith(SECRETS_DIR):
+            mounts[inside] = str(generated / source.removeprefix(SECRETS_DIR))
+    environment = {key: mounts.get(str(value), str(value)) for key, value in service["environment"].items()}
+    assert {"REGISTRY_HTTP_TLS_CERTIFICATE", "REGISTRY_HTTP_TLS_KEY", "REGISTRY_AUTH_HTPASSWD_PATH"} <= set(environment)
+    port = free_port()
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump({"version": 0.1, "http": {"addr": f"127.0.0.1:{port}"},
+                                      "storage": {"filesystem": {"rootdirectory": str(tmp_path / "data")}}}))
+    log_file = tmp_path / "registry.log"
+    registry_binary = shutil.which("docker-registry")
+    assert registry_binary is not None, "install the Debian package 'docker-registry' (make system-packages)"
+    process = launch([registry_binary, "serve", str(config)], log_file=log_file, cwd=tmp_path, name="registry",
+                     env={**os.environ, **environment})
+    manager = load_settings(generated / "manager.json", environ={})
+    assert manager.registry is not None and manager.registry.ca_pem == (generated / "ca.pem").read_text()
+    settings = manager.registry.model_copy(update={"address": f"localhost:{port}"})  # the cert names localhost too
+    url = f"https://localhost:{port}/v2/"
+    try:
+        wait_ready(process, lambda: _answers(url, generated / "ca.pem"), name="registry", log_file=log_file, timeout=30)
+        RegistryClient(settings, containers_root=tmp_path / "containers").ping()  # TLS verified, login accepted
+        with pytest.raises(RegistryError, match="refused the credentials"):
+            RegistryClient(settings.model_copy(update={"password": "wrong"}), containers_root=tmp_path / "c2").ping()
+        assert requests.get(url, verify=str(generated / "ca.pem"), timeout=10).status_code == 401  # anonymous
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(url, timeout=10)  # the system's CAs do not know it
+        plain = requests.get(f"http://localhost:{port}/v2/", timeout=10)
+        assert plain.status_code == 400 and "HTTPS" in plain.text
+    finally:
+        stop(process, name="registry")
+
+
+def _answers(url: str, ca_file: Path) -> bool:
+    try:
+        return requests.get(url, verify=str(ca_file), timeout=5).status_code == 401
+    except requests.RequestException:
+        return False
 
 
 def test_generated_api_certificate_serves_https_for_the_manager_names(generated: Path, tmp_path: Path) -> None:

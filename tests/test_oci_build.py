@@ -12,11 +12,22 @@ import pytest
 
 from flops_utils.mqtt_catalogue import BuildResult, BuildStep
 from flops_utils.service_config import BuilderConfig, RegistrySettings
+from manager import pki
 from services.builder.errors import BuildError
 from services.builder.main import run_build
-from services.builder.oci import ContainerEngine, OciSettings, RegistryClient, build_images, build_oci
+from services.builder.oci import (
+    ContainerEngine,
+    EngineError,
+    EngineSettings,
+    ImageStore,
+    OciSettings,
+    RegistryClient,
+    build_images,
+    build_oci,
+)
 from services.builder.oci import platforms as oci_platforms
 from services.builder.oci.platforms import PlatformUnsupported, check_platforms, host_architecture
+from services.builder.oci.registry import RegistryError
 from tests.example_repos import commit_all, git
 
 if TYPE_CHECKING:
@@ -126,6 +137,23 @@ def test_code_only_change_reuses_the_dependency_image(sklearn_build: SklearnBuil
     learner = client.manifest("flops/sklearn-digits-learner", result.digest)
     assert deps is not None and learner is not None
     assert learner.layers[:-1] == deps.layers  # only the thin layer is new
+
+
+def test_the_registry_is_verified_with_its_ca_and_refused_under_another(
+        sklearn_build: SklearnBuild, oci_registry: RegistrySettings, tmp_path: Path) -> None:
+    assert oci_registry.ca_pem and oci_registry.verifies_tls  # the suite's registry speaks TLS by default
+    RegistryClient(oci_registry, containers_root=tmp_path / "trusted").ping()
+
+    other_ca, _ = pki.new_ca(pki.name("elsewhere", "another CA"), 1)
+    untrusted = oci_registry.model_copy(update={"ca_pem": pki.cert_pem(other_ca).decode()})
+    with pytest.raises(RegistryError, match=r"TLS error.*CERTIFICATE_VERIFY_FAILED"):
+        RegistryClient(untrusted, containers_root=tmp_path / "untrusted").ping()
+
+    # buildah, with its own storage, pulls the built deps image under the other CA: refused before any byte moves.
+    engine = ContainerEngine(EngineSettings(root=tmp_path / "untrusted", driver="vfs"))
+    deps = sklearn_build.result.deps[0].name
+    with pytest.raises(EngineError, match=r"pulling .*(x509|certificate)"):
+        ImageStore(engine, untrusted).pull_reference(deps.remote(oci_registry.address))
 
 
 def test_arm64_without_a_binfmt_handler_fails_the_build_with_one_line(

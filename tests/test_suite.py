@@ -201,17 +201,35 @@ def test_qos1_message_for_an_offline_subscriber_survives_a_broker_restart(own_st
     assert received == [b"kept across restart"]
 
 
-def test_registry_refuses_anonymous_and_accepts_the_suite_login(own_state_dir: Path) -> None:
+def test_registry_speaks_tls_with_the_suite_ca_refuses_anonymous_and_accepts_the_suite_login(
+    own_state_dir: Path,
+) -> None:
     endpoints = start_suite(own_state_dir, registry=True)
-    assert endpoints.registry is not None
+    assert endpoints.registry is not None and endpoints.registry.ca_pem is not None
     assert suite_status(own_state_dir) == {"mosquitto": True, "secantusdb": True, "registry": True}
-    url = f"http://{endpoints.registry.address}/v2/"
+    ca_file = own_state_dir.parent / "registry-ca.pem"
+    ca_file.write_text(endpoints.registry.ca_pem)
+    url = f"https://{endpoints.registry.address}/v2/"
     with requests.Session() as session:
         session.trust_env = False
-        assert session.get(url, timeout=10).status_code == 401
+        assert session.get(url, verify=str(ca_file), timeout=10).status_code == 401
         login = (endpoints.registry.username, endpoints.registry.password)
-        assert session.get(url, auth=login, timeout=10).status_code == 200
-        assert session.get(url, auth=(endpoints.registry.username, "wrong"), timeout=10).status_code == 401
+        assert session.get(url, auth=login, verify=str(ca_file), timeout=10).status_code == 200
+        wrong = (endpoints.registry.username, "wrong")
+        assert session.get(url, auth=wrong, verify=str(ca_file), timeout=10).status_code == 401
+        plain = session.get(f"http://{endpoints.registry.address}/v2/", auth=login, timeout=10)
+        assert plain.status_code == 400 and "HTTPS" in plain.text  # no credentials ever travel in clear
+        with pytest.raises(requests.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
+            session.get(url, auth=login, verify=True, timeout=10)  # a client that does not trust the suite's CA
+
+
+def test_registry_without_tls_is_a_development_switch(own_state_dir: Path) -> None:
+    endpoints = start_suite(own_state_dir, registry=True, tls=False)
+    assert endpoints.registry is not None and endpoints.registry.ca_pem is None and not endpoints.mqtt.tls
+    login = (endpoints.registry.username, endpoints.registry.password)
+    with requests.Session() as session:
+        session.trust_env = False
+        assert session.get(f"http://{endpoints.registry.address}/v2/", auth=login, timeout=10).status_code == 200
 
 
 def test_a_component_that_dies_at_start_gives_a_one_line_error_with_its_log(own_state_dir: Path) -> None:

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--registry", action="store_true", help="also start the OCI registry")
     up.add_argument("--manager", action="store_true", help="also start flops-manager (detached)")
     up.add_argument("--no-tls", action="store_true",
-                    help="broker without TLS (development only; a warning is printed)")
+                    help="broker, registry and API without TLS (development only; a warning is printed)")
     _command(suite_commands, "down", "stop the manager and the suite (data is kept)", _suite_down)
     _command(suite_commands, "status", "which suite components are up (exit 1 if any is down)", _suite_status)
     _set_help(suite)

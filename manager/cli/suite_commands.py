@@ -20,8 +20,8 @@ from manager.cli.defaults import (
     suite_manager_dir,
 )
 from manager.suite import SuiteEndpoints, SuiteError, start_suite, stop_suite, suite_status
-from manager.suite.mosquitto import suite_server_tls
 from manager.suite.processes import ProcessRecord, free_port, is_running, launch, port_is_free, stop, wait_ready
+from manager.suite.tls import suite_server_tls
 
 MANAGER = "flops-manager"
 PROCESS_FILE = "process.json"
@@ -31,16 +31,18 @@ MANAGER_READY_TIMEOUT_S = 90.0
 
 def suite_up(state_dir: Path, *, registry: bool, with_manager: bool, out: TextIO, tls: bool = True) -> int:
     if not tls:
-        out.write("warning: the broker and the manager's API listen without TLS; use this for development only\n")
+        out.write("warning: the broker, the registry and the manager's API listen without TLS; "
+                  "use this for development only\n")
     try:
-        endpoints = start_suite(state_dir, registry=registry, mqtt_tls=tls)
+        endpoints = start_suite(state_dir, registry=registry, tls=tls)
     except SuiteError as error:
         raise CliError(f"cannot start the suite: {error}") from None
     scheme = "mqtts" if endpoints.mqtt.tls else "mqtt"
     out.write(f"mosquitto: {scheme}://{endpoints.mqtt.host}:{endpoints.mqtt.port} (user {endpoints.mqtt.username})\n")
     out.write(f"secantusdb: {endpoints.mongo_uri}\n")
     if endpoints.registry is not None:
-        out.write(f"registry: {endpoints.registry.address} (user {endpoints.registry.username})\n")
+        registry_scheme = "https" if endpoints.registry.ca_pem else "http"
+        out.write(f"registry: {registry_scheme}://{endpoints.registry.address} (user {endpoints.registry.username})\n")
     if with_manager:
         url = start_manager(state_dir, endpoints)
         out.write(f"manager: {url} (admin token in {suite_manager_dir(state_dir) / MANAGER_CONFIG})\n")
@@ -143,11 +145,7 @@ def _manager_config(previous: dict[str, Any] | None, endpoints: SuiteEndpoints, 
     config["mqtt"] = endpoints.mqtt.model_dump(mode="json")
     config["mongo_uri"] = endpoints.mongo_uri
     if endpoints.registry is not None:
-        config["registry"] = {
-            "address": endpoints.registry.address,
-            "username": endpoints.registry.username,
-            "password": endpoints.registry.password,
-        }
+        config["registry"] = endpoints.registry.settings().model_dump(mode="json", exclude_none=True)
     return config
 
 

@@ -21,7 +21,7 @@ from flops_utils.mqtt_link import configure_tls
 from flops_utils.service_config import MqttSettings
 from manager.suite.processes import ProcessRecord, find_binary, launch, run_tool, wait_ready
 from manager.suite.state import HOST, MOSQUITTO, ComponentState, Credentials
-from manager.suite.tls import ServerTls, ensure_server_tls, server_hosts
+from manager.suite.tls import suite_server_tls
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,6 @@ READY_TIMEOUT_S = 30.0
 
 def broker_dir(state_dir: Path) -> Path:
     return state_dir / MOSQUITTO
-
-
-def suite_server_tls(state_dir: Path) -> ServerTls:
-    """The suite's CA and its certificate for this host (the broker's, reused by the suite's manager API)."""
-    return ensure_server_tls(broker_dir(state_dir) / "tls", server_hosts())
 
 
 def log_file(state_dir: Path) -> Path:

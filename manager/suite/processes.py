@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,8 +91,10 @@ def _start_ticks(pid: int) -> tuple[int, str] | None:
     return int(fields[19]), fields[0]
 
 
-def launch(argv: Sequence[str], *, log_file: Path, cwd: Path, name: str) -> ProcessRecord:
-    """Start ``argv`` detached, output appended to ``log_file``."""
+def launch(
+    argv: Sequence[str], *, log_file: Path, cwd: Path, name: str, env: Mapping[str, str] | None = None
+) -> ProcessRecord:
+    """Start ``argv`` detached, output appended to ``log_file`` (``env`` replaces the environment when given)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}: {' '.join(argv)}\n".encode())
@@ -104,6 +106,7 @@ def launch(argv: Sequence[str], *, log_file: Path, cwd: Path, name: str) -> Proc
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=cwd,
+                env=None if env is None else dict(env),
                 start_new_session=True,
                 close_fds=True,
             )

@@ -1,16 +1,22 @@
-"""The suite's OCI registry: Debian's docker-registry, filesystem storage, htpasswd auth."""
+"""The suite's OCI registry: Debian's docker-registry, filesystem storage, htpasswd auth, TLS with the suite's CA."""
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import ssl
 from pathlib import Path
+from typing import Any
 
-import requests
+import urllib3
 import yaml
 
 from manager.suite.processes import ProcessRecord, find_binary, launch, run_tool, wait_ready
 from manager.suite.state import HOST, REGISTRY, ComponentState
+from manager.suite.tls import suite_server_tls
+
+log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 30.0
 
@@ -19,7 +25,8 @@ def log_file(state_dir: Path) -> Path:
     return state_dir / "logs" / f"{REGISTRY}.log"
 
 
-def write_config(state_dir: Path, component: ComponentState) -> Path:
+def write_config(state_dir: Path, component: ComponentState, tls: bool = True) -> Path:
+    """Write htpasswd and the registry's config; ``tls=False`` (development only) serves plain HTTP."""
     if component.credentials is None:
         raise ValueError("the registry needs credentials")
     directory = state_dir / REGISTRY
@@ -32,11 +39,19 @@ def write_config(state_dir: Path, component: ComponentState) -> Path:
     htpasswd = directory / "htpasswd"
     htpasswd.write_text(entry.strip() + "\n")
     os.chmod(htpasswd, 0o600)
+    http: dict[str, Any] = {"addr": f"{HOST}:{component.port}", "secret": secrets.token_hex(16)}
+    if tls:
+        files = suite_server_tls(state_dir)
+        http["tls"] = {"certificate": str(files.cert_file), "key": str(files.key_file), "minimumtls": "tls1.2"}
+        component.ca_pem = files.ca_pem
+    else:
+        component.ca_pem = None
+        log.warning("the suite's registry serves plain HTTP (development only)")
     config = {
         "version": 0.1,
         "log": {"level": "info", "formatter": "text"},
         "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}},
-        "http": {"addr": f"{HOST}:{component.port}", "secret": secrets.token_hex(16)},
+        "http": http,
         "auth": {"htpasswd": {"realm": "flops-registry", "path": str(htpasswd)}},
     }
     path = directory / "config.yml"
@@ -45,27 +60,34 @@ def write_config(state_dir: Path, component: ComponentState) -> Path:
     return path
 
 
-def start(state_dir: Path, component: ComponentState) -> ProcessRecord:
+def start(state_dir: Path, component: ComponentState, tls: bool = True) -> ProcessRecord:
     """Start the registry; return once ``/v2/`` refuses anonymous and accepts our login."""
     binary = find_binary("docker-registry", "install the Debian package 'docker-registry' (make system-packages)")
-    config = write_config(state_dir, component)
+    config = write_config(state_dir, component, tls)
     process = launch([binary, "serve", str(config)], log_file=log_file(state_dir), cwd=state_dir, name=REGISTRY)
     wait_ready(process, lambda: registry_answers(component), name=REGISTRY, log_file=log_file(state_dir),
                timeout=READY_TIMEOUT_S)
     return process
 
 
+def base_url(component: ComponentState) -> str:
+    return f"{'https' if component.ca_pem else 'http'}://{HOST}:{component.port}"
+
+
 def registry_answers(component: ComponentState, timeout: float = 2.0) -> bool:
+    """``/v2/`` refuses anonymous and accepts our login (over TLS verified with the suite's CA when it has one)."""
     if component.credentials is None:
         return False
-    url = f"http://{HOST}:{component.port}/v2/"
-    with requests.Session() as session:
-        session.trust_env = False  # a proxy from the environment must not see loopback traffic
-        try:
-            anonymous = session.get(url, timeout=timeout)
-            authenticated = session.get(
-                url, auth=(component.credentials.username, component.credentials.password), timeout=timeout
-            )
-        except requests.RequestException:
-            return False
-    return anonymous.status_code == 401 and authenticated.status_code == 200
+    context = ssl.create_default_context(cadata=component.ca_pem) if component.ca_pem else None
+    # A plain pool manager: a proxy from the environment must not see loopback traffic.
+    pool = urllib3.PoolManager(ssl_context=context, timeout=timeout, retries=False)
+    url = f"{base_url(component)}/v2/"
+    login = urllib3.make_headers(basic_auth=f"{component.credentials.username}:{component.credentials.password}")
+    try:
+        anonymous = pool.request("GET", url)
+        authenticated = pool.request("GET", url, headers=login)
+    except urllib3.exceptions.HTTPError:
+        return False
+    finally:
+        pool.clear()
+    return anonymous.status == 401 and authenticated.status == 200

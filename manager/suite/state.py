@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flops_utils.service_config import MqttSettings
+from flops_utils.service_config import MqttSettings, RegistrySettings
 from manager.suite.processes import ProcessRecord
 
 ENDPOINTS_FILE = "endpoints.json"
@@ -29,6 +29,12 @@ class RegistryEndpoint:
     address: str
     username: str
     password: str
+    ca_pem: str | None = None  # the suite's CA when the registry speaks TLS
+
+    def settings(self) -> RegistrySettings:
+        """What a builder or an adapter needs to push to and pull from this registry."""
+        return RegistrySettings(address=self.address, username=self.username, password=self.password,
+                                ca_pem=self.ca_pem)
 
 
 @dataclass
@@ -53,7 +59,7 @@ class ComponentState(_Record):
     pid: int = 0
     start_ticks: int = 0
     credentials: Credentials | None = None
-    ca_pem: str | None = None  # the broker's CA certificate when it speaks TLS (not secret)
+    ca_pem: str | None = None  # the suite's CA certificate when the component speaks TLS (not secret)
 
     @property
     def process(self) -> ProcessRecord:
@@ -89,6 +95,7 @@ class SuiteState(_Record):
                     address=f"{HOST}:{registry.port}",
                     username=registry.credentials.username,
                     password=registry.credentials.password,
+                    ca_pem=registry.ca_pem,
                 )
                 if registry is not None and registry.credentials is not None
                 else None

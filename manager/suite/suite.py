@@ -49,14 +49,14 @@ def default_state_dir() -> Path:
 
 
 def start_suite(
-    state_dir: Path, *, registry: bool = False, mqtt_acl_file: Path | None = None, mqtt_tls: bool = True
+    state_dir: Path, *, registry: bool = False, mqtt_acl_file: Path | None = None, tls: bool = True
 ) -> SuiteEndpoints:
     """Start whatever part of the suite is not running yet and return its endpoints.
 
     Idempotent: a suite that is already up is left alone. A registry started earlier
     stays part of the suite. On failure, components this call started are stopped
-    again and :class:`SuiteError` says why. The broker speaks TLS with the suite's own CA
-    unless ``mqtt_tls`` is False (development only).
+    again and :class:`SuiteError` says why. The broker and the registry speak TLS with the
+    suite's own CA unless ``tls`` is False (development only).
     """
     state_dir = _resolve(state_dir)
     with locked(state_dir):
@@ -75,7 +75,7 @@ def start_suite(
                 else:
                     component = ComponentState(port=free_port(), credentials=_new_credentials())
                     state.components[name] = component
-                _start_component(state_dir, name, component, mqtt_acl_file, mqtt_tls)
+                _start_component(state_dir, name, component, mqtt_acl_file, tls)
                 started.append((name, component))
                 write_state(state_dir, state)
         except BaseException:
@@ -213,13 +213,13 @@ def _healthy(name: str, component: ComponentState) -> bool:
 
 
 def _start_component(
-    state_dir: Path, name: str, component: ComponentState, acl_file: Path | None, mqtt_tls: bool = True
+    state_dir: Path, name: str, component: ComponentState, acl_file: Path | None, tls: bool = True
 ) -> None:
     """Start one component, moving to a fresh port if its port is (or gets) taken."""
     starters: dict[str, Callable[[], ProcessRecord]] = {
-        MOSQUITTO: lambda: _start_mosquitto(state_dir, component, acl_file, mqtt_tls),
+        MOSQUITTO: lambda: _start_mosquitto(state_dir, component, acl_file, tls),
         SECANTUSDB: lambda: secantus.start(state_dir, component),
-        REGISTRY: lambda: registry.start(state_dir, component),
+        REGISTRY: lambda: registry.start(state_dir, component, tls),
     }
     for attempt in range(1, _PORT_ATTEMPTS + 1):
         if not port_is_free(component.port):

@@ -1,8 +1,9 @@
-"""A small CA for the suite: the broker's TLS certificate, signed by a CA every FLOps client trusts.
+"""A small CA for the suite: one TLS certificate for this host (broker, registry, manager API), signed by a CA
+every FLOps client trusts.
 
 The CA certificate is not secret: it travels inside service configurations
-(``MqttSettings.ca_pem``), so a service needs no file on its host, pod or container to
-verify the broker. Keys stay in the suite's state dir with mode 0600. Certificates are
+(``MqttSettings.ca_pem``, ``RegistrySettings.ca_pem``), so a service needs no file on its host, pod or container to
+verify the broker or the registry. Keys stay in the suite's state dir with mode 0600. Certificates are
 made once and reused while they are valid for at least a month more.
 """
 
@@ -63,3 +64,11 @@ def ensure_server_tls(directory: Path, hosts: list[str]) -> ServerTls:
     write_key(tls.key_file, key)
     tls.cert_file.write_bytes(cert_pem(cert))
     return tls
+
+
+def suite_server_tls(state_dir: Path) -> ServerTls:
+    """The suite's CA and its certificate for this host: the broker's, reused by the registry and the manager API.
+
+    Kept under ``mosquitto/tls`` (where the broker's first came to be) so existing suites keep their CA.
+    """
+    return ensure_server_tls(state_dir / "mosquitto" / "tls", server_hosts())

@@ -61,7 +61,14 @@ class RegistrySettings(_Config):
     address: str = Field(description="host:port of the OCI registry")
     username: str | None = None
     password: str | None = Field(default=None, repr=False)
-    tls_verify: bool = False
+    tls_verify: bool = Field(default=False, description="HTTPS verified with the system's CAs; with both this and "
+                             "ca_pem unset the registry is reached over plain HTTP (development only)")
+    ca_pem: str | None = Field(default=None, description="PEM of the CA that signed the registry's certificate: "
+                               "HTTPS verified with it (the suite's and the deployment's CA)")
+
+    @property
+    def verifies_tls(self) -> bool:
+        return self.tls_verify or bool(self.ca_pem)
 
 
 class _ServiceConfig(_Config):

@@ -10,7 +10,10 @@ found again by the next build and by the adapter. The root defaults to
 * ``conf/`` - ``storage.conf``, ``containers.conf`` (runc, cgroupfs, raised ulimits)
   and one ``registries-<hash>.conf`` per set of insecure registries;
 * ``auth/`` - registry credential files (mode 0600), so passwords never appear on a
-  command line.
+  command line;
+* ``home/.config/containers/certs.d/<host:port>/ca.crt`` - the CA of a registry with
+  its own CA: buildah reads it with ``--cert-dir``, the podman service (whose ``HOME``
+  is ``home/``) and the builder's HTTP client find it there too.
 
 Builds run with ``BUILDAH_ISOLATION=chroot``: no user namespaces or extra daemons needed.
 """
@@ -100,6 +103,20 @@ def overlay_mount_works(probe_dir: Path) -> bool:
         return False
     finally:
         shutil.rmtree(probe_dir, ignore_errors=True)
+
+
+def registry_cert_dir(root: Path, address: str) -> Path:
+    """Where containers/image looks for ``address``'s CA when ``HOME`` is ``root/home``."""
+    return root / "home" / ".config" / "containers" / "certs.d" / address
+
+
+def install_registry_ca(root: Path, registry: RegistrySettings) -> Path | None:
+    """Write ``registry.ca_pem`` as ``ca.crt`` in its cert dir; return that dir (None without a CA)."""
+    if not registry.ca_pem:
+        return None
+    directory = registry_cert_dir(root, registry.address)
+    _atomic_write(directory / "ca.crt", registry.ca_pem)
+    return directory
 
 
 class ContainerEngine:
@@ -217,6 +234,22 @@ class ContainerEngine:
         if insecure_registries:
             env["CONTAINERS_REGISTRIES_CONF"] = str(self.registries_conf(insecure_registries))
         return env
+
+    @property
+    def home(self) -> Path:
+        """``HOME`` for tools that read per-registry CAs only from ``$HOME`` (the podman service)."""
+        return self.root / "home"
+
+    def transport_args(self, registry: RegistrySettings) -> list[str]:
+        """buildah push/pull options for ``registry``: TLS verification, its CA, its credentials file."""
+        args = [f"--tls-verify={'true' if registry.verifies_tls else 'false'}"]
+        cert_dir = install_registry_ca(self.root, registry)
+        if cert_dir is not None:
+            args += ["--cert-dir", str(cert_dir)]
+        auth = self.auth_file(registry)
+        if auth is not None:
+            args += ["--authfile", str(auth)]
+        return args
 
     def auth_file(self, registry: RegistrySettings) -> Path | None:
         """A credentials file for ``registry`` (None without credentials)."""

@@ -62,7 +62,7 @@ class ImageStore:
                  compression_level: int | None = FAST_COMPRESSION_LEVEL) -> None:
         self.engine = engine
         self.registry_settings = registry
-        self.registry = RegistryClient(registry)
+        self.registry = RegistryClient(registry, containers_root=engine.root)
         self.compression = compression
         self.compression_level = compression_level
 
@@ -71,11 +71,7 @@ class ImageStore:
         return self.registry_settings.address
 
     def _transport_args(self) -> list[str]:
-        args = [f"--tls-verify={'true' if self.registry_settings.tls_verify else 'false'}"]
-        auth = self.engine.auth_file(self.registry_settings)
-        if auth is not None:
-            args += ["--authfile", str(auth)]
-        return args
+        return self.engine.transport_args(self.registry_settings)
 
     def in_registry(self, name: ImageName) -> ManifestInfo | None:
         return self.registry.manifest(name.repository, name.tag)

@@ -2,20 +2,23 @@
 
 Checking the registry before building is what makes a rebuild of an unchanged
 project free: a ``HEAD``/``GET`` of ``/v2/<name>/manifests/<tag>`` costs milliseconds.
-Handles htpasswd (basic) auth and bearer-token auth; a registry without TLS is
-reached over plain HTTP when ``tls_verify`` is off.
+Handles htpasswd (basic) auth and bearer-token auth. A registry with ``ca_pem`` is
+verified with that CA; one with neither ``ca_pem`` nor ``tls_verify`` is reached over
+plain HTTP (development only).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import requests
 
 from flops_utils.service_config import RegistrySettings
 from services.builder.errors import BuildError, one_line
+from services.builder.oci.engine import default_root, install_registry_ca
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.index.v1+json",
@@ -26,6 +29,7 @@ MANIFEST_TYPES = (
 INDEX_TYPES = MANIFEST_TYPES[:2]
 _TIMEOUT_S = 30.0
 _BEARER = re.compile(r'(\w+)="([^"]*)"')
+_SSL_REASON = re.compile(r"\[SSL: ([A-Z_]+)\]\s*([^()'\"]*)")
 
 
 class RegistryError(BuildError):
@@ -51,14 +55,28 @@ def _is_loopback(address: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def _tls_reason(error: requests.exceptions.SSLError) -> str:
+    """The part of an SSL error a user can act on (requests buries it in retry wrappers)."""
+    text = str(error)
+    found = _SSL_REASON.search(text)
+    if found is None:
+        return one_line(text, 160)
+    reason = found.group(2).strip()
+    if found.group(1) == "CERTIFICATE_VERIFY_FAILED":
+        return f"CERTIFICATE_VERIFY_FAILED ({reason}): is ca_pem the CA that signed the registry's certificate?"
+    return f"{found.group(1)} ({reason})"
+
+
 class RegistryClient:
     """Reads the registry's HTTP API; no I/O until a method is called."""
 
-    def __init__(self, settings: RegistrySettings) -> None:
+    def __init__(self, settings: RegistrySettings, containers_root: Path | None = None) -> None:
         self.settings = settings
+        self.containers_root = containers_root  # where the registry's CA file goes; default_root() when None
         self._session: requests.Session | None = None
-        self._scheme = "https" if settings.tls_verify else "http"
+        self._scheme = "https" if settings.verifies_tls else "http"
         self._tokens: dict[str, str] = {}
+        self._verify: bool | str | None = None
 
     @property
     def address(self) -> str:
@@ -71,6 +89,13 @@ class RegistryClient:
             self._session = session
         return self._session
 
+    def _verification(self) -> bool | str:
+        """requests' ``verify``: the CA file of a registry with its own CA, else whether to verify at all."""
+        if self._verify is None:
+            cert_dir = install_registry_ca(self.containers_root or default_root(), self.settings)
+            self._verify = str(cert_dir / "ca.crt") if cert_dir is not None else self.settings.tls_verify
+        return self._verify
+
     def close(self) -> None:
         if self._session is not None:
             self._session.close()
@@ -81,7 +106,7 @@ class RegistryClient:
         try:
             response = self._send(method, path, scope, headers)
         except requests.exceptions.SSLError as error:
-            raise RegistryError(f"registry {self.address}: TLS error ({one_line(str(error), 160)})") from None
+            raise RegistryError(f"registry {self.address}: TLS error: {_tls_reason(error)}") from None
         except requests.RequestException as error:
             raise RegistryError(f"registry {self.address} unreachable: {one_line(str(error), 160)}") from None
         if response.status_code == 401:
@@ -90,7 +115,7 @@ class RegistryClient:
 
     def _send(self, method: str, path: str, scope: str, headers: dict[str, str]) -> requests.Response:
         session = self._http()
-        verify = self.settings.tls_verify
+        verify = self._verification()
         auth = (self.settings.username, self.settings.password or "") if self.settings.username else None
         token = self._tokens.get(scope)
         if token:
@@ -116,7 +141,7 @@ class RegistryClient:
         if scope:
             params["scope"] = scope
         auth = (self.settings.username, self.settings.password or "") if self.settings.username else None
-        response = self._http().get(realm, params=params, auth=auth, verify=self.settings.tls_verify,
+        response = self._http().get(realm, params=params, auth=auth, verify=self._verification(),
                                     timeout=_TIMEOUT_S)
         if response.status_code != 200:
             raise RegistryError(f"registry {self.address}: token request refused ({response.status_code})")
