@@ -4,10 +4,10 @@
     python scripts/deploy_secrets.py [--out deploy/secrets] [--force]
 
 Writes random passwords and everything derived from them into one directory (git
-ignores it): the Mosquitto password file, the registry htpasswd, the manager's
-config, and Kubernetes Secret manifests. The directory is made owner-only (0700);
-the files in it are 0644 because the containers that mount them run as their own
-non-root users.
+ignores it): the broker's accounts (a dynamic-security seed with the manager as
+admin), the registry htpasswd, the manager's config, and Kubernetes Secret
+manifests. The directory is made owner-only (0700); the files in it are 0644
+because the containers that mount them run as their own non-root users.
 
 It also makes a small CA (its key is not kept: regenerate with --force to add names)
 and TLS certificates for the broker, the registry and the manager's API, for their
@@ -20,8 +20,6 @@ through ``mqtt.ca_pem`` and ``registry.ca_pem``; the API speaks HTTPS, verified 
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import json
 import os
 import secrets
@@ -48,7 +46,7 @@ CA_DAYS, SERVER_DAYS = 5 * 365, 2 * 365
 GENERATED_FILES = (
     *PLAIN_SECRETS,
     *TLS_FILES,
-    "mosquitto_passwd",
+    "dynamic-security.json",
     "mosquitto.env",
     "registry_htpasswd",
     "manager.json",
@@ -56,11 +54,17 @@ GENERATED_FILES = (
 )
 
 
-def mosquitto_password_line(username: str, password: str) -> str:
-    """A Mosquitto 2 password-file line: PBKDF2-SHA512, 101 rounds, 12-byte salt (as mosquitto_passwd)."""
-    salt = secrets.token_bytes(12)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
-    return f"{username}:$7$101${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+def dynsec_seed(password: str) -> str:
+    """The dynamic-security plugin's first state: the manager's account as its admin, anything else denied."""
+    from manager.suite.mosquitto import dynsec_document
+    from manager.suite.processes import SuiteError
+    from manager.suite.state import Credentials
+
+    try:
+        document = dynsec_document(Credentials(username=USERNAME, password=password))
+    except SuiteError as error:  # mosquitto_ctrl missing or failing
+        raise SystemExit(str(error)) from None
+    return json.dumps(document, indent=1) + "\n"
 
 
 def htpasswd_line(username: str, password: str) -> str:
@@ -129,7 +133,7 @@ def kubernetes_secrets(files: dict[str, str]) -> list[dict[str, Any]]:
         }
 
     return [
-        secret("flops-mosquitto", {"passwd": files["mosquitto_passwd"], "username": USERNAME,
+        secret("flops-mosquitto", {"dynamic-security.json": files["dynamic-security.json"], "username": USERNAME,
                                     "password": files["mqtt_password"], "ca.pem": files["ca.pem"],
                                     "server.pem": files["mosquitto_tls_cert"],
                                     "server.key": files["mosquitto_tls_key"]}),
@@ -148,7 +152,7 @@ def generate(out_dir: Path, *, force: bool = False, hosts: list[str] | None = No
         raise SystemExit(f"{out_dir} already holds secrets; pass --force to replace them")
     values = {name: secrets.token_hex(24) for name in PLAIN_SECRETS}
     files: dict[str, str] = dict(values)
-    files["mosquitto_passwd"] = mosquitto_password_line(USERNAME, values["mqtt_password"]) + "\n"
+    files["dynamic-security.json"] = dynsec_seed(values["mqtt_password"])
     files["mosquitto.env"] = f"MQTT_USERNAME={USERNAME}\nMQTT_PASSWORD={values['mqtt_password']}\n"
     files["registry_htpasswd"] = htpasswd_line(USERNAME, values["registry_password"]) + "\n"
     files.update(tls_files(hosts or []))

@@ -27,8 +27,9 @@ import yaml
 from kubernetes_validate.utils import all_versions
 
 from manager.api_server import TlsServer
+from manager.broker_access import ResolvingAccess
 from manager.settings import DEFAULT_PORT, ManagerSettings, load_settings
-from manager.suite.mosquitto import broker_accepts
+from manager.suite.mosquitto import broker_accepts, dynsec_plugin
 from manager.suite.processes import ProcessRecord, launch, stop, wait_ready
 from services.builder.oci import RegistryClient
 from services.builder.oci.registry import RegistryError
@@ -212,20 +213,28 @@ def test_generated_registry_htpasswd_holds_the_registry_password(generated: Path
 
 
 def test_generated_broker_files_work_with_the_real_broker_over_tls(generated: Path, tmp_path: Path) -> None:
-    """The production config's listener, with the generated password file, CA and certificate, on a local port."""
+    """The production config's listener and dynamic-security plugin, with the generated seed, CA and certificate, on a
+    local port: the manager's account is the admin, and makes per-project accounts confined to their project."""
     port = free_port()
     config = tmp_path / "mosquitto.conf"
     production = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
     assert "allow_anonymous false" in production and "persistence true" in production
     assert "listener 1883\ncafile /mosquitto/config/tls/ca.pem" in production  # TLS only
-    mounted = {"/mosquitto/config/passwd": generated / "mosquitto_passwd",
-               "/mosquitto/config/tls/ca.pem": generated / "ca.pem",
-               "/mosquitto/config/tls/server.pem": generated / "mosquitto_tls_cert",
-               "/mosquitto/config/tls/server.key": generated / "mosquitto_tls_key"}  # fmt: skip
+    assert "password_file" not in production  # accounts live in the plugin only
+    plugin = dynsec_plugin()
+    assert plugin is not None, "Debian's mosquitto package ships the dynamic-security plugin"
+    state = tmp_path / "dynamic-security.json"  # the data volume's copy (the plugin writes to it)
+    shutil.copyfile(generated / "dynamic-security.json", state)
+    mounted = {"/usr/lib/mosquitto_dynamic_security.so": str(plugin),
+               "/mosquitto/data/dynamic-security.json": str(state),
+               "/mosquitto/config/tls/ca.pem": str(generated / "ca.pem"),
+               "/mosquitto/config/tls/server.pem": str(generated / "mosquitto_tls_cert"),
+               "/mosquitto/config/tls/server.key": str(generated / "mosquitto_tls_key")}  # fmt: skip
     lines = [line for line in production.splitlines() if line.split()[:1] in (
-        ["cafile"], ["certfile"], ["keyfile"], ["tls_version"], ["allow_anonymous"], ["password_file"])]
+        ["cafile"], ["certfile"], ["keyfile"], ["tls_version"], ["allow_anonymous"], ["plugin"],
+        ["plugin_opt_config_file"])]
     for inside, outside in mounted.items():  # as compose.yml mounts them
-        lines = [line.replace(inside, str(outside)) for line in lines]
+        lines = [line.replace(inside, outside) for line in lines]
     config.write_text(
         # As root, Mosquitto would switch to the 'mosquitto' user, who cannot enter the 0700 secrets dir.
         f"user {pwd.getpwuid(os.geteuid()).pw_name}\nlistener {port} 127.0.0.1\n" + "\n".join(lines)
@@ -240,6 +249,13 @@ def test_generated_broker_files_work_with_the_real_broker_over_tls(generated: Pa
         assert not broker_accepts(settings.model_copy(update={"password": str(settings.password) + "x"}))
         assert not broker_accepts(settings.model_copy(update={"username": None, "password": None}))
         assert not broker_accepts(settings.model_copy(update={"ca_pem": None}))  # plain TCP is refused
+        access = ResolvingAccess(settings, "auto")
+        project = access.grant("p1")
+        assert access.per_project and project.username != settings.username  # not the shared account
+        assert broker_accepts(project)
+        assert "p-p1-" in state.read_text()  # the plugin saved the new account on the "volume"
+        access.revoke("p1")
+        assert not broker_accepts(project)
     finally:
         stop(broker, name="mosquitto")
 

@@ -10,9 +10,11 @@ import json
 import logging
 import os
 import pwd
+import tempfile
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -59,29 +61,35 @@ def dynsec_file(state_dir: Path) -> Path:
     return broker_dir(state_dir) / "dynamic-security.json"
 
 
-def write_dynsec(state_dir: Path, credentials: Credentials) -> Path:
-    """The plugin's state with the suite's admin account, keeping the project accounts of earlier starts."""
-    path = dynsec_file(state_dir)
-    fresh_path = path.with_name("dynamic-security.fresh.json")
-    fresh_path.unlink(missing_ok=True)
-    run_tool([find_binary("mosquitto_ctrl", _INSTALL_HINT), "dynsec", "init", str(fresh_path),
-              credentials.username, credentials.password], name="mosquitto_ctrl dynsec init")  # fmt: skip
-    fresh = json.loads(fresh_path.read_text())
-    fresh_path.unlink()
+def dynsec_document(credentials: Credentials, kept: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The plugin's state: ``credentials`` as its admin (made by ``mosquitto_ctrl dynsec init``, which hashes the
+    password) plus the other clients, roles and groups of ``kept``. Anything not granted is denied."""
+    with tempfile.TemporaryDirectory(prefix="flops-dynsec-") as scratch:
+        fresh_path = Path(scratch) / "dynamic-security.json"
+        run_tool([find_binary("mosquitto_ctrl", _INSTALL_HINT), "dynsec", "init", str(fresh_path),
+                  credentials.username, credentials.password], name="mosquitto_ctrl dynsec init")  # fmt: skip
+        fresh: dict[str, Any] = json.loads(fresh_path.read_text())
     for role in fresh["roles"]:
         if role["rolename"] == "admin":
             role["acls"].extend(ADMIN_EXTRA_ACLS)
-    try:
-        kept = json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
-        kept = {}
+    kept = kept or {}
     admin_names = {client["username"] for client in fresh["clients"]}
     fresh["clients"] += [client for client in kept.get("clients", []) if client.get("username") not in admin_names]
     fresh["roles"] += [role for role in kept.get("roles", []) if role.get("rolename") != "admin"]
     fresh["groups"] = kept.get("groups", [])
     fresh["defaultACLAccess"] = {"publishClientSend": False, "publishClientReceive": True,
                                  "subscribe": False, "unsubscribe": True}  # fmt: skip
-    path.write_text(json.dumps(fresh, indent=1))
+    return fresh
+
+
+def write_dynsec(state_dir: Path, credentials: Credentials) -> Path:
+    """The plugin's state with the suite's admin account, keeping the project accounts of earlier starts."""
+    path = dynsec_file(state_dir)
+    try:
+        kept = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        kept = {}
+    path.write_text(json.dumps(dynsec_document(credentials, kept), indent=1))
     os.chmod(path, 0o600)
     return path
 
