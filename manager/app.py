@@ -59,6 +59,8 @@ def serve(settings: ManagerSettings, auth: TokenAuth) -> int:
     if not settings.mlflow_auth:
         log.warning("mlflow_auth is off: every customer's MLflow server (runs, models, artifacts) is open to "
                     "anyone who can reach it; turn it on outside development")
+    if not settings.mlflow_tls:
+        log.warning("mlflow_tls is off: tokens, runs and models cross the network to MLflow in clear")
     if not settings.flower_tls:
         log.warning("flower_tls is off: models and updates cross Flower links unencrypted and unauthenticated")
     lifecycle.start()

@@ -54,6 +54,10 @@ class ProjectControl(Protocol):
         """The customer's MLflow GUI URL; creates the observatory on demand."""
         ...
 
+    def tracking_ca_pem(self) -> str | None:
+        """The CA tracking servers' certificates are signed by (None: they speak plain HTTP)."""
+        ...
+
     def push_mock_data(self, request: MockRequest) -> MockResult: ...
 
     def reset(self) -> None:

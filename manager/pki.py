@@ -1,4 +1,4 @@
-"""Small X.509 helpers: an EC P-256 CA and server certificates it signs (suite broker, Flower links)."""
+"""Small X.509 helpers: an EC P-256 CA and server certificates it signs (suite, Flower links, MLflow servers)."""
 
 from __future__ import annotations
 
@@ -93,4 +93,18 @@ def issue_server_cert(
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )  # fmt: skip
+    return cert, key
+
+
+def ensure_ca(directory: Path, subject: x509.Name, days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA kept in ``directory`` (``ca.pem``, ``ca.key`` mode 0600), made anew when missing or expiring."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca_file, ca_key_file = directory / "ca.pem", directory / "ca.key"
+    if still_valid(ca_file, []) and ca_key_file.is_file():
+        key = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            return x509.load_pem_x509_certificate(ca_file.read_bytes()), key
+    cert, key = new_ca(subject, days)
+    write_key(ca_key_file, key)
+    ca_file.write_bytes(cert_pem(cert))
     return cert, key

@@ -77,6 +77,10 @@ class ManagerSettings(BaseModel):
         description="each customer's MLflow server lets in only that customer's API token (Bearer, or as the "
         "Basic password in a browser), the admin's and its services' token; false: open to anyone who reaches "
         "it (development only; the manager warns)")
+    mlflow_tls: bool = Field(
+        default=True,
+        description="each customer's MLflow server speaks HTTPS with a certificate from the manager's CA "
+        "(state_dir/pki/ca.pem, also in GET /tracking); false: plain HTTP (development only; the manager warns)")
     flower_tls: bool = Field(
         default=True,
         description="Flower links (learner -> aggregator, cluster -> root) speak TLS with a CA per project; "

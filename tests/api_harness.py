@@ -106,6 +106,9 @@ class RecordingControl:
         self._record_call("tracking_url", customer)
         return f"http://127.0.0.1:5999/{customer}"
 
+    def tracking_ca_pem(self) -> str | None:
+        return None
+
     def push_mock_data(self, request: MockRequest) -> MockResult:
         self._record_call("push_mock_data", request)
         configuration = request.mock_data_configuration

@@ -41,15 +41,18 @@ def sla(repo: str, tags: list[str], **training: Any) -> dict[str, Any]:
     }
 
 
-def mlflow_client(tracking_url: str, token: str = ADMIN_TOKEN):  # type: ignore[no-untyped-def]
+def mlflow_client(tracking_url: str, token: str = ADMIN_TOKEN, ca_file: Path | None = None):  # type: ignore[no-untyped-def]
     """A client of the project's tracking server (also as model registry; MLflow 3 defaults to a local file).
 
-    The server lets in the customer's (or the admin's) API token only; MLflow's client sends it from the environment.
+    The server lets in the customer's (or the admin's) API token only and speaks HTTPS with a certificate from the
+    manager's CA; MLflow's client reads both from the environment.
     """
     import mlflow
     from mlflow.tracking import MlflowClient
 
     os.environ["MLFLOW_TRACKING_TOKEN"] = token
+    if ca_file is not None:
+        os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(ca_file)
     mlflow.set_tracking_uri(tracking_url)
     mlflow.set_registry_uri(tracking_url)
     return MlflowClient(tracking_uri=tracking_url, registry_uri=tracking_url)
@@ -70,6 +73,15 @@ class FlopsStack:
         stop_manager(self.process)
         self.process = start_manager(self.config_path, self.log_path)
         wait_healthy(self.url, self.process, self.log_path)
+
+    @property
+    def tracking_ca_file(self) -> Path:
+        """The manager's MLflow CA (``GET /tracking`` hands it out as ``ca_pem`` too)."""
+        return self.state_dir / "pki" / "ca.pem"
+
+    def mlflow_client(self, tracking_url: str, token: str = ADMIN_TOKEN):  # type: ignore[no-untyped-def]
+        assert tracking_url.startswith("https://"), f"the tracking server speaks plain HTTP: {tracking_url}"
+        return mlflow_client(tracking_url, token, self.tracking_ca_file)
 
     def api(self, method: str, path: str, token: str = ADMIN_TOKEN, **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"}

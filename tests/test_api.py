@@ -192,7 +192,7 @@ def test_database_reset_is_admin_only(mongo_uri: str, mqtt_settings: MqttSetting
 
 def test_tracking_url_is_the_callers(api: RunningApi) -> None:
     answer = call(api, "GET", "/api/flops/tracking", BOB_TOKEN).json()
-    assert answer == {"customer": "bob", "tracking_url": "http://127.0.0.1:5999/bob"}
+    assert answer == {"customer": "bob", "tracking_url": "http://127.0.0.1:5999/bob", "ca_pem": None}
     assert ("tracking_url", "bob") in api.control.calls
 
 

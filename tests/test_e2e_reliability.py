@@ -63,7 +63,7 @@ def test_metrics_survive_a_tracking_server_crash(flops_stack: FlopsStack) -> Non
     events = flops_stack.events(project_id)
     assert project["status"] == "COMPLETED", (project["error"], events[-10:])
     assert sum(text.startswith("the MLflow tracking server stopped") for text in events) == 1, events
-    client = mlflow_client(project["tracking_url"])
+    client = flops_stack.mlflow_client(project["tracking_url"])
     steps = sorted(metric.step for metric in client.get_metric_history(project["mlflow_run_id"], "accuracy"))
     assert steps == list(range(1, 9)), steps  # none lost while the server was away, none twice
 
@@ -102,7 +102,7 @@ def test_a_killed_aggregator_is_redeployed_and_resumes_from_its_checkpoint(flops
     resumed = [text for text in events if "resuming MLflow run" in text]
     assert len(resumed) == 1 and project["mlflow_run_id"] in resumed[0], events
 
-    client = mlflow_client(project["tracking_url"])
+    client = flops_stack.mlflow_client(project["tracking_url"])
     steps = sorted(metric.step for metric in client.get_metric_history(project["mlflow_run_id"], "accuracy"))
     assert steps == list(range(1, 9)), steps
     runs = client.search_runs([client.get_run(project["mlflow_run_id"]).info.experiment_id],
@@ -136,7 +136,7 @@ def test_a_killed_hierarchical_aggregator_is_redeployed_and_no_round_is_lost(
 
     assert sum(text.startswith(f"the {victim} was lost") for text in events) == 1, events
     assert any("resuming MLflow run" in text for text in events), events
-    client = mlflow_client(project["tracking_url"])
+    client = flops_stack.mlflow_client(project["tracking_url"])
     root = client.get_run(project["mlflow_run_id"])
     steps = sorted(metric.step for metric in client.get_metric_history(root.info.run_id, "accuracy"))
     assert steps == [1, 2, 3], steps  # one global value per cycle, none twice

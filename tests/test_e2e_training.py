@@ -41,17 +41,27 @@ def test_classic_sklearn_trains_logs_registers_and_serves(flops_stack: FlopsStac
         assert f"phase {phase}" in events
     assert sum("round" in text and "done in" in text for text in events) == 3
 
-    client = mlflow_client(project["tracking_url"])
+    client = flops_stack.mlflow_client(project["tracking_url"])
     run = client.get_run(project["mlflow_run_id"])
     history = client.get_metric_history(run.info.run_id, "accuracy")
     assert sorted(metric.step for metric in history) == [1, 2, 3]
     assert run.data.params["sla.training_rounds"] == "3"
     # The run is the customer's: without a token, or with another customer's, MLflow answers 401.
     run_url = f"{project['tracking_url']}/api/2.0/mlflow/runs/get?run_id={run.info.run_id}"
-    assert requests.get(run_url, timeout=10).status_code == 401
+    ca = str(flops_stack.tracking_ca_file)
+    assert requests.get(run_url, verify=ca, timeout=10).status_code == 401
     bob = next(token for token, customer in CUSTOMER_TOKENS.items() if customer == "bob")
-    assert requests.get(run_url, headers={"Authorization": f"Bearer {bob}"}, timeout=10).status_code == 401
-    assert requests.get(run_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10).status_code == 200
+    assert requests.get(run_url, headers={"Authorization": f"Bearer {bob}"}, verify=ca, timeout=10).status_code == 401
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    assert requests.get(run_url, headers=admin, verify=ca, timeout=10).status_code == 200
+    # Over TLS only: plain HTTP gets no answer, and a client that does not trust the manager's CA is refused.
+    with pytest.raises(requests.ConnectionError):
+        requests.get(run_url.replace("https://", "http://"), headers=admin, timeout=10)
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(run_url, headers=admin, timeout=10)
+    tracking = flops_stack.api("GET", "/api/flops/tracking").json()
+    assert tracking["tracking_url"] == project["tracking_url"]
+    assert tracking["ca_pem"] == flops_stack.tracking_ca_file.read_text()
 
     import mlflow.pyfunc
 
@@ -130,7 +140,7 @@ def test_hierarchical_pytorch_two_clusters(flops_stack: FlopsStack) -> None:  # 
     project = flops_stack.wait(flops_stack.submit(request))
     assert project["status"] == "COMPLETED", project["error"]
     assert project["progress"]["cycle"] == 2 and project["progress"]["total_cycles"] == 2
-    client = mlflow_client(project["tracking_url"])
+    client = flops_stack.mlflow_client(project["tracking_url"])
     run = client.get_run(project["mlflow_run_id"])
     assert len(client.get_metric_history(run.info.run_id, "accuracy")) == 2  # one global value per cycle
     runs = client.search_runs([run.info.experiment_id])

@@ -145,7 +145,8 @@ def create_api(
              responses={200: TrackingResponse})  # fmt: skip
     def tracking() -> Response:
         customer = _caller().customer
-        return _json(TrackingResponse(customer=customer, tracking_url=control.tracking_url(customer)))
+        return _json(TrackingResponse(customer=customer, tracking_url=control.tracking_url(customer),
+                                      ca_pem=control.tracking_ca_pem()))
 
     @api.post("/mocks", tags=[_platform_tag], summary="push mock dataset partitions into learner nodes' data servers",
               responses={200: MockResult, 403: ErrorResponse})  # fmt: skip

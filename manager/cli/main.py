@@ -301,6 +301,9 @@ def _tracking(args: argparse.Namespace, out: TextIO) -> int:
         _print_json(out, answer)
     else:
         out.write(f"{answer.get('tracking_url')}\n")
+        if answer.get("ca_pem"):
+            out.write("(HTTPS with the manager's MLflow CA: `flops tracking --json` shows it; MLflow clients read it "
+                      "from MLFLOW_TRACKING_SERVER_CERT_PATH)\n")
     return 0
 
 

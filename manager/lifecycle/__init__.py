@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.service import LifecycleService
 from manager.lifecycle.tracking_access import TrackingAccess
+from manager.lifecycle.tracking_pki import TrackingPki
 from manager.storage.base import ProjectStore
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ def lifecycle_settings(settings: ManagerSettings) -> LifecycleSettings:
         mqtt=settings.mqtt,
         mqtt_project_credentials=settings.mqtt_project_credentials,
         flower_tls=settings.flower_tls,
+        tracking_pki=TrackingPki(Path(settings.state_dir) / "pki") if settings.mlflow_tls else None,
         tracking_access=TrackingAccess.from_tokens(
             settings.mlflow_auth, settings.admin_token, settings.customer_tokens
         ),

@@ -9,6 +9,7 @@ from pathlib import Path
 from flops_utils.service_config import MqttSettings, RegistrySettings
 from manager.broker_access import ProjectCredentialsMode
 from manager.lifecycle.tracking_access import TrackingAccess
+from manager.lifecycle.tracking_pki import TrackingPki
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class LifecycleSettings:
     mqtt_project_credentials: ProjectCredentialsMode = "auto"  # see ManagerSettings.mqtt_project_credentials
     tracking_access: TrackingAccess = field(default_factory=TrackingAccess)  # who may use each MLflow server
     flower_tls: bool = True  # see ManagerSettings.flower_tls
+    tracking_pki: TrackingPki | None = None  # MLflow servers speak HTTPS with its certificates; None: plain HTTP
     orchestrator: str = "local"
     adapter_settings: dict[str, dict[str, object]] = field(default_factory=dict)
     registry: RegistrySettings | None = None

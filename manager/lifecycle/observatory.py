@@ -1,6 +1,7 @@
 """The customer's observatory app: one MLflow tracking server per customer, created on demand.
 
-With ``tracking_access`` enabled the server lets in only the customer's (and the admin's)
+With ``tracking_pki`` it speaks HTTPS with a certificate from the manager's CA. With
+``tracking_access`` enabled the server lets in only the customer's (and the admin's)
 API tokens and the services' token; the digests it was started with are stored with the
 app, and an observatory whose digests are out of date (a token was changed) is replaced.
 Its store lives outside the app, so runs survive that.
@@ -66,6 +67,9 @@ class ObservatoryKeeper:
                 if list(data.get("token_sha256") or []) != self._digests(customer):
                     log.warning("the MLflow access of %s changed: replacing its tracking server", customer)
                     adapter.delete_app(app)
+                elif observatory.tracking_url.startswith("https://") != (self.settings.tracking_pki is not None):
+                    log.warning("mlflow_tls changed: replacing the tracking server of %s", customer)
+                    adapter.delete_app(app)
                 elif self._healthy_or_restarted(adapter, observatory):
                     return observatory
             return self._create(adapter, customer, name)
@@ -73,8 +77,17 @@ class ObservatoryKeeper:
     def _digests(self, customer: str) -> list[str]:
         return self.settings.tracking_access.digests(customer)
 
+    def ca_pem(self) -> str | None:
+        """The CA MLflow clients verify tracking servers with (None: plain HTTP)."""
+        return self.settings.tracking_pki.ca_pem() if self.settings.tracking_pki is not None else None
+
+    def _health(self, observatory: Observatory) -> bool:
+        pki = self.settings.tracking_pki
+        verify: bool | str = str(pki.ca_file) if pki is not None else True
+        return http_ok(f"{observatory.tracking_url}/health", verify=verify)
+
     def _healthy_or_restarted(self, adapter: OrchestratorAdapter, observatory: Observatory) -> bool:
-        if http_ok(f"{observatory.tracking_url}/health"):
+        if self._health(observatory):
             return True
         try:
             info = adapter.inspect_service(observatory.app, observatory.tracking_service)
@@ -89,6 +102,8 @@ class ObservatoryKeeper:
         app = adapter.find_app(name, customer) or adapter.create_app(name, AppKind.OBSERVATORY, customer)
         endpoint = adapter.plan_endpoint(app, TRACKING_SERVICE, TRACKING_PORT, Placement())
         root = self.settings.state_dir / "observatories" / safe_name(customer)
+        pki = self.settings.tracking_pki
+        url = endpoint.url if pki is None else "https://" + endpoint.url.split("://", 1)[-1]
         config = TrackingConfig(
             customer=customer,
             backend_store_uri=f"sqlite:///{root / 'mlflow.db'}",
@@ -96,6 +111,8 @@ class ObservatoryKeeper:
             bind_host=bind_host_for(adapter),
             port=endpoint.port,
             access_token_sha256=self._digests(customer),
+            tls=pki.issue(endpoint.host) if pki is not None else None,
+            tls_dir=str(root / "tls"),
         )
         spec = service_spec(
             TRACKING_SERVICE, ServiceKind.TRACKING, config,
@@ -103,14 +120,14 @@ class ObservatoryKeeper:
         )  # fmt: skip
         service_id = adapter.add_service(app, spec)
         adapter.deploy_service(app, service_id)
-        observatory = Observatory(app, endpoint.url, service_id)
+        observatory = Observatory(app, url, service_id)
         self.store.save_app(
             customer, AppKind.OBSERVATORY.value, name, app.app_id,
-            {"app_id": app.app_id, "tracking_url": endpoint.url, "tracking_service": service_id,
+            {"app_id": app.app_id, "tracking_url": url, "tracking_service": service_id,
              "token_sha256": config.access_token_sha256},
         )  # fmt: skip
         if not self._wait_healthy(adapter, observatory):
-            raise PhaseFailed(f"the MLflow tracking server did not become healthy at {endpoint.url}")
+            raise PhaseFailed(f"the MLflow tracking server did not become healthy at {url}")
         return observatory
 
     def _wait_healthy(self, adapter: OrchestratorAdapter, observatory: Observatory) -> bool:
@@ -120,7 +137,7 @@ class ObservatoryKeeper:
                 raise PhaseFailed(f"the MLflow tracking server stopped: {info.detail or info.state.value}")
 
         return wait_until(
-            lambda: http_ok(f"{observatory.tracking_url}/health"),
+            lambda: self._health(observatory),
             timeout=self.settings.tracking_timeout_s,
             interval=1.0,
             check=crashed,

@@ -433,6 +433,7 @@ class ProjectRun:
             expected_clusters=clusters or [],
             tracking_uri=observatory.tracking_url,
             tracking_token=self._tracking_token(),
+            tracking_ca_pem=self.deps.observatories.ca_pem(),
             experiment_name=registered_model_name(self.project_id),
             registered_model_name=registered_model_name(self.project_id),
             params=self._params(),
@@ -506,6 +507,7 @@ class ProjectRun:
             model_uri=self._trained_model_uri(),
             tracking_uri=self._observatory_ref().tracking_url,
             tracking_token=self._tracking_token(),
+            tracking_ca_pem=self.deps.observatories.ca_pem(),
             base_image=build.learner_image,
         )
         built = self._run_builder("model-builder", config, ModelImageBuilt, failed="build_image_for_trained_model",
@@ -538,6 +540,7 @@ class ProjectRun:
                 model_uri=model_uri,
                 tracking_uri=observatory.tracking_url,
                 tracking_token=self._tracking_token(),
+                tracking_ca_pem=self.deps.observatories.ca_pem(),
                 bind_host=bind_host_for(adapter),
                 port=endpoint.port,
             )

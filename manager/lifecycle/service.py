@@ -172,6 +172,9 @@ class LifecycleService:
         except (PhaseFailed, AdapterError) as error:
             raise ControlError(f"could not start the tracking server: {error}", status=503) from None
 
+    def tracking_ca_pem(self) -> str | None:
+        return self.observatories.ca_pem()
+
     def push_mock_data(self, request: MockRequest) -> MockResult:
         from manager.mocks import push_mock_data
 

@@ -8,9 +8,10 @@ from collections.abc import Callable
 import requests
 
 
-def http_ok(url: str, timeout: float = 2.0) -> bool:
+def http_ok(url: str, timeout: float = 2.0, verify: bool | str = True) -> bool:
+    """``url`` answers 200 (``verify``: requests' TLS verification, e.g. a CA file)."""
     try:
-        return requests.get(url, timeout=timeout).status_code == 200
+        return requests.get(url, timeout=timeout, verify=verify).status_code == 200
     except requests.RequestException:
         return False
 

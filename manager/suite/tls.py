@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from manager.pki import cert_pem, issue_server_cert, name, new_ca, still_valid, write_key
+from manager.pki import cert_pem, ensure_ca, issue_server_cert, name, still_valid, write_key
 
 CA_DAYS = 5 * 365
 SERVER_DAYS = 2 * 365
@@ -36,15 +35,10 @@ class ServerTls:
 
 
 def _ensure_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    ca_file, ca_key_file = directory / "ca.pem", directory / "ca.key"
-    if still_valid(ca_file, []) and ca_key_file.is_file():
-        key = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            return x509.load_pem_x509_certificate(ca_file.read_bytes()), key
-    cert, key = new_ca(name(ORGANIZATION, "FLOps suite CA"), CA_DAYS)
-    write_key(ca_key_file, key)
-    ca_file.write_bytes(cert_pem(cert))
-    (directory / "server.pem").unlink(missing_ok=True)  # signed by the old CA
+    previous = (directory / "ca.pem").read_bytes() if (directory / "ca.pem").is_file() else None
+    cert, key = ensure_ca(directory, name(ORGANIZATION, "FLOps suite CA"), CA_DAYS)
+    if cert_pem(cert) != previous:
+        (directory / "server.pem").unlink(missing_ok=True)  # signed by the old CA
     return cert, key
 
 

@@ -60,7 +60,8 @@ class ServerSession:
         if config.cluster:
             tags["flops.cluster"] = config.cluster
         run_name = f"{config.project_id}-{config.cluster}" if config.role == "cluster" else config.project_id
-        self.tracker = Tracker(config.tracking_uri, config.experiment_name, run_name, tags, config.tracking_token)
+        self.tracker = Tracker(config.tracking_uri, config.experiment_name, run_name, tags, config.tracking_token,
+                               config.tracking_ca_pem)
         self.started = time.monotonic()
 
     @property

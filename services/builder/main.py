@@ -22,7 +22,7 @@ from typing import Any
 from flops_utils.mqtt_catalogue import BuildResult, FlopsMessage, ModelImageBuilt, ServiceState, ServiceStatus
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
 from flops_utils.service_config import BuilderConfig, load_config
-from flops_utils.token_access import use_tracking_token
+from flops_utils.token_access import use_tracking_access
 from services.builder.errors import BuildError, one_line
 from services.builder.local import Reporter, build_local
 
@@ -63,7 +63,7 @@ def build_trained_model_image(config: BuilderConfig, report: Reporter) -> ModelI
         raise BuildError("an inference image needs an OCI build with a registry (mode 'oci' and registry settings)")
     if not config.model_uri:
         raise BuildError("an inference image needs model_uri: training reported no model")
-    use_tracking_token(config.tracking_token)
+    use_tracking_access(config.tracking_token, config.tracking_ca_pem)
     oci = _oci_module()
     image = config.image_name or f"{oci.naming.repo_slug(config.repo_url)}-model"
     built = oci.build_model_image(

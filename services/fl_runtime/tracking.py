@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import ssl
 import tempfile
 import time
 import urllib.error
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flops_utils.token_access import use_tracking_token
+from flops_utils.token_access import tracking_verify, use_tracking_access
 from services.fl_runtime.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE, Checkpoint, CheckpointError
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,11 @@ class Tracker:
         run_name: str,
         tags: dict[str, str] | None = None,
         token: str | None = None,
+        ca_pem: str | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.token = token
+        self.ca_pem = ca_pem  # the CA of an HTTPS tracking server
         self.experiment_name = experiment_name
         self.run_name = run_name
         self.tags = dict(tags or {})
@@ -89,7 +92,7 @@ class Tracker:
             return
         for key, value in _MLFLOW_ENV.items():
             os.environ.setdefault(key, value)
-        use_tracking_token(self.token)
+        use_tracking_access(self.token, self.ca_pem)
         import mlflow
 
         self._mlflow = mlflow
@@ -286,8 +289,10 @@ class Tracker:
 def _answers(url: str) -> bool:
     if not url.startswith(("http://", "https://")):
         return True  # a local store (tests)
+    verify = tracking_verify()
+    context = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else None
     try:
-        with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 - our own tracking URL
+        with urllib.request.urlopen(url, timeout=5, context=context) as answer:  # noqa: S310 - our tracking URL
             return bool(answer.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False

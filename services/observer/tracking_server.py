@@ -3,21 +3,41 @@
 A thin wrapper so the tracking server, like every FLOps service, takes one typed
 config document instead of command-line strings. It replaces itself with
 ``mlflow server`` (exec), so the adapter supervises MLflow directly. With token digests
-in the config, MLflow runs behind :mod:`services.observer.mlflow_gate`.
+in the config, MLflow runs behind :mod:`services.observer.mlflow_gate`; with a
+certificate, its uvicorn serves HTTPS only.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 from flops_utils.service_config import TrackingConfig, load_config
 from services.observer.mlflow_gate import GATE_APP_NAME, REALM_ENV, TOKEN_DIGESTS_ENV
 
 
-def mlflow_command(config: TrackingConfig) -> list[str]:
+def write_tls_files(config: TrackingConfig) -> tuple[Path, Path] | None:
+    """The server's certificate and key as files (key mode 0600) for uvicorn; None without TLS."""
+    if config.tls is None:
+        return None
+    directory = Path(config.tls_dir) if config.tls_dir else Path(tempfile.mkdtemp(prefix="flops-mlflow-tls-"))
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(directory, 0o700)
+    cert, key = directory / "server.pem", directory / "server.key"
+    cert.write_text(config.tls.cert_pem)
+    descriptor = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(config.tls.key_pem)
+    return cert, key
+
+
+def mlflow_command(config: TrackingConfig, tls_files: tuple[Path, Path] | None = None) -> list[str]:
     mlflow = str(Path(sys.executable).with_name("mlflow"))
+    https = (["--uvicorn-opts", shlex.join(["--ssl-certfile", str(tls_files[0]), "--ssl-keyfile", str(tls_files[1])])]
+             if tls_files is not None else [])  # fmt: skip
     return [
         mlflow, "server",
         "--backend-store-uri", config.backend_store_uri,
@@ -28,6 +48,7 @@ def mlflow_command(config: TrackingConfig) -> list[str]:
         "--workers", str(config.workers),
         "--allowed-hosts", "*",
         *(["--app-name", GATE_APP_NAME] if config.access_token_sha256 else []),
+        *https,
     ]  # fmt: skip
 
 
@@ -40,6 +61,8 @@ def mlflow_environment(config: TrackingConfig, base: dict[str, str]) -> dict[str
         env[REALM_ENV] = f"FLOps MLflow of {config.customer}"
     else:
         print(f"warning: the MLflow server of {config.customer} is open to anyone who reaches it", file=sys.stderr)
+    if config.tls is None:
+        print(f"warning: the MLflow server of {config.customer} speaks plain HTTP", file=sys.stderr)
     return env
 
 
@@ -53,7 +76,7 @@ def _prepare_local_paths(config: TrackingConfig) -> None:
 def main() -> None:
     config = load_config(TrackingConfig)
     _prepare_local_paths(config)
-    command = mlflow_command(config)
+    command = mlflow_command(config, write_tls_files(config))
     env = mlflow_environment(config, dict(os.environ))
     sys.stdout.flush()
     os.execve(command[0], command, env)

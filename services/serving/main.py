@@ -12,14 +12,14 @@ import os
 from flops_utils.mqtt_catalogue import ServiceState, ServiceStatus
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
 from flops_utils.service_config import ServingConfig, load_config
-from flops_utils.token_access import use_tracking_token
+from flops_utils.token_access import use_tracking_access
 
 
 def main() -> None:
     config = load_config(ServingConfig)
     os.environ["MLFLOW_TRACKING_URI"] = config.tracking_uri
     os.environ["MLFLOW_REGISTRY_URI"] = config.tracking_uri  # models:/ URIs: never an inherited registry
-    use_tracking_token(config.tracking_token)
+    use_tracking_access(config.tracking_token, config.tracking_ca_pem)
     import mlflow.pyfunc
     import uvicorn
     from mlflow.pyfunc import scoring_server

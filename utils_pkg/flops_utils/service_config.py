@@ -46,6 +46,13 @@ class FlowerTls(_Config):
     key_pem: str | None = Field(default=None, repr=False, description="aggregators: its private key (PEM)")
 
 
+class ServerCertificate(_Config):
+    """A TLS server certificate and its key (PEM) for a service that serves HTTPS."""
+
+    cert_pem: str
+    key_pem: str = Field(repr=False)
+
+
 class TrainingSettings(_Config):
     mode: Literal["classic", "hierarchical"] = "classic"
     data_tags: list[str] = Field(default_factory=list)
@@ -91,6 +98,7 @@ class BuilderConfig(_ServiceConfig):
     model_uri: str | None = Field(default=None, description="model_image: the MLflow model to package")
     tracking_uri: str | None = Field(default=None, description="model_image: the MLflow server holding it")
     tracking_token: str | None = Field(default=None, repr=False, description="bearer token for that MLflow server")
+    tracking_ca_pem: str | None = Field(default=None, description="CA of the MLflow server's certificate")
     base_image: str | None = Field(default=None, description="model_image: start from this image (the learner's)")
     image_name: str | None = Field(default=None, description="model_image: repository name under flops/")
 
@@ -107,6 +115,7 @@ class AggregatorConfig(_ServiceConfig):
     expected_clusters: list[str] = Field(default_factory=list, description="root role: clusters to wait for")
     tracking_uri: str | None = None
     tracking_token: str | None = Field(default=None, repr=False, description="bearer token for the MLflow server")
+    tracking_ca_pem: str | None = Field(default=None, description="CA of the MLflow server's certificate")
     experiment_name: str = "flops"
     registered_model_name: str | None = None
     params: dict[str, str] = Field(default_factory=dict, description="extra parameters to log (SLA, build)")
@@ -156,12 +165,15 @@ class TrackingConfig(_Config):
         description="SHA-256 digests of the tokens allowed in (the customer's and the services'); "
         "empty: the server is open to anyone who reaches it",
     )
+    tls: ServerCertificate | None = Field(default=None, description="serve HTTPS with this; None: plain HTTP")
+    tls_dir: str | None = Field(default=None, description="where the certificate files are written (private)")
 
 
 class ServingConfig(_ServiceConfig):
     model_uri: str
     tracking_uri: str
     tracking_token: str | None = Field(default=None, repr=False, description="bearer token for the MLflow server")
+    tracking_ca_pem: str | None = Field(default=None, description="CA of the MLflow server's certificate")
     bind_host: str = "127.0.0.1"
     port: int
 

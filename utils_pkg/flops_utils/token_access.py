@@ -1,4 +1,4 @@
-"""Token checks for the customer's own endpoints (MLflow server, project observer).
+"""Token checks for the customer's own endpoints (MLflow server, project observer), and a client's side of them.
 
 The endpoints get only SHA-256 digests of the tokens they accept, so neither their
 configuration nor their environment holds a secret. A token comes as
@@ -13,15 +13,38 @@ import binascii
 import hashlib
 import hmac
 import os
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 
 MLFLOW_TOKEN_ENV = "MLFLOW_TRACKING_TOKEN"  # MLflow's client sends it as a Bearer token
+MLFLOW_CA_ENV = "MLFLOW_TRACKING_SERVER_CERT_PATH"  # MLflow's client verifies the server with this CA bundle
 
 
-def use_tracking_token(token: str | None) -> None:
-    """Let this process's MLflow client in to a customer's gated server (see services.observer.mlflow_gate)."""
+def use_tracking_access(token: str | None, ca_pem: str | None = None) -> None:
+    """Let this process's MLflow client in to a customer's gated server (see services.observer.mlflow_gate),
+    verifying its TLS certificate with ``ca_pem`` when the server speaks HTTPS."""
     if token:
         os.environ[MLFLOW_TOKEN_ENV] = token
+    if ca_pem:
+        os.environ[MLFLOW_CA_ENV] = str(ca_file(ca_pem))
+
+
+def ca_file(ca_pem: str) -> Path:
+    """``ca_pem`` in a file (a CA certificate is public): one per content, written atomically once."""
+    path = Path(tempfile.gettempdir()) / f"flops-ca-{hashlib.sha256(ca_pem.encode()).hexdigest()[:16]}.pem"
+    if not path.is_file() or path.read_text() != ca_pem:
+        descriptor, scratch = tempfile.mkstemp(dir=path.parent, prefix=".flops-ca-")
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(ca_pem)
+        os.chmod(scratch, 0o644)
+        os.replace(scratch, path)
+    return path
+
+
+def tracking_verify() -> str | bool:
+    """``verify`` for a plain HTTP client talking to the MLflow server this process was set up for."""
+    return os.environ.get(MLFLOW_CA_ENV) or True
 
 
 def token_digest(token: str) -> str:
