@@ -1,4 +1,7 @@
-"""TLS on Flower links: a real SuperLink with a project certificate refuses what the project's CA does not vouch for.
+"""TLS and node authentication on Flower links, with a real SuperLink and SuperNodes.
+
+The SuperLink refuses what the project's CA does not vouch for, and a request for a learner's node that the
+learner's own key did not sign.
 
 Whole training runs over TLS are the end-to-end tests (the manager turns ``flower_tls`` on by default).
 """
@@ -73,3 +76,38 @@ def test_flower_clients_need_the_project_ca(superlink: tuple[SuperLink, TlsFiles
         assert "CERTIFICATE_VERIFY_FAILED" in (tmp_path / "node" / "stranger-node.log").read_text()
     finally:
         node.stop()
+
+
+def test_a_learner_cannot_be_impersonated(superlink: tuple[SuperLink, TlsFiles], tmp_path: Path) -> None:
+    """Every Fleet request is signed by the key its SuperNode made at start (Flower's automatic authentication):
+    a client holding the project CA but not the learner's key cannot pull the learner's messages."""
+    import httpx
+    from flwr.proto.fleet_pb2 import PullMessagesRequest, RegisterNodeFleetRequest
+    from flwr.proto.node_pb2 import Node
+    from flwr.supercore.primitives.asymmetric import generate_key_pairs, public_key_to_bytes
+    from flwr.supernode.fleet_http_client import FleetHttpClient
+    from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
+
+    link, tls = superlink
+    (tmp_path / "node").mkdir()
+    learner = SuperNode(link.address, tmp_path / "node", {}, name="learner", ca_file=tls.ca_file).start()
+    control = FlowerControl(link.address, tmp_path / "control", ca_file=tls.ca_file)
+    try:
+        online = wait_until(lambda: [node for node in control._flwr("supernode", "list", "flops").get("nodes", [])
+                                     if node.get("status") == "online"], 60, 0.5)  # fmt: skip
+        assert online, "the learner's SuperNode did not come online"
+        victim = int(online[0]["node-id"])
+        private_key, public_key = generate_key_pairs()  # an intruder's own key
+        interceptor = NodeAuthHttpInterceptor(private_key, public_key)
+        with FleetHttpClient.from_server_address(link.address, False, str(tls.ca_file),
+                                                 interceptors=[interceptor]) as intruder:  # fmt: skip
+            with pytest.raises(httpx.HTTPStatusError) as refused:
+                intruder.PullMessages(PullMessagesRequest(node=Node(node_id=victim)))
+            assert refused.value.response.status_code == 401
+            assert "Invalid SuperNode authentication" in refused.value.response.text
+            # The same client is well-formed: under its own node id the SuperLink answers it.
+            own = intruder.RegisterNode(RegisterNodeFleetRequest(public_key=public_key_to_bytes(public_key)))
+            assert own.node_id != victim
+            intruder.PullMessages(PullMessagesRequest(node=Node(node_id=own.node_id)))
+    finally:
+        learner.stop()
