@@ -63,6 +63,13 @@ class ProjectRecord(BaseModel):
     serving_url: str | None = None
     services: dict[str, str] = Field(default_factory=dict, description="service name -> adapter service id")
     apps: dict[str, str] = Field(default_factory=dict, description="app kind -> adapter app id")
+    sealed: dict[str, str] = Field(
+        default_factory=dict, exclude=True,
+        description="encrypted secrets (manager.secret_box); stored, never served: dumps leave them out")
+
+    def storage_document(self) -> dict[str, Any]:
+        """The whole record as the store keeps it: the JSON dump plus the sealed secrets."""
+        return {**self.model_dump(mode="json"), "sealed": dict(self.sealed)}
 
 
 class EventRecord(BaseModel):

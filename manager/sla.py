@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from flops_utils.repo_credentials import RepoCredentials, split_repo_credentials
 from flops_utils.service_config import TrainingSettings
 
 ModelFlavor = Literal["sklearn", "pytorch", "tensorflow", "keras"]
@@ -93,6 +94,10 @@ class ProjectSLA(_Strict):
         max_length=_MAX_URL_LENGTH,
         description="git URL (https, ssh, git@host:path), file:// URL or local path of the ML repository",
     )
+    repo_credentials: RepoCredentials | None = Field(
+        default=None, exclude=True, repr=False,
+        description="extension: username and password or token of a private http(s) repository (may also be "
+        "given in ml_repo_url as https://user:token@host/...); stored encrypted, never shown or logged")
     repo_ref: str | None = Field(
         default=None, pattern=GIT_REF_PATTERN, description="extension: branch, tag or commit (default branch if unset)"
     )
@@ -116,6 +121,26 @@ class ProjectSLA(_Strict):
     @classmethod
     def _safe_repo_url(cls, url: str) -> str:
         return check_repo_url(url)
+
+    @field_validator("repo_credentials")
+    @classmethod
+    def _credentials_for_http(cls, credentials: RepoCredentials | None, info: ValidationInfo) -> RepoCredentials | None:
+        url = info.data.get("ml_repo_url")
+        if credentials is None or url is None:
+            return credentials
+        if split_repo_credentials(url)[1] is not None:
+            raise ValueError("the credentials are given twice, here and in ml_repo_url; give them once")
+        if not _is_http(url):
+            raise ValueError("credentials work with http(s) repository URLs only (ssh authenticates with keys)")
+        return credentials
+
+    @model_validator(mode="after")
+    def _credentials_out_of_the_url(self) -> ProjectSLA:
+        """Credentials written into an http(s) ml_repo_url move to ``repo_credentials``, which is never dumped."""
+        self.ml_repo_url, embedded = split_repo_credentials(self.ml_repo_url)
+        if embedded is not None:
+            self.repo_credentials = embedded
+        return self
 
     @field_validator("repo_ref")
     @classmethod
@@ -193,6 +218,11 @@ def check_repo_url(url: str) -> str:
             raise ValueError("ml_repo_url has no valid host")
         return value
     return value  # a local path, absolute or relative to the manager's repository base directory
+
+
+def _is_http(url: str) -> bool:
+    scheme = _URL_WITH_SCHEME.match(url)
+    return scheme is not None and scheme["scheme"].lower() in ("http", "https")
 
 
 def _has_parent_segment(value: str) -> bool:

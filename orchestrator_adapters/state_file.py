@@ -1,7 +1,9 @@
 """A pydantic document in ``state.json``, shared safely by threads and processes (flock).
 
 The local and container adapters keep their apps, services and planned ports here, so a
-restarted manager can still inspect and undeploy what an earlier one started.
+restarted manager can still inspect and undeploy what an earlier one started. The
+services' configurations hold their credentials, so the file is private to its owner
+(mode 0600), like the secrets Kubernetes keeps for the same configurations.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class JsonStateFile(Generic[StateT]):
                 finally:
                     self._depth -= 1
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             with open(self._lock_path, "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 self._depth = 1
@@ -65,5 +67,7 @@ class JsonStateFile(Generic[StateT]):
             state = self._load()
             yield state
             temporary = self.path.with_suffix(".json.tmp")
-            temporary.write_text(state.model_dump_json(indent=1))
+            with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+                file.write(state.model_dump_json(indent=1))
+            os.chmod(temporary, 0o600)  # a file left by an older version keeps its mode through O_TRUNC
             os.replace(temporary, self.path)

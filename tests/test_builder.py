@@ -19,6 +19,7 @@ import pytest
 
 from flops_utils.mqtt_catalogue import BuildResult, BuildStep, FlopsMessage, ServiceState, ServiceStatus, project_filter
 from flops_utils.mqtt_link import MqttLink
+from flops_utils.repo_credentials import RepoCredentials
 from flops_utils.service_config import BuilderConfig, MqttSettings, config_environment
 from manager.suite import SuiteEndpoints
 from services.builder.environment import ensure_environment
@@ -26,6 +27,7 @@ from services.builder.errors import BuildError
 from services.builder.local import build_local
 from services.builder.source import fetch_source
 from tests.example_repos import EXAMPLES_DIR, commit_all, example_repo, git
+from tests.git_http_server import private_git_host
 from tests.helpers import free_port
 
 STEPS = ["clone", "contract", "dependencies", "environment", "augment", "verify"]
@@ -191,6 +193,34 @@ def test_malicious_repo_urls_are_refused_before_git_runs(tmp_path: Path) -> None
     with pytest.raises(BuildError, match="refused repo_ref '--orphan'"):
         fetch_source(str(tmp_path), "--orphan", tmp_path / "checkout")
     assert not marker.exists()
+
+
+def test_a_private_repository_is_cloned_with_credentials_that_never_reach_urls_or_files(tmp_path: Path) -> None:
+    password = "tok-3f9a6c1e-private"
+    repo = Path(example_repo("sklearn_digits", tmp_path))
+    with private_git_host(repo, tmp_path / "host", "alice", password) as host:
+        with pytest.raises(BuildError) as anonymous:
+            fetch_source(host.url, None, tmp_path / "anonymous")
+        assert str(anonymous.value) == (f"cannot clone {host.url}: could not read Username for "
+                                        f"'{host.url.removesuffix('/model.git')}': terminal prompts disabled")
+        wrong = RepoCredentials(username="alice", password="not-the-token")
+        with pytest.raises(BuildError, match=f"cannot clone {host.url}: Authentication failed for '{host.url}/'"):
+            fetch_source(host.url, None, tmp_path / "wrong", credentials=wrong)
+
+        given = fetch_source(host.url, None, tmp_path / "given",
+                             credentials=RepoCredentials(username="alice", password=password))  # fmt: skip
+        # Credentials written into the URL are taken out of it and used the same way.
+        embedded = fetch_source(host.url_with_credentials(), "main", tmp_path / "embedded")
+        assert given.commit == embedded.commit == host.commit
+        assert any(header.startswith("Basic ") for _, header in host.requests)
+        for checkout in (given, embedded):
+            assert git(checkout.path, "remote", "get-url", "origin") == host.url
+            assert subprocess.run(["grep", "-r", "-q", password, str(checkout.path)]).returncode == 1
+
+    config = BuilderConfig(project_id="p", mqtt=UNUSED_MQTT, repo_url=host.url_with_credentials(), flavor="sklearn",
+                           cache_dir=str(tmp_path))  # fmt: skip
+    assert config.repo_url == host.url and config.repo_credentials is not None
+    assert config.repo_credentials.password == password and password not in repr(config)
 
 
 def test_local_sources_refs_and_plain_directories(tmp_path: Path) -> None:

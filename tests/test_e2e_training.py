@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import stat
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+import pymongo
 import pytest
 import requests
 from sklearn.datasets import load_digits
 
+from tests.example_repos import example_repo
 from tests.fixtures_stack import (  # noqa: F401 - fixture import
     ADMIN_TOKEN,
     CUSTOMER_TOKENS,
@@ -15,6 +24,7 @@ from tests.fixtures_stack import (  # noqa: F401 - fixture import
     mlflow_client,
     sla,
 )
+from tests.git_http_server import private_git_host
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -95,6 +105,46 @@ def test_second_project_on_the_same_commit_reuses_the_environment(
     assert second["build"]["cached"] is True
     assert second["build"]["digest"] == first["build"]["digest"]
     assert second["build"]["total_seconds"] < 10
+
+
+def test_a_private_repository_trains_and_its_token_is_kept_out_of_every_record(
+    flops_stack: FlopsStack, classic_data: str, tmp_path: Path  # noqa: F811
+) -> None:
+    token = f"tok-{uuid.uuid4().hex}"
+    repo = Path(example_repo("sklearn_digits", tmp_path))
+    with private_git_host(repo, tmp_path / "host", "alice", token) as host:
+        request = {**sla("examples/sklearn_digits", [classic_data], training_rounds=1),
+                   "ml_repo_url": host.url_with_credentials()}  # fmt: skip
+        project_id = flops_stack.submit(request)
+        project = flops_stack.wait(project_id)
+    assert project["status"] == "COMPLETED", project["error"]
+    assert project["build"]["commit"] == host.commit
+    assert any(header.startswith("Basic ") for _, header in host.requests), "git never authenticated"
+    assert project["sla"]["ml_repo_url"] == host.url and "repo_credentials" not in project["sla"]
+
+    # Not in what the API serves, nor in the database, nor in MLflow, nor in any log.
+    served = [flops_stack.api("GET", path).text for path in
+              (f"/api/flops/projects/{project_id}", "/api/flops/projects", f"/api/flops/projects/{project_id}/events")]
+    assert not [text for text in served if token in text]
+    config = json.loads(flops_stack.config_path.read_text())
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(config["mongo_uri"],
+                                                                      serverSelectionTimeoutMS=10_000)
+    with client:
+        database = client[config["database"]]
+        documents = [str(document) for name in database.list_collection_names() for document in database[name].find()]
+        stored = database["projects"].find_one({"_id": project_id})
+    assert stored is not None and stored["sealed"]["repo_credentials"].startswith("fernet:")
+    assert not [document for document in documents if token in document]
+    run = flops_stack.mlflow_client(project["tracking_url"]).get_run(project["mlflow_run_id"])
+    assert run.data.params["sla.ml_repo_url"] == host.url
+    assert token not in json.dumps(run.data.params) + json.dumps(run.data.tags)
+    assert token not in flops_stack.log_path.read_text()
+    # Only the local adapter's own state holds it (the builder's configuration), private to the manager's user.
+    holders = subprocess.run(["grep", "-rlF", "--exclude-dir=envs", token, str(flops_stack.state_dir),
+                              config["cache_dir"]], capture_output=True, text=True)  # fmt: skip
+    for holder in holders.stdout.split():
+        assert Path(holder).name == "state.json", f"{holder} holds the repository token"
+        assert stat.S_IMODE(Path(holder).stat().st_mode) == 0o600
 
 
 def test_broken_contract_fails_with_a_one_line_reason(flops_stack: FlopsStack, classic_data: str) -> None:  # noqa: F811

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from flops_utils.repo_credentials import RepoCredentials
 from manager.sla import ProjectSLA, describe_validation_error, sla_to_training_settings
 
 _DROP = object()  # sla(field=_DROP) leaves the field out
@@ -230,6 +231,38 @@ def test_refused_repo_urls(url: str, reason: str) -> None:
     errors = errors_of(sla(ml_repo_url=url))
     assert errors[0]["field"] == "ml_repo_url"
     assert reason in errors[0]["message"]
+
+
+def test_credentials_in_the_repo_url_are_taken_out_and_never_dumped() -> None:
+    parsed = ProjectSLA.model_validate(sla(ml_repo_url="https://bob:t%40ken-1@git.example.org/ml/repo.git"))
+    assert parsed.ml_repo_url == "https://git.example.org/ml/repo.git"
+    assert parsed.repo_credentials == RepoCredentials(username="bob", password="t@ken-1")
+    explicit = ProjectSLA.model_validate(sla(ml_repo_url="https://git.example.org/ml/repo.git",
+                                             repo_credentials={"username": "bob", "password": "t@ken-1"}))  # fmt: skip
+    assert explicit.repo_credentials == parsed.repo_credentials
+    for document in (parsed, explicit):
+        assert "ken-1" not in document.model_dump_json() + repr(document)
+        assert "repo_credentials" not in document.model_dump(by_alias=True)
+    token_only = ProjectSLA.model_validate(sla(ml_repo_url="https://ghp_abc123@github.com/o/r.git"))
+    assert token_only.repo_credentials == RepoCredentials(username="ghp_abc123", password="")
+
+
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [
+        (sla(ml_repo_url="https://a:b@example.org/r.git", repo_credentials={"username": "a", "password": "b"}),
+         "given twice"),
+        (sla(ml_repo_url="ssh://git@example.org/r.git", repo_credentials={"username": "a", "password": "b"}),
+         "http(s) repository URLs only"),
+        (sla(repo_credentials={"username": "a", "password": "b\nprotocol=file"}), "pattern"),
+        (sla(repo_credentials={"username": "", "password": "b"}), "at least 1 character"),
+    ],
+)  # fmt: skip
+def test_bad_repo_credentials_are_refused_without_echoing_them(document: dict[str, Any], reason: str) -> None:
+    errors = errors_of(document)
+    assert errors[0]["field"].startswith("repo_credentials"), errors
+    assert reason in errors[0]["message"]
+    assert "protocol=file" not in str(errors)
 
 
 def test_training_settings_for_the_services() -> None:

@@ -10,6 +10,7 @@ from flops_utils.service_config import MqttSettings, RegistrySettings
 from manager.broker_access import ProjectCredentialsMode
 from manager.lifecycle.tracking_access import TrackingAccess
 from manager.lifecycle.tracking_pki import TrackingPki
+from manager.secret_box import KEY_FILE_NAME, SecretBox
 
 
 @dataclass(frozen=True)
@@ -33,3 +34,8 @@ class LifecycleSettings:
     serving_timeout_s: float = 180.0
     db_outage_limit_s: float = 120.0  # a project rides out a database outage this long (writes are buffered)
     poll_interval_s: float = 0.5
+
+    @property
+    def secret_box(self) -> SecretBox:
+        """Seals the secrets kept with projects; its key sits next to the MLflow CA."""
+        return SecretBox(self.state_dir / "pki" / KEY_FILE_NAME)

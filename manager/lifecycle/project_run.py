@@ -261,6 +261,7 @@ class ProjectRun:
             mqtt=self._mqtt(),
             instance_name="builder",
             repo_url=self._repo_url(),
+            repo_credentials=sla.repo_credentials,
             repo_ref=sla.repo_ref,
             flavor=sla.ml_model_flavor,
             cache_dir=str(settings.cache_dir),

@@ -21,7 +21,9 @@ from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.inbox import ProjectInbox
 from manager.lifecycle.observatory import ObservatoryKeeper, observatory_name
 from manager.lifecycle.project_run import OBSERVER_KEY, ProjectRun, RunDeps, project_app_name
+from manager.lifecycle.project_secrets import seal_project_secrets, with_project_secrets
 from manager.records import EventRecord, ProjectPhase, ProjectRecord, ProjectStatus
+from manager.secret_box import SecretUnreadable
 from manager.sla import ProjectSLA
 from manager.storage.base import ProjectStore
 from orchestrator_adapters.base import AdapterError, AppKind, AppRef, OrchestratorAdapter
@@ -105,11 +107,17 @@ class LifecycleService:
             adapter = self.adapter(orchestrator)
         except AdapterError as error:
             raise ControlError(str(error), status=400) from None
+        try:
+            sealed = seal_project_secrets(sla, self.settings.secret_box)
+        except (OSError, SecretUnreadable) as error:
+            raise ControlError(f"cannot keep the repository credentials safe: {error}; no project was created",
+                               status=503) from None  # fmt: skip
         record = ProjectRecord(
             project_id=uuid.uuid4().hex,
             customer=customer,
-            sla=sla.model_dump(mode="json", by_alias=True),
+            sla=sla.model_dump(mode="json", by_alias=True),  # without repo_credentials: they are sealed
             orchestrator=orchestrator,
+            sealed=sealed,
         )
         self.store.insert_project(record)
         self._event(record.project_id, f"project created by {customer} on the {orchestrator} orchestrator")
@@ -228,7 +236,10 @@ class LifecycleService:
         return pending
 
     def _pick_up(self, record: ProjectRecord) -> threading.Thread:
-        sla = ProjectSLA.model_validate(record.sla)
+        try:
+            sla = with_project_secrets(ProjectSLA.model_validate(record.sla), record, self.settings.secret_box)
+        except SecretUnreadable as error:
+            raise ControlError(f"its repository credentials cannot be read: {error}") from None
         adapter = self.adapter(record.orchestrator)
         if record.phase is ProjectPhase.TRAINING and record.build and record.apps.get("project"):
             return self._prepare(record, sla, adapter, resume=True)

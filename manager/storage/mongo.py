@@ -114,7 +114,7 @@ class MongoProjectStore(ProjectStore):
 
     @_translate_errors
     def insert_project(self, record: ProjectRecord) -> None:
-        document = record.model_dump(mode="json")
+        document = record.storage_document()
         document["_id"] = record.project_id
         try:
             self._collection(PROJECTS).insert_one(document)

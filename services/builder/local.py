@@ -96,7 +96,8 @@ def build_local(config: BuilderConfig, report: Reporter, *, base_dir: Path | Non
     work = Path(tempfile.mkdtemp(prefix="build-", dir=work_root))
     try:
         with steps.step("clone") as clone:
-            checkout = fetch_source(config.repo_url, config.repo_ref, work / "repo", base_dir=base_dir)
+            checkout = fetch_source(config.repo_url, config.repo_ref, work / "repo", base_dir=base_dir,
+                                    credentials=config.repo_credentials)
             clone.detail = f"{checkout.kind} {checkout.commit[:12]}"
 
         with steps.step("contract") as contract:

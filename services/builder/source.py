@@ -1,11 +1,12 @@
 """Fetch the user's ML repository: a git URL, a local git repository or a plain directory.
 
 Git always runs as ``git clone ... -- URL DEST`` with prompts off and a protocol
-allow-list, after :func:`check_repo_url` has refused anything git could read as an
-option (a leading '-'), transport helpers (``ext::``, ``fd::``), other schemes and
-'..' path segments. A local git repository is cloned, not copied, so uncommitted
-files never reach a build; a plain directory is copied and identified by a hash
-of its content.
+allow-list (a private repository's credentials in its environment, read by a credential
+helper: never in its arguments, never saved in the clone), after :func:`check_repo_url`
+has refused anything git could read as an option (a leading '-'), transport helpers
+(``ext::``, ``fd::``), other schemes and '..' path segments. A local git repository is
+cloned, not copied, so uncommitted files never reach a build; a plain directory is
+copied and identified by a hash of its content.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
+from flops_utils.repo_credentials import RepoCredentials, split_repo_credentials
 from services.builder.errors import BuildError
 from services.builder.process import CommandOutcome, last_meaningful_line, run_command
 
@@ -26,6 +28,12 @@ ALLOWED_SCHEMES = ("https", "http", "ssh", "git", "file")
 _SSH_ALIASES = ("git+ssh", "ssh+git")
 GIT_ALLOW_PROTOCOL = "https:http:ssh:git:file"
 CLONE_TIMEOUT_S = 600.0
+USERNAME_ENV, PASSWORD_ENV = "FLOPS_GIT_USERNAME", "FLOPS_GIT_PASSWORD"
+# git runs this through the shell with the action (get, store, erase) as $1; only 'get' answers.
+CREDENTIAL_HELPER = (
+    f'!f() {{ test "$1" = get || exit 0; '
+    f'printf "username=%s\\npassword=%s\\n" "${USERNAME_ENV}" "${PASSWORD_ENV}"; }}; f'
+)
 
 _URL_WITH_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
 _TRANSPORT_HELPER = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
@@ -114,9 +122,16 @@ def git_environment() -> dict[str, str]:
     return env
 
 
-def _git(args: list[str], timeout: float, cwd: Path | None = None) -> CommandOutcome:
-    command = ["git", "-c", "protocol.ext.allow=never", *args]
-    return run_command(command, timeout=timeout, cwd=cwd, env=git_environment())
+def _git(
+    args: list[str], timeout: float, cwd: Path | None = None, credentials: RepoCredentials | None = None
+) -> CommandOutcome:
+    command = ["git", "-c", "protocol.ext.allow=never"]
+    env = git_environment()
+    if credentials is not None:
+        # The empty value first drops any helper from the user's git configuration.
+        command += ["-c", "credential.helper=", "-c", f"credential.helper={CREDENTIAL_HELPER}"]
+        env.update({USERNAME_ENV: credentials.username, PASSWORD_ENV: credentials.password})
+    return run_command([*command, *args], timeout=timeout, cwd=cwd, env=env)
 
 
 def _git_reason(outcome: CommandOutcome, timeout: float) -> str:
@@ -125,24 +140,33 @@ def _git_reason(outcome: CommandOutcome, timeout: float) -> str:
     return last_meaningful_line(outcome.stderr, ("fatal: ", "error: ")) or f"git exited with {outcome.returncode}"
 
 
-def _clone(source: str, destination: Path, ref: str | None, shallow: bool, timeout: float) -> str | None:
+def _clone(
+    source: str, destination: Path, ref: str | None, shallow: bool, timeout: float, credentials: RepoCredentials | None
+) -> str | None:
     """Clone; return None on success or git's one-line reason."""
     args = ["clone", "--quiet", "--no-recurse-submodules"]
     if shallow:
         args += ["--depth", "1"]
     if ref:
         args += ["--branch", ref]
-    outcome = _git([*args, "--", source, str(destination)], timeout)
+    outcome = _git([*args, "--", source, str(destination)], timeout, credentials=credentials)
     return None if outcome.ok else _git_reason(outcome, timeout)
 
 
-def _clone_git(url: str, source: str, destination: Path, ref: str | None, shallow: bool, timeout: float) -> str:
+def _clone_git(
+    url: str, source: str, destination: Path, ref: str | None, shallow: bool, timeout: float,
+    credentials: RepoCredentials | None = None,
+) -> str:
     """Clone ``source`` at ``ref`` into ``destination`` and return the checked-out commit."""
-    failure = _clone(source, destination, ref, shallow, timeout)
+    failure = _clone(source, destination, ref, shallow, timeout, credentials)
+    if failure is not None and shallow and "shallow" in failure:
+        # Hosts on git's "dumb" HTTP protocol (static files) cannot serve shallow clones.
+        shutil.rmtree(destination, ignore_errors=True)
+        failure = _clone(source, destination, ref, False, timeout, credentials)
     if failure is not None and ref:
         # --branch takes branches and tags only: a commit needs a full clone and a checkout.
         shutil.rmtree(destination, ignore_errors=True)
-        full_clone_failure = _clone(source, destination, None, False, timeout)
+        full_clone_failure = _clone(source, destination, None, False, timeout, credentials)
         if full_clone_failure is not None:
             raise BuildError(f"cannot clone {url}: {full_clone_failure}", step="clone")
         checkout = _git(["-C", str(destination), "checkout", "--quiet", "--detach", f"{ref}^{{commit}}", "--"], 120)
@@ -193,17 +217,20 @@ def fetch_source(
     *,
     base_dir: Path | None = None,
     timeout: float = CLONE_TIMEOUT_S,
+    credentials: RepoCredentials | None = None,
 ) -> SourceCheckout:
     """Put the repository's files at ``destination`` (which must not exist yet).
 
     ``base_dir`` resolves relative local paths (default: the working directory).
+    Credentials written into an http(s) ``url`` are used like ``credentials`` and kept out of messages.
     """
-    url = check_repo_url(url)
+    url, embedded = split_repo_credentials(check_repo_url(url))
+    credentials = credentials or embedded
     if ref is not None:
         ref = check_repo_ref(ref)
     local = _local_path(url, base_dir or Path.cwd())
     if local is None:
-        commit = _clone_git(url, url, destination, ref, shallow=True, timeout=timeout)
+        commit = _clone_git(url, url, destination, ref, shallow=True, timeout=timeout, credentials=credentials)
         return SourceCheckout(destination, commit, "git")
     if local.is_dir() and not _is_git_repository_root(local):
         if ref is not None:

@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from flops_utils.repo_credentials import RepoCredentials, split_repo_credentials
 
 CONFIG_ENV = "FLOPS_CONFIG"
 CONFIG_FILE_ENV = "FLOPS_CONFIG_FILE"
@@ -85,7 +87,10 @@ class _ServiceConfig(_Config):
 
 
 class BuilderConfig(_ServiceConfig):
-    repo_url: str
+    repo_url: str = Field(description="the repository's URL, without credentials")
+    repo_credentials: RepoCredentials | None = Field(
+        default=None, repr=False,
+        description="for a private http(s) repository; git gets them from a credential helper")
     repo_ref: str | None = Field(default=None, description="branch, tag or commit; default branch when None")
     flavor: Literal["sklearn", "pytorch", "tensorflow", "keras"]
     cache_dir: str = Field(description="environments, apps and clones are cached here across projects")
@@ -101,6 +106,14 @@ class BuilderConfig(_ServiceConfig):
     tracking_ca_pem: str | None = Field(default=None, description="CA of the MLflow server's certificate")
     base_image: str | None = Field(default=None, description="model_image: start from this image (the learner's)")
     image_name: str | None = Field(default=None, description="model_image: repository name under flops/")
+
+    @model_validator(mode="after")
+    def _credentials_out_of_the_url(self) -> BuilderConfig:
+        """Credentials written into ``repo_url`` move to ``repo_credentials``: the URL is logged and labelled."""
+        self.repo_url, embedded = split_repo_credentials(self.repo_url)
+        if self.repo_credentials is None:
+            self.repo_credentials = embedded
+        return self
 
 
 class AggregatorConfig(_ServiceConfig):

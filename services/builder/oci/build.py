@@ -163,7 +163,8 @@ def build_images(config: BuilderConfig, report: Reporter | None = None, *, base_
     work = Path(tempfile.mkdtemp(prefix="oci-build-", dir=cache_dir / WORK_DIR))
     try:
         with steps.step("clone") as record:
-            checkout = fetch_source(config.repo_url, config.repo_ref, work / "repo", base_dir=base_dir)
+            checkout = fetch_source(config.repo_url, config.repo_ref, work / "repo", base_dir=base_dir,
+                                    credentials=config.repo_credentials)
             record.detail = f"{checkout.kind} {checkout.commit[:12]}"
         with steps.step("contract") as record:
             dependencies = check_contract(checkout.path)
