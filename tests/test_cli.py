@@ -15,6 +15,7 @@ import pymongo
 import pytest
 import requests
 
+from flops_utils.repo_credentials import RepoCredentials
 from flops_utils.service_config import MqttSettings
 from manager.cli import defaults as cli_defaults
 from manager.cli.main import main as cli_main
@@ -114,6 +115,28 @@ def test_start_list_status_stop(api: RunningApi, sla_file: Any) -> None:
     assert stopped.returncode == 0 and stopped.stdout.strip() == f"project {project_id} STOPPED"
     one_error_line(flops("project", "stop", project_id, url=api.url, token=ALICE_TOKEN), "already STOPPED", "409")
     one_error_line(flops("project", "status", project_id, url=api.url, token=BOB_TOKEN), "no project", "404")
+
+
+def test_a_private_repository_token_comes_from_the_environment_and_is_never_shown(
+    api: RunningApi, sla_file: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = "tok-" + uuid.uuid4().hex
+    monkeypatch.setenv("MODEL_REPO_TOKEN", token)
+    path = sla_file(ml_repo_url="https://git.example.org/ml/private.git")
+    done = flops("--json", "project", "start", str(path), "--repo-user", "alice", "--repo-token-env",
+                 "MODEL_REPO_TOKEN", url=api.url, token=ALICE_TOKEN)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert token not in done.stdout + done.stderr
+    record = json.loads(done.stdout)
+    assert record["sla"]["ml_repo_url"] == "https://git.example.org/ml/private.git"
+    assert "repo_credentials" not in record["sla"]
+    started = [sla for name, (sla, _) in api.control.calls if name == "start_project"]
+    assert started[-1].repo_credentials == RepoCredentials(username="alice", password=token)
+
+    one_error_line(flops("project", "start", str(path), "--repo-user", "alice", url=api.url, token=ALICE_TOKEN),
+                   "--repo-user and --repo-token-env go together")  # fmt: skip
+    one_error_line(flops("project", "start", str(path), "--repo-user", "a", "--repo-token-env", "NO_SUCH_VARIABLE_X",
+                         url=api.url, token=ALICE_TOKEN), "NO_SUCH_VARIABLE_X is not set")  # fmt: skip
 
 
 def test_start_watch_shows_progress_and_events_until_completed(api: RunningApi, sla_file: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     start = _command(project_commands, "start", "start a project from an SLA file", _project_start)
     start.add_argument("sla", type=Path, help="SLA JSON file ('-' for stdin)")
     start.add_argument("--watch", action="store_true", help="then watch it until it finishes")
+    start.add_argument("--repo-user", metavar="NAME", help="user name for a private http(s) repository")
+    start.add_argument("--repo-token-env", metavar="VAR",
+                       help="environment variable holding that repository's token or password (kept out of the "
+                            "SLA file, the shell history and the process list)")  # fmt: skip
     _command(project_commands, "list", "your projects, newest first", _project_list)
     status = _command(project_commands, "status", "status, phase and progress of a project", _project_status)
     status.add_argument("project_id")
@@ -194,11 +199,26 @@ def _absolute_local_repo(sla: dict[str, Any], sla_file: Path) -> None:
 # -- project commands ---------------------------------------------------------------------------
 
 
+def _repo_credentials(args: argparse.Namespace) -> dict[str, str] | None:
+    """``--repo-user`` and the token named by ``--repo-token-env``, as the SLA's ``repo_credentials``."""
+    if not args.repo_user and not args.repo_token_env:
+        return None
+    if not (args.repo_user and args.repo_token_env):
+        raise CliError("--repo-user and --repo-token-env go together")
+    token = os.environ.get(args.repo_token_env, "")
+    if not token:
+        raise CliError(f"--repo-token-env: the environment variable {args.repo_token_env} is not set or empty")
+    return {"username": args.repo_user, "password": token}
+
+
 def _project_start(args: argparse.Namespace, out: TextIO) -> int:
     sla = _read_json(args.sla, "SLA file")
     if not isinstance(sla, dict):
         raise CliError(f"SLA file {args.sla} must hold a JSON object")
     _absolute_local_repo(sla, args.sla)
+    credentials = _repo_credentials(args)
+    if credentials:
+        sla["repo_credentials"] = credentials
     client = _client(args)
     record = client.post(PROJECTS, sla)
     if args.json:
