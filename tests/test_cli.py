@@ -130,7 +130,7 @@ def test_a_private_repository_token_comes_from_the_environment_and_is_never_show
     record = json.loads(done.stdout)
     assert record["sla"]["ml_repo_url"] == "https://git.example.org/ml/private.git"
     assert "repo_credentials" not in record["sla"]
-    started = [sla for name, (sla, _) in api.control.calls if name == "start_project"]
+    started = [argument[0] for name, argument in api.control.calls if name == "start_project"]
     assert started[-1].repo_credentials == RepoCredentials(username="alice", password=token)
 
     one_error_line(flops("project", "start", str(path), "--repo-user", "alice", url=api.url, token=ALICE_TOKEN),
