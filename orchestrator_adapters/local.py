@@ -44,6 +44,7 @@ from orchestrator_adapters.base import (
 )
 from orchestrator_adapters.local_nodes import NAME_PATTERN, LocalNode, load_nodes
 from orchestrator_adapters.local_process import (
+    descendant_pids,
     describe_exit,
     free_port,
     last_log_line,
@@ -425,12 +426,26 @@ class LocalAdapter(OrchestratorAdapter):
     def log_file(self, app: AppRef, service_id: str, index: int = 0) -> Path:
         return self.state_dir / "apps" / app.app_id / f"{service_id}-{index}.log"
 
-    def kill_instance(self, app: AppRef, service_id: str, index: int = 0) -> None:
-        """SIGKILL one instance's process group, as a crash would (fault-injection tests)."""
+    def _instance(self, app: AppRef, service_id: str, index: int) -> InstanceRecord:
         record = self._service_record(self.state.read(), app, service_id)
         instance = next((item for item in record.instances if item.index == index), None)
         if instance is None:
             raise AdapterError(f"service {service_id!r} has no instance {index}")
+        return instance
+
+    def pause_instance(self, app: AppRef, service_id: str, paused: bool, index: int = 0) -> None:
+        """SIGSTOP (or SIGCONT) one instance and every process below it, as a frozen machine would (fault tests)."""
+        instance = self._instance(app, service_id, index)
+        if not self._alive(instance.pid, instance.start_ticks):
+            raise AdapterError(f"service {service_id!r} instance {index} is not running")
+        signum = signal.SIGSTOP if paused else signal.SIGCONT
+        for pid in [instance.pid, *descendant_pids(instance.pid)]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+
+    def kill_instance(self, app: AppRef, service_id: str, index: int = 0) -> None:
+        """SIGKILL one instance's process group, as a crash would (fault-injection tests)."""
+        instance = self._instance(app, service_id, index)
         if self._alive(instance.pid, instance.start_ticks):
             log.info("killing %s/%s-%d (pid %d)", app.app_id, service_id, index, instance.pid)
             signal_group(instance.pid, signal.SIGKILL)

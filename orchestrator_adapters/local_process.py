@@ -179,6 +179,26 @@ def signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
+def descendant_pids(pid: int) -> list[int]:
+    """Every live process below ``pid`` (from /proc), parents before children, whatever session it moved to."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat[stat.rfind(")") + 2:].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(0), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
 def group_alive(pgid: int) -> bool:
     """True while any live (non-zombie) process is in process group ``pgid``."""
     for entry in os.scandir("/proc"):

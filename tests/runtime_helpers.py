@@ -30,6 +30,7 @@ from flops_utils.service_config import (
     LearnerConfig,
     MqttSettings,
 )
+from orchestrator_adapters.local_process import descendant_pids
 from services.fl_runtime.flower_app import flower_app_pyproject
 
 MODEL_MANAGER = '''
@@ -123,7 +124,7 @@ class Service:
 
     def crash(self) -> None:
         """SIGKILL the service and every process it started (as if its machine died)."""
-        for pid in [self.process.pid, *descendants(self.process.pid)]:
+        for pid in [self.process.pid, *descendant_pids(self.process.pid)]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -135,26 +136,6 @@ class Service:
         self.kill(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (from /proc), whatever session it moved to."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(parent, []).append(int(entry.name))
-    found, queue = [], [pid]
-    while queue:
-        for child in parents.get(queue.pop(), []):
-            found.append(child)
-            queue.append(child)
-    return found
 
 
 def start_service(name: str, module: str, config: BaseModel, log_dir: Path, cwd: Path | None = None) -> Service:

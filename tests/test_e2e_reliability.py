@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from manager.suite import SuiteEndpoints, restart_broker, restart_database
 from orchestrator_adapters.base import AppKind, AppRef
 from orchestrator_adapters.local import LocalAdapter, LocalAdapterSettings
+from services.aggregator.rounds import READMIT_AFTER_S
 from tests.fixtures_stack import FlopsStack, flops_stack, mlflow_client, sla  # noqa: F401
 from tests.helpers import wait_until
 
@@ -86,6 +88,48 @@ def test_a_killed_learner_does_not_fail_the_project_and_rejoins(flops_stack: Flo
     assert len(redeployed) == 1 and "redeploying it, restart 1 of 3" in events[redeployed[0]], events
     later_rounds = [text for text in events[redeployed[0]:] if " done in " in text and "round" in text]
     assert any(text.endswith("with 3 learners") or "with 3 learners " in text for text in later_rounds), later_rounds
+
+
+def _first(events: list[str], predicate: Any, after: int = -1) -> int | None:
+    return next((index for index, text in enumerate(events) if index > after and predicate(text)), None)
+
+
+def test_a_frozen_learner_is_dropped_and_the_same_node_rejoins_when_it_thaws(flops_stack: FlopsStack) -> None:  # noqa: F811
+    """A straggler: the learner's whole process tree is frozen (SIGSTOP) past the round timeout and past
+    Flower's heartbeat patience, then thawed (SIGCONT). Rounds go on with the other two; the same
+    Flower node comes back online, without a redeploy, and takes part in the next rounds."""
+    project_id = _training(flops_stack, "digits-freeze", 3, 2, training_rounds=200, min_available_clients=3,
+                           min_fit_clients=2, min_evaluate_clients=2, round_timeout_s=10)  # fmt: skip
+    project = flops_stack.project(project_id)
+    victim = sorted(name for name in project["services"] if name.startswith("learner-"))[0]
+    node = victim.removeprefix("learner-")
+    adapter, app = _local_adapter(flops_stack), _project_app(project)
+    lost = f"learner {node} lost ("
+    adapter.pause_instance(app, project["services"][victim], paused=True)
+    try:
+        assert wait_until(lambda: _first(flops_stack.events(project_id), lambda text: lost in text) is not None,
+                          120, interval=0.5), flops_stack.events(project_id)[-10:]  # fmt: skip
+        time.sleep(READMIT_AFTER_S)  # Flower now lists the node as offline, and the aggregator's suspension is over
+    finally:
+        adapter.pause_instance(app, project["services"][victim], paused=False)
+    back = f"learner {node} is online again"
+    assert wait_until(lambda: _first(flops_stack.events(project_id), lambda text: back in text) is not None,
+                      120, interval=0.5), flops_stack.events(project_id)[-10:]  # fmt: skip
+    with_three = "with 3 learners"
+    assert wait_until(lambda: _first(flops_stack.events(project_id), lambda text: with_three in text,
+                                     _first(flops_stack.events(project_id), lambda text: back in text) or 0)
+                      is not None, 120, interval=0.5), flops_stack.events(project_id)[-10:]  # fmt: skip
+    assert flops_stack.api("DELETE", f"/api/flops/projects/{project_id}").status_code == 200
+    project = flops_stack.wait(project_id, timeout=120)
+    events = flops_stack.events(project_id)
+    assert project["status"] == "STOPPED", (project["error"], events[-10:])
+
+    lost_at = _first(events, lambda text: lost in text)
+    back_at = _first(events, lambda text: back in text)
+    assert lost_at is not None and back_at is not None and lost_at < back_at, events
+    while_away = [text for text in events[lost_at + 1:back_at] if " done in " in text]
+    assert while_away and all("with 2 learners" in text for text in while_away), while_away
+    assert not any(text.startswith(f"{victim} lost (") for text in events), events  # the process was never replaced
 
 
 def test_a_killed_aggregator_is_redeployed_and_resumes_from_its_checkpoint(flops_stack: FlopsStack) -> None:  # noqa: F811

@@ -25,6 +25,7 @@ def learner_rounds(grid: Grid, session: ServerSession) -> FederatedRounds:
         timeout_s=training.round_timeout_s,
         what="learner",
         on_lost=session.lost,
+        on_back=session.back,
     )
 
 

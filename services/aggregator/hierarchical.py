@@ -65,6 +65,7 @@ def run_root(grid: Grid, session: ServerSession) -> RunOutcome:
         timeout_s=cycle_timeout_s(training),
         what="cluster aggregator",
         on_lost=session.lost,
+        on_back=session.back,
         replacement_wait_s=replacement_wait_s(training),
     )
     resumed_run, checkpoint = resume_point(session)

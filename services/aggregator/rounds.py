@@ -2,8 +2,12 @@
 
 Replies are pulled every half second until all arrived or the round deadline passes;
 late replies are dropped. A node that misses the deadline or whose SuperNode is gone
-is "lost": it is named in an event and not asked again in this run (a learner that
-comes back joins as a new node). A round succeeds with at least ``min_replies``.
+is "lost": it is named in an event and dropped from that round. It is not asked again
+for ``readmit_after_s``, longer than Flower takes to declare a silent SuperNode offline;
+after that it rejoins the rounds as soon as Flower lists it as online again (a paused
+or partitioned learner resumes its heartbeats under the same node id, a dead one never
+does; a redeployed learner joins as a new node). A round succeeds with at least
+``min_replies``.
 
 With ``replacement_wait_s`` (the root of a hierarchical project, which needs every
 cluster), a round that lost participants waits that long for new nodes (a redeployed
@@ -25,10 +29,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from services.fl_runtime import protocol as p
+from services.fl_runtime.supernode import DEFAULT_HEARTBEAT_S
 
 log = logging.getLogger("flops.rounds")
 
 PULL_INTERVAL_S = 0.5
+# Flower's SuperLink lists a node until 2 heartbeat intervals pass without one (HEARTBEAT_PATIENCE).
+READMIT_AFTER_S = 2 * DEFAULT_HEARTBEAT_S + 5.0
 
 
 class RoundFailed(RuntimeError):
@@ -85,7 +92,9 @@ class FederatedRounds:
         timeout_s: float,
         what: str = "learner",
         on_lost: Callable[[str, str], None] | None = None,
+        on_back: Callable[[str, str], None] | None = None,
         replacement_wait_s: float = 0.0,
+        readmit_after_s: float = READMIT_AFTER_S,
     ) -> None:
         self.grid = grid
         self.min_available = min_available
@@ -94,16 +103,27 @@ class FederatedRounds:
         self.timeout_s = timeout_s
         self.what = what
         self.on_lost = on_lost or (lambda name, why: None)
+        self.on_back = on_back or (lambda name, text: None)
         self.replacement_wait_s = replacement_wait_s
+        self.readmit_after_s = readmit_after_s
         self.names: dict[int, str] = {}
-        self.lost: set[int] = set()
+        self.suspended: dict[int, float] = {}  # lost node -> monotonic time from which it may be asked again
         self.strategy = FedAvg(
             min_train_nodes=min_fit, min_evaluate_nodes=min_evaluate, min_available_nodes=min_available
         )
 
     # -- nodes -------------------------------------------------------------------
     def usable_nodes(self) -> list[int]:
-        return sorted(node for node in self.grid.get_node_ids() if node not in self.lost)
+        """Nodes Flower lists as online, minus lost ones still suspended; readmits the others."""
+        listed = self.grid.get_node_ids()
+        now = time.monotonic()
+        for node in sorted(listed):
+            if node in self.suspended and self.suspended[node] <= now:
+                del self.suspended[node]
+                name = self.name_of(node)
+                log.info("%s %s is online again", self.what, name)
+                self.on_back(name, f"{self.what} {name} is online again and rejoins the next round")
+        return sorted(node for node in listed if node not in self.suspended)
 
     def wait_for_nodes(self, minimum: int, timeout_s: float) -> list[int]:
         deadline = time.monotonic() + timeout_s
@@ -250,7 +270,7 @@ class FederatedRounds:
         return [self._summary(reply) for reply in good], good, lost
 
     def _lose(self, node: int, rnd: int, why: str) -> str:
-        self.lost.add(node)
+        self.suspended[node] = time.monotonic() + self.readmit_after_s
         name = self.name_of(node)
         log.warning("round %s: %s %s lost (%s)", rnd, self.what, name, why)
         why = " ".join(why.split())[:200]

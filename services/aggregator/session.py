@@ -71,6 +71,9 @@ class ServerSession:
     def lost(self, _name: str, text: str) -> None:
         self.reporter.event(text, level="warning")
 
+    def back(self, _name: str, text: str) -> None:
+        self.reporter.event(text)
+
     def progress(self, result: RoundResult, *, cycle: int, total_cycles: int, round_: int, total_rounds: int) -> None:
         self.reporter.publish(
             TrainingProgress(
