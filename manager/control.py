@@ -34,6 +34,24 @@ class MockResult(BaseModel):
     partitions: dict[str, int] = Field(description="node -> rows pushed")
 
 
+class CachePruneRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    older_than_days: float | None = Field(
+        default=None, ge=0, le=36500,
+        description="remove build-cache entries unused this long (default: the manager's cache_max_age_s)")
+    dry_run: bool = Field(default=False, description="only report what would be removed")
+
+
+class CachePruneResult(BaseModel):
+    removed: list[str] = Field(description="entries removed (or that would be): envs/<digest>, apps/<digest>, work/...")
+    freed_bytes: int
+    kept_in_use: int = Field(description="entries a live project or serving endpoint uses")
+    kept_recent: int = Field(description="entries used more recently than the limit")
+    kept_busy: int = Field(description="entries a builder holds right now")
+    dry_run: bool
+
+
 class ControlError(Exception):
     """A request the core refuses; ``status`` is the HTTP status the API answers with."""
 
@@ -59,6 +77,10 @@ class ProjectControl(Protocol):
         ...
 
     def push_mock_data(self, request: MockRequest) -> MockResult: ...
+
+    def prune_cache(self, request: CachePruneRequest) -> CachePruneResult:
+        """Remove old build-cache entries no live project uses (admin only)."""
+        ...
 
     def reset(self) -> None:
         """Stop everything and wipe the database (admin only)."""

@@ -20,7 +20,7 @@ from waitress import create_server, wasyncore
 
 from flops_utils.service_config import MqttSettings
 from manager.api import TokenAuth, create_api
-from manager.control import ControlError, MockRequest, MockResult
+from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult
 from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, ProjectStatus
 from manager.settings import ManagerSettings
 from manager.sla import ProjectSLA
@@ -114,6 +114,11 @@ class RecordingControl:
         configuration = request.mock_data_configuration
         partitions = {f"node-{index}": 100 + index for index in range(configuration.number_of_partitions)}
         return MockResult(data_tag=configuration.data_tag, partitions=partitions)
+
+    def prune_cache(self, request: CachePruneRequest) -> CachePruneResult:
+        self._record_call("prune_cache", request)
+        return CachePruneResult(removed=[], freed_bytes=0, kept_in_use=0, kept_recent=0, kept_busy=0,
+                                dry_run=request.dry_run)  # fmt: skip
 
     def reset(self) -> None:
         self._record_call("reset", None)

@@ -190,6 +190,16 @@ def test_database_reset_is_admin_only(mongo_uri: str, mqtt_settings: MqttSetting
     pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=5000).drop_database(database)
 
 
+def test_cache_prune_is_admin_only_and_validated(api: RunningApi) -> None:
+    assert_error(call(api, "POST", "/api/flops/cache/prune", ALICE_TOKEN, json={}), 403, "admin")
+    assert_error(call(api, "POST", "/api/flops/cache/prune", ADMIN_TOKEN, json={"older_than_days": -1}), 422,
+                 "older_than_days")  # fmt: skip
+    answer = call(api, "POST", "/api/flops/cache/prune", ADMIN_TOKEN, json={"older_than_days": 2.5, "dry_run": True})
+    assert answer.status_code == 200 and answer.json()["dry_run"] is True, answer.text
+    requests_seen = [argument for name, argument in api.control.calls if name == "prune_cache"]
+    assert [(r.older_than_days, r.dry_run) for r in requests_seen] == [(2.5, True)]
+
+
 def test_tracking_url_is_the_callers(api: RunningApi) -> None:
     answer = call(api, "GET", "/api/flops/tracking", BOB_TOKEN).json()
     assert answer == {"customer": "bob", "tracking_url": "http://127.0.0.1:5999/bob", "ca_pem": None}
@@ -271,6 +281,7 @@ def test_openapi_document_and_swagger_ui_describe_every_endpoint(api: RunningApi
         ("/api/flops/tracking", "get"),
         ("/api/flops/mocks", "post"),
         ("/api/flops/database", "delete"),
+        ("/api/flops/cache/prune", "post"),
     }
     post = spec["paths"]["/api/flops/projects"]["post"]
     assert set(post["responses"]) >= {"201", "401", "403", "422"}

@@ -81,9 +81,10 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     commands = [
         [], ["project"], ["project", "start"], ["project", "list"], ["project", "status"], ["project", "watch"],
         ["project", "stop"], ["project", "predict"], ["tracking"], ["mocks"], ["mocks", "push"], ["db"],
-        ["db", "reset"], ["suite"], ["suite", "up"], ["suite", "down"], ["suite", "status"],
+        ["db", "reset"], ["cache"], ["cache", "prune"], ["suite"], ["suite", "up"], ["suite", "down"],
+        ["suite", "status"],
     ]  # fmt: skip
-    for command in commands:  # in-process: 17 interpreter start-ups would cost more than the rest of this file
+    for command in commands:  # in-process: 19 interpreter start-ups would cost more than the rest of this file
         with pytest.raises(SystemExit) as exited:
             cli_main([*command, "--help"])
         assert exited.value.code == 0, command
@@ -216,6 +217,15 @@ def test_db_reset_is_admin_only(mongo_uri: str, mqtt_settings: MqttSettings, sla
         assert done.returncode == 0 and done.stdout.strip() == "database reset"
         assert api.store.list_projects() == []
     pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=5000).drop_database(database)
+
+
+def test_cache_prune_sends_the_limit_and_prints_the_answer(api: RunningApi) -> None:
+    one_error_line(flops("cache", "prune", url=api.url, token=ALICE_TOKEN), "only the admin", "403")
+    done = flops("cache", "prune", "--older-than-days", "7", "--dry-run", url=api.url, token=ADMIN_TOKEN)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("would remove 0 cache entries (0.0 MB); kept 0 in use"), done.stdout
+    sent = [argument for name, argument in api.control.calls if name == "prune_cache"][-1]
+    assert (sent.older_than_days, sent.dry_run) == (7.0, True)
 
 
 def test_suite_up_with_manager_then_down(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from manager.api.models import (
     ResetResponse,
     TrackingResponse,
 )
-from manager.control import ControlError, MockRequest, MockResult, ProjectControl
+from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult, ProjectControl
 from manager.records import ProjectRecord
 from manager.settings import ManagerSettings
 from manager.sla import ProjectSLA
@@ -152,6 +152,14 @@ def create_api(
               responses={200: MockResult, 403: ErrorResponse})  # fmt: skip
     def push_mocks(body: MockRequest) -> Response:
         return _json(control.push_mock_data(_owned_by_caller(body)))
+
+    @api.post("/cache/prune", tags=[_platform_tag],
+              summary="admin only: remove build-cache entries unused for a while that no live project needs",
+              responses={200: CachePruneResult, 403: ErrorResponse})  # fmt: skip
+    def prune_cache(body: CachePruneRequest) -> Response:
+        if not _caller().is_admin:
+            return error_response(403, "only the admin may prune the build cache")
+        return _json(control.prune_cache(body))
 
     @api.delete("/database", tags=[_platform_tag], summary="admin only: stop everything and reset the database",
                 responses={200: ResetResponse, 403: ErrorResponse})  # fmt: skip

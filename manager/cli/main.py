@@ -85,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     _set_help(db)
 
+    cache = groups.add_parser("cache", help="the builders' shared build cache")
+    cache_commands = cache.add_subparsers(title="cache commands", metavar="ACTION")
+    prune = _command(cache_commands, "prune",
+                     "admin only: remove cached environments and apps unused for a while that no live project needs",
+                     _cache_prune)  # fmt: skip
+    prune.add_argument("--older-than-days", type=float, metavar="DAYS",
+                       help="age limit (default: the manager's cache_max_age_s, 30 days)")  # fmt: skip
+    prune.add_argument("--dry-run", action="store_true", help="only show what would be removed")
+    _set_help(cache)
+
     suite = groups.add_parser("suite", help="the local management suite (broker, database, registry, manager)")
     suite_commands = suite.add_subparsers(title="suite commands", metavar="ACTION")
     up = _command(suite_commands, "up", "start the suite (idempotent)", _suite_up)
@@ -357,6 +367,24 @@ def _db_reset(args: argparse.Namespace, out: TextIO) -> int:
             raise CliError("not reset")
     _client(args).delete("/api/flops/database", timeout_s=_slow(args))
     out.write("database reset\n")
+    return 0
+
+
+def _cache_prune(args: argparse.Namespace, out: TextIO) -> int:
+    body: dict[str, Any] = {"dry_run": bool(args.dry_run)}
+    if args.older_than_days is not None:
+        body["older_than_days"] = args.older_than_days
+    answer = _client(args).post("/api/flops/cache/prune", body, timeout_s=_slow(args))
+    if args.json:
+        _print_json(out, answer)
+        return 0
+    removed = answer.get("removed") or []
+    verb = "would remove" if answer.get("dry_run") else "removed"
+    out.write(f"{verb} {len(removed)} cache entries ({answer.get('freed_bytes', 0) / 1e6:.1f} MB); kept "
+              f"{answer.get('kept_in_use', 0)} in use, {answer.get('kept_recent', 0)} recent, "
+              f"{answer.get('kept_busy', 0)} busy\n")  # fmt: skip
+    for entry in removed:
+        out.write(f"  {entry}\n")
     return 0
 
 

@@ -34,6 +34,8 @@ class LifecycleSettings:
     serving_timeout_s: float = 180.0
     db_outage_limit_s: float = 120.0  # a project rides out a database outage this long (writes are buffered)
     poll_interval_s: float = 0.5
+    cache_max_age_s: float = 30 * 86400.0  # build-cache entries unused this long go (0: never automatically)
+    cache_prune_interval_s: float = 6 * 3600.0  # how often the manager prunes the build cache
 
     @property
     def secret_box(self) -> SecretBox:

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from flops_utils.mqtt_catalogue import ALL_PROJECTS_FILTER, FlopsMessage, split_topic
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
 from manager.broker_access import BrokerAccessError, ResolvingAccess
-from manager.control import ControlError, MockRequest, MockResult
+from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult
+from manager.lifecycle.cache_upkeep import DAY_S, prune_build_cache
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.inbox import ProjectInbox
 from manager.lifecycle.observatory import ObservatoryKeeper, observatory_name
@@ -67,6 +68,8 @@ class LifecycleService:
             threading.Thread(target=self._connect_forever, name="mqtt-connect", daemon=True).start()
         for thread in pending:
             thread.start()
+        if self.settings.cache_max_age_s > 0:
+            threading.Thread(target=self._prune_cache_forever, name="cache-upkeep", daemon=True).start()
 
     def _connect_forever(self) -> None:
         while not self._closing.is_set() and not self.link.connected:
@@ -187,6 +190,21 @@ class LifecycleService:
         from manager.mocks import push_mock_data
 
         return push_mock_data(self.adapter().list_nodes(), request.mock_data_configuration)
+
+    def prune_cache(self, request: CachePruneRequest) -> CachePruneResult:
+        days = request.older_than_days
+        max_age_s = self.settings.cache_max_age_s if days is None else days * DAY_S
+        return prune_build_cache(self.settings.cache_dir, self.store.list_projects(None), max_age_s=max_age_s,
+                                 dry_run=request.dry_run)  # fmt: skip
+
+    def _prune_cache_forever(self) -> None:
+        """Prune at start and then every ``cache_prune_interval_s``; a failure waits for the next turn."""
+        while not self._closing.is_set():
+            try:
+                self.prune_cache(CachePruneRequest())
+            except Exception as error:  # the database may be away; the cache can wait
+                log.warning("could not prune the build cache: %s", error)
+            self._closing.wait(max(self.settings.cache_prune_interval_s, 60.0))
 
     def reset(self) -> None:
         with self._lock:

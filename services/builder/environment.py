@@ -31,6 +31,7 @@ from pathlib import Path
 
 import flops_utils
 import services
+from services.builder.cache import entry_lock_path, mark_used
 from services.builder.errors import BuildError, one_line
 from services.builder.process import last_meaningful_line, run_command
 
@@ -200,10 +201,10 @@ def ensure_environment(
 ) -> Environment:
     """The complete environment ``envs_dir/<digest>``, built now unless a previous build left one."""
     path = envs_dir / digest
-    if is_complete(path):
-        return Environment(path, cached=True)
-    with exclusive_lock(envs_dir / f"{digest}.lock", lock_timeout):
-        if is_complete(path):  # another builder finished it while we waited
+    # Always under the lock, even when cached: the cache pruner takes it before it removes an entry.
+    with exclusive_lock(entry_lock_path(path), lock_timeout):
+        if is_complete(path):  # built earlier, or by another builder while we waited
+            mark_used(path)
             return Environment(path, cached=True)
         shutil.rmtree(path, ignore_errors=True)  # a leftover of a crashed build
         try:
@@ -211,4 +212,5 @@ def ensure_environment(
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
+        mark_used(path)
     return Environment(path, cached=False)

@@ -28,17 +28,15 @@ from typing import Literal
 from flops_utils.mqtt_catalogue import BuildResult, BuildStep, FlopsMessage
 from flops_utils.service_config import BuilderConfig
 from services.builder.augment import assemble_app, discard_app, is_app_complete, publish_app
+from services.builder.cache import APPS_DIR, ENVS_DIR, WORK_DIR, entry_lock_path, mark_used
 from services.builder.contract import check_contract, probe_model_manager
 from services.builder.digest import build_digest, environment_digest, runtime_versions
-from services.builder.environment import ensure_environment, is_complete
+from services.builder.environment import LOCK_TIMEOUT_S, ensure_environment, exclusive_lock
 from services.builder.errors import BuildError, one_line
 from services.builder.source import fetch_source
 
 Reporter = Callable[[FlopsMessage], None]
 
-ENVS_DIR = "envs"
-APPS_DIR = "apps"
-WORK_DIR = "work"
 
 
 @dataclass
@@ -82,6 +80,15 @@ class _StepReporter:
         self._publish(name, state.outcome, time.monotonic() - started, state.detail)
 
 
+def _reuse_app(app_dir: Path) -> bool:
+    """Whether a complete app is cached; marks it used under its lock, so the cache pruner keeps it."""
+    with exclusive_lock(entry_lock_path(app_dir), LOCK_TIMEOUT_S):
+        if not is_app_complete(app_dir):
+            return False
+        mark_used(app_dir)
+        return True
+
+
 def build_local(config: BuilderConfig, report: Reporter, *, base_dir: Path | None = None) -> BuildResult:
     """Build (or reuse) the runtime for ``config.repo_url``; report steps and the result through ``report``.
 
@@ -111,13 +118,13 @@ def build_local(config: BuilderConfig, report: Reporter, *, base_dir: Path | Non
             listed = ", ".join(dependencies.requirements) or "none"
             deps.detail = f"{dependencies.file}: {listed}"
 
-        app_dir = cache_dir / APPS_DIR / digest
-        app_cached = is_app_complete(app_dir) and is_complete(cache_dir / ENVS_DIR / env_digest)
-
         with steps.step("environment") as env_step:
             environment = ensure_environment(cache_dir / ENVS_DIR, env_digest, dependencies.requirements)
             env_step.outcome = "cached" if environment.cached else "done"
             env_step.detail = f"{ENVS_DIR}/{env_digest[:12]}"
+
+        app_dir = cache_dir / APPS_DIR / digest
+        app_cached = environment.cached and _reuse_app(app_dir)
 
         if app_cached:
             with steps.step("augment") as augment:
@@ -148,6 +155,8 @@ def build_local(config: BuilderConfig, report: Reporter, *, base_dir: Path | Non
                 discard_app(staged)
                 raise
             publish_app(staged, app_dir)
+            with exclusive_lock(entry_lock_path(app_dir), LOCK_TIMEOUT_S):
+                mark_used(app_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from flops_utils.mqtt_catalogue import BuildResult
 from flops_utils.service_config import BuilderConfig, RegistrySettings
 from services.builder.augment import assemble_app
+from services.builder.cache import WORK_DIR
 from services.builder.contract import check_contract
 from services.builder.digest import build_digest, runtime_versions
 from services.builder.errors import BuildError
@@ -45,7 +46,6 @@ from services.builder.source import fetch_source
 
 BASE_IMAGE_ENV = "FLOPS_OCI_BASE_IMAGE"
 COMPRESSION_ENV = "FLOPS_OCI_COMPRESSION"
-WORK_DIR = "work"
 
 
 @dataclass(frozen=True)
