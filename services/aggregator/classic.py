@@ -6,7 +6,7 @@ import time
 
 from flwr.serverapp import Grid
 
-from services.aggregator.final_model import log_final_model
+from services.aggregator.final_model import finish_training
 from services.aggregator.rounds import FederatedRounds, RoundResult
 from services.aggregator.session import ServerSession, connect_timeout_s, strategy_params
 from services.fl_runtime import protocol as p
@@ -84,16 +84,4 @@ def run_classic(grid: Grid, session: ServerSession) -> RunOutcome:
         session.progress(result, cycle=1, total_cycles=1, round_=server_round, total_rounds=total)
         session.tracker.log_metrics(metrics, step=server_round)
     final = rounds.evaluate_round(total, arrays, {})
-    session.tracker.log_metrics({"final_loss": final.loss, "final_accuracy": final.accuracy}, step=total)
-    logged = log_final_model(session, manager, arrays)
-    return RunOutcome(
-        ok=True,
-        rounds_completed=total,
-        cycles_completed=1,
-        loss=final.loss,
-        accuracy=final.accuracy,
-        mlflow_run_id=session.tracker.run_id,
-        model_uri=logged.model_uri if logged else None,
-        registered_model=logged.registered_model if logged else None,
-        registered_version=logged.registered_version if logged else None,
-    )
+    return finish_training(session, manager, arrays, final, step=total, rounds_completed=total, cycles_completed=1)

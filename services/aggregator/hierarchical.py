@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 from flops_utils.service_config import TrainingSettings
 from services.aggregator.bridge import Bridge, Job
 from services.aggregator.classic import learner_rounds, resume_point
-from services.aggregator.final_model import log_final_model
+from services.aggregator.final_model import finish_training
 from services.aggregator.rounds import FederatedRounds, RoundFailed, RoundResult
 from services.aggregator.session import (
     BRIDGE_DIR,
@@ -99,19 +99,8 @@ def run_root(grid: Grid, session: ServerSession) -> RunOutcome:
         session.progress(result, cycle=cycle, total_cycles=cycles, round_=per_cycle, total_rounds=per_cycle)
         _log_cycle(session, metrics, state, cycle)
     final = rounds.evaluate_round(cycles, arrays, {p.CYCLE: cycles, p.TOTAL_CYCLES: cycles, p.PARENT_RUN: run_id or ""})
-    session.tracker.log_metrics({"final_loss": final.loss, "final_accuracy": final.accuracy}, step=cycles)
-    logged = log_final_model(session, manager, arrays)
-    return RunOutcome(
-        ok=True,
-        rounds_completed=cycles * per_cycle,
-        cycles_completed=cycles,
-        loss=final.loss,
-        accuracy=final.accuracy,
-        mlflow_run_id=session.tracker.run_id,
-        model_uri=logged.model_uri if logged else None,
-        registered_model=logged.registered_model if logged else None,
-        registered_version=logged.registered_version if logged else None,
-    )
+    return finish_training(session, manager, arrays, final, step=cycles, rounds_completed=cycles * per_cycle,
+                           cycles_completed=cycles)  # fmt: skip
 
 
 def _cluster_rounds(result: RoundResult, cycle: int, per_cycle: int) -> list[list[Any]]:
