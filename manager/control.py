@@ -78,6 +78,10 @@ class ProjectControl(Protocol):
 
     def push_mock_data(self, request: MockRequest) -> MockResult: ...
 
+    def service_config(self, config_id: str, token: str) -> str:
+        """A service's configuration document (JSON) kept by reference; ControlError 401/404 otherwise."""
+        ...
+
     def prune_cache(self, request: CachePruneRequest) -> CachePruneResult:
         """Remove old build-cache entries no live project uses (admin only)."""
         ...

@@ -92,6 +92,11 @@ class ManagerSettings(BaseModel):
     adapter_settings: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="adapter name -> that adapter's settings"
     )
+    configs_by_reference: list[str] = Field(
+        default_factory=lambda: ["oakestra"],
+        description="orchestrators whose services get only a URL and token to fetch their configuration from "
+        "the manager (GET /service-config/<id>) instead of carrying it with its passwords and keys; for "
+        "orchestrators without a secrets object. Services must reach the manager at public_url")
     registry: RegistrySettings | None = None
     images: dict[str, str] = Field(default_factory=dict, description="service kind -> image (container orchestrators)")
     state_dir: Path = Field(default_factory=lambda: _default_home() / "state")

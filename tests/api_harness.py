@@ -8,20 +8,24 @@ background thread (``fail`` in the URL makes it end FAILED), for watching client
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from waitress import create_server, wasyncore
 
 from flops_utils.service_config import MqttSettings
 from manager.api import TokenAuth, create_api
+from manager.config_vault import ConfigRefused, ConfigVault
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult
 from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, ProjectStatus
+from manager.secret_box import KEY_FILE_NAME, SecretBox
 from manager.settings import ManagerSettings
 from manager.sla import ProjectSLA
 from manager.storage import MongoProjectStore, ProjectStore
@@ -43,6 +47,7 @@ class RecordingControl:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._closing = threading.Event()
+        self.vault = ConfigVault(store, SecretBox(Path(tempfile.mkdtemp(prefix="flops-harness-")) / KEY_FILE_NAME))
 
     def _record_call(self, name: str, argument: Any) -> None:
         with self._lock:
@@ -114,6 +119,12 @@ class RecordingControl:
         configuration = request.mock_data_configuration
         partitions = {f"node-{index}": 100 + index for index in range(configuration.number_of_partitions)}
         return MockResult(data_tag=configuration.data_tag, partitions=partitions)
+
+    def service_config(self, config_id: str, token: str) -> str:
+        try:
+            return self.vault.withdraw(config_id, token)
+        except ConfigRefused as refused:
+            raise ControlError(str(refused), refused.status) from None
 
     def prune_cache(self, request: CachePruneRequest) -> CachePruneResult:
         self._record_call("prune_cache", request)

@@ -21,6 +21,17 @@ class Caller:
         return self.is_admin or owner == self.customer
 
 
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header value; AuthError otherwise."""
+    if not authorization:
+        raise AuthError("missing bearer token: send 'Authorization: Bearer <token>'")
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthError("malformed Authorization header: expected 'Bearer <token>'")
+    return token
+
+
 class TokenAuth:
     def __init__(self, tokens: dict[str, str], admin_token: str) -> None:
         if not admin_token:
@@ -37,13 +48,7 @@ class TokenAuth:
 
     def identify(self, authorization: str | None) -> Caller:
         """The caller named by an ``Authorization: Bearer <token>`` header value; AuthError otherwise."""
-        if not authorization:
-            raise AuthError("missing bearer token: send 'Authorization: Bearer <token>'")
-        scheme, _, token = authorization.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise AuthError("malformed Authorization header: expected 'Bearer <token>'")
-        presented = token.encode("utf-8", errors="replace")
+        presented = bearer_token(authorization).encode("utf-8", errors="replace")
         if hmac.compare_digest(presented, self._admin_token):
             return Caller(ADMIN_CUSTOMER, is_admin=True)
         customer: str | None = None

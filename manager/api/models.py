@@ -23,6 +23,10 @@ class ProjectPath(BaseModel):
     project_id: str = Field(min_length=1, max_length=200)
 
 
+class ServiceConfigPath(BaseModel):
+    config_id: str = Field(min_length=1, max_length=64)
+
+
 class EventsQuery(BaseModel):
     after: int = Field(default=0, ge=0, description="return events with a sequence number above this")
     limit: int = Field(default=1000, ge=1, le=1000)

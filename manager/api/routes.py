@@ -11,7 +11,7 @@ from flask import Response, g, request
 from flask_openapi3 import APIBlueprint, Info, OpenAPI, Tag
 from pydantic import BaseModel
 
-from manager.api.auth import Caller, TokenAuth
+from manager.api.auth import Caller, TokenAuth, bearer_token
 from manager.api.errors import VALIDATION_STATUS, error_response, install_error_handlers, validation_error_response
 from manager.api.models import (
     ErrorResponse,
@@ -23,8 +23,10 @@ from manager.api.models import (
     ProjectList,
     ProjectPath,
     ResetResponse,
+    ServiceConfigPath,
     TrackingResponse,
 )
+from manager.config_vault import CONFIG_PATH
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult, ProjectControl
 from manager.records import ProjectRecord
 from manager.settings import ManagerSettings
@@ -73,6 +75,13 @@ def create_api(
         if not (report.database and report.broker):
             report.status = "degraded"
         return _json(report, 200 if report.status == "ok" else 503)
+
+    @app.get(CONFIG_PATH + "/<config_id>", security=[{SECURITY_SCHEME: []}],
+             summary="a service's configuration, fetched by reference with that service's own token",
+             responses={200: None, 401: ErrorResponse, 404: ErrorResponse, 503: ErrorResponse})  # fmt: skip
+    def service_config(path: ServiceConfigPath) -> Response:
+        document = control.service_config(path.config_id, bearer_token(request.headers.get("Authorization")))
+        return Response(document, status=200, mimetype="application/json")
 
     api = APIBlueprint(
         "flops", __name__, url_prefix=API_PREFIX, abp_security=[{SECURITY_SCHEME: []}], abp_responses=_COMMON

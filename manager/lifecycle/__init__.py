@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from manager.config_vault import CONFIG_PATH
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.service import LifecycleService
 from manager.lifecycle.tracking_access import TrackingAccess
@@ -41,6 +42,9 @@ def lifecycle_settings(settings: ManagerSettings) -> LifecycleSettings:
         registry=settings.registry,
         repo_base_dir=Path(settings.repo_base_dir or Path.cwd()),
         images=dict(settings.images),
+        configs_by_reference=frozenset(settings.configs_by_reference),
+        config_url=settings.public_url + CONFIG_PATH,
+        config_ca_file=Path(settings.tls_ca_file) if settings.tls_ca_file and settings.tls_cert_file else None,
         **{name: float(value) for name, value in settings.lifecycle.items()},  # type: ignore[arg-type]
     )
 

@@ -28,6 +28,11 @@ class LifecycleSettings:
     repo_base_dir: Path = Path.cwd()
     python: str = sys.executable
     images: dict[str, str] = field(default_factory=dict)  # service kind -> image, for container orchestrators
+    # Orchestrators whose services fetch their configuration from the manager instead of carrying it
+    # (see manager.config_vault); needs config_url, the manager's /service-config URL as services reach it.
+    configs_by_reference: frozenset[str] = frozenset()
+    config_url: str | None = None
+    config_ca_file: Path | None = None  # the CA that signed the manager's certificate (config_url is https)
     tracking_timeout_s: float = 240.0
     build_timeout_s: float = 1800.0
     training_timeout_s: float = 3600.0

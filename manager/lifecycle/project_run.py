@@ -7,6 +7,7 @@ a one-line reason on the project.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from flops_utils.config_fetch import reference_environment
 from flops_utils.message_text import describe
 from flops_utils.mqtt_catalogue import (
     BuildResult,
@@ -35,6 +37,7 @@ from flops_utils.service_config import (
     ServingConfig,
 )
 from manager.broker_access import BrokerAccess, BrokerAccessError
+from manager.config_vault import ConfigVault, config_owner
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.errors import PhaseFailed, StopRequested
 from manager.lifecycle.flower_pki import ProjectFlowerCa
@@ -665,6 +668,16 @@ class ProjectRun:
             adapter.undeploy_service(self.state.observatory.app, self.state.observer)
         if not keep_serving:
             self.deps.broker.revoke(self.project_id)
+        self._revoke_configs(keep_serving)
+
+    def _revoke_configs(self, keep_serving: bool) -> None:
+        vault = ConfigVault(self.deps.store, self.deps.settings.secret_box)
+        owners = [self.project_id] + ([] if keep_serving else [config_owner(self.project_id, "serving")])
+        try:
+            for owner in owners:
+                vault.revoke(owner)
+        except StorageUnavailable as error:  # the next manager start revokes what finished projects left
+            log.warning("could not revoke the service configurations of %s: %s", self.project_id, error)
 
     def _publish_stop(self) -> None:
         try:
@@ -693,11 +706,24 @@ class ProjectRun:
             workdir = self.state.build.app_dir
         if self.deps.adapter.name != "local":
             python = "python"
-        return service_spec(
+        spec = service_spec(
             name, kind, config,  # type: ignore[arg-type]
             python=python, image=image or settings.images.get(kind.value), workdir=workdir,
             resources=sla_resources(self.sla) if runtime else None, placement=placement, ports=ports,
         )  # fmt: skip
+        return self._by_reference(spec)
+
+    def _by_reference(self, spec: ServiceSpec) -> ServiceSpec:
+        """On orchestrators that would store it as it is, the spec carries only where to fetch its config."""
+        settings = self.deps.settings
+        if self.deps.adapter.name not in settings.configs_by_reference or not settings.config_url:
+            return spec
+        vault = ConfigVault(self.deps.store, settings.secret_box)
+        reference = vault.deposit(config_owner(self.project_id, spec.name), spec.config)
+        url = f"{settings.config_url.rstrip('/')}/{reference.config_id}"
+        ca_pem = settings.config_ca_file.read_text() if settings.config_ca_file else None
+        environment = {**spec.environment, **reference_environment(url, reference.token, ca_pem)}
+        return dataclasses.replace(spec, config={}, environment=environment)
 
     def _deploy(self, name: str, spec: ServiceSpec) -> str:
         app = self._app()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from flops_utils.mqtt_catalogue import ALL_PROJECTS_FILTER, FlopsMessage, split_topic
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
 from manager.broker_access import BrokerAccessError, ResolvingAccess
+from manager.config_vault import ConfigRefused, ConfigVault, config_owner
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult
 from manager.lifecycle.cache_upkeep import DAY_S, prune_build_cache
 from manager.lifecycle.context import LifecycleSettings
@@ -164,6 +165,7 @@ class LifecycleService:
         elif record.apps.get("project"):
             self._undeploy_leftovers(record)
             self._revoke_broker_access(project_id)
+            ConfigVault(self.store, self.settings.secret_box).revoke(config_owner(project_id, "serving"))
             if record.serving_url:
                 self.store.update_project(project_id, serving_url=None, updated_at=time.time())
                 self._event(project_id, "serving endpoint undeployed")
@@ -190,6 +192,14 @@ class LifecycleService:
         from manager.mocks import push_mock_data
 
         return push_mock_data(self.adapter().list_nodes(), request.mock_data_configuration)
+
+    def service_config(self, config_id: str, token: str) -> str:
+        try:
+            return ConfigVault(self.store, self.settings.secret_box).withdraw(config_id, token)
+        except ConfigRefused as refused:
+            raise ControlError(str(refused), status=refused.status) from None
+        except SecretUnreadable as error:
+            raise ControlError(f"the service configuration cannot be opened: {error}", status=503) from None
 
     def prune_cache(self, request: CachePruneRequest) -> CachePruneResult:
         days = request.older_than_days
@@ -237,8 +247,12 @@ class LifecycleService:
         from the beginning (their services are undeployed first); later phases fail.
         """
         pending: list[threading.Thread] = []
+        vault = ConfigVault(self.store, self.settings.secret_box)
         for record in self.store.list_projects(None):
-            if record.status.finished:
+            if record.status.finished:  # a manager that stopped during cleanup may have left references
+                vault.revoke(record.project_id)
+                if not record.serving_url:
+                    vault.revoke(config_owner(record.project_id, "serving"))
                 continue
             try:
                 pending.append(self._pick_up(record))

@@ -74,5 +74,17 @@ class ProjectStore(ABC):
         """True if a record was deleted."""
 
     @abstractmethod
+    def save_service_config(self, config_id: str, owner: str, document: dict[str, Any]) -> None:
+        """Create or replace a service configuration kept for fetching by reference."""
+
+    @abstractmethod
+    def get_service_config(self, config_id: str) -> dict[str, Any] | None:
+        """``{"config_id", "owner", ...document}`` or None."""
+
+    @abstractmethod
+    def delete_service_configs(self, owner: str) -> int:
+        """Delete every configuration of ``owner``; how many went."""
+
+    @abstractmethod
     def reset(self) -> None:
-        """Drop every project, event and app."""
+        """Drop every project, event, app and service configuration."""

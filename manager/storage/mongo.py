@@ -23,6 +23,7 @@ R = TypeVar("R")
 PROJECTS = "projects"
 EVENTS = "events"
 APPS = "apps"
+SERVICE_CONFIGS = "service_configs"
 COUNTERS = "event_counters"  # next event sequence number per project
 
 Document = dict[str, Any]
@@ -100,6 +101,7 @@ class MongoProjectStore(ProjectStore):
         self._collection(EVENTS).create_index([("project_id", ASCENDING), ("seq", ASCENDING)], unique=True)
         self._collection(EVENTS).create_index([("project_id", ASCENDING), ("event_id", ASCENDING)])
         self._collection(APPS).create_index([("customer", ASCENDING), ("kind", ASCENDING)])
+        self._collection(SERVICE_CONFIGS).create_index([("owner", ASCENDING)])
 
     @property
     def _db(self) -> Database[Document]:
@@ -218,11 +220,27 @@ class MongoProjectStore(ProjectStore):
         result = self._collection(APPS).delete_one({"_id": _app_key(customer, kind, name)})
         return result.deleted_count > 0
 
+    # -- service configurations by reference --------------------------------------------------
+
+    @_translate_errors
+    def save_service_config(self, config_id: str, owner: str, document: dict[str, Any]) -> None:
+        stored = {**document, "config_id": config_id, "owner": owner}
+        self._collection(SERVICE_CONFIGS).replace_one({"_id": config_id}, stored, upsert=True)
+
+    @_translate_errors
+    def get_service_config(self, config_id: str) -> dict[str, Any] | None:
+        document = self._collection(SERVICE_CONFIGS).find_one({"_id": config_id})
+        return _without_id(document) if document is not None else None
+
+    @_translate_errors
+    def delete_service_configs(self, owner: str) -> int:
+        return int(self._collection(SERVICE_CONFIGS).delete_many({"owner": owner}).deleted_count)
+
     # -- maintenance --------------------------------------------------------------------------
 
     @_translate_errors
     def reset(self) -> None:
-        for name in (PROJECTS, EVENTS, APPS, COUNTERS):
+        for name in (PROJECTS, EVENTS, APPS, COUNTERS, SERVICE_CONFIGS):
             self._db.drop_collection(name)
         self._create_indexes()
 

@@ -15,6 +15,7 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flops_utils.config_fetch import CONFIG_CA_ENV, CONFIG_TOKEN_ENV, CONFIG_URL_ENV, fetch_config_json
 from flops_utils.repo_credentials import RepoCredentials, split_repo_credentials
 
 CONFIG_ENV = "FLOPS_CONFIG"
@@ -197,6 +198,9 @@ ConfigT = TypeVar("ConfigT", bound=BaseModel)
 def load_config(model: type[ConfigT], environ: dict[str, str] | None = None) -> ConfigT:
     """Read this service's configuration document from the environment."""
     env = os.environ if environ is None else environ
+    if CONFIG_URL_ENV in env:  # by reference: the manager keeps the document (see flops_utils.config_fetch)
+        document = fetch_config_json(env[CONFIG_URL_ENV], env.get(CONFIG_TOKEN_ENV, ""), env.get(CONFIG_CA_ENV))
+        return model.model_validate_json(document)
     if CONFIG_ENV in env:
         return model.model_validate_json(env[CONFIG_ENV])
     if CONFIG_FILE_ENV in env:
