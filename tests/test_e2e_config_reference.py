@@ -1,9 +1,10 @@
 """A whole project whose services fetch their configuration from the manager (as on Oakestra).
 
 The stack turns ``configs_by_reference`` on for the local orchestrator, so every project
-service (builder, aggregator, learners, observer, serving) starts with only a URL and a token;
-training, logging and serving must work as usual, the adapter's records hold no configuration,
-and the references stop working when the project (or its serving endpoint) ends.
+service (builder, aggregator, learners, observer, serving) and the customer's MLflow server
+start with only a URL and a token. Training, logging and serving must work as usual, the
+adapter's records hold no configuration, and a project's references stop working when the
+project (or its serving endpoint) ends.
 """
 
 from __future__ import annotations
@@ -43,6 +44,15 @@ def _project_specs(stack: FlopsStack, project_id: str) -> dict[str, dict[str, An
             if app.get("project_id") == project_id or name == f"observer-{project_id[:8]}":
                 specs[name] = service["spec"]
     return specs
+
+
+def _tracking_spec(stack: FlopsStack) -> dict[str, Any]:
+    """The customer's MLflow server, in its observatory app."""
+    state = json.loads((stack.state_dir / "local-adapter" / "state.json").read_text())
+    found = [app["services"]["tracking"]["spec"] for app in state["apps"].values()
+             if app["kind"] == "observatory" and "tracking" in app["services"]]  # fmt: skip
+    assert len(found) == 1, found
+    return dict(found[0])
 
 
 def _fetch(reference: dict[str, str], token: str | None = None) -> requests.Response:
@@ -95,10 +105,13 @@ def test_services_fetch_their_configuration_and_lose_it_when_the_project_ends(re
     prediction = stack.api("POST", f"/api/flops/projects/{project_id}/predict", json={"inputs": inputs})
     assert prediction.status_code == 200, prediction.text
 
+    tracking = _tracking_spec(stack)
+    assert tracking["config"] == {} and _fetch(tracking["environment"]).json()["tls"], "the MLflow server's key"
     ended = _fetch(aggregator)
     assert ended.status_code == 404 and "project may have ended" in ended.json()["error"]
     serving = _project_specs(stack, project_id)["serving"]["environment"]
     assert _fetch(serving).status_code == 200  # the endpoint may be restarted while it serves
     assert stack.api("DELETE", f"/api/flops/projects/{project_id}").status_code == 200
     assert _fetch(serving).status_code == 404
+    assert _fetch(tracking["environment"]).status_code == 200  # the observatory outlives its projects
 

@@ -15,6 +15,8 @@ import threading
 from dataclasses import dataclass
 
 from flops_utils.service_config import TrackingConfig
+from manager.config_vault import ConfigVault
+from manager.lifecycle.config_reference import by_reference
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.errors import PhaseFailed
 from manager.lifecycle.specs import TRACKING_PORT, bind_host_for, service_spec
@@ -34,6 +36,11 @@ def safe_name(text: str) -> str:
 
 def observatory_name(customer: str) -> str:
     return f"observatory-{safe_name(customer)}"
+
+
+def observatory_owner(customer: str) -> str:
+    """Owner of the tracking server's configuration in the vault (no project id has a colon)."""
+    return f"observatory:{customer}"
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,9 @@ class ObservatoryKeeper:
             TRACKING_SERVICE, ServiceKind.TRACKING, config,
             python=self.settings.python, image=self.settings.images.get("tracking"), ports=(TRACKING_PORT,),
         )  # fmt: skip
+        owner = observatory_owner(customer)
+        ConfigVault(self.store, self.settings.secret_box).revoke(owner)  # a replaced server's reference
+        spec = by_reference(spec, owner=owner, adapter_name=adapter.name, settings=self.settings, store=self.store)
         service_id = adapter.add_service(app, spec)
         adapter.deploy_service(app, service_id)
         observatory = Observatory(app, url, service_id)

@@ -7,7 +7,6 @@ a one-line reason on the project.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -15,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from flops_utils.config_fetch import reference_environment
 from flops_utils.message_text import describe
 from flops_utils.mqtt_catalogue import (
     BuildResult,
@@ -38,6 +36,7 @@ from flops_utils.service_config import (
 )
 from manager.broker_access import BrokerAccess, BrokerAccessError
 from manager.config_vault import ConfigVault, config_owner
+from manager.lifecycle.config_reference import by_reference
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.errors import PhaseFailed, StopRequested
 from manager.lifecycle.flower_pki import ProjectFlowerCa
@@ -711,19 +710,8 @@ class ProjectRun:
             python=python, image=image or settings.images.get(kind.value), workdir=workdir,
             resources=sla_resources(self.sla) if runtime else None, placement=placement, ports=ports,
         )  # fmt: skip
-        return self._by_reference(spec)
-
-    def _by_reference(self, spec: ServiceSpec) -> ServiceSpec:
-        """On orchestrators that would store it as it is, the spec carries only where to fetch its config."""
-        settings = self.deps.settings
-        if self.deps.adapter.name not in settings.configs_by_reference or not settings.config_url:
-            return spec
-        vault = ConfigVault(self.deps.store, settings.secret_box)
-        reference = vault.deposit(config_owner(self.project_id, spec.name), spec.config)
-        url = f"{settings.config_url.rstrip('/')}/{reference.config_id}"
-        ca_pem = settings.config_ca_file.read_text() if settings.config_ca_file else None
-        environment = {**spec.environment, **reference_environment(url, reference.token, ca_pem)}
-        return dataclasses.replace(spec, config={}, environment=environment)
+        return by_reference(spec, owner=config_owner(self.project_id, name), adapter_name=self.deps.adapter.name,
+                            settings=settings, store=self.deps.store)  # fmt: skip
 
     def _deploy(self, name: str, spec: ServiceSpec) -> str:
         app = self._app()
