@@ -16,7 +16,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 # "$0" is the exit-code file, "$@" the command. A signal that kills the wrapper itself
@@ -49,14 +49,28 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None when there is no such process."""
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """``/proc/<pid>/stat`` after "pid (comm) ": state, ppid, pgrp, ...; None when there is no such process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
-    return int(fields[19]) if len(fields) > 19 else None
+    return stat[stat.rfind(")") + 2:].split()
+
+
+def _every_stat() -> Iterator[tuple[int, list[str]]]:
+    """``(pid, stat fields)`` of every process now in /proc."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = _stat_fields(entry.name)
+            if fields is not None:
+                yield int(entry.name), fields
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None when there is no such process."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields is not None and len(fields) > 19 else None
 
 
 def _ended(fields: list[str]) -> bool:
@@ -67,12 +81,8 @@ def _ended(fields: list[str]) -> bool:
 
 def process_alive(pid: int, ticks: int | None) -> bool:
     """True while ``pid`` runs and is the same process (not a zombie, not a reused pid)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    fields = stat[stat.rfind(")") + 2:].split()
-    if _ended(fields):
+    fields = _stat_fields(pid)
+    if fields is None or _ended(fields):
         return False
     return ticks is None or (len(fields) > 19 and int(fields[19]) == ticks)
 
@@ -182,15 +192,8 @@ def signal_group(pgid: int, signum: int) -> None:
 def descendant_pids(pid: int) -> list[int]:
     """Every live process below ``pid`` (from /proc), parents before children, whatever session it moved to."""
     children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat[stat.rfind(")") + 2:].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
+    for child, fields in _every_stat():
+        children.setdefault(int(fields[1]), []).append(child)
     found, queue = [], [pid]
     while queue:
         for child in children.get(queue.pop(0), []):
@@ -201,17 +204,7 @@ def descendant_pids(pid: int) -> list[int]:
 
 def group_alive(pgid: int) -> bool:
     """True while any live (non-zombie) process is in process group ``pgid``."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 2 and fields[2] == str(pgid) and not _ended(fields):
-            return True
-    return False
+    return any(len(fields) > 2 and fields[2] == str(pgid) and not _ended(fields) for _pid, fields in _every_stat())
 
 
 def stop_groups(processes: list[tuple[int, int | None]], grace_s: float) -> None:

@@ -53,9 +53,7 @@ def entry_lock_path(entry: Path) -> Path:
 
 def mark_used(entry: Path) -> None:
     """Record that ``entry`` was just handed to a project (call with the entry's lock held)."""
-    marker = entry / LAST_USED_MARKER
-    marker.touch()
-    os.utime(marker)
+    (entry / LAST_USED_MARKER).touch()  # sets the time to now when the marker exists already
 
 
 def last_used(entry: Path) -> float:
