@@ -68,5 +68,6 @@ class ConfigVault:
             raise ConfigRefused("wrong token for this service configuration", 401)
         return self.box.open(str(stored["sealed"]))
 
-    def revoke(self, owner: str) -> int:
-        return self.store.delete_service_configs(owner)
+    def revoke(self, *owners: str) -> int:
+        """Delete the configurations of ``owners``; how many went."""
+        return self.store.delete_service_configs(owners)

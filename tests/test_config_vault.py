@@ -68,6 +68,8 @@ def test_the_vault_keeps_configs_sealed_and_hands_them_only_to_their_token(
         vault.withdraw(reference.config_id, reference.token)
     assert gone.value.status == 404 and "project may have ended" in str(gone.value)
     assert json.loads(vault.withdraw(serving.config_id, serving.token)) == {"port": 1}
+    assert vault.revoke("p-ref", config_owner("p-ref", "serving"), "p-other") == 1  # several owners in one call
+    assert vault.revoke() == 0
 
 
 @pytest.fixture(scope="module")

@@ -670,11 +670,9 @@ class ProjectRun:
         self._revoke_configs(keep_serving)
 
     def _revoke_configs(self, keep_serving: bool) -> None:
-        vault = ConfigVault(self.deps.store, self.deps.settings.secret_box)
         owners = [self.project_id] + ([] if keep_serving else [config_owner(self.project_id, "serving")])
         try:
-            for owner in owners:
-                vault.revoke(owner)
+            ConfigVault(self.deps.store, self.deps.settings.secret_box).revoke(*owners)
         except StorageUnavailable as error:  # the next manager start revokes what finished projects left
             log.warning("could not revoke the service configurations of %s: %s", self.project_id, error)
 

@@ -247,12 +247,12 @@ class LifecycleService:
         from the beginning (their services are undeployed first); later phases fail.
         """
         pending: list[threading.Thread] = []
-        vault = ConfigVault(self.store, self.settings.secret_box)
+        ended: list[str] = []  # owners whose references a manager that stopped during cleanup may have left
         for record in self.store.list_projects(None):
-            if record.status.finished:  # a manager that stopped during cleanup may have left references
-                vault.revoke(record.project_id)
+            if record.status.finished:
+                ended.append(record.project_id)
                 if not record.serving_url:
-                    vault.revoke(config_owner(record.project_id, "serving"))
+                    ended.append(config_owner(record.project_id, "serving"))
                 continue
             try:
                 pending.append(self._pick_up(record))
@@ -265,6 +265,7 @@ class LifecycleService:
                     record.project_id, status=ProjectStatus.FAILED, phase=ProjectPhase.DONE,
                     error=RESTART_REASON, finished_at=time.time(), updated_at=time.time(),
                 )  # fmt: skip
+        ConfigVault(self.store, self.settings.secret_box).revoke(*ended)
         return pending
 
     def _pick_up(self, record: ProjectRecord) -> threading.Thread:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 from manager.records import EventRecord, ProjectRecord
@@ -82,8 +83,8 @@ class ProjectStore(ABC):
         """``{"config_id", "owner", ...document}`` or None."""
 
     @abstractmethod
-    def delete_service_configs(self, owner: str) -> int:
-        """Delete every configuration of ``owner``; how many went."""
+    def delete_service_configs(self, owners: Sequence[str]) -> int:
+        """Delete every configuration of these owners (in one call); how many went."""
 
     @abstractmethod
     def reset(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from pydantic import TypeAdapter
@@ -233,8 +233,10 @@ class MongoProjectStore(ProjectStore):
         return _without_id(document) if document is not None else None
 
     @_translate_errors
-    def delete_service_configs(self, owner: str) -> int:
-        return int(self._collection(SERVICE_CONFIGS).delete_many({"owner": owner}).deleted_count)
+    def delete_service_configs(self, owners: Sequence[str]) -> int:
+        if not owners:
+            return 0
+        return int(self._collection(SERVICE_CONFIGS).delete_many({"owner": {"$in": list(owners)}}).deleted_count)
 
     # -- maintenance --------------------------------------------------------------------------
 
