@@ -108,3 +108,20 @@ def ensure_ca(directory: Path, subject: x509.Name, days: int) -> tuple[x509.Cert
     write_key(ca_key_file, key)
     ca_file.write_bytes(cert_pem(cert))
     return cert, key
+
+
+def issue_client_cert(
+    ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, subject: x509.Name, days: int
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A TLS client certificate: its subject's common name is the identity a server reads from it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now() - datetime.timedelta(minutes=5))
+        .not_valid_after(now() + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    return cert, key

@@ -39,7 +39,7 @@ from manager.config_vault import ConfigVault, config_owner
 from manager.lifecycle.config_reference import by_reference
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.errors import PhaseFailed, StopRequested
-from manager.lifecycle.flower_pki import ProjectFlowerCa
+from manager.lifecycle.flower_pki import ProjectFlowerCa, cluster_identity
 from manager.lifecycle.inbox import ProjectInbox
 from manager.lifecycle.observatory import Observatory, ObservatoryKeeper
 from manager.lifecycle.placement import LearnerPlan, plan_learners
@@ -441,7 +441,9 @@ class ProjectRun:
             registered_model_name=registered_model_name(self.project_id),
             params=self._params(),
             work_dir=str(self._work_dir(name)),
-            flower_tls=self.flower_ca.for_superlink(endpoint.host) if self.deps.settings.flower_tls else None,
+            flower_tls=self.flower_ca.for_superlink(endpoint.host, cluster_identity(cluster) if cluster else None)
+            if self.deps.settings.flower_tls
+            else None,
         )
         spec = self._spec(
             name, ServiceKind.AGGREGATOR, config,
@@ -464,7 +466,7 @@ class ProjectRun:
             data_server_address=data_server,
             data_tags=list(self.sla.training_configuration.data_tags),
             work_dir=str(self._work_dir(name)),
-            flower_tls=self.flower_ca.for_supernode() if self.deps.settings.flower_tls else None,
+            flower_tls=self.flower_ca.for_supernode(node) if self.deps.settings.flower_tls else None,
         )
         placement = Placement(node=node, cluster=cluster, data_tags=tuple(config.data_tags))
         spec = self._spec(

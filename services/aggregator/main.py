@@ -1,16 +1,14 @@
-"""Aggregator service entry (``flops-aggregator``): a SuperLink, one Flower run, one report.
+"""Aggregator service entry (``flops-aggregator``): a link server, the round loop in-process, one report.
 
-1. start ``flower-superlink`` (Fleet/Control/Runtime API on ``bind_host:port``);
-2. submit the generated Flower app (``flwr run``) with this config as run config;
-3. cluster role only: join the root's SuperLink as a SuperNode (the bridge node);
-4. wait for the ServerApp's outcome, publish ``TrainingResult`` (classic/root) and
-   ``succeeded``, or ``failed`` with a one-line reason; stop everything.
+1. start the link server (:mod:`services.fl_runtime.link`) on ``bind_host:port``;
+2. cluster role only: join the root's link server as a node whose messages are cluster cycles;
+3. run the FLOps ServerApp code (``server_app.serve``) on the link's Flower ``Grid`` in this process;
+4. publish ``TrainingResult`` (classic/root) and ``succeeded``, or ``failed`` with a one-line reason.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -29,18 +27,20 @@ from flops_utils.mqtt_catalogue import (
     topic,
 )
 from flops_utils.service_config import AggregatorConfig, load_config
+from services.aggregator.server_app import serve
 from services.aggregator.session import BRIDGE_DIR, cycle_timeout_s, sender_name
 from services.fl_runtime import protocol as p
-from services.fl_runtime.flower import FlowerControl, FlowerError, SuperLink, SuperNode, TlsFiles, write_tls_files
-from services.fl_runtime.flower_app import RUN_CONFIG_KEY
-from services.fl_runtime.outcome import RunOutcome, alive_recently, clear_outcome, read_outcome
-from services.fl_runtime.reporter import Reporter
+from services.fl_runtime.client_host import client_app_handler
+from services.fl_runtime.link.client import LinkClient, new_node_id
+from services.fl_runtime.link.frames import Hello
+from services.fl_runtime.link.grid import LinkGrid
+from services.fl_runtime.link.server import LinkServer
+from services.fl_runtime.outcome import RunOutcome, clear_outcome
+from services.fl_runtime.reporter import Reporter, one_line
 
 log = logging.getLogger("flops.aggregator")
 
-STATUS_CHECK_S = 30.0  # asking Flower costs a CLI process; only when the ServerApp looks silent
-POLL_S = 0.3
-ROOT_WAIT_S = 600.0  # then the root link keeps retrying by itself
+POLL_S = 0.2
 
 
 class AggregatorService:
@@ -50,9 +50,8 @@ class AggregatorService:
         self.work_dir = Path(config.work_dir)
         self.stop_requested = threading.Event()
         self.root_finished = threading.Event()
-        self.superlink: SuperLink | None = None
-        self.root_link: SuperNode | None = None
-        self.tls: TlsFiles | None = None
+        self.server: LinkServer | None = None
+        self.root_link: LinkClient | None = None
 
     # -- entry -------------------------------------------------------------------
     def listen(self) -> None:
@@ -65,7 +64,7 @@ class AggregatorService:
             outcome = self._train()
             if outcome is not None and outcome.ok and self.config.role == "cluster":
                 self._await_root()
-        except (FlowerError, OSError, ValueError) as error:
+        except (OSError, ValueError) as error:
             self.reporter.failed(error)
             return 1
         finally:
@@ -98,8 +97,6 @@ class AggregatorService:
         """Keep the link to the root until it has our last reply (it publishes the result after that)."""
         deadline = time.monotonic() + cycle_timeout_s(self.config.training)
         while not (self.root_finished.is_set() or self.stop_requested.is_set()) and time.monotonic() < deadline:
-            if self.root_link is not None and not self.root_link.alive():
-                return
             time.sleep(POLL_S)
 
     # -- steps -------------------------------------------------------------------
@@ -109,74 +106,41 @@ class AggregatorService:
         clear_outcome(self.work_dir)
         # A redeployed instance starts with an empty bridge: the root sends the interrupted cycle again.
         shutil.rmtree(self.work_dir / BRIDGE_DIR, ignore_errors=True)
-        config_file = self.work_dir / "aggregator-config.json"
-        config_file.write_text(config.model_dump_json())
-        os.chmod(config_file, 0o600)
-        self.tls = write_tls_files(config.flower_tls, self.work_dir / "tls")
-        self.superlink = SuperLink(config.bind_host, config.port, self.work_dir, tls=self.tls).start()
-        control = FlowerControl(self.superlink.address, self.work_dir, ca_file=self.tls.ca_file if self.tls else None)
-        run_id = control.start_run(config.app_dir, {RUN_CONFIG_KEY: str(config_file)}, self.work_dir)
-        log.info("Flower run %s started on %s", run_id, self.superlink.address)
+        self.server = LinkServer(config.bind_host, config.port, config.flower_tls).start()
+        grid = LinkGrid(self.server)
         if config.role == "cluster":
             self.root_link = self._join_root()
-        return self._wait(control, run_id)
+        finished = threading.Event()
+        box: dict[str, RunOutcome] = {}
 
-    def _join_root(self) -> SuperNode:
+        def run() -> None:
+            try:
+                box["outcome"] = serve(grid, config)
+            except Exception as error:  # serve() has logged it and left the outcome in the work dir
+                box["outcome"] = RunOutcome(ok=False, reason=one_line(error if str(error) else type(error).__name__))
+            finally:
+                finished.set()
+
+        threading.Thread(target=run, name="round-loop", daemon=True).start()
+        while not finished.wait(POLL_S):
+            if self.stop_requested.is_set():
+                return None
+        return box["outcome"]
+
+    def _join_root(self) -> LinkClient:
         if not self.config.root_address:
             raise ValueError("a cluster aggregator needs root_address")
+        cluster = self.config.cluster or ""
         node_config = {
             p.NODE_ROLE_KEY: "cluster",
-            p.NODE_NAME_KEY: f"cluster {self.config.cluster}",
-            p.NODE_CLUSTER_KEY: self.config.cluster or "",
+            p.NODE_NAME_KEY: f"cluster {cluster}",
+            p.NODE_CLUSTER_KEY: cluster,
             p.NODE_BRIDGE_DIR_KEY: str(self.work_dir / BRIDGE_DIR),
             p.NODE_APP_DIR_KEY: self.config.app_dir,
         }
-        node = SuperNode(
-            self.config.root_address,
-            self.work_dir,
-            node_config,
-            name="root-link",
-            cwd=self.config.app_dir,
-            warm_preload=["services.learner.client_app", "services.aggregator.cluster_node"],
-            ca_file=self.tls.ca_file if self.tls else None,
-        )
-        node.prepare().wait_for_superlink(ROOT_WAIT_S, self.stop_requested.is_set)
-        return node.start()
-
-    def _wait(self, control: FlowerControl, run_id: int) -> RunOutcome | None:
-        next_check = time.monotonic() + STATUS_CHECK_S
-        while True:
-            outcome = read_outcome(self.work_dir)
-            if outcome is not None:
-                return outcome
-            if self.stop_requested.is_set():
-                return None
-            if self.superlink is not None and not self.superlink.alive():
-                raise FlowerError(
-                    f"SuperLink exited: {self.superlink.process.log_tail() if self.superlink.process else ''}"
-                )
-            if self.root_link is not None and not self.root_link.alive():
-                raise FlowerError(
-                    f"lost the root aggregator at {self.config.root_address}: {self.root_link.log_tail()}"
-                )
-            if time.monotonic() >= next_check:
-                if not alive_recently(self.work_dir):
-                    self._check_run(control, run_id)
-                next_check = time.monotonic() + STATUS_CHECK_S
-            time.sleep(POLL_S)
-
-    def _check_run(self, control: FlowerControl, run_id: int) -> None:
-        """Catch a ServerApp that died without leaving an outcome (killed, failed to start)."""
-        status = control.run_status(run_id)
-        if not status.startswith("finished"):
-            return
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            if read_outcome(self.work_dir) is not None:
-                return
-            time.sleep(POLL_S)
-        tail = _tail(self.work_dir / "server_app.log")
-        raise FlowerError(f"the ServerApp ended ({status}) without a result{': ' + tail if tail else ''}")
+        hello = Hello(new_node_id(), f"cluster {cluster}", cluster, role="cluster")
+        handler = client_app_handler(node_config, hello.node_id)
+        return LinkClient(self.config.root_address, hello, handler, self.config.flower_tls).start()
 
     def _result(self, outcome: RunOutcome) -> TrainingResult:
         return TrainingResult(
@@ -193,17 +157,10 @@ class AggregatorService:
         )
 
     def _shutdown(self) -> None:
-        for process in (self.root_link, self.superlink):
-            if process is not None:
-                process.stop()
-
-
-def _tail(path: Path, lines: int = 3) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())[-300:]
+        if self.root_link is not None:
+            self.root_link.stop()
+        if self.server is not None:
+            self.server.stop()
 
 
 def _raise_stop(signum: int, _frame: FrameType | None) -> None:

@@ -29,13 +29,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from services.fl_runtime import protocol as p
-from services.fl_runtime.supernode import DEFAULT_HEARTBEAT_S
+from services.fl_runtime.link.server import PATIENCE_S
 
 log = logging.getLogger("flops.rounds")
 
 PULL_INTERVAL_S = 0.5
-# Flower's SuperLink lists a node until 2 heartbeat intervals pass without one (HEARTBEAT_PATIENCE).
-READMIT_AFTER_S = 2 * DEFAULT_HEARTBEAT_S + 5.0
+# The link lists a node as offline once PATIENCE_S pass without a heartbeat; a lost node is suspended longer.
+READMIT_AFTER_S = PATIENCE_S + 5.0
 
 
 class RoundFailed(RuntimeError):
@@ -133,10 +133,22 @@ class FederatedRounds:
                 return nodes
             if time.monotonic() >= deadline:
                 raise RoundFailed(f"only {len(nodes)} of {minimum} {self.what}s connected after {timeout_s:g} s")
-            time.sleep(PULL_INTERVAL_S)
+            self._idle(PULL_INTERVAL_S)
 
     def name_of(self, node_id: int) -> str:
+        if node_id not in self.names:
+            known = getattr(self.grid, "node_name", lambda node: None)(node_id)  # the link knows names at connect
+            if known:
+                self.names[node_id] = known
         return self.names.get(node_id, f"flower node {node_id}")
+
+    def _idle(self, seconds: float) -> None:
+        """Wait for a change on the grid: at once on a push link, by polling on Flower's own grids."""
+        wait = getattr(self.grid, "wait_for_nodes", None)
+        if wait is not None:
+            wait(seconds)
+        else:
+            time.sleep(seconds)
 
     # -- rounds ------------------------------------------------------------------
     def train_round(
@@ -238,7 +250,7 @@ class FederatedRounds:
                 return fresh[:count]
             if time.monotonic() >= deadline:
                 return []
-            time.sleep(PULL_INTERVAL_S)
+            self._idle(PULL_INTERVAL_S)
 
     def _exchange(self, messages: list[Message], rnd: int) -> tuple[list[Reply], list[Message], list[str]]:
         """Send, then collect replies until all arrived or the deadline; mark the rest lost."""
@@ -264,10 +276,18 @@ class FederatedRounds:
                     self._learn_name(node, reply)
                     good.append(reply)
             if waiting:
-                time.sleep(PULL_INTERVAL_S)
+                self._wait_replies(waiting, deadline)
         for origin in waiting:
             lost.append(self._lose(destination[origin], rnd, f"no reply within {self.timeout_s:g} s"))
         return [self._summary(reply) for reply in good], good, lost
+
+    def _wait_replies(self, waiting: set[str], deadline: float) -> None:
+        left = max(0.0, deadline - time.monotonic())
+        wait = getattr(self.grid, "wait_for_replies", None)
+        if wait is not None:
+            wait(waiting, min(left, 5.0))
+        else:
+            time.sleep(min(left, PULL_INTERVAL_S))
 
     def _lose(self, node: int, rnd: int, why: str) -> str:
         self.suspended[node] = time.monotonic() + self.readmit_after_s

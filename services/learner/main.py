@@ -1,34 +1,32 @@
-"""Learner service entry (``flops-learner``): data check, then a Flower SuperNode until training ends.
+"""Learner service entry (``flops-learner``): data check, then one link to the aggregator until training ends.
 
 No data on the node's data server for the project's tags: report ``no_data`` and exit 0.
-Otherwise run ``flower-supernode`` (ClientApps in subprocesses, reading data through
-``FLOPS_DATA_SERVER``/``FLOPS_DATA_TAGS``) until the project's ``TrainingResult`` or a
-stop command arrives (exit 0), or the SuperNode dies (``failed``, exit 1).
+Otherwise join the aggregator's link server (:mod:`services.fl_runtime.link`) and answer its
+messages with the FLOps ClientApp in this process (the user's ModelManager and its data stay
+loaded across rounds), until the project's ``TrainingResult`` or a stop command arrives (exit 0).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
-import time
-from pathlib import Path
 from types import FrameType
 
 from flops_utils.data_client import DATA_SERVER_ENV, DATA_TAGS_ENV, DataServerClient, DataServerError
 from flops_utils.mqtt_catalogue import ControlCommand, FlopsMessage, TopicKind, TrainingResult, topic
 from flops_utils.service_config import LearnerConfig, load_config
 from services.fl_runtime import protocol as p
-from services.fl_runtime.flower import SuperNode, write_tls_files
+from services.fl_runtime.client_host import client_app_handler, describe_user_error
+from services.fl_runtime.link.client import LinkClient, new_node_id
+from services.fl_runtime.link.frames import Hello
 from services.fl_runtime.reporter import Reporter
 
 log = logging.getLogger("flops.learner")
 
 DATA_SERVER_WAIT_S = 30.0
-SUPERLINK_WAIT_S = 600.0  # then the SuperNode keeps retrying by itself
-# Imported once by the warm ClientApp starter: the FLOps ClientApp and the user's model code.
-WARM_PRELOAD = ["services.learner.client_app", "model_manager"]
 POLL_S = 0.3
 
 
@@ -52,7 +50,7 @@ class LearnerService:
         self.reporter = reporter
         self.finished = threading.Event()
         self.finish_reason = ""
-        self.supernode: SuperNode | None = None
+        self.link: LinkClient | None = None
 
     def _on_message(self, _topic: str, message: FlopsMessage) -> None:
         if isinstance(message, TrainingResult):
@@ -77,52 +75,50 @@ class LearnerService:
         if not present:
             self.reporter.no_data(f"no data for tags [{', '.join(config.data_tags)}] on node {config.node}")
             return 0
-        self.supernode = self._supernode().prepare()
         try:
-            self.supernode.wait_for_superlink(SUPERLINK_WAIT_S, self.finished.is_set)
-            if not self.finished.is_set():
-                self.supernode.start()
-                rows = sum(present.values())
-                self.reporter.event(f"learner on node {config.node}: {rows} rows for tags {sorted(present)}, "
-                                    f"joining {config.aggregator_address}")  # fmt: skip
-            while not self.finished.is_set():
-                if not self.supernode.alive():
-                    self.reporter.failed(
-                        f"the Flower SuperNode on node {config.node} exited: {self.supernode.log_tail()}"
-                    )
-                    return 1
-                time.sleep(POLL_S)
+            self.link = self._link()
+        except Exception as error:  # the user's ModelManager or DataManager failed to load
+            log.exception("loading the user's model and data failed")
+            self.reporter.failed(f"node {config.node}: {describe_user_error(error, config.app_dir)}")
+            return 1
+        self.link.start()
+        rows = sum(present.values())
+        self.reporter.event(f"learner on node {config.node}: {rows} rows for tags {sorted(present)}, "
+                            f"joining {config.aggregator_address}")  # fmt: skip
+        try:
+            while not self.finished.wait(POLL_S):
+                pass
         finally:
-            self.supernode.stop()
+            self.link.stop()
         if self.finish_reason == "stop requested":
             self.reporter.stopped(self.finish_reason)
         else:
             self.reporter.succeeded(self.finish_reason)
         return 0
 
-    def _supernode(self) -> SuperNode:
+    def _link(self) -> LinkClient:
         config = self.config
+        # The ClientApp (and the user's DataManager through flops_utils.load_dataset) reads these.
+        os.environ[DATA_SERVER_ENV] = config.data_server_address
+        os.environ[DATA_TAGS_ENV] = ",".join(config.data_tags)
         node_config = {
             p.NODE_ROLE_KEY: "learner",
             p.NODE_NAME_KEY: config.node,
             p.NODE_CLUSTER_KEY: config.cluster or "",
             p.NODE_APP_DIR_KEY: config.app_dir,
         }
-        env = {DATA_SERVER_ENV: config.data_server_address, DATA_TAGS_ENV: ",".join(config.data_tags)}
-        tls = write_tls_files(config.flower_tls, Path(config.work_dir) / "tls")
-        return SuperNode(
+        hello = Hello(new_node_id(), config.node, config.cluster or "", role="learner")
+        return LinkClient(
             config.aggregator_address,
-            Path(config.work_dir),
-            node_config,
-            env=env,
-            cwd=config.app_dir,
-            warm_preload=WARM_PRELOAD,
-            ca_file=tls.ca_file if tls else None,
+            hello,
+            client_app_handler(node_config, hello.node_id, preload=True),
+            config.flower_tls,
+            describe_error=lambda error: describe_user_error(error, config.app_dir),
         )
 
     def shutdown(self) -> None:
-        if self.supernode is not None:
-            self.supernode.stop()
+        if self.link is not None:
+            self.link.stop()
 
 
 def _raise_stop(signum: int, _frame: FrameType | None) -> None:

@@ -42,11 +42,16 @@ class MqttSettings(_Config):
 
 
 class FlowerTls(_Config):
-    """TLS on Flower links: the project's CA; a SuperLink (aggregator) also gets its certificate and key."""
+    """Mutual TLS on training links: the project's CA; servers (aggregators) get a server certificate,
+    clients (learners, cluster aggregators towards the root) a client certificate naming their node."""
 
-    ca_pem: str = Field(description="PEM of the CA that signed the project's SuperLink certificates")
-    cert_pem: str | None = Field(default=None, description="aggregators: this SuperLink's certificate (PEM)")
+    ca_pem: str = Field(description="PEM of the project's link CA")
+    cert_pem: str | None = Field(default=None, description="aggregators: this link server's certificate (PEM)")
     key_pem: str | None = Field(default=None, repr=False, description="aggregators: its private key (PEM)")
+    client_cert_pem: str | None = Field(
+        default=None, description="link clients: a certificate whose common name is the node's identity (PEM)"
+    )
+    client_key_pem: str | None = Field(default=None, repr=False, description="link clients: its private key (PEM)")
 
 
 class ServerCertificate(_Config):
