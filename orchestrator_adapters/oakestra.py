@@ -2,9 +2,10 @@
 
 Apps are Oakestra applications, services are microservices described by SLA v2.0
 descriptors (the configuration document travels in the ``FLOPS_CONFIG`` environment
-variable). Learners are placed with the ``addons`` constraint, cluster aggregators with the
-``clusters`` constraint; every service with ports gets a deterministic, collision-checked
-round-robin address. Status is polled from ``GET /api/service/<id>``, so FAILED and DEAD
+variable). Services are placed with ``direct`` constraints, the only kind Oakestra's
+schedulers read (``cluster`` at the root, ``node`` within the cluster): cluster aggregators on
+their cluster, learners on their node. Every service with ports gets a deterministic,
+collision-checked round-robin address. Status is polled from ``GET /api/service/<id>``, so FAILED and DEAD
 services are noticed even when they never reported over MQTT.
 """
 
@@ -61,7 +62,10 @@ class OakestraSettings(BaseModel):
     user_id: str | None = Field(
         default=None, description="list apps via /api/applications/<user_id> (needed when the user is not an admin)"
     )
-    learner_addon: str = Field(default="FLOps-learner", description="addon learner nodes run (addons constraint)")
+    learner_addon: str = Field(
+        default="FLOps-learner",
+        description="without a node inventory, clusters that list this addon in supported_addons host learners",
+    )
     virtualization: Literal["container", "unikernel"] = "container"
     expose_ports: bool = Field(default=False, description="also map service ports on the nodes (host:port)")
     service_network: str = Field(default="10.30.0.0/16", description="Oakestra's service (round-robin) addresses")
@@ -212,15 +216,16 @@ class OakestraAdapter(OrchestratorAdapter):
             if sla.flops_name_of(job) != spec.name:
                 raise AdapterError(f"service name {oak_name} is already used by another service of app {app.name}")
             self._delete_service(object_id(job.get("microserviceID") or job.get("_id")))  # re-added: replace it
+        node_clusters = {node.name: node.cluster for node in self.settings.nodes}
         clusters: set[str] = set()  # without a node inventory, listed "nodes" are clusters
-        if spec.placement.node and not self.settings.nodes:
+        if spec.placement.node and spec.placement.node not in node_clusters:
             clusters = {str(cluster.get("cluster_name")) for cluster in self._active_clusters()}
         descriptor = sla.microservice(
             spec,
             virtualization=self.settings.virtualization,
-            learner_addon=self.settings.learner_addon,
             rr_ip=self._address(app, spec.name) if spec.ports else None,
             expose_ports=self.settings.expose_ports,
+            node_clusters=node_clusters,
             clusters=clusters,
         )
         body = sla.service_sla(

@@ -28,7 +28,6 @@ NAME_PATTERN = re.compile(r"^[a-zA-Z0-9]{1,30}$")
 APP_NAME_LENGTH = 10
 SERVICE_NAME_ENV = "FLOPS_SERVICE_NAME"  # every microservice carries its FLOps name (collision checks)
 CONFIG_ENV = "FLOPS_CONFIG"
-LEARNER_KINDS = frozenset({ServiceKind.LEARNER, ServiceKind.DATA_SERVER})
 
 Json = dict[str, Any]
 
@@ -99,26 +98,32 @@ def application_sla(customer: str, app_name: str, namespace: str, desc: str) -> 
     }
 
 
-def constraints_for(spec: ServiceSpec, learner_addon: str, clusters: set[str]) -> list[Json]:
-    """Learners (and data servers) need the learner addon; a cluster pins the service to it."""
-    constraints: list[Json] = []
-    if spec.kind in LEARNER_KINDS:
-        constraints.append({"type": "addons", "needs": [learner_addon]})
-    cluster = spec.placement.cluster
-    if not cluster and spec.placement.node in clusters:
-        cluster = spec.placement.node  # nodes listed from clusters (no inventory): the node is its cluster
+def constraints_for(spec: ServiceSpec, node_clusters: dict[str, str], clusters: set[str]) -> list[Json]:
+    """Oakestra's schedulers read only ``direct`` constraints: ``cluster`` at the root, ``node`` in the cluster.
+
+    ``node_clusters`` maps inventory nodes to their clusters; a "node" that is an active
+    cluster's name (no inventory) pins to that cluster.
+    """
+    cluster, node = spec.placement.cluster, spec.placement.node
+    if node and node not in node_clusters and node in clusters:
+        cluster, node = cluster or node, None
+    if node and not cluster:
+        cluster = node_clusters.get(node)
+    constraint: Json = {"type": "direct"}
     if cluster:
-        constraints.append({"type": "clusters", "allowed": [cluster]})
-    return constraints
+        constraint["cluster"] = cluster
+    if node:
+        constraint["node"] = node
+    return [constraint] if len(constraint) > 1 else []
 
 
 def microservice(
     spec: ServiceSpec,
     *,
     virtualization: str,
-    learner_addon: str,
     rr_ip: str | None,
     expose_ports: bool,
+    node_clusters: dict[str, str],
     clusters: set[str],
 ) -> Json:
     if not spec.image:
@@ -137,11 +142,9 @@ def microservice(
         "cmd": list(spec.command),
         "environment": [f"{key}={value}" for key, value in sorted(environment.items())],
     }
-    constraints = constraints_for(spec, learner_addon, clusters)
+    constraints = constraints_for(spec, node_clusters, clusters)
     if constraints:
         descriptor["constraints"] = constraints
-    if spec.placement.node and spec.placement.node not in clusters:
-        descriptor["target_node"] = spec.placement.node
     if rr_ip:
         descriptor["addresses"] = {"rr_ip": rr_ip}
     if expose_ports and spec.ports:

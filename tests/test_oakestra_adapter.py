@@ -46,9 +46,11 @@ ENDED = (ServiceState.SUCCEEDED, ServiceState.FAILED, ServiceState.STOPPED)
 FLEET = PortSpec("fleet", 9092)
 
 
-def cluster(name: str, addons: tuple[str, ...] = ("FLOps-learner",), active: bool = True) -> dict[str, Any]:
+def cluster(
+    name: str, addons: tuple[str, ...] = ("FLOps-learner",), active: bool = True, **offer: Any
+) -> dict[str, Any]:
     return {"_id": {"$oid": f"{name:0>24}"[-24:]}, "cluster_name": name, "cluster_location": f"{name}-site",
-            "supported_addons": list(addons), "active": active}  # fmt: skip
+            "supported_addons": list(addons), "active": active, **offer}  # fmt: skip
 
 
 @pytest.fixture
@@ -153,8 +155,8 @@ def test_classic_project_flow(server: OakestraContractServer) -> None:
     environment = sla.environment_of(job)
     assert json.loads(environment["FLOPS_CONFIG"]) == spec("learner-1", ServiceKind.LEARNER).config
     assert environment["FLOPS_WORKDIR"] == "/work"
-    assert job["constraints"] == [{"type": "addons", "needs": ["FLOps-learner"]},
-                                  {"type": "clusters", "allowed": ["cluster-a"]}]  # fmt: skip
+    assert job["constraints"] == [{"type": "direct", "cluster": "cluster-a"}]  # the only kind Oakestra reads
+    assert job["virtualization"] == "docker"  # what the root stores for "container"
     assert job["one_shot"] is True and job["vcpus"] == 1 and job["memory"] == 300
     assert job["cmd"] == ["python", "-m", "services.learner.main"]
 
@@ -180,9 +182,10 @@ def test_classic_project_flow(server: OakestraContractServer) -> None:
     assert len(server.slas) == 2 + 1 + 1 + 1 + 2  # two apps, then tracking, builder, aggregator, two learners
 
 
-def test_hierarchical_flow_places_by_cluster_and_addon() -> None:
-    clusters = [cluster("cluster-a"), cluster("cluster-b"), cluster("cluster-c", addons=()),
-                cluster("cluster-d", active=False)]  # fmt: skip
+def test_hierarchical_flow_places_by_direct_constraints() -> None:
+    """Oakestra's scheduler reads only ``direct`` constraints: without them everything lands on the first cluster."""
+    clusters = [cluster("cluster-a", workers=["n1"]), cluster("cluster-b", workers=["n2"]),
+                cluster("cluster-c", addons=(), memory=200), cluster("cluster-d", active=False)]  # fmt: skip
     server = OakestraContractServer(clusters=clusters).start()
     try:
         inventory = [
@@ -214,11 +217,14 @@ def test_hierarchical_flow_places_by_cluster_and_addon() -> None:
             info = settle(adapter, app, service_id, ENDED)
             assert info.state is ServiceState.SUCCEEDED, (name, info)
         job = job_named(server, "learner-n2")
-        assert job["target_node"] == "n2"
-        assert {"type": "clusters", "allowed": ["cluster-b"]} in job["constraints"]
-        aggregator_job = job_named(server, "cluster-aggregator-cluster-a")
-        assert aggregator_job["constraints"] == [{"type": "clusters", "allowed": ["cluster-a"]}]
-        assert aggregator_job["instance_list"][0]["cluster_location"] == "cluster-a-site"
+        assert job["constraints"] == [{"type": "direct", "cluster": "cluster-b", "node": "n2"}]
+        assert "target_node" not in job
+        assert job["instance_list"][0]["cluster_location"] == "cluster-b-site"  # not the first cluster
+        for name in ("cluster-aggregator-cluster-a", "cluster-aggregator-cluster-b"):
+            where = name.removeprefix("cluster-aggregator-")
+            aggregator_job = job_named(server, name)
+            assert aggregator_job["constraints"] == [{"type": "direct", "cluster": where}]
+            assert aggregator_job["instance_list"][0]["cluster_location"] == f"{where}-site"
         addresses = [job["RR_ip"] for job in server.jobs.values() if job.get("RR_ip")]
         assert len(addresses) == 3 and len(set(addresses)) == 3
 
@@ -228,12 +234,17 @@ def test_hierarchical_flow_places_by_cluster_and_addon() -> None:
         adapter.deploy_service(app, stranded)
         info = settle(adapter, app, stranded, ENDED)
         assert info.state is ServiceState.FAILED and info.detail.startswith("TargetClusterNotActive")
-        no_addon = adapter.add_service(app, spec("learner-c", ServiceKind.LEARNER, Placement(cluster="cluster-c")))
-        adapter.deploy_service(app, no_addon)
-        info = settle(adapter, app, no_addon, ENDED)
+        too_big = adapter.add_service(app, spec("learner-c", ServiceKind.LEARNER, Placement(cluster="cluster-c")))
+        adapter.deploy_service(app, too_big)  # cluster-c offers 200 MB, the learner asks for 300
+        info = settle(adapter, app, too_big, ENDED)
         assert info.state is ServiceState.FAILED and info.detail.startswith("NoActiveClusterWithCapacity")
+        ghost_spec = spec("learner-n9", ServiceKind.LEARNER, Placement(node="n9", cluster="cluster-a"))
+        ghost = adapter.add_service(app, ghost_spec)
+        adapter.deploy_service(app, ghost)  # cluster-a has no worker n9
+        info = settle(adapter, app, ghost, ENDED)
+        assert info.state is ServiceState.FAILED and info.detail.startswith("NO_NODE_FOUND")
 
-        # Without an inventory, each active cluster is one node; learners pinned to it get a clusters constraint.
+        # Without an inventory, each active cluster is one node; a learner pinned to it gets a direct cluster.
         plain = adapter_for(server)
         assert [(node.name, node.learner) for node in plain.list_nodes()] == [
             ("cluster-a", True), ("cluster-b", True), ("cluster-c", False)]  # fmt: skip
@@ -255,9 +266,22 @@ def test_tokens_are_refreshed_before_expiry_and_renewed_when_refused() -> None:
         assert server.refreshes >= 1 and server.logins == 1
         assert server.expired_token_uses == 0
 
-        server.revoke_tokens()  # e.g. the root restarted with new keys: log in again, once
-        assert adapter.find_app("observatory", "Admin") is not None
+        # The root restarted with a new key: its @jwt_required endpoints answer 422, the service endpoints 401.
+        server.rotate_keys()
+        assert adapter.find_app("observatory", "Admin") is not None  # GET /api/applications/: 422, log in, again
         assert server.logins == 2
+        assert ("GET", "/api/applications/", 422) in server.requests
+        server.rotate_keys()
+        app = adapter.create_app("project-t", AppKind.PROJECT, "Admin", "t")  # the list first, then the POST
+        assert server.logins == 3
+        server.rotate_keys()
+        service = adapter.add_service(app, spec("builder", ServiceKind.BUILDER))  # services listed, then POSTed
+        assert server.logins == 4 and service in server.jobs
+        adapter.client._token = "garbage"  # a malformed token: 422 "Not enough segments"
+        adapter.delete_app(app)
+        assert server.logins == 5 and app.app_id not in server.apps
+        refusals = [status for method, path, status in server.requests if status in (401, 422)]
+        assert refusals == [422, 422, 401, 422]  # each refused call was retried once, after one login
 
         wrong = adapter_for(server, password="nope")
         with pytest.raises(AdapterError, match="login failed with HTTP 401: invalid username or password"):
