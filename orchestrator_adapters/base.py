@@ -109,6 +109,9 @@ class ServiceInfo:
     state: ServiceState
     instances: tuple[InstanceInfo, ...] = ()
     detail: str = ""
+    # False when deploying the service again cannot help (the orchestrator cannot place it as
+    # asked): the lifecycle then fails at once with ``detail`` instead of restarting it.
+    redeployable: bool = True
 
 
 @dataclass(frozen=True)

@@ -169,8 +169,23 @@ def service_sla(customer: str, app_id: str, app_name: str, namespace: str, descr
 
 # -- status ------------------------------------------------------------------------
 PENDING_STATUSES = frozenset({"REQUESTED", "CLUSTER_SCHEDULED", "NODE_SCHEDULED", "CREATING", "CREATED"})
-FAILED_STATUSES = frozenset({"FAILED", "DEAD", "NO_WORKER_CAPACITY", "NO_QUALIFIED_WORKER_FOUND", "NO_NODE_FOUND"})
-SCHEDULING_FAILURE_PREFIXES = ("NoActiveCluster", "TargetCluster", "NO_")
+RUNTIME_FAILURES = frozenset({"FAILED", "DEAD"})
+WAITING_DETAIL = "Waiting for scheduling decision"  # stays in status_detail after a scheduling failure
+# Oakestra's negative scheduling statuses, and what each means for the service.
+SCHEDULING_FAILURES = {
+    "TargetClusterNotFound": "its target cluster{cluster} is not known to the root orchestrator",
+    "TargetClusterNotActive": "its target cluster{cluster} is not active",
+    "TargetClusterNoCapacity": "its target cluster{cluster} has no room for it",
+    "NoActiveClusterWithCapacity": "no active cluster{cluster} has room for it",
+    "NO_WORKER_CAPACITY": "no worker of its cluster{cluster} has room for it",
+    "NO_QUALIFIED_WORKER_FOUND": "no worker of its cluster{cluster} qualifies for it",
+    "NO_NODE_FOUND": "its target worker{node} was not found in its cluster{cluster}",
+}
+
+
+def is_scheduling_failure(status: object) -> bool:
+    text = str(status or "")
+    return text in SCHEDULING_FAILURES or text.startswith(("NoActiveCluster", "TargetCluster", "NO_"))
 
 
 def state_of(status: object) -> ServiceState:
@@ -183,14 +198,29 @@ def state_of(status: object) -> ServiceState:
         return ServiceState.SUCCEEDED
     if text == "UNDEPLOYED":
         return ServiceState.STOPPED
-    if text in FAILED_STATUSES or text.startswith(SCHEDULING_FAILURE_PREFIXES):
+    if text in RUNTIME_FAILURES or is_scheduling_failure(text):
         return ServiceState.FAILED
     return ServiceState.UNKNOWN
 
 
 def _one_line(*parts: object) -> str:
-    text = ": ".join(str(part) for part in parts if part)
+    text = ": ".join(str(part) for part in parts if part and part != WAITING_DETAIL)
     return " ".join(text.split())[:500]
+
+
+def scheduling_failure(name: str, job: Json, status: str) -> str:
+    """One sentence: which service, what Oakestra said, which constraint, what it asked for."""
+    direct: Json = next((item for item in job.get("constraints") or [] if item.get("type") == "direct"), {})
+    cluster, node = direct.get("cluster"), direct.get("node")
+    meaning = SCHEDULING_FAILURES.get(status, "Oakestra found no place for it").format(
+        cluster=f" {cluster}" if cluster else "", node=f" {node}" if node else ""
+    )
+    asked = f"{job.get('vcpus', '?')} vCPU, {job.get('memory', '?')} MB memory, {job.get('virtualization', '?')}"
+    where = f"direct constraint cluster={cluster}" + (f", node={node}" if node else "") if cluster else "no constraint"
+    return (
+        f"Oakestra cannot schedule service {name}: {meaning} ({status}; it asked for {asked}; {where}). "
+        "Redeploying cannot help: free or add capacity, or change the placement"
+    )
 
 
 def instance_info(instance: Json) -> InstanceInfo:
@@ -204,30 +234,46 @@ def instance_info(instance: Json) -> InstanceInfo:
     )
 
 
-def service_info(name: str, job: Json, undeployed: bool) -> ServiceInfo:
-    """A job document as FLOps state: any failed instance (or failed scheduling) fails the service."""
+def service_info(name: str, job: Json, undeployed: bool, redeploy_pending: bool = False) -> ServiceInfo:
+    """A job document as FLOps state.
+
+    A scheduling failure fails the service for good (``redeployable=False``). A failed
+    instance fails it unless another instance is live: then Oakestra (or FLOps) is already
+    redeploying it. ``redeploy_pending``: FLOps asked for an instance moments ago, so a job
+    status left over from the removed instance is not a new failure.
+    """
     instances = tuple(instance_info(item) for item in job.get("instance_list") or [] if isinstance(item, dict))
-    job_status = job.get("status")
-    job_state = state_of(job_status)
+    job_status = str(job.get("status") or "")
+    if is_scheduling_failure(job_status) and not undeployed:
+        return ServiceInfo(name, ServiceState.FAILED, instances, scheduling_failure(name, job, job_status), False)
+    for item in job.get("instance_list") or []:
+        status = str(item.get("status") or "") if isinstance(item, dict) else ""
+        if is_scheduling_failure(status):
+            return ServiceInfo(name, ServiceState.FAILED, instances, scheduling_failure(name, job, status), False)
+    live = [instance for instance in instances if instance.state in (ServiceState.PENDING, ServiceState.RUNNING)]
     failed = next((instance for instance in instances if instance.state is ServiceState.FAILED), None)
-    if failed is not None:
+    if failed is not None and not live:
         return ServiceInfo(
             name, ServiceState.FAILED, instances, _one_line(f"instance {failed.instance_id}", failed.detail)
         )
-    if job_state is ServiceState.FAILED and not undeployed:
-        return ServiceInfo(name, ServiceState.FAILED, instances, _one_line(job_status, job.get("status_detail")))
     if not instances:
         if undeployed:
             return ServiceInfo(name, ServiceState.STOPPED, detail="undeployed")
         if not job_status:
             return ServiceInfo(name, ServiceState.PENDING, detail="registered, not deployed yet")
-        if job_state in (ServiceState.PENDING, ServiceState.SUCCEEDED):
+        job_state = state_of(job_status)
+        if redeploy_pending and job_state is not ServiceState.SUCCEEDED:
+            return ServiceInfo(name, ServiceState.PENDING, detail="redeployed, waiting for Oakestra to schedule it")
+        if job_state in (ServiceState.PENDING, ServiceState.SUCCEEDED, ServiceState.FAILED):
             return ServiceInfo(name, job_state, detail=_one_line(job_status, job.get("status_detail")))
         return ServiceInfo(name, ServiceState.STOPPED, detail=_one_line("no instances", job_status))
+    if live:
+        state = ServiceState.RUNNING if any(i.state is ServiceState.RUNNING for i in live) else ServiceState.PENDING
+        replaced = f"; instance {failed.instance_id} failed and was replaced ({failed.detail})" if failed else ""
+        return ServiceInfo(name, state, instances, _one_line(job_status) + replaced)
     states = {instance.state for instance in instances}
     if states == {ServiceState.SUCCEEDED}:
         return ServiceInfo(name, ServiceState.SUCCEEDED, instances, "completed")
-    for state in (ServiceState.RUNNING, ServiceState.PENDING, ServiceState.UNKNOWN):
-        if state in states:
-            return ServiceInfo(name, state, instances, _one_line(job_status))
+    if ServiceState.UNKNOWN in states:
+        return ServiceInfo(name, ServiceState.UNKNOWN, instances, _one_line(job_status))
     return ServiceInfo(name, ServiceState.STOPPED, instances, _one_line(job_status))

@@ -341,7 +341,11 @@ class OakestraContractServer:
                 instance["status"], instance["status_detail"] = final, detail
             failed_now = instance["status"] in ("FAILED", "DEAD") and status != instance["status"]
             if failed_now and job["microservice_name"] in self.self_redeploying:
-                job["_own_redeploys"].append(self.self_redeploying[job["microservice_name"]])
+                delay = self.self_redeploying[job["microservice_name"]]
+                if delay == 0:
+                    self._schedule(job)  # replaced before anyone could see it alone
+                else:
+                    job["_own_redeploys"].append(delay - 1)
         if job["instance_list"] and not job.get("_scheduling_failed"):
             job["status"] = job["instance_list"][-1]["status"]
 

@@ -233,16 +233,26 @@ def test_hierarchical_flow_places_by_direct_constraints() -> None:
                                                  Placement(cluster="cluster-d")))  # fmt: skip
         adapter.deploy_service(app, stranded)
         info = settle(adapter, app, stranded, ENDED)
-        assert info.state is ServiceState.FAILED and info.detail.startswith("TargetClusterNotActive")
+        assert info.state is ServiceState.FAILED and not info.redeployable
+        assert info.detail == (
+            "Oakestra cannot schedule service cluster-aggregator-d: its target cluster cluster-d is not active "
+            "(TargetClusterNotActive; it asked for 1 vCPU, 300 MB memory, docker; direct constraint "
+            "cluster=cluster-d). Redeploying cannot help: free or add capacity, or change the placement"
+        )
         too_big = adapter.add_service(app, spec("learner-c", ServiceKind.LEARNER, Placement(cluster="cluster-c")))
         adapter.deploy_service(app, too_big)  # cluster-c offers 200 MB, the learner asks for 300
         info = settle(adapter, app, too_big, ENDED)
-        assert info.state is ServiceState.FAILED and info.detail.startswith("NoActiveClusterWithCapacity")
+        assert info.state is ServiceState.FAILED and not info.redeployable
+        assert info.detail.startswith("Oakestra cannot schedule service learner-c: no active cluster cluster-c has "
+                                      "room for it (NoActiveClusterWithCapacity; it asked for 1 vCPU, 300 MB memory")
+        assert "Waiting for scheduling decision" not in info.detail  # the root's stale status_detail
+        assert job_named(server, "learner-c")["status_detail"] == "Waiting for scheduling decision"
         ghost_spec = spec("learner-n9", ServiceKind.LEARNER, Placement(node="n9", cluster="cluster-a"))
         ghost = adapter.add_service(app, ghost_spec)
         adapter.deploy_service(app, ghost)  # cluster-a has no worker n9
         info = settle(adapter, app, ghost, ENDED)
-        assert info.state is ServiceState.FAILED and info.detail.startswith("NO_NODE_FOUND")
+        assert info.state is ServiceState.FAILED and not info.redeployable
+        assert "its target worker n9 was not found in its cluster cluster-a (NO_NODE_FOUND" in info.detail
 
         # Without an inventory, each active cluster is one node; a learner pinned to it gets a direct cluster.
         plain = adapter_for(server)
@@ -252,6 +262,70 @@ def test_hierarchical_flow_places_by_direct_constraints() -> None:
         assert server.violations == []
     finally:
         server.stop()
+
+
+def supervise(adapter: OakestraAdapter, app: AppRef, service_id: str, polls: int = 60) -> tuple[int, ServiceInfo]:
+    """What the lifecycle does while a project trains: poll, and deploy again whatever is reported FAILED.
+
+    Returns how many restarts it made and the state after ``polls`` polls.
+    """
+    restarts = 0
+    for _ in range(polls):
+        info = adapter.inspect_service(app, service_id)
+        if info.state is ServiceState.FAILED:
+            assert info.redeployable, info
+            restarts += 1
+            adapter.deploy_service(app, service_id)
+        time.sleep(0.01)
+    return restarts, adapter.inspect_service(app, service_id)
+
+
+def posted_instances(server: OakestraContractServer, service_id: str) -> int:
+    return server.requests.count(("POST", f"/api/service/{service_id}/instance", 200))
+
+
+def test_a_failed_instance_is_removed_and_counted_once(server: OakestraContractServer) -> None:
+    """Oakestra keeps listing a FAILED instance beside its replacement: it must not count as lost again."""
+    adapter = adapter_for(server)
+    app = adapter.create_app("project-r", AppKind.PROJECT, "Admin", "r")
+    service_id = adapter.add_service(app, spec("observer-r", ServiceKind.OBSERVER))
+    server.set_fate(sla.microservice_name("observer-r"), "FAILED", "exit code 1: boom", instances=1)
+    adapter.deploy_service(app, service_id)
+    failed = settle(adapter, app, service_id, ENDED)
+    assert failed.state is ServiceState.FAILED and failed.detail == "instance 0: FAILED: exit code 1: boom"
+
+    adapter.deploy_service(app, service_id)  # the lifecycle's restart
+    restarts, info = supervise(adapter, app, service_id)
+    assert (restarts, info.state) == (0, ServiceState.RUNNING), info
+    assert ("DELETE", f"/api/service/{service_id}/instance/0", 200) in server.requests
+    assert [(i["instance_number"], i["status"]) for i in server.jobs[service_id]["instance_list"]] == [(1, "RUNNING")]
+    assert posted_instances(server, service_id) == 2
+    adapter.deploy_service(app, service_id)  # deploying a live service again adds nothing
+    assert posted_instances(server, service_id) == 2
+
+
+def test_oakestras_own_redeploy_is_not_doubled(server: OakestraContractServer) -> None:
+    adapter = adapter_for(server)
+    app = adapter.create_app("project-s", AppKind.PROJECT, "Admin", "s")
+    # The cluster orchestrator replaces the failed instance at once: FLOps sees a live service and does nothing.
+    quick = adapter.add_service(app, spec("observer-q", ServiceKind.OBSERVER))
+    server.set_fate(sla.microservice_name("observer-q"), "FAILED", "exit code 1: boom", instances=1)
+    server.redeploy_failed(sla.microservice_name("observer-q"))
+    adapter.deploy_service(app, quick)
+    restarts, info = supervise(adapter, app, quick)
+    assert (restarts, info.state) == (0, ServiceState.RUNNING), info
+    assert "instance 0 failed and was replaced (FAILED: exit code 1: boom)" in info.detail
+    assert posted_instances(server, quick) == 1
+
+    # It replaces it only after FLOps did: the surplus instance is removed, one instance stays.
+    slow = adapter.add_service(app, spec("observer-s", ServiceKind.OBSERVER))
+    server.set_fate(sla.microservice_name("observer-s"), "FAILED", "exit code 1: boom", instances=1)
+    server.redeploy_failed(sla.microservice_name("observer-s"), after_polls=3)
+    adapter.deploy_service(app, slow)
+    restarts, info = supervise(adapter, app, slow)
+    assert (restarts, info.state) == (1, ServiceState.RUNNING), info
+    live = [i for i in server.jobs[slow]["instance_list"] if i["status"] not in ("FAILED", "DEAD")]
+    assert len(live) == 1 and posted_instances(server, slow) == 2
 
 
 def test_tokens_are_refreshed_before_expiry_and_renewed_when_refused() -> None:
