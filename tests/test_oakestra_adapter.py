@@ -11,7 +11,17 @@ from typing import Any
 
 import pytest
 
+from flops_utils.service_config import MqttSettings
+from manager.broker_access import SharedAccess
+from manager.lifecycle.context import LifecycleSettings
+from manager.lifecycle.errors import PhaseFailed
+from manager.lifecycle.inbox import ProjectInbox
+from manager.lifecycle.observatory import ObservatoryKeeper
+from manager.lifecycle.project_run import ProjectRun, RunDeps
+from manager.records import ProjectRecord
 from manager.settings import load_settings
+from manager.sla import ProjectSLA
+from manager.storage.mongo import MongoProjectStore
 from orchestrator_adapters import oakestra_sla as sla
 from orchestrator_adapters.base import (
     AdapterError,
@@ -326,6 +336,49 @@ def test_oakestras_own_redeploy_is_not_doubled(server: OakestraContractServer) -
     assert (restarts, info.state) == (1, ServiceState.RUNNING), info
     live = [i for i in server.jobs[slow]["instance_list"] if i["status"] not in ("FAILED", "DEAD")]
     assert len(live) == 1 and posted_instances(server, slow) == 2
+
+
+def project_run(adapter: OakestraAdapter, app: AppRef, state_dir: Path, mongo_uri: str, database: str) -> ProjectRun:
+    """The lifecycle of one project, on this adapter, with its app already created."""
+    settings = LifecycleSettings(mqtt=MqttSettings(), state_dir=state_dir, cache_dir=state_dir / "cache",
+                                 orchestrator="oakestra")  # fmt: skip
+    store = MongoProjectStore(mongo_uri, database)
+    sla_doc = ProjectSLA.model_validate({"ml_repo_url": "https://git.example.org/ml/repo.git",
+                                         "ml_model_flavor": "sklearn"})
+    record = ProjectRecord(project_id=app.project_id or "p", customer=app.customer,
+                           sla=sla_doc.model_dump(mode="json", by_alias=True))  # fmt: skip
+    deps = RunDeps(settings=settings, store=store, adapter=adapter, observatories=ObservatoryKeeper(settings, store),
+                   publish=lambda message: None, broker=SharedAccess(settings.mqtt),
+                   clear_retained=lambda project_id: None)  # fmt: skip
+    run = ProjectRun(record, sla_doc, deps, ProjectInbox())
+    run.state.app = app
+    return run
+
+
+def test_the_lifecycle_fails_at_once_when_oakestra_cannot_schedule_a_service(
+    tmp_path: Path, mongo_uri: str, mongo_db_name: str
+) -> None:
+    server = OakestraContractServer(clusters=[cluster("cluster-a", memory=200)]).start()
+    try:
+        adapter = adapter_for(server)
+        app = adapter.create_app("project-u", AppKind.PROJECT, "Admin", "u")
+        learner = adapter.add_service(app, spec("learner-cluster-a", ServiceKind.LEARNER, Placement(node="cluster-a")))
+        aggregator = adapter.add_service(app, spec("aggregator", ServiceKind.AGGREGATOR, ports=(FLEET,)))
+        for service_id in (learner, aggregator):
+            adapter.deploy_service(app, service_id)
+            settle(adapter, app, service_id, ENDED)
+        run = project_run(adapter, app, tmp_path, mongo_uri, mongo_db_name)
+        run.state.services = {"learner-cluster-a": learner, "aggregator": aggregator}
+        reason = "Oakestra cannot schedule service {}: no active cluster{} has room for it"
+        with pytest.raises(PhaseFailed, match="learner-cluster-a failed: " + reason.format("learner-cluster-a",
+                                                                                           " cluster-a")):  # fmt: skip
+            run._revive_learners()  # noqa: SLF001 - the supervision step of a training project
+        with pytest.raises(PhaseFailed, match="the aggregator failed: " + reason.format("aggregator", "")):
+            run._inspect_watched(lambda message: False, {"aggregator": aggregator}, {}, run._revive_aggregator)  # noqa: SLF001
+        assert posted_instances(server, learner) == posted_instances(server, aggregator) == 1  # no redeploy
+        assert run.state.learner_restarts == {} and run.state.aggregator_restarts == {}
+    finally:
+        server.stop()
 
 
 def test_tokens_are_refreshed_before_expiry_and_renewed_when_refused() -> None:
