@@ -253,8 +253,10 @@ def test_hierarchical_flow_places_by_direct_constraints() -> None:
         adapter.deploy_service(app, too_big)  # cluster-c offers 200 MB, the learner asks for 300
         info = settle(adapter, app, too_big, ENDED)
         assert info.state is ServiceState.FAILED and not info.redeployable
-        assert info.detail.startswith("Oakestra cannot schedule service learner-c: no active cluster cluster-c has "
-                                      "room for it (NoActiveClusterWithCapacity; it asked for 1 vCPU, 300 MB memory")
+        assert info.detail.startswith(
+            "Oakestra cannot schedule service learner-c: no active cluster cluster-c has "
+            "room for it (NoActiveClusterWithCapacity; it asked for 1 vCPU, 300 MB memory"
+        )
         assert "Waiting for scheduling decision" not in info.detail  # the root's stale status_detail
         assert job_named(server, "learner-c")["status_detail"] == "Waiting for scheduling decision"
         ghost_spec = spec("learner-n9", ServiceKind.LEARNER, Placement(node="n9", cluster="cluster-a"))
@@ -343,8 +345,9 @@ def project_run(adapter: OakestraAdapter, app: AppRef, state_dir: Path, mongo_ur
     settings = LifecycleSettings(mqtt=MqttSettings(), state_dir=state_dir, cache_dir=state_dir / "cache",
                                  orchestrator="oakestra")  # fmt: skip
     store = MongoProjectStore(mongo_uri, database)
-    sla_doc = ProjectSLA.model_validate({"ml_repo_url": "https://git.example.org/ml/repo.git",
-                                         "ml_model_flavor": "sklearn"})
+    sla_doc = ProjectSLA.model_validate(
+        {"ml_repo_url": "https://git.example.org/ml/repo.git", "ml_model_flavor": "sklearn"}
+    )
     record = ProjectRecord(project_id=app.project_id or "p", customer=app.customer,
                            sla=sla_doc.model_dump(mode="json", by_alias=True))  # fmt: skip
     deps = RunDeps(settings=settings, store=store, adapter=adapter, observatories=ObservatoryKeeper(settings, store),
