@@ -31,7 +31,7 @@ from orchestrator_adapters.base import (
     ServiceSpec,
     ServiceState,
 )
-from orchestrator_adapters.oakestra_client import OakestraClient, object_id
+from orchestrator_adapters.oakestra_client import OakestraClient, OakestraError, object_id
 
 __all__ = ["OakestraAdapter", "OakestraNode", "OakestraSettings"]
 
@@ -239,7 +239,15 @@ class OakestraAdapter(OrchestratorAdapter):
             app.customer, app.app_id, sla.application_name(app.customer, app.name),
             self.settings.application_namespace, descriptor,
         )  # fmt: skip
-        answer = self.client.call("POST", "/api/service/", f"adding service {spec.name}", json_body=body)
+        problem = sla.sla_problem(body)
+        if problem:
+            raise AdapterError(f"service {spec.name} was not sent to Oakestra, which would refuse it: {problem}")
+        try:
+            answer = self.client.call("POST", "/api/service/", f"adding service {spec.name}", json_body=body)
+        except OakestraError as error:
+            if error.status not in (400, 404, 422):
+                raise
+            raise AdapterError(f"{error}; it was sent {sla.sent_summary(body)}") from None
         answer = answer if isinstance(answer, dict) else {}
         failed = answer.get("failed_services") or []
         if failed:
@@ -251,7 +259,19 @@ class OakestraAdapter(OrchestratorAdapter):
         return service_id
 
     def _delete_service(self, service_id: str) -> None:
-        self.client.call("DELETE", f"/api/service/{service_id}", f"deleting service {service_id}", allow=(404,))
+        """DELETE the service; the root answers 500 for a service it does not know: gone if a GET says 404."""
+        try:
+            self.client.call("DELETE", f"/api/service/{service_id}", f"deleting service {service_id}", allow=(404,))
+        except OakestraError as error:
+            if error.status != 500 or self._job(service_id) is not None:
+                raise
+        for state in (self._requested_at, self._desired, self._removed):
+            state.pop(service_id, None)
+        self._undeployed.discard(service_id)
+
+    def remove_service(self, app: AppRef, service_id: str) -> None:
+        """Delete the service from its app (undeployed services would otherwise pile up there)."""
+        self._delete_service(service_id)
 
     def _remove_instance(self, service_id: str, number: int) -> None:
         self.client.call("DELETE", f"/api/service/{service_id}/instance/{number}",

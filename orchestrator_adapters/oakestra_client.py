@@ -80,6 +80,8 @@ def error_message(response: requests.Response) -> str:
         body = decode_answer(response.text)
     except ValueError:
         body = response.text.strip()
+    if isinstance(body, dict) and body and set(body) <= {"code", "status"}:  # the root's thin answer
+        return f"{body.get('status') or response.reason} (Oakestra gave no reason)"
     if isinstance(body, dict):
         for key in ("message", "msg", "description", "error", "status"):
             value = body.get(key)

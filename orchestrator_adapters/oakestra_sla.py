@@ -152,6 +152,73 @@ def microservice(
     return descriptor
 
 
+KNOWN_CONSTRAINTS = ("direct", "latency", "geo")
+INTEGER_FIELDS = ("memory", "vcpus", "vgpus", "vtpus", "bandwidth_in", "bandwidth_out", "storage")
+ENVIRONMENT_ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def _name_problem(field: str, value: object) -> str | None:
+    if isinstance(value, str) and NAME_PATTERN.match(value):
+        return None
+    return f"{field} {value!r} must be 1 to 30 letters or digits"
+
+
+def _microservice_problem(descriptor: Json) -> str | None:
+    for field in ("microservice_name", "microservice_namespace"):
+        problem = _name_problem(field, descriptor.get(field))
+        if problem:
+            return problem
+    if descriptor.get("virtualization") not in ("container", "unikernel"):
+        return f"virtualization {descriptor.get('virtualization')!r} must be container or unikernel"
+    if not descriptor.get("code"):
+        return "code (the image) is empty"
+    for field in INTEGER_FIELDS:
+        value = descriptor.get(field, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"{field} must be a whole number of at least 0, not {value!r}"
+    for index, constraint in enumerate(descriptor.get("constraints") or []):
+        kind = constraint.get("type") if isinstance(constraint, dict) else None
+        if kind not in KNOWN_CONSTRAINTS:
+            return f"constraints[{index}].type {kind!r} is not one Oakestra reads ({', '.join(KNOWN_CONSTRAINTS)})"
+    for entry in descriptor.get("environment") or []:
+        if not isinstance(entry, str) or not ENVIRONMENT_ENTRY.match(entry):
+            return f"environment entry {str(entry).split('=', 1)[0]!r} is not NAME=value"
+    return None
+
+
+def sla_problem(body: Json) -> str | None:
+    """What the root's SLA v2.0 check would refuse, naming the field; None when the SLA is fine.
+
+    The root answers every refusal with a bare ``400 Bad Request``, so FLOps checks first.
+    """
+    application = body["applications"][0]
+    for field in ("application_name", "application_namespace"):
+        problem = _name_problem(field, application.get(field))
+        if problem:
+            return problem
+    for descriptor in application.get("microservices") or []:
+        problem = _microservice_problem(descriptor)
+        if problem:
+            return problem
+    return None
+
+
+def sent_summary(body: Json) -> str:
+    """What a service SLA asked for, in one line (no environment: it may hold secrets)."""
+    application = body["applications"][0]
+    descriptor = (application.get("microservices") or [{}])[0]
+    resources = ", ".join(
+        f"{field} {descriptor[field]}" for field in ("vcpus", "memory", "storage") if field in descriptor
+    )
+    constraints = json.dumps(descriptor.get("constraints") or [])
+    return (
+        f"application {application.get('applicationID')} ({application.get('application_name')}."
+        f"{application.get('application_namespace')}), microservice {descriptor.get('microservice_name')}."
+        f"{descriptor.get('microservice_namespace')}, {descriptor.get('virtualization')} image "
+        f"{descriptor.get('code')}, {resources}, constraints {constraints}"
+    )
+
+
 def service_sla(customer: str, app_id: str, app_name: str, namespace: str, descriptor: Json) -> Json:
     return {
         "sla_version": SLA_VERSION,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -16,7 +17,7 @@ from manager.broker_access import SharedAccess
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.errors import PhaseFailed
 from manager.lifecycle.inbox import ProjectInbox
-from manager.lifecycle.observatory import ObservatoryKeeper
+from manager.lifecycle.observatory import Observatory, ObservatoryKeeper
 from manager.lifecycle.project_run import ProjectRun, RunDeps
 from manager.records import ProjectRecord
 from manager.settings import load_settings
@@ -382,6 +383,61 @@ def test_the_lifecycle_fails_at_once_when_oakestra_cannot_schedule_a_service(
         assert run.state.learner_restarts == {} and run.state.aggregator_restarts == {}
     finally:
         server.stop()
+
+
+def test_refusals_name_the_field_or_say_what_was_sent(server: OakestraContractServer) -> None:
+    """The root answers every refused service with a bare 400: FLOps checks first, and says what it sent."""
+    adapter = adapter_for(server)
+    app = adapter.create_app("project-e", AppKind.PROJECT, "Admin", "e")
+    odd = dataclasses.replace(spec("builder", ServiceKind.BUILDER), resources=Resources(memory_mb=300.5))  # type: ignore[arg-type]
+    sent = len(server.slas)
+    with pytest.raises(AdapterError) as refused:
+        adapter.add_service(app, odd)
+    assert str(refused.value) == (
+        "service builder was not sent to Oakestra, which would refuse it: "
+        "memory must be a whole number of at least 0, not 300.5"
+    )
+    assert len(server.slas) == sent
+
+    # What FLOps cannot check (here the application vanished): the root's bare 400 and what was sent.
+    del server.apps[app.app_id]
+    with pytest.raises(AdapterError) as refused:
+        adapter.add_service(app, spec("builder", ServiceKind.BUILDER))
+    assert str(refused.value) == (
+        "Oakestra adding service builder failed with HTTP 400: Bad Request (Oakestra gave no reason); it was sent "
+        f"application {app.app_id} ({sla.application_name('Admin', 'project-e')}.flops), microservice "
+        "builder.builder, container image registry:5000/flops/builder:1, vcpus 1, memory 300, storage 10, "
+        "constraints []"
+    )
+
+
+def test_a_removed_service_is_deleted_even_when_oakestra_answers_500(server: OakestraContractServer) -> None:
+    adapter = adapter_for(server)
+    app = adapter.create_app("observatory-admin", AppKind.OBSERVATORY, "Admin")
+    observer = adapter.add_service(app, spec("observer-1", ServiceKind.OBSERVER))
+    adapter.deploy_service(app, observer)
+    adapter.remove_service(app, observer)
+    assert observer not in server.jobs and server.apps[app.app_id]["microservices"] == []
+    adapter.remove_service(app, observer)  # the root answers 500 for a service it does not know; a GET says 404
+    assert ("DELETE", f"/api/service/{observer}", 500) in server.requests
+    assert ("GET", f"/api/service/{observer}", 404) in server.requests
+
+
+def test_an_observer_is_deleted_when_its_project_ends(
+    server: OakestraContractServer, tmp_path: Path, mongo_uri: str, mongo_db_name: str
+) -> None:
+    """Observers live in the customer's observatory app, which outlives projects: they must not pile up there."""
+    adapter = adapter_for(server)
+    observatory = adapter.create_app("observatory-admin", AppKind.OBSERVATORY, "Admin")
+    project = adapter.create_app("project-o", AppKind.PROJECT, "Admin", "o")
+    observer = adapter.add_service(observatory, spec("observer-o", ServiceKind.OBSERVER))
+    adapter.deploy_service(observatory, observer)
+    run = project_run(adapter, project, tmp_path, mongo_uri, mongo_db_name)
+    run.state.observatory = Observatory(observatory, "http://10.30.0.1:5000", "tracking")
+    run.state.observer = observer
+    run._cleanup(keep_serving=False)  # noqa: SLF001 - what every project does when it ends
+    assert project.app_id not in server.apps
+    assert observer not in server.jobs and server.apps[observatory.app_id]["microservices"] == []
 
 
 def test_tokens_are_refreshed_before_expiry_and_renewed_when_refused() -> None:

@@ -672,7 +672,7 @@ class ProjectRun:
                 adapter.delete_app(app)
         if self.state.observer and self.state.observatory:
             time.sleep(0.5)  # let the observer log the last reports
-            adapter.undeploy_service(self.state.observatory.app, self.state.observer)
+            adapter.remove_service(self.state.observatory.app, self.state.observer)  # the observatory outlives it
         if not keep_serving:
             self.deps.broker.revoke(self.project_id)
         self._revoke_configs(keep_serving)
