@@ -14,6 +14,7 @@ import math
 import re
 from typing import Any
 
+from flops_utils.config_fetch import CONFIG_URL_ENV
 from orchestrator_adapters.base import (
     AppKind,
     InstanceInfo,
@@ -128,7 +129,9 @@ def microservice(
 ) -> Json:
     if not spec.image:
         raise ValueError(f"service {spec.name} has no image; Oakestra runs images")
-    environment = {**spec.environment, CONFIG_ENV: json.dumps(spec.config), SERVICE_NAME_ENV: spec.name}
+    environment = {**spec.environment, SERVICE_NAME_ENV: spec.name}
+    if CONFIG_URL_ENV not in spec.environment:  # by reference the manager keeps the document: no empty copy
+        environment[CONFIG_ENV] = json.dumps(spec.config)
     descriptor: Json = {
         "microserviceID": "",
         "microservice_name": microservice_name(spec.name),

@@ -385,6 +385,17 @@ def test_the_lifecycle_fails_at_once_when_oakestra_cannot_schedule_a_service(
         server.stop()
 
 
+def test_a_configuration_by_reference_leaves_no_empty_document(server: OakestraContractServer) -> None:
+    adapter = adapter_for(server)
+    app = adapter.create_app("project-c", AppKind.PROJECT, "Admin", "c")
+    reference = {"FLOPS_CONFIG_URL": "https://manager:5072/service-config/abc", "FLOPS_CONFIG_TOKEN": "t0ken"}
+    by_reference = dataclasses.replace(spec("builder", ServiceKind.BUILDER), config={}, environment=reference)
+    environment = sla.environment_of(server.jobs[adapter.add_service(app, by_reference)])
+    assert set(environment) == {"FLOPS_CONFIG_URL", "FLOPS_CONFIG_TOKEN", "FLOPS_SERVICE_NAME"}
+    inline = sla.environment_of(server.jobs[adapter.add_service(app, spec("observer-c", ServiceKind.OBSERVER))])
+    assert json.loads(inline["FLOPS_CONFIG"])["instance_name"] == "observer-c"
+
+
 def test_refusals_name_the_field_or_say_what_was_sent(server: OakestraContractServer) -> None:
     """The root answers every refused service with a bare 400: FLOps checks first, and says what it sent."""
     adapter = adapter_for(server)
