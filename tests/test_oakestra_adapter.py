@@ -23,6 +23,7 @@ from manager.records import ProjectRecord
 from manager.settings import load_settings
 from manager.sla import ProjectSLA
 from manager.storage.mongo import MongoProjectStore
+from manager.tracking_store import TrackingStore
 from orchestrator_adapters import oakestra_sla as sla
 from orchestrator_adapters.base import (
     AdapterError,
@@ -346,6 +347,7 @@ def project_run(adapter: OakestraAdapter, app: AppRef, state_dir: Path, mongo_ur
     settings = LifecycleSettings(mqtt=MqttSettings(), state_dir=state_dir, cache_dir=state_dir / "cache",
                                  orchestrator="oakestra")  # fmt: skip
     store = MongoProjectStore(mongo_uri, database)
+    store.connect()
     sla_doc = ProjectSLA.model_validate(
         {"ml_repo_url": "https://git.example.org/ml/repo.git", "ml_model_flavor": "sklearn"}
     )
@@ -449,6 +451,31 @@ def test_an_observer_is_deleted_when_its_project_ends(
     run._cleanup(keep_serving=False)  # noqa: SLF001 - what every project does when it ends
     assert project.app_id not in server.apps
     assert observer not in server.jobs and server.apps[observatory.app_id]["microservices"] == []
+
+
+def test_the_tracking_server_runs_from_its_image_and_keeps_no_store_on_the_manager_host(
+    server: OakestraContractServer, tmp_path: Path, mongo_uri: str, mongo_db_name: str
+) -> None:
+    store = TrackingStore(
+        backend_store_uri="postgresql+psycopg2://mlflow:pw@db.example.org:5432/mlflow_{customer}",
+        artifacts_destination="s3://flops-mlflow/{customer}",
+    )
+    settings = LifecycleSettings(mqtt=MqttSettings(), state_dir=tmp_path, cache_dir=tmp_path / "cache",
+                                 orchestrator="oakestra", tracking_store=store, tracking_timeout_s=0.5,
+                                 images={"tracking": "registry.example.org/flops/manager:0.1.0"})  # fmt: skip
+    store_of_projects = MongoProjectStore(mongo_uri, mongo_db_name)
+    store_of_projects.connect()
+    keeper = ObservatoryKeeper(settings, store_of_projects)
+    with pytest.raises(PhaseFailed, match="did not become healthy"):  # nothing answers at its overlay address here
+        keeper.ensure(adapter_for(server), "Admin")
+    job = job_named(server, "tracking")
+    assert job["cmd"] == ["python", "-m", "services.observer.tracking_server"]  # the image's interpreter
+    assert job["code"] == "registry.example.org/flops/manager:0.1.0"
+    config = json.loads(sla.environment_of(job)["FLOPS_CONFIG"])
+    assert config["backend_store_uri"].startswith("postgresql+psycopg2://mlflow:pw@db.example.org:5432/mlflow_admin")
+    assert config["artifacts_destination"].startswith("s3://flops-mlflow/admin")
+    assert config["tls_dir"] is None
+    assert str(tmp_path) not in json.dumps(job)  # no path of the manager's host
 
 
 def test_tokens_are_refreshed_before_expiry_and_renewed_when_refused() -> None:
