@@ -318,6 +318,22 @@ def test_a_failed_instance_is_removed_and_counted_once(server: OakestraContractS
     assert posted_instances(server, service_id) == 2
 
 
+def test_a_redeployed_service_has_time_to_be_scheduled(server: OakestraContractServer) -> None:
+    adapter = adapter_for(server, schedule_grace_s=0.5)
+    app = adapter.create_app("project-g", AppKind.PROJECT, "Admin", "g")
+    service_id = adapter.add_service(app, spec("observer-g", ServiceKind.OBSERVER))
+    server.set_fate(sla.microservice_name("observer-g"), "FAILED", "exit code 1: boom", instances=1)
+    adapter.deploy_service(app, service_id)
+    assert settle(adapter, app, service_id, ENDED).state is ServiceState.FAILED
+    adapter.deploy_service(app, service_id)  # the restart
+    job = server.jobs[service_id]
+    job["_requested"], job["status"] = 0, "FAILED"  # not scheduled (yet), and the job shows the lost instance's status
+    info = adapter.inspect_service(app, service_id)
+    assert (info.state, info.detail) == (ServiceState.PENDING, "redeployed, waiting for Oakestra to schedule it")
+    time.sleep(0.6)  # past schedule_grace_s: the status is taken at its word
+    assert adapter.inspect_service(app, service_id).state is ServiceState.FAILED
+
+
 def test_oakestras_own_redeploy_is_not_doubled(server: OakestraContractServer) -> None:
     adapter = adapter_for(server)
     app = adapter.create_app("project-s", AppKind.PROJECT, "Admin", "s")
