@@ -111,11 +111,12 @@ class ObservatoryKeeper:
         root = self.settings.state_dir / "observatories" / safe_name(customer)
         pki = self.settings.tracking_pki
         url = endpoint.url if pki is None else "https://" + endpoint.url.split("://", 1)[-1]
-        local = adapter.name == "local"  # its processes share the manager's host and state directory
+        local = adapter.name == "local"
+        in_image = not local and bool(self.settings.images.get("tracking"))  # else a process on the manager's host
         backend_store_uri, artifacts = f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts")
         if self.settings.tracking_store is not None:
             backend_store_uri, artifacts = self.settings.tracking_store.for_customer(root.name)
-        elif not local:
+        elif in_image:
             log.warning("the MLflow store of %s is kept inside its tracking server's container and is lost with "
                         "it: set tracking_store", customer)  # fmt: skip
         config = TrackingConfig(
@@ -126,7 +127,7 @@ class ObservatoryKeeper:
             port=endpoint.port,
             access_token_sha256=self._digests(customer),
             tls=pki.issue(endpoint.host) if pki is not None else None,
-            tls_dir=str(root / "tls") if local else None,  # elsewhere: a private directory in its container
+            tls_dir=None if in_image else str(root / "tls"),  # in an image: a private directory of its own
         )
         spec = service_spec(
             TRACKING_SERVICE, ServiceKind.TRACKING, config,
