@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from flops_utils.service_config import MqttSettings, RegistrySettings
 from manager.broker_access import ProjectCredentialsMode
+from manager.tracking_store import TrackingStore
 
 CONFIG_PATH_ENV = "FLOPS_MANAGER_CONFIG"
 DEFAULT_PORT = 5072
@@ -99,6 +100,9 @@ class ManagerSettings(BaseModel):
         "orchestrators without a secrets object. Services must reach the manager at public_url")
     registry: RegistrySettings | None = None
     images: dict[str, str] = Field(default_factory=dict, description="service kind -> image (container orchestrators)")
+    tracking_store: TrackingStore | None = Field(
+        default=None, description="where customers' MLflow servers keep runs and artifacts; default: the state "
+        "directory, which only the local orchestrator shares (set it for image-based orchestrators)")
     state_dir: Path = Field(default_factory=lambda: _default_home() / "state")
     cache_dir: Path = Field(default_factory=lambda: _default_home() / "cache")
     repo_base_dir: Path | None = Field(default=None, description="relative ml_repo_url paths resolve here")

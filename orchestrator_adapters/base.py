@@ -109,6 +109,9 @@ class ServiceInfo:
     state: ServiceState
     instances: tuple[InstanceInfo, ...] = ()
     detail: str = ""
+    # False when deploying the service again cannot help (the orchestrator cannot place it as
+    # asked): the lifecycle then fails at once with ``detail`` instead of restarting it.
+    redeployable: bool = True
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,14 @@ class OrchestratorAdapter(ABC):
     @abstractmethod
     def undeploy_service(self, app: AppRef, service_id: str) -> None:
         """Stop every instance; undeploying a stopped or unknown service is not an error."""
+
+    def remove_service(self, app: AppRef, service_id: str) -> None:
+        """Stop the service and take it out of its app for good; removing it twice is not an error.
+
+        For services of an app that outlives them (a project's observer in the customer's
+        observatory). Adapters whose undeployed services leave nothing behind need not override it.
+        """
+        self.undeploy_service(app, service_id)
 
     @abstractmethod
     def inspect_service(self, app: AppRef, service_id: str) -> ServiceInfo: ...

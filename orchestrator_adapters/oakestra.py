@@ -2,15 +2,17 @@
 
 Apps are Oakestra applications, services are microservices described by SLA v2.0
 descriptors (the configuration document travels in the ``FLOPS_CONFIG`` environment
-variable). Learners are placed with the ``addons`` constraint, cluster aggregators with the
-``clusters`` constraint; every service with ports gets a deterministic, collision-checked
-round-robin address. Status is polled from ``GET /api/service/<id>``, so FAILED and DEAD
+variable). Services are placed with ``direct`` constraints, the only kind Oakestra's
+schedulers read (``cluster`` at the root, ``node`` within the cluster): cluster aggregators on
+their cluster, learners on their node. Every service with ports gets a deterministic,
+collision-checked round-robin address. Status is polled from ``GET /api/service/<id>``, so FAILED and DEAD
 services are noticed even when they never reported over MQTT.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,7 +31,7 @@ from orchestrator_adapters.base import (
     ServiceSpec,
     ServiceState,
 )
-from orchestrator_adapters.oakestra_client import OakestraClient, object_id
+from orchestrator_adapters.oakestra_client import OakestraClient, OakestraError, object_id
 
 __all__ = ["OakestraAdapter", "OakestraNode", "OakestraSettings"]
 
@@ -61,11 +63,17 @@ class OakestraSettings(BaseModel):
     user_id: str | None = Field(
         default=None, description="list apps via /api/applications/<user_id> (needed when the user is not an admin)"
     )
-    learner_addon: str = Field(default="FLOps-learner", description="addon learner nodes run (addons constraint)")
+    learner_addon: str = Field(
+        default="FLOps-learner",
+        description="without a node inventory, clusters that list this addon in supported_addons host learners",
+    )
     virtualization: Literal["container", "unikernel"] = "container"
     expose_ports: bool = Field(default=False, description="also map service ports on the nodes (host:port)")
     service_network: str = Field(default="10.30.0.0/16", description="Oakestra's service (round-robin) addresses")
     nodes: list[OakestraNode] = Field(default_factory=list, description="learner nodes and their data servers")
+    schedule_grace_s: float = Field(
+        default=60.0, gt=0, description="how long a redeployed service may wait for Oakestra to schedule it"
+    )
     token_refresh_margin_s: float = Field(default=60.0, ge=0)
     request_timeout_s: float = Field(default=30.0, gt=0)
 
@@ -88,6 +96,9 @@ class OakestraAdapter(OrchestratorAdapter):
         )
         self._addresses: dict[tuple[str, str], str] = {}  # (app id, service name) -> planned address
         self._undeployed: set[str] = set()
+        self._requested_at: dict[str, float] = {}  # service id -> when FLOps last asked for an instance
+        self._desired: dict[str, int] = {}  # service id -> instances FLOps wants live
+        self._removed: dict[str, set[int]] = {}  # service id -> instance numbers FLOps removed (ended ones)
         self._address_lock = threading.Lock()  # concurrent plans must not pick the same address
 
     def close(self) -> None:
@@ -212,22 +223,31 @@ class OakestraAdapter(OrchestratorAdapter):
             if sla.flops_name_of(job) != spec.name:
                 raise AdapterError(f"service name {oak_name} is already used by another service of app {app.name}")
             self._delete_service(object_id(job.get("microserviceID") or job.get("_id")))  # re-added: replace it
+        node_clusters = {node.name: node.cluster for node in self.settings.nodes}
         clusters: set[str] = set()  # without a node inventory, listed "nodes" are clusters
-        if spec.placement.node and not self.settings.nodes:
+        if spec.placement.node and spec.placement.node not in node_clusters:
             clusters = {str(cluster.get("cluster_name")) for cluster in self._active_clusters()}
         descriptor = sla.microservice(
             spec,
             virtualization=self.settings.virtualization,
-            learner_addon=self.settings.learner_addon,
             rr_ip=self._address(app, spec.name) if spec.ports else None,
             expose_ports=self.settings.expose_ports,
+            node_clusters=node_clusters,
             clusters=clusters,
         )
         body = sla.service_sla(
             app.customer, app.app_id, sla.application_name(app.customer, app.name),
             self.settings.application_namespace, descriptor,
         )  # fmt: skip
-        answer = self.client.call("POST", "/api/service/", f"adding service {spec.name}", json_body=body)
+        problem = sla.sla_problem(body)
+        if problem:
+            raise AdapterError(f"service {spec.name} was not sent to Oakestra, which would refuse it: {problem}")
+        try:
+            answer = self.client.call("POST", "/api/service/", f"adding service {spec.name}", json_body=body)
+        except OakestraError as error:
+            if error.status not in (400, 404, 422):
+                raise
+            raise AdapterError(f"{error}; it was sent {sla.sent_summary(body)}") from None
         answer = answer if isinstance(answer, dict) else {}
         failed = answer.get("failed_services") or []
         if failed:
@@ -239,33 +259,93 @@ class OakestraAdapter(OrchestratorAdapter):
         return service_id
 
     def _delete_service(self, service_id: str) -> None:
-        self.client.call("DELETE", f"/api/service/{service_id}", f"deleting service {service_id}", allow=(404,))
+        """DELETE the service; the root answers 500 for a service it does not know: gone if a GET says 404."""
+        try:
+            self.client.call("DELETE", f"/api/service/{service_id}", f"deleting service {service_id}", allow=(404,))
+        except OakestraError as error:
+            if error.status != 500 or self._job(service_id) is not None:
+                raise
+        for state in (self._requested_at, self._desired, self._removed):
+            state.pop(service_id, None)
+        self._undeployed.discard(service_id)
+
+    def remove_service(self, app: AppRef, service_id: str) -> None:
+        """Delete the service from its app (undeployed services would otherwise pile up there)."""
+        self._delete_service(service_id)
+
+    def _remove_instance(self, service_id: str, number: int) -> None:
+        self.client.call("DELETE", f"/api/service/{service_id}/instance/{number}",
+                         f"removing instance {number} of {service_id}", allow=(404,))  # fmt: skip
+        self._removed.setdefault(service_id, set()).add(number)
+
+    def _current(self, service_id: str, job: Json) -> list[Json]:
+        """The job's instances, without those FLOps removed (in case the root still lists them)."""
+        removed = self._removed.get(service_id, set())
+        return [item for item in job.get("instance_list") or []
+                if isinstance(item, dict) and item.get("instance_number") not in removed]  # fmt: skip
+
+    def _redeploy_pending(self, service_id: str) -> bool:
+        asked = self._requested_at.get(service_id)
+        return asked is not None and time.monotonic() - asked < self.settings.schedule_grace_s
 
     def deploy_service(self, app: AppRef, service_id: str, instances: int = 1) -> None:
-        for _ in range(instances):
-            self.client.call("POST", f"/api/service/{service_id}/instance", f"deploying service {service_id}")
-        # The root answers "ok" even for unknown ids: look at the job to know.
-        if self._job(service_id) is None:
+        """Make ``instances`` instances live; live ones (Oakestra's own redeploys too) are kept.
+
+        Ended instances (a FAILED one included) are removed first: Oakestra keeps listing a
+        failed instance beside its replacement, and it must not be counted as lost again.
+        """
+        if instances < 1:
+            raise AdapterError(f"cannot deploy {service_id} with {instances} instances; use undeploy to stop it")
+        job = self._job(service_id)  # the root answers "ok" for unknown ids: look first
+        if job is None:
             raise AdapterError(f"Oakestra has no service {service_id} to deploy")
+        live = 0
+        for item in self._current(service_id, job):
+            number = item.get("instance_number")
+            if sla.state_of(item.get("status")) in (ServiceState.PENDING, ServiceState.RUNNING):
+                live += 1
+            elif isinstance(number, int):
+                self._remove_instance(service_id, number)
+        if job.get("status") == "REQUESTED" and self._redeploy_pending(service_id):
+            live += 1  # asked for moments ago, not scheduled yet
+        for _ in range(instances - live):
+            self.client.call("POST", f"/api/service/{service_id}/instance", f"deploying service {service_id}")
+        if instances > live:
+            self._requested_at[service_id] = time.monotonic()
+        self._desired[service_id] = instances
         self._undeployed.discard(service_id)
 
     def undeploy_service(self, app: AppRef, service_id: str) -> None:
         job = self._job(service_id)
         if job is None:
             return
-        for instance in job.get("instance_list") or []:
-            number = instance.get("instance_number") if isinstance(instance, dict) else None
-            if number is not None:
-                self.client.call("DELETE", f"/api/service/{service_id}/instance/{number}",
-                                 f"removing instance {number} of {service_id}", allow=(404,))  # fmt: skip
+        for item in self._current(service_id, job):
+            number = item.get("instance_number")
+            if isinstance(number, int):
+                self._remove_instance(service_id, number)
         self._undeployed.add(service_id)
+        self._desired.pop(service_id, None)
+        self._requested_at.pop(service_id, None)
+
+    def _trim(self, service_id: str, instances: list[Json]) -> list[Json]:
+        """Oakestra redeployed a failed instance itself after FLOps did: keep only as many as FLOps wants."""
+        desired = self._desired.get(service_id)
+        live = [item for item in instances
+                if sla.state_of(item.get("status")) in (ServiceState.PENDING, ServiceState.RUNNING)]  # fmt: skip
+        if desired is None or len(live) <= desired:
+            return instances
+        surplus = sorted(live, key=lambda item: int(item.get("instance_number") or 0))[desired:]
+        for item in surplus:
+            self._remove_instance(service_id, int(item["instance_number"]))
+        return [item for item in instances if item not in surplus]
 
     def inspect_service(self, app: AppRef, service_id: str) -> ServiceInfo:
         job = self._job(service_id)
         if job is None:
             return ServiceInfo(service_id, ServiceState.UNKNOWN, detail="Oakestra has no such service")
         name = sla.flops_name_of(job) or str(job.get("microservice_name") or service_id)
-        return sla.service_info(name, job, service_id in self._undeployed)
+        job = {**job, "instance_list": self._trim(service_id, self._current(service_id, job))}
+        return sla.service_info(name, job, service_id in self._undeployed, self._redeploy_pending(service_id))
 
     # -- nodes -----------------------------------------------------------------------------
     def list_nodes(self) -> list[NodeInfo]:

@@ -1,7 +1,9 @@
 """A small client of the Oakestra root orchestrator's REST API (the "system manager").
 
 It logs in, refreshes the token before it expires (tokens live ten minutes), logs in again
-when a token is refused, decodes the JSON-in-a-JSON-string answers several endpoints give,
+(once per call) when a token is refused: 401, or 422 with a JWT verification error, which is
+what the root's ``@jwt_required`` endpoints answer after the root restarted with a new key.
+It decodes the JSON-in-a-JSON-string answers several endpoints give,
 and turns error bodies (some as thin as ``{"code", "status"}``) into one clear sentence.
 """
 
@@ -21,10 +23,26 @@ from orchestrator_adapters.base import AdapterError
 DEFAULT_TOKEN_LIFETIME_S = 600.0
 
 
+# 422 answers of flask-jwt-extended that mean "this token is no good", not "this request is bad".
+TOKEN_REFUSALS = (
+    "Signature verification failed",
+    "Not enough segments",
+    "Invalid header",
+    "Invalid payload",
+    "Invalid crypto padding",
+    "Only non-refresh tokens are allowed",
+)
+
+
 class OakestraError(AdapterError):
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, reason: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason  # the root's own words, for deciding what to do
+
+    @property
+    def token_refused(self) -> bool:
+        return self.status == 401 or (self.status == 422 and any(refusal in self.reason for refusal in TOKEN_REFUSALS))
 
 
 def decode_answer(text: str) -> Any:
@@ -62,6 +80,8 @@ def error_message(response: requests.Response) -> str:
         body = decode_answer(response.text)
     except ValueError:
         body = response.text.strip()
+    if isinstance(body, dict) and body and set(body) <= {"code", "status"}:  # the root's thin answer
+        return f"{body.get('status') or response.reason} (Oakestra gave no reason)"
     if isinstance(body, dict):
         for key in ("message", "msg", "description", "error", "status"):
             value = body.get(key)
@@ -164,9 +184,9 @@ class OakestraClient:
         if response.status_code in allow:
             return None
         if not 200 <= response.status_code < 300:
+            reason = error_message(response)
             raise OakestraError(
-                f"Oakestra {what} failed with HTTP {response.status_code}: {error_message(response)}",
-                response.status_code,
+                f"Oakestra {what} failed with HTTP {response.status_code}: {reason}", response.status_code, reason
             )
         try:
             return decode_answer(response.text)
@@ -183,13 +203,16 @@ class OakestraClient:
         auth: bool = True,
         allow: tuple[int, ...] = (),
     ) -> Any:
-        """One API call; None when the status is in ``allow``. A refused token is renewed once."""
+        """One API call; None when the status is in ``allow``. A refused token is replaced by a new login, once."""
         if not auth:
             return self._send(method, path, json_body=json_body, token=None, what=what, allow=allow)
+        token = self._valid_token()
         try:
-            return self._send(method, path, json_body=json_body, token=self._valid_token(), what=what, allow=allow)
+            return self._send(method, path, json_body=json_body, token=token, what=what, allow=allow)
         except OakestraError as error:
-            if error.status != 401:
+            if not error.token_refused:
                 raise
-        self.login()
+        with self._auth_lock:
+            if self._token == token:  # another thread may have logged in already
+                self.login()
         return self._send(method, path, json_body=json_body, token=self._valid_token(), what=what, allow=allow)

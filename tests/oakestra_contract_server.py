@@ -1,23 +1,37 @@
-"""An Oakestra root orchestrator stand-in that implements the documented REST contract.
+"""An Oakestra root orchestrator stand-in that behaves as the real one does.
 
-It follows ``shared/reference/oakestra-api.md``: login/refresh with expiring JWT-shaped
-tokens, applications and services from SLA v2.0 descriptors (every SLA is validated against
-the v2.0 rules; violations are answered 422 and recorded in :attr:`violations`), the
-double-encoded answers (JSON in a JSON string, ids as ``{"$oid": ...}``), 409 for a taken
-application name, ``GET /api/application/<id>`` answering ``null``, ``failed_services`` on a
-200 when the network refuses a service address, "ok" for instances of unknown services, and
-service status transitions driven by polling (REQUESTED -> CLUSTER_SCHEDULED -> ... ->
-RUNNING -> COMPLETED / FAILED / DEAD). Scheduling honours the ``clusters`` and ``addons``
-constraints against the active clusters. Tests steer outcomes with :meth:`set_fate`, or pass
-``run_instances=True`` to run each instance's ``cmd`` (with its ``environment``) as a local
-process whose exit decides the status (the log tail becomes ``status_detail``).
+It follows ``shared/reference/oakestra-api.md``, including what was seen on a real root
+orchestrator (2026-12): login/refresh with expiring JWT-shaped tokens; after a key rotation
+(the root restarted) old tokens get 422 ``Signature verification failed`` on the
+``@jwt_required`` application endpoints and 401 on the service endpoints, a malformed token
+422 ``Not enough segments``; applications and services from SLA v2.0 descriptors (violations
+are recorded in :attr:`violations`), and every rejected ``POST /api/service/`` (bad SLA, unknown
+application) is answered with the thin 400 ``{"code": 400, "status": "Bad Request"}``;
+double-encoded answers (JSON in a JSON string, ids as ``{"$oid": ...}``); a thin 409 for a
+taken application name (names are checked only against ``^[a-zA-Z0-9]{1,30}$``);
+``GET /api/application/<id>`` answering ``null``; ``failed_services`` on a 200 when the network
+refuses a service address; ``virtualization: container`` stored as ``docker``; "ok" for
+instances of unknown services and for removing unknown instances; 500 for deleting an unknown
+service; ``GET /api/clusters/active`` as plain JSON labelled ``text/html`` with plain-string ids.
+
+Scheduling is what Oakestra's scheduler does: only constraints of type ``direct`` are read
+(``cluster`` at the root, ``node`` within the cluster); ``addons``, ``clusters``,
+``target_node`` and unknown types are stored and ignored. A job whose named cluster is not
+active becomes ``TargetClusterNotActive``, one no active cluster has room for (virtualization,
+vCPUs, memory) ``NoActiveClusterWithCapacity``, one whose named worker is missing
+``NO_NODE_FOUND``; ``status_detail`` then stays "Waiting for scheduling decision", as on the
+real root. A FAILED instance stays in ``instance_list`` after a new one is added; with
+:meth:`redeploy_failed` the cluster orchestrator replaces failed instances by itself.
+Status moves on with polling (REQUESTED -> CLUSTER_SCHEDULED -> ... -> RUNNING -> COMPLETED /
+FAILED / DEAD). Tests steer outcomes with :meth:`set_fate`, or pass ``run_instances=True`` to
+run each instance's ``cmd`` (with its ``environment``) as a local process whose exit decides
+the status (the log tail becomes ``status_detail``).
 """
 
 from __future__ import annotations
 
 import base64
 import ipaddress
-import itertools
 import json
 import threading
 import time
@@ -34,25 +48,7 @@ Json = dict[str, Any]
 NAME = {"type": "string", "pattern": "^[a-zA-Z0-9]{1,30}$"}
 INT = {"type": "integer"}
 STRINGS = {"type": "array", "items": {"type": "string"}}
-CONSTRAINT = {
-    "type": "object",
-    "required": ["type"],
-    "properties": {
-        "type": {"enum": ["latency", "geo", "addons", "clusters"]},
-        "needs": {**STRINGS, "minItems": 1},
-        "allowed": {**STRINGS, "minItems": 1},
-        "area": {"type": "string"},
-        "location": {"type": "string"},
-        "threshold": {"type": "number"},
-        "rigidness": {"type": "number"},
-        "convergence_time": INT,
-    },
-    "additionalProperties": False,
-    "allOf": [
-        {"if": {"properties": {"type": {"const": "addons"}}}, "then": {"required": ["needs"]}},
-        {"if": {"properties": {"type": {"const": "clusters"}}}, "then": {"required": ["allowed"]}},
-    ],
-}
+CONSTRAINT = {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}  # even "bogus"
 MICROSERVICE = {
     "type": "object",
     "required": ["microservice_name", "microservice_namespace", "virtualization", "code"],
@@ -112,6 +108,9 @@ SLA_SCHEMA = {
     "additionalProperties": False,
 }
 SERVICE_NETWORK = ipaddress.ip_network("10.30.0.0/16")
+WAITING = "Waiting for scheduling decision"
+THIN_400 = {"code": 400, "status": "Bad Request"}
+BIG_CLUSTER = {"vcpus": 64, "memory": 262144, "virtualization": ["docker", "unikernel"]}
 STEPS = ["REQUESTED", "CLUSTER_SCHEDULED", "NODE_SCHEDULED", "CREATING", "CREATED", "RUNNING"]
 
 
@@ -129,7 +128,8 @@ def _double_encoded(value: Any) -> Response:
 
 
 def _public(job: Json) -> Json:
-    return {key: value for key, value in job.items() if key != "_requested"}
+    """A job as the root shows it (the double's own bookkeeping starts with an underscore)."""
+    return {key: value for key, value in job.items() if not key.startswith("_")}
 
 
 def _json(value: Any, status: int = 200) -> Response:
@@ -144,19 +144,22 @@ class OakestraContractServer:
         self.run_instances = run_instances
         self._processes: dict[tuple[str, int], LocalProcess] = {}
         self.users = {"Admin": {"password": "Admin", "id": _oid(), "admin": True}}
-        self.tokens: dict[str, tuple[str, float, str]] = {}  # token -> (user, expiry, kind)
+        self.tokens: dict[str, tuple[str, float, str, int]] = {}  # token -> (user, expiry, kind, key generation)
+        self.key_generation = 0
         self.apps: dict[str, Json] = {}
         self.jobs: dict[str, Json] = {}
         self.clusters: list[Json] = clusters if clusters is not None else [
             {"_id": {"$oid": _oid()}, "cluster_name": "cluster-a", "cluster_location": "munich",
              "supported_addons": ["FLOps-learner"], "active": True},
         ]  # fmt: skip
-        self.fates: dict[str, tuple[str, str]] = {}  # microservice name -> (final status, detail)
+        self.fates: dict[str, list[Any]] = {}  # microservice name -> [final status, detail, instances left or None]
+        self.self_redeploying: dict[str, int] = {}  # microservice name -> polls before its cluster replaces a failure
         self.violations: list[str] = []
         self.slas: list[Json] = []
+        self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every call
         self.logins = self.refreshes = self.expired_token_uses = 0
         self._lock = threading.RLock()
-        self._instance_numbers = itertools.count(0)
+        self._instance_fates: dict[tuple[str, int], tuple[str, str]] = {}
         self.app = self._build_app()
         self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.port = self._server.server_port
@@ -182,13 +185,24 @@ class OakestraContractServer:
             self._processes.clear()
 
     # -- test controls --------------------------------------------------------------
-    def set_fate(self, microservice_name: str, status: str, detail: str = "") -> None:
-        """Where a service's instances end up after RUNNING (default: COMPLETED if one-shot, else RUNNING)."""
-        self.fates[microservice_name] = (status, detail)
+    def set_fate(self, microservice_name: str, status: str, detail: str = "", instances: int | None = None) -> None:
+        """Where the next ``instances`` instances (all: None) of a service end up after RUNNING.
 
-    def revoke_tokens(self) -> None:
+        Without a fate an instance ends COMPLETED if one-shot, else stays RUNNING.
+        """
+        self.fates[microservice_name] = [status, detail, instances]
+
+    def redeploy_failed(self, microservice_name: str, after_polls: int = 0) -> None:
+        """The cluster orchestrator replaces this service's failed instances by itself, ``after_polls`` polls later.
+
+        The failed instance stays listed beside its replacement.
+        """
+        self.self_redeploying[microservice_name] = after_polls
+
+    def rotate_keys(self) -> None:
+        """What a restart of the root does: a new signing key, so every token issued before fails verification."""
         with self._lock:
-            self.tokens.clear()
+            self.key_generation += 1
 
     def add_user(self, name: str, password: str, admin: bool = False) -> str:
         self.users[name] = {"password": password, "id": _oid(), "admin": admin}
@@ -202,17 +216,25 @@ class OakestraContractServer:
     def _issue(self, user: str, kind: str, lifetime: float) -> str:
         expiry = time.time() + lifetime
         token = f"{_b64({'alg': 'RS256', 'typ': 'JWT'})}.{_b64({'sub': user, 'exp': expiry, 'type': kind})}.{_oid()}"
-        self.tokens[token] = (user, expiry, kind)
+        self.tokens[token] = (user, expiry, kind, self.key_generation)
         return token
 
-    def _user(self, kind: str = "access") -> tuple[str | None, Response | None]:
+    def _user(self, kind: str = "access", jwt_required: bool = False) -> tuple[str | None, Response | None]:
+        """The caller; ``@jwt_required`` endpoints refuse bad tokens with 422, the service endpoints with 401."""
+        refused = 422 if jwt_required else 401
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             return None, _json({"msg": "Missing Authorization Header"}, 401)
-        found = self.tokens.get(header[len("Bearer ") :])
-        if found is None or found[2] != kind:
-            return None, _json({"msg": "Invalid token"}, 401)
-        user, expiry, _ = found
+        token = header[len("Bearer ") :]
+        if token.count(".") != 2:
+            return None, _json({"msg": "Not enough segments"}, refused)
+        found = self.tokens.get(token)
+        if found is None or found[3] != self.key_generation:
+            return None, _json({"msg": "Signature verification failed"}, refused)
+        user, expiry, token_kind, _ = found
+        if token_kind != kind:
+            return None, _json({"msg": f"Only {'refresh' if kind == 'refresh' else 'non-refresh'} tokens are allowed"},
+                               refused)  # fmt: skip
         if time.time() >= expiry:
             self.expired_token_uses += 1
             return None, _json({"msg": "Token has expired"}, 401)
@@ -241,40 +263,66 @@ class OakestraContractServer:
         return _json({"message": message}, 422)
 
     # -- scheduling --------------------------------------------------------------------
+    @staticmethod
+    def _fits(job: Json, cluster: Json) -> bool:
+        offer = {**BIG_CLUSTER, **cluster}
+        return (
+            job.get("virtualization") in offer["virtualization"]
+            and offer["vcpus"] >= (job.get("vcpus") or 0)
+            and offer["memory"] >= (job.get("memory") or 0)
+        )
+
     def _place(self, job: Json) -> tuple[Json | None, str]:
-        allowed: set[str] | None = None
-        needs: set[str] = set()
-        for constraint in job.get("constraints") or []:
-            if constraint["type"] == "clusters":
-                allowed = set(constraint["allowed"])
-            if constraint["type"] == "addons":
-                needs |= set(constraint["needs"])
-        active = [cluster for cluster in self.clusters if cluster.get("active")]
-        if allowed is not None:
-            active = [cluster for cluster in active if cluster["cluster_name"] in allowed]
-            if not active:
-                return None, "TargetClusterNotActive"
-        fitting = [cluster for cluster in active if needs <= set(cluster.get("supported_addons") or [])]
+        """Oakestra's root scheduler: only ``direct`` constraints count (``cluster``, then ``node`` in it)."""
+        direct = next((item for item in job.get("constraints") or [] if item.get("type") == "direct"), {})
+        candidates = [cluster for cluster in self.clusters if cluster.get("active")]
+        if direct.get("cluster"):
+            candidates = [cluster for cluster in candidates if cluster["cluster_name"] == direct["cluster"]]
+        if not candidates:
+            return None, "TargetClusterNotActive"
+        fitting = [cluster for cluster in candidates if self._fits(job, cluster)]
         if not fitting:
             return None, "NoActiveClusterWithCapacity"
-        return fitting[0], ""
+        chosen = fitting[0]
+        workers = chosen.get("workers")
+        if direct.get("node") and workers is not None and direct["node"] not in workers:
+            return None, "NO_NODE_FOUND"
+        return chosen, ""
+
+    def _schedule(self, job: Json) -> None:
+        cluster, failure = self._place(job)
+        if cluster is None:
+            job["status"], job["_scheduling_failed"] = failure, True  # status_detail stays "Waiting for ..."
+            return
+        number = job["next_instance_progressive_number"]
+        job["next_instance_progressive_number"] = number + 1
+        job["instance_list"].append({
+            "instance_number": number, "cluster_id": object_id(cluster["_id"]),
+            "cluster_location": cluster["cluster_location"], "status": "CLUSTER_SCHEDULED", "publicip": "",
+        })  # fmt: skip
+        job["status"], job["_scheduling_failed"] = "CLUSTER_SCHEDULED", False
+        fate = self.fates.get(job["microservice_name"])
+        if fate is not None and fate[2] != 0:
+            self._instance_fates[(job["microserviceID"], number)] = (fate[0], fate[1])
+            if fate[2] is not None:
+                fate[2] -= 1
 
     def _advance(self, job: Json) -> None:
         """One polling step: schedule requested instances, move instances towards their fate."""
         for _ in range(job.pop("_requested", 0)):
-            cluster, failure = self._place(job)
-            if cluster is None:
-                job["status"], job["status_detail"] = failure, "no cluster satisfies the constraints"
-                continue
-            job["instance_list"].append({
-                "instance_number": next(self._instance_numbers), "cluster_id": cluster["_id"]["$oid"],
-                "cluster_location": cluster["cluster_location"], "status": "CLUSTER_SCHEDULED", "publicip": "",
-            })  # fmt: skip
-        default = "COMPLETED" if job.get("one_shot") else "RUNNING"
-        final, detail = self.fates.get(job["microservice_name"], (default, ""))
-        for instance in job["instance_list"]:
+            self._schedule(job)
+        waiting = []
+        for polls_left in job.pop("_own_redeploys", []):
+            if polls_left <= 0:
+                self._schedule(job)  # the cluster orchestrator's own redeploy
+            else:
+                waiting.append(polls_left - 1)
+        job["_own_redeploys"] = waiting
+        default = ("COMPLETED" if job.get("one_shot") else "RUNNING", "")
+        for instance in list(job["instance_list"]):
             status = instance["status"]
             key = (job["microserviceID"], instance["instance_number"])
+            final, detail = self._instance_fates.get(key, default)
             if status in STEPS[:-1]:
                 instance["status"] = STEPS[STEPS.index(status) + 1]
                 if instance["status"] == "RUNNING" and self.run_instances:
@@ -291,7 +339,14 @@ class OakestraContractServer:
                     process.kill()
             elif status == "RUNNING" and not self.run_instances and final != "RUNNING":
                 instance["status"], instance["status_detail"] = final, detail
-        if job["instance_list"]:
+            failed_now = instance["status"] in ("FAILED", "DEAD") and status != instance["status"]
+            if failed_now and job["microservice_name"] in self.self_redeploying:
+                delay = self.self_redeploying[job["microservice_name"]]
+                if delay == 0:
+                    self._schedule(job)  # replaced before anyone could see it alone
+                else:
+                    job["_own_redeploys"].append(delay - 1)
+        if job["instance_list"] and not job.get("_scheduling_failed"):
             job["status"] = job["instance_list"][-1]["status"]
 
     def _kill(self, job_id: str, number: int | None = None) -> None:
@@ -301,6 +356,11 @@ class OakestraContractServer:
     # -- routes --------------------------------------------------------------------------
     def _build_app(self) -> Flask:
         app = Flask("oakestra-contract")
+
+        @app.after_request
+        def remember(response: Response) -> Response:
+            self.requests.append((request.method, request.path, response.status_code))
+            return response
 
         @app.post("/api/auth/login")
         def login() -> Response:
@@ -318,7 +378,7 @@ class OakestraContractServer:
         @app.post("/api/auth/refresh")
         def refresh() -> Response:
             with self._lock:
-                user, refused = self._user("refresh")
+                user, refused = self._user("refresh", jwt_required=True)
                 if refused is not None:
                     return refused
                 assert user is not None
@@ -328,7 +388,7 @@ class OakestraContractServer:
         @app.post("/api/application/")
         def create_application() -> Response:
             with self._lock:
-                user, refused = self._user()
+                user, refused = self._user(jwt_required=True)
                 if refused is not None:
                     return refused
                 body = request.get_json(silent=True)
@@ -344,9 +404,7 @@ class OakestraContractServer:
                     a["userId"] == user and a["application_name"] == name and a["application_namespace"] == namespace
                     for a in self.apps.values()
                 ):
-                    return _json({"message": "An application with the same name and namespace exists already"}, 409)
-                if len(name) > 10 or len(namespace) > 10:
-                    return self._reject("Application name or namespace are not in the valid format")
+                    return _json({"code": 409, "status": "Conflict"}, 409)
                 app_id = _oid()
                 self.apps[app_id] = {**application, "applicationID": app_id, "userId": user, "microservices": []}
                 mine = [{**a, "_id": {"$oid": a["applicationID"]}} for a in self.apps.values() if a["userId"] == user]
@@ -355,7 +413,7 @@ class OakestraContractServer:
         @app.route("/api/application/<app_id>", methods=["GET", "DELETE"])
         def application(app_id: str) -> Response:
             with self._lock:
-                user, refused = self._user()
+                user, refused = self._user(jwt_required=True)
                 if refused is not None:
                     return refused
                 if request.method == "GET":
@@ -372,7 +430,7 @@ class OakestraContractServer:
         @app.get("/api/applications/")
         def all_applications() -> Response:
             with self._lock:
-                user, refused = self._user()
+                user, refused = self._user(jwt_required=True)
                 if refused is not None:
                     return refused
                 assert user is not None
@@ -383,7 +441,7 @@ class OakestraContractServer:
         @app.get("/api/applications/<user_id>")
         def user_applications(user_id: str) -> Response:
             with self._lock:
-                user, refused = self._user()
+                user, refused = self._user(jwt_required=True)
                 if refused is not None:
                     return refused
                 assert user is not None
@@ -401,22 +459,26 @@ class OakestraContractServer:
                 body = request.get_json(silent=True)
                 problem = self._validate(body)
                 if problem:
-                    return self._reject(problem)
+                    self.violations.append(problem)
+                    return _json(THIN_400, 400)  # the root's own 422 is caught and replaced
                 assert isinstance(body, dict)
                 application = body["applications"][0]
                 if len(application["microservices"]) != 1:
-                    return self._reject("FLOps adds one microservice per request")
+                    self.violations.append("FLOps adds one microservice per request")
+                    return _json(THIN_400, 400)
                 owner = self.apps.get(application["applicationID"])
                 if owner is None or owner["userId"] != user:
-                    return _json({"message": "application not found"}, 404)
+                    return _json(THIN_400, 400)  # the root's 404 is replaced too
                 microservice = application["microservices"][0]
                 rr_ip = (microservice.get("addresses") or {}).get("rr_ip")
                 if rr_ip and any(job.get("RR_ip") == rr_ip for job in self.jobs.values()):
                     failure = {"message": f"failed to deploy service: address {rr_ip} is in use", "status": 500}
                     return _json({"job_id": "", "deployed_services": [], "failed_services": [failure]})
                 job_id = _oid()
+                virtualization = microservice["virtualization"]
                 self.jobs[job_id] = {
                     **microservice, "_id": {"$oid": job_id}, "microserviceID": job_id,
+                    "virtualization": "docker" if virtualization == "container" else virtualization,
                     "applicationID": owner["applicationID"], "app_name": owner["application_name"],
                     "app_ns": owner["application_namespace"], "service_name": microservice["microservice_name"],
                     "job_name": ".".join([owner["application_name"], owner["application_namespace"],
@@ -434,6 +496,8 @@ class OakestraContractServer:
                 if refused is not None:
                     return refused
                 job = self.jobs.get(job_id)
+                if job is None and request.method == "DELETE":
+                    return _json({"code": 500, "status": "Internal Server Error"}, 500)
                 if job is None:
                     return _json({"message": "service not found"}, 404)
                 if request.method == "DELETE":
@@ -453,7 +517,7 @@ class OakestraContractServer:
                 job = self.jobs.get(job_id)
                 if job is not None:  # unknown ids are "ok" too, as upstream
                     job["_requested"] = job.get("_requested", 0) + 1
-                    job["status"], job["status_detail"] = "REQUESTED", ""
+                    job["status"], job["status_detail"], job["_scheduling_failed"] = "REQUESTED", WAITING, False
                 return _json({"message": "ok"})
 
         @app.delete("/api/service/<job_id>/instance/<int:number>")
@@ -463,10 +527,9 @@ class OakestraContractServer:
                 if refused is not None:
                     return refused
                 job = self.jobs.get(job_id)
-                if job is None:
-                    return _json({"message": "service not found"}, 404)
-                job["instance_list"] = [i for i in job["instance_list"] if i["instance_number"] != number]
-                self._kill(job_id, number)
+                if job is not None:  # unknown services and instance numbers are "ok" too
+                    job["instance_list"] = [i for i in job["instance_list"] if i["instance_number"] != number]
+                    self._kill(job_id, number)
                 return _json({"message": "ok"})
 
         @app.get("/api/services/<app_id>")
@@ -483,7 +546,9 @@ class OakestraContractServer:
         @app.get("/api/clusters/active")
         def active_clusters() -> Response:
             with self._lock:
-                return _double_encoded([cluster for cluster in self.clusters if cluster.get("active")])
+                active = [{**cluster, "_id": object_id(cluster["_id"])} for cluster in self.clusters
+                          if cluster.get("active")]  # fmt: skip
+                return Response(json.dumps(active), status=200, mimetype="text/html")  # plain JSON, labelled HTML
 
         @app.errorhandler(404)
         def unknown(_: Exception) -> Response:
@@ -494,3 +559,7 @@ class OakestraContractServer:
             return _json({"code": 405, "status": "Method Not Allowed"}, 405)
 
         return app
+
+
+def object_id(value: object) -> str:
+    return str(value["$oid"]) if isinstance(value, dict) else str(value)

@@ -152,9 +152,9 @@ def test_an_oakestra_service_by_reference_carries_no_secret() -> None:
     environment = reference_environment("https://manager:5072/service-config/abc", "tok", "CA-PEM")
     spec = ServiceSpec(name="learner-a", kind=ServiceKind.LEARNER, config={}, image="registry/flops/learner:1",
                        environment=environment)  # fmt: skip
-    descriptor = microservice(spec, virtualization="container", learner_addon="FLOps-learner", rr_ip=None,
-                              expose_ports=False, clusters=set())  # fmt: skip
+    descriptor = microservice(spec, virtualization="container", rr_ip=None, expose_ports=False, node_clusters={},
+                              clusters=set())  # fmt: skip
     variables = dict(item.split("=", 1) for item in descriptor["environment"])
     assert variables["FLOPS_CONFIG_URL"] == "https://manager:5072/service-config/abc"
     assert variables["FLOPS_CONFIG_TOKEN"] == "tok" and variables["FLOPS_CONFIG_CA_PEM"] == "CA-PEM"
-    assert json.loads(variables["FLOPS_CONFIG"]) == {}
+    assert "FLOPS_CONFIG" not in variables  # the document stays with the manager: not even an empty copy

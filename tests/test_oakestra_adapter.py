@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -11,7 +12,18 @@ from typing import Any
 
 import pytest
 
+from flops_utils.service_config import MqttSettings
+from manager.broker_access import SharedAccess
+from manager.lifecycle.context import LifecycleSettings
+from manager.lifecycle.errors import PhaseFailed
+from manager.lifecycle.inbox import ProjectInbox
+from manager.lifecycle.observatory import Observatory, ObservatoryKeeper
+from manager.lifecycle.project_run import ProjectRun, RunDeps
+from manager.records import ProjectRecord
 from manager.settings import load_settings
+from manager.sla import ProjectSLA
+from manager.storage.mongo import MongoProjectStore
+from manager.tracking_store import TrackingStore
 from orchestrator_adapters import oakestra_sla as sla
 from orchestrator_adapters.base import (
     AdapterError,
@@ -46,9 +58,11 @@ ENDED = (ServiceState.SUCCEEDED, ServiceState.FAILED, ServiceState.STOPPED)
 FLEET = PortSpec("fleet", 9092)
 
 
-def cluster(name: str, addons: tuple[str, ...] = ("FLOps-learner",), active: bool = True) -> dict[str, Any]:
+def cluster(
+    name: str, addons: tuple[str, ...] = ("FLOps-learner",), active: bool = True, **offer: Any
+) -> dict[str, Any]:
     return {"_id": {"$oid": f"{name:0>24}"[-24:]}, "cluster_name": name, "cluster_location": f"{name}-site",
-            "supported_addons": list(addons), "active": active}  # fmt: skip
+            "supported_addons": list(addons), "active": active, **offer}  # fmt: skip
 
 
 @pytest.fixture
@@ -153,8 +167,8 @@ def test_classic_project_flow(server: OakestraContractServer) -> None:
     environment = sla.environment_of(job)
     assert json.loads(environment["FLOPS_CONFIG"]) == spec("learner-1", ServiceKind.LEARNER).config
     assert environment["FLOPS_WORKDIR"] == "/work"
-    assert job["constraints"] == [{"type": "addons", "needs": ["FLOps-learner"]},
-                                  {"type": "clusters", "allowed": ["cluster-a"]}]  # fmt: skip
+    assert job["constraints"] == [{"type": "direct", "cluster": "cluster-a"}]  # the only kind Oakestra reads
+    assert job["virtualization"] == "docker"  # what the root stores for "container"
     assert job["one_shot"] is True and job["vcpus"] == 1 and job["memory"] == 300
     assert job["cmd"] == ["python", "-m", "services.learner.main"]
 
@@ -180,9 +194,10 @@ def test_classic_project_flow(server: OakestraContractServer) -> None:
     assert len(server.slas) == 2 + 1 + 1 + 1 + 2  # two apps, then tracking, builder, aggregator, two learners
 
 
-def test_hierarchical_flow_places_by_cluster_and_addon() -> None:
-    clusters = [cluster("cluster-a"), cluster("cluster-b"), cluster("cluster-c", addons=()),
-                cluster("cluster-d", active=False)]  # fmt: skip
+def test_hierarchical_flow_places_by_direct_constraints() -> None:
+    """Oakestra's scheduler reads only ``direct`` constraints: without them everything lands on the first cluster."""
+    clusters = [cluster("cluster-a", workers=["n1"]), cluster("cluster-b", workers=["n2"]),
+                cluster("cluster-c", addons=(), memory=200), cluster("cluster-d", active=False)]  # fmt: skip
     server = OakestraContractServer(clusters=clusters).start()
     try:
         inventory = [
@@ -214,11 +229,14 @@ def test_hierarchical_flow_places_by_cluster_and_addon() -> None:
             info = settle(adapter, app, service_id, ENDED)
             assert info.state is ServiceState.SUCCEEDED, (name, info)
         job = job_named(server, "learner-n2")
-        assert job["target_node"] == "n2"
-        assert {"type": "clusters", "allowed": ["cluster-b"]} in job["constraints"]
-        aggregator_job = job_named(server, "cluster-aggregator-cluster-a")
-        assert aggregator_job["constraints"] == [{"type": "clusters", "allowed": ["cluster-a"]}]
-        assert aggregator_job["instance_list"][0]["cluster_location"] == "cluster-a-site"
+        assert job["constraints"] == [{"type": "direct", "cluster": "cluster-b", "node": "n2"}]
+        assert "target_node" not in job
+        assert job["instance_list"][0]["cluster_location"] == "cluster-b-site"  # not the first cluster
+        for name in ("cluster-aggregator-cluster-a", "cluster-aggregator-cluster-b"):
+            where = name.removeprefix("cluster-aggregator-")
+            aggregator_job = job_named(server, name)
+            assert aggregator_job["constraints"] == [{"type": "direct", "cluster": where}]
+            assert aggregator_job["instance_list"][0]["cluster_location"] == f"{where}-site"
         addresses = [job["RR_ip"] for job in server.jobs.values() if job.get("RR_ip")]
         assert len(addresses) == 3 and len(set(addresses)) == 3
 
@@ -227,13 +245,30 @@ def test_hierarchical_flow_places_by_cluster_and_addon() -> None:
                                                  Placement(cluster="cluster-d")))  # fmt: skip
         adapter.deploy_service(app, stranded)
         info = settle(adapter, app, stranded, ENDED)
-        assert info.state is ServiceState.FAILED and info.detail.startswith("TargetClusterNotActive")
-        no_addon = adapter.add_service(app, spec("learner-c", ServiceKind.LEARNER, Placement(cluster="cluster-c")))
-        adapter.deploy_service(app, no_addon)
-        info = settle(adapter, app, no_addon, ENDED)
-        assert info.state is ServiceState.FAILED and info.detail.startswith("NoActiveClusterWithCapacity")
+        assert info.state is ServiceState.FAILED and not info.redeployable
+        assert info.detail == (
+            "Oakestra cannot schedule service cluster-aggregator-d: its target cluster cluster-d is not active "
+            "(TargetClusterNotActive; it asked for 1 vCPU, 300 MB memory, docker; direct constraint "
+            "cluster=cluster-d). Redeploying cannot help: free or add capacity, or change the placement"
+        )
+        too_big = adapter.add_service(app, spec("learner-c", ServiceKind.LEARNER, Placement(cluster="cluster-c")))
+        adapter.deploy_service(app, too_big)  # cluster-c offers 200 MB, the learner asks for 300
+        info = settle(adapter, app, too_big, ENDED)
+        assert info.state is ServiceState.FAILED and not info.redeployable
+        assert info.detail.startswith(
+            "Oakestra cannot schedule service learner-c: no active cluster cluster-c has "
+            "room for it (NoActiveClusterWithCapacity; it asked for 1 vCPU, 300 MB memory"
+        )
+        assert "Waiting for scheduling decision" not in info.detail  # the root's stale status_detail
+        assert job_named(server, "learner-c")["status_detail"] == "Waiting for scheduling decision"
+        ghost_spec = spec("learner-n9", ServiceKind.LEARNER, Placement(node="n9", cluster="cluster-a"))
+        ghost = adapter.add_service(app, ghost_spec)
+        adapter.deploy_service(app, ghost)  # cluster-a has no worker n9
+        info = settle(adapter, app, ghost, ENDED)
+        assert info.state is ServiceState.FAILED and not info.redeployable
+        assert "its target worker n9 was not found in its cluster cluster-a (NO_NODE_FOUND" in info.detail
 
-        # Without an inventory, each active cluster is one node; learners pinned to it get a clusters constraint.
+        # Without an inventory, each active cluster is one node; a learner pinned to it gets a direct cluster.
         plain = adapter_for(server)
         assert [(node.name, node.learner) for node in plain.list_nodes()] == [
             ("cluster-a", True), ("cluster-b", True), ("cluster-c", False)]  # fmt: skip
@@ -241,6 +276,222 @@ def test_hierarchical_flow_places_by_cluster_and_addon() -> None:
         assert server.violations == []
     finally:
         server.stop()
+
+
+def supervise(adapter: OakestraAdapter, app: AppRef, service_id: str, polls: int = 60) -> tuple[int, ServiceInfo]:
+    """What the lifecycle does while a project trains: poll, and deploy again whatever is reported FAILED.
+
+    Returns how many restarts it made and the state after ``polls`` polls.
+    """
+    restarts = 0
+    for _ in range(polls):
+        info = adapter.inspect_service(app, service_id)
+        if info.state is ServiceState.FAILED:
+            assert info.redeployable, info
+            restarts += 1
+            adapter.deploy_service(app, service_id)
+        time.sleep(0.01)
+    return restarts, adapter.inspect_service(app, service_id)
+
+
+def posted_instances(server: OakestraContractServer, service_id: str) -> int:
+    return server.requests.count(("POST", f"/api/service/{service_id}/instance", 200))
+
+
+def test_a_failed_instance_is_removed_and_counted_once(server: OakestraContractServer) -> None:
+    """Oakestra keeps listing a FAILED instance beside its replacement: it must not count as lost again."""
+    adapter = adapter_for(server)
+    app = adapter.create_app("project-r", AppKind.PROJECT, "Admin", "r")
+    service_id = adapter.add_service(app, spec("observer-r", ServiceKind.OBSERVER))
+    server.set_fate(sla.microservice_name("observer-r"), "FAILED", "exit code 1: boom", instances=1)
+    adapter.deploy_service(app, service_id)
+    failed = settle(adapter, app, service_id, ENDED)
+    assert failed.state is ServiceState.FAILED and failed.detail == "instance 0: FAILED: exit code 1: boom"
+
+    adapter.deploy_service(app, service_id)  # the lifecycle's restart
+    restarts, info = supervise(adapter, app, service_id)
+    assert (restarts, info.state) == (0, ServiceState.RUNNING), info
+    assert ("DELETE", f"/api/service/{service_id}/instance/0", 200) in server.requests
+    assert [(i["instance_number"], i["status"]) for i in server.jobs[service_id]["instance_list"]] == [(1, "RUNNING")]
+    assert posted_instances(server, service_id) == 2
+    adapter.deploy_service(app, service_id)  # deploying a live service again adds nothing
+    assert posted_instances(server, service_id) == 2
+
+
+def test_a_redeployed_service_has_time_to_be_scheduled(server: OakestraContractServer) -> None:
+    adapter = adapter_for(server, schedule_grace_s=0.5)
+    app = adapter.create_app("project-g", AppKind.PROJECT, "Admin", "g")
+    service_id = adapter.add_service(app, spec("observer-g", ServiceKind.OBSERVER))
+    server.set_fate(sla.microservice_name("observer-g"), "FAILED", "exit code 1: boom", instances=1)
+    adapter.deploy_service(app, service_id)
+    assert settle(adapter, app, service_id, ENDED).state is ServiceState.FAILED
+    adapter.deploy_service(app, service_id)  # the restart
+    job = server.jobs[service_id]
+    job["_requested"], job["status"] = 0, "FAILED"  # not scheduled (yet), and the job shows the lost instance's status
+    info = adapter.inspect_service(app, service_id)
+    assert (info.state, info.detail) == (ServiceState.PENDING, "redeployed, waiting for Oakestra to schedule it")
+    time.sleep(0.6)  # past schedule_grace_s: the status is taken at its word
+    assert adapter.inspect_service(app, service_id).state is ServiceState.FAILED
+
+
+def test_oakestras_own_redeploy_is_not_doubled(server: OakestraContractServer) -> None:
+    adapter = adapter_for(server)
+    app = adapter.create_app("project-s", AppKind.PROJECT, "Admin", "s")
+    # The cluster orchestrator replaces the failed instance at once: FLOps sees a live service and does nothing.
+    quick = adapter.add_service(app, spec("observer-q", ServiceKind.OBSERVER))
+    server.set_fate(sla.microservice_name("observer-q"), "FAILED", "exit code 1: boom", instances=1)
+    server.redeploy_failed(sla.microservice_name("observer-q"))
+    adapter.deploy_service(app, quick)
+    restarts, info = supervise(adapter, app, quick)
+    assert (restarts, info.state) == (0, ServiceState.RUNNING), info
+    assert "instance 0 failed and was replaced (FAILED: exit code 1: boom)" in info.detail
+    assert posted_instances(server, quick) == 1
+
+    # It replaces it only after FLOps did: the surplus instance is removed, one instance stays.
+    slow = adapter.add_service(app, spec("observer-s", ServiceKind.OBSERVER))
+    server.set_fate(sla.microservice_name("observer-s"), "FAILED", "exit code 1: boom", instances=1)
+    server.redeploy_failed(sla.microservice_name("observer-s"), after_polls=3)
+    adapter.deploy_service(app, slow)
+    restarts, info = supervise(adapter, app, slow)
+    assert (restarts, info.state) == (1, ServiceState.RUNNING), info
+    live = [i for i in server.jobs[slow]["instance_list"] if i["status"] not in ("FAILED", "DEAD")]
+    assert len(live) == 1 and posted_instances(server, slow) == 2
+
+
+def project_run(adapter: OakestraAdapter, app: AppRef, state_dir: Path, mongo_uri: str, database: str) -> ProjectRun:
+    """The lifecycle of one project, on this adapter, with its app already created."""
+    settings = LifecycleSettings(mqtt=MqttSettings(), state_dir=state_dir, cache_dir=state_dir / "cache",
+                                 orchestrator="oakestra")  # fmt: skip
+    store = MongoProjectStore(mongo_uri, database)
+    store.connect()
+    sla_doc = ProjectSLA.model_validate(
+        {"ml_repo_url": "https://git.example.org/ml/repo.git", "ml_model_flavor": "sklearn"}
+    )
+    record = ProjectRecord(project_id=app.project_id or "p", customer=app.customer,
+                           sla=sla_doc.model_dump(mode="json", by_alias=True))  # fmt: skip
+    deps = RunDeps(settings=settings, store=store, adapter=adapter, observatories=ObservatoryKeeper(settings, store),
+                   publish=lambda message: None, broker=SharedAccess(settings.mqtt),
+                   clear_retained=lambda project_id: None)  # fmt: skip
+    run = ProjectRun(record, sla_doc, deps, ProjectInbox())
+    run.state.app = app
+    return run
+
+
+def test_the_lifecycle_fails_at_once_when_oakestra_cannot_schedule_a_service(
+    tmp_path: Path, mongo_uri: str, mongo_db_name: str
+) -> None:
+    server = OakestraContractServer(clusters=[cluster("cluster-a", memory=200)]).start()
+    try:
+        adapter = adapter_for(server)
+        app = adapter.create_app("project-u", AppKind.PROJECT, "Admin", "u")
+        learner = adapter.add_service(app, spec("learner-cluster-a", ServiceKind.LEARNER, Placement(node="cluster-a")))
+        aggregator = adapter.add_service(app, spec("aggregator", ServiceKind.AGGREGATOR, ports=(FLEET,)))
+        for service_id in (learner, aggregator):
+            adapter.deploy_service(app, service_id)
+            settle(adapter, app, service_id, ENDED)
+        run = project_run(adapter, app, tmp_path, mongo_uri, mongo_db_name)
+        run.state.services = {"learner-cluster-a": learner, "aggregator": aggregator}
+        reason = "Oakestra cannot schedule service {}: no active cluster{} has room for it"
+        with pytest.raises(PhaseFailed, match="learner-cluster-a failed: " + reason.format("learner-cluster-a",
+                                                                                           " cluster-a")):  # fmt: skip
+            run._revive_learners()  # noqa: SLF001 - the supervision step of a training project
+        with pytest.raises(PhaseFailed, match="the aggregator failed: " + reason.format("aggregator", "")):
+            run._inspect_watched(lambda message: False, {"aggregator": aggregator}, {}, run._revive_aggregator)  # noqa: SLF001
+        assert posted_instances(server, learner) == posted_instances(server, aggregator) == 1  # no redeploy
+        assert run.state.learner_restarts == {} and run.state.aggregator_restarts == {}
+    finally:
+        server.stop()
+
+
+def test_a_configuration_by_reference_leaves_no_empty_document(server: OakestraContractServer) -> None:
+    adapter = adapter_for(server)
+    app = adapter.create_app("project-c", AppKind.PROJECT, "Admin", "c")
+    reference = {"FLOPS_CONFIG_URL": "https://manager:5072/service-config/abc", "FLOPS_CONFIG_TOKEN": "t0ken"}
+    by_reference = dataclasses.replace(spec("builder", ServiceKind.BUILDER), config={}, environment=reference)
+    environment = sla.environment_of(server.jobs[adapter.add_service(app, by_reference)])
+    assert set(environment) == {"FLOPS_CONFIG_URL", "FLOPS_CONFIG_TOKEN", "FLOPS_SERVICE_NAME"}
+    inline = sla.environment_of(server.jobs[adapter.add_service(app, spec("observer-c", ServiceKind.OBSERVER))])
+    assert json.loads(inline["FLOPS_CONFIG"])["instance_name"] == "observer-c"
+
+
+def test_refusals_name_the_field_or_say_what_was_sent(server: OakestraContractServer) -> None:
+    """The root answers every refused service with a bare 400: FLOps checks first, and says what it sent."""
+    adapter = adapter_for(server)
+    app = adapter.create_app("project-e", AppKind.PROJECT, "Admin", "e")
+    odd = dataclasses.replace(spec("builder", ServiceKind.BUILDER), resources=Resources(memory_mb=300.5))  # type: ignore[arg-type]
+    sent = len(server.slas)
+    with pytest.raises(AdapterError) as refused:
+        adapter.add_service(app, odd)
+    assert str(refused.value) == (
+        "service builder was not sent to Oakestra, which would refuse it: "
+        "memory must be a whole number of at least 0, not 300.5"
+    )
+    assert len(server.slas) == sent
+
+    # What FLOps cannot check (here the application vanished): the root's bare 400 and what was sent.
+    del server.apps[app.app_id]
+    with pytest.raises(AdapterError) as refused:
+        adapter.add_service(app, spec("builder", ServiceKind.BUILDER))
+    assert str(refused.value) == (
+        "Oakestra adding service builder failed with HTTP 400: Bad Request (Oakestra gave no reason); it was sent "
+        f"application {app.app_id} ({sla.application_name('Admin', 'project-e')}.flops), microservice "
+        "builder.builder, container image registry:5000/flops/builder:1, vcpus 1, memory 300, storage 10, "
+        "constraints []"
+    )
+
+
+def test_a_removed_service_is_deleted_even_when_oakestra_answers_500(server: OakestraContractServer) -> None:
+    adapter = adapter_for(server)
+    app = adapter.create_app("observatory-admin", AppKind.OBSERVATORY, "Admin")
+    observer = adapter.add_service(app, spec("observer-1", ServiceKind.OBSERVER))
+    adapter.deploy_service(app, observer)
+    adapter.remove_service(app, observer)
+    assert observer not in server.jobs and server.apps[app.app_id]["microservices"] == []
+    adapter.remove_service(app, observer)  # the root answers 500 for a service it does not know; a GET says 404
+    assert ("DELETE", f"/api/service/{observer}", 500) in server.requests
+    assert ("GET", f"/api/service/{observer}", 404) in server.requests
+
+
+def test_an_observer_is_deleted_when_its_project_ends(
+    server: OakestraContractServer, tmp_path: Path, mongo_uri: str, mongo_db_name: str
+) -> None:
+    """Observers live in the customer's observatory app, which outlives projects: they must not pile up there."""
+    adapter = adapter_for(server)
+    observatory = adapter.create_app("observatory-admin", AppKind.OBSERVATORY, "Admin")
+    project = adapter.create_app("project-o", AppKind.PROJECT, "Admin", "o")
+    observer = adapter.add_service(observatory, spec("observer-o", ServiceKind.OBSERVER))
+    adapter.deploy_service(observatory, observer)
+    run = project_run(adapter, project, tmp_path, mongo_uri, mongo_db_name)
+    run.state.observatory = Observatory(observatory, "http://10.30.0.1:5000", "tracking")
+    run.state.observer = observer
+    run._cleanup(keep_serving=False)  # noqa: SLF001 - what every project does when it ends
+    assert project.app_id not in server.apps
+    assert observer not in server.jobs and server.apps[observatory.app_id]["microservices"] == []
+
+
+def test_the_tracking_server_runs_from_its_image_and_keeps_no_store_on_the_manager_host(
+    server: OakestraContractServer, tmp_path: Path, mongo_uri: str, mongo_db_name: str
+) -> None:
+    store = TrackingStore(
+        backend_store_uri="postgresql+psycopg2://mlflow:pw@db.example.org:5432/mlflow_{customer}",
+        artifacts_destination="s3://flops-mlflow/{customer}",
+    )
+    settings = LifecycleSettings(mqtt=MqttSettings(), state_dir=tmp_path, cache_dir=tmp_path / "cache",
+                                 orchestrator="oakestra", tracking_store=store, tracking_timeout_s=0.5,
+                                 images={"tracking": "registry.example.org/flops/manager:0.1.0"})  # fmt: skip
+    store_of_projects = MongoProjectStore(mongo_uri, mongo_db_name)
+    store_of_projects.connect()
+    keeper = ObservatoryKeeper(settings, store_of_projects)
+    with pytest.raises(PhaseFailed, match="did not become healthy"):  # nothing answers at its overlay address here
+        keeper.ensure(adapter_for(server), "Admin")
+    job = job_named(server, "tracking")
+    assert job["cmd"] == ["python", "-m", "services.observer.tracking_server"]  # the image's interpreter
+    assert job["code"] == "registry.example.org/flops/manager:0.1.0"
+    config = json.loads(sla.environment_of(job)["FLOPS_CONFIG"])
+    assert config["backend_store_uri"].startswith("postgresql+psycopg2://mlflow:pw@db.example.org:5432/mlflow_admin")
+    assert config["artifacts_destination"].startswith("s3://flops-mlflow/admin")
+    assert config["tls_dir"] is None
+    assert str(tmp_path) not in json.dumps(job)  # no path of the manager's host
 
 
 def test_tokens_are_refreshed_before_expiry_and_renewed_when_refused() -> None:
@@ -255,9 +506,22 @@ def test_tokens_are_refreshed_before_expiry_and_renewed_when_refused() -> None:
         assert server.refreshes >= 1 and server.logins == 1
         assert server.expired_token_uses == 0
 
-        server.revoke_tokens()  # e.g. the root restarted with new keys: log in again, once
-        assert adapter.find_app("observatory", "Admin") is not None
+        # The root restarted with a new key: its @jwt_required endpoints answer 422, the service endpoints 401.
+        server.rotate_keys()
+        assert adapter.find_app("observatory", "Admin") is not None  # GET /api/applications/: 422, log in, again
         assert server.logins == 2
+        assert ("GET", "/api/applications/", 422) in server.requests
+        server.rotate_keys()
+        app = adapter.create_app("project-t", AppKind.PROJECT, "Admin", "t")  # the list first, then the POST
+        assert server.logins == 3
+        server.rotate_keys()
+        service = adapter.add_service(app, spec("builder", ServiceKind.BUILDER))  # services listed, then POSTed
+        assert server.logins == 4 and service in server.jobs
+        adapter.client._token = "garbage"  # a malformed token: 422 "Not enough segments"
+        adapter.delete_app(app)
+        assert server.logins == 5 and app.app_id not in server.apps
+        refusals = [status for method, path, status in server.requests if status in (401, 422)]
+        assert refusals == [422, 422, 401, 422]  # each refused call was retried once, after one login
 
         wrong = adapter_for(server, password="nope")
         with pytest.raises(AdapterError, match="login failed with HTTP 401: invalid username or password"):

@@ -42,6 +42,7 @@ def lifecycle_settings(settings: ManagerSettings) -> LifecycleSettings:
         registry=settings.registry,
         repo_base_dir=Path(settings.repo_base_dir or Path.cwd()),
         images=dict(settings.images),
+        tracking_store=settings.tracking_store,
         configs_by_reference=frozenset(settings.configs_by_reference),
         config_url=settings.public_url + CONFIG_PATH,
         config_ca_file=Path(settings.tls_ca_file) if settings.tls_ca_file and settings.tls_cert_file else None,

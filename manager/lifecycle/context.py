@@ -11,6 +11,7 @@ from manager.broker_access import ProjectCredentialsMode
 from manager.lifecycle.tracking_access import TrackingAccess
 from manager.lifecycle.tracking_pki import TrackingPki
 from manager.secret_box import KEY_FILE_NAME, SecretBox
+from manager.tracking_store import TrackingStore
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class LifecycleSettings:
     repo_base_dir: Path = Path.cwd()
     python: str = sys.executable
     images: dict[str, str] = field(default_factory=dict)  # service kind -> image, for container orchestrators
+    tracking_store: TrackingStore | None = None  # customers' MLflow stores; None: under state_dir
     # Orchestrators whose services fetch their configuration from the manager instead of carrying it
     # (see manager.config_vault); needs config_url, the manager's /service-config URL as services reach it.
     configs_by_reference: frozenset[str] = frozenset()

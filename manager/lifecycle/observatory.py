@@ -111,19 +111,28 @@ class ObservatoryKeeper:
         root = self.settings.state_dir / "observatories" / safe_name(customer)
         pki = self.settings.tracking_pki
         url = endpoint.url if pki is None else "https://" + endpoint.url.split("://", 1)[-1]
+        local = adapter.name == "local"
+        in_image = not local and bool(self.settings.images.get("tracking"))  # else a process on the manager's host
+        backend_store_uri, artifacts = f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts")
+        if self.settings.tracking_store is not None:
+            backend_store_uri, artifacts = self.settings.tracking_store.for_customer(root.name)
+        elif in_image:
+            log.warning("the MLflow store of %s is kept inside its tracking server's container and is lost with "
+                        "it: set tracking_store", customer)  # fmt: skip
         config = TrackingConfig(
             customer=customer,
-            backend_store_uri=f"sqlite:///{root / 'mlflow.db'}",
-            artifacts_destination=str(root / "artifacts"),
+            backend_store_uri=backend_store_uri,
+            artifacts_destination=artifacts,
             bind_host=bind_host_for(adapter),
             port=endpoint.port,
             access_token_sha256=self._digests(customer),
             tls=pki.issue(endpoint.host) if pki is not None else None,
-            tls_dir=str(root / "tls"),
+            tls_dir=None if in_image else str(root / "tls"),  # in an image: a private directory of its own
         )
         spec = service_spec(
             TRACKING_SERVICE, ServiceKind.TRACKING, config,
-            python=self.settings.python, image=self.settings.images.get("tracking"), ports=(TRACKING_PORT,),
+            python=self.settings.python if local else "python",  # the image's interpreter, as every service
+            image=self.settings.images.get("tracking"), ports=(TRACKING_PORT,),
         )  # fmt: skip
         owner = observatory_owner(customer)
         ConfigVault(self.store, self.settings.secret_box).revoke(owner)  # a replaced server's reference

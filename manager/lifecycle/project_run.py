@@ -359,6 +359,10 @@ class ProjectRun:
         info = self.deps.adapter.inspect_service(observatory.app, observatory.tracking_service)
         if info.state is not ServiceState.FAILED:
             return
+        if not info.redeployable:
+            self.state.tracking_restarts = MAX_TRACKING_RESTARTS
+            self._event(f"the MLflow tracking server stopped and cannot be redeployed: {info.detail}", level="warning")
+            return
         self.state.tracking_restarts += 1
         self._event(f"the MLflow tracking server stopped ({info.detail or 'failed'}); redeploying it, restart "
                     f"{self.state.tracking_restarts} of {MAX_TRACKING_RESTARTS}; the aggregators keep their "
@@ -377,6 +381,8 @@ class ProjectRun:
             info = self.deps.adapter.inspect_service(app, service_id)
             if info.state is not ServiceState.FAILED:
                 continue
+            if not info.redeployable:
+                raise PhaseFailed(f"{name} failed: {info.detail or 'no detail'}")
             why = info.detail or "failed"
             restarts = self.state.learner_restarts.get(name, 0)
             if restarts >= MAX_LEARNER_RESTARTS:
@@ -616,6 +622,8 @@ class ProjectRun:
         for label, service_id in watched.items():
             info = self.deps.adapter.inspect_service(self._app(), service_id)
             if info.state is ServiceState.FAILED:
+                if not info.redeployable:  # e.g. the orchestrator cannot place it: no report will come
+                    raise PhaseFailed(f"the {label} failed: {info.detail or 'no detail'}")
                 self._drain(on_message, FAILED_GRACE_S)  # prefer the service's own one-line reason
                 if revive is not None and revive(label, service_id, info):
                     continue
@@ -666,7 +674,7 @@ class ProjectRun:
                 adapter.delete_app(app)
         if self.state.observer and self.state.observatory:
             time.sleep(0.5)  # let the observer log the last reports
-            adapter.undeploy_service(self.state.observatory.app, self.state.observer)
+            adapter.remove_service(self.state.observatory.app, self.state.observer)  # the observatory outlives it
         if not keep_serving:
             self.deps.broker.revoke(self.project_id)
         self._revoke_configs(keep_serving)

@@ -283,7 +283,7 @@ class LifecycleService:
         raise ControlError(f"phase {record.phase.value} cannot be resumed")
 
     def _undeploy_leftovers(self, record: ProjectRecord) -> None:
-        """Undeploy what a project left running: its project app and its observer."""
+        """Remove what a project left running: its project app and its observer."""
         adapter = self.adapter(record.orchestrator)
         app_id, observatory_id = record.apps.get("project"), record.apps.get("observatory")
         if app_id:
@@ -293,7 +293,7 @@ class LifecycleService:
         if observer and observatory_id:
             name = observatory_name(record.customer)
             with contextlib.suppress(AdapterError):
-                adapter.undeploy_service(AppRef(observatory_id, name, AppKind.OBSERVATORY, record.customer), observer)
+                adapter.remove_service(AppRef(observatory_id, name, AppKind.OBSERVATORY, record.customer), observer)
 
     # -- helpers -------------------------------------------------------------------
     def _project(self, project_id: str) -> ProjectRecord:

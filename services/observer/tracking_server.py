@@ -73,9 +73,39 @@ def _prepare_local_paths(config: TrackingConfig) -> None:
         Path(config.artifacts_destination).mkdir(parents=True, exist_ok=True)
 
 
+def ensure_database(backend_store_uri: str) -> bool:
+    """Create the PostgreSQL database the URI names when it is missing (MLflow creates only tables).
+
+    True when it was created. Connects to the server's ``postgres`` database with the same account.
+    """
+    if not backend_store_uri.startswith("postgresql"):
+        return False
+    import sqlalchemy  # MLflow's own dependency; loaded only for a PostgreSQL backend
+
+    url = sqlalchemy.make_url(backend_store_uri)
+    if not url.database:
+        raise SystemExit(f"the MLflow backend store URI names no database: {url.render_as_string()}")
+    engine = sqlalchemy.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            query = sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name")
+            if connection.execute(query, {"name": url.database}).first() is not None:
+                return False
+            quoted = engine.dialect.identifier_preparer.quote(url.database)
+            connection.execute(sqlalchemy.text(f"CREATE DATABASE {quoted}"))
+            return True
+    except sqlalchemy.exc.SQLAlchemyError as error:
+        reason = " ".join(str(getattr(error, "orig", None) or error).split())[:300]
+        raise SystemExit(f"cannot prepare the MLflow database {url.database} at {url.host}: {reason}") from None
+    finally:
+        engine.dispose()
+
+
 def main() -> None:
     config = load_config(TrackingConfig)
     _prepare_local_paths(config)
+    if ensure_database(config.backend_store_uri):
+        print(f"created the MLflow database of {config.customer}", file=sys.stderr)
     command = mlflow_command(config, write_tls_files(config))
     env = mlflow_environment(config, dict(os.environ))
     sys.stdout.flush()
