@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := mosquitto docker-registry apache2-utils buildah debootstrap podman runc git
+APT_PACKAGES := mosquitto docker-registry apache2-utils buildah debootstrap podman runc git postgresql
 
 .PHONY: demo test install system-packages venv lint clean
 
@@ -20,7 +20,7 @@ system-packages:
 	  echo "installing Debian packages:$$missing"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	  systemctl disable --now mosquitto docker-registry >/dev/null 2>&1 || true; \
+	  systemctl disable --now mosquitto docker-registry postgresql >/dev/null 2>&1 || true; \
 	fi
 
 venv: $(VENV)/.installed
