@@ -72,14 +72,16 @@ def test_metrics_survive_a_tracking_server_crash(flops_stack: FlopsStack) -> Non
 
 def test_a_killed_learner_does_not_fail_the_project_and_rejoins(flops_stack: FlopsStack) -> None:  # noqa: F811
     """The round completes with the survivors; the lifecycle redeploys the learner, which rejoins."""
-    project_id = _training(flops_stack, "digits-drop", 3, 2, training_rounds=25, min_available_clients=3,
+    # Rounds take a fraction of a second on the push link: enough of them that a redeployed learner
+    # (a new process that loads its data first) joins while training goes on.
+    project_id = _training(flops_stack, "digits-drop", 3, 2, training_rounds=ROUNDS_FOR_A_REJOIN, min_available_clients=3,
                            min_fit_clients=2, min_evaluate_clients=2, round_timeout_s=20)  # fmt: skip
     project = flops_stack.project(project_id)
     victim = sorted(name for name in project["services"] if name.startswith("learner-"))[0]
     _local_adapter(flops_stack).kill_instance(_project_app(project), project["services"][victim])
     project = flops_stack.wait(project_id)
     assert project["status"] == "COMPLETED", project["error"]
-    assert project["progress"]["round"] == 25
+    assert project["progress"]["round"] == ROUNDS_FOR_A_REJOIN
 
     events = flops_stack.events(project_id)
     node = victim.removeprefix("learner-")
@@ -90,6 +92,9 @@ def test_a_killed_learner_does_not_fail_the_project_and_rejoins(flops_stack: Flo
     assert any(text.endswith("with 3 learners") or "with 3 learners " in text for text in later_rounds), later_rounds
 
 
+ROUNDS_FOR_A_REJOIN = 300
+
+
 def _first(events: list[str], predicate: Any, after: int = -1) -> int | None:
     return next((index for index, text in enumerate(events) if index > after and predicate(text)), None)
 
@@ -98,7 +103,7 @@ def test_a_frozen_learner_is_dropped_and_the_same_node_rejoins_when_it_thaws(flo
     """A straggler: the learner's whole process tree is frozen (SIGSTOP) past the round timeout and past
     Flower's heartbeat patience, then thawed (SIGCONT). Rounds go on with the other two; the same
     Flower node comes back online, without a redeploy, and takes part in the next rounds."""
-    project_id = _training(flops_stack, "digits-freeze", 3, 2, training_rounds=200, min_available_clients=3,
+    project_id = _training(flops_stack, "digits-freeze", 3, 2, training_rounds=5000, min_available_clients=3,
                            min_fit_clients=2, min_evaluate_clients=2, round_timeout_s=10)  # fmt: skip
     project = flops_stack.project(project_id)
     victim = sorted(name for name in project["services"] if name.startswith("learner-"))[0]
