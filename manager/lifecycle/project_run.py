@@ -248,7 +248,7 @@ class ProjectRun:
 
     # -- phases ------------------------------------------------------------------
     def _observatory(self) -> None:
-        observatory = self.deps.observatories.ensure(self.deps.adapter, self.customer)
+        observatory = self.deps.observatories.ensure(self.deps.adapter, self.customer, note=self._event)
         self.state.observatory = observatory
         self._update(tracking_url=observatory.tracking_url, apps={"observatory": observatory.app.app_id},
                      mlflow_experiment=self._experiment_name())
@@ -721,10 +721,8 @@ class ProjectRun:
     def _on_progress(self, message: TrainingProgress) -> None:
         now = time.time()
         self.writer.round(round_record(self.project_id, message, now))
-        if self.clock is not None:
-            eta_at = self.clock.observe(message, now)
-            if eta_at is not None:
-                self._update(training_eta_at=eta_at)
+        eta_at = self.clock.observe(message, now) if self.clock is not None else None
+        timing = {} if eta_at is None else {"training_eta_at": eta_at}
         update: dict[str, object] = {"cycle": message.cycle, "total_cycles": message.total_cycles}
         if message.cluster is None:
             update.update(round=message.round, total_rounds=message.total_rounds,
@@ -732,7 +730,7 @@ class ProjectRun:
         elif message.cycle >= self.progress.cycle:
             update.update(round=message.round, total_rounds=message.total_rounds)
         self.progress = self.progress.model_copy(update=update)
-        self._update(progress=self.progress)
+        self._update(progress=self.progress, **timing)
 
     def _record(self, message: FlopsMessage) -> None:
         level = "info"
