@@ -65,6 +65,7 @@ def test_cli_pushes_data_starts_watches_and_lists(flops_stack: FlopsStack, tmp_p
     assert "learning_curve.png" in [artifact.path for artifact in client.list_artifacts(run.info.run_id)]
     png = Path(client.download_artifacts(run.info.run_id, "learning_curve.png", str(tmp_path)))
     assert json.loads(Image.open(png).text["Points"]) == {"accuracy/global": 2, "loss/global": 2}
+    assert f"MLflow run: {record['mlflow_run_url']}" in started.stdout.splitlines()  # watch ends with the link
     text = flops(flops_stack, "project", "status", project_id).stdout
     assert f"mlflow run:  {record['mlflow_run_url']}" in text, text
 

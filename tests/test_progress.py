@@ -7,6 +7,7 @@ import pytest
 from flops_utils.mqtt_catalogue import TrainingProgress
 from manager.lifecycle.round_log import round_record
 from manager.lifecycle.training_clock import TrainingClock
+from manager.lifecycle.waiting import QuietNotes
 from manager.records import ProjectPhase, ProjectRecord, ProjectStatus, project_timing
 
 
@@ -68,3 +69,11 @@ def test_a_round_record_keeps_what_the_aggregator_reported() -> None:
     assert (record.step, record.cycle, record.round, record.cluster) == (5, 2, 2, "c1")
     assert (record.participants, record.num_examples, record.duration_s, record.at) == (3, 90, 1.5, 5.0)
     assert record.metrics == {"accuracy": 0.5}  # NaN loss is left out, not stored as a number
+
+
+def test_a_quiet_wait_is_noted_after_5_s_then_every_30_s_and_a_report_starts_it_again() -> None:
+    quiet = QuietNotes(now=100.0)
+    assert [t for t in (101.0, 104.9, 105.0, 105.5, 120.0, 134.9, 135.0, 150.0, 165.0) if quiet.due(t)] == [
+        105.0, 135.0, 165.0]  # fmt: skip
+    quiet.heard(170.0)
+    assert not quiet.due(174.0) and quiet.due(175.0) and not quiet.due(176.0)

@@ -63,7 +63,7 @@ from manager.lifecycle.specs import (
     sla_resources,
 )
 from manager.lifecycle.training_clock import TrainingClock
-from manager.lifecycle.waiting import http_ok
+from manager.lifecycle.waiting import QuietNotes, http_ok
 from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, ProjectStatus
 from manager.sla import ProjectSLA, sla_to_training_settings
 from manager.storage.base import ProjectStore, StorageUnavailable
@@ -90,8 +90,6 @@ RESULT_GRACE_S = 15.0  # a one-shot service that exited 0 gets this long for its
 MAX_LEARNER_RESTARTS = 3  # per learner and project; a learner that keeps dying is left out after that
 MAX_AGGREGATOR_RESTARTS = 2  # per aggregator and project (classic, root or cluster)
 MAX_TRACKING_RESTARTS = 3  # per project: the customer's MLflow server
-QUIET_NOTE_S = 5.0  # a wait this long without any report gets an event saying what is awaited
-QUIET_REPEAT_S = 30.0  # and another after each further stretch this long
 FAILED = ReportedState.FAILED
 OBSERVER_KEY = "observer"  # the observer lives in the observatory app; stored beside the project's services
 
@@ -621,7 +619,7 @@ class ProjectRun:
         self._event(f"starting the model serving endpoint at {endpoint.url}")
         began = time.monotonic()
         deadline = began + self.deps.settings.serving_timeout_s
-        quiet = _QuietNotes(began)
+        quiet = QuietNotes(began)
         while not healthy():
             self._check_stop()
             if quiet.due(time.monotonic()):
@@ -658,13 +656,13 @@ class ProjectRun:
         deadline = started + timeout
         next_inspect = 0.0
         exited_at: dict[str, float] = {}
-        quiet = _QuietNotes(started)
+        quiet = QuietNotes(started)
         while True:
             self._check_stop()
             message = self.inbox.get(timeout=self.deps.settings.poll_interval_s)
             if message is not None:
                 self._record(message)
-                quiet.heard()
+                quiet.heard(time.monotonic())
                 if on_message(message):
                     return
             if self.writer.pending:
@@ -878,25 +876,6 @@ class ProjectRun:
 
     def _event(self, text: str, *, source: str = "manager", level: str = "info") -> None:
         self.writer.event(EventRecord(project_id=self.project_id, source=source, level=level, text=text))
-
-
-class _QuietNotes:
-    """When a wait without reports deserves an event: after QUIET_NOTE_S, then every QUIET_REPEAT_S."""
-
-    def __init__(self, now: float) -> None:
-        self._since = now
-        self._notes = 0
-
-    def heard(self) -> None:
-        self._since = time.monotonic()
-        self._notes = 0
-
-    def due(self, now: float) -> bool:
-        limit = QUIET_NOTE_S + self._notes * QUIET_REPEAT_S
-        if now - self._since < limit:
-            return False
-        self._notes += 1
-        return True
 
 
 def _one_line(error: BaseException) -> str:
