@@ -91,6 +91,10 @@ def test_manager_restart_mid_training_resumes_the_project(flops_stack: FlopsStac
     assert project["status"] == "COMPLETED", project["error"]
     assert project["progress"]["round"] == 8
     assert "manager restarted: reconnected to the running training services" in flops_stack.events(project_id)
+    rounds = flops_stack.api("GET", f"/api/flops/projects/{project_id}/rounds").json()["rounds"]
+    steps = [r["step"] for r in rounds]
+    # Kept by both managers, none doubled; a round reported while no manager listened is missing (MLflow has it).
+    assert steps == sorted(set(steps)) and {1, 2, 8} <= set(steps) <= set(range(1, 9)), steps
 
 
 def test_a_project_failing_in_training_leaves_no_untagged_mlflow_experiment(

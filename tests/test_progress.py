@@ -77,3 +77,18 @@ def test_a_quiet_wait_is_noted_after_5_s_then_every_30_s_and_a_report_starts_it_
         105.0, 135.0, 165.0]  # fmt: skip
     quiet.heard(170.0)
     assert not quiet.due(174.0) and quiet.due(175.0) and not quiet.due(176.0)
+
+
+def test_a_restarted_manager_replays_the_stored_rounds_into_the_same_estimate() -> None:
+    live = TrainingClock(total_rounds=2, total_cycles=2)
+    stored = []
+    for at, message in [(10.0, report(1, 2, cluster="a", cycles=2, seconds=3.0)),
+                        (12.0, report(1, 2, cluster="b", cycles=2, seconds=4.0)),
+                        (14.0, report(2, 2, cluster="a", cycles=2)),
+                        (17.0, report(2, 2, cluster="b", cycles=2)),
+                        (18.0, report(2, 2, cycles=2, seconds=10.0))]:  # fmt: skip
+        live.observe(message, at)
+        stored.append(round_record("p", message, at))
+    restarted = TrainingClock(total_rounds=2, total_cycles=2)
+    restarted.replay(reversed(stored))  # whatever order the store gives
+    assert restarted.estimate(20.0) == live.estimate(20.0) == pytest.approx(20.0 + (18.0 - 7.0))

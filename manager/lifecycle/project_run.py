@@ -208,6 +208,7 @@ class ProjectRun:
         self.progress = record.progress
         self.phase_started = dict(record.phase_started)
         self.clock = TrainingClock(record.progress.total_rounds, record.progress.total_cycles)
+        self.clock.replay(self.deps.store.list_rounds(self.project_id))  # the estimate goes on where it was
 
     def _enter(self, phase: ProjectPhase, action: Callable[[], None]) -> None:
         self._check_stop()

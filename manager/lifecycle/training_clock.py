@@ -10,10 +10,12 @@ first one ended, rounds per cycle times the slowest cluster's round time.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from statistics import fmean
 
 from flops_utils.mqtt_catalogue import TrainingProgress
+from manager.records import RoundRecord
 
 
 @dataclass
@@ -40,22 +42,30 @@ class TrainingClock:
 
     def observe(self, message: TrainingProgress, at: float) -> float | None:
         """Take one progress report received at ``at`` (epoch s); return the estimated end of training."""
-        lane = self._lanes.setdefault(message.cluster, _Lane())
-        if lane.last_at is not None and lane.cycle == message.cycle and message.round == lane.round + 1:
+        self._take(message.cluster, message.cycle, message.round, message.round_seconds, at)
+        return self.estimate(at)
+
+    def replay(self, rounds: Iterable[RoundRecord]) -> None:
+        """Take the rounds stored earlier (a restarted manager continues its estimate), in order of arrival."""
+        for record in sorted(rounds, key=lambda r: r.at):
+            self._take(record.cluster, record.cycle, record.round, record.duration_s, record.at)
+
+    def _take(self, cluster: str | None, cycle: int, round_: int, round_seconds: float, at: float) -> None:
+        lane = self._lanes.setdefault(cluster, _Lane())
+        if lane.last_at is not None and lane.cycle == cycle and round_ == lane.round + 1:
             measured = at - lane.last_at
         else:
-            measured = message.round_seconds
-        if message.cluster is not None:
+            measured = round_seconds
+        if cluster is not None:
             lane.round_s.append(max(measured, 0.0))
-            self._cycle_began.setdefault(message.cycle, at - max(measured, 0.0))
+            self._cycle_began.setdefault(cycle, at - max(measured, 0.0))
         elif self.hierarchical:
-            began = self._cycle_began.get(message.cycle)
-            self._cycle_s.append(at - began if began is not None else message.round_seconds)
-            self._cycle_began[message.cycle + 1] = at
+            began = self._cycle_began.get(cycle)
+            self._cycle_s.append(at - began if began is not None else round_seconds)
+            self._cycle_began[cycle + 1] = at
         else:
             lane.round_s.append(max(measured, 0.0))
-        lane.cycle, lane.round, lane.last_at = message.cycle, message.round, at
-        return self.estimate(at)
+        lane.cycle, lane.round, lane.last_at = cycle, round_, at
 
     def estimate(self, now: float) -> float | None:
         if not self.hierarchical:
