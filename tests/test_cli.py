@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -18,7 +19,9 @@ import requests
 from flops_utils.repo_credentials import RepoCredentials
 from flops_utils.service_config import MqttSettings
 from manager.cli import defaults as cli_defaults
+from manager.cli.client import FlopsClient
 from manager.cli.main import main as cli_main
+from manager.cli.watch import watch_project
 from manager.settings import DEFAULT_PORT
 from manager.suite.suite import STATE_DIR_ENV
 from tests.api_harness import ADMIN_TOKEN, ALICE_TOKEN, BOB_TOKEN, RunningApi, running_api
@@ -162,6 +165,24 @@ def test_start_watch_shows_progress_and_events_until_completed(api: RunningApi, 
 
     status = flops("project", "status", project_id, url=api.url, token=ALICE_TOKEN)
     assert "elapsed:" in status.stdout and "phases:      training " in status.stdout, status.stdout
+
+
+def test_watch_on_a_terminal_redraws_one_progress_line_in_place(api: RunningApi, sla_file: Any) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    path = sla_file(ml_repo_url="https://example.org/simulate.git", training_configuration={"training_rounds": 3})
+    project_id = started_id(flops("project", "start", str(path), url=api.url, token=ALICE_TOKEN))
+    out = Terminal()
+    answer = watch_project(FlopsClient(api.url, ALICE_TOKEN), project_id, out, interval_s=0.05)
+    assert answer["status"] == "COMPLETED"
+    text = out.getvalue()
+    assert text.count("\r\x1b[K") >= 3  # redrawn in place
+    pieces = [piece for chunk in text.split("\r\x1b[K") for piece in chunk.split("\n")]
+    assert all(piece.count("] ") <= 1 for piece in pieces), text  # never two bars on one line
+    assert any("round 3/3" in piece and "100%" in piece and "elapsed " in piece for piece in pieces), text
+    assert text.endswith(f"project {project_id} COMPLETED: accuracy 0.5300\n")
 
 
 def test_metrics_prints_the_rounds_as_a_table_or_csv(api: RunningApi, sla_file: Any) -> None:

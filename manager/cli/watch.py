@@ -87,8 +87,10 @@ class _ProgressView:
     def progress(self, answer: dict[str, Any]) -> None:
         line = progress_line(answer)
         if self.live:
-            self._line = line
-            self._redraw()
+            if line != self._line:
+                self._clear()  # redraw in place: the times tick on every poll
+                self._line = line
+                self._redraw()
             return
         state = progress_line(answer, times=False)
         if state != self._last_progress:
