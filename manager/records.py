@@ -43,6 +43,25 @@ class Progress(BaseModel):
     accuracy: float | None = None
 
 
+class RoundRecord(BaseModel):
+    """One finished round as an aggregator reported it (TrainingProgress), kept with the project.
+
+    Classic: one per round (``cluster`` None). Hierarchical: one per cluster round, plus one
+    per cycle for the root's aggregation (``cluster`` None, ``round`` = rounds per cycle).
+    """
+
+    project_id: str
+    round: int = Field(ge=0, description="round within the cycle")
+    cycle: int = Field(default=1, ge=1)
+    cluster: str | None = Field(default=None, description="None: a global (classic or root) round")
+    step: int = Field(ge=0, description="global round index: (cycle - 1) * rounds per cycle + round")
+    participants: int = 0
+    num_examples: int = 0
+    duration_s: float = Field(default=0.0, ge=0, description="the aggregator's measured round (or cycle) time")
+    metrics: dict[str, float] = Field(default_factory=dict, description="loss, accuracy ... as reported")
+    at: float = Field(default_factory=time.time, description="when the manager received the report")
+
+
 class ProjectRecord(BaseModel):
     project_id: str
     customer: str
@@ -57,6 +76,13 @@ class ProjectRecord(BaseModel):
     finished_at: float | None = None
     tracking_url: str | None = None
     mlflow_run_id: str | None = None
+    mlflow_experiment: str | None = Field(default=None, description="the project's MLflow experiment (its name)")
+    mlflow_run_url: str | None = Field(default=None, description="the MLflow GUI page of the project's run")
+    training_eta_at: float | None = Field(
+        default=None, description="when training is expected to end (epoch s), from measured round and cycle "
+        "times; updated every round")
+    phase_started: dict[str, float] = Field(
+        default_factory=dict, description="phase -> when it began (epoch s), in the order the phases ran")
     registered_model: str | None = None
     build: dict[str, Any] = Field(default_factory=dict, description="digest, cached, seconds, images")
     model_image: str | None = None
@@ -81,3 +107,35 @@ class EventRecord(BaseModel):
     source: str = "manager"
     level: str = "info"
     text: str
+
+
+class ProjectTiming(BaseModel):
+    """Live times of a project, computed when served (the stored record keeps only instants)."""
+
+    elapsed_s: float = Field(description="since the project was accepted (until it finished)")
+    eta_s: float | None = Field(
+        default=None, description="seconds until training is expected to end, from measured round and cycle times "
+        "(None until the first round is done; 0 once training is over)")
+    phase_seconds: dict[str, float] = Field(
+        default_factory=dict, description="time spent in each phase so far, the current one included")
+
+
+TRAINING_OVER = (ProjectPhase.POST_TRAINING, ProjectPhase.CLEANUP, ProjectPhase.DONE)
+
+
+def project_timing(record: ProjectRecord, now: float | None = None) -> ProjectTiming:
+    now = time.time() if now is None else now
+    end = record.finished_at if record.finished_at is not None else now
+    phases = sorted(record.phase_started.items(), key=lambda item: item[1])
+    seconds: dict[str, float] = {}
+    for index, (phase, started) in enumerate(phases):
+        if phase == ProjectPhase.DONE.value:
+            continue
+        until = phases[index + 1][1] if index + 1 < len(phases) else end
+        seconds[phase] = round(max(until - started, 0.0), 3)
+    eta: float | None = None
+    if record.phase in TRAINING_OVER and record.training_eta_at is not None:
+        eta = 0.0
+    elif record.training_eta_at is not None and not record.status.finished:
+        eta = round(max(record.training_eta_at - now, 0.0), 1)
+    return ProjectTiming(elapsed_s=round(max(end - record.created_at, 0.0), 3), eta_s=eta, phase_seconds=seconds)

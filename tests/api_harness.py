@@ -3,7 +3,8 @@
 The lifecycle is tested elsewhere; here the control stores plain records and events in
 the real MongoProjectStore, so the API, identity, storage and CLI are exercised for real.
 A project whose ``ml_repo_url`` starts with ``https://example.org/simulate`` advances through its rounds in a
-background thread (``fail`` in the URL makes it end FAILED), for watching clients.
+background thread (``fail`` in the URL makes it end FAILED), for watching clients: each round is reported the way
+the lifecycle takes an aggregator's TrainingProgress (a stored round, an ETA from the real TrainingClock).
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from typing import Any
 
 from waitress import create_server, wasyncore
 
+from flops_utils.mqtt_catalogue import TrainingProgress
 from flops_utils.service_config import MqttSettings
 from manager.api import TokenAuth, create_api
 from manager.config_vault import ConfigRefused, ConfigVault
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult
+from manager.lifecycle.round_log import round_record
+from manager.lifecycle.training_clock import TrainingClock
 from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, ProjectStatus
 from manager.secret_box import KEY_FILE_NAME, SecretBox
 from manager.settings import ManagerSettings
@@ -73,15 +77,23 @@ class RecordingControl:
 
     def _simulate(self, project_id: str, sla: ProjectSLA) -> None:
         rounds = sla.training_configuration.training_rounds
-        self.store.update_project(project_id, status=ProjectStatus.RUNNING, phase=ProjectPhase.TRAINING)
+        clock = TrainingClock(rounds, 1)
+        self.store.update_project(project_id, status=ProjectStatus.RUNNING, phase=ProjectPhase.TRAINING,
+                                  phase_started={"training": time.time()})  # fmt: skip
         for number in range(1, rounds + 1):
             if self._closing.wait(SIMULATED_ROUND_S):
                 return
             current = self.store.get_project(project_id)
             if current is None or current.status.finished:
                 return
-            progress = current.progress.model_copy(update={"round": number, "accuracy": 0.5 + number / 100})
-            self.store.update_project(project_id, progress=progress)
+            accuracy = 0.5 + number / 100
+            report = TrainingProgress(project_id=project_id, sender="aggregator", round=number, total_rounds=rounds,
+                                      accuracy=accuracy, loss=1.0 - accuracy, participants=2,
+                                      round_seconds=SIMULATED_ROUND_S)  # fmt: skip
+            now = time.time()
+            self.store.save_round(round_record(project_id, report, now))
+            progress = current.progress.model_copy(update={"round": number, "accuracy": accuracy})
+            self.store.update_project(project_id, progress=progress, training_eta_at=clock.observe(report, now))
             done = EventRecord(project_id=project_id, source="aggregator", text=f"round {number} done")
             self.store.append_event(done)
         failed = "fail" in sla.ml_repo_url

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import tempfile
 import threading
 import time
@@ -13,14 +16,25 @@ from typing import Any
 import pymongo
 import pytest
 import requests
+from PIL import Image
 
 from flops_utils.service_config import MqttSettings
 from manager.api import TokenAuth, create_api
 from manager.records import ProjectStatus
 from manager.settings import ManagerSettings, SettingsError, load_settings
 from manager.storage import MongoProjectStore
-from tests.api_harness import ADMIN_TOKEN, ALICE_TOKEN, BOB_TOKEN, TOKENS, RecordingControl, RunningApi, running_api
-from tests.helpers import free_port
+from tests.api_harness import (
+    ADMIN_TOKEN,
+    ALICE_TOKEN,
+    BOB_TOKEN,
+    SIMULATE_PREFIX,
+    SIMULATED_ROUND_S,
+    TOKENS,
+    RecordingControl,
+    RunningApi,
+    running_api,
+)
+from tests.helpers import free_port, wait_until
 
 PROJECTS = "/api/flops/projects"
 SLA: dict[str, Any] = {"ml_repo_url": "https://example.org/ml/mnist.git", "ml_model_flavor": "sklearn"}
@@ -168,6 +182,68 @@ def test_events_after_a_sequence_number(api: RunningApi) -> None:
     assert [event["text"] for event in later["events"]] == ["stopped by request"]
     assert_error(call(api, "GET", f"{PROJECTS}/{project_id}/events", ALICE_TOKEN, params={"after": -1}), 422, "after")
     assert_error(call(api, "GET", f"{PROJECTS}/{project_id}/events", ALICE_TOKEN, params={"after": "x"}), 422, "after")
+
+
+def test_a_running_project_gives_eta_elapsed_and_phase_times(api: RunningApi) -> None:
+    project_id = start(api, ALICE_TOKEN, ml_repo_url=SIMULATE_PREFIX + "/eta.git",
+                       training_configuration={"training_rounds": 6})["project_id"]  # fmt: skip
+
+    def measured() -> dict[str, Any] | None:
+        answer: dict[str, Any] = call(api, "GET", f"{PROJECTS}/{project_id}", ALICE_TOKEN).json()
+        return answer if 2 <= answer["progress"]["round"] <= 4 and answer["status"] == "RUNNING" else None
+
+    assert wait_until(lambda: measured() is not None, 30, interval=0.05)
+    record = measured() or {}
+    done = record["progress"]["round"]
+    reported = [r.at for r in api.store.list_rounds(project_id)][:done]
+    slowest = max([SIMULATED_ROUND_S, *(b - a for a, b in zip(reported, reported[1:], strict=False))])
+    # The ETA is the rounds left at the measured pace (at most the slowest round's), less the time since.
+    assert 0 < record["eta_s"] <= (6 - done) * slowest + 0.01, record
+    assert record["elapsed_s"] >= 2 * SIMULATED_ROUND_S and set(record["phase_seconds"]) == {"training"}
+    events = call(api, "GET", f"{PROJECTS}/{project_id}/events", ALICE_TOKEN).json()
+    assert events["elapsed_s"] > 0 and (events["eta_s"] is None or events["eta_s"] >= 0)
+    assert wait_until(lambda: api.store.get_project(project_id).status is ProjectStatus.COMPLETED, 30)  # type: ignore[union-attr]
+    finished = call(api, "GET", f"{PROJECTS}/{project_id}", ALICE_TOKEN).json()
+    assert finished["eta_s"] == 0.0
+    elapsed = finished["elapsed_s"]
+    time.sleep(0.3)
+    assert call(api, "GET", f"{PROJECTS}/{project_id}", ALICE_TOKEN).json()["elapsed_s"] == elapsed  # stopped
+
+
+def test_rounds_history_as_json_csv_and_a_learning_curve(api: RunningApi) -> None:
+    project_id = start(api, ALICE_TOKEN, ml_repo_url=SIMULATE_PREFIX + "/rounds.git",
+                       training_configuration={"training_rounds": 3})["project_id"]  # fmt: skip
+    assert wait_until(lambda: api.store.get_project(project_id).status is ProjectStatus.COMPLETED, 30)  # type: ignore[union-attr]
+    answer = call(api, "GET", f"{PROJECTS}/{project_id}/rounds", ALICE_TOKEN)
+    assert answer.headers["Content-Type"].startswith("application/json")
+    body = answer.json()
+    assert [(r["step"], r["round"], r["cycle"], r["cluster"], r["participants"]) for r in body["rounds"]] == [
+        (1, 1, 1, None, 2), (2, 2, 1, None, 2), (3, 3, 1, None, 2)]  # fmt: skip
+    assert [r["metrics"]["accuracy"] for r in body["rounds"]] == [0.51, 0.52, 0.53]
+    assert body["plot_url"] == f"{PROJECTS}/{project_id}/rounds/plot.png"
+
+    as_csv = call(api, "GET", f"{PROJECTS}/{project_id}/rounds", ALICE_TOKEN, headers={"Accept": "text/csv"})
+    assert as_csv.status_code == 200 and as_csv.headers["Content-Type"].startswith("text/csv")
+    assert "attachment" in as_csv.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(as_csv.text)))
+    assert list(rows[0])[:9] == ["step", "cycle", "round", "cluster", "participants", "num_examples", "duration_s",
+                                 "accuracy", "loss"]  # fmt: skip
+    assert [(row["step"], row["cluster"], row["accuracy"]) for row in rows] == [
+        ("1", "", "0.51"), ("2", "", "0.52"), ("3", "", "0.53")]  # fmt: skip
+
+    plot = call(api, "GET", body["plot_url"], ALICE_TOKEN)
+    assert plot.status_code == 200 and plot.headers["Content-Type"] == "image/png"
+    image = Image.open(io.BytesIO(plot.content))
+    assert image.format == "PNG"
+    assert json.loads(image.text["Points"]) == {"accuracy/global": 3, "loss/global": 3}
+
+    for path in (f"{PROJECTS}/{project_id}/rounds", f"{PROJECTS}/{project_id}/rounds/plot.png"):
+        assert_error(call(api, "GET", path, BOB_TOKEN), 404, "no project")  # another customer's
+    assert call(api, "GET", f"{PROJECTS}/{project_id}/rounds", ADMIN_TOKEN).status_code == 200
+    empty = start(api, ALICE_TOKEN)["project_id"]
+    assert call(api, "GET", f"{PROJECTS}/{empty}/rounds", ALICE_TOKEN).json()["rounds"] == []
+    assert call(api, "GET", f"{PROJECTS}/{empty}/rounds", ALICE_TOKEN, headers={"Accept": "text/csv"}).text == (
+        "step,cycle,round,cluster,participants,num_examples,duration_s,at\n")
 
 
 def test_stop_answers_the_stopped_project_and_control_errors_keep_their_status(api: RunningApi) -> None:

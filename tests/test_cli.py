@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -18,7 +19,9 @@ import requests
 from flops_utils.repo_credentials import RepoCredentials
 from flops_utils.service_config import MqttSettings
 from manager.cli import defaults as cli_defaults
+from manager.cli.client import FlopsClient
 from manager.cli.main import main as cli_main
+from manager.cli.watch import watch_project
 from manager.settings import DEFAULT_PORT
 from manager.suite.suite import STATE_DIR_ENV
 from tests.api_harness import ADMIN_TOKEN, ALICE_TOKEN, BOB_TOKEN, RunningApi, running_api
@@ -80,9 +83,9 @@ def started_id(done: subprocess.CompletedProcess[str]) -> str:
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     commands = [
         [], ["project"], ["project", "start"], ["project", "list"], ["project", "status"], ["project", "watch"],
-        ["project", "stop"], ["project", "predict"], ["tracking"], ["mocks"], ["mocks", "push"], ["db"],
-        ["db", "reset"], ["cache"], ["cache", "prune"], ["suite"], ["suite", "up"], ["suite", "down"],
-        ["suite", "status"],
+        ["project", "stop"], ["project", "predict"], ["project", "metrics"], ["tracking"], ["mocks"],
+        ["mocks", "push"], ["db"], ["db", "reset"], ["cache"], ["cache", "prune"], ["suite"], ["suite", "up"],
+        ["suite", "down"], ["suite", "status"],
     ]  # fmt: skip
     for command in commands:  # in-process: 19 interpreter start-ups would cost more than the rest of this file
         with pytest.raises(SystemExit) as exited:
@@ -150,6 +153,57 @@ def test_start_watch_shows_progress_and_events_until_completed(api: RunningApi, 
     ]
     assert any("round 4/4" in line and "100%" in line for line in lines), done.stdout
     assert lines[-1] == f"project {project_id} COMPLETED: accuracy 0.5400"
+    # Not a terminal: each progress state is printed once, however often it was polled or events came between.
+    progress = [line for line in lines if line.startswith("[")]
+    states = [line.split("  elapsed ")[0] for line in progress]
+    assert len(states) == len(set(states)), done.stdout
+    for number in range(1, 5):
+        assert sum(f"round {number}/4 " in line for line in progress) == 1, done.stdout
+    assert "\r" not in done.stdout and "\x1b" not in done.stdout
+    assert all("  elapsed " in line for line in progress), done.stdout
+    assert any("  ETA " in line for line in progress if "round 1/4" in line), done.stdout
+
+    status = flops("project", "status", project_id, url=api.url, token=ALICE_TOKEN)
+    assert "elapsed:" in status.stdout and "phases:      training " in status.stdout, status.stdout
+
+
+def test_watch_on_a_terminal_redraws_one_progress_line_in_place(api: RunningApi, sla_file: Any) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    path = sla_file(ml_repo_url="https://example.org/simulate.git", training_configuration={"training_rounds": 3})
+    project_id = started_id(flops("project", "start", str(path), url=api.url, token=ALICE_TOKEN))
+    out = Terminal()
+    answer = watch_project(FlopsClient(api.url, ALICE_TOKEN), project_id, out, interval_s=0.05)
+    assert answer["status"] == "COMPLETED"
+    text = out.getvalue()
+    assert text.count("\r\x1b[K") >= 3  # redrawn in place
+    pieces = [piece for chunk in text.split("\r\x1b[K") for piece in chunk.split("\n")]
+    assert all(piece.count("] ") <= 1 for piece in pieces), text  # never two bars on one line
+    assert any("round 3/3" in piece and "100%" in piece and "elapsed " in piece for piece in pieces), text
+    assert text.endswith(f"project {project_id} COMPLETED: accuracy 0.5300\n")
+
+
+def test_metrics_prints_the_rounds_as_a_table_or_csv(api: RunningApi, sla_file: Any) -> None:
+    path = sla_file(ml_repo_url="https://example.org/simulate.git", training_configuration={"training_rounds": 2})
+    project_id = started_id(flops("project", "start", str(path), "--watch", url=api.url, token=ALICE_TOKEN))
+    table = flops("project", "metrics", project_id, url=api.url, token=ALICE_TOKEN)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["STEP", "CYCLE", "ROUND", "CLUSTER", "LEARNERS", "SECONDS", "ACCURACY", "LOSS"]
+    assert [line.split() for line in lines[1:3]] == [
+        ["1", "1", "1", "(global)", "2", "0.2", "0.5100", "0.4900"],
+        ["2", "1", "2", "(global)", "2", "0.2", "0.5200", "0.4800"],
+    ]  # fmt: skip
+    assert lines[3] == f"learning curve: /api/flops/projects/{project_id}/rounds/plot.png"
+    as_csv = flops("project", "metrics", project_id, "--csv", url=api.url, token=ALICE_TOKEN)
+    assert as_csv.returncode == 0 and as_csv.stdout.splitlines()[0] == (
+        "step,cycle,round,cluster,participants,num_examples,duration_s,accuracy,loss,at")
+    assert [row.split(",")[:3] for row in as_csv.stdout.splitlines()[1:]] == [["1", "1", "1"], ["2", "1", "2"]]
+    as_json = json.loads(flops("--json", "project", "metrics", project_id, url=api.url, token=ALICE_TOKEN).stdout)
+    assert len(as_json["rounds"]) == 2
+    one_error_line(flops("project", "metrics", project_id, "--csv", url=api.url, token=BOB_TOKEN), "no project", "404")
 
 
 def test_watch_exits_non_zero_when_the_project_fails(api: RunningApi, sla_file: Any) -> None:

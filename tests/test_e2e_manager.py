@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from tests.example_repos import commit_all, example_repo
 from tests.fixtures_stack import ADMIN_TOKEN, REPO_ROOT, FlopsStack, flops_stack, sla  # noqa: F401
 from tests.helpers import wait_until
 
@@ -35,10 +37,37 @@ def test_cli_pushes_data_starts_watches_and_lists(flops_stack: FlopsStack, tmp_p
     project_id = first_document["project_id"]
     assert "round 2/2" in started.stdout + started.stderr
 
+    assert "  elapsed " in started.stdout  # the progress lines carry the elapsed time
     listed = flops(flops_stack, "project", "list")
     assert listed.returncode == 0 and project_id[:8] in listed.stdout
     status = flops(flops_stack, "--json", "project", "status", project_id)
-    assert json.loads(status.stdout)["status"] == "COMPLETED"
+    record = json.loads(status.stdout)
+    assert record["status"] == "COMPLETED"
+    assert record["eta_s"] == 0.0 and record["elapsed_s"] > 0
+    assert {"build", "training", "post_training", "cleanup"} <= set(record["phase_seconds"]), record
+    assert record["training_eta_at"] is not None  # measured from the rounds
+
+    rounds = flops_stack.api("GET", f"/api/flops/projects/{project_id}/rounds").json()["rounds"]
+    assert [(r["step"], r["cluster"], r["participants"]) for r in rounds] == [(1, None, 2), (2, None, 2)]
+    assert all(0.0 <= r["metrics"]["accuracy"] <= 1.0 and r["duration_s"] > 0 for r in rounds)
+    metrics = flops(flops_stack, "project", "metrics", project_id, "--csv")
+    assert metrics.returncode == 0 and len(metrics.stdout.splitlines()) == 3, metrics.stdout + metrics.stderr
+
+    # MLflow: an experiment a person recognises, a direct link to the run, and the learning curve in it.
+    assert record["mlflow_experiment"] == f"Admin/sklearn_digits/{project_id}"
+    assert record["mlflow_run_url"].startswith(record["tracking_url"] + "/#/experiments/")
+    assert record["mlflow_run_url"].endswith("/runs/" + record["mlflow_run_id"])
+    client = flops_stack.mlflow_client(record["tracking_url"])
+    run = client.get_run(record["mlflow_run_id"])
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == record["mlflow_experiment"]
+    assert experiment.tags["flops.status"] == "COMPLETED" and experiment.tags["flops.project_id"] == project_id
+    assert "learning_curve.png" in [artifact.path for artifact in client.list_artifacts(run.info.run_id)]
+    png = Path(client.download_artifacts(run.info.run_id, "learning_curve.png", str(tmp_path)))
+    assert json.loads(Image.open(png).text["Points"]) == {"accuracy/global": 2, "loss/global": 2}
+    assert f"MLflow run: {record['mlflow_run_url']}" in started.stdout.splitlines()  # watch ends with the link
+    text = flops(flops_stack, "project", "status", project_id).stdout
+    assert f"mlflow run:  {record['mlflow_run_url']}" in text, text
 
     unknown = flops(flops_stack, "project", "status", "does-not-exist")
     assert unknown.returncode != 0 and len(unknown.stderr.strip().splitlines()) == 1
@@ -62,3 +91,33 @@ def test_manager_restart_mid_training_resumes_the_project(flops_stack: FlopsStac
     assert project["status"] == "COMPLETED", project["error"]
     assert project["progress"]["round"] == 8
     assert "manager restarted: reconnected to the running training services" in flops_stack.events(project_id)
+    rounds = flops_stack.api("GET", f"/api/flops/projects/{project_id}/rounds").json()["rounds"]
+    steps = [r["step"] for r in rounds]
+    # Kept by both managers, none doubled; a round reported while no manager listened is missing (MLflow has it).
+    assert steps == sorted(set(steps)) and {1, 2, 8} <= set(steps) <= set(range(1, 9)), steps
+
+
+def test_a_project_failing_in_training_leaves_no_untagged_mlflow_experiment(
+    flops_stack: FlopsStack, tmp_path: Path  # noqa: F811
+) -> None:
+    flops_stack.push_mocks("digits-raising", 2)
+    repo = Path(example_repo("sklearn_digits", tmp_path))
+    code = (repo / "model_manager.py").read_text()
+    signature = "    def fit_model(self) -> int:\n"
+    raising = code.replace(signature, signature + "        raise ValueError('fit_model refuses')\n")
+    assert raising != code
+    (repo / "model_manager.py").write_text(raising)
+    commit_all(repo, "fit_model raises")
+    request = sla("examples/sklearn_digits", ["digits-raising"], min_available_clients=2, round_timeout_s=20)
+    request["ml_repo_url"] = str(repo)
+    project_id = flops_stack.submit(request)
+    project = flops_stack.wait(project_id, timeout=400)
+    assert project["status"] == "FAILED", project
+    name = f"Admin/{repo.name}/{project_id}"
+    assert project["mlflow_experiment"] == name
+    settled = [text for text in flops_stack.events(project_id) if "MLflow experiment" in text]
+    assert settled in (["no MLflow experiment was created"], [f"deleted the empty MLflow experiment {name!r}"],
+                       [f"MLflow experiment {name!r} tagged flops.status=FAILED"]), settled  # fmt: skip
+    client = flops_stack.mlflow_client(project["tracking_url"])
+    active = {experiment.name: experiment for experiment in client.search_experiments()}
+    assert name not in active or active[name].tags["flops.status"] == "FAILED"

@@ -53,6 +53,8 @@ def test_training_survives_a_database_restart(flops_stack: FlopsStack, suite: Su
     assert project["progress"]["round"] == 6
     rounds = [text.split(" done in ")[0] for text in flops_stack.events(project_id) if text.startswith("round ")]
     assert rounds == [f"round {n}/6" for n in range(1, 7)], rounds  # every report recorded once, in order
+    history = flops_stack.api("GET", f"/api/flops/projects/{project_id}/rounds").json()["rounds"]
+    assert [entry["step"] for entry in history] == list(range(1, 7))  # the round history too
 
 
 def test_metrics_survive_a_tracking_server_crash(flops_stack: FlopsStack) -> None:  # noqa: F811

@@ -13,6 +13,7 @@ import numpy as np
 import pymongo
 import pytest
 import requests
+from PIL import Image
 from sklearn.datasets import load_digits
 
 from tests.example_repos import example_repo
@@ -182,7 +183,7 @@ def test_stop_a_running_project(flops_stack: FlopsStack, classic_data: str) -> N
     assert "stop requested" in flops_stack.events(project_id)
 
 
-def test_hierarchical_pytorch_two_clusters(flops_stack: FlopsStack) -> None:  # noqa: F811
+def test_hierarchical_pytorch_two_clusters(flops_stack: FlopsStack, tmp_path: Path) -> None:  # noqa: F811
     pushed = flops_stack.push_mocks("digits-all", 4)
     assert len(pushed["partitions"]) == 4
     request = sla("examples/pytorch_digits", ["digits-all"], mode="hierarchical", training_cycles=2,
@@ -198,3 +199,17 @@ def test_hierarchical_pytorch_two_clusters(flops_stack: FlopsStack) -> None:  # 
         key for other in runs for key in other.data.metrics if key.startswith("cluster/")
     } | {key for key in run.data.metrics if key.startswith("cluster/")}
     assert any("cluster-a" in key for key in cluster_metrics) and any("cluster-b" in key for key in cluster_metrics)
+
+    # The per-round history: each cluster's rounds and the root's model after each cycle, and its curve.
+    rounds = flops_stack.api("GET", f"/api/flops/projects/{project['project_id']}/rounds").json()["rounds"]
+    clusters = sorted({entry["cluster"] for entry in rounds if entry["cluster"]})
+    assert len(clusters) == 2
+    for cluster in clusters:
+        assert [(r["cycle"], r["round"], r["step"]) for r in rounds if r["cluster"] == cluster] == [
+            (1, 1, 1), (1, 2, 2), (2, 1, 3), (2, 2, 4)]  # fmt: skip
+    root_rounds = [(r["cycle"], r["step"], r["participants"]) for r in rounds if r["cluster"] is None]
+    assert root_rounds == [(1, 2, 2), (2, 4, 2)]
+    png = Path(client.download_artifacts(run.info.run_id, "learning_curve.png", str(tmp_path)))
+    points = json.loads(Image.open(png).text["Points"])
+    assert {key: value for key, value in points.items() if key.startswith("accuracy/")} == {
+        f"accuracy/{clusters[0]}": 4, f"accuracy/{clusters[1]}": 4, "accuracy/global": 2}  # fmt: skip

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, ProjectStatus
+from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, ProjectStatus, RoundRecord
 from manager.storage import MongoProjectStore, ProjectNotFound, StorageUnavailable
 from tests.helpers import free_port
 
@@ -164,3 +164,25 @@ def test_a_new_store_on_the_same_database_sees_everything(mongo_uri: str, mongo_
         assert second.ping() is True
     finally:
         second.close()
+
+
+def test_rounds_are_kept_per_project_in_step_order_and_a_repeated_round_replaces_the_first(
+    store: MongoProjectStore,
+) -> None:
+    def stored(cluster: str | None, cycle: int, number: int, accuracy: float, project_id: str = "p-r") -> RoundRecord:
+        record = RoundRecord(project_id=project_id, round=number, cycle=cycle, cluster=cluster,
+                             step=(cycle - 1) * 2 + number, participants=2, metrics={"accuracy": accuracy})  # fmt: skip
+        store.save_round(record)
+        return record
+
+    root = stored(None, 1, 2, 0.8)  # the root's cycle, saved before its clusters' last rounds
+    b2, a2 = stored("b", 1, 2, 0.7), stored("a", 1, 2, 0.6)
+    a1, b1 = stored("a", 1, 1, 0.5), stored("b", 1, 1, 0.4)
+    stored("a", 1, 1, 0.1, project_id="other")
+    assert store.list_rounds("p-r") == [a1, b1, a2, b2, root]
+    again = stored("a", 1, 1, 0.55)  # a redeployed aggregator reports the round again
+    assert store.list_rounds("p-r") == [again, b1, a2, b2, root]
+    assert [r.metrics for r in store.list_rounds("other")] == [{"accuracy": 0.1}]
+    assert store.list_rounds("nothing") == []
+    store.reset()
+    assert store.list_rounds("p-r") == []

@@ -6,7 +6,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, ProjectStatus
+from manager.records import (
+    EventRecord,
+    Progress,
+    ProjectPhase,
+    ProjectRecord,
+    ProjectStatus,
+    ProjectTiming,
+    RoundRecord,
+    project_timing,
+)
 
 
 class ErrorDetail(BaseModel):
@@ -36,14 +45,31 @@ class ProjectList(BaseModel):
     projects: list[ProjectRecord]
 
 
+class ProjectView(ProjectRecord, ProjectTiming):
+    """A project as served: the stored record plus its live times (elapsed, ETA, per phase)."""
+
+    @classmethod
+    def of(cls, record: ProjectRecord) -> ProjectView:
+        return cls.model_validate({**record.model_dump(), **project_timing(record).model_dump()})
+
+
 class EventsResponse(BaseModel):
     project_id: str
     status: ProjectStatus
     phase: ProjectPhase
     finished: bool = Field(description="the project reached COMPLETED, FAILED or STOPPED")
     progress: Progress
+    elapsed_s: float = Field(description="since the project was accepted (until it finished)")
+    eta_s: float | None = Field(default=None, description="seconds until training is expected to end")
+    mlflow_run_url: str | None = None
     error: str | None = None
     events: list[EventRecord]
+
+
+class RoundsResponse(BaseModel):
+    project_id: str
+    rounds: list[RoundRecord] = Field(description="ordered by step; a cycle's cluster rounds before the root's")
+    plot_url: str = Field(description="the learning curve (PNG) of these rounds")
 
 
 class PredictRequest(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import socket
 from typing import Any, TypeVar
@@ -22,13 +24,16 @@ from manager.api.models import (
     PredictResponse,
     ProjectList,
     ProjectPath,
+    ProjectView,
     ResetResponse,
+    RoundsResponse,
     ServiceConfigPath,
     TrackingResponse,
 )
 from manager.config_vault import CONFIG_PATH
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult, ProjectControl
-from manager.records import ProjectRecord
+from manager.learning_curve import render_png
+from manager.records import ProjectRecord, RoundRecord, project_timing
 from manager.settings import ManagerSettings
 from manager.sla import ProjectSLA
 from manager.storage.base import ProjectNotFound, ProjectStore
@@ -112,9 +117,9 @@ def create_api(
 
     @api.get("/projects/<project_id>", tags=[_projects_tag],
              summary="status, phase, progress (round k of n, cycle c of m), timestamps, last error",
-             responses={200: ProjectRecord, 404: ErrorResponse})  # fmt: skip
+             responses={200: ProjectView, 404: ErrorResponse})  # fmt: skip
     def get_project(path: ProjectPath) -> Response:
-        return _json(visible_project(path.project_id))
+        return _json(ProjectView.of(visible_project(path.project_id)))
 
     @api.get("/projects/<project_id>/events", tags=[_projects_tag],
              summary="the project's event log after sequence number 'after'",
@@ -122,6 +127,7 @@ def create_api(
     def project_events(path: ProjectPath, query: EventsQuery) -> Response:
         record = visible_project(path.project_id)
         events = store.list_events(record.project_id, after_seq=query.after, limit=query.limit)
+        timing = project_timing(record)
         return _json(
             EventsResponse(
                 project_id=record.project_id,
@@ -129,10 +135,34 @@ def create_api(
                 phase=record.phase,
                 finished=record.status.finished,
                 progress=record.progress,
+                elapsed_s=timing.elapsed_s,
+                eta_s=timing.eta_s,
+                mlflow_run_url=record.mlflow_run_url,
                 error=record.error,
                 events=events,
             )
         )
+
+    @api.get("/projects/<project_id>/rounds", tags=[_projects_tag],
+             summary="per-round history: JSON, or CSV with 'Accept: text/csv'",
+             responses={200: RoundsResponse, 404: ErrorResponse})  # fmt: skip
+    def project_rounds(path: ProjectPath) -> Response:
+        record = visible_project(path.project_id)
+        rounds = store.list_rounds(record.project_id)
+        if request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv":
+            filename = f"flops-{record.project_id[:8]}-rounds.csv"
+            return Response(rounds_csv(rounds), mimetype="text/csv",
+                            headers={"Content-Disposition": f'attachment; filename="{filename}"'})  # fmt: skip
+        plot = f"{API_PREFIX}/projects/{record.project_id}/rounds/plot.png"
+        return _json(RoundsResponse(project_id=record.project_id, rounds=rounds, plot_url=plot))
+
+    @api.get("/projects/<project_id>/rounds/plot.png", tags=[_projects_tag],
+             summary="the learning curve: accuracy and loss per round, one line per cluster (PNG)",
+             responses={200: None, 404: ErrorResponse})  # fmt: skip
+    def project_rounds_plot(path: ProjectPath) -> Response:
+        record = visible_project(path.project_id)
+        png = render_png(store.list_rounds(record.project_id), f"project {record.project_id}")
+        return Response(png, mimetype="image/png")
 
     @api.delete("/projects/<project_id>", tags=[_projects_tag], summary="stop the project and undeploy its services",
                 responses={200: ProjectRecord, 404: ErrorResponse, 409: ErrorResponse})  # fmt: skip
@@ -193,6 +223,23 @@ def _owned_by_caller(body: OwnedT) -> OwnedT:
     if not caller.may_see(body.customer_id):
         raise ControlError(f"customerID {body.customer_id!r} does not match your identity {caller.customer!r}", 403)
     return body
+
+
+ROUND_COLUMNS = ("step", "cycle", "round", "cluster", "participants", "num_examples", "duration_s")
+
+
+def rounds_csv(rounds: list[RoundRecord]) -> str:
+    """One row per round; a column per metric any round reported (accuracy and loss first)."""
+    names = sorted({name for record in rounds for name in record.metrics},
+                   key=lambda name: (name not in ("accuracy", "loss"), name))  # fmt: skip
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*ROUND_COLUMNS, *names, "at"])
+    for record in rounds:
+        writer.writerow([record.step, record.cycle, record.round, record.cluster or "", record.participants,
+                         record.num_examples, record.duration_s, *(record.metrics.get(name, "") for name in names),
+                         record.at])  # fmt: skip
+    return buffer.getvalue()
 
 
 def _caller() -> Caller:

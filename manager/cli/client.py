@@ -35,6 +35,13 @@ class FlopsClient:
     def get(self, path: str, params: dict[str, Any] | None = None, timeout_s: float | None = None) -> Any:
         return self.request("GET", path, params=params, timeout_s=timeout_s)
 
+    def get_text(self, path: str, accept: str, timeout_s: float | None = None) -> str:
+        """A non-JSON document (CSV ...); errors still come as JSON one-liners."""
+        response = self._send("GET", path, accept=accept, timeout_s=timeout_s)
+        if response.status_code >= 400:
+            _payload(response)  # raises the one-line error
+        return response.text
+
     def post(self, path: str, body: Any, timeout_s: float | None = None) -> Any:
         return self.request("POST", path, body=body, timeout_s=timeout_s)
 
@@ -50,7 +57,19 @@ class FlopsClient:
         params: dict[str, Any] | None = None,
         timeout_s: float | None = None,
     ) -> Any:
-        headers = {"Accept": "application/json"}
+        return _payload(self._send(method, path, body=body, params=params, timeout_s=timeout_s))
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+        accept: str = "application/json",
+    ) -> requests.Response:
+        headers = {"Accept": accept}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         timeout = timeout_s or self.timeout_s
@@ -68,7 +87,7 @@ class FlopsClient:
             raise CliError(f"the FLOps manager at {self.url} did not answer within {timeout:.0f} s") from None
         except requests.RequestException as error:
             raise CliError(f"request to the FLOps manager at {self.url} failed: {error}") from None
-        return _payload(response)
+        return response
 
     def close(self) -> None:
         self._session.close()

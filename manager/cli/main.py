@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from manager.cli.client import CliError, FlopsClient
 from manager.cli.defaults import CA_FILE_ENV, TOKEN_ENV, URL_ENV, default_suite_dir, resolve_connection
-from manager.cli.watch import exit_code_for, watch_project
+from manager.cli.watch import duration_text, exit_code_for, watch_project
 
 PROJECTS = "/api/flops/projects"
 SLOW_TIMEOUT_S = 600.0  # tracking server creation, mock data pushes, database resets
@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
         project_commands, "watch", "live progress and events until the project finishes", _project_watch
     )
     watch.add_argument("project_id")
+    metrics = _command(project_commands, "metrics", "a project's per-round metrics (a table, or CSV)",
+                       _project_metrics)  # fmt: skip
+    metrics.add_argument("project_id")
+    metrics.add_argument("--csv", action="store_true", help="print the manager's CSV (one row per round)")
     stop = _command(project_commands, "stop", "stop a project and undeploy its services", _project_stop)
     stop.add_argument("project_id")
     predict = _command(project_commands, "predict", "predict with a project's deployed model", _project_predict)
@@ -283,8 +287,11 @@ def _project_status(args: argparse.Namespace, out: TextIO) -> int:
         ("progress", _progress_text(record)),
         ("accuracy", progress.get("accuracy")),
         ("loss", progress.get("loss")),
+        ("elapsed", _seconds_text(record.get("elapsed_s"))),
+        ("ETA", _seconds_text(record.get("eta_s")) if record.get("phase") == "training" else None),
+        ("phases", _phases_text(record.get("phase_seconds"))),
         ("tracking", record.get("tracking_url")),
-        ("mlflow run", record.get("mlflow_run_id")),
+        ("mlflow run", record.get("mlflow_run_url") or record.get("mlflow_run_id")),
         ("model image", record.get("model_image")),
         ("serving", record.get("serving_url")),
         ("error", record.get("error")),
@@ -292,6 +299,49 @@ def _project_status(args: argparse.Namespace, out: TextIO) -> int:
     for name, value in lines:
         if value not in (None, ""):
             out.write(f"{name + ':':<13}{value}\n")
+    return 0
+
+
+def _seconds_text(value: Any) -> str | None:
+    return duration_text(float(value)) if isinstance(value, int | float) else None
+
+
+def _phases_text(value: Any) -> str | None:
+    if not isinstance(value, dict) or not value:
+        return None
+    return ", ".join(f"{phase} {duration_text(float(seconds))}" for phase, seconds in value.items()
+                     if isinstance(seconds, int | float))  # fmt: skip
+
+
+def _project_metrics(args: argparse.Namespace, out: TextIO) -> int:
+    client = _client(args)
+    path = _project_path(args.project_id) + "/rounds"
+    if args.csv:
+        out.write(client.get_text(path, accept="text/csv"))
+        return 0
+    answer = client.get(path)
+    if args.json:
+        _print_json(out, answer)
+        return 0
+    rounds = answer.get("rounds", []) if isinstance(answer, dict) else []
+    if not rounds:
+        out.write("no rounds yet\n")
+        return 0
+    rows: list[tuple[str, ...]] = [("STEP", "CYCLE", "ROUND", "CLUSTER", "LEARNERS", "SECONDS", "ACCURACY", "LOSS")]
+    for entry in rounds:
+        metrics = entry.get("metrics") or {}
+        rows.append((
+            str(entry.get("step")), str(entry.get("cycle")), str(entry.get("round")),
+            entry.get("cluster") or "(global)", str(entry.get("participants")),
+            f"{float(entry.get('duration_s') or 0):.1f}",
+            *(f"{metrics[name]:.4f}" if isinstance(metrics.get(name), int | float) else "-"
+              for name in ("accuracy", "loss")),
+        ))  # fmt: skip
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        out.write("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip() + "\n")
+    if answer.get("plot_url"):
+        out.write(f"learning curve: {answer['plot_url']}\n")
     return 0
 
 

@@ -1,4 +1,9 @@
-"""``flops project watch``: a live progress bar plus new events, polled every 0.3 s."""
+"""``flops project watch``: a live progress bar plus new events, polled every 0.3 s.
+
+On a terminal the progress line is redrawn in place (elapsed time and ETA tick); when the
+output is not a terminal (a log, a pipe) each change of progress is printed once, the
+changing times riding along on that line only.
+"""
 
 from __future__ import annotations
 
@@ -67,6 +72,7 @@ class _ProgressView:
         self.live = live
         self._line = ""
         self._last_printed = ""
+        self._last_progress = ""  # the progress printed last, without its times (non-terminal output)
 
     def event(self, event: dict[str, Any]) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(float(event.get("at") or 0)))
@@ -81,9 +87,14 @@ class _ProgressView:
     def progress(self, answer: dict[str, Any]) -> None:
         line = progress_line(answer)
         if self.live:
-            self._line = line
-            self._redraw()
-        elif line != self._last_printed:
+            if line != self._line:
+                self._clear()  # redraw in place: the times tick on every poll
+                self._line = line
+                self._redraw()
+            return
+        state = progress_line(answer, times=False)
+        if state != self._last_progress:
+            self._last_progress = state
             self._print(line)
 
     def finish(self, project_id: str, answer: dict[str, Any]) -> None:
@@ -96,6 +107,9 @@ class _ProgressView:
             for name in ("accuracy", "loss")
             if isinstance(progress.get(name), int | float)
         ]
+        run_url = answer.get("mlflow_run_url")
+        if run_url:
+            self.out.write(f"MLflow run: {run_url}\n")
         summary = f"project {project_id} {status}"
         if metrics:
             summary += ": " + ", ".join(metrics)
@@ -120,8 +134,18 @@ class _ProgressView:
         self.out.flush()
 
 
-def progress_line(answer: dict[str, Any]) -> str:
-    """``[#####-----]  50%  training  round 2/4  cycle 1/1  accuracy 0.91``."""
+def duration_text(seconds: float) -> str:
+    """``45s``, ``3m05s``, ``1h02m``."""
+    whole = max(int(round(seconds)), 0)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def progress_line(answer: dict[str, Any], *, times: bool = True) -> str:
+    """``[#####-----]  50%  training  round 2/4  accuracy 0.91  elapsed 1m05s  ETA 40s``."""
     progress = answer.get("progress") or {}
     rounds, total_rounds = int(progress.get("round") or 0), int(progress.get("total_rounds") or 0)
     cycle, total_cycles = int(progress.get("cycle") or 0), int(progress.get("total_cycles") or 0)
@@ -142,4 +166,10 @@ def progress_line(answer: dict[str, Any]) -> str:
         value = progress.get(name)
         if isinstance(value, int | float):
             parts.append(f"{name} {value:.4f}")
+    if times:
+        elapsed, eta = answer.get("elapsed_s"), answer.get("eta_s")
+        if isinstance(elapsed, int | float):
+            parts.append(f"elapsed {duration_text(elapsed)}")
+        if isinstance(eta, int | float) and answer.get("phase") == "training":
+            parts.append(f"ETA {duration_text(eta)}")
     return "  ".join(parts)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flops_utils.service_config import TrackingConfig
@@ -63,7 +64,10 @@ class ObservatoryKeeper:
         with self._guard:
             return self._locks.setdefault(customer, threading.Lock())
 
-    def ensure(self, adapter: OrchestratorAdapter, customer: str) -> Observatory:
+    def ensure(
+        self, adapter: OrchestratorAdapter, customer: str, note: Callable[[str], None] | None = None
+    ) -> Observatory:
+        """``note`` hears what is awaited when the server has to be started (it takes a while)."""
         with self._lock(customer):
             name = observatory_name(customer)
             stored = self.store.find_app(customer, AppKind.OBSERVATORY.value, name)
@@ -77,9 +81,9 @@ class ObservatoryKeeper:
                 elif observatory.tracking_url.startswith("https://") != (self.settings.tracking_pki is not None):
                     log.warning("mlflow_tls changed: replacing the tracking server of %s", customer)
                     adapter.delete_app(app)
-                elif self._healthy_or_restarted(adapter, observatory):
+                elif self._healthy_or_restarted(adapter, observatory, note):
                     return observatory
-            return self._create(adapter, customer, name)
+            return self._create(adapter, customer, name, note)
 
     def _digests(self, customer: str) -> list[str]:
         return self.settings.tracking_access.digests(customer)
@@ -93,7 +97,9 @@ class ObservatoryKeeper:
         verify: bool | str = str(pki.ca_file) if pki is not None else True
         return http_ok(f"{observatory.tracking_url}/health", verify=verify)
 
-    def _healthy_or_restarted(self, adapter: OrchestratorAdapter, observatory: Observatory) -> bool:
+    def _healthy_or_restarted(
+        self, adapter: OrchestratorAdapter, observatory: Observatory, note: Callable[[str], None] | None = None
+    ) -> bool:
         if self._health(observatory):
             return True
         try:
@@ -101,11 +107,13 @@ class ObservatoryKeeper:
         except Exception:  # the app vanished (e.g. orchestrator state wiped): create anew
             return False
         if info.state in (ServiceState.PENDING, ServiceState.RUNNING):
-            return self._wait_healthy(adapter, observatory)
+            return self._wait_healthy(adapter, observatory, note)
         adapter.deploy_service(observatory.app, observatory.tracking_service)
-        return self._wait_healthy(adapter, observatory)
+        return self._wait_healthy(adapter, observatory, note)
 
-    def _create(self, adapter: OrchestratorAdapter, customer: str, name: str) -> Observatory:
+    def _create(
+        self, adapter: OrchestratorAdapter, customer: str, name: str, note: Callable[[str], None] | None = None
+    ) -> Observatory:
         app = adapter.find_app(name, customer) or adapter.create_app(name, AppKind.OBSERVATORY, customer)
         endpoint = adapter.plan_endpoint(app, TRACKING_SERVICE, TRACKING_PORT, Placement())
         root = self.settings.state_dir / "observatories" / safe_name(customer)
@@ -145,11 +153,15 @@ class ObservatoryKeeper:
             {"app_id": app.app_id, "tracking_url": url, "tracking_service": service_id,
              "token_sha256": config.access_token_sha256},
         )  # fmt: skip
-        if not self._wait_healthy(adapter, observatory):
+        if not self._wait_healthy(adapter, observatory, note):
             raise PhaseFailed(f"the MLflow tracking server did not become healthy at {url}")
         return observatory
 
-    def _wait_healthy(self, adapter: OrchestratorAdapter, observatory: Observatory) -> bool:
+    def _wait_healthy(
+        self, adapter: OrchestratorAdapter, observatory: Observatory, note: Callable[[str], None] | None = None
+    ) -> bool:
+        if note is not None:
+            note(f"waiting for the MLflow tracking server at {observatory.tracking_url} to start")
         def crashed() -> None:
             info = adapter.inspect_service(observatory.app, observatory.tracking_service)
             if info.state in (ServiceState.FAILED, ServiceState.SUCCEEDED, ServiceState.STOPPED):

@@ -36,14 +36,23 @@ from flops_utils.service_config import (
 )
 from manager.broker_access import BrokerAccess, BrokerAccessError
 from manager.config_vault import ConfigVault, config_owner
+from manager.learning_curve import PLOT_FILE, render_png
 from manager.lifecycle.config_reference import by_reference
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.errors import PhaseFailed, StopRequested
 from manager.lifecycle.flower_pki import ProjectFlowerCa, cluster_identity
 from manager.lifecycle.inbox import ProjectInbox
+from manager.lifecycle.mlflow_run import (
+    ProjectTracking,
+    TrackingCallFailed,
+    experiment_name,
+    run_url,
+    without_credentials,
+)
 from manager.lifecycle.observatory import Observatory, ObservatoryKeeper
 from manager.lifecycle.placement import LearnerPlan, plan_learners
 from manager.lifecycle.record_writer import RecordWriter
+from manager.lifecycle.round_log import round_record
 from manager.lifecycle.specs import (
     FLEET_PORT,
     OBSERVER_PORT,
@@ -53,7 +62,8 @@ from manager.lifecycle.specs import (
     service_spec,
     sla_resources,
 )
-from manager.lifecycle.waiting import http_ok
+from manager.lifecycle.training_clock import TrainingClock
+from manager.lifecycle.waiting import QuietNotes, http_ok
 from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, ProjectStatus
 from manager.sla import ProjectSLA, sla_to_training_settings
 from manager.storage.base import ProjectStore, StorageUnavailable
@@ -132,7 +142,9 @@ class ProjectRun:
         self.writer = RecordWriter(deps.store, self.project_id, deps.settings.db_outage_limit_s)
         self.flower_ca = ProjectFlowerCa(self.project_id)  # no I/O: keys are made on first use
         self.phase = ProjectPhase.QUEUED
+        self.phase_started: dict[str, float] = {}
         self.progress = Progress()
+        self.clock: TrainingClock | None = None
 
     # -- the run -----------------------------------------------------------------
     def run(self) -> None:
@@ -158,7 +170,7 @@ class ProjectRun:
     def _resume_training(self, record: ProjectRecord) -> None:
         self._reconnect(record)
         self._event("manager restarted: reconnected to the running training services")
-        self.phase = ProjectPhase.TRAINING
+        self._set_phase(ProjectPhase.TRAINING)
         top = "root-aggregator" if "root-aggregator" in self.state.services else "aggregator"
         watched = {name: sid for name, sid in self.state.services.items() if name.endswith("aggregator")
                    or name.startswith("cluster-aggregator")}  # fmt: skip
@@ -194,23 +206,32 @@ class ProjectRun:
         self.state.build = BuildResult(project_id=self.project_id, sender="builder", **record.build)
         self.state.training_started = True
         self.progress = record.progress
+        self.phase_started = dict(record.phase_started)
+        self.clock = TrainingClock(record.progress.total_rounds, record.progress.total_cycles)
+        self.clock.replay(self.deps.store.list_rounds(self.project_id))  # the estimate goes on where it was
 
     def _enter(self, phase: ProjectPhase, action: Callable[[], None]) -> None:
         self._check_stop()
-        self.phase = phase
-        self._update(phase=phase)
+        self._set_phase(phase)
         self._event(f"phase {phase.value}")
         action()
 
+    def _set_phase(self, phase: ProjectPhase, **fields: object) -> None:
+        """Enter ``phase`` and remember when (the API serves per-phase times from these instants)."""
+        self.phase = phase
+        self.phase_started[phase.value] = time.time()
+        self._update(phase=phase, phase_started=dict(self.phase_started), **fields)
+
     def _finish(self, status: ProjectStatus, error: str | None) -> None:
-        self.phase = ProjectPhase.CLEANUP
-        self._update(phase=ProjectPhase.CLEANUP)
+        self._set_phase(ProjectPhase.CLEANUP)
         keep_serving = status is ProjectStatus.COMPLETED and "serving" in self.state.services
         try:
             self._cleanup(keep_serving)
         except Exception as failure:  # cleanup must never hide the project's real outcome
             log.exception("cleanup of project %s failed", self.project_id)
             self._event(f"cleanup incomplete: {_one_line(failure)}", level="warning")
+        if self.state.training_started:
+            self._settle_experiment(status)
         try:
             self.deps.clear_retained(self.project_id)  # the broker keeps nothing of a finished project
         except Exception as failure:  # only housekeeping
@@ -219,16 +240,17 @@ class ProjectRun:
             self._event(f"project failed: {error}", level="error")
         else:
             self._event(f"project {status.value.lower()}")
-        self._update(status=status, phase=ProjectPhase.DONE, error=error, finished_at=time.time())
+        self._set_phase(ProjectPhase.DONE, status=status, error=error, finished_at=time.time())
         if not self.writer.settle(self.deps.settings.db_outage_limit_s):
             log.error("project %s ended %s but the project store did not take its last state", self.project_id,
                       status.value)  # fmt: skip
 
     # -- phases ------------------------------------------------------------------
     def _observatory(self) -> None:
-        observatory = self.deps.observatories.ensure(self.deps.adapter, self.customer)
+        observatory = self.deps.observatories.ensure(self.deps.adapter, self.customer, note=self._event)
         self.state.observatory = observatory
-        self._update(tracking_url=observatory.tracking_url, apps={"observatory": observatory.app.app_id})
+        self._update(tracking_url=observatory.tracking_url, apps={"observatory": observatory.app.app_id},
+                     mlflow_experiment=self._experiment_name())
 
     def _project_app(self) -> None:
         adapter = self.deps.adapter
@@ -300,6 +322,7 @@ class ProjectRun:
         self._event(f"learners on nodes {[node.name for node in plan.nodes]}")
         total_cycles = training.training_cycles if training.mode == "hierarchical" else 1
         self.progress = Progress(total_rounds=training.training_rounds, total_cycles=total_cycles)
+        self.clock = TrainingClock(training.training_rounds, total_cycles)
         self._update(progress=self.progress)
         if training.mode == "classic":
             top, aggregators = self._deploy_classic(plan)
@@ -324,7 +347,8 @@ class ProjectRun:
             return False
 
         self._await(on_message, aggregators, self.deps.settings.training_timeout_s, "training",
-                    on_inspect=self._revive_during_training, revive=self._revive_aggregator)
+                    on_inspect=self._revive_during_training, revive=self._revive_aggregator,
+                    awaited=self._awaited_round)
         result = self.state.result
         assert result is not None
         self.progress = self.progress.model_copy(update={"loss": result.loss, "accuracy": result.accuracy})
@@ -333,6 +357,44 @@ class ProjectRun:
             mlflow_run_id=result.mlflow_run_id,
             registered_model=result.registered_model,
         )
+        if result.mlflow_run_id:
+            self._link_run_and_log_curve(result.mlflow_run_id)
+
+    # -- the project's MLflow experiment -------------------------------------------
+    def _experiment_name(self) -> str:
+        return experiment_name(self.customer, self.sla.ml_repo_url, self.project_id)
+
+    def _tracking(self) -> ProjectTracking:
+        return ProjectTracking(self._observatory_ref().tracking_url, self._tracking_token(),
+                               self.deps.observatories.ca_pem())  # fmt: skip
+
+    def _link_run_and_log_curve(self, run_id: str) -> None:
+        """The run's GUI link on the project, and the learning curve among the run's artifacts.
+
+        Neither is worth failing a trained project for: a refusal is a warning event.
+        """
+        tracking = self._tracking()
+        try:
+            info = tracking.run(run_id)
+            link = run_url(tracking.tracking_url, str(info["experiment_id"]), run_id)
+            self._update(mlflow_run_url=link)
+            self._event(f"MLflow run: {link}")
+            png = render_png(self.deps.store.list_rounds(self.project_id), self._experiment_name())
+            tracking.log_artifact(run_id, PLOT_FILE, png)
+            self._event(f"learning curve logged to the MLflow run as {PLOT_FILE} ({len(png) // 1024} KB)")
+        except (TrackingCallFailed, StorageUnavailable) as error:
+            self._event(f"learning curve not logged to MLflow: {error}", level="warning")
+
+    def _settle_experiment(self, status: ProjectStatus) -> None:
+        """Tag the project's experiment with its outcome; an unfinished project's empty experiment goes."""
+        if self.state.observatory is None:
+            return
+        tags = {"flops.project_id": self.project_id, "flops.customer": self.customer,
+                "flops.repository": without_credentials(self.sla.ml_repo_url)}  # fmt: skip
+        try:
+            self._event(self._tracking().settle_experiment(self._experiment_name(), status.value, tags))
+        except TrackingCallFailed as error:
+            self._event(f"MLflow experiment not tagged {status.value}: {error}", level="warning")
 
     def _revive_aggregator(self, label: str, service_id: str, info: ServiceInfo) -> bool:
         """A crashed aggregator (classic, root or cluster) is redeployed; it resumes from its last checkpoint."""
@@ -443,7 +505,7 @@ class ProjectRun:
             tracking_uri=observatory.tracking_url,
             tracking_token=self._tracking_token(),
             tracking_ca_pem=self.deps.observatories.ca_pem(),
-            experiment_name=registered_model_name(self.project_id),
+            experiment_name=self._experiment_name(),
             registered_model_name=registered_model_name(self.project_id),
             params=self._params(),
             work_dir=str(self._work_dir(name)),
@@ -563,9 +625,15 @@ class ProjectRun:
         def healthy() -> bool:
             return http_ok(f"{endpoint.url}/ping")
 
-        deadline = time.monotonic() + self.deps.settings.serving_timeout_s
+        self._event(f"starting the model serving endpoint at {endpoint.url}")
+        began = time.monotonic()
+        deadline = began + self.deps.settings.serving_timeout_s
+        quiet = QuietNotes(began)
         while not healthy():
             self._check_stop()
+            if quiet.due(time.monotonic()):
+                self._event(f"waiting for the model serving endpoint to answer /ping "
+                            f"({time.monotonic() - began:.0f} s so far)")
             info = adapter.inspect_service(self._app(), service)
             if info.state in (ServiceState.FAILED, ServiceState.SUCCEEDED, ServiceState.STOPPED):
                 raise PhaseFailed(f"the model serving endpoint failed to start: {info.detail or info.state.value}")
@@ -585,25 +653,32 @@ class ProjectRun:
         what: str,
         on_inspect: Callable[[], None] | None = None,
         revive: Reviver | None = None,
+        awaited: Callable[[], str] | None = None,
     ) -> None:
         """Handle reports until ``on_message`` says done; fail on crashed services or timeout.
 
         ``on_inspect`` runs whenever the watched services are inspected (every two seconds);
         ``revive(label, service_id, info)`` may handle a crashed watched service (True: redeployed).
+        A stretch without reports gets an event saying what is awaited (``awaited()``, else ``what``).
         """
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         next_inspect = 0.0
         exited_at: dict[str, float] = {}
+        quiet = QuietNotes(started)
         while True:
             self._check_stop()
             message = self.inbox.get(timeout=self.deps.settings.poll_interval_s)
             if message is not None:
                 self._record(message)
+                quiet.heard(time.monotonic())
                 if on_message(message):
                     return
             if self.writer.pending:
                 self.writer.flush()  # buffered while the database was away; fails the run after the limit
             now = time.monotonic()
+            if quiet.due(now):
+                self._event(f"waiting for {awaited() if awaited else what} ({now - started:.0f} s so far)")
             if now >= next_inspect:
                 next_inspect = now + 2.0
                 self._inspect_watched(on_message, watched, exited_at, revive)
@@ -641,7 +716,22 @@ class ProjectRun:
                 self._record(message)
                 on_message(message)
 
+    def _awaited_round(self) -> str:
+        """What training waits for now, for the event a quiet stretch gets."""
+        progress = self.progress
+        total = progress.total_rounds
+        if progress.round == 0 and progress.cycle <= 1:
+            return f"round 1 of {total} (learners connecting and training)"
+        where = f"cycle {progress.cycle} of {progress.total_cycles}, " if progress.total_cycles > 1 else ""
+        eta = self.clock.estimate(time.time()) if self.clock is not None else None
+        left = f", about {max(eta - time.time(), 0):.0f} s of training left" if eta is not None else ""
+        return f"{where}round {min(progress.round + 1, total)} of {total}{left}"
+
     def _on_progress(self, message: TrainingProgress) -> None:
+        now = time.time()
+        self.writer.round(round_record(self.project_id, message, now))
+        eta_at = self.clock.observe(message, now) if self.clock is not None else None
+        timing = {} if eta_at is None else {"training_eta_at": eta_at}
         update: dict[str, object] = {"cycle": message.cycle, "total_cycles": message.total_cycles}
         if message.cluster is None:
             update.update(round=message.round, total_rounds=message.total_rounds,
@@ -649,7 +739,7 @@ class ProjectRun:
         elif message.cycle >= self.progress.cycle:
             update.update(round=message.round, total_rounds=message.total_rounds)
         self.progress = self.progress.model_copy(update=update)
-        self._update(progress=self.progress)
+        self._update(progress=self.progress, **timing)
 
     def _record(self, message: FlopsMessage) -> None:
         level = "info"

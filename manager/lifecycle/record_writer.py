@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from manager.records import EventRecord
+from manager.records import EventRecord, RoundRecord
 from manager.storage.base import ProjectStore, StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ class RecordWriter:
         self.outage_limit_s = outage_limit_s
         self._fields: dict[str, Any] = {}
         self._events: list[EventRecord] = []
+        self._rounds: list[RoundRecord] = []
         self._failing_since: float | None = None
         self._retry_at = 0.0
         self._error: StorageUnavailable | None = None
@@ -37,7 +38,7 @@ class RecordWriter:
 
     @property
     def pending(self) -> bool:
-        return bool(self._fields or self._events)
+        return bool(self._fields or self._events or self._rounds)
 
     def update(self, **fields: Any) -> None:
         with self._lock:
@@ -47,6 +48,11 @@ class RecordWriter:
     def event(self, record: EventRecord) -> None:
         with self._lock:
             self._events.append(record)
+        self.flush(strict=False)
+
+    def round(self, record: RoundRecord) -> None:
+        with self._lock:
+            self._rounds.append(record)
         self.flush(strict=False)
 
     def flush(self, strict: bool = True) -> bool:
@@ -63,6 +69,9 @@ class RecordWriter:
                 while self._events:
                     self.store.append_event(self._events[0])
                     self._events.pop(0)
+                while self._rounds:
+                    self.store.save_round(self._rounds[0])
+                    self._rounds.pop(0)
             except StorageUnavailable as error:
                 return self._failed(error, strict)
             if self._failing_since is not None:

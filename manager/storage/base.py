@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from manager.records import EventRecord, ProjectRecord
+from manager.records import EventRecord, ProjectRecord, RoundRecord
 
 
 class StorageUnavailable(RuntimeError):
@@ -59,6 +59,14 @@ class ProjectStore(ABC):
         """Events with ``seq > after_seq`` in increasing ``seq`` order, at most ``limit``."""
 
     @abstractmethod
+    def save_round(self, record: RoundRecord) -> None:
+        """Store one round; a round reported again (same cycle, cluster and round) replaces the earlier one."""
+
+    @abstractmethod
+    def list_rounds(self, project_id: str) -> list[RoundRecord]:
+        """The project's rounds ordered by cycle, then round, global (root) rounds after their clusters'."""
+
+    @abstractmethod
     def save_app(self, customer: str, kind: str, name: str, app_id: str, data: dict[str, Any]) -> None:
         """Create or replace the record of an orchestrator app."""
 
@@ -88,4 +96,4 @@ class ProjectStore(ABC):
 
     @abstractmethod
     def reset(self) -> None:
-        """Drop every project, event, app and service configuration."""
+        """Drop every project, event, round, app and service configuration."""

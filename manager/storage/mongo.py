@@ -14,7 +14,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
-from manager.records import EventRecord, ProjectRecord
+from manager.records import EventRecord, ProjectRecord, RoundRecord
 from manager.storage.base import ProjectNotFound, ProjectStore, StorageUnavailable
 
 P = ParamSpec("P")
@@ -22,6 +22,7 @@ R = TypeVar("R")
 
 PROJECTS = "projects"
 EVENTS = "events"
+ROUNDS = "rounds"
 APPS = "apps"
 SERVICE_CONFIGS = "service_configs"
 COUNTERS = "event_counters"  # next event sequence number per project
@@ -100,6 +101,7 @@ class MongoProjectStore(ProjectStore):
         self._collection(PROJECTS).create_index([("created_at", DESCENDING)])
         self._collection(EVENTS).create_index([("project_id", ASCENDING), ("seq", ASCENDING)], unique=True)
         self._collection(EVENTS).create_index([("project_id", ASCENDING), ("event_id", ASCENDING)])
+        self._collection(ROUNDS).create_index([("project_id", ASCENDING), ("step", ASCENDING)])
         self._collection(APPS).create_index([("customer", ASCENDING), ("kind", ASCENDING)])
         self._collection(SERVICE_CONFIGS).create_index([("owner", ASCENDING)])
 
@@ -194,6 +196,21 @@ class MongoProjectStore(ProjectStore):
         )
         return [EventRecord.model_validate(_without_id(document)) for document in cursor]
 
+    # -- rounds -------------------------------------------------------------------------------
+
+    @_translate_errors
+    def save_round(self, record: RoundRecord) -> None:
+        key = f"{record.project_id}\x1f{record.cycle}\x1f{record.cluster or ''}\x1f{record.round}"
+        document = {**record.model_dump(mode="json"), "_id": key}
+        self._collection(ROUNDS).replace_one({"_id": key}, document, upsert=True)
+
+    @_translate_errors
+    def list_rounds(self, project_id: str) -> list[RoundRecord]:
+        cursor = self._collection(ROUNDS).find({"project_id": project_id})
+        rounds = [RoundRecord.model_validate(_without_id(document)) for document in cursor]
+        # Sorted here: a cluster round and the root's cycle share a step, and None sorts after names.
+        return sorted(rounds, key=lambda r: (r.step, r.cluster is None, r.cluster or ""))
+
     # -- apps ---------------------------------------------------------------------------------
 
     @_translate_errors
@@ -242,7 +259,7 @@ class MongoProjectStore(ProjectStore):
 
     @_translate_errors
     def reset(self) -> None:
-        for name in (PROJECTS, EVENTS, APPS, COUNTERS, SERVICE_CONFIGS):
+        for name in (PROJECTS, EVENTS, ROUNDS, APPS, COUNTERS, SERVICE_CONFIGS):
             self._db.drop_collection(name)
         self._create_indexes()
 
