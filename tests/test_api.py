@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 import threading
 import time
@@ -16,9 +17,11 @@ import requests
 
 from flops_utils.service_config import MqttSettings
 from manager.api import TokenAuth, create_api
+from manager.api_server import make_server
 from manager.records import ProjectStatus
 from manager.settings import ManagerSettings, SettingsError, load_settings
 from manager.storage import MongoProjectStore
+from manager.suite.tls import ensure_server_tls
 from tests.api_harness import ADMIN_TOKEN, ALICE_TOKEN, BOB_TOKEN, TOKENS, RecordingControl, RunningApi, running_api
 from tests.helpers import free_port
 
@@ -298,6 +301,43 @@ def test_http_errors_are_json_one_liners(api: RunningApi) -> None:
     assert_error(call(api, "PUT", "/api/flops/database", ADMIN_TOKEN), 405)
     huge = {**SLA, "training_configuration": {"data_tags": ["x" * 60] * 30_000}}
     assert_error(call(api, "POST", PROJECTS, ALICE_TOKEN, json=huge), 413)
+
+
+def test_inputs_that_used_to_crash_the_server_get_4xx_json(api: RunningApi) -> None:
+    project_id = start(api, ALICE_TOKEN)["project_id"]
+    events = f"{PROJECTS}/{project_id}/events"
+    assert_error(call(api, "GET", events, ALICE_TOKEN, params={"after": 2**63}), 422, "after")  # was OverflowError
+    assert call(api, "GET", events, ALICE_TOKEN, params={"after": 2**63 - 1}).json()["events"] == []
+    deep = b"[" * 20_000 + b"]" * 20_000  # was RecursionError
+    headers = {"Content-Type": "application/json"}
+    for path in (PROJECTS, "/api/flops/mocks", f"{PROJECTS}/{project_id}/predict"):
+        assert_error(call(api, "POST", path, ALICE_TOKEN, data=deep, headers=headers), 422, "deeper than 32 levels")
+    quoted = json.dumps({**SLA, "ml_repo_url": "https://example.org/" + "[" * 1000}).encode()
+    assert call(api, "POST", PROJECTS, ALICE_TOKEN, data=quoted, headers=headers).status_code == 201  # in a string
+
+
+def test_a_body_over_the_limit_is_a_json_413_over_https_too(
+    mongo_uri: str, mongo_db_name: str, mqtt_settings: MqttSettings, tmp_path: Path
+) -> None:
+    tls = ensure_server_tls(tmp_path / "tls", ["127.0.0.1"])
+    settings = ManagerSettings(port=0, admin_token=ADMIN_TOKEN, customer_tokens=TOKENS, mqtt=mqtt_settings,
+                               tls_cert_file=tls.cert_file, tls_key_file=tls.key_file)  # fmt: skip
+    store = MongoProjectStore(mongo_uri, mongo_db_name, timeout_s=10)
+    store.connect()
+    server = make_server(create_api(RecordingControl(store), store, TokenAuth(TOKENS, ADMIN_TOKEN), settings),
+                         settings)  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        huge = json.dumps({**SLA, "training_configuration": {"data_tags": ["x" * 60] * 17_000}})  # just over 1 MiB
+        answer = requests.post(f"https://127.0.0.1:{server.port}{PROJECTS}", data=huge, timeout=30,
+                               verify=str(tls.ca_file), headers={"Authorization": f"Bearer {ALICE_TOKEN}",
+                                                                 "Content-Type": "application/json"})  # fmt: skip
+        assert_error(answer, 413)
+    finally:
+        server.close()
+        thread.join(10)
+        store.close()
 
 
 def test_an_unexpected_error_is_a_one_line_500(api: RunningApi, monkeypatch: pytest.MonkeyPatch) -> None:

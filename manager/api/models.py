@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, ProjectStatus
 
+MAX_SEQUENCE = 2**63 - 1  # event sequence numbers are the database's signed 64-bit integers
+
 
 class ErrorDetail(BaseModel):
     field: str = Field(description="dotted path of the offending field, e.g. training_configuration.min_fit_clients")
@@ -28,7 +30,7 @@ class ServiceConfigPath(BaseModel):
 
 
 class EventsQuery(BaseModel):
-    after: int = Field(default=0, ge=0, description="return events with a sequence number above this")
+    after: int = Field(default=0, ge=0, le=MAX_SEQUENCE, description="return events with a sequence number above this")
     limit: int = Field(default=1000, ge=1, le=1000)
 
 

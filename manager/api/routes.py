@@ -12,8 +12,10 @@ from flask_openapi3 import APIBlueprint, Info, OpenAPI, Tag
 from pydantic import BaseModel
 
 from manager.api.auth import Caller, TokenAuth, bearer_token
+from manager.api.body_guard import MAX_JSON_DEPTH, drain, json_depth_exceeds
 from manager.api.errors import VALIDATION_STATUS, error_response, install_error_handlers, validation_error_response
 from manager.api.models import (
+    ErrorDetail,
     ErrorResponse,
     EventsQuery,
     EventsResponse,
@@ -64,9 +66,24 @@ def create_api(
     install_error_handlers(app)
 
     @app.before_request
+    def _refuse_large_body() -> Response | None:
+        length = request.content_length
+        if length is None or length <= settings.max_request_bytes:
+            return None
+        drain(request.environ, length)
+        return error_response(413, f"the request body is larger than {settings.max_request_bytes} bytes")
+
+    @app.before_request
     def _identify() -> None:
         if request.path == API_PREFIX or request.path.startswith(API_PREFIX + "/"):
             g.caller = auth.identify(request.headers.get("Authorization"))
+
+    @app.before_request
+    def _refuse_deep_json() -> Response | None:
+        if request.method in ("POST", "PUT", "PATCH") and json_depth_exceeds(request.get_data(cache=True)):
+            message = f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels"
+            return error_response(VALIDATION_STATUS, message, [ErrorDetail(field="body", message=message)])
+        return None
 
     @app.get("/health", summary="database and broker reachability (no token needed)",
              responses={200: HealthResponse, 503: HealthResponse})  # fmt: skip
