@@ -97,7 +97,8 @@ class ProjectSLA(_Strict):
     repo_credentials: RepoCredentials | None = Field(
         default=None, exclude=True, repr=False,
         description="extension: username and password or token of a private http(s) repository (may also be "
-        "given in ml_repo_url as https://user:token@host/...); stored encrypted, never shown or logged")
+        "given in ml_repo_url as https://user:token@host/...; a query string such as ?token=... is kept here "
+        "too); stored encrypted, never shown or logged")
     repo_ref: str | None = Field(
         default=None, pattern=GIT_REF_PATTERN, description="extension: branch, tag or commit (default branch if unset)"
     )
@@ -128,7 +129,8 @@ class ProjectSLA(_Strict):
         url = info.data.get("ml_repo_url")
         if credentials is None or url is None:
             return credentials
-        if split_repo_credentials(url)[1] is not None:
+        embedded = split_repo_credentials(url)[1]
+        if embedded is not None and embedded.username is not None:
             raise ValueError("the credentials are given twice, here and in ml_repo_url; give them once")
         if not _is_http(url):
             raise ValueError("credentials work with http(s) repository URLs only (ssh authenticates with keys)")
@@ -136,9 +138,12 @@ class ProjectSLA(_Strict):
 
     @model_validator(mode="after")
     def _credentials_out_of_the_url(self) -> ProjectSLA:
-        """Credentials written into an http(s) ml_repo_url move to ``repo_credentials``, which is never dumped."""
+        """Credentials and query strings written into an http(s) ml_repo_url move to ``repo_credentials``,
+        which is never dumped."""
         self.ml_repo_url, embedded = split_repo_credentials(self.ml_repo_url)
-        if embedded is not None:
+        if self.repo_credentials is not None:
+            self.repo_credentials = self.repo_credentials.with_query_of(embedded)
+        elif embedded is not None:
             self.repo_credentials = embedded
         return self
 

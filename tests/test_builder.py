@@ -195,6 +195,17 @@ def test_malicious_repo_urls_are_refused_before_git_runs(tmp_path: Path) -> None
     assert not marker.exists()
 
 
+def test_a_query_string_token_reaches_git_but_no_message_or_argument(tmp_path: Path) -> None:
+    secret = "tok-9d2e7b41-query"
+    repo = Path(example_repo("sklearn_digits", tmp_path))
+    # The test host serves files: it ignores what follows '?', so the clone fails after git sent the token.
+    with private_git_host(repo, tmp_path / "host", "alice", "pw") as host, pytest.raises(BuildError) as failed:
+        fetch_source(f"{host.url}?token={secret}", None, tmp_path / "clone",
+                     credentials=RepoCredentials(username="alice", password="pw"))  # fmt: skip
+    assert any(f"?token={secret}" in path for path, _ in host.requests), host.requests  # git sent it
+    assert secret not in str(failed.value) and str(failed.value).startswith(f"cannot clone {host.url}: "), failed.value
+
+
 def test_a_private_repository_is_cloned_with_credentials_that_never_reach_urls_or_files(tmp_path: Path) -> None:
     password = "tok-3f9a6c1e-private"
     repo = Path(example_repo("sklearn_digits", tmp_path))

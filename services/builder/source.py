@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
-from flops_utils.repo_credentials import RepoCredentials, split_repo_credentials
+from flops_utils.repo_credentials import RepoCredentials, redact, split_repo_credentials, url_with_query
 from services.builder.errors import BuildError
 from services.builder.process import CommandOutcome, last_meaningful_line, run_command
 
@@ -123,21 +123,27 @@ def git_environment() -> dict[str, str]:
 
 
 def _git(
-    args: list[str], timeout: float, cwd: Path | None = None, credentials: RepoCredentials | None = None
+    args: list[str], timeout: float, cwd: Path | None = None, credentials: RepoCredentials | None = None,
+    url: str | None = None,
 ) -> CommandOutcome:
     command = ["git", "-c", "protocol.ext.allow=never"]
     env = git_environment()
-    if credentials is not None:
+    if credentials is not None and credentials.username is not None:
         # The empty value first drops any helper from the user's git configuration.
         command += ["-c", "credential.helper=", "-c", f"credential.helper={CREDENTIAL_HELPER}"]
         env.update({USERNAME_ENV: credentials.username, PASSWORD_ENV: credentials.password})
+    if credentials is not None and credentials.query and url is not None:
+        # git fetches from the URL with its query string; the arguments (and .git/config) keep the one without.
+        env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0=f"url.{url_with_query(url, credentials)}.insteadOf",
+                   GIT_CONFIG_VALUE_0=url)  # fmt: skip
     return run_command([*command, *args], timeout=timeout, cwd=cwd, env=env)
 
 
-def _git_reason(outcome: CommandOutcome, timeout: float) -> str:
+def _git_reason(outcome: CommandOutcome, timeout: float, credentials: RepoCredentials | None = None) -> str:
     if outcome.timed_out:
         return f"git timed out after {timeout:g} s"
-    return last_meaningful_line(outcome.stderr, ("fatal: ", "error: ")) or f"git exited with {outcome.returncode}"
+    reason = last_meaningful_line(outcome.stderr, ("fatal: ", "error: ")) or f"git exited with {outcome.returncode}"
+    return redact(reason, credentials)
 
 
 def _clone(
@@ -149,8 +155,8 @@ def _clone(
         args += ["--depth", "1"]
     if ref:
         args += ["--branch", ref]
-    outcome = _git([*args, "--", source, str(destination)], timeout, credentials=credentials)
-    return None if outcome.ok else _git_reason(outcome, timeout)
+    outcome = _git([*args, "--", source, str(destination)], timeout, credentials=credentials, url=source)
+    return None if outcome.ok else _git_reason(outcome, timeout, credentials)
 
 
 def _clone_git(
@@ -225,7 +231,7 @@ def fetch_source(
     Credentials written into an http(s) ``url`` are used like ``credentials`` and kept out of messages.
     """
     url, embedded = split_repo_credentials(check_repo_url(url))
-    credentials = credentials or embedded
+    credentials = credentials.with_query_of(embedded) if credentials is not None else embedded
     if ref is not None:
         ref = check_repo_ref(ref)
     local = _local_path(url, base_dir or Path.cwd())

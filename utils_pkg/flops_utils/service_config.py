@@ -114,6 +114,8 @@ class BuilderConfig(_ServiceConfig):
         self.repo_url, embedded = split_repo_credentials(self.repo_url)
         if self.repo_credentials is None:
             self.repo_credentials = embedded
+        else:
+            self.repo_credentials = self.repo_credentials.with_query_of(embedded)
         return self
 
 
