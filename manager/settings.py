@@ -56,6 +56,21 @@ def _default_home() -> Path:
     return Path(os.environ.get("FLOPS_HOME", str(Path.home() / ".flops")))
 
 
+class RepoAccessSettings(BaseModel):
+    """What customers' ml_repo_url may reach (see manager.repo_policy); the admin's projects only obey deny_hosts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    local_roots: list[Path] = Field(
+        default_factory=list, description="folders besides repo_base_dir that customers' local paths may name")
+    allow_hosts: list[str] = Field(
+        default_factory=list, description="host names (*.example.org), addresses or networks customers may reach "
+        "even where a default denies them (e.g. a git server on this machine)")
+    deny_hosts: list[str] = Field(
+        default_factory=list, description="more host names, addresses or networks nobody's repository may be on "
+        "(customers are also denied loopback, link-local and the suite's own addresses)")
+
+
 class ManagerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -101,7 +116,9 @@ class ManagerSettings(BaseModel):
     images: dict[str, str] = Field(default_factory=dict, description="service kind -> image (container orchestrators)")
     state_dir: Path = Field(default_factory=lambda: _default_home() / "state")
     cache_dir: Path = Field(default_factory=lambda: _default_home() / "cache")
-    repo_base_dir: Path | None = Field(default=None, description="relative ml_repo_url paths resolve here")
+    repo_base_dir: Path | None = Field(default=None, description="relative ml_repo_url paths resolve here; "
+                                       "customers' local paths must lie under it (or repo_access.local_roots)")
+    repo_access: RepoAccessSettings = Field(default_factory=RepoAccessSettings)
     lifecycle: dict[str, float] = Field(
         default_factory=dict, description="overrides of lifecycle timeouts by name, e.g. build_timeout_s"
     )

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from flops_utils.repo_access import MAX_URL_LENGTH, RepoUrlRefused
+from flops_utils.repo_access import check_repo_url as check_safe_repo_url
 from flops_utils.repo_credentials import RepoCredentials, split_repo_credentials
 from flops_utils.service_config import TrainingSettings
 
@@ -32,12 +34,7 @@ GIT_REF_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._/@+-]{0,254}$"
 
 DataTag = Annotated[str, Field(pattern=DATA_TAG_PATTERN, description="letters, digits, '.', '_', '-'")]
 
-_MAX_URL_LENGTH = 2048
-_REMOTE_SCHEMES = ("https", "http", "ssh", "git", "git+ssh", "ssh+git")
-_SCP_LIKE = re.compile(r"^(?:[A-Za-z0-9._~-]+@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/].*|/.+)$")
 _URL_WITH_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
-_TRANSPORT_HELPER = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
-_FORBIDDEN_OPTIONS = ("--upload-pack", "--receive-pack", "--exec", "--config", "--template", "--separate-git-dir")
 
 
 class _Strict(BaseModel):
@@ -91,7 +88,7 @@ class ProjectSLA(_Strict):
     verbose: bool = Field(default=False, description="more detailed events in the observer/manager log")
     ml_repo_url: str = Field(
         min_length=1,
-        max_length=_MAX_URL_LENGTH,
+        max_length=MAX_URL_LENGTH,
         description="git URL (https, ssh, git@host:path), file:// URL or local path of the ML repository",
     )
     repo_credentials: RepoCredentials | None = Field(
@@ -182,57 +179,19 @@ class ProjectSLA(_Strict):
 
 
 def check_repo_url(url: str) -> str:
-    """Return ``url`` stripped if it is a safe git URL or local path; raise ValueError otherwise.
+    """Return ``url`` stripped if it is a safe git URL or local path; raise ValueError naming ml_repo_url otherwise.
 
-    Refused: option injection (a leading '-', ``--upload-pack`` and similar), git
-    transport helpers (``ext::``, ``fd::``), control characters, '..' path segments and
-    schemes git should not be asked to fetch from.
+    The rules are :func:`flops_utils.repo_access.check_repo_url`, which the builder applies as well.
     """
-    value = url.strip()
-    if not value:
-        raise ValueError("ml_repo_url must not be empty")
-    if value.startswith("-"):
-        raise ValueError("ml_repo_url must not start with '-' (it would be read as a git option)")
-    if any(ord(char) < 32 or ord(char) == 127 for char in value):
-        raise ValueError("ml_repo_url must not contain control characters")
-    lowered = value.lower()
-    for option in _FORBIDDEN_OPTIONS:
-        if option in lowered:
-            raise ValueError(f"ml_repo_url must not contain the git option {option!r}")
-    if _TRANSPORT_HELPER.match(value) or "ext::" in lowered:
-        raise ValueError("ml_repo_url must not use a git transport helper such as 'ext::'")
-    if _has_parent_segment(value):
-        raise ValueError("ml_repo_url must not contain '..' path segments; use an absolute path")
-    with_scheme = _URL_WITH_SCHEME.match(value)
-    if with_scheme:
-        scheme = with_scheme["scheme"].lower()
-        rest = with_scheme["rest"]
-        if scheme == "file":
-            if not rest.startswith("/"):
-                raise ValueError("a file:// ml_repo_url needs an absolute path (file:///path/to/repo)")
-            return value
-        if scheme not in _REMOTE_SCHEMES:
-            raise ValueError(f"ml_repo_url scheme {scheme!r} is not supported (use https, ssh, git or file)")
-        host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-        if not host or host.startswith("-"):
-            raise ValueError("ml_repo_url has no valid host")
-        return value
-    scp = _SCP_LIKE.match(value)
-    if scp and "/" not in value.split(":", 1)[0]:
-        if scp["host"].startswith("-"):
-            raise ValueError("ml_repo_url has no valid host")
-        return value
-    return value  # a local path, absolute or relative to the manager's repository base directory
+    try:
+        return check_safe_repo_url(url)
+    except RepoUrlRefused as refused:
+        raise ValueError(f"ml_repo_url {refused}") from None
 
 
 def _is_http(url: str) -> bool:
     scheme = _URL_WITH_SCHEME.match(url)
     return scheme is not None and scheme["scheme"].lower() in ("http", "https")
-
-
-def _has_parent_segment(value: str) -> bool:
-    path = value.split("?", 1)[0].split("#", 1)[0]
-    return any(segment == ".." for segment in re.split(r"[/\\:]", path))
 
 
 def sla_to_training_settings(sla: ProjectSLA) -> TrainingSettings:

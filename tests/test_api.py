@@ -133,6 +133,53 @@ def test_a_bad_sla_gets_422_naming_the_field_and_creates_nothing(api: RunningApi
     assert len(api.store.list_projects()) == count
 
 
+def test_a_customers_repo_url_reaches_only_what_the_policy_allows_and_the_refusal_is_one_generic_line(
+    api: RunningApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused = ["/etc", "file:///etc", "/etc/passwd", str(api.settings.state_dir), "/no/such/folder",
+               "http://127.0.0.1:5072/x.git", "https://localhost/x.git", "http://2130706433/x.git", "git://127.1/x",
+               "https://[::1]:8443/x.git", "http://169.254.169.254/latest", "ssh://git@0.0.0.0/x.git",
+               f"https://{api.settings.mqtt.host}:{api.settings.mqtt.port}/x.git"]
+    for url in refused:
+        body = assert_error(call(api, "POST", PROJECTS, ALICE_TOKEN, json={**SLA, "ml_repo_url": url}), 422)
+        assert body == {"error": "invalid request: ml_repo_url: cannot reach the repository",
+                        "details": [{"field": "ml_repo_url", "message": "cannot reach the repository"}]}, url
+    assert "the local path /etc/passwd is outside the folders" in caplog.text  # the admin's log has the reason
+    assert "the host 169.254.169.254 is denied by the repository access policy (169.254.0.0/16)" in caplog.text
+    for url in ("examples/sklearn_digits", "https://git.example.org/ml/r.git", "git@github.com:o/r.git"):
+        start(api, ALICE_TOKEN, ml_repo_url=url)
+    start(api, ADMIN_TOKEN, ml_repo_url="/etc")  # the operator's own projects: only deny_hosts applies
+    on_behalf = call(api, "POST", PROJECTS, ADMIN_TOKEN, json={**SLA, "customerID": "alice", "ml_repo_url": "/etc"})
+    assert_error(on_behalf, 422, "cannot reach the repository")  # a customer's project follows the customers' rules
+
+
+def test_the_admin_widens_the_repo_policy_in_the_settings(
+    mongo_uri: str, mongo_db_name: str, mqtt_settings: MqttSettings, tmp_path: Path
+) -> None:
+    settings = ManagerSettings(admin_token=ADMIN_TOKEN, customer_tokens=TOKENS, mqtt=mqtt_settings,
+                               repo_base_dir=tmp_path / "base",
+                               repo_access={"local_roots": [str(tmp_path / "shared")], "allow_hosts": ["127.0.0.1"],
+                                            "deny_hosts": ["git.blocked.example", "10.0.0.0/8"]})  # fmt: skip
+    store = MongoProjectStore(mongo_uri, mongo_db_name, timeout_s=10)
+    store.connect()
+    try:
+        client = create_api(RecordingControl(store), store, TokenAuth(TOKENS, ADMIN_TOKEN), settings).test_client()
+        for token, url, status in [
+            (ALICE_TOKEN, "relative/repo", 201), (ALICE_TOKEN, str(tmp_path / "shared" / "repo"), 201),
+            (ALICE_TOKEN, "http://127.0.0.1:9999/repo.git", 201), (ALICE_TOKEN, str(tmp_path / "other"), 422),
+            (ALICE_TOKEN, "https://localhost/repo.git", 422), (ADMIN_TOKEN, "https://git.blocked.example/r.git", 422),
+            (ADMIN_TOKEN, "http://10.1.2.3/r.git", 422), (ADMIN_TOKEN, str(tmp_path / "other"), 201),
+        ]:
+            headers = {"Authorization": f"Bearer {token}"}
+            answer = client.post(PROJECTS, json={**SLA, "ml_repo_url": url}, headers=headers)
+            assert answer.status_code == status, (url, answer.get_json())
+        refused = client.post(PROJECTS, json={**SLA, "ml_repo_url": "https://git.blocked.example/r.git"},
+                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})  # fmt: skip
+        assert "denied by the repository access policy (git.blocked.example)" in refused.get_json()["error"]
+    finally:
+        store.close()
+
+
 def test_a_body_that_is_not_json_gets_422(api: RunningApi) -> None:
     response = call(api, "POST", PROJECTS, ALICE_TOKEN, data="{not json", headers={"Content-Type": "application/json"})
     assert_error(response, 422)

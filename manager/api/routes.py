@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
@@ -11,6 +12,7 @@ from flask import Response, g, request
 from flask_openapi3 import APIBlueprint, Info, OpenAPI, Tag
 from pydantic import BaseModel
 
+from flops_utils.repo_access import RepoAccessPolicy, RepoUnreachable, RepoUrlRefused, check_repo_reach
 from manager.api.auth import Caller, TokenAuth, bearer_token
 from manager.api.body_guard import MAX_JSON_DEPTH, drain, json_depth_exceeds
 from manager.api.errors import VALIDATION_STATUS, error_response, install_error_handlers, validation_error_response
@@ -31,6 +33,7 @@ from manager.api.models import (
 from manager.config_vault import CONFIG_PATH
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult, ProjectControl
 from manager.records import ProjectRecord
+from manager.repo_policy import repo_access_rules
 from manager.settings import ManagerSettings
 from manager.sla import ProjectSLA
 from manager.storage.base import ProjectNotFound, ProjectStore
@@ -62,6 +65,7 @@ def create_api(
         validation_error_callback=validation_error_response,
     )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    repo_rules, repo_base_dir = repo_access_rules(settings), Path(settings.repo_base_dir or Path.cwd())
     app.json.sort_keys = False  # type: ignore[attr-defined]
     install_error_handlers(app)
 
@@ -115,6 +119,9 @@ def create_api(
               responses={201: ProjectRecord, 403: ErrorResponse, 409: ErrorResponse})  # fmt: skip
     def start_project(body: ProjectSLA) -> Response:
         sla = _owned_by_caller(body)
+        refused = _repo_refusal(sla, repo_rules.for_owner(sla.customer_id), repo_base_dir)
+        if refused is not None:
+            return refused
         record = control.start_project(sla, sla.customer_id)
         response = _json(record, 201)
         response.headers["Location"] = f"{API_PREFIX}/projects/{record.project_id}"
@@ -210,6 +217,19 @@ def _owned_by_caller(body: OwnedT) -> OwnedT:
     if not caller.may_see(body.customer_id):
         raise ControlError(f"customerID {body.customer_id!r} does not match your identity {caller.customer!r}", 403)
     return body
+
+
+def _repo_refusal(sla: ProjectSLA, policy: RepoAccessPolicy, base_dir: Path) -> Response | None:
+    """A 422 naming ml_repo_url when the owner's policy forbids what it names (no DNS here: the builder
+    resolves and checks again before git runs). Customers read one generic line; the log keeps the reason."""
+    try:
+        check_repo_reach(sla.ml_repo_url, policy, base_dir, resolve=False)
+    except (RepoUnreachable, RepoUrlRefused) as refused:
+        log.warning("refused the ml_repo_url %r of customer %s: %s", sla.ml_repo_url, sla.customer_id, refused)
+        reason = policy.public_reason(str(refused))
+        return error_response(VALIDATION_STATUS, f"invalid request: ml_repo_url: {reason}",
+                              [ErrorDetail(field="ml_repo_url", message=reason)])  # fmt: skip
+    return None
 
 
 def _caller() -> Caller:
