@@ -38,7 +38,10 @@ _URL_WITH_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields refused, and no surprising coercion: ``true`` is not 1 round, ``"3"`` not 3 (ints may be
+    given where a number is expected)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TrainingConfiguration(_Strict):
@@ -77,7 +80,7 @@ class ResourceConstraints(_Strict):
 
 
 class ProjectSLA(_Strict):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
     customer_id: str = Field(
         default="Admin",

@@ -141,8 +141,8 @@ def test_a_customers_repo_url_reaches_only_what_the_policy_allows_and_the_refusa
                "https://[::1]:8443/x.git", "http://169.254.169.254/latest", "ssh://git@0.0.0.0/x.git",
                f"https://{api.settings.mqtt.host}:{api.settings.mqtt.port}/x.git"]
     for url in refused:
-        body = assert_error(call(api, "POST", PROJECTS, ALICE_TOKEN, json={**SLA, "ml_repo_url": url}), 422)
-        assert body == {"error": "invalid request: ml_repo_url: cannot reach the repository",
+        body = assert_error(call(api, "POST", PROJECTS, ALICE_TOKEN, json={**SLA, "ml_repo_url": url}), 403)
+        assert body == {"error": "ml_repo_url: cannot reach the repository",
                         "details": [{"field": "ml_repo_url", "message": "cannot reach the repository"}]}, url
     assert "the local path /etc/passwd is outside the folders" in caplog.text  # the admin's log has the reason
     assert "the host 169.254.169.254 is denied by the repository access policy (169.254.0.0/16)" in caplog.text
@@ -150,7 +150,7 @@ def test_a_customers_repo_url_reaches_only_what_the_policy_allows_and_the_refusa
         start(api, ALICE_TOKEN, ml_repo_url=url)
     start(api, ADMIN_TOKEN, ml_repo_url="/etc")  # the operator's own projects: only deny_hosts applies
     on_behalf = call(api, "POST", PROJECTS, ADMIN_TOKEN, json={**SLA, "customerID": "alice", "ml_repo_url": "/etc"})
-    assert_error(on_behalf, 422, "cannot reach the repository")  # a customer's project follows the customers' rules
+    assert_error(on_behalf, 403, "cannot reach the repository")  # a customer's project follows the customers' rules
 
 
 def test_the_admin_widens_the_repo_policy_in_the_settings(
@@ -166,9 +166,9 @@ def test_the_admin_widens_the_repo_policy_in_the_settings(
         client = create_api(RecordingControl(store), store, TokenAuth(TOKENS, ADMIN_TOKEN), settings).test_client()
         for token, url, status in [
             (ALICE_TOKEN, "relative/repo", 201), (ALICE_TOKEN, str(tmp_path / "shared" / "repo"), 201),
-            (ALICE_TOKEN, "http://127.0.0.1:9999/repo.git", 201), (ALICE_TOKEN, str(tmp_path / "other"), 422),
-            (ALICE_TOKEN, "https://localhost/repo.git", 422), (ADMIN_TOKEN, "https://git.blocked.example/r.git", 422),
-            (ADMIN_TOKEN, "http://10.1.2.3/r.git", 422), (ADMIN_TOKEN, str(tmp_path / "other"), 201),
+            (ALICE_TOKEN, "http://127.0.0.1:9999/repo.git", 201), (ALICE_TOKEN, str(tmp_path / "other"), 403),
+            (ALICE_TOKEN, "https://localhost/repo.git", 403), (ADMIN_TOKEN, "https://git.blocked.example/r.git", 403),
+            (ADMIN_TOKEN, "http://10.1.2.3/r.git", 403), (ADMIN_TOKEN, str(tmp_path / "other"), 201),
         ]:
             headers = {"Authorization": f"Bearer {token}"}
             answer = client.post(PROJECTS, json={**SLA, "ml_repo_url": url}, headers=headers)
@@ -248,6 +248,35 @@ def test_cache_prune_is_admin_only_and_validated(api: RunningApi) -> None:
     assert answer.status_code == 200 and answer.json()["dry_run"] is True, answer.text
     requests_seen = [argument for name, argument in api.control.calls if name == "prune_cache"]
     assert [(r.older_than_days, r.dry_run) for r in requests_seen] == [(2.5, True)]
+
+
+@pytest.mark.parametrize(
+    ("path", "token", "body", "field"),
+    [
+        (PROJECTS, ALICE_TOKEN, {**SLA, "training_configuration": {"training_rounds": True}},
+         "training_configuration.training_rounds"),
+        (PROJECTS, ALICE_TOKEN, {**SLA, "training_configuration": {"training_rounds": "3"}},
+         "training_configuration.training_rounds"),
+        (PROJECTS, ALICE_TOKEN, {**SLA, "resource_constraints": {"storage": False}}, "resource_constraints.storage"),
+        (PROJECTS, ALICE_TOKEN, {**SLA, "verbose": 1}, "verbose"),
+        ("/api/flops/cache/prune", ADMIN_TOKEN, {"dry_run": 0}, "dry_run"),
+        ("/api/flops/cache/prune", ADMIN_TOKEN, {"older_than_days": "3"}, "older_than_days"),
+        ("/api/flops/cache/prune", ADMIN_TOKEN, {"older_than_days": True}, "older_than_days"),
+        ("/api/flops/mocks", ALICE_TOKEN, {"mock_data_configuration": {"data_tag": "d", "seed": False}},
+         "mock_data_configuration.seed"),
+        ("/api/flops/mocks", ALICE_TOKEN, {"mock_data_configuration": {"data_tag": "d", "seed": 1.5}},
+         "mock_data_configuration.seed"),
+    ],
+)  # fmt: skip
+def test_wrong_types_are_refused_not_coerced(
+    api: RunningApi, path: str, token: str, body: dict[str, Any], field: str
+) -> None:
+    before = len(api.control.calls)
+    error = assert_error(call(api, "POST", path, token, json=body), 422, field)
+    assert [detail["field"] for detail in error["details"]] == [field]
+    assert len(api.control.calls) == before  # nothing was started, pushed or pruned
+    accepted = call(api, "POST", "/api/flops/cache/prune", ADMIN_TOKEN, json={"older_than_days": 3, "dry_run": True})
+    assert accepted.status_code == 200, accepted.text  # an integer is a number of days
 
 
 def test_tracking_url_is_the_callers(api: RunningApi) -> None:
@@ -334,8 +363,14 @@ def test_openapi_document_and_swagger_ui_describe_every_endpoint(api: RunningApi
         ("/api/flops/cache/prune", "post"),
     }
     post = spec["paths"]["/api/flops/projects"]["post"]
-    assert set(post["responses"]) >= {"201", "401", "403", "422"}
-    assert post["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    assert set(post["responses"]) >= {"201", "400", "401", "403", "413", "422"}
+    assert set(spec["paths"]["/api/flops/mocks"]["post"]["responses"]) >= {"200", "400", "403", "413", "422"}
+    for path, item in spec["paths"].items():  # every error, 422 included, is the one ErrorResponse object
+        for method, operation in item.items():
+            for status, answer in operation["responses"].items():
+                schema = (answer.get("content") or {}).get("application/json", {}).get("schema") or {}
+                if status.startswith(("4", "5")) and path != "/health":
+                    assert schema.get("$ref", "").endswith("/ErrorResponse"), (method, path, status, schema)
     assert post["security"] == [{"bearerAuth": []}]
     assert "customerID" in spec["components"]["schemas"]["ProjectSLA"]["properties"]
     assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"

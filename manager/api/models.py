@@ -49,7 +49,7 @@ class EventsResponse(BaseModel):
 
 
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     inputs: list[list[float]] = Field(min_length=1, max_length=10_000, description="rows of model input features")
 

@@ -90,7 +90,7 @@ def create_api(
         return None
 
     @app.get("/health", summary="database and broker reachability (no token needed)",
-             responses={200: HealthResponse, 503: HealthResponse})  # fmt: skip
+             responses={200: HealthResponse, 503: HealthResponse, VALIDATION_STATUS: ErrorResponse})  # fmt: skip
     def health() -> Response:
         report = HealthResponse(status="ok", database=store.ping(), broker=_broker_ok(control, settings))
         if not (report.database and report.broker):
@@ -99,7 +99,8 @@ def create_api(
 
     @app.get(CONFIG_PATH + "/<config_id>", security=[{SECURITY_SCHEME: []}],
              summary="a service's configuration, fetched by reference with that service's own token",
-             responses={200: None, 401: ErrorResponse, 404: ErrorResponse, 503: ErrorResponse})  # fmt: skip
+             responses={200: None, 401: ErrorResponse, 404: ErrorResponse, VALIDATION_STATUS: ErrorResponse,
+                        503: ErrorResponse})  # fmt: skip
     def service_config(path: ServiceConfigPath) -> Response:
         document = control.service_config(path.config_id, bearer_token(request.headers.get("Authorization")))
         return Response(document, status=200, mimetype="application/json")
@@ -116,7 +117,8 @@ def create_api(
         return record
 
     @api.post("/projects", tags=[_projects_tag], summary="start a project from an SLA (answers at once)",
-              responses={201: ProjectRecord, 403: ErrorResponse, 409: ErrorResponse})  # fmt: skip
+              responses={201: ProjectRecord, 400: ErrorResponse, 403: ErrorResponse, 409: ErrorResponse,
+                         413: ErrorResponse})  # fmt: skip
     def start_project(body: ProjectSLA) -> Response:
         sla = _owned_by_caller(body)
         refused = _repo_refusal(sla, repo_rules.for_owner(sla.customer_id), repo_base_dir)
@@ -167,7 +169,7 @@ def create_api(
     @api.post("/projects/<project_id>/predict", tags=[_projects_tag],
               summary="predict with the project's deployed trained model",
               responses={200: PredictResponse, 400: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse,
-                         502: ErrorResponse})  # fmt: skip
+                         413: ErrorResponse, 502: ErrorResponse})  # fmt: skip
     def predict(path: ProjectPath, body: PredictRequest) -> Response:
         record = visible_project(path.project_id)
         if not record.serving_url:
@@ -182,13 +184,13 @@ def create_api(
                                       ca_pem=control.tracking_ca_pem()))
 
     @api.post("/mocks", tags=[_platform_tag], summary="push mock dataset partitions into learner nodes' data servers",
-              responses={200: MockResult, 403: ErrorResponse})  # fmt: skip
+              responses={200: MockResult, 400: ErrorResponse, 403: ErrorResponse, 413: ErrorResponse})  # fmt: skip
     def push_mocks(body: MockRequest) -> Response:
         return _json(control.push_mock_data(_owned_by_caller(body)))
 
     @api.post("/cache/prune", tags=[_platform_tag],
               summary="admin only: remove build-cache entries unused for a while that no live project needs",
-              responses={200: CachePruneResult, 403: ErrorResponse})  # fmt: skip
+              responses={200: CachePruneResult, 403: ErrorResponse, 413: ErrorResponse})  # fmt: skip
     def prune_cache(body: CachePruneRequest) -> Response:
         if not _caller().is_admin:
             return error_response(403, "only the admin may prune the build cache")
@@ -220,15 +222,14 @@ def _owned_by_caller(body: OwnedT) -> OwnedT:
 
 
 def _repo_refusal(sla: ProjectSLA, policy: RepoAccessPolicy, base_dir: Path) -> Response | None:
-    """A 422 naming ml_repo_url when the owner's policy forbids what it names (no DNS here: the builder
+    """A 403 naming ml_repo_url when the owner's policy forbids what it names (no DNS here: the builder
     resolves and checks again before git runs). Customers read one generic line; the log keeps the reason."""
     try:
         check_repo_reach(sla.ml_repo_url, policy, base_dir, resolve=False)
     except (RepoUnreachable, RepoUrlRefused) as refused:
         log.warning("refused the ml_repo_url %r of customer %s: %s", sla.ml_repo_url, sla.customer_id, refused)
         reason = policy.public_reason(str(refused))
-        return error_response(VALIDATION_STATUS, f"invalid request: ml_repo_url: {reason}",
-                              [ErrorDetail(field="ml_repo_url", message=reason)])  # fmt: skip
+        return error_response(403, f"ml_repo_url: {reason}", [ErrorDetail(field="ml_repo_url", message=reason)])
     return None
 
 
