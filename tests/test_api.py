@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import tempfile
 import threading
 import time
@@ -18,6 +19,7 @@ import requests
 from flops_utils.service_config import MqttSettings
 from manager.api import TokenAuth, create_api
 from manager.api_server import make_server
+from manager.lifecycle import lifecycle_settings
 from manager.records import ProjectStatus
 from manager.settings import ManagerSettings, SettingsError, load_settings
 from manager.storage import MongoProjectStore
@@ -178,6 +180,18 @@ def test_the_admin_widens_the_repo_policy_in_the_settings(
         assert "denied by the repository access policy (git.blocked.example)" in refused.get_json()["error"]
     finally:
         store.close()
+
+
+def test_the_lifecycle_gives_each_owners_builder_the_policy_the_api_checked(tmp_path: Path) -> None:
+    settings = ManagerSettings(admin_token=ADMIN_TOKEN, repo_base_dir=tmp_path, mongo_uri="mongodb://db.internal:27017",
+                               repo_access={"local_roots": ["/srv/repos"], "deny_hosts": ["10.0.0.0/8"]})  # fmt: skip
+    rules = lifecycle_settings(settings).repo_access
+    customer, admin = rules.for_owner("alice"), rules.for_owner("Admin")
+    assert customer.local_roots == [str(tmp_path), "/srv/repos"]
+    assert not customer.detailed_errors and not customer.follow_redirects
+    assert {"127.0.0.0/8", "169.254.0.0/16", "db.internal", socket.gethostname(), "10.0.0.0/8"} <= set(
+        customer.deny_hosts)
+    assert admin.local_roots is None and admin.deny_hosts == ["10.0.0.0/8"] and admin.detailed_errors
 
 
 def test_a_body_that_is_not_json_gets_422(api: RunningApi) -> None:
