@@ -38,6 +38,7 @@ def repo_access_rules(settings: ManagerSettings) -> RepoAccessRules:
     base_dir = Path(settings.repo_base_dir or Path.cwd())
     customers = RepoAccessPolicy(
         local_roots=[str(base_dir), *map(str, access.local_roots)],
+        local_denied=manager_folders(settings),
         allow_hosts=list(access.allow_hosts),
         deny_hosts=[*DEFAULT_DENIED_HOSTS, *suite_hosts(settings), *access.deny_hosts],
         detailed_errors=False,
@@ -45,6 +46,15 @@ def repo_access_rules(settings: ManagerSettings) -> RepoAccessRules:
     )
     admin = RepoAccessPolicy(deny_hosts=list(access.deny_hosts))
     return RepoAccessRules(customers=customers, admin=admin)
+
+
+def manager_folders(settings: ManagerSettings) -> list[str]:
+    """Folders holding the manager's state, cache, configuration and keys: no customer repository may be there."""
+    files = [settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file, settings.config_file]
+    if settings.mqtt.ca_file:
+        files.append(Path(settings.mqtt.ca_file))
+    folders = [Path(settings.state_dir), Path(settings.cache_dir), *(Path(file).parent for file in files if file)]
+    return list(dict.fromkeys(str(folder.expanduser().absolute()) for folder in folders))
 
 
 def suite_hosts(settings: ManagerSettings) -> list[str]:

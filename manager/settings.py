@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from flops_utils.service_config import MqttSettings, RegistrySettings
 from manager.broker_access import ProjectCredentialsMode
@@ -131,6 +131,13 @@ class ManagerSettings(BaseModel):
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: str = "INFO"
 
+    _config_file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def config_file(self) -> Path | None:
+        """The file these settings were read from (None: environment only, or built in code)."""
+        return self._config_file
+
     @model_validator(mode="after")
     def _tls_pair(self) -> ManagerSettings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -163,12 +170,14 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         if variable in env:
             _set_dotted(data, dotted, _parse_env(dotted, env[variable]))
     try:
-        return ManagerSettings.model_validate(data)
+        settings = ManagerSettings.model_validate(data)
     except ValidationError as error:
         first = error.errors(include_url=False)[0]
         field = ".".join(str(part) for part in first["loc"]) or "(document)"
         where = f" in {source}" if source else ""
         raise SettingsError(f"manager setting {field}{where}: {first['msg']}") from error
+    settings._config_file = Path(source).absolute() if source else None
+    return settings
 
 
 def _parse_env(dotted: str, raw: str) -> Any:

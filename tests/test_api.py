@@ -182,12 +182,37 @@ def test_the_admin_widens_the_repo_policy_in_the_settings(
         store.close()
 
 
+def test_customers_cannot_name_the_managers_own_folders_even_inside_the_base_dir(
+    mongo_uri: str, mongo_db_name: str, mqtt_settings: MqttSettings, tmp_path: Path
+) -> None:
+    base = tmp_path / "base"
+    config = base / "suite" / "manager.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps({"admin_token": ADMIN_TOKEN, "customer_tokens": TOKENS, "repo_base_dir": str(base),
+                                  "state_dir": str(base / "state"), "cache_dir": str(base / "cache"),
+                                  "mqtt": mqtt_settings.model_dump(mode="json")}))  # fmt: skip
+    settings = load_settings(config, environ={})
+    assert settings.config_file == config
+    store = MongoProjectStore(mongo_uri, mongo_db_name, timeout_s=10)
+    store.connect()
+    try:
+        client = create_api(RecordingControl(store), store, TokenAuth(TOKENS, ADMIN_TOKEN), settings).test_client()
+        for url, status in [("repos/model", 201), ("state", 403), ("state/pki", 403), ("cache/envs", 403),
+                            ("suite", 403), (".", 403), (f"file://{base}", 403)]:  # fmt: skip
+            answer = client.post(PROJECTS, json={**SLA, "ml_repo_url": url},
+                                 headers={"Authorization": f"Bearer {ALICE_TOKEN}"})  # fmt: skip
+            assert answer.status_code == status, (url, answer.get_json())
+    finally:
+        store.close()
+
+
 def test_the_lifecycle_gives_each_owners_builder_the_policy_the_api_checked(tmp_path: Path) -> None:
     settings = ManagerSettings(admin_token=ADMIN_TOKEN, repo_base_dir=tmp_path, mongo_uri="mongodb://db.internal:27017",
                                repo_access={"local_roots": ["/srv/repos"], "deny_hosts": ["10.0.0.0/8"]})  # fmt: skip
     rules = lifecycle_settings(settings).repo_access
     customer, admin = rules.for_owner("alice"), rules.for_owner("Admin")
     assert customer.local_roots == [str(tmp_path), "/srv/repos"]
+    assert str(settings.state_dir.absolute()) in customer.local_denied and admin.local_denied == []
     assert not customer.detailed_errors and not customer.follow_redirects
     assert {"127.0.0.0/8", "169.254.0.0/16", "db.internal", socket.gethostname(), "10.0.0.0/8"} <= set(
         customer.deny_hosts)

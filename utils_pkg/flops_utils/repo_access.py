@@ -62,6 +62,8 @@ class RepoAccessPolicy(BaseModel):
 
     local_roots: list[str] | None = Field(
         default=None, description="local paths must lie (symlinks resolved) under one of these; None: anywhere")
+    local_denied: list[str] = Field(
+        default_factory=list, description="folders refused even inside local_roots (the manager's own state)")
     allow_hosts: list[str] = Field(default_factory=list, description="names, addresses or networks always allowed")
     deny_hosts: list[str] = Field(default_factory=list, description="names, addresses or networks refused")
     detailed_errors: bool = Field(default=True, description="false: refusals and clone failures say only "
@@ -165,14 +167,16 @@ def check_repo_reach(url: str, policy: RepoAccessPolicy, base_dir: Path, *, reso
 
 
 def _check_local(path: Path, policy: RepoAccessPolicy) -> None:
-    if policy.local_roots is None:
-        return
     real = os.path.realpath(path)
-    for root in policy.local_roots:
-        allowed = os.path.realpath(root)
-        if real == allowed or real.startswith(allowed.rstrip(os.sep) + os.sep):
-            return
+    if any(_inside(real, folder) or _inside(folder, real) for folder in map(os.path.realpath, policy.local_denied)):
+        raise RepoUnreachable(f"the local path {real} holds or lies inside the manager's own files")
+    if policy.local_roots is None or any(_inside(real, os.path.realpath(root)) for root in policy.local_roots):
+        return
     raise RepoUnreachable(f"the local path {real} is outside the folders repositories may be read from")
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _literal_address(host: str) -> IpAddress | None:
