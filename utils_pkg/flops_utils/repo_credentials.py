@@ -21,7 +21,8 @@ CREDENTIAL_SCHEMES = ("http", "https")  # ssh authenticates with keys; git:// ha
 class RepoCredentials(BaseModel):
     """What git answers when the repository's host asks who is cloning."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True,
+                              json_schema_extra={"anyOf": [{"required": ["username"]}, {"required": ["query"]}]})
 
     # No control characters: git's credential protocol is line based.
     username: str | None = Field(default=None, min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f\x7f]+$")
