@@ -222,6 +222,12 @@ def test_a_customers_repository_reaches_only_what_the_policy_allows_and_failures
         cloned = fetch_source(host.url, None, tmp_path / "allowed", access=allowed,
                               credentials=RepoCredentials(username="alice", password="pw"))  # fmt: skip
         assert cloned.commit == host.commit
+    # The builder service takes the policy from its configuration; its failure report says one line too.
+    messages: list[FlopsMessage] = []
+    with pytest.raises(BuildError, match="^cannot reach the repository$"):
+        build_local(_config("/etc", tmp_path / "cache", repo_access=customer.model_dump()), messages.append)
+    failed = messages[-1]
+    assert isinstance(failed, BuildStep) and (failed.step, failed.detail) == ("clone", "cannot reach the repository")
     assert "outside the folders repositories may be read from" in caplog.text  # the detail is in the log
     assert "is denied by the repository access policy (127.0.0.0/8)" in caplog.text
     assert "does not exist" in caplog.text
