@@ -54,7 +54,9 @@ class TlsServer:
         _readable(settings.tls_key_file, "tls_key_file")
         self._server = Server((settings.host, settings.port), app, numthreads=settings.threads,
                               server_name="flops-manager")  # fmt: skip
-        self._server.max_request_body_size = settings.max_request_bytes
+        # No limit of cheroot's own: it would answer 413 in plain text. Flask refuses bodies over
+        # max_request_bytes (MAX_CONTENT_LENGTH, also for chunked ones) with the API's JSON error.
+        self._server.max_request_body_size = 0
         adapter = BuiltinSSLAdapter(str(settings.tls_cert_file), str(settings.tls_key_file))
         adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self._server.ssl_adapter = adapter

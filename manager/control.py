@@ -11,7 +11,7 @@ from manager.sla import ProjectSLA
 
 
 class MockDataConfiguration(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     dataset_name: str = Field(default="digits", description="only 'digits' (scikit-learn, offline) is built in")
     number_of_partitions: int = Field(default=2, ge=1, le=64)
@@ -23,7 +23,7 @@ class MockDataConfiguration(BaseModel):
 
 
 class MockRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
     customer_id: str = Field(default="Admin", alias="customerID")
     mock_data_configuration: MockDataConfiguration
@@ -35,7 +35,7 @@ class MockResult(BaseModel):
 
 
 class CachePruneRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     older_than_days: float | None = Field(
         default=None, ge=0, le=36500,

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from flops_utils.service_config import MqttSettings, RegistrySettings
 from manager.broker_access import ProjectCredentialsMode
@@ -55,6 +55,21 @@ class SettingsError(ValueError):
 
 def _default_home() -> Path:
     return Path(os.environ.get("FLOPS_HOME", str(Path.home() / ".flops")))
+
+
+class RepoAccessSettings(BaseModel):
+    """What customers' ml_repo_url may reach (see manager.repo_policy); the admin's projects only obey deny_hosts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    local_roots: list[Path] = Field(
+        default_factory=list, description="folders besides repo_base_dir that customers' local paths may name")
+    allow_hosts: list[str] = Field(
+        default_factory=list, description="host names (*.example.org), addresses or networks customers may reach "
+        "even where a default denies them (e.g. a git server on this machine)")
+    deny_hosts: list[str] = Field(
+        default_factory=list, description="more host names, addresses or networks nobody's repository may be on "
+        "(customers are also denied loopback, link-local and the suite's own addresses)")
 
 
 class ManagerSettings(BaseModel):
@@ -105,7 +120,9 @@ class ManagerSettings(BaseModel):
         "directory, which only the local orchestrator shares (set it for image-based orchestrators)")
     state_dir: Path = Field(default_factory=lambda: _default_home() / "state")
     cache_dir: Path = Field(default_factory=lambda: _default_home() / "cache")
-    repo_base_dir: Path | None = Field(default=None, description="relative ml_repo_url paths resolve here")
+    repo_base_dir: Path | None = Field(default=None, description="relative ml_repo_url paths resolve here; "
+                                       "customers' local paths must lie under it (or repo_access.local_roots)")
+    repo_access: RepoAccessSettings = Field(default_factory=RepoAccessSettings)
     lifecycle: dict[str, float] = Field(
         default_factory=dict, description="overrides of lifecycle timeouts by name, e.g. build_timeout_s"
     )
@@ -117,6 +134,13 @@ class ManagerSettings(BaseModel):
     threads: int = Field(default=8, ge=1, le=64, description="API worker threads")
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: str = "INFO"
+
+    _config_file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def config_file(self) -> Path | None:
+        """The file these settings were read from (None: environment only, or built in code)."""
+        return self._config_file
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ManagerSettings:
@@ -150,12 +174,14 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         if variable in env:
             _set_dotted(data, dotted, _parse_env(dotted, env[variable]))
     try:
-        return ManagerSettings.model_validate(data)
+        settings = ManagerSettings.model_validate(data)
     except ValidationError as error:
         first = error.errors(include_url=False)[0]
         field = ".".join(str(part) for part in first["loc"]) or "(document)"
         where = f" in {source}" if source else ""
         raise SettingsError(f"manager setting {field}{where}: {first['msg']}") from error
+    settings._config_file = Path(source).absolute() if source else None
+    return settings
 
 
 def _parse_env(dotted: str, raw: str) -> Any:

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from flops_utils.repo_access import MAX_URL_LENGTH, RepoUrlRefused
+from flops_utils.repo_access import check_repo_url as check_safe_repo_url
 from flops_utils.repo_credentials import RepoCredentials, split_repo_credentials
 from flops_utils.service_config import TrainingSettings
 
@@ -32,16 +34,14 @@ GIT_REF_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._/@+-]{0,254}$"
 
 DataTag = Annotated[str, Field(pattern=DATA_TAG_PATTERN, description="letters, digits, '.', '_', '-'")]
 
-_MAX_URL_LENGTH = 2048
-_REMOTE_SCHEMES = ("https", "http", "ssh", "git", "git+ssh", "ssh+git")
-_SCP_LIKE = re.compile(r"^(?:[A-Za-z0-9._~-]+@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/].*|/.+)$")
 _URL_WITH_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
-_TRANSPORT_HELPER = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
-_FORBIDDEN_OPTIONS = ("--upload-pack", "--receive-pack", "--exec", "--config", "--template", "--separate-git-dir")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields refused, and no surprising coercion: ``true`` is not 1 round, ``"3"`` not 3 (ints may be
+    given where a number is expected)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TrainingConfiguration(_Strict):
@@ -80,7 +80,7 @@ class ResourceConstraints(_Strict):
 
 
 class ProjectSLA(_Strict):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
     customer_id: str = Field(
         default="Admin",
@@ -91,13 +91,14 @@ class ProjectSLA(_Strict):
     verbose: bool = Field(default=False, description="more detailed events in the observer/manager log")
     ml_repo_url: str = Field(
         min_length=1,
-        max_length=_MAX_URL_LENGTH,
+        max_length=MAX_URL_LENGTH,
         description="git URL (https, ssh, git@host:path), file:// URL or local path of the ML repository",
     )
     repo_credentials: RepoCredentials | None = Field(
         default=None, exclude=True, repr=False,
         description="extension: username and password or token of a private http(s) repository (may also be "
-        "given in ml_repo_url as https://user:token@host/...); stored encrypted, never shown or logged")
+        "given in ml_repo_url as https://user:token@host/...; a query string such as ?token=... is kept here "
+        "too); stored encrypted, never shown or logged")
     repo_ref: str | None = Field(
         default=None, pattern=GIT_REF_PATTERN, description="extension: branch, tag or commit (default branch if unset)"
     )
@@ -128,7 +129,8 @@ class ProjectSLA(_Strict):
         url = info.data.get("ml_repo_url")
         if credentials is None or url is None:
             return credentials
-        if split_repo_credentials(url)[1] is not None:
+        embedded = split_repo_credentials(url)[1]
+        if embedded is not None and embedded.username is not None:
             raise ValueError("the credentials are given twice, here and in ml_repo_url; give them once")
         if not _is_http(url):
             raise ValueError("credentials work with http(s) repository URLs only (ssh authenticates with keys)")
@@ -136,9 +138,12 @@ class ProjectSLA(_Strict):
 
     @model_validator(mode="after")
     def _credentials_out_of_the_url(self) -> ProjectSLA:
-        """Credentials written into an http(s) ml_repo_url move to ``repo_credentials``, which is never dumped."""
+        """Credentials and query strings written into an http(s) ml_repo_url move to ``repo_credentials``,
+        which is never dumped."""
         self.ml_repo_url, embedded = split_repo_credentials(self.ml_repo_url)
-        if embedded is not None:
+        if self.repo_credentials is not None:
+            self.repo_credentials = self.repo_credentials.with_query_of(embedded)
+        elif embedded is not None:
             self.repo_credentials = embedded
         return self
 
@@ -177,57 +182,19 @@ class ProjectSLA(_Strict):
 
 
 def check_repo_url(url: str) -> str:
-    """Return ``url`` stripped if it is a safe git URL or local path; raise ValueError otherwise.
+    """Return ``url`` stripped if it is a safe git URL or local path; raise ValueError naming ml_repo_url otherwise.
 
-    Refused: option injection (a leading '-', ``--upload-pack`` and similar), git
-    transport helpers (``ext::``, ``fd::``), control characters, '..' path segments and
-    schemes git should not be asked to fetch from.
+    The rules are :func:`flops_utils.repo_access.check_repo_url`, which the builder applies as well.
     """
-    value = url.strip()
-    if not value:
-        raise ValueError("ml_repo_url must not be empty")
-    if value.startswith("-"):
-        raise ValueError("ml_repo_url must not start with '-' (it would be read as a git option)")
-    if any(ord(char) < 32 or ord(char) == 127 for char in value):
-        raise ValueError("ml_repo_url must not contain control characters")
-    lowered = value.lower()
-    for option in _FORBIDDEN_OPTIONS:
-        if option in lowered:
-            raise ValueError(f"ml_repo_url must not contain the git option {option!r}")
-    if _TRANSPORT_HELPER.match(value) or "ext::" in lowered:
-        raise ValueError("ml_repo_url must not use a git transport helper such as 'ext::'")
-    if _has_parent_segment(value):
-        raise ValueError("ml_repo_url must not contain '..' path segments; use an absolute path")
-    with_scheme = _URL_WITH_SCHEME.match(value)
-    if with_scheme:
-        scheme = with_scheme["scheme"].lower()
-        rest = with_scheme["rest"]
-        if scheme == "file":
-            if not rest.startswith("/"):
-                raise ValueError("a file:// ml_repo_url needs an absolute path (file:///path/to/repo)")
-            return value
-        if scheme not in _REMOTE_SCHEMES:
-            raise ValueError(f"ml_repo_url scheme {scheme!r} is not supported (use https, ssh, git or file)")
-        host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-        if not host or host.startswith("-"):
-            raise ValueError("ml_repo_url has no valid host")
-        return value
-    scp = _SCP_LIKE.match(value)
-    if scp and "/" not in value.split(":", 1)[0]:
-        if scp["host"].startswith("-"):
-            raise ValueError("ml_repo_url has no valid host")
-        return value
-    return value  # a local path, absolute or relative to the manager's repository base directory
+    try:
+        return check_safe_repo_url(url)
+    except RepoUrlRefused as refused:
+        raise ValueError(f"ml_repo_url {refused}") from None
 
 
 def _is_http(url: str) -> bool:
     scheme = _URL_WITH_SCHEME.match(url)
     return scheme is not None and scheme["scheme"].lower() in ("http", "https")
-
-
-def _has_parent_segment(value: str) -> bool:
-    path = value.split("?", 1)[0].split("#", 1)[0]
-    return any(segment == ".." for segment in re.split(r"[/\\:]", path))
 
 
 def sla_to_training_settings(sla: ProjectSLA) -> TrainingSettings:

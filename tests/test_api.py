@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import socket
 import tempfile
 import threading
 import time
@@ -20,9 +21,12 @@ from PIL import Image
 
 from flops_utils.service_config import MqttSettings
 from manager.api import TokenAuth, create_api
+from manager.api_server import make_server
+from manager.lifecycle import lifecycle_settings
 from manager.records import ProjectStatus
 from manager.settings import ManagerSettings, SettingsError, load_settings
 from manager.storage import MongoProjectStore
+from manager.suite.tls import ensure_server_tls
 from tests.api_harness import (
     ADMIN_TOKEN,
     ALICE_TOKEN,
@@ -142,6 +146,90 @@ def test_a_bad_sla_gets_422_naming_the_field_and_creates_nothing(api: RunningApi
     assert field in [detail["field"] for detail in error["details"]]
     assert all(detail["message"] for detail in error["details"])
     assert len(api.store.list_projects()) == count
+
+
+def test_a_customers_repo_url_reaches_only_what_the_policy_allows_and_the_refusal_is_one_generic_line(
+    api: RunningApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused = ["/etc", "file:///etc", "/etc/passwd", str(api.settings.state_dir), "/no/such/folder",
+               "http://127.0.0.1:5072/x.git", "https://localhost/x.git", "http://2130706433/x.git", "git://127.1/x",
+               "https://[::1]:8443/x.git", "http://169.254.169.254/latest", "ssh://git@0.0.0.0/x.git",
+               f"https://{api.settings.mqtt.host}:{api.settings.mqtt.port}/x.git"]
+    for url in refused:
+        body = assert_error(call(api, "POST", PROJECTS, ALICE_TOKEN, json={**SLA, "ml_repo_url": url}), 403)
+        assert body == {"error": "ml_repo_url: cannot reach the repository",
+                        "details": [{"field": "ml_repo_url", "message": "cannot reach the repository"}]}, url
+    assert "the local path /etc/passwd is outside the folders" in caplog.text  # the admin's log has the reason
+    assert "the host 169.254.169.254 is denied by the repository access policy (169.254.0.0/16)" in caplog.text
+    for url in ("examples/sklearn_digits", "https://git.example.org/ml/r.git", "git@github.com:o/r.git"):
+        start(api, ALICE_TOKEN, ml_repo_url=url)
+    start(api, ADMIN_TOKEN, ml_repo_url="/etc")  # the operator's own projects: only deny_hosts applies
+    on_behalf = call(api, "POST", PROJECTS, ADMIN_TOKEN, json={**SLA, "customerID": "alice", "ml_repo_url": "/etc"})
+    assert_error(on_behalf, 403, "cannot reach the repository")  # a customer's project follows the customers' rules
+
+
+def test_the_admin_widens_the_repo_policy_in_the_settings(
+    mongo_uri: str, mongo_db_name: str, mqtt_settings: MqttSettings, tmp_path: Path
+) -> None:
+    settings = ManagerSettings(admin_token=ADMIN_TOKEN, customer_tokens=TOKENS, mqtt=mqtt_settings,
+                               repo_base_dir=tmp_path / "base",
+                               repo_access={"local_roots": [str(tmp_path / "shared")], "allow_hosts": ["127.0.0.1"],
+                                            "deny_hosts": ["git.blocked.example", "10.0.0.0/8"]})  # fmt: skip
+    store = MongoProjectStore(mongo_uri, mongo_db_name, timeout_s=10)
+    store.connect()
+    try:
+        client = create_api(RecordingControl(store), store, TokenAuth(TOKENS, ADMIN_TOKEN), settings).test_client()
+        for token, url, status in [
+            (ALICE_TOKEN, "relative/repo", 201), (ALICE_TOKEN, str(tmp_path / "shared" / "repo"), 201),
+            (ALICE_TOKEN, "http://127.0.0.1:9999/repo.git", 201), (ALICE_TOKEN, str(tmp_path / "other"), 403),
+            (ALICE_TOKEN, "https://localhost/repo.git", 403), (ADMIN_TOKEN, "https://git.blocked.example/r.git", 403),
+            (ADMIN_TOKEN, "http://10.1.2.3/r.git", 403), (ADMIN_TOKEN, str(tmp_path / "other"), 201),
+        ]:
+            headers = {"Authorization": f"Bearer {token}"}
+            answer = client.post(PROJECTS, json={**SLA, "ml_repo_url": url}, headers=headers)
+            assert answer.status_code == status, (url, answer.get_json())
+        refused = client.post(PROJECTS, json={**SLA, "ml_repo_url": "https://git.blocked.example/r.git"},
+                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})  # fmt: skip
+        assert "denied by the repository access policy (git.blocked.example)" in refused.get_json()["error"]
+    finally:
+        store.close()
+
+
+def test_customers_cannot_name_the_managers_own_folders_even_inside_the_base_dir(
+    mongo_uri: str, mongo_db_name: str, mqtt_settings: MqttSettings, tmp_path: Path
+) -> None:
+    base = tmp_path / "base"
+    config = base / "suite" / "manager.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps({"admin_token": ADMIN_TOKEN, "customer_tokens": TOKENS, "repo_base_dir": str(base),
+                                  "state_dir": str(base / "state"), "cache_dir": str(base / "cache"),
+                                  "mqtt": mqtt_settings.model_dump(mode="json")}))  # fmt: skip
+    settings = load_settings(config, environ={})
+    assert settings.config_file == config
+    store = MongoProjectStore(mongo_uri, mongo_db_name, timeout_s=10)
+    store.connect()
+    try:
+        client = create_api(RecordingControl(store), store, TokenAuth(TOKENS, ADMIN_TOKEN), settings).test_client()
+        for url, status in [("repos/model", 201), ("state", 403), ("state/pki", 403), ("cache/envs", 403),
+                            ("suite", 403), (".", 403), (f"file://{base}", 403)]:  # fmt: skip
+            answer = client.post(PROJECTS, json={**SLA, "ml_repo_url": url},
+                                 headers={"Authorization": f"Bearer {ALICE_TOKEN}"})  # fmt: skip
+            assert answer.status_code == status, (url, answer.get_json())
+    finally:
+        store.close()
+
+
+def test_the_lifecycle_gives_each_owners_builder_the_policy_the_api_checked(tmp_path: Path) -> None:
+    settings = ManagerSettings(admin_token=ADMIN_TOKEN, repo_base_dir=tmp_path, mongo_uri="mongodb://db.internal:27017",
+                               repo_access={"local_roots": ["/srv/repos"], "deny_hosts": ["10.0.0.0/8"]})  # fmt: skip
+    rules = lifecycle_settings(settings).repo_access
+    customer, admin = rules.for_owner("alice"), rules.for_owner("Admin")
+    assert customer.local_roots == [str(tmp_path), "/srv/repos"]
+    assert str(settings.state_dir.absolute()) in customer.local_denied and admin.local_denied == []
+    assert not customer.detailed_errors and not customer.follow_redirects
+    assert {"127.0.0.0/8", "169.254.0.0/16", "db.internal", socket.gethostname(), "10.0.0.0/8"} <= set(
+        customer.deny_hosts)
+    assert admin.local_roots is None and admin.deny_hosts == ["10.0.0.0/8"] and admin.detailed_errors
 
 
 def test_a_body_that_is_not_json_gets_422(api: RunningApi) -> None:
@@ -276,6 +364,35 @@ def test_cache_prune_is_admin_only_and_validated(api: RunningApi) -> None:
     assert [(r.older_than_days, r.dry_run) for r in requests_seen] == [(2.5, True)]
 
 
+@pytest.mark.parametrize(
+    ("path", "token", "body", "field"),
+    [
+        (PROJECTS, ALICE_TOKEN, {**SLA, "training_configuration": {"training_rounds": True}},
+         "training_configuration.training_rounds"),
+        (PROJECTS, ALICE_TOKEN, {**SLA, "training_configuration": {"training_rounds": "3"}},
+         "training_configuration.training_rounds"),
+        (PROJECTS, ALICE_TOKEN, {**SLA, "resource_constraints": {"storage": False}}, "resource_constraints.storage"),
+        (PROJECTS, ALICE_TOKEN, {**SLA, "verbose": 1}, "verbose"),
+        ("/api/flops/cache/prune", ADMIN_TOKEN, {"dry_run": 0}, "dry_run"),
+        ("/api/flops/cache/prune", ADMIN_TOKEN, {"older_than_days": "3"}, "older_than_days"),
+        ("/api/flops/cache/prune", ADMIN_TOKEN, {"older_than_days": True}, "older_than_days"),
+        ("/api/flops/mocks", ALICE_TOKEN, {"mock_data_configuration": {"data_tag": "d", "seed": False}},
+         "mock_data_configuration.seed"),
+        ("/api/flops/mocks", ALICE_TOKEN, {"mock_data_configuration": {"data_tag": "d", "seed": 1.5}},
+         "mock_data_configuration.seed"),
+    ],
+)  # fmt: skip
+def test_wrong_types_are_refused_not_coerced(
+    api: RunningApi, path: str, token: str, body: dict[str, Any], field: str
+) -> None:
+    before = len(api.control.calls)
+    error = assert_error(call(api, "POST", path, token, json=body), 422, field)
+    assert [detail["field"] for detail in error["details"]] == [field]
+    assert len(api.control.calls) == before  # nothing was started, pushed or pruned
+    accepted = call(api, "POST", "/api/flops/cache/prune", ADMIN_TOKEN, json={"older_than_days": 3, "dry_run": True})
+    assert accepted.status_code == 200, accepted.text  # an integer is a number of days
+
+
 def test_tracking_url_is_the_callers(api: RunningApi) -> None:
     answer = call(api, "GET", "/api/flops/tracking", BOB_TOKEN).json()
     assert answer == {"customer": "bob", "tracking_url": "http://127.0.0.1:5999/bob", "ca_pem": None}
@@ -360,8 +477,14 @@ def test_openapi_document_and_swagger_ui_describe_every_endpoint(api: RunningApi
         ("/api/flops/cache/prune", "post"),
     }
     post = spec["paths"]["/api/flops/projects"]["post"]
-    assert set(post["responses"]) >= {"201", "401", "403", "422"}
-    assert post["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    assert set(post["responses"]) >= {"201", "400", "401", "403", "413", "422"}
+    assert set(spec["paths"]["/api/flops/mocks"]["post"]["responses"]) >= {"200", "400", "403", "413", "422"}
+    for path, item in spec["paths"].items():  # every error, 422 included, is the one ErrorResponse object
+        for method, operation in item.items():
+            for status, answer in operation["responses"].items():
+                schema = (answer.get("content") or {}).get("application/json", {}).get("schema") or {}
+                if status.startswith(("4", "5")) and path != "/health":
+                    assert schema.get("$ref", "").endswith("/ErrorResponse"), (method, path, status, schema)
     assert post["security"] == [{"bearerAuth": []}]
     assert "customerID" in spec["components"]["schemas"]["ProjectSLA"]["properties"]
     assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
@@ -374,6 +497,43 @@ def test_http_errors_are_json_one_liners(api: RunningApi) -> None:
     assert_error(call(api, "PUT", "/api/flops/database", ADMIN_TOKEN), 405)
     huge = {**SLA, "training_configuration": {"data_tags": ["x" * 60] * 30_000}}
     assert_error(call(api, "POST", PROJECTS, ALICE_TOKEN, json=huge), 413)
+
+
+def test_inputs_that_used_to_crash_the_server_get_4xx_json(api: RunningApi) -> None:
+    project_id = start(api, ALICE_TOKEN)["project_id"]
+    events = f"{PROJECTS}/{project_id}/events"
+    assert_error(call(api, "GET", events, ALICE_TOKEN, params={"after": 2**63}), 422, "after")  # was OverflowError
+    assert call(api, "GET", events, ALICE_TOKEN, params={"after": 2**63 - 1}).json()["events"] == []
+    deep = b"[" * 20_000 + b"]" * 20_000  # was RecursionError
+    headers = {"Content-Type": "application/json"}
+    for path in (PROJECTS, "/api/flops/mocks", f"{PROJECTS}/{project_id}/predict"):
+        assert_error(call(api, "POST", path, ALICE_TOKEN, data=deep, headers=headers), 422, "deeper than 32 levels")
+    quoted = json.dumps({**SLA, "ml_repo_url": "https://example.org/" + "[" * 1000}).encode()
+    assert call(api, "POST", PROJECTS, ALICE_TOKEN, data=quoted, headers=headers).status_code == 201  # in a string
+
+
+def test_a_body_over_the_limit_is_a_json_413_over_https_too(
+    mongo_uri: str, mongo_db_name: str, mqtt_settings: MqttSettings, tmp_path: Path
+) -> None:
+    tls = ensure_server_tls(tmp_path / "tls", ["127.0.0.1"])
+    settings = ManagerSettings(port=0, admin_token=ADMIN_TOKEN, customer_tokens=TOKENS, mqtt=mqtt_settings,
+                               tls_cert_file=tls.cert_file, tls_key_file=tls.key_file)  # fmt: skip
+    store = MongoProjectStore(mongo_uri, mongo_db_name, timeout_s=10)
+    store.connect()
+    server = make_server(create_api(RecordingControl(store), store, TokenAuth(TOKENS, ADMIN_TOKEN), settings),
+                         settings)  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        huge = json.dumps({**SLA, "training_configuration": {"data_tags": ["x" * 60] * 17_000}})  # just over 1 MiB
+        answer = requests.post(f"https://127.0.0.1:{server.port}{PROJECTS}", data=huge, timeout=30,
+                               verify=str(tls.ca_file), headers={"Authorization": f"Bearer {ALICE_TOKEN}",
+                                                                 "Content-Type": "application/json"})  # fmt: skip
+        assert_error(answer, 413)
+    finally:
+        server.close()
+        thread.join(10)
+        store.close()
 
 
 def test_an_unexpected_error_is_a_one_line_500(api: RunningApi, monkeypatch: pytest.MonkeyPatch) -> None:

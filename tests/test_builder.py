@@ -19,6 +19,7 @@ import pytest
 
 from flops_utils.mqtt_catalogue import BuildResult, BuildStep, FlopsMessage, ServiceState, ServiceStatus, project_filter
 from flops_utils.mqtt_link import MqttLink
+from flops_utils.repo_access import DEFAULT_DENIED_HOSTS, RepoAccessPolicy
 from flops_utils.repo_credentials import RepoCredentials
 from flops_utils.service_config import BuilderConfig, MqttSettings, config_environment
 from manager.suite import SuiteEndpoints
@@ -183,16 +184,64 @@ def test_malicious_repo_urls_are_refused_before_git_runs(tmp_path: Path) -> None
     marker = tmp_path / "pwned"
     reason, _ = _build_error(f"--upload-pack=touch {marker}", tmp_path / "cache")
     url = f"--upload-pack=touch {marker}"
-    assert reason == f"refused repo URL {url!r}: it starts with '-' and would be read as a git option"
+    assert reason == f"refused repo URL {url!r}: it must not start with '-' (it would be read as a git option)"
     reason, _ = _build_error(f"ext::sh -c touch% {marker}", tmp_path / "cache")
-    assert reason.endswith("git transport helpers such as 'ext::' are not allowed")
+    assert reason.endswith("must not use a git transport helper such as 'ext::'")
     reason, _ = _build_error("file:///tmp/../etc", tmp_path / "cache")
-    assert reason.endswith("'..' path segments are not allowed")
+    assert reason.endswith("must not contain '..' path segments; use an absolute path")
     reason, _ = _build_error("ftp://example.invalid/repo.git", tmp_path / "cache")
-    assert reason.endswith("scheme 'ftp' is not allowed (use https, http, ssh, git, file)")
+    assert reason.endswith("scheme 'ftp' is not supported (use https, http, ssh, git or file)")
     with pytest.raises(BuildError, match="refused repo_ref '--orphan'"):
         fetch_source(str(tmp_path), "--orphan", tmp_path / "checkout")
     assert not marker.exists()
+
+
+def test_a_customers_repository_reaches_only_what_the_policy_allows_and_failures_say_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = tmp_path / "repos"
+    base.mkdir()
+    inside = Path(example_repo("sklearn_digits", base))
+    (base / "escape").symlink_to("/etc")
+    customer = RepoAccessPolicy(local_roots=[str(base)], deny_hosts=list(DEFAULT_DENIED_HOSTS),
+                                detailed_errors=False, follow_redirects=False)  # fmt: skip
+    assert fetch_source(str(inside), None, tmp_path / "ok", access=customer).commit == git(inside, "rev-parse", "HEAD")
+    with private_git_host(inside, tmp_path / "host", "alice", "pw") as host:
+        port = host.url.split(":")[2].split("/")[0]
+        refused = ["/etc", "file:///etc", "/etc/passwd", str(base / "escape"), str(base / "no-such-repo"),
+                   host.url, host.url.replace("127.0.0.1", "localhost"), f"http://2130706433:{port}/model.git",
+                   f"http://[::ffff:127.0.0.1]:{port}/model.git", "https://169.254.169.254/latest/meta-data"]
+        for number, url in enumerate(refused):
+            with pytest.raises(BuildError) as caught:
+                fetch_source(url, None, tmp_path / f"refused-{number}", access=customer,
+                             credentials=RepoCredentials(username="alice", password="pw"))  # fmt: skip
+            assert str(caught.value) == "cannot reach the repository", url
+        assert not host.requests, "git reached the loopback host"
+        # The admin may allow a host (here: a git server on this machine).
+        allowed = customer.model_copy(update={"allow_hosts": ["127.0.0.1"]})
+        cloned = fetch_source(host.url, None, tmp_path / "allowed", access=allowed,
+                              credentials=RepoCredentials(username="alice", password="pw"))  # fmt: skip
+        assert cloned.commit == host.commit
+    # The builder service takes the policy from its configuration; its failure report says one line too.
+    messages: list[FlopsMessage] = []
+    with pytest.raises(BuildError, match="^cannot reach the repository$"):
+        build_local(_config("/etc", tmp_path / "cache", repo_access=customer.model_dump()), messages.append)
+    failed = messages[-1]
+    assert isinstance(failed, BuildStep) and (failed.step, failed.detail) == ("clone", "cannot reach the repository")
+    assert "outside the folders repositories may be read from" in caplog.text  # the detail is in the log
+    assert "is denied by the repository access policy (127.0.0.0/8)" in caplog.text
+    assert "does not exist" in caplog.text
+
+
+def test_a_query_string_token_reaches_git_but_no_message_or_argument(tmp_path: Path) -> None:
+    secret = "tok-9d2e7b41-query"
+    repo = Path(example_repo("sklearn_digits", tmp_path))
+    # The test host serves files: it ignores what follows '?', so the clone fails after git sent the token.
+    with private_git_host(repo, tmp_path / "host", "alice", "pw") as host, pytest.raises(BuildError) as failed:
+        fetch_source(f"{host.url}?token={secret}", None, tmp_path / "clone",
+                     credentials=RepoCredentials(username="alice", password="pw"))  # fmt: skip
+    assert any(f"?token={secret}" in path for path, _ in host.requests), host.requests  # git sent it
+    assert secret not in str(failed.value) and str(failed.value).startswith(f"cannot clone {host.url}: "), failed.value
 
 
 def test_a_private_repository_is_cloned_with_credentials_that_never_reach_urls_or_files(tmp_path: Path) -> None:

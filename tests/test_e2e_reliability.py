@@ -76,8 +76,9 @@ def test_a_killed_learner_does_not_fail_the_project_and_rejoins(flops_stack: Flo
     """The round completes with the survivors; the lifecycle redeploys the learner, which rejoins."""
     # Rounds take a fraction of a second on the push link: enough of them that a redeployed learner
     # (a new process that loads its data first) joins while training goes on.
-    project_id = _training(flops_stack, "digits-drop", 3, 2, training_rounds=ROUNDS_FOR_A_REJOIN, min_available_clients=3,
-                           min_fit_clients=2, min_evaluate_clients=2, round_timeout_s=20)  # fmt: skip
+    project_id = _training(flops_stack, "digits-drop", 3, 2, training_rounds=ROUNDS_FOR_A_REJOIN,
+                           min_available_clients=3, min_fit_clients=2, min_evaluate_clients=2,
+                           round_timeout_s=20)  # fmt: skip
     project = flops_stack.project(project_id)
     victim = sorted(name for name in project["services"] if name.startswith("learner-"))[0]
     _local_adapter(flops_stack).kill_instance(_project_app(project), project["services"][victim])

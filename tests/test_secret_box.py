@@ -43,7 +43,7 @@ def test_a_projects_credentials_are_stored_sealed_and_come_back_for_a_restart(
     tmp_path: Path, mongo_uri: str, mongo_db_name: str
 ) -> None:
     box = SecretBox(tmp_path / "secrets.key")
-    sla = ProjectSLA.model_validate({"ml_repo_url": f"https://alice:{PASSWORD}@git.example.org/ml/repo.git",
+    sla = ProjectSLA.model_validate({"ml_repo_url": f"https://alice:{PASSWORD}@git.example.org/ml/repo.git?t={PASSWORD}",
                                      "ml_model_flavor": "sklearn"})  # fmt: skip
     record = ProjectRecord(project_id="sealed-1", customer="alice", sla=sla.model_dump(mode="json", by_alias=True),
                            sealed=seal_project_secrets(sla, box))  # fmt: skip
@@ -64,6 +64,6 @@ def test_a_projects_credentials_are_stored_sealed_and_come_back_for_a_restart(
     assert stored is not None
     restarted = with_project_secrets(ProjectSLA.model_validate(stored.sla), stored, box)
     assert restarted.ml_repo_url == "https://git.example.org/ml/repo.git"
-    assert restarted.repo_credentials == RepoCredentials(username="alice", password=PASSWORD)
+    assert restarted.repo_credentials == RepoCredentials(username="alice", password=PASSWORD, query=f"t={PASSWORD}")
     with pytest.raises(SecretUnreadable):
         with_project_secrets(ProjectSLA.model_validate(stored.sla), stored, SecretBox(tmp_path / "new.key"))

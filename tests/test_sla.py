@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from flops_utils.repo_credentials import RepoCredentials
+from flops_utils.service_config import BuilderConfig
 from manager.sla import ProjectSLA, describe_validation_error, sla_to_training_settings
 
 _DROP = object()  # sla(field=_DROP) leaves the field out
@@ -245,6 +246,25 @@ def test_credentials_in_the_repo_url_are_taken_out_and_never_dumped() -> None:
         assert "repo_credentials" not in document.model_dump(by_alias=True)
     token_only = ProjectSLA.model_validate(sla(ml_repo_url="https://ghp_abc123@github.com/o/r.git"))
     assert token_only.repo_credentials == RepoCredentials(username="ghp_abc123", password="")
+
+
+def test_a_query_string_in_the_repo_url_is_taken_out_like_credentials() -> None:
+    parsed = ProjectSLA.model_validate(sla(ml_repo_url="https://git.example.org/ml/repo.git?token=s3cr3t-q&x=1"))
+    assert parsed.ml_repo_url == "https://git.example.org/ml/repo.git"
+    assert parsed.repo_credentials == RepoCredentials(query="token=s3cr3t-q&x=1")
+    assert "s3cr3t" not in parsed.model_dump_json() + repr(parsed)
+    both = ProjectSLA.model_validate(sla(ml_repo_url="https://bob:pw-1@git.example.org/r.git?private_token=s3cr3t-q"))
+    assert both.ml_repo_url == "https://git.example.org/r.git"
+    assert both.repo_credentials == RepoCredentials(username="bob", password="pw-1", query="private_token=s3cr3t-q")
+    explicit = ProjectSLA.model_validate(sla(ml_repo_url="https://git.example.org/r.git?token=s3cr3t-q",
+                                             repo_credentials={"username": "bob", "password": "pw-1"}))  # fmt: skip
+    assert explicit.repo_credentials == RepoCredentials(username="bob", password="pw-1", query="token=s3cr3t-q")
+    builder = BuilderConfig.model_validate({"project_id": "p", "instance_name": "builder", "flavor": "sklearn",
+                                            "cache_dir": "/c", "mqtt": {}, "repo_url": "https://h.example/r.git?token=s3cr3t-q"})
+    assert builder.repo_url == "https://h.example/r.git" and builder.repo_credentials is not None
+    assert builder.repo_credentials.query == "token=s3cr3t-q" and "s3cr3t" not in repr(builder)
+    ssh = ProjectSLA.model_validate(sla(ml_repo_url="ssh://git@example.org/r.git"))
+    assert ssh.ml_repo_url == "ssh://git@example.org/r.git" and ssh.repo_credentials is None
 
 
 @pytest.mark.parametrize(

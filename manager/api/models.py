@@ -17,6 +17,8 @@ from manager.records import (
     project_timing,
 )
 
+MAX_SEQUENCE = 2**63 - 1  # event sequence numbers are the database's signed 64-bit integers
+
 
 class ErrorDetail(BaseModel):
     field: str = Field(description="dotted path of the offending field, e.g. training_configuration.min_fit_clients")
@@ -37,7 +39,7 @@ class ServiceConfigPath(BaseModel):
 
 
 class EventsQuery(BaseModel):
-    after: int = Field(default=0, ge=0, description="return events with a sequence number above this")
+    after: int = Field(default=0, ge=0, le=MAX_SEQUENCE, description="return events with a sequence number above this")
     limit: int = Field(default=1000, ge=1, le=1000)
 
 
@@ -73,7 +75,7 @@ class RoundsResponse(BaseModel):
 
 
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     inputs: list[list[float]] = Field(min_length=1, max_length=10_000, description="rows of model input features")
 

@@ -6,6 +6,7 @@ import csv
 import io
 import logging
 import socket
+from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
@@ -13,9 +14,12 @@ from flask import Response, g, request
 from flask_openapi3 import APIBlueprint, Info, OpenAPI, Tag
 from pydantic import BaseModel
 
+from flops_utils.repo_access import RepoAccessPolicy, RepoUnreachable, RepoUrlRefused, check_repo_reach
 from manager.api.auth import Caller, TokenAuth, bearer_token
+from manager.api.body_guard import MAX_JSON_DEPTH, drain, json_depth_exceeds
 from manager.api.errors import VALIDATION_STATUS, error_response, install_error_handlers, validation_error_response
 from manager.api.models import (
+    ErrorDetail,
     ErrorResponse,
     EventsQuery,
     EventsResponse,
@@ -34,6 +38,7 @@ from manager.config_vault import CONFIG_PATH
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult, ProjectControl
 from manager.learning_curve import render_png
 from manager.records import ProjectRecord, RoundRecord, project_timing
+from manager.repo_policy import repo_access_rules
 from manager.settings import ManagerSettings
 from manager.sla import ProjectSLA
 from manager.storage.base import ProjectNotFound, ProjectStore
@@ -65,16 +70,32 @@ def create_api(
         validation_error_callback=validation_error_response,
     )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    repo_rules, repo_base_dir = repo_access_rules(settings), Path(settings.repo_base_dir or Path.cwd())
     app.json.sort_keys = False  # type: ignore[attr-defined]
     install_error_handlers(app)
+
+    @app.before_request
+    def _refuse_large_body() -> Response | None:
+        length = request.content_length
+        if length is None or length <= settings.max_request_bytes:
+            return None
+        drain(request.environ, length)
+        return error_response(413, f"the request body is larger than {settings.max_request_bytes} bytes")
 
     @app.before_request
     def _identify() -> None:
         if request.path == API_PREFIX or request.path.startswith(API_PREFIX + "/"):
             g.caller = auth.identify(request.headers.get("Authorization"))
 
+    @app.before_request
+    def _refuse_deep_json() -> Response | None:
+        if request.method in ("POST", "PUT", "PATCH") and json_depth_exceeds(request.get_data(cache=True)):
+            message = f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels"
+            return error_response(VALIDATION_STATUS, message, [ErrorDetail(field="body", message=message)])
+        return None
+
     @app.get("/health", summary="database and broker reachability (no token needed)",
-             responses={200: HealthResponse, 503: HealthResponse})  # fmt: skip
+             responses={200: HealthResponse, 503: HealthResponse, VALIDATION_STATUS: ErrorResponse})  # fmt: skip
     def health() -> Response:
         report = HealthResponse(status="ok", database=store.ping(), broker=_broker_ok(control, settings))
         if not (report.database and report.broker):
@@ -83,7 +104,8 @@ def create_api(
 
     @app.get(CONFIG_PATH + "/<config_id>", security=[{SECURITY_SCHEME: []}],
              summary="a service's configuration, fetched by reference with that service's own token",
-             responses={200: None, 401: ErrorResponse, 404: ErrorResponse, 503: ErrorResponse})  # fmt: skip
+             responses={200: None, 401: ErrorResponse, 404: ErrorResponse, VALIDATION_STATUS: ErrorResponse,
+                        503: ErrorResponse})  # fmt: skip
     def service_config(path: ServiceConfigPath) -> Response:
         document = control.service_config(path.config_id, bearer_token(request.headers.get("Authorization")))
         return Response(document, status=200, mimetype="application/json")
@@ -100,9 +122,13 @@ def create_api(
         return record
 
     @api.post("/projects", tags=[_projects_tag], summary="start a project from an SLA (answers at once)",
-              responses={201: ProjectRecord, 403: ErrorResponse, 409: ErrorResponse})  # fmt: skip
+              responses={201: ProjectRecord, 400: ErrorResponse, 403: ErrorResponse, 409: ErrorResponse,
+                         413: ErrorResponse})  # fmt: skip
     def start_project(body: ProjectSLA) -> Response:
         sla = _owned_by_caller(body)
+        refused = _repo_refusal(sla, repo_rules.for_owner(sla.customer_id), repo_base_dir)
+        if refused is not None:
+            return refused
         record = control.start_project(sla, sla.customer_id)
         response = _json(record, 201)
         response.headers["Location"] = f"{API_PREFIX}/projects/{record.project_id}"
@@ -173,7 +199,7 @@ def create_api(
     @api.post("/projects/<project_id>/predict", tags=[_projects_tag],
               summary="predict with the project's deployed trained model",
               responses={200: PredictResponse, 400: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse,
-                         502: ErrorResponse})  # fmt: skip
+                         413: ErrorResponse, 502: ErrorResponse})  # fmt: skip
     def predict(path: ProjectPath, body: PredictRequest) -> Response:
         record = visible_project(path.project_id)
         if not record.serving_url:
@@ -188,13 +214,13 @@ def create_api(
                                       ca_pem=control.tracking_ca_pem()))
 
     @api.post("/mocks", tags=[_platform_tag], summary="push mock dataset partitions into learner nodes' data servers",
-              responses={200: MockResult, 403: ErrorResponse})  # fmt: skip
+              responses={200: MockResult, 400: ErrorResponse, 403: ErrorResponse, 413: ErrorResponse})  # fmt: skip
     def push_mocks(body: MockRequest) -> Response:
         return _json(control.push_mock_data(_owned_by_caller(body)))
 
     @api.post("/cache/prune", tags=[_platform_tag],
               summary="admin only: remove build-cache entries unused for a while that no live project needs",
-              responses={200: CachePruneResult, 403: ErrorResponse})  # fmt: skip
+              responses={200: CachePruneResult, 403: ErrorResponse, 413: ErrorResponse})  # fmt: skip
     def prune_cache(body: CachePruneRequest) -> Response:
         if not _caller().is_admin:
             return error_response(403, "only the admin may prune the build cache")
@@ -240,6 +266,18 @@ def rounds_csv(rounds: list[RoundRecord]) -> str:
                          record.num_examples, record.duration_s, *(record.metrics.get(name, "") for name in names),
                          record.at])  # fmt: skip
     return buffer.getvalue()
+
+
+def _repo_refusal(sla: ProjectSLA, policy: RepoAccessPolicy, base_dir: Path) -> Response | None:
+    """A 403 naming ml_repo_url when the owner's policy forbids what it names (no DNS here: the builder
+    resolves and checks again before git runs). Customers read one generic line; the log keeps the reason."""
+    try:
+        check_repo_reach(sla.ml_repo_url, policy, base_dir, resolve=False)
+    except (RepoUnreachable, RepoUrlRefused) as refused:
+        log.warning("refused the ml_repo_url %r of customer %s: %s", sla.ml_repo_url, sla.customer_id, refused)
+        reason = policy.public_reason(str(refused))
+        return error_response(403, f"ml_repo_url: {reason}", [ErrorDetail(field="ml_repo_url", message=reason)])
+    return None
 
 
 def _caller() -> Caller:

@@ -11,6 +11,7 @@ from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.service import LifecycleService
 from manager.lifecycle.tracking_access import TrackingAccess
 from manager.lifecycle.tracking_pki import TrackingPki
+from manager.repo_policy import repo_access_rules
 from manager.storage.base import ProjectStore
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ def lifecycle_settings(settings: ManagerSettings) -> LifecycleSettings:
         adapter_settings=adapters,  # type: ignore[arg-type]
         registry=settings.registry,
         repo_base_dir=Path(settings.repo_base_dir or Path.cwd()),
+        repo_access=repo_access_rules(settings),
         images=dict(settings.images),
         tracking_store=settings.tracking_store,
         configs_by_reference=frozenset(settings.configs_by_reference),

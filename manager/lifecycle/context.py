@@ -10,6 +10,7 @@ from flops_utils.service_config import MqttSettings, RegistrySettings
 from manager.broker_access import ProjectCredentialsMode
 from manager.lifecycle.tracking_access import TrackingAccess
 from manager.lifecycle.tracking_pki import TrackingPki
+from manager.repo_policy import RepoAccessRules
 from manager.secret_box import KEY_FILE_NAME, SecretBox
 from manager.tracking_store import TrackingStore
 
@@ -27,6 +28,7 @@ class LifecycleSettings:
     adapter_settings: dict[str, dict[str, object]] = field(default_factory=dict)
     registry: RegistrySettings | None = None
     repo_base_dir: Path = Path.cwd()
+    repo_access: RepoAccessRules = field(default_factory=RepoAccessRules)  # what each owner's repo URL may reach
     python: str = sys.executable
     images: dict[str, str] = field(default_factory=dict)  # service kind -> image, for container orchestrators
     tracking_store: TrackingStore | None = None  # customers' MLflow stores; None: under state_dir

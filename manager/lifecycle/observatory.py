@@ -9,11 +9,15 @@ Its store lives outside the app, so runs survive that.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from flops_utils.service_config import TrackingConfig
 from manager.config_vault import ConfigVault
@@ -31,12 +35,31 @@ log = logging.getLogger("flops.observatory")
 
 
 def safe_name(text: str) -> str:
-    """A DNS-label-safe version of a customer or project name."""
+    """A DNS-label-safe version of a customer or project name (lowercased: not unique on its own)."""
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:40] or "x"
 
 
+def customer_key(customer: str) -> str:
+    """A readable, DNS-label-safe key unique per customer: slug plus a digest of the exact name.
+
+    ``acme`` and ``Acme`` share a slug, never a key (``acme-1ba6b9e0`` vs ``acme-3e2c4d8f``).
+    """
+    digest = hashlib.sha256(customer.encode()).hexdigest()[:8]
+    return f"{safe_name(customer)[:30].strip('-') or 'x'}-{digest}"
+
+
 def observatory_name(customer: str) -> str:
+    return f"observatory-{customer_key(customer)}"
+
+
+def legacy_observatory_name(customer: str) -> str:
+    """The name observatories had before :func:`customer_key` (shared by names differing only by case)."""
     return f"observatory-{safe_name(customer)}"
+
+
+def observatory_root(state_dir: Path, customer: str) -> Path:
+    """Where the customer's MLflow store (database, artifacts) lives; it outlives the tracking server."""
+    return state_dir / "observatories" / customer_key(customer)
 
 
 def observatory_owner(customer: str) -> str:
@@ -85,6 +108,44 @@ class ObservatoryKeeper:
                     return observatory
             return self._create(adapter, customer, name, note)
 
+    def adopt_legacy_stores(self, adapter: OrchestratorAdapter) -> None:
+        """Move observatories kept under the old lowercased name to their customer's own key.
+
+        The old tracking servers are stopped (the next ``ensure`` starts one on the moved
+        store). A store that customers differing only by case shared belongs to none of
+        them: it is set aside as ``<name>.shared`` for the admin, and each starts afresh.
+        """
+        owners: dict[str, list[dict[str, Any]]] = {}
+        for stored in self.store.list_apps(kind=AppKind.OBSERVATORY.value):
+            customer = str(stored.get("customer", ""))
+            if stored.get("name") == legacy_observatory_name(customer) != observatory_name(customer):
+                owners.setdefault(safe_name(customer), []).append(stored)
+        folder = self.settings.state_dir / "observatories"
+        for slug, records in owners.items():
+            for stored in records:
+                customer, name = str(stored["customer"]), str(stored["name"])
+                with contextlib.suppress(Exception):  # the old server may be gone already
+                    adapter.delete_app(AppRef(str(stored["app_id"]), name, AppKind.OBSERVATORY, customer))
+                ConfigVault(self.store, self.settings.secret_box).revoke(observatory_owner(customer))
+                self.store.delete_app(customer, AppKind.OBSERVATORY.value, name)
+            legacy_root = folder / slug
+            if not legacy_root.is_dir():
+                continue
+            customers = sorted({str(stored["customer"]) for stored in records})
+            target = observatory_root(self.settings.state_dir, customers[0])
+            if len(customers) == 1 and not target.exists():
+                legacy_root.rename(target)
+                log.info("moved the MLflow store of %s from %s to %s", customers[0], legacy_root, target)
+            elif len(customers) == 1:
+                log.warning("the MLflow store %s of %s stays in place: %s exists already", legacy_root,
+                            customers[0], target)  # fmt: skip
+            else:
+                aside = folder / f"{slug}.shared"
+                legacy_root.rename(aside)
+                log.warning("the MLflow store %s was shared by customers %s (names differing only by case): "
+                            "set aside as %s for the admin; each customer starts a new one", legacy_root,
+                            ", ".join(customers), aside)  # fmt: skip
+
     def _digests(self, customer: str) -> list[str]:
         return self.settings.tracking_access.digests(customer)
 
@@ -116,7 +177,7 @@ class ObservatoryKeeper:
     ) -> Observatory:
         app = adapter.find_app(name, customer) or adapter.create_app(name, AppKind.OBSERVATORY, customer)
         endpoint = adapter.plan_endpoint(app, TRACKING_SERVICE, TRACKING_PORT, Placement())
-        root = self.settings.state_dir / "observatories" / safe_name(customer)
+        root = observatory_root(self.settings.state_dir, customer)
         pki = self.settings.tracking_pki
         url = endpoint.url if pki is None else "https://" + endpoint.url.split("://", 1)[-1]
         local = adapter.name == "local"

@@ -61,6 +61,7 @@ class LifecycleService:
         while the manager was away reach their inboxes.
         """
         self.link.subscribe(ALL_PROJECTS_FILTER, self._on_report)
+        self.observatories.adopt_legacy_stores(self.adapter())
         pending = self._settle_interrupted_projects()
         try:
             self.link.connect(timeout=5)

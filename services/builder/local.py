@@ -104,7 +104,7 @@ def build_local(config: BuilderConfig, report: Reporter, *, base_dir: Path | Non
     try:
         with steps.step("clone") as clone:
             checkout = fetch_source(config.repo_url, config.repo_ref, work / "repo", base_dir=base_dir,
-                                    credentials=config.repo_credentials)
+                                    credentials=config.repo_credentials, access=config.repo_access)
             clone.detail = f"{checkout.kind} {checkout.commit[:12]}"
 
         with steps.step("contract") as contract:

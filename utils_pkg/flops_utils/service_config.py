@@ -16,6 +16,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flops_utils.config_fetch import CONFIG_CA_ENV, CONFIG_TOKEN_ENV, CONFIG_URL_ENV, fetch_config_json
+from flops_utils.repo_access import RepoAccessPolicy
 from flops_utils.repo_credentials import RepoCredentials, split_repo_credentials
 
 CONFIG_ENV = "FLOPS_CONFIG"
@@ -98,6 +99,8 @@ class BuilderConfig(_ServiceConfig):
         default=None, repr=False,
         description="for a private http(s) repository; git gets them from a credential helper")
     repo_ref: str | None = Field(default=None, description="branch, tag or commit; default branch when None")
+    repo_access: RepoAccessPolicy = Field(
+        default_factory=RepoAccessPolicy, description="what repo_url may reach (the manager's policy for the owner)")
     flavor: Literal["sklearn", "pytorch", "tensorflow", "keras"]
     cache_dir: str = Field(description="environments, apps and clones are cached here across projects")
     mode: Literal["local", "oci"] = "local"
@@ -119,6 +122,8 @@ class BuilderConfig(_ServiceConfig):
         self.repo_url, embedded = split_repo_credentials(self.repo_url)
         if self.repo_credentials is None:
             self.repo_credentials = embedded
+        else:
+            self.repo_credentials = self.repo_credentials.with_query_of(embedded)
         return self
 
 

@@ -164,7 +164,7 @@ def build_images(config: BuilderConfig, report: Reporter | None = None, *, base_
     try:
         with steps.step("clone") as record:
             checkout = fetch_source(config.repo_url, config.repo_ref, work / "repo", base_dir=base_dir,
-                                    credentials=config.repo_credentials)
+                                    credentials=config.repo_credentials, access=config.repo_access)
             record.detail = f"{checkout.kind} {checkout.commit[:12]}"
         with steps.step("contract") as record:
             dependencies = check_contract(checkout.path)
