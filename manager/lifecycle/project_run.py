@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from flops_utils.message_text import describe
+from flops_utils.message_text import describe, one_line
 from flops_utils.mqtt_catalogue import (
     BuildResult,
     ControlCommand,
@@ -892,5 +892,4 @@ class ProjectRun:
 
 
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text[:300]
+    return one_line(str(error) or type(error).__name__)

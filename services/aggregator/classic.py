@@ -43,9 +43,14 @@ def resume_point(session: ServerSession) -> tuple[str | None, Checkpoint | None]
 
 
 def round_metrics(result: RoundResult) -> dict[str, float | None]:
+    """``loss``/``accuracy``: the new global model on the participants' test splits (example-weighted);
+    ``train_*``: each learner's freshly fitted local model on its own test split."""
     return {
         "loss": result.loss,
         "accuracy": result.accuracy,
+        "train_loss": result.train_loss,
+        "train_accuracy": result.train_accuracy,
+        "eval_seconds": result.eval_seconds,
         "round_seconds": result.seconds,
         "slowest_fit_seconds": slowest_fit_seconds(result),
         "participants": float(len(result.participants)),
@@ -74,14 +79,18 @@ def run_classic(grid: Grid, session: ServerSession) -> RunOutcome:
         session.reporter.event(f"resuming MLflow run {resumed_run} from round 1 (no checkpoint yet)")
     session.tracker.log_metrics({"wait_for_learners_seconds": waited}, step=first_round - 1)
     total = training.training_rounds
+    final: RoundResult | None = None
     for server_round in range(first_round, total + 1):
-        result = rounds.train_round(server_round, arrays, {})
-        assert result.arrays is not None
-        arrays = result.arrays
+        trained = rounds.train_round(server_round, arrays, {})
+        assert trained.arrays is not None
+        arrays = trained.arrays
+        final = rounds.evaluate_round(server_round, arrays, {})  # the new global model, on every learner
+        result = trained.with_global_evaluation(final)
         metrics = round_metrics(result)
         # Checkpoint first: a crash after it re-logs these metrics on resume, a crash before it reruns the round.
         session.tracker.save_checkpoint(Checkpoint(server_round, arrays, known(metrics)))
         session.progress(result, cycle=1, total_cycles=1, round_=server_round, total_rounds=total)
         session.tracker.log_metrics(metrics, step=server_round)
-    final = rounds.evaluate_round(total, arrays, {})
+    if final is None:  # resumed after the last round's checkpoint
+        final = rounds.evaluate_round(total, arrays, {})
     return finish_training(session, manager, arrays, final, step=total, rounds_completed=total, cycles_completed=1)

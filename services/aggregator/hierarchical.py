@@ -82,14 +82,20 @@ def run_root(grid: Grid, session: ServerSession) -> RunOutcome:
             _log_cycle(session, checkpoint.metrics, checkpoint.state, checkpoint.cycle)
         session.reporter.event(f"resuming MLflow run {resumed_run} from the checkpoint of cycle {checkpoint.cycle}")
     session.tracker.log_metrics({"wait_for_clusters_seconds": waited}, step=first_cycle - 1)
+    final: RoundResult | None = None
     for cycle in range(first_cycle, cycles + 1):
         job = {p.CYCLE: cycle, p.TOTAL_CYCLES: cycles, p.PARENT_RUN: run_id or ""}
-        result = rounds.train_round(cycle, arrays, job)
-        assert result.arrays is not None
-        arrays = result.arrays
+        trained = rounds.train_round(cycle, arrays, job)
+        assert trained.arrays is not None
+        arrays = trained.arrays
+        # The root's global model on every learner (through the clusters); after the last cycle this is final.
+        final = rounds.evaluate_round(cycle, arrays, {**job, p.FINAL: int(cycle == cycles)})
+        result = trained.with_global_evaluation(final)
         metrics = known({
             "loss": result.loss,
             "accuracy": result.accuracy,
+            "train_loss": result.train_loss,
+            "train_accuracy": result.train_accuracy,
             CYCLE_SECONDS: result.seconds,
             "num_examples": float(result.num_examples),
         })
@@ -98,7 +104,10 @@ def run_root(grid: Grid, session: ServerSession) -> RunOutcome:
         session.tracker.save_checkpoint(Checkpoint(per_cycle, arrays, metrics, cycle=cycle, state=state))
         session.progress(result, cycle=cycle, total_cycles=cycles, round_=per_cycle, total_rounds=per_cycle)
         _log_cycle(session, metrics, state, cycle)
-    final = rounds.evaluate_round(cycles, arrays, {p.CYCLE: cycles, p.TOTAL_CYCLES: cycles, p.PARENT_RUN: run_id or ""})
+    if final is None:  # resumed after the last cycle's checkpoint
+        final = rounds.evaluate_round(
+            cycles, arrays, {p.CYCLE: cycles, p.TOTAL_CYCLES: cycles, p.PARENT_RUN: run_id or "", p.FINAL: 1}
+        )
     return finish_training(session, manager, arrays, final, step=cycles, rounds_completed=cycles * per_cycle,
                            cycles_completed=cycles)  # fmt: skip
 
@@ -156,7 +165,9 @@ def run_cluster(grid: Grid, session: ServerSession) -> RunOutcome:
             if job.kind == "evaluate":
                 last = rounds.evaluate_round(int(job.config.get(p.CYCLE, 0)), job.arrays, {})
                 bridge.complete(job.name, True, _evaluation_metrics(last))
-                break
+                if int(job.config.get(p.FINAL, 1)):
+                    break
+                continue
             cycles_done = int(job.config[p.CYCLE])
             resume = checkpoint if checkpoint is not None and checkpoint.cycle == cycles_done else None
             _train_cycle(session, rounds, bridge, job, resume)
@@ -189,9 +200,10 @@ def _train_cycle(
         if step not in session.tracker.logged_steps("round_seconds"):  # died before logging
             session.tracker.log_metrics(dict(resume.metrics), step=step)
     for server_round in range(first_round, per_cycle + 1):
-        result = rounds.train_round(server_round, arrays, {p.CYCLE: cycle})
-        assert result.arrays is not None
-        arrays = result.arrays
+        trained = rounds.train_round(server_round, arrays, {p.CYCLE: cycle})
+        assert trained.arrays is not None
+        arrays = trained.arrays
+        result = trained.with_global_evaluation(rounds.evaluate_round(server_round, arrays, {p.CYCLE: cycle}))
         state = {
             "round_losses": [*state["round_losses"], _number(result.loss)],
             "round_accuracies": [*state["round_accuracies"], _number(result.accuracy)],
@@ -205,6 +217,9 @@ def _train_cycle(
         metrics = known({
             "loss": result.loss,
             "accuracy": result.accuracy,
+            "train_loss": result.train_loss,
+            "train_accuracy": result.train_accuracy,
+            "eval_seconds": result.eval_seconds,
             "round_seconds": result.seconds,
             "participants": float(len(result.participants)),
         })

@@ -13,6 +13,12 @@ With ``replacement_wait_s`` (the root of a hierarchical project, which needs eve
 cluster), a round that lost participants waits that long for new nodes (a redeployed
 cluster aggregator joins as one) and asks them the same question; the replies that
 did arrive are kept, so the other clusters' work is not repeated.
+
+Messages are made by a Flower strategy (``configure_train``) and replies aggregated by it
+(``aggregate_train``), so Flower's strategies and their wrappers (differential privacy, robust
+aggregation) run here unchanged; the strategy samples from the nodes this loop found usable.
+A round ends as soon as enough failed replies make ``min_replies`` unreachable; identical
+failures are named once, with the learners they hit.
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Strategy
 
+from flops_utils.message_text import one_line
+from services.aggregator.node_view import NodesView
 from services.fl_runtime import protocol as p
 from services.fl_runtime.link.server import PATIENCE_S
 
@@ -59,13 +67,30 @@ class RoundResult:
     server_round: int
     arrays: list[np.ndarray] | None
     replies: list[Reply]
-    lost: list[str]
+    lost: list[tuple[str, str]]  # (name, why)
     seconds: float
     loss: float | None = None
     accuracy: float | None = None
     num_examples: int = 0
     eval_examples: int = 0
     participants: list[str] = field(default_factory=list)
+    train_loss: float | None = None  # after with_global_evaluation: the learners' post-fit local figures
+    train_accuracy: float | None = None
+    eval_seconds: float | None = None
+
+    def with_global_evaluation(self, evaluation: RoundResult) -> RoundResult:
+        """This training round with ``loss``/``accuracy`` of the new global model (``evaluation``) and the
+        post-fit local figures moved to ``train_loss``/``train_accuracy``."""
+        return replace(
+            self,
+            loss=evaluation.loss,
+            accuracy=evaluation.accuracy,
+            eval_examples=evaluation.eval_examples,
+            train_loss=self.loss,
+            train_accuracy=self.accuracy,
+            eval_seconds=evaluation.seconds,
+            lost=self.lost + [item for item in evaluation.lost if item not in self.lost],
+        )
 
 
 def weighted(replies: list[Reply], key: str, weight_key: str) -> float | None:
@@ -95,6 +120,7 @@ class FederatedRounds:
         on_back: Callable[[str, str], None] | None = None,
         replacement_wait_s: float = 0.0,
         readmit_after_s: float = READMIT_AFTER_S,
+        strategy: Strategy | None = None,
     ) -> None:
         self.grid = grid
         self.min_available = min_available
@@ -108,8 +134,10 @@ class FederatedRounds:
         self.readmit_after_s = readmit_after_s
         self.names: dict[int, str] = {}
         self.suspended: dict[int, float] = {}  # lost node -> monotonic time from which it may be asked again
-        self.strategy = FedAvg(
-            min_train_nodes=min_fit, min_evaluate_nodes=min_evaluate, min_available_nodes=min_available
+        # Our loop decides who is usable (and waits for min_available once, at start); the strategy samples
+        # among those, so its own minimum is what one round needs.
+        self.strategy: Strategy = strategy or FedAvg(
+            min_train_nodes=min_fit, min_evaluate_nodes=min_evaluate, min_available_nodes=min_fit
         )
 
     # -- nodes -------------------------------------------------------------------
@@ -161,7 +189,7 @@ class FederatedRounds:
             raise RoundFailed(self._too_few(server_round, len(replies), len(nodes), self.min_fit, lost))
         aggregated, _ = self.strategy.aggregate_train(server_round, raw)
         if aggregated is None:
-            raise RoundFailed(f"round {server_round}: FedAvg produced no model")
+            raise RoundFailed(f"round {server_round}: the strategy produced no model")
         new_arrays = p.like(p.from_arrays(aggregated), arrays)
         return self._result(server_round, new_arrays, replies, lost, started)
 
@@ -177,15 +205,27 @@ class FederatedRounds:
             )
         return self._result(server_round, None, replies, lost, started)
 
-    def _too_few(self, rnd: int, got: int, asked: int, needed: int, lost: list[str], what: str = "round") -> str:
-        detail = f"; lost: {', '.join(lost)}" if lost else ""
-        return (
+    def _too_few(
+        self, rnd: int, got: int, asked: int, needed: int, lost: list[tuple[str, str]], what: str = "round"
+    ) -> str:
+        failed = [(name, why) for name, why in lost if not why.startswith("no reply within")]
+        if failed and got + len(lost) >= asked:
+            detail = "; ".join(group_failures(lost, self.what))
+            return one_line(f"{what} {rnd}: {detail} (only {got} of {asked} replied, at least {needed} needed)", 600)
+        detail = f"; lost: {'; '.join(group_failures(lost, self.what))}" if lost else ""
+        return one_line(
             f"{what} {rnd}: only {got} of {asked} {self.what}s replied within {self.timeout_s:g} s "
-            f"(at least {needed} needed){detail}"
+            f"(at least {needed} needed){detail}",
+            600,
         )
 
     def _result(
-        self, rnd: int, arrays: list[np.ndarray] | None, replies: list[Reply], lost: list[str], started: float
+        self,
+        rnd: int,
+        arrays: list[np.ndarray] | None,
+        replies: list[Reply],
+        lost: list[tuple[str, str]],
+        started: float,
     ) -> RoundResult:
         return RoundResult(
             server_round=rnd,
@@ -208,16 +248,16 @@ class FederatedRounds:
         arrays: list[np.ndarray],
         config: dict[str, int | float | str],
     ) -> list[Message]:
-        content = {p.SERVER_ROUND: rnd, **config}
-        return [
-            Message(
-                RecordDict({p.ARRAYS: p.to_arrays(arrays), p.CONFIG: ConfigRecord(dict(content))}),
-                dst_node_id=node,
-                message_type=kind,
-                group_id=str(rnd),
-            )
-            for node in nodes
-        ]
+        content = ConfigRecord({p.SERVER_ROUND: rnd, **config})
+        if kind == MessageType.TRAIN:
+            view = NodesView(self.grid, nodes)
+            messages = list(self.strategy.configure_train(rnd, p.to_arrays(arrays), content, view))
+        else:
+            record = RecordDict({p.ARRAYS: p.to_arrays(arrays), p.CONFIG: content})
+            messages = [Message(record, dst_node_id=node, message_type=kind) for node in nodes]
+        for message in messages:
+            message.metadata.group_id = str(rnd)
+        return messages
 
     def _ask(
         self,
@@ -227,9 +267,9 @@ class FederatedRounds:
         arrays: list[np.ndarray],
         config: dict[str, int | float | str],
         needed: int,
-    ) -> tuple[list[Reply], list[Message], list[str]]:
+    ) -> tuple[list[Reply], list[Message], list[tuple[str, str]]]:
         """One question to ``nodes``; lost ones are replaced by new nodes while ``replacement_wait_s`` allows."""
-        replies, raw, lost = self._exchange(self._messages(nodes, kind, rnd, arrays, config), rnd)
+        replies, raw, lost = self._exchange(self._messages(nodes, kind, rnd, arrays, config), rnd, needed)
         asked = set(nodes)
         while lost and len(replies) < needed and self.replacement_wait_s > 0:
             fresh = self._new_nodes(asked, needed - len(replies), self.replacement_wait_s)
@@ -237,7 +277,9 @@ class FederatedRounds:
                 break
             asked.update(fresh)
             log.info("round %s: asking %d new %s node(s) in place of the lost ones", rnd, len(fresh), self.what)
-            more, more_raw, more_lost = self._exchange(self._messages(fresh, kind, rnd, arrays, config), rnd)
+            more, more_raw, more_lost = self._exchange(
+                self._messages(fresh, kind, rnd, arrays, config), rnd, needed - len(replies)
+            )
             replies, raw, lost = replies + more, raw + more_raw, lost + more_lost
         return replies, raw, lost
 
@@ -252,8 +294,11 @@ class FederatedRounds:
                 return []
             self._idle(PULL_INTERVAL_S)
 
-    def _exchange(self, messages: list[Message], rnd: int) -> tuple[list[Reply], list[Message], list[str]]:
-        """Send, then collect replies until all arrived or the deadline; mark the rest lost."""
+    def _exchange(
+        self, messages: list[Message], rnd: int, needed: int
+    ) -> tuple[list[Reply], list[Message], list[tuple[str, str]]]:
+        """Send, then collect replies until all arrived, the deadline passed, or failures make ``needed``
+        unreachable; mark the rest lost."""
         destination = {}
         ids = list(self.grid.push_messages(messages))
         for message_id, message in zip(ids, messages, strict=True):
@@ -262,8 +307,8 @@ class FederatedRounds:
         waiting = set(destination)
         deadline = time.monotonic() + self.timeout_s
         good: list[Message] = []
-        lost: list[str] = []
-        while waiting and time.monotonic() < deadline:
+        lost: list[tuple[str, str]] = []
+        while waiting and time.monotonic() < deadline and len(good) + len(waiting) >= needed:
             for reply in self.grid.pull_messages(list(waiting)):
                 origin = reply.metadata.reply_to_message_id
                 if origin not in waiting:
@@ -275,10 +320,15 @@ class FederatedRounds:
                 else:
                     self._learn_name(node, reply)
                     good.append(reply)
-            if waiting:
+            if waiting and len(good) + len(waiting) >= needed:
                 self._wait_replies(waiting, deadline)
-        for origin in waiting:
-            lost.append(self._lose(destination[origin], rnd, f"no reply within {self.timeout_s:g} s"))
+        if waiting and len(good) + len(waiting) < needed:
+            cause = "the round cannot succeed without this reply"
+            for origin in waiting:  # asked, but the round is over: do not suspend them
+                log.info("round %s: stopped waiting for %s (%s)", rnd, self.name_of(destination[origin]), cause)
+        else:
+            for origin in waiting:
+                lost.append(self._lose(destination[origin], rnd, f"no reply within {self.timeout_s:g} s"))
         return [self._summary(reply) for reply in good], good, lost
 
     def _wait_replies(self, waiting: set[str], deadline: float) -> None:
@@ -289,13 +339,13 @@ class FederatedRounds:
         else:
             time.sleep(min(left, PULL_INTERVAL_S))
 
-    def _lose(self, node: int, rnd: int, why: str) -> str:
+    def _lose(self, node: int, rnd: int, why: str) -> tuple[str, str]:
         self.suspended[node] = time.monotonic() + self.readmit_after_s
         name = self.name_of(node)
         log.warning("round %s: %s %s lost (%s)", rnd, self.what, name, why)
-        why = " ".join(why.split())[:200]
+        why = one_line(why, 240)
         self.on_lost(name, f"round {rnd}: {self.what} {name} lost ({why})")
-        return f"{name} ({why})"
+        return name, why
 
     def _learn_name(self, node: int, reply: Message) -> None:
         info = reply.content.config_records.get(p.INFO)
@@ -309,3 +359,16 @@ class FederatedRounds:
         record = reply.content.metric_records.get(p.METRICS) or MetricRecord()
         metrics = {key: value for key, value in record.items()}  # noqa: C416
         return Reply(node_id=node, name=self.name_of(node), cluster=cluster, metrics=metrics)  # type: ignore[arg-type]
+
+
+def group_failures(lost: list[tuple[str, str]], what: str) -> list[str]:
+    """``3 learners: ValueError: ... at model_manager.py:41 (node-a1, node-a2, node-b1)``: one line per reason."""
+    by_reason: dict[str, list[str]] = {}
+    for name, why in lost:
+        by_reason.setdefault(why, []).append(name)
+    lines = []
+    for why, names in by_reason.items():
+        who = f"{len(names)} {what}s" if len(names) > 1 else f"{what} {names[0]}"
+        listed = f" ({', '.join(sorted(names))})" if len(names) > 1 else ""
+        lines.append(f"{who}: {why}{listed}")
+    return lines

@@ -29,6 +29,7 @@ SERVER_ROUND = "server-round"
 CYCLE = "cycle"
 TOTAL_CYCLES = "total-cycles"
 PARENT_RUN = "mlflow-parent-run-id"
+FINAL = "final-evaluation"  # evaluate messages to a cluster: 1 when no cycle follows (the cluster then ends)
 
 NODE = "node"
 CLUSTER = "cluster"

@@ -6,6 +6,7 @@ import logging
 import uuid
 from typing import Literal
 
+from flops_utils.message_text import one_line as shorten
 from flops_utils.mqtt_catalogue import (
     EventLine,
     FlopsMessage,
@@ -21,8 +22,8 @@ EventLevel = Literal["debug", "info", "warning", "error"]
 
 
 def one_line(text: object, limit: int = 300) -> str:
-    """A failure reason on one line, short enough for a status message."""
-    return " ".join(str(text).split())[:limit] or "unknown error"
+    """A failure reason on one line, short enough for a status message (cut between words)."""
+    return shorten(text, limit)
 
 
 class Reporter:

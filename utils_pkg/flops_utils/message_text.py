@@ -52,3 +52,14 @@ def describe(message: FlopsMessage) -> str:
         case ControlCommand():
             return f"{message.sender} asked to {message.command}"
     return str(message)  # pragma: no cover - the union is exhaustive
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` on one line, at most ``limit`` characters, cut at a word boundary (never inside a word)."""
+    flat = " ".join(str(text).split()) or "unknown error"
+    if len(flat) <= limit:
+        return flat
+    cut = flat[: limit - 1]
+    if " " in cut and not flat[limit - 1].isspace():
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:") + "…"
