@@ -16,7 +16,7 @@ import requests
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from tests.example_repos import example_repo
+from tests.example_repos import commit_all, example_repo
 from tests.fixtures_stack import (  # noqa: F401 - fixture import
     ADMIN_TOKEN,
     CUSTOMER_TOKENS,
@@ -155,6 +155,36 @@ def test_broken_contract_fails_with_a_one_line_reason(flops_stack: FlopsStack, c
     assert project["status"] == "FAILED"
     assert "ModelManager" in project["error"] and "\n" not in project["error"]
     assert project["phase"] == "done"
+
+
+def test_a_raising_fit_model_fails_the_project_at_once_naming_node_exception_and_line(
+    flops_stack: FlopsStack, classic_data: str, tmp_path: Path  # noqa: F811
+) -> None:
+    """Each learner answers round 1 with its error at once; the aggregator stops waiting (the round cannot
+    succeed) long before the 300 s round deadline, and names the error once with the learners it hit."""
+    repo = Path(example_repo("sklearn_digits", tmp_path))
+    lines = (repo / "model_manager.py").read_text().splitlines(keepends=True)
+    fit = next(index for index, line in enumerate(lines) if line.startswith("    def fit_model("))
+    lines.insert(fit + 1, "        raise ValueError('partial_fit refuses float32 input')\n")
+    (repo / "model_manager.py").write_text("".join(lines))
+    commit_all(repo, "fit_model raises")
+    request = sla("examples/sklearn_digits", [classic_data], min_available_clients=2, round_timeout_s=300)
+    request["ml_repo_url"] = str(repo)
+    project_id = flops_stack.submit(request)
+    project = flops_stack.wait(project_id, timeout=400)
+    assert project["status"] == "FAILED", project
+    events = flops_stack.events(project_id)
+    connected = next(i for i, text in enumerate(events) if "learners connected" in text)
+    error = project["error"]
+    assert f"ValueError: partial_fit refuses float32 input at model_manager.py:{fit + 2}" in error, error
+    assert error.count("partial_fit refuses") == 1, error  # the same error is named once, for both learners
+    assert "2 learners" in error and "node-" in error, error
+    assert "within 300 s" not in error, error
+    answer = flops_stack.api("GET", f"/api/flops/projects/{project_id}/events").json()
+    stamps = [event["at"] for event in answer["events"]]
+    failed = next(i for i, text in enumerate(events) if "partial_fit refuses" in text and i > connected)
+    # It fails within seconds of round 1, not after the 300 s round deadline (generous for a loaded machine).
+    assert stamps[failed] - stamps[connected] < 120, (events[connected], events[failed])
 
 
 def test_tags_without_data_fail_clearly(flops_stack: FlopsStack) -> None:  # noqa: F811
