@@ -209,7 +209,7 @@ class FederatedRounds:
         self, rnd: int, got: int, asked: int, needed: int, lost: list[tuple[str, str]], what: str = "round"
     ) -> str:
         failed = [(name, why) for name, why in lost if not why.startswith("no reply within")]
-        if failed and got + len(lost) >= asked:
+        if failed:
             detail = "; ".join(group_failures(lost, self.what))
             return one_line(f"{what} {rnd}: {detail} (only {got} of {asked} replied, at least {needed} needed)", 600)
         detail = f"; lost: {'; '.join(group_failures(lost, self.what))}" if lost else ""
@@ -323,6 +323,11 @@ class FederatedRounds:
             if waiting and len(good) + len(waiting) >= needed:
                 self._wait_replies(waiting, deadline)
         if waiting and len(good) + len(waiting) < needed:
+            for reply in self.grid.pull_messages(list(waiting)):  # failures that arrived together are named too
+                origin = reply.metadata.reply_to_message_id
+                if origin in waiting and reply.has_error():
+                    waiting.discard(origin)
+                    lost.append(self._lose(destination[origin], rnd, str(reply.error.reason)))
             cause = "the round cannot succeed without this reply"
             for origin in waiting:  # asked, but the round is over: do not suspend them
                 log.info("round %s: stopped waiting for %s (%s)", rnd, self.name_of(destination[origin]), cause)
