@@ -9,6 +9,7 @@ from flwr.serverapp import Grid
 from services.aggregator.final_model import finish_training
 from services.aggregator.rounds import FederatedRounds, RoundResult
 from services.aggregator.session import ServerSession, connect_timeout_s, strategy_params
+from services.aggregator.strategy_factory import round_strategy
 from services.fl_runtime import protocol as p
 from services.fl_runtime.checkpoint import Checkpoint, known
 from services.fl_runtime.outcome import RunOutcome
@@ -26,6 +27,8 @@ def learner_rounds(grid: Grid, session: ServerSession) -> FederatedRounds:
         what="learner",
         on_lost=session.lost,
         on_back=session.back,
+        strategy=round_strategy(session.config, "learners", min_fit=training.min_fit_clients,
+                                min_evaluate=training.min_evaluate_clients),  # fmt: skip
     )
 
 

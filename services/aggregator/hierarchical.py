@@ -33,6 +33,7 @@ from services.aggregator.session import (
     cycle_timeout_s,
     strategy_params,
 )
+from services.aggregator.strategy_factory import round_strategy
 from services.fl_runtime import protocol as p
 from services.fl_runtime.checkpoint import Checkpoint, known
 from services.fl_runtime.outcome import RunOutcome
@@ -67,6 +68,7 @@ def run_root(grid: Grid, session: ServerSession) -> RunOutcome:
         on_lost=session.lost,
         on_back=session.back,
         replacement_wait_s=replacement_wait_s(training),
+        strategy=round_strategy(config, "clusters", min_fit=clusters, min_evaluate=clusters),
     )
     resumed_run, checkpoint = resume_point(session)
     waited = time.monotonic()
