@@ -1,15 +1,16 @@
-"""The ClientApp side of a cluster aggregator: one root message per cycle becomes a bridge job.
+"""The root-facing side of a cluster aggregator: one root message per cycle becomes a bridge job.
 
-Runs inside the ClientApp process the cluster aggregator's SuperNode starts for each
-message from the root. It hands the root's model to the cluster's own ServerApp and
-waits for the cluster model (or the evaluation) to come back.
+Runs on the cluster aggregator's link client (towards the root) for each message from the root.
+It hands the root's model to the cluster's own round loop and waits for the cluster model (or
+the evaluation) to come back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from services.aggregator.bridge import Bridge, BridgeError, Job
 from services.fl_runtime import protocol as p
@@ -26,9 +27,17 @@ def _server_side_failure(work_dir: Path) -> str | None:
     return outcome.reason or "the cluster's training run has ended"
 
 
-def handle(message: Message, context: Context, kind: str) -> Message:
-    bridge_dir = Path(str(context.node_config[p.NODE_BRIDGE_DIR_KEY]))
-    cluster = str(context.node_config.get(p.NODE_CLUSTER_KEY, ""))
+def root_link_handler(bridge_dir: Path, cluster: str) -> Callable[[Message], Message]:
+    """What the cluster aggregator's link client answers the root with."""
+
+    def handler(message: Message) -> Message:
+        kind = "evaluate" if message.metadata.message_type == MessageType.EVALUATE else "train"
+        return handle(message, bridge_dir, cluster, kind)
+
+    return handler
+
+
+def handle(message: Message, bridge_dir: Path, cluster: str, kind: str) -> Message:
     config = message.content.config_records.get(p.CONFIG) or ConfigRecord()
     cycle = int(config.get(p.CYCLE, 0))  # type: ignore[arg-type]
     name = f"{kind}-{cycle}"

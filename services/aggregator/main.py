@@ -27,10 +27,9 @@ from flops_utils.mqtt_catalogue import (
     topic,
 )
 from flops_utils.service_config import AggregatorConfig, load_config
+from services.aggregator.cluster_node import root_link_handler
 from services.aggregator.server_app import serve
 from services.aggregator.session import BRIDGE_DIR, cycle_timeout_s, sender_name
-from services.fl_runtime import protocol as p
-from services.fl_runtime.client_host import client_app_handler
 from services.fl_runtime.link.client import LinkClient, new_node_id
 from services.fl_runtime.link.frames import Hello
 from services.fl_runtime.link.grid import LinkGrid
@@ -131,15 +130,8 @@ class AggregatorService:
         if not self.config.root_address:
             raise ValueError("a cluster aggregator needs root_address")
         cluster = self.config.cluster or ""
-        node_config = {
-            p.NODE_ROLE_KEY: "cluster",
-            p.NODE_NAME_KEY: f"cluster {cluster}",
-            p.NODE_CLUSTER_KEY: cluster,
-            p.NODE_BRIDGE_DIR_KEY: str(self.work_dir / BRIDGE_DIR),
-            p.NODE_APP_DIR_KEY: self.config.app_dir,
-        }
         hello = Hello(new_node_id(), f"cluster {cluster}", cluster, role="cluster")
-        handler = client_app_handler(node_config, hello.node_id)
+        handler = root_link_handler(self.work_dir / BRIDGE_DIR, cluster)
         return LinkClient(self.config.root_address, hello, handler, self.config.flower_tls).start()
 
     def _result(self, outcome: RunOutcome) -> TrainingResult:

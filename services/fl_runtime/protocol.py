@@ -38,7 +38,6 @@ CLUSTER = "cluster"
 NODE_NAME_KEY = "flops-node"
 NODE_ROLE_KEY = "flops-role"  # "learner" or "cluster" (a cluster aggregator's bridge node)
 NODE_CLUSTER_KEY = "flops-cluster"
-NODE_BRIDGE_DIR_KEY = "flops-bridge-dir"
 NODE_APP_DIR_KEY = "flops-app-dir"
 
 

@@ -1,7 +1,7 @@
 """The FLOps ClientApp (``services.learner.client_app:app`` in the generated Flower app).
 
-Learner nodes train the user's ModelManager; a cluster aggregator's node (node-config
-``flops-role = "cluster"``) hands the message to its cluster instead.
+Learner nodes train the user's ModelManager (a cluster aggregator answers its root with
+``services.aggregator.cluster_node`` instead).
 
 ``train``: set the global parameters, ``fit_model``, then ``evaluate_model`` on the
 fitted model (evaluation fused into the same round-trip); reply with the new
@@ -36,10 +36,6 @@ def model_manager(context: Context) -> ModelManager:
     return _manager
 
 
-def _is_cluster_node(context: Context) -> bool:
-    return str(context.node_config.get(p.NODE_ROLE_KEY, "learner")) == "cluster"
-
-
 def _info(context: Context) -> ConfigRecord:
     return ConfigRecord(
         {
@@ -56,10 +52,6 @@ def _evaluate(manager: ModelManager) -> dict[str, MetricRecordValues]:
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    if _is_cluster_node(context):
-        from services.aggregator.cluster_node import handle
-
-        return handle(message, context, "train")
     manager = model_manager(context)
     manager.set_model_parameters(p.from_arrays(message.content.array_records[p.ARRAYS]))
     started = time.monotonic()
@@ -82,10 +74,6 @@ def train(message: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    if _is_cluster_node(context):
-        from services.aggregator.cluster_node import handle
-
-        return handle(message, context, "evaluate")
     manager = model_manager(context)
     manager.set_model_parameters(p.from_arrays(message.content.array_records[p.ARRAYS]))
     metrics = _evaluate(manager)
