@@ -80,8 +80,7 @@ def run_root(grid: Grid, session: ServerSession) -> RunOutcome:
     first_cycle = 1
     if checkpoint is not None:
         arrays, first_cycle = checkpoint.arrays, checkpoint.cycle + 1
-        if checkpoint.cycle not in session.tracker.logged_steps(CYCLE_SECONDS):  # died before logging
-            _log_cycle(session, checkpoint.metrics, checkpoint.state, checkpoint.cycle)
+        _log_cycle(session, checkpoint.metrics, checkpoint.state, checkpoint.cycle, resumed=True)  # what is missing
         session.reporter.event(f"resuming MLflow run {resumed_run} from the checkpoint of cycle {checkpoint.cycle}")
     session.tracker.log_metrics({"wait_for_clusters_seconds": waited}, step=first_cycle - 1)
     final: RoundResult | None = None
@@ -131,10 +130,22 @@ def _cluster_rounds(result: RoundResult, cycle: int, per_cycle: int) -> list[lis
     return steps
 
 
-def _log_cycle(session: ServerSession, metrics: dict[str, float], state: dict[str, Any], cycle: int) -> None:
-    session.tracker.log_metrics(dict(metrics), step=cycle)
-    for step, values in state.get("cluster_rounds", []):
-        session.tracker.log_metrics(values, step=int(step))
+def _log_cycle(
+    session: ServerSession, metrics: dict[str, float], state: dict[str, Any], cycle: int, resumed: bool = False
+) -> None:
+    """The cycle's metrics and its clusters' per-round metrics; ``resumed``: only those not logged yet
+    (the previous instance may have died half-way through logging them)."""
+    batches = [(int(step), dict(values)) for step, values in state.get("cluster_rounds", [])]
+    batches.append((cycle, dict(metrics)))
+    logged: dict[str, set[int]] = {}
+    for step, values in batches:
+        if resumed:
+            for key in values:
+                if key not in logged:
+                    logged[key] = session.tracker.logged_steps(key)
+            values = {key: value for key, value in values.items() if step not in logged[key]}
+        if values:
+            session.tracker.log_metrics(values, step=step)
 
 
 # -- cluster ------------------------------------------------------------------------

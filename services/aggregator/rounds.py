@@ -269,7 +269,10 @@ class FederatedRounds:
         needed: int,
     ) -> tuple[list[Reply], list[Message], list[tuple[str, str]]]:
         """One question to ``nodes``; lost ones are replaced by new nodes while ``replacement_wait_s`` allows."""
-        replies, raw, lost = self._exchange(self._messages(nodes, kind, rnd, arrays, config), rnd, needed)
+        first = self._messages(nodes, kind, rnd, arrays, config)
+        if not first:
+            raise RoundFailed(f"round {rnd}: the strategy chose no {self.what} to ask")
+        replies, raw, lost = self._exchange(first, rnd, needed)
         asked = set(nodes)
         while lost and len(replies) < needed and self.replacement_wait_s > 0:
             fresh = self._new_nodes(asked, needed - len(replies), self.replacement_wait_s)
@@ -277,9 +280,9 @@ class FederatedRounds:
                 break
             asked.update(fresh)
             log.info("round %s: asking %d new %s node(s) in place of the lost ones", rnd, len(fresh), self.what)
-            more, more_raw, more_lost = self._exchange(
-                self._messages(fresh, kind, rnd, arrays, config), rnd, needed - len(replies)
-            )
+            # The same question (not a new sample from the strategy, which would wait for its minimum of nodes).
+            same = [Message(first[0].content, dst_node_id=node, message_type=kind, group_id=str(rnd)) for node in fresh]
+            more, more_raw, more_lost = self._exchange(same, rnd, needed - len(replies))
             replies, raw, lost = replies + more, raw + more_raw, lost + more_lost
         return replies, raw, lost
 
@@ -308,6 +311,8 @@ class FederatedRounds:
         deadline = time.monotonic() + self.timeout_s
         good: list[Message] = []
         lost: list[tuple[str, str]] = []
+        # A lost participant that can be replaced (the root's clusters) does not make the round unwinnable.
+        needed = 0 if self.replacement_wait_s > 0 else needed
         while waiting and time.monotonic() < deadline and len(good) + len(waiting) >= needed:
             for reply in self.grid.pull_messages(list(waiting)):
                 origin = reply.metadata.reply_to_message_id
