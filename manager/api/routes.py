@@ -12,6 +12,7 @@ from flask_openapi3 import APIBlueprint, Info, OpenAPI, Tag
 from pydantic import BaseModel
 
 from manager.api.auth import Caller, TokenAuth, bearer_token
+from manager.api.data_routes import register_data_routes
 from manager.api.errors import VALIDATION_STATUS, error_response, install_error_handlers, validation_error_response
 from manager.api.models import (
     ErrorResponse,
@@ -178,6 +179,7 @@ def create_api(
         control.reset()
         return _json(ResetResponse())
 
+    register_data_routes(api, control)
     app.register_api(api)
     return app
 

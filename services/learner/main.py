@@ -16,7 +16,14 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from flops_utils.data_client import DATA_SERVER_ENV, DATA_TAGS_ENV, DataServerClient, DataServerError
+from flops_utils.data_client import (
+    DATA_CA_ENV,
+    DATA_SERVER_ENV,
+    DATA_TAGS_ENV,
+    DATA_TOKEN_ENV,
+    DataServerClient,
+    DataServerError,
+)
 from flops_utils.mqtt_catalogue import ControlCommand, FlopsMessage, TopicKind, TrainingResult, topic
 from flops_utils.service_config import LearnerConfig, load_config
 from services.fl_runtime import protocol as p
@@ -40,7 +47,7 @@ def tags_with_data(config: LearnerConfig) -> dict[str, int]:
     """Tag -> rows on this node's data server, for the project's tags that have rows."""
     if not config.data_tags:
         return {}
-    with DataServerClient(config.data_server_address) as client:
+    with DataServerClient(config.data_server_address, config.data_token, config.data_ca_pem) as client:
         client.wait_ready(DATA_SERVER_WAIT_S)
         found = client.list_tags(config.data_tags)
     return {tag: rows for tag, rows in found.items() if rows > 0 and tag in config.data_tags}
@@ -108,7 +115,8 @@ class LearnerService:
             p.NODE_CLUSTER_KEY: config.cluster or "",
             p.NODE_APP_DIR_KEY: config.app_dir,
         }
-        env = {DATA_SERVER_ENV: config.data_server_address, DATA_TAGS_ENV: ",".join(config.data_tags)}
+        env = {DATA_SERVER_ENV: config.data_server_address, DATA_TAGS_ENV: ",".join(config.data_tags),
+               DATA_TOKEN_ENV: config.data_token or "", DATA_CA_ENV: config.data_ca_pem or ""}
         tls = write_tls_files(config.flower_tls, Path(config.work_dir) / "tls")
         return SuperNode(
             config.aggregator_address,
