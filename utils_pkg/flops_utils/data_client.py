@@ -22,6 +22,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,7 @@ WIDTH_METADATA_KEY = b"flops.width"  # in a listed tag's schema: its feature wid
 
 _LIST_TIMEOUT_S = 30.0
 _PING_TIMEOUT_S = 2.0
+_PUT_BATCH_ROWS = 16384
 
 
 class DataServerError(RuntimeError):
@@ -193,8 +195,11 @@ class DataServerClient:
                     raise DataServerUnavailable(f"data server {self.address} not ready after {timeout:g} s") from error
                 time.sleep(0.1)
 
-    def put(self, tag: str, table: pa.Table) -> int:
-        """Store ``table`` as one fragment under ``tag``; returns the rows stored."""
+    def put(self, tag: str, table: pa.Table, progress: Callable[[int, int], None] | None = None) -> int:
+        """Store ``table`` as one fragment under ``tag``; returns the rows stored.
+
+        ``progress(rows_sent, rows_total)`` is called after each batch of a large table.
+        """
         if not is_valid_tag(tag):
             raise DataServerError(f"invalid tag {tag!r}: use 1-64 letters, digits, '.', '_' or '-'")
         problem = schema_problem(table.schema)
@@ -204,7 +209,12 @@ class DataServerClient:
         try:
             writer, _ = self._flight().do_put(flight.FlightDescriptor.for_path(tag), FRAGMENT_SCHEMA,
                                               options=self._options())
-            writer.write_table(table, max_chunksize=16384)
+            sent = 0
+            for batch in table.to_batches(max_chunksize=_PUT_BATCH_ROWS):
+                writer.write_batch(batch)
+                sent += batch.num_rows
+                if progress is not None:
+                    progress(sent, table.num_rows)
             writer.close()
         except (pa.ArrowException, OSError) as error:
             raise self._fail(f"store tag {tag!r}", error) from error
