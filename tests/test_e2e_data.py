@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+import requests
 from sklearn.datasets import load_digits
 
 from flops_utils.data_client import DataAccessDenied, DataServerClient
@@ -119,7 +120,8 @@ def test_two_customers_one_tag_name_each_trains_on_its_own_rows(flops_stack: Flo
     assert bob_mocks.status_code == 200, bob_mocks.text
 
     training = {"training_rounds": 2, "min_available_clients": 2, "min_fit_clients": 2, "min_evaluate_clients": 2}
-    alice_project = flops_stack.submit(project_sla("alice", ["sensors"], **training), token=ALICE)
+    alice_sla = {**project_sla("alice", ["sensors"], **training), "post_training_steps": ["deploy_trained_model_image"]}
+    alice_project = flops_stack.submit(alice_sla, token=ALICE)
     bob_project = flops_stack.submit(project_sla("bob", ["sensors"], **training), token=BOB)
     for project_id, expected in ((alice_project, (600, 400)), (bob_project, (899, 898))):
         project = flops_stack.wait(project_id)
@@ -127,6 +129,18 @@ def test_two_customers_one_tag_name_each_trains_on_its_own_rows(flops_stack: Flo
         events = flops_stack.events(project_id)
         for node, rows in zip(("node-a1", "node-a2"), expected, strict=True):
             assert any(f"learner on node {node}: {rows} rows" in text for text in events), events
+
+    # Alice's model endpoint wants her token; the API forwards it; a wrong width is named.
+    serving_url = flops_stack.project(alice_project, token=ALICE)["serving_url"]
+    inputs = x[1000:1010].tolist()
+    assert requests.post(f"{serving_url}/invocations", json={"inputs": inputs}, timeout=30).status_code == 401
+    predicted = flops_stack.api("POST", f"/api/flops/projects/{alice_project}/predict", token=ALICE,
+                                json={"inputs": inputs})
+    assert predicted.status_code == 200, predicted.text
+    narrow = flops_stack.api("POST", f"/api/flops/projects/{alice_project}/predict", token=ALICE,
+                             json={"inputs": [row[:30] for row in inputs]})
+    assert narrow.status_code == 400 and "expects inputs of shape (n, 64); got rows of 30 values" in narrow.text
+    assert flops_stack.api("DELETE", f"/api/flops/projects/{alice_project}", token=ALICE).status_code == 200
 
 
 def test_width_mismatch_is_refused_at_upload_and_at_project_start(flops_stack: FlopsStack,  # noqa: F811

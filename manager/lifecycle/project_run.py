@@ -565,6 +565,7 @@ class ProjectRun:
                 tracking_ca_pem=self.deps.observatories.ca_pem(),
                 bind_host=bind_host_for(adapter),
                 port=endpoint.port,
+                access_token_sha256=self.deps.settings.tracking_access.digests(self.customer),
             )
             spec = self._spec("serving", ServiceKind.SERVING, config, runtime=True,
                               image=self.state.build.learner_image if self.state.build else None,

@@ -206,6 +206,8 @@ class ServingConfig(_ServiceConfig):
     tracking_ca_pem: str | None = Field(default=None, description="CA of the MLflow server's certificate")
     bind_host: str = "127.0.0.1"
     port: int
+    access_token_sha256: list[str] = Field(
+        default_factory=list, description="SHA-256 digests of the tokens that may call /invocations; empty: anyone")
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
