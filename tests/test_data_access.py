@@ -144,3 +144,19 @@ def test_the_first_upload_fixes_the_tags_schema(secure: RunningServer, access: D
         alice.put("readings", from_numpy(*sample(5, width=64)))
     assert alice.list_shapes() == {"readings": TagShape(5, 30)}  # the refused upload left nothing
     assert writer(secure, access, "bob").put("readings", from_numpy(*sample(5, width=64))) == 5
+
+
+def test_a_daemonset_pod_checks_tokens_against_its_own_node(tmp_path: Path, access: DataAccess,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    security = access.server_security()
+    monkeypatch.setenv("FLOPS_NODE_NAME", "edge-7")  # what Kubernetes' downward API sets in the pod
+    config = {"tls": {"cert_pem": security.cert_pem, "key_pem": security.key_pem},
+              "token_public_key_pem": security.token_public_key_pem, "node_from_env": "FLOPS_NODE_NAME"}
+    server = start_server(tmp_path / "storage", tmp_path / "server.log", config, ca_pem=access.ca_pem(),
+                          node="kubernetes-daemonset")
+    try:
+        assert writer(server, access, "alice", node="edge-7").put("t", from_numpy(*sample(3))) == 3
+        with pytest.raises(DataAccessDenied, match="this token is for node edge-1, not edge-7"):
+            writer(server, access, "alice", node="edge-1").list_tags()
+    finally:
+        server.stop()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from flops_utils.data_client import DATA_SERVER_TLS_NAME
 from flops_utils.data_tokens import DataClaims, sign_token
 from flops_utils.service_config import DataServerSecurity
 from manager.lifecycle.tracking_pki import LOCAL_NAMES, TrackingPki
@@ -77,11 +78,12 @@ class DataAccess:
     def admin_token(self) -> str:
         return self._sign("FLOps manager", "admin", MANAGER_TOKEN_TTL_S)[0]
 
-    def server_security(self, host: str) -> DataServerSecurity:
-        """A certificate for data servers reached at ``host`` (and locally), the CA and the token key."""
+    def server_security(self, host: str = "127.0.0.1") -> DataServerSecurity:
+        """A certificate for data servers (named ``flops-data-server``, which FLOps clients check, and ``host``),
+        the CA and the token key; one certificate serves every node."""
         ca_cert, ca_key = self.pki.authority()
-        cert, key = issue_server_cert(ca_cert, ca_key, name("FLOps manager", f"data server {host}"[:64]),
-                                      [host, *LOCAL_NAMES], SERVER_DAYS)
+        cert, key = issue_server_cert(ca_cert, ca_key, name("FLOps manager", "FLOps data server"),
+                                      [DATA_SERVER_TLS_NAME, host, *LOCAL_NAMES], SERVER_DAYS)
         return DataServerSecurity(ca_pem=cert_pem(ca_cert).decode(), cert_pem=cert_pem(cert).decode(),
                                   key_pem=key_pem(key).decode(), token_public_key_pem=self.public_key_pem())
 

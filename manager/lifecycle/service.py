@@ -36,7 +36,8 @@ from orchestrator_adapters.registry import create_adapter
 
 log = logging.getLogger(__name__)
 
-DATA_SERVER_ADAPTERS = frozenset({"local", "container"})  # adapters that run the nodes' data servers themselves
+# Adapters that run the nodes' data servers themselves: they get the certificate and token key.
+DATA_SERVER_ADAPTERS = frozenset({"local", "container", "kubernetes"})
 RESTART_REASON = "the manager restarted while the project was running; its services were stopped"
 RESTARTABLE_PHASES = frozenset(
     {ProjectPhase.QUEUED, ProjectPhase.OBSERVATORY, ProjectPhase.PROJECT_APP, ProjectPhase.OBSERVER, ProjectPhase.BUILD}

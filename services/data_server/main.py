@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -230,6 +231,8 @@ class DataFlightServer(flight.FlightServerBase):
 
 def main() -> None:
     config = load_config(DataServerConfig)
+    if config.node_from_env and os.environ.get(config.node_from_env):
+        config = config.model_copy(update={"node": os.environ[config.node_from_env]})
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s data-server[{config.node}] %(levelname)s %(message)s")
     namespaces = Namespaces(Path(config.storage_dir), config.max_upload_bytes)

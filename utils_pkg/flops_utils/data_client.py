@@ -33,6 +33,9 @@ from numpy.typing import ArrayLike
 DATA_SERVER_ENV = "FLOPS_DATA_SERVER"
 DATA_TAGS_ENV = "FLOPS_DATA_TAGS"
 DATA_TOKEN_ENV = "FLOPS_DATA_TOKEN"
+# Every data server certificate carries this DNS name, and clients check it (not the address): the CA is the
+# manager's own and signs it only for data servers, so one name works on every node, whatever its address.
+DATA_SERVER_TLS_NAME = "flops-data-server"
 DATA_CA_ENV = "FLOPS_DATA_CA"
 
 FRAGMENT_SCHEMA = pa.schema([pa.field("features", pa.list_(pa.float32())), pa.field("label", pa.int64())])
@@ -158,7 +161,8 @@ class DataServerClient:
             try:
                 if self.ca_pem:
                     self._client = flight.FlightClient(f"grpc+tls://{self.address}",
-                                                       tls_root_certs=self.ca_pem.encode())
+                                                       tls_root_certs=self.ca_pem.encode(),
+                                                       override_hostname=DATA_SERVER_TLS_NAME)
                 else:
                     self._client = flight.FlightClient(_location(self.address))
             except (pa.ArrowException, ValueError) as error:

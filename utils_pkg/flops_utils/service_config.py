@@ -162,6 +162,9 @@ class ObserverConfig(_ServiceConfig):
 
 class DataServerConfig(_Config):
     node: str
+    node_from_env: str | None = Field(
+        default=None, description="take the node name from this environment variable when set (the pods of a "
+        "DaemonSet share one configuration; Kubernetes puts each pod's node in FLOPS_NODE_NAME)")
     host: str = "127.0.0.1"
     port: int
     storage_dir: str
