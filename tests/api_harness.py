@@ -20,7 +20,7 @@ from typing import Any
 
 from waitress import create_server, wasyncore
 
-from flops_utils.service_config import MqttSettings
+from flops_utils.service_config import DataServerSecurity, MqttSettings
 from manager.api import TokenAuth, create_api
 from manager.config_vault import ConfigRefused, ConfigVault
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult
@@ -132,6 +132,9 @@ class RecordingControl:
         if node != "node-0":
             raise ControlError(f"no learner node with a data server named {node!r}; such nodes: node-0", 404)
         return DataToken(customer=customer, node=node, data_server="127.0.0.1:9400", token=f"fd1.{customer}")
+
+    def data_server_security(self) -> DataServerSecurity | None:
+        return DataServerSecurity(ca_pem="CA", cert_pem="CERT", key_pem="KEY", token_public_key_pem="PUB")
 
     def service_config(self, config_id: str, token: str) -> str:
         try:

@@ -10,7 +10,8 @@ import pymongo
 import pytest
 import requests
 
-from flops_utils.service_config import MqttSettings
+from flops_utils.service_config import DataServerConfig, MqttSettings
+from manager.cli.main import main as cli_main
 from tests.api_harness import ADMIN_TOKEN, ALICE_TOKEN, BOB_TOKEN, RunningApi, running_api
 
 
@@ -54,3 +55,25 @@ def test_write_tokens_are_for_the_callers_namespace_and_a_known_node(api: Runnin
     assert missing.status_code == 422 and missing.json()["details"][0]["field"] == "node"
     extra = call(api, "POST", "/data-tokens", BOB_TOKEN, json={"node": "node-0", "scope": "admin"})
     assert extra.status_code == 422
+
+
+def test_only_the_admin_gets_the_data_servers_key_material(api: RunningApi) -> None:
+    refused = call(api, "GET", "/data-server-security", ALICE_TOKEN)
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "only the admin may fetch the data servers' key material"
+    assert call(api, "GET", "/data-server-security", ADMIN_TOKEN).json()["key_pem"] == "KEY"
+
+
+def test_cli_lists_your_tags_and_writes_a_data_server_config(api: RunningApi,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    connection = ["--url", api.url, "--suite-dir", "/nonexistent"]
+    assert cli_main(["data", "list", "--token", ALICE_TOKEN, *connection]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[1].split() == ["node-0", "-", "127.0.0.1:9400", "alice-tag", "10", "4"]
+    assert cli_main(["data", "server-config", "--node", "edge-1", "--port", "9555", "--token", ADMIN_TOKEN,
+                     *connection]) == 0
+    config = DataServerConfig.model_validate_json(capsys.readouterr().out)
+    assert (config.node, config.port, config.token_public_key_pem) == ("edge-1", 9555, "PUB")
+    assert config.tls is not None and config.tls.key_pem == "KEY"
+    assert cli_main(["data", "server-config", "--node", "edge-1", "--token", ALICE_TOKEN, *connection]) == 1
+    assert "only the admin" in capsys.readouterr().err

@@ -17,12 +17,14 @@ from typing import Any, TextIO
 from flops_utils.data_client import DataServerError
 from flops_utils.data_files import DataFileError, read_data_file
 from flops_utils.data_uploader import DataUploader
+from flops_utils.service_config import DataServerConfig, ServerCertificate
 from manager.cli.client import CliError, FlopsClient
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
 CommandMaker = Callable[[Any, str, str, Handler], argparse.ArgumentParser]
 NODES = "/api/flops/nodes"
 TOKENS = "/api/flops/data-tokens"
+SECURITY = "/api/flops/data-server-security"
 _PROGRESS_MIN_ROWS = 50_000  # smaller uploads print no progress
 
 
@@ -84,6 +86,16 @@ def add_data_commands(groups: Any, command: CommandMaker, set_help: Callable[[ar
         out.write(json.dumps(_write_token(client(args), args), indent=2) + "\n")
         return 0
 
+    def server_config(args: argparse.Namespace, out: TextIO) -> int:
+        security = client(args).get(SECURITY)
+        config = DataServerConfig(
+            node=args.node, host=args.host, port=args.port, storage_dir=args.storage_dir,
+            tls=ServerCertificate(cert_pem=security["cert_pem"], key_pem=security["key_pem"]),
+            token_public_key_pem=security["token_public_key_pem"],
+        )
+        out.write(config.model_dump_json(indent=2) + "\n")
+        return 0
+
     pushing = command(commands, "push", "upload a CSV, Parquet or .npz file to a node's data server", push)
     pushing.add_argument("file", type=Path, help="data file: .csv, .parquet or .npz (arrays x and y)")
     pushing.add_argument("--node", required=True, help="learner node whose data server stores it")
@@ -96,6 +108,13 @@ def add_data_commands(groups: Any, command: CommandMaker, set_help: Callable[[ar
     deleting.add_argument("--tag", required=True)
     granting = command(commands, "token", "a write token for a device: address, token and CA as JSON", token)
     granting.add_argument("--node", required=True)
+    serving = command(commands, "server-config",
+                      "admin only: FLOPS_CONFIG (JSON, holds a private key) for a data server FLOps does not start "
+                      "(e.g. on an Oakestra node): run it with flops-data-server", server_config)
+    serving.add_argument("--node", required=True, help="the node's name as the orchestrator lists it")
+    serving.add_argument("--port", type=int, default=9400)
+    serving.add_argument("--host", default="0.0.0.0", help="address to bind")
+    serving.add_argument("--storage-dir", default="/var/lib/flops/data")
     for parser in (pushing, listing, deleting, granting):
         parser.add_argument("--customer", help="admin only: work in this customer's namespace")
     set_help(data)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from flops_utils.mqtt_catalogue import ALL_PROJECTS_FILTER, FlopsMessage, split_topic
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
+from flops_utils.service_config import DataServerSecurity
 from manager.broker_access import BrokerAccessError, ResolvingAccess
 from manager.config_vault import ConfigRefused, ConfigVault, config_owner
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult
@@ -219,6 +220,10 @@ class LifecycleService:
 
     def data_write_token(self, customer: str, node: str) -> DataToken:
         return write_token_for(self._nodes(), customer, node, self.settings.data_access)
+
+    def data_server_security(self) -> DataServerSecurity | None:
+        access = self.settings.data_access
+        return access.server_security() if access is not None else None
 
     def _nodes(self) -> list[NodeInfo]:
         try:
