@@ -59,24 +59,22 @@ class DataAccess:
     def ca_pem(self) -> str:
         return self.pki.ca_pem()
 
-    def _sign(self, customer: str, scope: str, ttl_s: float, **claims: object) -> tuple[str, float]:
-        expires_at = time.time() + ttl_s
-        token = sign_token(DataClaims(customer=customer, scope=scope, expires_at=expires_at,  # type: ignore[arg-type]
-                                      **claims), self._key())  # type: ignore[arg-type]
-        return token, expires_at
+    def _sign(self, claims: DataClaims) -> str:
+        return sign_token(claims, self._key())
 
     def write_token(self, customer: str, node: str, ttl_s: float = WRITE_TOKEN_TTL_S) -> tuple[str, float]:
         """For devices and ``flops data push``: put, delete and list in ``customer``'s namespace on ``node``."""
-        return self._sign(customer, "write", ttl_s, node=node)
+        expires_at = time.time() + ttl_s
+        return self._sign(DataClaims(customer, "write", node=node, expires_at=expires_at)), expires_at
 
     def read_token(self, customer: str, project_id: str | None, tags: list[str] | None, node: str = "*",
                    ttl_s: float = READ_TOKEN_TTL_S) -> str:
         """Read-only: list and get ``tags`` (None: all) of ``customer``; revoked with ``project_id``."""
-        return self._sign(customer, "read", ttl_s, node=node, project_id=project_id,
-                          tags=tuple(tags) if tags is not None else None)[0]
+        return self._sign(DataClaims(customer, "read", node=node, project_id=project_id,
+                                     tags=tuple(tags) if tags is not None else None, expires_at=time.time() + ttl_s))
 
     def admin_token(self) -> str:
-        return self._sign("FLOps manager", "admin", MANAGER_TOKEN_TTL_S)[0]
+        return self._sign(DataClaims("FLOps manager", "admin", expires_at=time.time() + MANAGER_TOKEN_TTL_S))
 
     def server_security(self, host: str = "127.0.0.1") -> DataServerSecurity:
         """A certificate for data servers (named ``flops-data-server``, which FLOps clients check, and ``host``),
