@@ -160,3 +160,23 @@ def test_a_daemonset_pod_checks_tokens_against_its_own_node(tmp_path: Path, acce
             writer(server, access, "alice", node="edge-1").list_tags()
     finally:
         server.stop()
+
+
+def test_device_uploader_pushes_one_fragment_with_progress(tmp_path: Path, access: DataAccess) -> None:
+    from flops_utils.data_uploader import DataUploader
+
+    security = access.server_security()
+    config = {"tls": {"cert_pem": security.cert_pem, "key_pem": security.key_pem},
+              "token_public_key_pem": security.token_public_key_pem, "max_upload_bytes": 10_000_000}
+    server = start_server(tmp_path / "storage", tmp_path / "server.log", config, ca_pem=access.ca_pem(), node=NODE)
+    try:
+        seen: list[tuple[int, int]] = []
+        token = access.write_token("alice", NODE)[0]
+        with DataUploader(server.address, token, access.ca_pem()) as uploader:
+            x, y = sample(40_000, width=2)
+            assert uploader.push("vibration", x, y, progress=lambda sent, total: seen.append((sent, total))) == 40_000
+            assert seen == [(16384, 40_000), (32768, 40_000), (40_000, 40_000)]
+            assert uploader.tags() == {"vibration": TagShape(40_000, 2)}
+            assert uploader.delete("vibration") == 1  # one push, one fragment
+    finally:
+        server.stop()
