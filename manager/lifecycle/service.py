@@ -186,11 +186,22 @@ class LifecycleService:
         elif record.apps.get("project"):
             self._undeploy_leftovers(record)
             self._revoke_broker_access(project_id)
+            self._revoke_data_tokens(record)
             ConfigVault(self.store, self.settings.secret_box).revoke(config_owner(project_id, "serving"))
             if record.serving_url:
                 self.store.update_project(project_id, serving_url=None, updated_at=time.time())
                 self._event(project_id, "serving endpoint undeployed")
         return self._project(project_id)
+
+    def _revoke_data_tokens(self, record: ProjectRecord) -> None:
+        """The learners' read tokens of a project stopped without its run thread (the run revokes its own)."""
+        try:
+            nodes = self.adapter(record.orchestrator).list_nodes()
+        except AdapterError as error:
+            log.warning("could not revoke the data tokens of %s: %s", record.project_id, error)
+            return
+        for problem in DataServers(self.settings.data_access).revoke_project(nodes, record.project_id):
+            log.warning("could not revoke the data tokens of %s on %s", record.project_id, problem)
 
     def _revoke_broker_access(self, project_id: str) -> None:
         try:
