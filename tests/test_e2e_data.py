@@ -130,6 +130,12 @@ def test_two_customers_one_tag_name_each_trains_on_its_own_rows(flops_stack: Flo
         for node, rows in zip(("node-a1", "node-a2"), expected, strict=True):
             assert any(f"learner on node {node}: {rows} rows" in text for text in events), events
 
+    # Each project's learners read with their own project's token, which is revoked when the project ends.
+    log = (flops_stack.state_dir / "local-adapter" / "nodes" / "node-a1" / "data-server.log").read_text()
+    assert f"get customer=alice project={alice_project} tag=sensors fragments=1 rows=600" in log
+    assert f"get customer=bob project={bob_project} tag=sensors fragments=1 rows=899" in log
+    assert f"revoked the read tokens of project {alice_project}" in log
+
     # Alice's model endpoint wants her token; the API forwards it; a wrong width is named.
     serving_url = flops_stack.project(alice_project, token=ALICE)["serving_url"]
     inputs = x[1000:1010].tolist()
