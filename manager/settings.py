@@ -101,6 +101,11 @@ class ManagerSettings(BaseModel):
         default=True,
         description="Flower links (learner -> aggregator, cluster -> root) speak TLS with a CA per project; "
         "false: plain HTTP (development only; the manager warns)")
+    data_auth: bool = Field(
+        default=True,
+        description="data servers speak TLS (the manager's CA) and answer only calls with a data token the manager "
+        "signed, each customer in its own namespace; false: open data servers sharing one namespace (development "
+        "only; the manager warns)")
     mongo_uri: str = "mongodb://127.0.0.1:27017"
     database: str = Field(default="flops", pattern=r"^[A-Za-z0-9_-]{1,63}$")
     db_timeout_s: float = Field(default=5.0, gt=0, description="how long a database call waits for the server")

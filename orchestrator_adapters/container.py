@@ -155,6 +155,7 @@ class ContainerAdapter(OrchestratorAdapter):
         self.nodes_host = LocalAdapter(LocalAdapterSettings(
             state_dir=str(self.state_dir / "nodes"), nodes_file=settings.nodes_file, python=settings.python,
             host=settings.host, data_server_timeout_s=settings.data_server_timeout_s,
+            data_security=settings.data_security,
         ))
 
     # -- lifecycle of the adapter ----------------------------------------------------------

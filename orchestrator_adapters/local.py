@@ -27,7 +27,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from flops_utils.data_client import DataServerClient, DataServerError
-from flops_utils.service_config import CONFIG_ENV, DataServerConfig
+from flops_utils.service_config import CONFIG_ENV, DataServerConfig, DataServerSecurity, ServerCertificate
 from orchestrator_adapters.base import (
     AdapterError,
     AppKind,
@@ -88,6 +88,9 @@ class LocalAdapterSettings(BaseModel):
     stop_grace_s: float = Field(default=5.0, ge=0, description="SIGTERM to SIGKILL")
     data_server_timeout_s: float = Field(default=60.0, gt=0)
     data_server_max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    data_security: DataServerSecurity | None = Field(
+        default=None, description="TLS certificate and token key of the data servers (the manager sets it); "
+        "None: open data servers (development only)")
 
 
 def _slug(text: str) -> str:
@@ -140,7 +143,7 @@ class LocalAdapter(OrchestratorAdapter):
         if record is None or not process_alive(record.pid, record.start_ticks):
             return False
         try:
-            DataServerClient(record.address).ping(timeout=10.0)
+            self._data_client(record.address).ping(timeout=10.0)
         except DataServerError:
             log.warning("data server of %s (pid %d) does not answer; replacing it", node, record.pid)
             stop_groups([(record.pid, record.start_ticks)], self.settings.stop_grace_s)
@@ -160,9 +163,13 @@ class LocalAdapter(OrchestratorAdapter):
                 port = previous.port  # keep the node's address stable across restarts
             else:
                 port = free_port(self.settings.host, used)
-            config = DataServerConfig(node=node.name, host=self.settings.host, port=port,
-                                      storage_dir=str(node_dir / "data"),
-                                      max_upload_bytes=self.settings.data_server_max_upload_bytes)
+            security = self.settings.data_security
+            config = DataServerConfig(
+                node=node.name, host=self.settings.host, port=port, storage_dir=str(node_dir / "data"),
+                max_upload_bytes=self.settings.data_server_max_upload_bytes,
+                tls=ServerCertificate(cert_pem=security.cert_pem, key_pem=security.key_pem) if security else None,
+                token_public_key_pem=security.token_public_key_pem if security else None,
+            )
             env = {**os.environ, CONFIG_ENV: config.model_dump_json(), "PYTHONUNBUFFERED": "1"}
             log_file, exit_file = node_dir / "data-server.log", node_dir / f"data-server-{time.time_ns()}.exit"
             if previous is not None:
@@ -175,6 +182,10 @@ class LocalAdapter(OrchestratorAdapter):
             state.data_servers[node.name] = record
         log.info("started the data server of %s at %s (pid %d)", node.name, record.address, record.pid)
         return record
+
+    def _data_client(self, address: str) -> DataServerClient:
+        security = self.settings.data_security
+        return DataServerClient(address, ca_pem=security.ca_pem if security else None)
 
     def _port_frees(self, port: int, timeout: float = 5.0) -> bool:
         """Whether ``port`` is (or within ``timeout`` becomes) free: a killed server's socket may linger briefly."""
@@ -192,7 +203,7 @@ class LocalAdapter(OrchestratorAdapter):
         while waiting:
             for node, record in list(waiting.items()):
                 try:
-                    DataServerClient(record.address).ping(timeout=1.0)
+                    self._data_client(record.address).ping(timeout=1.0)
                     del waiting[node]
                     continue
                 except DataServerError:

@@ -85,7 +85,8 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         [], ["project"], ["project", "start"], ["project", "list"], ["project", "status"], ["project", "watch"],
         ["project", "stop"], ["project", "predict"], ["project", "metrics"], ["tracking"], ["mocks"],
         ["mocks", "push"], ["db"], ["db", "reset"], ["cache"], ["cache", "prune"], ["suite"], ["suite", "up"],
-        ["suite", "down"], ["suite", "status"],
+        ["suite", "down"], ["suite", "status"], ["data"], ["data", "push"], ["data", "list"], ["data", "delete"],
+        ["data", "token"], ["data", "server-config"],
     ]  # fmt: skip
     for command in commands:  # in-process: 19 interpreter start-ups would cost more than the rest of this file
         with pytest.raises(SystemExit) as exited:

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from flops_utils.repo_access import RepoAccessPolicy, RepoUnreachable, RepoUrlRefused, check_repo_reach
 from manager.api.auth import Caller, TokenAuth, bearer_token
 from manager.api.body_guard import MAX_JSON_DEPTH, drain, json_depth_exceeds
+from manager.api.data_routes import register_data_routes
 from manager.api.errors import VALIDATION_STATUS, error_response, install_error_handlers, validation_error_response
 from manager.api.models import (
     ErrorDetail,
@@ -204,7 +205,8 @@ def create_api(
         record = visible_project(path.project_id)
         if not record.serving_url:
             raise ControlError(f"project {record.project_id} has no serving endpoint (deploy_trained_model_image)", 409)
-        return _json(_forward_prediction(record.project_id, record.serving_url, body))
+        token = bearer_token(request.headers.get("Authorization"))  # the serving endpoint wants it too
+        return _json(_forward_prediction(record.project_id, record.serving_url, body, token))
 
     @api.get("/tracking", tags=[_platform_tag], summary="your MLflow tracking/GUI URL (created on demand)",
              responses={200: TrackingResponse})  # fmt: skip
@@ -234,6 +236,7 @@ def create_api(
         control.reset()
         return _json(ResetResponse())
 
+    register_data_routes(api, control)
     app.register_api(api)
     return app
 
@@ -305,11 +308,12 @@ def _broker_reachable(settings: ManagerSettings) -> bool:
         return False
 
 
-def _forward_prediction(project_id: str, serving_url: str, body: PredictRequest) -> PredictResponse:
+def _forward_prediction(project_id: str, serving_url: str, body: PredictRequest, token: str) -> PredictResponse:
     """POST the rows to the MLflow scoring server's ``/invocations``; its 4xx become 400, the rest 502."""
     url = serving_url if serving_url.rstrip("/").endswith("/invocations") else serving_url.rstrip("/") + "/invocations"
     try:
-        answer = requests.post(url, json={"inputs": body.inputs}, timeout=PREDICT_TIMEOUT_S)
+        answer = requests.post(url, json={"inputs": body.inputs}, headers={"Authorization": f"Bearer {token}"},
+                               timeout=PREDICT_TIMEOUT_S)
     except requests.RequestException as error:
         raise ControlError(f"the serving endpoint of project {project_id} did not answer: {error}", 502) from error
     if 400 <= answer.status_code < 500:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from manager.config_vault import CONFIG_PATH
 from manager.lifecycle.context import LifecycleSettings
+from manager.lifecycle.data_access import DataAccess
 from manager.lifecycle.service import LifecycleService
 from manager.lifecycle.tracking_access import TrackingAccess
 from manager.lifecycle.tracking_pki import TrackingPki
@@ -28,11 +29,14 @@ def lifecycle_settings(settings: ManagerSettings) -> LifecycleSettings:
         raise ValueError(f"unknown lifecycle settings {sorted(unknown)}; known: {sorted(TIMEOUT_FIELDS)}")
     adapters = {name: dict(values) for name, values in settings.adapter_settings.items()}
     adapters.setdefault("local", {}).setdefault("state_dir", str(Path(settings.state_dir) / "local-adapter"))
+    pki = TrackingPki(Path(settings.state_dir) / "pki")  # one object: the CA is made once
     return LifecycleSettings(
         mqtt=settings.mqtt,
         mqtt_project_credentials=settings.mqtt_project_credentials,
         flower_tls=settings.flower_tls,
-        tracking_pki=TrackingPki(Path(settings.state_dir) / "pki") if settings.mlflow_tls else None,
+        tracking_pki=pki if settings.mlflow_tls else None,
+        data_access=DataAccess(pki) if settings.data_auth else None,
+        start_adapter_at_start=True,
         tracking_access=TrackingAccess.from_tokens(
             settings.mlflow_auth, settings.admin_token, settings.customer_tokens
         ),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flops_utils.service_config import MqttSettings, RegistrySettings
 from manager.broker_access import ProjectCredentialsMode
+from manager.lifecycle.data_access import DataAccess
 from manager.lifecycle.tracking_access import TrackingAccess
 from manager.lifecycle.tracking_pki import TrackingPki
 from manager.repo_policy import RepoAccessRules
@@ -24,6 +25,9 @@ class LifecycleSettings:
     tracking_access: TrackingAccess = field(default_factory=TrackingAccess)  # who may use each MLflow server
     flower_tls: bool = True  # see ManagerSettings.flower_tls
     tracking_pki: TrackingPki | None = None  # MLflow servers speak HTTPS with its certificates; None: plain HTTP
+    # Data servers speak TLS and check tokens the manager signs; None: open data servers (development only).
+    data_access: DataAccess | None = None
+    start_adapter_at_start: bool = False  # start the default adapter (the local one's data servers) at start()
     orchestrator: str = "local"
     adapter_settings: dict[str, dict[str, object]] = field(default_factory=dict)
     registry: RegistrySettings | None = None

@@ -39,6 +39,7 @@ from manager.config_vault import ConfigVault, config_owner
 from manager.learning_curve import PLOT_FILE, render_png
 from manager.lifecycle.config_reference import by_reference
 from manager.lifecycle.context import LifecycleSettings
+from manager.lifecycle.data_nodes import DataServers, check_feature_widths
 from manager.lifecycle.errors import PhaseFailed, StopRequested
 from manager.lifecycle.flower_pki import ProjectFlowerCa, cluster_identity
 from manager.lifecycle.inbox import ProjectInbox
@@ -317,9 +318,11 @@ class ProjectRun:
     def _train(self) -> None:
         training = sla_to_training_settings(self.sla)
         nodes = self.deps.adapter.list_nodes()
-        plan, notes = plan_learners(nodes, training)
+        tags = list(training.data_tags)
+        plan, notes = plan_learners(nodes, training, self._customer_tag_lister(tags))
         for note in notes:
             self._event(note, level="warning")
+        check_feature_widths(plan.nodes, tags, self._data_servers().shape_lister(self.customer, tags))
         self._event(f"learners on nodes {[node.name for node in plan.nodes]}")
         total_cycles = training.training_cycles if training.mode == "hierarchical" else 1
         self.progress = Progress(total_rounds=training.training_rounds, total_cycles=total_cycles)
@@ -457,6 +460,19 @@ class ProjectRun:
                         level="warning")
             self.deps.adapter.deploy_service(app, service_id)
 
+    def _data_servers(self) -> DataServers:
+        return DataServers(self.deps.settings.data_access)
+
+    def _customer_tag_lister(self, tags: list[str]) -> Callable[[str], dict[str, int]]:
+        """Rows per tag in this project's customer's namespace only (placement counts nobody else's)."""
+        servers = self._data_servers()
+
+        def list_tags(address: str) -> dict[str, int]:
+            with servers.reader(address, self.customer, tags) as client:
+                return client.list_tags(tags)
+
+        return list_tags
+
     def _deploy_classic(self, plan: LearnerPlan) -> tuple[str, dict[str, str]]:
         name = "aggregator"
         address = self._aggregator(name, role="classic", cluster=None, placement=Placement())
@@ -534,6 +550,9 @@ class ProjectRun:
             aggregator_address=aggregator_address,
             data_server_address=data_server,
             data_tags=list(self.sla.training_configuration.data_tags),
+            data_token=self._data_servers().project_read_token(
+                self.customer, self.project_id, node, list(self.sla.training_configuration.data_tags)),
+            data_ca_pem=self._data_servers().ca_pem,
             work_dir=str(self._work_dir(name)),
             flower_tls=self.flower_ca.for_supernode(node) if self.deps.settings.flower_tls else None,
         )
@@ -618,6 +637,7 @@ class ProjectRun:
                 tracking_ca_pem=self.deps.observatories.ca_pem(),
                 bind_host=bind_host_for(adapter),
                 port=endpoint.port,
+                access_token_sha256=self.deps.settings.tracking_access.digests(self.customer),
             )
             spec = self._spec("serving", ServiceKind.SERVING, config, runtime=True,
                               image=self.state.build.learner_image if self.state.build else None,
@@ -770,6 +790,17 @@ class ProjectRun:
         if not keep_serving:
             self.deps.broker.revoke(self.project_id)
         self._revoke_configs(keep_serving)
+        if self.state.training_started:
+            self._revoke_data_tokens()
+
+    def _revoke_data_tokens(self) -> None:
+        """The learners' read tokens die with the project (they also expire on their own)."""
+        try:
+            problems = self._data_servers().revoke_project(self.deps.adapter.list_nodes(), self.project_id)
+        except AdapterError as error:
+            problems = [str(error)]
+        for problem in problems:
+            log.warning("could not revoke the data tokens of project %s on %s", self.project_id, problem)
 
     def _revoke_configs(self, keep_serving: bool) -> None:
         owners = [self.project_id] + ([] if keep_serving else [config_owner(self.project_id, "serving")])

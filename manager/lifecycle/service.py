@@ -15,12 +15,16 @@ from collections.abc import Callable
 
 from flops_utils.mqtt_catalogue import ALL_PROJECTS_FILTER, FlopsMessage, split_topic
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
+from flops_utils.service_config import DataServerSecurity
 from manager.broker_access import BrokerAccessError, ResolvingAccess
 from manager.config_vault import ConfigRefused, ConfigVault, config_owner
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult
+from manager.data_models import DataToken, NodeList
 from manager.lifecycle.cache_upkeep import DAY_S, prune_build_cache
 from manager.lifecycle.context import LifecycleSettings
+from manager.lifecycle.data_nodes import DataServers
 from manager.lifecycle.inbox import ProjectInbox
+from manager.lifecycle.inventory import node_inventory, write_token_for
 from manager.lifecycle.observatory import ObservatoryKeeper, observatory_name
 from manager.lifecycle.project_run import OBSERVER_KEY, ProjectRun, RunDeps, project_app_name
 from manager.lifecycle.project_secrets import seal_project_secrets, with_project_secrets
@@ -28,11 +32,13 @@ from manager.records import EventRecord, ProjectPhase, ProjectRecord, ProjectSta
 from manager.secret_box import SecretUnreadable
 from manager.sla import ProjectSLA
 from manager.storage.base import ProjectStore
-from orchestrator_adapters.base import AdapterError, AppKind, AppRef, OrchestratorAdapter
+from orchestrator_adapters.base import AdapterError, AppKind, AppRef, NodeInfo, OrchestratorAdapter
 from orchestrator_adapters.registry import create_adapter
 
 log = logging.getLogger(__name__)
 
+# Adapters that run the nodes' data servers themselves: they get the certificate and token key.
+DATA_SERVER_ADAPTERS = frozenset({"local", "container", "kubernetes"})
 RESTART_REASON = "the manager restarted while the project was running; its services were stopped"
 RESTARTABLE_PHASES = frozenset(
     {ProjectPhase.QUEUED, ProjectPhase.OBSERVATORY, ProjectPhase.PROJECT_APP, ProjectPhase.OBSERVER, ProjectPhase.BUILD}
@@ -70,8 +76,18 @@ class LifecycleService:
             threading.Thread(target=self._connect_forever, name="mqtt-connect", daemon=True).start()
         for thread in pending:
             thread.start()
+        if self.settings.start_adapter_at_start:
+            threading.Thread(target=self._start_default_adapter, name="adapter-start", daemon=True).start()
         if self.settings.cache_max_age_s > 0:
             threading.Thread(target=self._prune_cache_forever, name="cache-upkeep", daemon=True).start()
+
+    def _start_default_adapter(self) -> None:
+        """Nodes' data servers run before any project (the local adapter starts them), so data can come first."""
+        try:
+            self.adapter()
+        except AdapterError as error:
+            log.warning("the %s orchestrator did not start: %s; retrying when it is first needed",
+                        self.settings.orchestrator, error)
 
     def _connect_forever(self) -> None:
         while not self._closing.is_set() and not self.link.connected:
@@ -95,7 +111,12 @@ class LifecycleService:
         name = name or self.settings.orchestrator
         with self._adapter_lock:
             if name not in self._adapters:
-                adapter = create_adapter(name, dict(self.settings.adapter_settings.get(name, {})))
+                settings = dict(self.settings.adapter_settings.get(name, {}))
+                access = self.settings.data_access
+                if access is not None and name in DATA_SERVER_ADAPTERS and "data_security" not in settings:
+                    host = str(settings.get("host") or "127.0.0.1")
+                    settings["data_security"] = access.server_security(host).model_dump()
+                adapter = create_adapter(name, settings)
                 adapter.start()
                 self._adapters[name] = adapter
             return self._adapters[name]
@@ -166,11 +187,22 @@ class LifecycleService:
         elif record.apps.get("project"):
             self._undeploy_leftovers(record)
             self._revoke_broker_access(project_id)
+            self._revoke_data_tokens(record)
             ConfigVault(self.store, self.settings.secret_box).revoke(config_owner(project_id, "serving"))
             if record.serving_url:
                 self.store.update_project(project_id, serving_url=None, updated_at=time.time())
                 self._event(project_id, "serving endpoint undeployed")
         return self._project(project_id)
+
+    def _revoke_data_tokens(self, record: ProjectRecord) -> None:
+        """The learners' read tokens of a project stopped without its run thread (the run revokes its own)."""
+        try:
+            nodes = self.adapter(record.orchestrator).list_nodes()
+        except AdapterError as error:
+            log.warning("could not revoke the data tokens of %s: %s", record.project_id, error)
+            return
+        for problem in DataServers(self.settings.data_access).revoke_project(nodes, record.project_id):
+            log.warning("could not revoke the data tokens of %s on %s", record.project_id, problem)
 
     def _revoke_broker_access(self, project_id: str) -> None:
         try:
@@ -192,7 +224,24 @@ class LifecycleService:
     def push_mock_data(self, request: MockRequest) -> MockResult:
         from manager.mocks import push_mock_data
 
-        return push_mock_data(self.adapter().list_nodes(), request.mock_data_configuration)
+        return push_mock_data(self.adapter().list_nodes(), request.mock_data_configuration, request.customer_id,
+                              DataServers(self.settings.data_access))
+
+    def list_nodes(self, customer: str) -> NodeList:
+        return node_inventory(self._nodes(), customer, DataServers(self.settings.data_access))
+
+    def data_write_token(self, customer: str, node: str) -> DataToken:
+        return write_token_for(self._nodes(), customer, node, self.settings.data_access)
+
+    def data_server_security(self) -> DataServerSecurity | None:
+        access = self.settings.data_access
+        return access.server_security() if access is not None else None
+
+    def _nodes(self) -> list[NodeInfo]:
+        try:
+            return self.adapter().list_nodes()
+        except AdapterError as error:
+            raise ControlError(f"the {self.settings.orchestrator} orchestrator is unavailable: {error}", 503) from None
 
     def service_config(self, config_id: str, token: str) -> str:
         try:

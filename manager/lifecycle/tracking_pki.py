@@ -35,6 +35,10 @@ class TrackingPki:
                 self._ca = ensure_ca(self.directory, name(ORGANIZATION, "FLOps MLflow CA"), CA_DAYS)
             return self._ca
 
+    def authority(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        """The CA certificate and key (made on first use); data servers get certificates from it too."""
+        return self._authority()
+
     @property
     def ca_file(self) -> Path:
         self._authority()
