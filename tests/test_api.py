@@ -20,7 +20,7 @@ from manager.records import ProjectStatus
 from manager.settings import ManagerSettings, SettingsError, load_settings
 from manager.storage import MongoProjectStore
 from tests.api_harness import ADMIN_TOKEN, ALICE_TOKEN, BOB_TOKEN, TOKENS, RecordingControl, RunningApi, running_api
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 
 PROJECTS = "/api/flops/projects"
 SLA: dict[str, Any] = {"ml_repo_url": "https://example.org/ml/mnist.git", "ml_model_flavor": "sklearn"}
@@ -160,6 +160,8 @@ def test_customers_see_only_their_projects_and_others_are_404(api: RunningApi) -
 def test_events_after_a_sequence_number(api: RunningApi) -> None:
     project_id = start(api, ALICE_TOKEN)["project_id"]
     call(api, "DELETE", f"{PROJECTS}/{project_id}", ALICE_TOKEN)
+    assert wait_until(lambda: call(api, "GET", f"{PROJECTS}/{project_id}", ALICE_TOKEN).json()["status"] == "STOPPED",
+                      10, interval=0.05)
     answer = call(api, "GET", f"{PROJECTS}/{project_id}/events", ALICE_TOKEN).json()
     assert [event["text"] for event in answer["events"]] == ["project accepted", "stopped by request"]
     assert [event["seq"] for event in answer["events"]] == [1, 2]
@@ -172,8 +174,12 @@ def test_events_after_a_sequence_number(api: RunningApi) -> None:
 
 def test_stop_answers_the_stopped_project_and_control_errors_keep_their_status(api: RunningApi) -> None:
     project_id = start(api, ALICE_TOKEN)["project_id"]
-    stopped = call(api, "DELETE", f"{PROJECTS}/{project_id}", ALICE_TOKEN)
-    assert stopped.status_code == 200 and stopped.json()["status"] == "STOPPED"
+    stopping = call(api, "DELETE", f"{PROJECTS}/{project_id}", ALICE_TOKEN)
+    assert stopping.status_code == 202 and stopping.json()["status"] == "STOPPING"  # it stops in the background
+    again = call(api, "DELETE", f"{PROJECTS}/{project_id}", ALICE_TOKEN)
+    assert again.status_code == 202 and again.json()["status"] == "STOPPING"
+    assert wait_until(lambda: call(api, "GET", f"{PROJECTS}/{project_id}", ALICE_TOKEN).json()["status"] == "STOPPED",
+                      10, interval=0.05)
     assert_error(call(api, "DELETE", f"{PROJECTS}/{project_id}", ALICE_TOKEN), 409, "already STOPPED")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 import uuid
@@ -175,11 +176,17 @@ def test_stop_a_running_project(flops_stack: FlopsStack, classic_data: str) -> N
 
     project_id = flops_stack.submit(sla("examples/sklearn_digits", [classic_data], training_rounds=50))
     assert wait_until(lambda: flops_stack.project(project_id)["phase"] == "training", 300, interval=0.5)
+    assert wait_until(lambda: project_processes(flops_stack, project_id), 60, interval=0.5)
     answer = flops_stack.api("DELETE", f"/api/flops/projects/{project_id}")
-    assert answer.status_code == 200
+    # Answered at once: the project stops in the background.
+    assert answer.status_code == 202 and answer.json()["status"] == "STOPPING", answer.text
+    assert flops_stack.api("GET", "/health").status_code == 200
     project = flops_stack.wait(project_id, timeout=120)
     assert project["status"] == "STOPPED"
     assert "stop requested" in flops_stack.events(project_id)
+    # Nothing the project started is left: not by its configuration, not in its work folder.
+    left = project_processes(flops_stack, project_id)
+    assert left == {}, left
 
 
 def test_hierarchical_pytorch_two_clusters(flops_stack: FlopsStack) -> None:  # noqa: F811
@@ -198,3 +205,25 @@ def test_hierarchical_pytorch_two_clusters(flops_stack: FlopsStack) -> None:  # 
         key for other in runs for key in other.data.metrics if key.startswith("cluster/")
     } | {key for key in run.data.metrics if key.startswith("cluster/")}
     assert any("cluster-a" in key for key in cluster_metrics) and any("cluster-b" in key for key in cluster_metrics)
+
+
+def project_processes(stack: FlopsStack, project_id: str) -> dict[int, str]:
+    """pid -> command line of live processes of the project: its id in their environment (every service's
+    configuration names it, and their children inherit it) or their working directory in its work folder."""
+    folder = stack.state_dir / "projects" / project_id
+    found: dict[int, str] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            environment = Path(f"/proc/{entry.name}/environ").read_bytes()
+            cwd = os.readlink(f"/proc/{entry.name}/cwd")
+            state = Path(f"/proc/{entry.name}/stat").read_text()
+            command = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if state[state.rfind(")") + 2:][:1] in ("Z", "X"):
+            continue
+        if project_id.encode() in environment or cwd == str(folder) or cwd.startswith(f"{folder}/"):
+            found[int(entry.name)] = command.replace(b"\0", b" ").decode(errors="replace")[:200]
+    return found

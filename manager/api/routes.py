@@ -28,7 +28,7 @@ from manager.api.models import (
 )
 from manager.config_vault import CONFIG_PATH
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult, ProjectControl
-from manager.records import ProjectRecord
+from manager.records import ProjectRecord, ProjectStatus
 from manager.settings import ManagerSettings
 from manager.sla import ProjectSLA
 from manager.storage.base import ProjectNotFound, ProjectStore
@@ -134,11 +134,14 @@ def create_api(
             )
         )
 
-    @api.delete("/projects/<project_id>", tags=[_projects_tag], summary="stop the project and undeploy its services",
-                responses={200: ProjectRecord, 404: ErrorResponse, 409: ErrorResponse})  # fmt: skip
+    @api.delete("/projects/<project_id>", tags=[_projects_tag],
+                summary="stop the project and undeploy its services: 202 with status STOPPING at once while it "
+                        "stops in the background (it ends STOPPED); 200 for a finished project",
+                responses={200: ProjectRecord, 202: ProjectRecord, 404: ErrorResponse, 409: ErrorResponse})  # fmt: skip
     def stop_project(path: ProjectPath) -> Response:
         record = visible_project(path.project_id)
-        return _json(control.stop_project(record.project_id))
+        answer = control.stop_project(record.project_id)
+        return _json(answer, 202 if answer.status is ProjectStatus.STOPPING else 200)
 
     @api.post("/projects/<project_id>/predict", tags=[_projects_tag],
               summary="predict with the project's deployed trained model",

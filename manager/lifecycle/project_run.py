@@ -8,6 +8,7 @@ a one-line reason on the project.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,6 +134,8 @@ class ProjectRun:
         self.flower_ca = ProjectFlowerCa(self.project_id)  # no I/O: keys are made on first use
         self.phase = ProjectPhase.QUEUED
         self.progress = Progress()
+        self._ending = False  # the run is settling its outcome: a stop request comes too late
+        self._ending_lock = threading.Lock()
 
     # -- the run -----------------------------------------------------------------
     def run(self) -> None:
@@ -165,9 +168,22 @@ class ProjectRun:
         self._await_training(top, watched)
         self._enter(ProjectPhase.POST_TRAINING, self._post_training)
 
+    def request_stop(self) -> bool:
+        """Ask the run to stop (from another thread): it shows STOPPING at once and undeploys its
+        services in its own thread. False when it is already ending with an outcome of its own."""
+        with self._ending_lock:
+            if self._ending:
+                return False
+            if not self.inbox.stop_requested.is_set():
+                self.inbox.stop_requested.set()
+                self._update(status=ProjectStatus.STOPPING)
+            return True
+
     def _execute(self, body: Callable[[], None]) -> None:
         status, error = ProjectStatus.COMPLETED, None
-        self._update(status=ProjectStatus.RUNNING)
+        with self._ending_lock:
+            if not self.inbox.stop_requested.is_set():
+                self._update(status=ProjectStatus.RUNNING)
         try:
             body()
         except StopRequested:
@@ -203,6 +219,10 @@ class ProjectRun:
         action()
 
     def _finish(self, status: ProjectStatus, error: str | None) -> None:
+        with self._ending_lock:
+            self._ending = True
+            if self.inbox.stop_requested.is_set() and status is ProjectStatus.COMPLETED:
+                status = ProjectStatus.STOPPED  # asked to stop while it finished: the caller saw STOPPING
         self.phase = ProjectPhase.CLEANUP
         self._update(phase=ProjectPhase.CLEANUP)
         keep_serving = status is ProjectStatus.COMPLETED and "serving" in self.state.services

@@ -50,6 +50,7 @@ class LifecycleService:
         self._adapter_lock = threading.Lock()
         self._inboxes: dict[str, ProjectInbox] = {}
         self._threads: dict[str, threading.Thread] = {}
+        self._runs: dict[str, ProjectRun] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
 
@@ -143,6 +144,7 @@ class LifecycleService:
         with self._lock:
             self._inboxes[record.project_id] = inbox
             self._threads[record.project_id] = thread
+            self._runs[record.project_id] = run
         return thread
 
     def _run(self, project_id: str, body: Callable[[], None]) -> None:
@@ -152,17 +154,19 @@ class LifecycleService:
             with self._lock:
                 self._inboxes.pop(project_id, None)
                 self._threads.pop(project_id, None)
+                self._runs.pop(project_id, None)
 
     def stop_project(self, project_id: str) -> ProjectRecord:
+        """A running project answers STOPPING at once; its own run thread undeploys its services (so
+        projects stop in parallel) and ends STOPPED. A finished one gets its serving endpoint undeployed."""
         record = self._project(project_id)
         with self._lock:
-            inbox = self._inboxes.get(project_id)
-            thread = self._threads.get(project_id)
-        if inbox is not None and thread is not None:
-            self._event(project_id, "stop requested")
-            inbox.stop_requested.set()
-            thread.join(timeout=60)
-        elif record.apps.get("project"):
+            run = self._runs.get(project_id)
+        if run is not None:
+            if run.request_stop():
+                self._event(project_id, "stop requested")
+            return self._project(project_id)
+        if record.apps.get("project"):
             self._undeploy_leftovers(record)
             self._revoke_broker_access(project_id)
             ConfigVault(self.store, self.settings.secret_box).revoke(config_owner(project_id, "serving"))
@@ -218,9 +222,11 @@ class LifecycleService:
 
     def reset(self) -> None:
         with self._lock:
-            running = list(self._inboxes)
+            running = dict(self._threads)
         for project_id in running:
             self.stop_project(project_id)
+        for thread in running.values():
+            thread.join(timeout=120)
         for record in self.store.list_projects(None):
             self._undeploy_leftovers(record)
         for app in self.store.list_apps(kind=AppKind.OBSERVATORY.value):
