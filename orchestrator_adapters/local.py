@@ -253,10 +253,17 @@ class LocalAdapter(OrchestratorAdapter):
         record = self.state.read().apps.get(app.app_id)
         if record is None:
             return
-        for service_id in list(record.services):
-            self.undeploy_service(app, service_id)
-        # Whatever is left of the app (its services' children, a process working in its folder) ends too.
-        stop_groups([], self.settings.stop_grace_s, owners=[self._owner(app.app_id)],
+        targets: list[tuple[int, int | None]] = []
+        with self.state.update() as state:
+            app_record = state.apps.get(app.app_id)
+            for service in app_record.services.values() if app_record else []:
+                for instance in service.instances:
+                    if self._alive(instance.pid, instance.start_ticks):
+                        instance.stop_requested = True
+                        targets.append((instance.pid, instance.start_ticks))
+        # Every service at once (one grace period, not one per service), with whatever is left of the app:
+        # its services' children and processes working in its folder.
+        stop_groups(targets, self.settings.stop_grace_s, owners=[self._owner(app.app_id)],
                     folders=[self.state_dir / "apps" / app.app_id])
         with self.state.update() as state:
             state.apps.pop(app.app_id, None)
