@@ -110,7 +110,10 @@ class ManagerSettings(BaseModel):
     tls_key_file: Path | None = Field(default=None, description="the certificate's private key (PEM)")
     tls_ca_file: Path | None = Field(default=None, description="the CA that signed tls_cert_file; the CLI and the "
                                      "suite verify the API with it when they read this config")
-    threads: int = Field(default=8, ge=1, le=64, description="API worker threads")
+    threads: int = Field(default=16, ge=1, le=64, description="API worker threads")
+    max_connections: int = Field(
+        default=1000, ge=1, le=100000,
+        description="open client connections the API keeps (keep-alive ones included); more wait to be accepted")
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: str = "INFO"
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from manager.api.auth import Caller, TokenAuth, bearer_token
 from manager.api.errors import VALIDATION_STATUS, error_response, install_error_handlers, validation_error_response
+from manager.api.health import CachedCheck
 from manager.api.models import (
     ErrorResponse,
     EventsQuery,
@@ -68,10 +69,15 @@ def create_api(
         if request.path == API_PREFIX or request.path.startswith(API_PREFIX + "/"):
             g.caller = auth.identify(request.headers.get("Authorization"))
 
+    # Checked in the background: a slow database never makes /health (or the threads serving it) wait.
+    stale_after_s = max(3.0, settings.db_timeout_s + 1.0)
+    database_check = CachedCheck("database", store.ping, stale_after_s=stale_after_s)
+    broker_check = CachedCheck("broker", lambda: _broker_ok(control, settings), stale_after_s=stale_after_s)
+
     @app.get("/health", summary="database and broker reachability (no token needed)",
              responses={200: HealthResponse, 503: HealthResponse})  # fmt: skip
     def health() -> Response:
-        report = HealthResponse(status="ok", database=store.ping(), broker=_broker_ok(control, settings))
+        report = HealthResponse(status="ok", database=database_check.ok(), broker=broker_check.ok())
         if not (report.database and report.broker):
             report.status = "degraded"
         return _json(report, 200 if report.status == "ok" else 503)
