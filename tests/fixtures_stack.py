@@ -68,8 +68,11 @@ class FlopsStack:
         self.process = process
         self.log_path = log_path
 
-    def restart_manager(self) -> None:
-        """SIGTERM the manager and start a new one on the same config (projects keep running)."""
+    def restart_manager(self, kill: bool = False) -> None:
+        """SIGTERM (``kill``: SIGKILL) the manager and start a new one on the same config (projects keep running)."""
+        if kill and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
         stop_manager(self.process)
         self.process = start_manager(self.config_path, self.log_path)
         wait_healthy(self.url, self.process, self.log_path)

@@ -33,6 +33,9 @@ class LifecycleSettings:
     configs_by_reference: frozenset[str] = frozenset()
     config_url: str | None = None
     config_ca_file: Path | None = None  # the CA that signed the manager's certificate (config_url is https)
+    # The manager's MQTT client id. Set: a persistent broker session under that id, so reports sent while
+    # the manager is down wait on the broker for the next manager process. None: a fresh session per process.
+    mqtt_client_id: str | None = None
     tracking_timeout_s: float = 240.0
     build_timeout_s: float = 1800.0
     training_timeout_s: float = 3600.0

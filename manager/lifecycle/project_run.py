@@ -7,6 +7,7 @@ a one-line reason on the project.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -667,7 +668,10 @@ class ProjectRun:
             level = "warning"
         elif isinstance(message, EventLine):
             level = message.level
-        self._event(describe(message), source=message.sender, level=level)
+        # The event id is the message's digest: a report the broker delivers twice (QoS 1 after a manager
+        # restart, a retained result heard again) is stored once.
+        event_id = hashlib.sha256(message.topic().encode() + b"\0" + message.to_payload()).hexdigest()[:32]
+        self._event(describe(message), source=message.sender, level=level, event_id=event_id)
 
     # -- cleanup -------------------------------------------------------------------
     def _cleanup(self, keep_serving: bool) -> None:
@@ -805,8 +809,9 @@ class ProjectRun:
     def _update(self, **fields: object) -> None:
         self.writer.update(updated_at=time.time(), **fields)
 
-    def _event(self, text: str, *, source: str = "manager", level: str = "info") -> None:
-        self.writer.event(EventRecord(project_id=self.project_id, source=source, level=level, text=text))
+    def _event(self, text: str, *, source: str = "manager", level: str = "info", event_id: str | None = None) -> None:
+        event = EventRecord(project_id=self.project_id, source=source, level=level, text=text)
+        self.writer.event(event.model_copy(update={"event_id": event_id}) if event_id else event)
 
 
 def _one_line(error: BaseException) -> str:

@@ -43,7 +43,8 @@ class LifecycleService:
     def __init__(self, settings: LifecycleSettings, store: ProjectStore) -> None:
         self.settings = settings
         self.store = store
-        self.link = MqttLink(settings.mqtt, client_id=f"flops-manager-{uuid.uuid4().hex[:8]}")
+        client_id = settings.mqtt_client_id or f"flops-manager-{uuid.uuid4().hex[:8]}"
+        self.link = MqttLink(settings.mqtt, client_id=client_id, persistent_session=settings.mqtt_client_id is not None)
         self.observatories = ObservatoryKeeper(settings, store)
         self.broker = ResolvingAccess(settings.mqtt, settings.mqtt_project_credentials)
         self._adapters: dict[str, OrchestratorAdapter] = {}
