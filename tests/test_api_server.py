@@ -63,6 +63,17 @@ def test_health_answers_degraded_while_the_database_hangs(mongo_uri: str, mongo_
     assert answers[-1].json() == {"status": "degraded", "database": False, "broker": True}
 
 
+def test_health_after_a_quiet_while_checks_again_and_answers_ok(mongo_uri: str, mongo_db_name: str,
+                                                               mqtt_settings: MqttSettings) -> None:
+    import time
+
+    with serving(MongoProjectStore(mongo_uri, mongo_db_name), mqtt_settings, db_timeout_s=1.0) as url:
+        first = requests.get(f"{url}/health", timeout=ANSWER_TIMEOUT_S)
+        time.sleep(3.5)  # longer than the answer counts as fresh (3 s here)
+        later = requests.get(f"{url}/health", timeout=ANSWER_TIMEOUT_S)
+    assert (first.status_code, later.status_code) == (200, 200), later.text
+
+
 def test_more_kept_alive_clients_than_threads_and_waitress_default_limit_all_get_answers(
         mongo_uri: str, mongo_db_name: str, mqtt_settings: MqttSettings) -> None:
     with serving(MongoProjectStore(mongo_uri, mongo_db_name), mqtt_settings, threads=4) as url:
