@@ -177,6 +177,14 @@ def test_stop_a_running_project(flops_stack: FlopsStack, classic_data: str) -> N
     project_id = flops_stack.submit(sla("examples/sklearn_digits", [classic_data], training_rounds=50))
     assert wait_until(lambda: flops_stack.project(project_id)["phase"] == "training", 300, interval=0.5)
     assert wait_until(lambda: project_processes(flops_stack, project_id), 60, interval=0.5)
+    # The observer's event log speaks HTTPS with a certificate from the manager's CA, like MLflow.
+    deployed = next(text for text in flops_stack.events(project_id) if text.startswith("observer ")).split()[-1]
+    assert deployed.startswith("https://"), deployed
+    observed = requests.get(f"{deployed}/events", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10,
+                            verify=str(flops_stack.tracking_ca_file))  # fmt: skip
+    assert observed.status_code == 200 and observed.json()["events"], observed.text
+    with pytest.raises(requests.ConnectionError):
+        requests.get("http://" + deployed.split("://", 1)[1] + "/events", timeout=10)
     answer = flops_stack.api("DELETE", f"/api/flops/projects/{project_id}")
     # Answered at once: the project stops in the background.
     assert answer.status_code == 202 and answer.json()["status"] == "STOPPING", answer.text

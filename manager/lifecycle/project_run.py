@@ -270,12 +270,16 @@ class ProjectRun:
             port=endpoint.port,
             log_file=str(self._work_dir("observer") / "events.log"),
             access_token_sha256=self.deps.settings.tracking_access.digests(self.customer),
+            # HTTPS from the same CA as the customer's MLflow server (mlflow_tls): tokens never cross in clear.
+            tls=pki.issue(endpoint.host, "observer") if (pki := self.deps.settings.tracking_pki) else None,
+            tls_dir=str(self._work_dir("observer") / "tls"),
         )
         spec = self._spec(name, ServiceKind.OBSERVER, config, ports=(OBSERVER_PORT,))
         self.state.observer = adapter.add_service(observatory.app, spec)
         self._update(services={**self.state.services, OBSERVER_KEY: self.state.observer})
         adapter.deploy_service(observatory.app, self.state.observer)
-        self._event(f"observer {name} deployed at {endpoint.url}")
+        url = endpoint.url if config.tls is None else "https://" + endpoint.url.split("://", 1)[-1]
+        self._event(f"observer {name} deployed at {url}")
 
     def _build(self) -> None:
         sla, settings = self.sla, self.deps.settings
