@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from flops_utils.service_config import MqttSettings, RegistrySettings
 from manager.broker_access import ProjectCredentialsMode
+from manager.quotas import QuotaSettings
 
 CONFIG_PATH_ENV = "FLOPS_MANAGER_CONFIG"
 DEFAULT_PORT = 5072
@@ -102,6 +103,8 @@ class ManagerSettings(BaseModel):
     state_dir: Path = Field(default_factory=lambda: _default_home() / "state")
     cache_dir: Path = Field(default_factory=lambda: _default_home() / "cache")
     repo_base_dir: Path | None = Field(default=None, description="relative ml_repo_url paths resolve here")
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings,
+                                  description="per-customer limits and when idle observatories stop")
     lifecycle: dict[str, float] = Field(
         default_factory=dict, description="overrides of lifecycle timeouts by name, e.g. build_timeout_s"
     )

@@ -101,7 +101,8 @@ def create_api(
         return record
 
     @api.post("/projects", tags=[_projects_tag], summary="start a project from an SLA (answers at once)",
-              responses={201: ProjectRecord, 403: ErrorResponse, 409: ErrorResponse})  # fmt: skip
+              responses={201: ProjectRecord, 403: ErrorResponse, 409: ErrorResponse,
+                         429: ErrorResponse})  # fmt: skip
     def start_project(body: ProjectSLA) -> Response:
         sla = _owned_by_caller(body)
         record = control.start_project(sla, sla.customer_id)
@@ -160,7 +161,7 @@ def create_api(
         return _json(_forward_prediction(record.project_id, record.serving_url, body))
 
     @api.get("/tracking", tags=[_platform_tag], summary="your MLflow tracking/GUI URL (created on demand)",
-             responses={200: TrackingResponse})  # fmt: skip
+             responses={200: TrackingResponse, 409: ErrorResponse})  # fmt: skip
     def tracking() -> Response:
         customer = _caller().customer
         return _json(TrackingResponse(customer=customer, tracking_url=control.tracking_url(customer),

@@ -46,6 +46,7 @@ def lifecycle_settings(settings: ManagerSettings) -> LifecycleSettings:
         configs_by_reference=frozenset(settings.configs_by_reference),
         config_url=settings.public_url + CONFIG_PATH,
         mqtt_client_id=manager_client_id(settings.mongo_uri, settings.database),
+        quotas=settings.quotas,
         config_ca_file=Path(settings.tls_ca_file) if settings.tls_ca_file and settings.tls_cert_file else None,
         **{name: float(value) for name, value in settings.lifecycle.items()},  # type: ignore[arg-type]
     )

@@ -10,6 +10,7 @@ from flops_utils.service_config import MqttSettings, RegistrySettings
 from manager.broker_access import ProjectCredentialsMode
 from manager.lifecycle.tracking_access import TrackingAccess
 from manager.lifecycle.tracking_pki import TrackingPki
+from manager.quotas import QuotaSettings
 from manager.secret_box import KEY_FILE_NAME, SecretBox
 
 
@@ -36,6 +37,7 @@ class LifecycleSettings:
     # The manager's MQTT client id. Set: a persistent broker session under that id, so reports sent while
     # the manager is down wait on the broker for the next manager process. None: a fresh session per process.
     mqtt_client_id: str | None = None
+    quotas: QuotaSettings = field(default_factory=QuotaSettings)
     tracking_timeout_s: float = 240.0
     build_timeout_s: float = 1800.0
     training_timeout_s: float = 3600.0

@@ -24,6 +24,7 @@ from manager.lifecycle.inbox import ProjectInbox
 from manager.lifecycle.observatory import ObservatoryKeeper, observatory_name
 from manager.lifecycle.project_run import OBSERVER_KEY, ProjectRun, RunDeps, project_app_name
 from manager.lifecycle.project_secrets import seal_project_secrets, with_project_secrets
+from manager.quotas import QuotaExceeded, check_active_projects, check_observatories
 from manager.records import EventRecord, ProjectPhase, ProjectRecord, ProjectStatus
 from manager.secret_box import SecretUnreadable
 from manager.sla import ProjectSLA
@@ -53,6 +54,7 @@ class LifecycleService:
         self._threads: dict[str, threading.Thread] = {}
         self._runs: dict[str, ProjectRun] = {}
         self._lock = threading.Lock()
+        self._admission = threading.Lock()  # quota checks and the insert they allow, one request at a time
         self._closing = threading.Event()
 
     # -- start / stop --------------------------------------------------------------
@@ -73,6 +75,9 @@ class LifecycleService:
             thread.start()
         if self.settings.cache_max_age_s > 0:
             threading.Thread(target=self._prune_cache_forever, name="cache-upkeep", daemon=True).start()
+        if self.settings.quotas.observatory_idle_s > 0:
+            threading.Thread(target=self._stop_idle_observatories_forever, name="observatory-idle",
+                             daemon=True).start()  # fmt: skip
 
     def _connect_forever(self) -> None:
         while not self._closing.is_set() and not self.link.connected:
@@ -125,7 +130,14 @@ class LifecycleService:
             orchestrator=orchestrator,
             sealed=sealed,
         )
-        self.store.insert_project(record)
+        with self._admission:
+            active = sum(1 for known in self.store.list_projects(customer) if not known.status.finished)
+            try:
+                check_active_projects(customer, active, self.settings.quotas)
+                check_observatories(customer, self.observatories.running_customers(), self.settings.quotas)
+            except QuotaExceeded as exceeded:
+                raise ControlError(f"{exceeded}; no project was created", status=exceeded.status) from None
+            self.store.insert_project(record)
         self._event(record.project_id, f"project created by {customer} on the {orchestrator} orchestrator")
         self._prepare(record, sla, adapter, resume=False).start()
         return record
@@ -186,6 +198,11 @@ class LifecycleService:
         from manager.lifecycle.errors import PhaseFailed
 
         try:
+            with self._admission:
+                check_observatories(customer, self.observatories.running_customers(), self.settings.quotas)
+        except QuotaExceeded as exceeded:
+            raise ControlError(str(exceeded), status=exceeded.status) from None
+        try:
             return self.observatories.ensure(self.adapter(), customer).tracking_url
         except (PhaseFailed, AdapterError) as error:
             raise ControlError(f"could not start the tracking server: {error}", status=503) from None
@@ -211,6 +228,18 @@ class LifecycleService:
         max_age_s = self.settings.cache_max_age_s if days is None else days * DAY_S
         return prune_build_cache(self.settings.cache_dir, self.store.list_projects(None), max_age_s=max_age_s,
                                  dry_run=request.dry_run)  # fmt: skip
+
+    def _stop_idle_observatories_forever(self) -> None:
+        """Stop observatories unused for ``quotas.observatory_idle_s`` whose customer runs no project."""
+        idle_s = self.settings.quotas.observatory_idle_s
+        while not self._closing.wait(max(1.0, min(60.0, idle_s / 4))):
+            try:
+                busy = {record.customer for record in self.store.list_projects(None) if not record.status.finished}
+                for customer in busy:
+                    self.observatories.touch(customer)  # idle time counts from a customer's last project
+                self.observatories.stop_idle(lambda name: self.adapter(name or None), busy, idle_s)
+            except Exception as error:  # the database or orchestrator may be away; try again next turn
+                log.warning("could not stop idle observatories: %s", error)
 
     def _prune_cache_forever(self) -> None:
         """Prune at start and then every ``cache_prune_interval_s``; a failure waits for the next turn."""
