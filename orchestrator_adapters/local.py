@@ -120,7 +120,7 @@ class LocalAdapter(OrchestratorAdapter):
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # pid -> processes this object started
         self._children_lock = threading.Lock()
         # Owner markers start with this adapter's own key: another adapter's app of the same name is not ours.
-        self._owner_key = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:12]
+        self._owner_key = hashlib.sha256(os.path.abspath(self.state_dir).encode()).hexdigest()[:12]
 
     def _owner(self, *parts: str) -> str:
         """The owner-marker prefix of an app, a service or one instance (see ``OWNER_ENV``)."""
