@@ -143,10 +143,11 @@ class LifecycleService:
         return record
 
     def _prepare(
-        self, record: ProjectRecord, sla: ProjectSLA, adapter: OrchestratorAdapter, resume: bool
+        self, record: ProjectRecord, sla: ProjectSLA, adapter: OrchestratorAdapter, resume: bool,
+        not_before: float | None = None,
     ) -> threading.Thread:
         """Register the project's inbox and return its (not yet started) run thread."""
-        inbox = ProjectInbox()
+        inbox = ProjectInbox(not_before=not_before)
         deps = RunDeps(self.settings, self.store, adapter, self.observatories, self.link.publish, self.broker,
                        self.link.clear_retained)
         run = ProjectRun(record, sla, deps, inbox)
@@ -315,7 +316,8 @@ class LifecycleService:
         if record.phase in RESTARTABLE_PHASES:
             self._undeploy_leftovers(record)
             self._event(record.project_id, "manager restarted: the project starts again from the beginning")
-            return self._prepare(record, sla, adapter, resume=False)
+            # What the undeployed services reported before (the broker may still deliver it) is not this run's.
+            return self._prepare(record, sla, adapter, resume=False, not_before=time.time())
         raise ControlError(f"phase {record.phase.value} cannot be resumed")
 
     def _undeploy_leftovers(self, record: ProjectRecord) -> None:
