@@ -171,30 +171,37 @@ def test_unreachable_repo_fails_clearly(flops_stack: FlopsStack) -> None:  # noq
     assert "cannot clone" in project["error"]
 
 
-def test_stop_a_running_project(flops_stack: FlopsStack, classic_data: str) -> None:  # noqa: F811
+def test_stop_running_projects(flops_stack: FlopsStack, classic_data: str) -> None:  # noqa: F811
+    """Two projects in training, stopped at once: both answer 202 STOPPING at once, stop in parallel in the
+    background, end STOPPED, and leave no process behind."""
     from tests.helpers import wait_until
 
-    project_id = flops_stack.submit(sla("examples/sklearn_digits", [classic_data], training_rounds=50))
-    assert wait_until(lambda: flops_stack.project(project_id)["phase"] == "training", 300, interval=0.5)
-    assert wait_until(lambda: project_processes(flops_stack, project_id), 60, interval=0.5)
+    projects = [flops_stack.submit(sla("examples/sklearn_digits", [classic_data], training_rounds=50))
+                for _ in range(2)]  # fmt: skip
+    for project_id in projects:
+        assert wait_until(lambda p=project_id: flops_stack.project(p)["phase"] == "training", 300, interval=0.5)
+        assert wait_until(lambda p=project_id: project_processes(flops_stack, p), 60, interval=0.5)
     # The observer's event log speaks HTTPS with a certificate from the manager's CA, like MLflow.
-    deployed = next(text for text in flops_stack.events(project_id) if text.startswith("observer ")).split()[-1]
+    deployed = next(text for text in flops_stack.events(projects[0]) if text.startswith("observer ")).split()[-1]
     assert deployed.startswith("https://"), deployed
     observed = requests.get(f"{deployed}/events", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10,
                             verify=str(flops_stack.tracking_ca_file))  # fmt: skip
     assert observed.status_code == 200 and observed.json()["events"], observed.text
     with pytest.raises(requests.ConnectionError):
         requests.get("http://" + deployed.split("://", 1)[1] + "/events", timeout=10)
-    answer = flops_stack.api("DELETE", f"/api/flops/projects/{project_id}")
-    # Answered at once: the project stops in the background.
-    assert answer.status_code == 202 and answer.json()["status"] == "STOPPING", answer.text
+
+    answers = [flops_stack.api("DELETE", f"/api/flops/projects/{project_id}") for project_id in projects]
+    # Answered at once: both stop in the background, while the API keeps answering.
+    for answer in answers:
+        assert answer.status_code == 202 and answer.json()["status"] == "STOPPING", answer.text
     assert flops_stack.api("GET", "/health").status_code == 200
-    project = flops_stack.wait(project_id, timeout=120)
-    assert project["status"] == "STOPPED"
-    assert "stop requested" in flops_stack.events(project_id)
-    # Nothing the project started is left: not by its configuration, not in its work folder.
-    left = project_processes(flops_stack, project_id)
-    assert left == {}, left
+    for project_id in projects:
+        project = flops_stack.wait(project_id, timeout=120)
+        assert project["status"] == "STOPPED"
+        assert "stop requested" in flops_stack.events(project_id)
+        # Nothing the project started is left: not by its configuration, not in its work folder.
+        left = project_processes(flops_stack, project_id)
+        assert left == {}, left
 
 
 def test_hierarchical_pytorch_two_clusters(flops_stack: FlopsStack) -> None:  # noqa: F811
