@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from flops_utils.service_config import MqttSettings, RegistrySettings
 from manager.broker_access import ProjectCredentialsMode
+from manager.quotas import QuotaSettings
 from manager.tracking_store import TrackingStore
 
 CONFIG_PATH_ENV = "FLOPS_MANAGER_CONFIG"
@@ -128,6 +129,8 @@ class ManagerSettings(BaseModel):
     repo_base_dir: Path | None = Field(default=None, description="relative ml_repo_url paths resolve here; "
                                        "customers' local paths must lie under it (or repo_access.local_roots)")
     repo_access: RepoAccessSettings = Field(default_factory=RepoAccessSettings)
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings,
+                                  description="per-customer limits and when idle observatories stop")
     lifecycle: dict[str, float] = Field(
         default_factory=dict, description="overrides of lifecycle timeouts by name, e.g. build_timeout_s"
     )
@@ -136,7 +139,10 @@ class ManagerSettings(BaseModel):
     tls_key_file: Path | None = Field(default=None, description="the certificate's private key (PEM)")
     tls_ca_file: Path | None = Field(default=None, description="the CA that signed tls_cert_file; the CLI and the "
                                      "suite verify the API with it when they read this config")
-    threads: int = Field(default=8, ge=1, le=64, description="API worker threads")
+    threads: int = Field(default=16, ge=1, le=64, description="API worker threads")
+    max_connections: int = Field(
+        default=1000, ge=1, le=100000,
+        description="open client connections the API keeps (keep-alive ones included); more wait to be accepted")
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: str = "INFO"
 

@@ -115,10 +115,18 @@ class RecordingControl:
             raise ControlError(f"no project {project_id}", 404)
         if current.status.finished:
             raise ControlError(f"project {project_id} is already {current.status.value}", 409)
-        self.store.append_event(EventRecord(project_id=project_id, text="stopped by request"))
-        return self.store.update_project(
-            project_id, status=ProjectStatus.STOPPED, phase=ProjectPhase.DONE, finished_at=time.time()
-        )
+        if current.status is ProjectStatus.STOPPING:
+            return current
+        stopping = self.store.update_project(project_id, status=ProjectStatus.STOPPING)
+
+        def stopped() -> None:  # as the lifecycle does: the run stops in the background
+            self.store.append_event(EventRecord(project_id=project_id, text="stopped by request"))
+            self.store.update_project(
+                project_id, status=ProjectStatus.STOPPED, phase=ProjectPhase.DONE, finished_at=time.time()
+            )
+
+        threading.Timer(0.2, stopped).start()
+        return stopping
 
     def tracking_url(self, customer: str) -> str:
         self._record_call("tracking_url", customer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,9 +52,17 @@ def lifecycle_settings(settings: ManagerSettings) -> LifecycleSettings:
         tracking_store=settings.tracking_store,
         configs_by_reference=frozenset(settings.configs_by_reference),
         config_url=settings.public_url + CONFIG_PATH,
+        mqtt_client_id=manager_client_id(settings.mongo_uri, settings.database),
+        quotas=settings.quotas,
         config_ca_file=Path(settings.tls_ca_file) if settings.tls_ca_file and settings.tls_cert_file else None,
         **{name: float(value) for name, value in settings.lifecycle.items()},  # type: ignore[arg-type]
     )
+
+
+def manager_client_id(mongo_uri: str, database: str) -> str:
+    """The manager's MQTT client id: the same for every manager process of one project store, so a
+    restarted manager resumes the broker session that kept its reports while it was away."""
+    return "flops-mgr-" + hashlib.sha256(f"{mongo_uri}\0{database}".encode()).hexdigest()[:12]
 
 
 def build_lifecycle(settings: ManagerSettings, store: ProjectStore) -> LifecycleService:

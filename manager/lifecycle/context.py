@@ -11,6 +11,7 @@ from manager.broker_access import ProjectCredentialsMode
 from manager.lifecycle.data_access import DataAccess
 from manager.lifecycle.tracking_access import TrackingAccess
 from manager.lifecycle.tracking_pki import TrackingPki
+from manager.quotas import QuotaSettings
 from manager.repo_policy import RepoAccessRules
 from manager.secret_box import KEY_FILE_NAME, SecretBox
 from manager.tracking_store import TrackingStore
@@ -41,6 +42,10 @@ class LifecycleSettings:
     configs_by_reference: frozenset[str] = frozenset()
     config_url: str | None = None
     config_ca_file: Path | None = None  # the CA that signed the manager's certificate (config_url is https)
+    # The manager's MQTT client id. Set: a persistent broker session under that id, so reports sent while
+    # the manager is down wait on the broker for the next manager process. None: a fresh session per process.
+    mqtt_client_id: str | None = None
+    quotas: QuotaSettings = field(default_factory=QuotaSettings)
     tracking_timeout_s: float = 240.0
     build_timeout_s: float = 1800.0
     training_timeout_s: float = 3600.0

@@ -7,7 +7,9 @@ a one-line reason on the project.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -146,6 +148,8 @@ class ProjectRun:
         self.phase_started: dict[str, float] = {}
         self.progress = Progress()
         self.clock: TrainingClock | None = None
+        self._ending = False  # the run is settling its outcome: a stop request comes too late
+        self._ending_lock = threading.Lock()
 
     # -- the run -----------------------------------------------------------------
     def run(self) -> None:
@@ -178,9 +182,22 @@ class ProjectRun:
         self._await_training(top, watched)
         self._enter(ProjectPhase.POST_TRAINING, self._post_training)
 
+    def request_stop(self) -> bool:
+        """Ask the run to stop (from another thread): it shows STOPPING at once and undeploys its
+        services in its own thread. False when it is already ending with an outcome of its own."""
+        with self._ending_lock:
+            if self._ending:
+                return False
+            if not self.inbox.stop_requested.is_set():
+                self.inbox.stop_requested.set()
+                self._update(status=ProjectStatus.STOPPING)
+            return True
+
     def _execute(self, body: Callable[[], None]) -> None:
         status, error = ProjectStatus.COMPLETED, None
-        self._update(status=ProjectStatus.RUNNING)
+        with self._ending_lock:
+            if not self.inbox.stop_requested.is_set():
+                self._update(status=ProjectStatus.RUNNING)
         try:
             body()
         except StopRequested:
@@ -224,6 +241,10 @@ class ProjectRun:
         self._update(phase=phase, phase_started=dict(self.phase_started), **fields)
 
     def _finish(self, status: ProjectStatus, error: str | None) -> None:
+        with self._ending_lock:
+            self._ending = True
+            if self.inbox.stop_requested.is_set() and status is ProjectStatus.COMPLETED:
+                status = ProjectStatus.STOPPED  # asked to stop while it finished: the caller saw STOPPING
         self._set_phase(ProjectPhase.CLEANUP)
         keep_serving = status is ProjectStatus.COMPLETED and "serving" in self.state.services
         try:
@@ -272,12 +293,16 @@ class ProjectRun:
             port=endpoint.port,
             log_file=str(self._work_dir("observer") / "events.log"),
             access_token_sha256=self.deps.settings.tracking_access.digests(self.customer),
+            # HTTPS from the same CA as the customer's MLflow server (mlflow_tls): tokens never cross in clear.
+            tls=pki.issue(endpoint.host, "observer") if (pki := self.deps.settings.tracking_pki) else None,
+            tls_dir=str(self._work_dir("observer") / "tls"),
         )
         spec = self._spec(name, ServiceKind.OBSERVER, config, ports=(OBSERVER_PORT,))
         self.state.observer = adapter.add_service(observatory.app, spec)
         self._update(services={**self.state.services, OBSERVER_KEY: self.state.observer})
         adapter.deploy_service(observatory.app, self.state.observer)
-        self._event(f"observer {name} deployed at {endpoint.url}")
+        url = endpoint.url if config.tls is None else "https://" + endpoint.url.split("://", 1)[-1]
+        self._event(f"observer {name} deployed at {url}")
 
     def _build(self) -> None:
         sla, settings = self.sla, self.deps.settings
@@ -769,7 +794,10 @@ class ProjectRun:
             level = "warning"
         elif isinstance(message, EventLine):
             level = message.level
-        self._event(describe(message), source=message.sender, level=level)
+        # The event id is the message's digest: a report the broker delivers twice (QoS 1 after a manager
+        # restart, a retained result heard again) is stored once.
+        event_id = hashlib.sha256(message.topic().encode() + b"\0" + message.to_payload()).hexdigest()[:32]
+        self._event(describe(message), source=message.sender, level=level, event_id=event_id)
 
     # -- cleanup -------------------------------------------------------------------
     def _cleanup(self, keep_serving: bool) -> None:
@@ -918,8 +946,9 @@ class ProjectRun:
     def _update(self, **fields: object) -> None:
         self.writer.update(updated_at=time.time(), **fields)
 
-    def _event(self, text: str, *, source: str = "manager", level: str = "info") -> None:
-        self.writer.event(EventRecord(project_id=self.project_id, source=source, level=level, text=text))
+    def _event(self, text: str, *, source: str = "manager", level: str = "info", event_id: str | None = None) -> None:
+        event = EventRecord(project_id=self.project_id, source=source, level=level, text=text)
+        self.writer.event(event.model_copy(update={"event_id": event_id}) if event_id else event)
 
 
 def _one_line(error: BaseException) -> str:

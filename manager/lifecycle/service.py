@@ -28,6 +28,7 @@ from manager.lifecycle.inventory import node_inventory, write_token_for
 from manager.lifecycle.observatory import ObservatoryKeeper, observatory_name
 from manager.lifecycle.project_run import OBSERVER_KEY, ProjectRun, RunDeps, project_app_name
 from manager.lifecycle.project_secrets import seal_project_secrets, with_project_secrets
+from manager.quotas import QuotaExceeded, check_active_projects, check_observatories
 from manager.records import EventRecord, ProjectPhase, ProjectRecord, ProjectStatus
 from manager.secret_box import SecretUnreadable
 from manager.sla import ProjectSLA
@@ -49,14 +50,17 @@ class LifecycleService:
     def __init__(self, settings: LifecycleSettings, store: ProjectStore) -> None:
         self.settings = settings
         self.store = store
-        self.link = MqttLink(settings.mqtt, client_id=f"flops-manager-{uuid.uuid4().hex[:8]}")
+        client_id = settings.mqtt_client_id or f"flops-manager-{uuid.uuid4().hex[:8]}"
+        self.link = MqttLink(settings.mqtt, client_id=client_id, persistent_session=settings.mqtt_client_id is not None)
         self.observatories = ObservatoryKeeper(settings, store)
         self.broker = ResolvingAccess(settings.mqtt, settings.mqtt_project_credentials)
         self._adapters: dict[str, OrchestratorAdapter] = {}
         self._adapter_lock = threading.Lock()
         self._inboxes: dict[str, ProjectInbox] = {}
         self._threads: dict[str, threading.Thread] = {}
+        self._runs: dict[str, ProjectRun] = {}
         self._lock = threading.Lock()
+        self._admission = threading.Lock()  # quota checks and the insert they allow, one request at a time
         self._closing = threading.Event()
 
     # -- start / stop --------------------------------------------------------------
@@ -80,6 +84,9 @@ class LifecycleService:
             threading.Thread(target=self._start_default_adapter, name="adapter-start", daemon=True).start()
         if self.settings.cache_max_age_s > 0:
             threading.Thread(target=self._prune_cache_forever, name="cache-upkeep", daemon=True).start()
+        if self.settings.quotas.observatory_idle_s > 0:
+            threading.Thread(target=self._stop_idle_observatories_forever, name="observatory-idle",
+                             daemon=True).start()  # fmt: skip
 
     def _start_default_adapter(self) -> None:
         """Nodes' data servers run before any project (the local adapter starts them), so data can come first."""
@@ -145,16 +152,24 @@ class LifecycleService:
             orchestrator=orchestrator,
             sealed=sealed,
         )
-        self.store.insert_project(record)
+        with self._admission:
+            active = sum(1 for known in self.store.list_projects(customer) if not known.status.finished)
+            try:
+                check_active_projects(customer, active, self.settings.quotas)
+                check_observatories(customer, self.observatories.running_customers(), self.settings.quotas)
+            except QuotaExceeded as exceeded:
+                raise ControlError(f"{exceeded}; no project was created", status=exceeded.status) from None
+            self.store.insert_project(record)
         self._event(record.project_id, f"project created by {customer} on the {orchestrator} orchestrator")
         self._prepare(record, sla, adapter, resume=False).start()
         return record
 
     def _prepare(
-        self, record: ProjectRecord, sla: ProjectSLA, adapter: OrchestratorAdapter, resume: bool
+        self, record: ProjectRecord, sla: ProjectSLA, adapter: OrchestratorAdapter, resume: bool,
+        not_before: float | None = None,
     ) -> threading.Thread:
         """Register the project's inbox and return its (not yet started) run thread."""
-        inbox = ProjectInbox()
+        inbox = ProjectInbox(not_before=not_before)
         deps = RunDeps(self.settings, self.store, adapter, self.observatories, self.link.publish, self.broker,
                        self.link.clear_retained)
         run = ProjectRun(record, sla, deps, inbox)
@@ -165,6 +180,7 @@ class LifecycleService:
         with self._lock:
             self._inboxes[record.project_id] = inbox
             self._threads[record.project_id] = thread
+            self._runs[record.project_id] = run
         return thread
 
     def _run(self, project_id: str, body: Callable[[], None]) -> None:
@@ -174,17 +190,19 @@ class LifecycleService:
             with self._lock:
                 self._inboxes.pop(project_id, None)
                 self._threads.pop(project_id, None)
+                self._runs.pop(project_id, None)
 
     def stop_project(self, project_id: str) -> ProjectRecord:
+        """A running project answers STOPPING at once; its own run thread undeploys its services (so
+        projects stop in parallel) and ends STOPPED. A finished one gets its serving endpoint undeployed."""
         record = self._project(project_id)
         with self._lock:
-            inbox = self._inboxes.get(project_id)
-            thread = self._threads.get(project_id)
-        if inbox is not None and thread is not None:
-            self._event(project_id, "stop requested")
-            inbox.stop_requested.set()
-            thread.join(timeout=60)
-        elif record.apps.get("project"):
+            run = self._runs.get(project_id)
+        if run is not None:
+            if run.request_stop():
+                self._event(project_id, "stop requested")
+            return self._project(project_id)
+        if record.apps.get("project"):
             self._undeploy_leftovers(record)
             self._revoke_broker_access(project_id)
             self._revoke_data_tokens(record)
@@ -213,6 +231,11 @@ class LifecycleService:
     def tracking_url(self, customer: str) -> str:
         from manager.lifecycle.errors import PhaseFailed
 
+        try:
+            with self._admission:
+                check_observatories(customer, self.observatories.running_customers(), self.settings.quotas)
+        except QuotaExceeded as exceeded:
+            raise ControlError(str(exceeded), status=exceeded.status) from None
         try:
             return self.observatories.ensure(self.adapter(), customer).tracking_url
         except (PhaseFailed, AdapterError) as error:
@@ -257,6 +280,18 @@ class LifecycleService:
         return prune_build_cache(self.settings.cache_dir, self.store.list_projects(None), max_age_s=max_age_s,
                                  dry_run=request.dry_run)  # fmt: skip
 
+    def _stop_idle_observatories_forever(self) -> None:
+        """Stop observatories unused for ``quotas.observatory_idle_s`` whose customer runs no project."""
+        idle_s = self.settings.quotas.observatory_idle_s
+        while not self._closing.wait(max(1.0, min(60.0, idle_s / 4))):
+            try:
+                busy = {record.customer for record in self.store.list_projects(None) if not record.status.finished}
+                for customer in busy:
+                    self.observatories.touch(customer)  # idle time counts from a customer's last project
+                self.observatories.stop_idle(lambda name: self.adapter(name or None), busy, idle_s)
+            except Exception as error:  # the database or orchestrator may be away; try again next turn
+                log.warning("could not stop idle observatories: %s", error)
+
     def _prune_cache_forever(self) -> None:
         """Prune at start and then every ``cache_prune_interval_s``; a failure waits for the next turn."""
         while not self._closing.is_set():
@@ -268,9 +303,11 @@ class LifecycleService:
 
     def reset(self) -> None:
         with self._lock:
-            running = list(self._inboxes)
+            running = dict(self._threads)
         for project_id in running:
             self.stop_project(project_id)
+        for thread in running.values():
+            thread.join(timeout=120)
         for record in self.store.list_projects(None):
             self._undeploy_leftovers(record)
         for app in self.store.list_apps(kind=AppKind.OBSERVATORY.value):
@@ -329,7 +366,8 @@ class LifecycleService:
         if record.phase in RESTARTABLE_PHASES:
             self._undeploy_leftovers(record)
             self._event(record.project_id, "manager restarted: the project starts again from the beginning")
-            return self._prepare(record, sla, adapter, resume=False)
+            # What the undeployed services reported before (the broker may still deliver it) is not this run's.
+            return self._prepare(record, sla, adapter, resume=False, not_before=time.time())
         raise ControlError(f"phase {record.phase.value} cannot be resumed")
 
     def _undeploy_leftovers(self, record: ProjectRecord) -> None:

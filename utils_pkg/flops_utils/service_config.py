@@ -168,6 +168,8 @@ class ObserverConfig(_ServiceConfig):
     access_token_sha256: list[str] = Field(
         default_factory=list, description="SHA-256 digests of the tokens that may read /events; empty: anyone"
     )
+    tls: ServerCertificate | None = Field(default=None, description="serve HTTPS with this; None: plain HTTP")
+    tls_dir: str | None = Field(default=None, description="where the certificate files are written (private)")
 
 
 class DataServerConfig(_Config):
