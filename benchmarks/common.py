@@ -136,7 +136,7 @@ class Bench:
     def stop(self, project_id: str, timeout: float = 180) -> dict[str, Any]:
         """DELETE the project (its services are undeployed) and wait until it has finished."""
         answer = self.stack.api("DELETE", f"/api/flops/projects/{project_id}")
-        if answer.status_code != 200:
+        if answer.status_code not in (200, 202):  # 202: it stops in the background
             raise BenchmarkError(f"cannot stop project {project_id}: {answer.status_code} {answer.text[:300]}")
         return self.stack.wait(project_id, timeout)
 
@@ -156,10 +156,11 @@ def _interrupt_on_sigterm(signum: int, _frame: FrameType | None) -> None:
 
 
 @contextmanager
-def running_stack(work_dir: Path | None = None) -> Iterator[Bench]:
+def running_stack(work_dir: Path | None = None, manager_overrides: dict[str, Any] | None = None) -> Iterator[Bench]:
     """Suite + manager (local orchestrator, fresh cache) + recorder; everything is stopped afterwards.
 
-    ``work_dir`` keeps state, logs and caches there (it is removed only when it was a temporary one).
+    ``work_dir`` keeps state, logs and caches there (it is removed only when it was a temporary one);
+    ``manager_overrides`` replace top-level fields of the manager's config.
     """
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     root = work_dir or Path(tempfile.mkdtemp(prefix="flops-bench-"))
@@ -170,7 +171,8 @@ def running_stack(work_dir: Path | None = None) -> Iterator[Bench]:
         suite = start_suite(suite_dir)
         port = free_port()
         config_path, log_path = root / "manager.json", root / "manager.log"
-        config_path.write_text(json.dumps(manager_config(suite, state_dir, cache_dir, port)))
+        config_path.write_text(json.dumps({**manager_config(suite, state_dir, cache_dir, port),
+                                           **(manager_overrides or {})}))
         stack = FlopsStack(f"http://127.0.0.1:{port}", state_dir, start_manager(config_path, log_path),
                            log_path, config_path)  # fmt: skip
         try:

@@ -31,8 +31,11 @@ class WaitressServer:
     scheme = "http"
 
     def __init__(self, app: Any, settings: ManagerSettings) -> None:
+        # waitress' default connection_limit (100) locks out every client past the 100th while the others
+        # keep their connections alive: their requests wait unanswered for as long as those stay open.
         self._server = create_server(app, host=settings.host, port=settings.port, threads=settings.threads,
-                                     ident="flops-manager")  # fmt: skip
+                                     connection_limit=settings.max_connections,
+                                     backlog=max(1024, settings.max_connections), ident="flops-manager")  # fmt: skip
         self.port = int(self._server.effective_port)  # type: ignore[union-attr]
 
     def run(self) -> None:

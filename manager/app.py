@@ -61,6 +61,8 @@ def serve(settings: ManagerSettings, auth: TokenAuth) -> int:
                     "anyone who can reach it; turn it on outside development")
     if not settings.mlflow_tls:
         log.warning("mlflow_tls is off: tokens, runs and models cross the network to MLflow in clear")
+    if not settings.data_auth:
+        log.warning("data_auth is off: data servers take reads, writes and deletes from anyone, unencrypted")
     if not settings.flower_tls:
         log.warning("flower_tls is off: models and updates cross Flower links unencrypted and unauthenticated")
     lifecycle.start()

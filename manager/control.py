@@ -6,6 +6,8 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from flops_utils.service_config import DataServerSecurity
+from manager.data_models import DataToken, NodeList
 from manager.records import ProjectRecord
 from manager.sla import ProjectSLA
 
@@ -77,6 +79,18 @@ class ProjectControl(Protocol):
         ...
 
     def push_mock_data(self, request: MockRequest) -> MockResult: ...
+
+    def list_nodes(self, customer: str) -> NodeList:
+        """Nodes, their data servers and ``customer``'s tags on each."""
+        ...
+
+    def data_write_token(self, customer: str, node: str) -> DataToken:
+        """A token that writes into ``customer``'s namespace on ``node``'s data server; ControlError 404 otherwise."""
+        ...
+
+    def data_server_security(self) -> DataServerSecurity | None:
+        """Certificate, key, CA and token key for data servers FLOps does not start (None: data_auth off)."""
+        ...
 
     def service_config(self, config_id: str, token: str) -> str:
         """A service's configuration document (JSON) kept by reference; ControlError 401/404 otherwise."""

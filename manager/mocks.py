@@ -3,8 +3,9 @@
 Offline only: the dataset is scikit-learn's ``load_digits`` (1,797 8x8 images, 10
 classes), features scaled to [0, 1]. Partitions are IID (a shuffled even split) or
 non-IID (for each label, proportions drawn from Dirichlet(alpha): small alpha gives
-nodes few labels each). Pushing replaces what the target nodes held under the tag, so
-running the provider twice does not double the data.
+nodes few labels each). Pushing replaces what the target nodes held under the tag in
+the customer's namespace (nobody else's), so running the provider twice does not double
+the data.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import functools
 
 import numpy as np
 
-from flops_utils.data_client import DataServerClient, DataServerError, DataServerUnavailable, from_numpy
+from flops_utils.data_client import DataServerError, DataServerUnavailable, from_numpy
 from manager.control import ControlError, MockDataConfiguration, MockResult
+from manager.lifecycle.data_nodes import DataServers
 from orchestrator_adapters.base import NodeInfo
 
 DATASETS = ("digits",)
@@ -99,13 +101,15 @@ def _targets(nodes: list[NodeInfo], config: MockDataConfiguration) -> list[NodeI
     return learners[:wanted]
 
 
-def push_mock_data(nodes: list[NodeInfo], config: MockDataConfiguration) -> MockResult:
-    """Split the dataset and store one partition under ``config.data_tag`` on each target node.
+def push_mock_data(nodes: list[NodeInfo], config: MockDataConfiguration, customer: str,
+                   servers: DataServers) -> MockResult:
+    """Split the dataset and store one partition under ``config.data_tag`` in ``customer``'s namespace on each
+    target node.
 
     Every target is checked first, so an unreachable node leaves the others untouched.
     """
     targets = _targets(nodes, config)
-    clients = {node.name: DataServerClient(str(node.data_server)) for node in targets}
+    clients = {node.name: servers.writer(node, customer) for node in targets}
     unreachable = []
     for node in targets:
         try:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 class ProjectStatus(StrEnum):
     PENDING = "PENDING"
     RUNNING = "RUNNING"
+    STOPPING = "STOPPING"  # a stop was asked for; the run is undeploying its services
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     STOPPED = "STOPPED"

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from flops_utils.service_config import MqttSettings, RegistrySettings
 from manager.broker_access import ProjectCredentialsMode
+from manager.quotas import QuotaSettings
 from manager.tracking_store import TrackingStore
 
 CONFIG_PATH_ENV = "FLOPS_MANAGER_CONFIG"
@@ -101,6 +102,11 @@ class ManagerSettings(BaseModel):
         default=True,
         description="Flower links (learner -> aggregator, cluster -> root) speak TLS with a CA per project; "
         "false: plain HTTP (development only; the manager warns)")
+    data_auth: bool = Field(
+        default=True,
+        description="data servers speak TLS (the manager's CA) and answer only calls with a data token the manager "
+        "signed, each customer in its own namespace; false: open data servers sharing one namespace (development "
+        "only; the manager warns)")
     mongo_uri: str = "mongodb://127.0.0.1:27017"
     database: str = Field(default="flops", pattern=r"^[A-Za-z0-9_-]{1,63}$")
     db_timeout_s: float = Field(default=5.0, gt=0, description="how long a database call waits for the server")
@@ -123,6 +129,8 @@ class ManagerSettings(BaseModel):
     repo_base_dir: Path | None = Field(default=None, description="relative ml_repo_url paths resolve here; "
                                        "customers' local paths must lie under it (or repo_access.local_roots)")
     repo_access: RepoAccessSettings = Field(default_factory=RepoAccessSettings)
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings,
+                                  description="per-customer limits and when idle observatories stop")
     lifecycle: dict[str, float] = Field(
         default_factory=dict, description="overrides of lifecycle timeouts by name, e.g. build_timeout_s"
     )
@@ -131,7 +139,10 @@ class ManagerSettings(BaseModel):
     tls_key_file: Path | None = Field(default=None, description="the certificate's private key (PEM)")
     tls_ca_file: Path | None = Field(default=None, description="the CA that signed tls_cert_file; the CLI and the "
                                      "suite verify the API with it when they read this config")
-    threads: int = Field(default=8, ge=1, le=64, description="API worker threads")
+    threads: int = Field(default=16, ge=1, le=64, description="API worker threads")
+    max_connections: int = Field(
+        default=1000, ge=1, le=100000,
+        description="open client connections the API keeps (keep-alive ones included); more wait to be accepted")
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: str = "INFO"
 

@@ -29,6 +29,7 @@ import json
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,7 @@ class ContainerAdapter(OrchestratorAdapter):
         self.nodes_host = LocalAdapter(LocalAdapterSettings(
             state_dir=str(self.state_dir / "nodes"), nodes_file=settings.nodes_file, python=settings.python,
             host=settings.host, data_server_timeout_s=settings.data_server_timeout_s,
+            data_security=settings.data_security,
         ))
 
     # -- lifecycle of the adapter ----------------------------------------------------------
@@ -220,8 +222,11 @@ class ContainerAdapter(OrchestratorAdapter):
         record = self.state.read().apps.get(app.app_id)
         if record is None:
             return
-        for service_id in list(record.services):
-            self.undeploy_service(app, service_id)
+        # Every service at once: each container gets its stop grace period in parallel, not one after another.
+        services = list(record.services)
+        if services:
+            with ThreadPoolExecutor(max_workers=min(8, len(services)), thread_name_prefix="stop") as pool:
+                list(pool.map(lambda service_id: self.undeploy_service(app, service_id), services))
         for container in self._containers({LABEL_APP: app.app_id}):
             self._remove(container)
         self.nodes_host.delete_app(app)

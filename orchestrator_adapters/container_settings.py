@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from flops_utils.service_config import RegistrySettings
+from flops_utils.service_config import DataServerSecurity, RegistrySettings
 
 
 class ContainerSettings(BaseModel):
@@ -34,3 +34,5 @@ class ContainerSettings(BaseModel):
     containers_dir: str | None = Field(default=None, description="FLOps container storage root (own API service)")
     python: str = Field(default=sys.executable, description="interpreter that runs the nodes' data servers")
     data_server_timeout_s: float = Field(default=60.0, gt=0)
+    data_security: DataServerSecurity | None = Field(
+        default=None, description="TLS and token key of the node data servers (the manager sets it)")

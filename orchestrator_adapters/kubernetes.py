@@ -18,7 +18,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from flops_utils.service_config import DataServerConfig
+from flops_utils.service_config import DataServerConfig, ServerCertificate
 from orchestrator_adapters import k8s_names as names
 from orchestrator_adapters import k8s_objects as objects
 from orchestrator_adapters import k8s_status as status
@@ -133,7 +133,13 @@ class KubernetesAdapter(OrchestratorAdapter):
             return
         app = self.create_app(DATA_SERVERS_APP, AppKind.OBSERVATORY, DATA_SERVERS_CUSTOMER)
         port = self.settings.data_server_port
-        config = DataServerConfig(node="kubernetes-daemonset", host="0.0.0.0", port=port, storage_dir="/data")
+        security = self.settings.data_security
+        config = DataServerConfig(
+            node="kubernetes-daemonset", node_from_env="FLOPS_NODE_NAME", host="0.0.0.0", port=port,
+            storage_dir="/data",
+            tls=ServerCertificate(cert_pem=security.cert_pem, key_pem=security.key_pem) if security else None,
+            token_public_key_pem=security.token_public_key_pem if security else None,
+        )
         spec = ServiceSpec(
             name="data-server",
             kind=ServiceKind.DATA_SERVER,

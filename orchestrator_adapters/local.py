@@ -7,6 +7,11 @@ in their environment; their output goes to ``<state_dir>/apps/<app>/<service>-<i
 A crashed service is reported FAILED with its exit code and last log line even if it
 never published anything. Everything is remembered in ``<state_dir>/state.json``, so a
 restarted manager still inspects and stops what an earlier one started.
+
+Stopping a service ends every process it started: its process group, the processes
+below it that left the group, and, through the owner marker every process inherits
+(``FLOPS_OWNER``), those that were re-parented to PID 1 (e.g. Flower's
+``flwr-serverapp``); deleting an app also ends whatever still works in its folder.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from flops_utils.data_client import DataServerClient, DataServerError
-from flops_utils.service_config import CONFIG_ENV, DataServerConfig
+from flops_utils.service_config import CONFIG_ENV, DataServerConfig, DataServerSecurity, ServerCertificate
 from orchestrator_adapters.base import (
     AdapterError,
     AppKind,
@@ -44,6 +49,7 @@ from orchestrator_adapters.base import (
 )
 from orchestrator_adapters.local_nodes import NAME_PATTERN, LocalNode, load_nodes
 from orchestrator_adapters.local_process import (
+    OWNER_ENV,
     descendant_pids,
     describe_exit,
     free_port,
@@ -88,6 +94,9 @@ class LocalAdapterSettings(BaseModel):
     stop_grace_s: float = Field(default=5.0, ge=0, description="SIGTERM to SIGKILL")
     data_server_timeout_s: float = Field(default=60.0, gt=0)
     data_server_max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    data_security: DataServerSecurity | None = Field(
+        default=None, description="TLS certificate and token key of the data servers (the manager sets it); "
+        "None: open data servers (development only)")
 
 
 def _slug(text: str) -> str:
@@ -113,6 +122,12 @@ class LocalAdapter(OrchestratorAdapter):
         self._nodes: list[LocalNode] | None = None
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # pid -> processes this object started
         self._children_lock = threading.Lock()
+        # Owner markers start with this adapter's own key: another adapter's app of the same name is not ours.
+        self._owner_key = hashlib.sha256(os.path.abspath(self.state_dir).encode()).hexdigest()[:12]
+
+    def _owner(self, *parts: str) -> str:
+        """The owner-marker prefix of an app, a service or one instance (see ``OWNER_ENV``)."""
+        return "/".join((self._owner_key, *parts, ""))
 
     # -- nodes and data servers -------------------------------------------------------
     def nodes(self) -> list[LocalNode]:
@@ -140,10 +155,11 @@ class LocalAdapter(OrchestratorAdapter):
         if record is None or not process_alive(record.pid, record.start_ticks):
             return False
         try:
-            DataServerClient(record.address).ping(timeout=10.0)
+            self._data_client(record.address).ping(timeout=10.0)
         except DataServerError:
             log.warning("data server of %s (pid %d) does not answer; replacing it", node, record.pid)
-            stop_groups([(record.pid, record.start_ticks)], self.settings.stop_grace_s)
+            stop_groups([(record.pid, record.start_ticks)], self.settings.stop_grace_s,
+                        owners=[self._owner("data-server", node)])
             return False
         log.info("reusing the data server of %s at %s (pid %d)", node, record.address, record.pid)
         return True
@@ -152,7 +168,8 @@ class LocalAdapter(OrchestratorAdapter):
         node_dir = self.state_dir / "nodes" / node.name
         earlier = self.state.read().data_servers.get(node.name)
         if earlier is not None:  # what is left of its process group must not hold the port or the storage
-            stop_groups([(earlier.pid, earlier.start_ticks)], self.settings.stop_grace_s)
+            stop_groups([(earlier.pid, earlier.start_ticks)], self.settings.stop_grace_s,
+                        owners=[self._owner("data-server", node.name)])
         with self.state.update() as state:
             previous = state.data_servers.get(node.name)
             used = state.used_ports()
@@ -160,10 +177,15 @@ class LocalAdapter(OrchestratorAdapter):
                 port = previous.port  # keep the node's address stable across restarts
             else:
                 port = free_port(self.settings.host, used)
-            config = DataServerConfig(node=node.name, host=self.settings.host, port=port,
-                                      storage_dir=str(node_dir / "data"),
-                                      max_upload_bytes=self.settings.data_server_max_upload_bytes)
-            env = {**os.environ, CONFIG_ENV: config.model_dump_json(), "PYTHONUNBUFFERED": "1"}
+            security = self.settings.data_security
+            config = DataServerConfig(
+                node=node.name, host=self.settings.host, port=port, storage_dir=str(node_dir / "data"),
+                max_upload_bytes=self.settings.data_server_max_upload_bytes,
+                tls=ServerCertificate(cert_pem=security.cert_pem, key_pem=security.key_pem) if security else None,
+                token_public_key_pem=security.token_public_key_pem if security else None,
+            )
+            env = {**os.environ, CONFIG_ENV: config.model_dump_json(), "PYTHONUNBUFFERED": "1",
+                   OWNER_ENV: self._owner("data-server", node.name)}
             log_file, exit_file = node_dir / "data-server.log", node_dir / f"data-server-{time.time_ns()}.exit"
             if previous is not None:
                 Path(previous.exit_file).unlink(missing_ok=True)
@@ -175,6 +197,10 @@ class LocalAdapter(OrchestratorAdapter):
             state.data_servers[node.name] = record
         log.info("started the data server of %s at %s (pid %d)", node.name, record.address, record.pid)
         return record
+
+    def _data_client(self, address: str) -> DataServerClient:
+        security = self.settings.data_security
+        return DataServerClient(address, ca_pem=security.ca_pem if security else None)
 
     def _port_frees(self, port: int, timeout: float = 5.0) -> bool:
         """Whether ``port`` is (or within ``timeout`` becomes) free: a killed server's socket may linger briefly."""
@@ -192,7 +218,7 @@ class LocalAdapter(OrchestratorAdapter):
         while waiting:
             for node, record in list(waiting.items()):
                 try:
-                    DataServerClient(record.address).ping(timeout=1.0)
+                    self._data_client(record.address).ping(timeout=1.0)
                     del waiting[node]
                     continue
                 except DataServerError:
@@ -204,7 +230,8 @@ class LocalAdapter(OrchestratorAdapter):
             if waiting and time.monotonic() > deadline:
                 for node, record in waiting.items():
                     failed[node] = f"no answer at {record.address} within {self.settings.data_server_timeout_s:g}s"
-                    stop_groups([(record.pid, record.start_ticks)], self.settings.stop_grace_s)
+                    stop_groups([(record.pid, record.start_ticks)], self.settings.stop_grace_s,
+                                owners=[self._owner("data-server", node)])
                 break
             if waiting:
                 time.sleep(0.1)
@@ -237,8 +264,18 @@ class LocalAdapter(OrchestratorAdapter):
         record = self.state.read().apps.get(app.app_id)
         if record is None:
             return
-        for service_id in list(record.services):
-            self.undeploy_service(app, service_id)
+        targets: list[tuple[int, int | None]] = []
+        with self.state.update() as state:
+            app_record = state.apps.get(app.app_id)
+            for service in app_record.services.values() if app_record else []:
+                for instance in service.instances:
+                    if self._alive(instance.pid, instance.start_ticks):
+                        instance.stop_requested = True
+                        targets.append((instance.pid, instance.start_ticks))
+        # Every service at once (one grace period, not one per service), with whatever is left of the app:
+        # its services' children and processes working in its folder.
+        stop_groups(targets, self.settings.stop_grace_s, owners=[self._owner(app.app_id)],
+                    folders=[self.state_dir / "apps" / app.app_id])
         with self.state.update() as state:
             state.apps.pop(app.app_id, None)
             prefix = f"{app.app_id}/"
@@ -301,8 +338,9 @@ class LocalAdapter(OrchestratorAdapter):
                                                     instances=previous.instances if previous else [])
         return spec.name
 
-    def _environment(self, spec: ServiceSpec, index: int) -> dict[str, str]:
+    def _environment(self, app: AppRef, spec: ServiceSpec, index: int) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.environment}
+        env[OWNER_ENV] = self._owner(app.app_id, spec.name, str(index))
         env[CONFIG_ENV] = json.dumps(spec.config)
         env["FLOPS_INSTANCE_INDEX"] = str(index)
         env.pop("FLOPS_CONFIG_FILE", None)
@@ -347,6 +385,7 @@ class LocalAdapter(OrchestratorAdapter):
             raise AdapterError(f"cannot deploy {service_id!r} with {instances} instances; use undeploy to stop it")
         app_dir = self.state_dir / "apps" / app.app_id
         surplus: list[tuple[int, int | None]] = []
+        surplus_owners: list[str] = []
         with self.state.update() as state:
             record = self._service_record(state, app, service_id)
             spec = record.service_spec()
@@ -366,18 +405,19 @@ class LocalAdapter(OrchestratorAdapter):
                     Path(current.exit_file).unlink(missing_ok=True)
                 log_file = app_dir / f"{service_id}-{index}.log"
                 exit_file = app_dir / f"{service_id}-{index}-{time.time_ns()}.exit"
-                process = self._spawn(list(spec.command), env=self._environment(spec, index), cwd=cwd,
+                process = self._spawn(list(spec.command), env=self._environment(app, spec, index), cwd=cwd,
                                       log_file=str(log_file), exit_file=str(exit_file), memory_limit_mb=memory)
                 kept.append(InstanceRecord(index=index, node=self._node_for(spec.placement), pid=process.pid,
                                            start_ticks=start_ticks(process.pid), log_file=str(log_file),
                                            exit_file=str(exit_file), started_at=time.time()))
                 log.info("started %s/%s-%d (pid %d)", app.app_id, service_id, index, process.pid)
+            surplus_owners = [self._owner(app.app_id, service_id, str(extra.index)) for extra in by_index.values()]
             for extra in by_index.values():
                 if self._alive(extra.pid, extra.start_ticks):
                     surplus.append((extra.pid, extra.start_ticks))
             record.instances = kept
-        if surplus:
-            stop_groups(surplus, self.settings.stop_grace_s)
+        if surplus_owners:
+            stop_groups(surplus, self.settings.stop_grace_s, owners=surplus_owners)
 
     def undeploy_service(self, app: AppRef, service_id: str) -> None:
         targets: list[tuple[int, int | None]] = []
@@ -390,7 +430,8 @@ class LocalAdapter(OrchestratorAdapter):
                     targets.append((instance.pid, instance.start_ticks))
         if targets:
             log.info("stopping %s/%s (pids %s)", app.app_id, service_id, [pid for pid, _ in targets])
-            stop_groups(targets, self.settings.stop_grace_s)
+        # Also when every instance has ended: what they started may still run on its own.
+        stop_groups(targets, self.settings.stop_grace_s, owners=[self._owner(app.app_id, service_id)])
 
     def _instance_info(self, service_id: str, instance: InstanceRecord, spec: ServiceSpec) -> InstanceInfo:
         instance_id = f"{service_id}-{instance.index}"
@@ -469,4 +510,4 @@ class LocalAdapter(OrchestratorAdapter):
                     for instance in service.instances:
                         if self._alive(instance.pid, instance.start_ticks):
                             instance.stop_requested = True
-        stop_groups(targets, self.settings.stop_grace_s)
+        stop_groups(targets, self.settings.stop_grace_s, owners=[self._owner()])

@@ -23,6 +23,7 @@ from pathlib import Path
 # leaves no file; the watcher thread writes one then.
 _WRAPPER = 'rm -f "$0"; {limit}"$@"; code=$?; printf "%s\\n" "$code" > "$0.tmp" && mv -f "$0.tmp" "$0"; exit "$code"'
 _TAIL_BYTES = 16384
+OWNER_ENV = "FLOPS_OWNER"  # "<app id>/<service id>/<index>" of what the local adapter started; inherited
 
 
 def free_port(host: str = "127.0.0.1", exclude: Iterable[int] = ()) -> int:
@@ -207,21 +208,90 @@ def group_alive(pgid: int) -> bool:
     return any(len(fields) > 2 and fields[2] == str(pgid) and not _ended(fields) for _pid, fields in _every_stat())
 
 
-def stop_groups(processes: list[tuple[int, int | None]], grace_s: float) -> None:
+def owned_processes(owner_prefixes: Iterable[str]) -> list[tuple[int, int | None]]:
+    """(pid, start ticks) of live processes whose ``FLOPS_OWNER`` starts with one of ``owner_prefixes``.
+
+    Every process the local adapter starts carries its owner in its environment, and its
+    children inherit it: this finds them after they moved to another session or were
+    re-parented to PID 1, where neither the process group nor the tree reaches them.
+    """
+    needles = [f"{OWNER_ENV}={prefix}".encode() for prefix in owner_prefixes]
+    if not needles:
+        return []
+    found = []
+    for pid, fields in _every_stat():
+        if pid == os.getpid() or _ended(fields):
+            continue
+        try:
+            environment = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if any(entry.startswith(needle) for entry in environment.split(b"\0") for needle in needles):
+            found.append((pid, int(fields[19]) if len(fields) > 19 else None))
+    return found
+
+
+def processes_in(folders: Iterable[Path]) -> list[tuple[int, int | None]]:
+    """(pid, start ticks) of live processes whose working directory is inside one of ``folders``."""
+    roots = [Path(folder).resolve() for folder in folders]
+    if not roots:
+        return []
+    found = []
+    for pid, fields in _every_stat():
+        if pid == os.getpid() or _ended(fields):
+            continue
+        try:
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        except OSError:
+            continue
+        if any(cwd == root or root in cwd.parents for root in roots):
+            found.append((pid, int(fields[19]) if len(fields) > 19 else None))
+    return found
+
+
+def _signal_processes(processes: Iterable[tuple[int, int | None]], signum: int) -> None:
+    for pid, ticks in processes:
+        if process_alive(pid, ticks):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+
+
+def stop_groups(
+    processes: list[tuple[int, int | None]],
+    grace_s: float,
+    owners: Iterable[str] = (),
+    folders: Iterable[Path] = (),
+) -> None:
     """TERM each (pid, start ticks) process group, KILL what is left of it after ``grace_s``.
 
     Waits for the whole group, not just its leader, so a service that shuts down
-    gracefully gets its grace time even after the wrapper shell is gone, and children a
-    service left behind do not outlive it.
+    gracefully gets its grace time even after the wrapper shell is gone. Processes below
+    a leader that left its group, processes carrying one of ``owners`` (see
+    :func:`owned_processes`) and processes working inside ``folders`` get the same
+    treatment, so nothing a service started outlives it.
     """
+    owners, folders = list(owners), list(folders)
     targets = [pid for pid, ticks in processes if process_alive(pid, ticks) or group_alive(pid)]
+
+    def loose() -> set[tuple[int, int | None]]:
+        below = [(child, start_ticks(child)) for pid in targets for child in descendant_pids(pid)]
+        return {*below, *owned_processes(owners), *processes_in(folders)}
+
+    stragglers = loose()
     for pid in targets:
         signal_group(pid, signal.SIGTERM)
+    _signal_processes(stragglers, signal.SIGTERM)
+
+    def anything_alive() -> bool:
+        return any(group_alive(pid) for pid in targets) or any(process_alive(*p) for p in stragglers)
+
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(group_alive(pid) for pid in targets):
+    while time.monotonic() < deadline and anything_alive():
         time.sleep(0.1)
+    stragglers |= loose()  # what was started meanwhile
     for pid in targets:
         signal_group(pid, signal.SIGKILL)
+    _signal_processes(stragglers, signal.SIGKILL)
     deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and any(group_alive(pid) for pid in targets):
+    while time.monotonic() < deadline and anything_alive():
         time.sleep(0.05)

@@ -22,10 +22,11 @@ from typing import Any
 from waitress import create_server, wasyncore
 
 from flops_utils.mqtt_catalogue import TrainingProgress
-from flops_utils.service_config import MqttSettings
+from flops_utils.service_config import DataServerSecurity, MqttSettings
 from manager.api import TokenAuth, create_api
 from manager.config_vault import ConfigRefused, ConfigVault
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult
+from manager.data_models import DataToken, NodeList, NodeView, TagInfo
 from manager.lifecycle.round_log import round_record
 from manager.lifecycle.training_clock import TrainingClock
 from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, ProjectStatus
@@ -114,10 +115,18 @@ class RecordingControl:
             raise ControlError(f"no project {project_id}", 404)
         if current.status.finished:
             raise ControlError(f"project {project_id} is already {current.status.value}", 409)
-        self.store.append_event(EventRecord(project_id=project_id, text="stopped by request"))
-        return self.store.update_project(
-            project_id, status=ProjectStatus.STOPPED, phase=ProjectPhase.DONE, finished_at=time.time()
-        )
+        if current.status is ProjectStatus.STOPPING:
+            return current
+        stopping = self.store.update_project(project_id, status=ProjectStatus.STOPPING)
+
+        def stopped() -> None:  # as the lifecycle does: the run stops in the background
+            self.store.append_event(EventRecord(project_id=project_id, text="stopped by request"))
+            self.store.update_project(
+                project_id, status=ProjectStatus.STOPPED, phase=ProjectPhase.DONE, finished_at=time.time()
+            )
+
+        threading.Timer(0.2, stopped).start()
+        return stopping
 
     def tracking_url(self, customer: str) -> str:
         self._record_call("tracking_url", customer)
@@ -131,6 +140,21 @@ class RecordingControl:
         configuration = request.mock_data_configuration
         partitions = {f"node-{index}": 100 + index for index in range(configuration.number_of_partitions)}
         return MockResult(data_tag=configuration.data_tag, partitions=partitions)
+
+    def list_nodes(self, customer: str) -> NodeList:
+        self._record_call("list_nodes", customer)
+        tags = [TagInfo(tag=f"{customer}-tag", rows=10, width=4)]
+        node = NodeView(name="node-0", learner=True, data_server="127.0.0.1:9400", reachable=True, tags=tags)
+        return NodeList(customer=customer, data_tls=True, ca_pem="PEM", nodes=[node])
+
+    def data_write_token(self, customer: str, node: str) -> DataToken:
+        self._record_call("data_write_token", (customer, node))
+        if node != "node-0":
+            raise ControlError(f"no learner node with a data server named {node!r}; such nodes: node-0", 404)
+        return DataToken(customer=customer, node=node, data_server="127.0.0.1:9400", token=f"fd1.{customer}")
+
+    def data_server_security(self) -> DataServerSecurity | None:
+        return DataServerSecurity(ca_pem="CA", cert_pem="CERT", key_pem="KEY", token_public_key_pem="PUB")
 
     def service_config(self, config_id: str, token: str) -> str:
         try:

@@ -3,6 +3,7 @@
 Fixtures: ``suite`` (SuiteEndpoints), ``mqtt_settings`` (MqttSettings), ``mongo_uri`` (str),
 ``mongo_db_name`` (a fresh database name per test, dropped afterwards). Tests that need
 their own suite (e.g. with a registry) call ``manager.suite.start_suite`` on a tmp dir.
+The session fails when a process it started outlives it (``tests/leak_check.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 
 from flops_utils.service_config import MqttSettings
 from manager.suite import SuiteEndpoints, SuiteError, start_suite, stop_suite
+from tests.leak_check import pytest_configure, pytest_sessionfinish  # noqa: F401 - the session's leak check
 
 
 def _stop_quietly(state_dir: Path) -> None:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +68,15 @@ class FlopsStack:
         self.process = process
         self.log_path = log_path
 
-    def restart_manager(self) -> None:
-        """SIGTERM the manager and start a new one on the same config (projects keep running)."""
+    def restart_manager(self, kill: bool = False, while_down: Callable[[], None] | None = None) -> None:
+        """SIGTERM (``kill``: SIGKILL) the manager and start a new one on the same config (projects keep running);
+        ``while_down`` runs in between."""
+        if kill and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
         stop_manager(self.process)
+        if while_down is not None:
+            while_down()
         self.process = start_manager(self.config_path, self.log_path)
         wait_healthy(self.url, self.process, self.log_path)
 

@@ -262,6 +262,8 @@ def test_customers_see_only_their_projects_and_others_are_404(api: RunningApi) -
 def test_events_after_a_sequence_number(api: RunningApi) -> None:
     project_id = start(api, ALICE_TOKEN)["project_id"]
     call(api, "DELETE", f"{PROJECTS}/{project_id}", ALICE_TOKEN)
+    assert wait_until(lambda: call(api, "GET", f"{PROJECTS}/{project_id}", ALICE_TOKEN).json()["status"] == "STOPPED",
+                      10, interval=0.05)
     answer = call(api, "GET", f"{PROJECTS}/{project_id}/events", ALICE_TOKEN).json()
     assert [event["text"] for event in answer["events"]] == ["project accepted", "stopped by request"]
     assert [event["seq"] for event in answer["events"]] == [1, 2]
@@ -336,8 +338,12 @@ def test_rounds_history_as_json_csv_and_a_learning_curve(api: RunningApi) -> Non
 
 def test_stop_answers_the_stopped_project_and_control_errors_keep_their_status(api: RunningApi) -> None:
     project_id = start(api, ALICE_TOKEN)["project_id"]
-    stopped = call(api, "DELETE", f"{PROJECTS}/{project_id}", ALICE_TOKEN)
-    assert stopped.status_code == 200 and stopped.json()["status"] == "STOPPED"
+    stopping = call(api, "DELETE", f"{PROJECTS}/{project_id}", ALICE_TOKEN)
+    assert stopping.status_code == 202 and stopping.json()["status"] == "STOPPING"  # it stops in the background
+    again = call(api, "DELETE", f"{PROJECTS}/{project_id}", ALICE_TOKEN)
+    assert again.status_code == 202 and again.json()["status"] == "STOPPING"
+    assert wait_until(lambda: call(api, "GET", f"{PROJECTS}/{project_id}", ALICE_TOKEN).json()["status"] == "STOPPED",
+                      10, interval=0.05)
     assert_error(call(api, "DELETE", f"{PROJECTS}/{project_id}", ALICE_TOKEN), 409, "already STOPPED")
 
 

@@ -25,7 +25,7 @@ from manager.cli.watch import watch_project
 from manager.settings import DEFAULT_PORT
 from manager.suite.suite import STATE_DIR_ENV
 from tests.api_harness import ADMIN_TOKEN, ALICE_TOKEN, BOB_TOKEN, RunningApi, running_api
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 
 FLOPS = str(Path(sys.executable).with_name("flops"))
 SLA: dict[str, Any] = {"ml_repo_url": "https://example.org/ml/mnist.git", "ml_model_flavor": "sklearn"}
@@ -85,7 +85,8 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         [], ["project"], ["project", "start"], ["project", "list"], ["project", "status"], ["project", "watch"],
         ["project", "stop"], ["project", "predict"], ["project", "metrics"], ["tracking"], ["mocks"],
         ["mocks", "push"], ["db"], ["db", "reset"], ["cache"], ["cache", "prune"], ["suite"], ["suite", "up"],
-        ["suite", "down"], ["suite", "status"],
+        ["suite", "down"], ["suite", "status"], ["data"], ["data", "push"], ["data", "list"], ["data", "delete"],
+        ["data", "token"], ["data", "server-config"],
     ]  # fmt: skip
     for command in commands:  # in-process: 19 interpreter start-ups would cost more than the rest of this file
         with pytest.raises(SystemExit) as exited:
@@ -116,7 +117,9 @@ def test_start_list_status_stop(api: RunningApi, sla_file: Any) -> None:
     assert "status:      PENDING" in status.stdout and "round 0/3" in status.stdout
 
     stopped = flops("project", "stop", project_id, url=api.url, token=ALICE_TOKEN)
-    assert stopped.returncode == 0 and stopped.stdout.strip() == f"project {project_id} STOPPED"
+    assert stopped.returncode == 0 and stopped.stdout.strip() == f"project {project_id} STOPPING"  # in the background
+    assert wait_until(lambda: "status:      STOPPED" in flops("project", "status", project_id, url=api.url,
+                                                           token=ALICE_TOKEN).stdout, 30, interval=0.2)  # fmt: skip
     one_error_line(flops("project", "stop", project_id, url=api.url, token=ALICE_TOKEN), "already STOPPED", "409")
     one_error_line(flops("project", "status", project_id, url=api.url, token=BOB_TOKEN), "no project", "404")
 

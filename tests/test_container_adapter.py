@@ -165,7 +165,10 @@ def test_pulls_use_the_registry_credentials(container_adapter: ContainerAdapter,
             other.deploy_service(app, service)
         other.delete_app(app)
     finally:
-        other.close()
+        try:
+            other.stop_everything(remove=True)  # its own data servers: close() leaves them for the next manager
+        finally:
+            other.close()
 
     app = container_adapter.create_app(f"pull-{uuid.uuid4().hex[:8]}", AppKind.PROJECT, "oci-tests")
     try:

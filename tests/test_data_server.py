@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,8 +30,11 @@ from flops_utils.data_client import (
     load_dataset,
     to_numpy,
 )
+from services.data_server.main import OPEN_NAMESPACE
+from services.data_server.storage import namespace_dir
 
 MAX_UPLOAD_BYTES = 200_000
+OPEN_DIR = namespace_dir(OPEN_NAMESPACE)  # without a token key every caller shares this namespace
 LISTENING = re.compile(r"serving node \S+ on [\d.]+:(\d+)")
 
 
@@ -50,9 +54,11 @@ class RunningServer:
                 self.process.wait(timeout=15)
 
 
-def start_server(storage: Path, log_file: Path) -> RunningServer:
-    config = {"node": "test-node", "host": "127.0.0.1", "port": 0, "storage_dir": str(storage),
-              "max_upload_bytes": MAX_UPLOAD_BYTES}
+def start_server(storage: Path, log_file: Path, security: dict[str, Any] | None = None,
+                 ca_pem: str | None = None, node: str = "test-node") -> RunningServer:
+    """``security``: DataServerConfig fields (tls, token_public_key_pem); ``ca_pem`` to reach it over TLS."""
+    config = {"node": node, "host": "127.0.0.1", "port": 0, "storage_dir": str(storage),
+              "max_upload_bytes": MAX_UPLOAD_BYTES, **(security or {})}
     env = {**os.environ, "FLOPS_CONFIG": json.dumps(config)}
     earlier = log_file.read_text() if log_file.exists() else ""
     with log_file.open("ab") as log:
@@ -66,7 +72,7 @@ def start_server(storage: Path, log_file: Path) -> RunningServer:
                 raise AssertionError(f"data server exited: {log_file.read_text()}")
             if ports:
                 server = RunningServer(process, f"127.0.0.1:{ports[-1]}", log_file)
-                DataServerClient(server.address).wait_ready(timeout=30)
+                DataServerClient(server.address, ca_pem=ca_pem).wait_ready(timeout=30)
                 return server
             time.sleep(0.05)
         raise AssertionError(f"data server did not start: {log_file.read_text()}")
@@ -130,7 +136,7 @@ def test_put_list_get_delete(server: RunningServer) -> None:
         client.get(["digits"])
 
     log = server.log_file.read_text()
-    assert "put tag=digits rows=100" in log and "delete tag=digits fragments=2" in log
+    assert "put customer=open tag=digits rows=100" in log and "delete customer=open tag=digits fragments=2" in log
 
 
 def test_load_dataset_reads_address_and_tags_from_environment(server: RunningServer,
@@ -169,10 +175,11 @@ def test_malformed_uploads_are_refused_with_a_clear_error(server: RunningServer)
         raw_put(server.address, ["bad"], with_nulls)
 
     client.put("bad", from_numpy(*sample(3, width=8)))
-    with pytest.raises(DataServerError, match="holds 8-feature rows; this upload has 4"):
+    with pytest.raises(DataServerError, match=r"holds \(n, 8\) float32 features, int64 labels; this upload has "
+                                              r"\(n, 4\) float32 features"):
         client.put("bad", from_numpy(*sample(3, width=4)))
     assert client.list_tags() == {"bad": 3}
-    assert not list((Path(server.log_file).parent / "storage" / ".incoming").iterdir())
+    assert not list((Path(server.log_file).parent / "storage" / "ns" / OPEN_DIR / ".incoming").iterdir())
 
 
 def test_oversized_upload_is_refused_and_leaves_nothing(server: RunningServer) -> None:
@@ -191,13 +198,13 @@ def test_fragments_survive_a_restart(tmp_path: Path) -> None:
         DataServerClient(first.address).put("kept", from_numpy(*sample(12)))
     finally:
         first.stop()
-    (storage / ".incoming" / "kept-half-written.parquet").write_bytes(b"PAR1 truncated")  # as a crash leaves it
+    (storage / "ns" / OPEN_DIR / ".incoming" / "kept-half-written.parquet").write_bytes(b"PAR1 truncated")
     second = start_server(storage, log_file)
     try:
         client = DataServerClient(second.address)
         assert client.list_tags() == {"kept": 12}
         np.testing.assert_array_equal(to_numpy(client.get(["kept"]))[0], sample(12)[0])
-        assert not (storage / ".incoming" / "kept-half-written.parquet").exists()
+        assert not (storage / "ns" / OPEN_DIR / ".incoming" / "kept-half-written.parquet").exists()
     finally:
         second.stop()
 

@@ -127,7 +127,7 @@ def test_a_frozen_learner_is_dropped_and_the_same_node_rejoins_when_it_thaws(flo
     assert wait_until(lambda: _first(flops_stack.events(project_id), lambda text: with_three in text,
                                      _first(flops_stack.events(project_id), lambda text: back in text) or 0)
                       is not None, 120, interval=0.5), flops_stack.events(project_id)[-10:]  # fmt: skip
-    assert flops_stack.api("DELETE", f"/api/flops/projects/{project_id}").status_code == 200
+    assert flops_stack.api("DELETE", f"/api/flops/projects/{project_id}").status_code == 202
     project = flops_stack.wait(project_id, timeout=120)
     events = flops_stack.events(project_id)
     assert project["status"] == "STOPPED", (project["error"], events[-10:])

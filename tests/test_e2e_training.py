@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 import uuid
@@ -201,16 +202,37 @@ def test_unreachable_repo_fails_clearly(flops_stack: FlopsStack) -> None:  # noq
     assert "cannot clone" in project["error"]
 
 
-def test_stop_a_running_project(flops_stack: FlopsStack, classic_data: str) -> None:  # noqa: F811
+def test_stop_running_projects(flops_stack: FlopsStack, classic_data: str) -> None:  # noqa: F811
+    """Two projects in training, stopped at once: both answer 202 STOPPING at once, stop in parallel in the
+    background, end STOPPED, and leave no process behind."""
     from tests.helpers import wait_until
 
-    project_id = flops_stack.submit(sla("examples/sklearn_digits", [classic_data], training_rounds=50))
-    assert wait_until(lambda: flops_stack.project(project_id)["phase"] == "training", 300, interval=0.5)
-    answer = flops_stack.api("DELETE", f"/api/flops/projects/{project_id}")
-    assert answer.status_code == 200
-    project = flops_stack.wait(project_id, timeout=120)
-    assert project["status"] == "STOPPED"
-    assert "stop requested" in flops_stack.events(project_id)
+    projects = [flops_stack.submit(sla("examples/sklearn_digits", [classic_data], training_rounds=50))
+                for _ in range(2)]  # fmt: skip
+    for project_id in projects:
+        assert wait_until(lambda p=project_id: flops_stack.project(p)["phase"] == "training", 300, interval=0.5)
+        assert wait_until(lambda p=project_id: project_processes(flops_stack, p), 60, interval=0.5)
+    # The observer's event log speaks HTTPS with a certificate from the manager's CA, like MLflow.
+    deployed = next(text for text in flops_stack.events(projects[0]) if text.startswith("observer ")).split()[-1]
+    assert deployed.startswith("https://"), deployed
+    observed = requests.get(f"{deployed}/events", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10,
+                            verify=str(flops_stack.tracking_ca_file))  # fmt: skip
+    assert observed.status_code == 200 and observed.json()["events"], observed.text
+    with pytest.raises(requests.ConnectionError):
+        requests.get("http://" + deployed.split("://", 1)[1] + "/events", timeout=10)
+
+    answers = [flops_stack.api("DELETE", f"/api/flops/projects/{project_id}") for project_id in projects]
+    # Answered at once: both stop in the background, while the API keeps answering.
+    for answer in answers:
+        assert answer.status_code == 202 and answer.json()["status"] == "STOPPING", answer.text
+    assert flops_stack.api("GET", "/health").status_code == 200
+    for project_id in projects:
+        project = flops_stack.wait(project_id, timeout=120)
+        assert project["status"] == "STOPPED"
+        assert "stop requested" in flops_stack.events(project_id)
+        # Nothing the project started is left: not by its configuration, not in its work folder.
+        left = project_processes(flops_stack, project_id)
+        assert left == {}, left
 
 
 def test_hierarchical_pytorch_two_clusters(flops_stack: FlopsStack, tmp_path: Path) -> None:  # noqa: F811
@@ -243,3 +265,25 @@ def test_hierarchical_pytorch_two_clusters(flops_stack: FlopsStack, tmp_path: Pa
     points = json.loads(Image.open(png).text["Points"])
     assert {key: value for key, value in points.items() if key.startswith("accuracy/")} == {
         f"accuracy/{clusters[0]}": 4, f"accuracy/{clusters[1]}": 4, "accuracy/global": 2}  # fmt: skip
+
+
+def project_processes(stack: FlopsStack, project_id: str) -> dict[int, str]:
+    """pid -> command line of live processes of the project: its id in their environment (every service's
+    configuration names it, and their children inherit it) or their working directory in its work folder."""
+    folder = stack.state_dir / "projects" / project_id
+    found: dict[int, str] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            environment = Path(f"/proc/{entry.name}/environ").read_bytes()
+            cwd = os.readlink(f"/proc/{entry.name}/cwd")
+            state = Path(f"/proc/{entry.name}/stat").read_text()
+            command = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if state[state.rfind(")") + 2:][:1] in ("Z", "X"):
+            continue
+        if project_id.encode() in environment or cwd == str(folder) or cwd.startswith(f"{folder}/"):
+            found[int(entry.name)] = command.replace(b"\0", b" ").decode(errors="replace")[:200]
+    return found

@@ -332,6 +332,27 @@ def test_start_runs_a_data_server_on_every_learner_node(emulator: KubernetesApiE
     assert nodes["edge-1"].data_server == "192.0.2.77:9555" and nodes["control"].data_server is None
 
 
+def test_the_daemonsets_data_servers_get_tls_and_the_token_key(emulator: KubernetesApiEmulator, kubeconfig: str,
+                                                                tmp_path: Path) -> None:
+    from manager.lifecycle.data_access import DataAccess
+    from manager.lifecycle.tracking_pki import TrackingPki
+
+    security = DataAccess(TrackingPki(tmp_path / "pki")).server_security()
+    emulator.add_node("edge-2", LEARNER_LABELS)
+    adapter_for(kubeconfig, data_server_image="registry:5000/flops/manager:1",
+                data_security=security.model_dump()).start()
+    (daemonset,) = emulator.items("daemonsets")
+    namespace = daemonset["metadata"]["namespace"]
+    secret = emulator.get("secrets", namespace, "data-server-config")
+    assert secret is not None
+    config = json.loads(base64.b64decode(secret["data"]["FLOPS_CONFIG"]))
+    assert config["tls"] == {"cert_pem": security.cert_pem, "key_pem": security.key_pem}
+    assert config["token_public_key_pem"] == security.token_public_key_pem
+    assert config["node_from_env"] == "FLOPS_NODE_NAME"  # each pod checks tokens against its own node
+    env = daemonset["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "FLOPS_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in env
+
+
 def test_errors_are_one_clear_sentence(emulator: KubernetesApiEmulator, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong"
     wrong.write_text(Path(emulator.write_kubeconfig(tmp_path / "kc")).read_text().replace("test-token", "bad"))

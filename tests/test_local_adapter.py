@@ -275,3 +275,66 @@ def test_registry_builds_adapters_from_plain_settings(tmp_path: Path) -> None:
         create_adapter("swarm", {})
     with pytest.raises(AdapterError, match="invalid settings for the local orchestrator: state_dir: Field required"):
         create_adapter("local", {"nodes": "x"})
+
+
+# A service that starts helpers the way real ones do (Flower's SuperLink starts flwr-serverapp): one in a
+# session of its own, one a double-forked daemon re-parented to PID 1, one working in the app's folder.
+_SPAWNER = textwrap.dedent("""
+    import os, subprocess, sys, time
+    folder = sys.argv[1]
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.chdir(folder)
+            time.sleep(300)
+        os._exit(0)
+    os.wait()
+    print("helpers started", flush=True)
+    time.sleep(300)
+""")
+
+
+def _live_processes_of(marker: str, folder: Path) -> list[int]:
+    """Live processes whose environment carries ``marker`` or whose working directory is in ``folder``."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environment = Path(f"/proc/{entry.name}/environ").read_bytes()
+            cwd = os.readlink(f"/proc/{entry.name}/cwd")
+        except OSError:
+            continue
+        if not process_alive(int(entry.name), None):
+            continue
+        if marker.encode() in environment or cwd == str(folder) or cwd.startswith(f"{folder}/"):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("stop", ["undeploy_service", "delete_app"])
+def test_stopping_ends_every_process_the_service_started(local: LocalAdapter, stop: str, tmp_path: Path) -> None:
+    app = local.create_app(f"spawner-{uuid.uuid4().hex[:6]}", AppKind.PROJECT, "acme", "p-spawn")
+    folder = local.state_dir / "apps" / app.app_id
+    marker = f"FLOPS_SPAWN_TEST={uuid.uuid4().hex}"
+    name, value = marker.split("=")
+    try:
+        service = local.add_service(app, ServiceSpec(name="spawner", kind=ServiceKind.AGGREGATOR, config={},
+                                                     command=(sys.executable, "-c", _SPAWNER, str(folder)),
+                                                     environment={name: value}))  # fmt: skip
+        local.deploy_service(app, service)
+        log = local.log_file(app, service)
+        deadline = time.monotonic() + TIMEOUT
+        while "helpers started" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        started = _live_processes_of(marker, folder)
+        assert len(started) >= 4, started  # wrapper shell, the service, its session leader, the daemon
+        if stop == "undeploy_service":
+            local.undeploy_service(app, service)
+        else:
+            local.delete_app(app)
+        left = _live_processes_of(marker, folder)
+        assert left == [], [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left]
+    finally:
+        local.delete_app(app)

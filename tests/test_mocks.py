@@ -1,4 +1,7 @@
-"""The mock data provider: dataset splits, and pushes into real data servers run by the local adapter."""
+"""The mock data provider: dataset splits, and pushes into real data servers run by the local adapter.
+
+The data servers speak TLS and check tokens, as the manager starts them; mocks go into the caller's namespace.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,10 @@ import numpy as np
 import pytest
 
 from flops_utils.data_client import DataServerClient, to_numpy
-from manager.control import ControlError, MockDataConfiguration
+from manager.control import ControlError, MockDataConfiguration, MockResult
+from manager.lifecycle.data_access import DataAccess
+from manager.lifecycle.data_nodes import DataServers
+from manager.lifecycle.tracking_pki import TrackingPki
 from manager.mocks import push_mock_data, split_dataset
 from orchestrator_adapters.base import NodeInfo
 from orchestrator_adapters.local import LocalAdapter, LocalAdapterSettings
@@ -69,13 +75,32 @@ def test_bad_split_requests_are_refused() -> None:
         split_dataset("digits", 5000)
 
 
+CUSTOMER = "alice"
+
+
 @pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAdapter]:
+def servers(tmp_path_factory: pytest.TempPathFactory) -> DataServers:
+    return DataServers(DataAccess(TrackingPki(tmp_path_factory.mktemp("pki"))))
+
+
+def reader(servers: DataServers, node: NodeInfo, customer: str = CUSTOMER) -> DataServerClient:
+    return servers.reader(str(node.data_server), customer, None)
+
+
+def push(nodes: list[NodeInfo], config: MockDataConfiguration, servers: DataServers,
+         customer: str = CUSTOMER) -> MockResult:
+    return push_mock_data(nodes, config, customer, servers)
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory, servers: DataServers) -> Iterator[LocalAdapter]:
     root = tmp_path_factory.mktemp("mocks")
     nodes_file = root / "nodes.json"
     nodes = [{"name": "l1"}, {"name": "l2"}, {"name": "gateway", "learner": False}]
     nodes_file.write_text(json.dumps({"nodes": nodes}))
-    adapter = LocalAdapter(LocalAdapterSettings(state_dir=str(root / "state"), nodes_file=str(nodes_file)))
+    assert servers.access is not None
+    adapter = LocalAdapter(LocalAdapterSettings(state_dir=str(root / "state"), nodes_file=str(nodes_file),
+                                                data_security=servers.access.server_security("127.0.0.1")))
     try:
         adapter.start()
         yield adapter
@@ -83,45 +108,58 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAdapter]:
         adapter.stop_everything()
 
 
-def test_push_puts_one_partition_on_each_learner_node(local: LocalAdapter) -> None:
+def test_push_puts_one_partition_on_each_learner_node(local: LocalAdapter, servers: DataServers) -> None:
     nodes = local.list_nodes()
     config = MockDataConfiguration(data_tag="mnist", number_of_partitions=2, distribution="dirichlet",
                                    dirichlet_alpha=0.5, seed=4)
-    result = push_mock_data(nodes, config)
+    result = push(nodes, config, servers)
     assert set(result.partitions) == {"l1", "l2"} and sum(result.partitions.values()) == DIGITS_ROWS
     expected = split_dataset("digits", 2, "dirichlet", alpha=0.5, seed=4)
     by_name = {node.name: node for node in nodes}
     for name, (x, y) in zip(["l1", "l2"], expected, strict=True):
-        client = DataServerClient(str(by_name[name].data_server))
+        client = reader(servers, by_name[name])
         stored_x, stored_y = to_numpy(client.get(["mnist"]))
         np.testing.assert_array_equal(stored_y, y)
         np.testing.assert_allclose(stored_x, x)
 
-    again = push_mock_data(nodes, config)  # replaces, does not double
+    again = push(nodes, config, servers)  # replaces, does not double
     assert again.partitions == result.partitions
-    assert DataServerClient(str(by_name["l1"].data_server)).list_tags()["mnist"] == result.partitions["l1"]
+    assert reader(servers, by_name["l1"]).list_tags()["mnist"] == result.partitions["l1"]
 
 
-def test_push_to_named_nodes_only(local: LocalAdapter) -> None:
+def test_mocks_go_into_the_callers_namespace(local: LocalAdapter, servers: DataServers) -> None:
+    nodes = local.list_nodes()
+    l1 = next(node for node in nodes if node.name == "l1")
+    push(nodes, MockDataConfiguration(data_tag="shared-name", number_of_partitions=2), servers)
+    bob_rows = push(nodes, MockDataConfiguration(data_tag="shared-name", number_of_partitions=1, nodes=["l1"]),
+                    servers, customer="bob").partitions
+    assert bob_rows == {"l1": DIGITS_ROWS}
+    assert reader(servers, l1, "bob").list_tags(["shared-name"]) == {"shared-name": DIGITS_ROWS}
+    assert reader(servers, l1).list_tags(["shared-name"]) == {"shared-name": DIGITS_ROWS // 2 + 1}  # alice's kept
+    assert "shared-name" not in reader(servers, l1, "carol").list_tags()
+
+
+def test_push_to_named_nodes_only(local: LocalAdapter, servers: DataServers) -> None:
     config = MockDataConfiguration(data_tag="only-l2", number_of_partitions=1, nodes=["l2"])
-    assert push_mock_data(local.list_nodes(), config).partitions == {"l2": DIGITS_ROWS}
+    assert push(local.list_nodes(), config, servers).partitions == {"l2": DIGITS_ROWS}
     l1 = next(node for node in local.list_nodes() if node.name == "l1")
-    assert "only-l2" not in DataServerClient(str(l1.data_server)).list_tags()
+    assert "only-l2" not in reader(servers, l1).list_tags()
     with pytest.raises(ControlError, match="no learner node with a data server named gateway"):
-        push_mock_data(local.list_nodes(), MockDataConfiguration(data_tag="t", number_of_partitions=1,
-                                                                 nodes=["gateway"]))
+        push(local.list_nodes(), MockDataConfiguration(data_tag="t", number_of_partitions=1, nodes=["gateway"]),
+             servers)
 
 
-def test_push_needs_enough_learner_nodes(local: LocalAdapter) -> None:
+def test_push_needs_enough_learner_nodes(local: LocalAdapter, servers: DataServers) -> None:
     config = MockDataConfiguration(data_tag="too-many", number_of_partitions=3)
     with pytest.raises(ControlError, match="3 partitions need 3 learner nodes .* only 2 are available"):
-        push_mock_data(local.list_nodes(), config)
+        push(local.list_nodes(), config, servers)
 
 
-def test_unreachable_data_server_is_a_clear_error_and_pushes_nothing(local: LocalAdapter, tmp_path: Path) -> None:
+def test_unreachable_data_server_is_a_clear_error_and_pushes_nothing(local: LocalAdapter, servers: DataServers,
+                                                                      tmp_path: Path) -> None:
     nodes = [node for node in local.list_nodes() if node.name == "l1"]
     nodes.append(NodeInfo(name="gone", cluster=None, data_server=f"127.0.0.1:{free_port()}"))
     with pytest.raises(ControlError, match="data servers unreachable on gone") as caught:
-        push_mock_data(nodes, MockDataConfiguration(data_tag="half", number_of_partitions=2))
+        push(nodes, MockDataConfiguration(data_tag="half", number_of_partitions=2), servers)
     assert caught.value.status == 503
-    assert "half" not in DataServerClient(str(nodes[0].data_server)).list_tags()
+    assert "half" not in reader(servers, nodes[0]).list_tags()

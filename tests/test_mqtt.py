@@ -125,3 +125,53 @@ def test_results_are_retained_until_the_project_is_cleared(mqtt_settings: MqttSe
         assert late_subscriber_sees() == []
     finally:
         publisher.close()
+
+
+_SUBSCRIBER = """
+import sys, time
+from flops_utils.mqtt_catalogue import ALL_PROJECTS_FILTER
+from flops_utils.mqtt_link import MqttLink
+from flops_utils.service_config import MqttSettings
+link = MqttLink(MqttSettings.model_validate_json(sys.argv[1]), client_id=sys.argv[2], persistent_session=True)
+link.subscribe(ALL_PROJECTS_FILTER, lambda topic, message: None)
+link.connect(timeout=10)
+print("subscribed", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_persistent_session_gets_what_was_published_while_its_client_was_killed(
+        mqtt_settings: MqttSettings) -> None:
+    """As a manager killed with SIGKILL mid-training: the next process under its client id hears every round."""
+    import subprocess
+    import sys
+
+    client_id, project = f"flops-mgr-{uuid.uuid4().hex[:12]}", f"p-{uuid.uuid4().hex[:8]}"
+    first = subprocess.Popen([sys.executable, "-c", _SUBSCRIBER, mqtt_settings.model_dump_json(), client_id],
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert first.stdout is not None and first.stdout.readline().strip() == "subscribed"
+    finally:
+        first.kill()  # no DISCONNECT: the broker notices the dropped connection
+        first.wait()
+    publisher = MqttLink(mqtt_settings).connect()
+    try:
+        for number in range(1, 6):
+            publisher.publish(TrainingProgress(project_id=project, sender="aggregator", round=number, total_rounds=5))
+        assert publisher.flush()
+    finally:
+        publisher.close()
+
+    heard: queue.Queue[int] = queue.Queue()
+    again = MqttLink(mqtt_settings, client_id=client_id, persistent_session=True)
+    again.subscribe(project_filter(project), lambda _topic, message: heard.put(message.round))  # type: ignore[attr-defined]
+    again.connect(timeout=10)
+    try:
+        rounds = [heard.get(timeout=10) for _ in range(5)]
+    finally:
+        again.close()
+    assert rounds == [1, 2, 3, 4, 5]
+    MqttLink(mqtt_settings, client_id=client_id).connect().close()  # a clean session ends the kept one
+    # A link without a fixed id cannot ask for a persistent session.
+    with pytest.raises(ValueError, match="fixed client id"):
+        MqttLink(mqtt_settings, persistent_session=True)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from flops_utils.mqtt_catalogue import ServiceState, ServiceStatus, TrainingProgress
@@ -80,3 +81,41 @@ def test_observer_logs_reports_and_survives_a_restart(mqtt_settings: MqttSetting
         link.close()
         observer.kill()
         observer.wait()
+
+
+def test_observer_serves_events_over_tls_only(mqtt_settings: MqttSettings, tmp_path: Path) -> None:
+    """The manager gives the observer a certificate from its CA (as for MLflow): tokens never cross in clear."""
+    from manager.lifecycle.tracking_pki import TrackingPki
+    from manager.pki import cert_pem, ensure_ca, name
+
+    pki = TrackingPki(tmp_path / "pki")
+    port = free_port()
+    config = ObserverConfig(
+        project_id="p-obs-tls", mqtt=mqtt_settings, port=port, log_file=str(tmp_path / "events.log"),
+        access_token_sha256=[token_digest(CUSTOMER_TOKEN)], tls=pki.issue("127.0.0.1", "observer"),
+        tls_dir=str(tmp_path / "tls"),
+    )  # fmt: skip
+    observer = start_observer(config, tmp_path / "observer.out")
+    url = f"https://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {CUSTOMER_TOKEN}"}
+    try:
+        assert wait_until(lambda: _answers(url, pki.ca_file), 60), (tmp_path / "observer.out").read_text()[-2000:]
+        answer = requests.get(f"{url}/events", headers=headers, timeout=5, verify=str(pki.ca_file))
+        assert answer.status_code == 200 and answer.json() == {"events": []}
+        with pytest.raises(requests.ConnectionError):  # plain HTTP gets no answer
+            requests.get(f"http://127.0.0.1:{port}/events", headers=headers, timeout=5)
+        other_ca = tmp_path / "other-ca.pem"
+        other_ca.write_bytes(cert_pem(ensure_ca(tmp_path / "other", name("Other", "Other CA"), 30)[0]))
+        with pytest.raises(requests.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
+            requests.get(f"{url}/events", headers=headers, timeout=5, verify=str(other_ca))
+        assert (tmp_path / "tls" / "server.key").stat().st_mode & 0o077 == 0
+    finally:
+        observer.kill()
+        observer.wait()
+
+
+def _answers(url: str, ca_file: Path) -> bool:
+    try:
+        return requests.get(f"{url}/health", timeout=2, verify=str(ca_file)).ok
+    except requests.RequestException:
+        return False

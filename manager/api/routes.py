@@ -17,7 +17,9 @@ from pydantic import BaseModel
 from flops_utils.repo_access import RepoAccessPolicy, RepoUnreachable, RepoUrlRefused, check_repo_reach
 from manager.api.auth import Caller, TokenAuth, bearer_token
 from manager.api.body_guard import MAX_JSON_DEPTH, drain, json_depth_exceeds
+from manager.api.data_routes import register_data_routes
 from manager.api.errors import VALIDATION_STATUS, error_response, install_error_handlers, validation_error_response
+from manager.api.health import CachedCheck
 from manager.api.models import (
     ErrorDetail,
     ErrorResponse,
@@ -37,7 +39,7 @@ from manager.api.models import (
 from manager.config_vault import CONFIG_PATH
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult, ProjectControl
 from manager.learning_curve import render_png
-from manager.records import ProjectRecord, RoundRecord, project_timing
+from manager.records import ProjectRecord, ProjectStatus, RoundRecord, project_timing
 from manager.repo_policy import repo_access_rules
 from manager.settings import ManagerSettings
 from manager.sla import ProjectSLA
@@ -94,10 +96,15 @@ def create_api(
             return error_response(VALIDATION_STATUS, message, [ErrorDetail(field="body", message=message)])
         return None
 
+    # Checked in the background: a slow database never makes /health (or the threads serving it) wait.
+    stale_after_s = max(3.0, settings.db_timeout_s + 1.0)
+    database_check = CachedCheck("database", store.ping, stale_after_s=stale_after_s)
+    broker_check = CachedCheck("broker", lambda: _broker_ok(control, settings), stale_after_s=stale_after_s)
+
     @app.get("/health", summary="database and broker reachability (no token needed)",
              responses={200: HealthResponse, 503: HealthResponse, VALIDATION_STATUS: ErrorResponse})  # fmt: skip
     def health() -> Response:
-        report = HealthResponse(status="ok", database=store.ping(), broker=_broker_ok(control, settings))
+        report = HealthResponse(status="ok", database=database_check.ok(), broker=broker_check.ok())
         if not (report.database and report.broker):
             report.status = "degraded"
         return _json(report, 200 if report.status == "ok" else 503)
@@ -123,7 +130,7 @@ def create_api(
 
     @api.post("/projects", tags=[_projects_tag], summary="start a project from an SLA (answers at once)",
               responses={201: ProjectRecord, 400: ErrorResponse, 403: ErrorResponse, 409: ErrorResponse,
-                         413: ErrorResponse})  # fmt: skip
+                         413: ErrorResponse, 429: ErrorResponse})  # fmt: skip
     def start_project(body: ProjectSLA) -> Response:
         sla = _owned_by_caller(body)
         refused = _repo_refusal(sla, repo_rules.for_owner(sla.customer_id), repo_base_dir)
@@ -190,11 +197,14 @@ def create_api(
         png = render_png(store.list_rounds(record.project_id), f"project {record.project_id}")
         return Response(png, mimetype="image/png")
 
-    @api.delete("/projects/<project_id>", tags=[_projects_tag], summary="stop the project and undeploy its services",
-                responses={200: ProjectRecord, 404: ErrorResponse, 409: ErrorResponse})  # fmt: skip
+    @api.delete("/projects/<project_id>", tags=[_projects_tag],
+                summary="stop the project and undeploy its services: 202 with status STOPPING at once while it "
+                        "stops in the background (it ends STOPPED); 200 for a finished project",
+                responses={200: ProjectRecord, 202: ProjectRecord, 404: ErrorResponse, 409: ErrorResponse})  # fmt: skip
     def stop_project(path: ProjectPath) -> Response:
         record = visible_project(path.project_id)
-        return _json(control.stop_project(record.project_id))
+        answer = control.stop_project(record.project_id)
+        return _json(answer, 202 if answer.status is ProjectStatus.STOPPING else 200)
 
     @api.post("/projects/<project_id>/predict", tags=[_projects_tag],
               summary="predict with the project's deployed trained model",
@@ -204,10 +214,11 @@ def create_api(
         record = visible_project(path.project_id)
         if not record.serving_url:
             raise ControlError(f"project {record.project_id} has no serving endpoint (deploy_trained_model_image)", 409)
-        return _json(_forward_prediction(record.project_id, record.serving_url, body))
+        token = bearer_token(request.headers.get("Authorization"))  # the serving endpoint wants it too
+        return _json(_forward_prediction(record.project_id, record.serving_url, body, token))
 
     @api.get("/tracking", tags=[_platform_tag], summary="your MLflow tracking/GUI URL (created on demand)",
-             responses={200: TrackingResponse})  # fmt: skip
+             responses={200: TrackingResponse, 409: ErrorResponse})  # fmt: skip
     def tracking() -> Response:
         customer = _caller().customer
         return _json(TrackingResponse(customer=customer, tracking_url=control.tracking_url(customer),
@@ -234,6 +245,7 @@ def create_api(
         control.reset()
         return _json(ResetResponse())
 
+    register_data_routes(api, control)
     app.register_api(api)
     return app
 
@@ -305,11 +317,12 @@ def _broker_reachable(settings: ManagerSettings) -> bool:
         return False
 
 
-def _forward_prediction(project_id: str, serving_url: str, body: PredictRequest) -> PredictResponse:
+def _forward_prediction(project_id: str, serving_url: str, body: PredictRequest, token: str) -> PredictResponse:
     """POST the rows to the MLflow scoring server's ``/invocations``; its 4xx become 400, the rest 502."""
     url = serving_url if serving_url.rstrip("/").endswith("/invocations") else serving_url.rstrip("/") + "/invocations"
     try:
-        answer = requests.post(url, json={"inputs": body.inputs}, timeout=PREDICT_TIMEOUT_S)
+        answer = requests.post(url, json={"inputs": body.inputs}, headers={"Authorization": f"Bearer {token}"},
+                               timeout=PREDICT_TIMEOUT_S)
     except requests.RequestException as error:
         raise ControlError(f"the serving endpoint of project {project_id} did not answer: {error}", 502) from error
     if 400 <= answer.status_code < 500:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from manager.cli.client import CliError, FlopsClient
+from manager.cli.data_commands import add_data_commands
 from manager.cli.defaults import CA_FILE_ENV, TOKEN_ENV, URL_ENV, default_suite_dir, resolve_connection
 from manager.cli.watch import duration_text, exit_code_for, watch_project
 
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--seed", type=int, default=0)
     push.add_argument("--nodes", help="comma-separated learner nodes (default: the first N)")
     _set_help(mocks)
+
+    add_data_commands(groups, _command, _set_help, _client)
 
     db = groups.add_parser("db", help="the manager's database")
     db_commands = db.add_subparsers(title="db commands", metavar="ACTION")

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from flops_utils.service_config import MqttSettings, RegistrySettings
 from manager.broker_access import ProjectCredentialsMode
+from manager.lifecycle.data_access import DataAccess
 from manager.lifecycle.tracking_access import TrackingAccess
 from manager.lifecycle.tracking_pki import TrackingPki
+from manager.quotas import QuotaSettings
 from manager.repo_policy import RepoAccessRules
 from manager.secret_box import KEY_FILE_NAME, SecretBox
 from manager.tracking_store import TrackingStore
@@ -24,6 +26,9 @@ class LifecycleSettings:
     tracking_access: TrackingAccess = field(default_factory=TrackingAccess)  # who may use each MLflow server
     flower_tls: bool = True  # see ManagerSettings.flower_tls
     tracking_pki: TrackingPki | None = None  # MLflow servers speak HTTPS with its certificates; None: plain HTTP
+    # Data servers speak TLS and check tokens the manager signs; None: open data servers (development only).
+    data_access: DataAccess | None = None
+    start_adapter_at_start: bool = False  # start the default adapter (the local one's data servers) at start()
     orchestrator: str = "local"
     adapter_settings: dict[str, dict[str, object]] = field(default_factory=dict)
     registry: RegistrySettings | None = None
@@ -37,6 +42,10 @@ class LifecycleSettings:
     configs_by_reference: frozenset[str] = frozenset()
     config_url: str | None = None
     config_ca_file: Path | None = None  # the CA that signed the manager's certificate (config_url is https)
+    # The manager's MQTT client id. Set: a persistent broker session under that id, so reports sent while
+    # the manager is down wait on the broker for the next manager process. None: a fresh session per process.
+    mqtt_client_id: str | None = None
+    quotas: QuotaSettings = field(default_factory=QuotaSettings)
     tracking_timeout_s: float = 240.0
     build_timeout_s: float = 1800.0
     training_timeout_s: float = 3600.0

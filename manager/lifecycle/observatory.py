@@ -4,7 +4,9 @@ With ``tracking_pki`` it speaks HTTPS with a certificate from the manager's CA. 
 ``tracking_access`` enabled the server lets in only the customer's (and the admin's)
 API tokens and the services' token; the digests it was started with are stored with the
 app, and an observatory whose digests are out of date (a token was changed) is replaced.
-Its store lives outside the app, so runs survive that.
+Its store lives outside the app, so runs survive that. An observatory nobody used for
+a while is stopped (:meth:`ObservatoryKeeper.stop_idle`; its store stays) and started
+again by the next :meth:`ObservatoryKeeper.ensure`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,15 +85,65 @@ class ObservatoryKeeper:
         self.store = store
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._last_used: dict[str, float] = {}  # customer -> monotonic time its observatory was last asked for
 
     def _lock(self, customer: str) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(customer, threading.Lock())
 
+    def touch(self, customer: str) -> None:
+        """Note a use of the customer's observatory: an idle one is stopped only a while after its last use."""
+        with self._guard:
+            self._last_used[customer] = time.monotonic()
+
+    def running_customers(self) -> set[str]:
+        """Customers whose observatory is running (not stopped as idle), from the store."""
+        return {str(app["customer"]) for app in self.store.list_apps(kind=AppKind.OBSERVATORY.value)
+                if not (app.get("data") or {}).get("stopped")}  # fmt: skip
+
+    def stop_idle(self, adapter_for: Callable[[str], OrchestratorAdapter], busy: set[str], idle_s: float) -> list[str]:
+        """Stop the tracking server of every running observatory whose customer is not in ``busy`` (no
+        unfinished project) and that was not used for ``idle_s``; returns those customers."""
+        stopped = []
+        now = time.monotonic()
+        for app in self.store.list_apps(kind=AppKind.OBSERVATORY.value):
+            customer, data = str(app["customer"]), dict(app.get("data") or {})
+            with self._guard:
+                last = self._last_used.setdefault(customer, now)  # unknown (manager restarted): from now
+            if data.get("stopped") or customer in busy or now - last < idle_s:
+                continue
+            with self._lock(customer):
+                if (self._last_used.get(customer, now) > last) or customer in busy:
+                    continue  # used meanwhile
+                observatory = self._stored(customer, data)
+                adapter = adapter_for(str(data.get("orchestrator") or ""))
+                adapter.undeploy_service(observatory.app, observatory.tracking_service)
+                self._save(customer, {**data, "stopped": True})
+            log.info("stopped the idle observatory of %s (unused for %.0f s)", customer, now - last)
+            stopped.append(customer)
+        return stopped
+
+    def _stored(self, customer: str, data: dict[str, Any]) -> Observatory:
+        app = AppRef(str(data["app_id"]), observatory_name(customer), AppKind.OBSERVATORY, customer)
+        return Observatory(app, str(data["tracking_url"]), str(data["tracking_service"]))
+
+    def _save(self, customer: str, data: dict[str, Any]) -> None:
+        name = observatory_name(customer)
+        self.store.save_app(customer, AppKind.OBSERVATORY.value, name, str(data["app_id"]), data)
+
     def ensure(
         self, adapter: OrchestratorAdapter, customer: str, note: Callable[[str], None] | None = None
     ) -> Observatory:
         """``note`` hears what is awaited when the server has to be started (it takes a while)."""
+        self.touch(customer)
+        try:
+            return self._ensure(adapter, customer, note)
+        finally:
+            self.touch(customer)  # starting a server takes a while: idle time counts from its answer
+
+    def _ensure(
+        self, adapter: OrchestratorAdapter, customer: str, note: Callable[[str], None] | None = None
+    ) -> Observatory:
         with self._lock(customer):
             name = observatory_name(customer)
             stored = self.store.find_app(customer, AppKind.OBSERVATORY.value, name)
@@ -105,6 +158,9 @@ class ObservatoryKeeper:
                     log.warning("mlflow_tls changed: replacing the tracking server of %s", customer)
                     adapter.delete_app(app)
                 elif self._healthy_or_restarted(adapter, observatory, note):
+                    if data.get("stopped"):
+                        self._save(customer, {**data, "stopped": False})
+                        log.info("started the observatory of %s again", customer)
                     return observatory
             return self._create(adapter, customer, name, note)
 
@@ -212,7 +268,7 @@ class ObservatoryKeeper:
         self.store.save_app(
             customer, AppKind.OBSERVATORY.value, name, app.app_id,
             {"app_id": app.app_id, "tracking_url": url, "tracking_service": service_id,
-             "token_sha256": config.access_token_sha256},
+             "token_sha256": config.access_token_sha256, "orchestrator": adapter.name, "stopped": False},
         )  # fmt: skip
         if not self._wait_healthy(adapter, observatory, note):
             raise PhaseFailed(f"the MLflow tracking server did not become healthy at {url}")

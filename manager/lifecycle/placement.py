@@ -53,7 +53,8 @@ def plan_learners(
     tags = training.data_tags
     chosen, notes = nodes_with_data(nodes, tags, list_tags)
     if not chosen:
-        raise PhaseFailed(f"no learner node has data for tags {tags}; push data first (flops mocks push --tag ...)")
+        raise PhaseFailed(f"no learner node has data for tags {tags} in your namespace; push data first "
+                          "(flops data push --node N --tag T FILE, or flops mocks push --tag T)")
     needed = training.min_available_clients
     if training.mode == "classic":
         if len(chosen) < needed:

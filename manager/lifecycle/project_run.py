@@ -7,7 +7,9 @@ a one-line reason on the project.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ from manager.config_vault import ConfigVault, config_owner
 from manager.learning_curve import PLOT_FILE, render_png
 from manager.lifecycle.config_reference import by_reference
 from manager.lifecycle.context import LifecycleSettings
+from manager.lifecycle.data_nodes import DataServers, check_feature_widths
 from manager.lifecycle.errors import PhaseFailed, StopRequested
 from manager.lifecycle.flower_pki import ProjectFlowerCa, cluster_identity
 from manager.lifecycle.inbox import ProjectInbox
@@ -145,6 +148,8 @@ class ProjectRun:
         self.phase_started: dict[str, float] = {}
         self.progress = Progress()
         self.clock: TrainingClock | None = None
+        self._ending = False  # the run is settling its outcome: a stop request comes too late
+        self._ending_lock = threading.Lock()
 
     # -- the run -----------------------------------------------------------------
     def run(self) -> None:
@@ -177,9 +182,22 @@ class ProjectRun:
         self._await_training(top, watched)
         self._enter(ProjectPhase.POST_TRAINING, self._post_training)
 
+    def request_stop(self) -> bool:
+        """Ask the run to stop (from another thread): it shows STOPPING at once and undeploys its
+        services in its own thread. False when it is already ending with an outcome of its own."""
+        with self._ending_lock:
+            if self._ending:
+                return False
+            if not self.inbox.stop_requested.is_set():
+                self.inbox.stop_requested.set()
+                self._update(status=ProjectStatus.STOPPING)
+            return True
+
     def _execute(self, body: Callable[[], None]) -> None:
         status, error = ProjectStatus.COMPLETED, None
-        self._update(status=ProjectStatus.RUNNING)
+        with self._ending_lock:
+            if not self.inbox.stop_requested.is_set():
+                self._update(status=ProjectStatus.RUNNING)
         try:
             body()
         except StopRequested:
@@ -223,6 +241,10 @@ class ProjectRun:
         self._update(phase=phase, phase_started=dict(self.phase_started), **fields)
 
     def _finish(self, status: ProjectStatus, error: str | None) -> None:
+        with self._ending_lock:
+            self._ending = True
+            if self.inbox.stop_requested.is_set() and status is ProjectStatus.COMPLETED:
+                status = ProjectStatus.STOPPED  # asked to stop while it finished: the caller saw STOPPING
         self._set_phase(ProjectPhase.CLEANUP)
         keep_serving = status is ProjectStatus.COMPLETED and "serving" in self.state.services
         try:
@@ -271,12 +293,16 @@ class ProjectRun:
             port=endpoint.port,
             log_file=str(self._work_dir("observer") / "events.log"),
             access_token_sha256=self.deps.settings.tracking_access.digests(self.customer),
+            # HTTPS from the same CA as the customer's MLflow server (mlflow_tls): tokens never cross in clear.
+            tls=pki.issue(endpoint.host, "observer") if (pki := self.deps.settings.tracking_pki) else None,
+            tls_dir=str(self._work_dir("observer") / "tls"),
         )
         spec = self._spec(name, ServiceKind.OBSERVER, config, ports=(OBSERVER_PORT,))
         self.state.observer = adapter.add_service(observatory.app, spec)
         self._update(services={**self.state.services, OBSERVER_KEY: self.state.observer})
         adapter.deploy_service(observatory.app, self.state.observer)
-        self._event(f"observer {name} deployed at {endpoint.url}")
+        url = endpoint.url if config.tls is None else "https://" + endpoint.url.split("://", 1)[-1]
+        self._event(f"observer {name} deployed at {url}")
 
     def _build(self) -> None:
         sla, settings = self.sla, self.deps.settings
@@ -317,9 +343,11 @@ class ProjectRun:
     def _train(self) -> None:
         training = sla_to_training_settings(self.sla)
         nodes = self.deps.adapter.list_nodes()
-        plan, notes = plan_learners(nodes, training)
+        tags = list(training.data_tags)
+        plan, notes = plan_learners(nodes, training, self._customer_tag_lister(tags))
         for note in notes:
             self._event(note, level="warning")
+        check_feature_widths(plan.nodes, tags, self._data_servers().shape_lister(self.customer, tags))
         self._event(f"learners on nodes {[node.name for node in plan.nodes]}")
         total_cycles = training.training_cycles if training.mode == "hierarchical" else 1
         self.progress = Progress(total_rounds=training.training_rounds, total_cycles=total_cycles)
@@ -457,6 +485,19 @@ class ProjectRun:
                         level="warning")
             self.deps.adapter.deploy_service(app, service_id)
 
+    def _data_servers(self) -> DataServers:
+        return DataServers(self.deps.settings.data_access)
+
+    def _customer_tag_lister(self, tags: list[str]) -> Callable[[str], dict[str, int]]:
+        """Rows per tag in this project's customer's namespace only (placement counts nobody else's)."""
+        servers = self._data_servers()
+
+        def list_tags(address: str) -> dict[str, int]:
+            with servers.reader(address, self.customer, tags) as client:
+                return client.list_tags(tags)
+
+        return list_tags
+
     def _deploy_classic(self, plan: LearnerPlan) -> tuple[str, dict[str, str]]:
         name = "aggregator"
         address = self._aggregator(name, role="classic", cluster=None, placement=Placement())
@@ -534,6 +575,9 @@ class ProjectRun:
             aggregator_address=aggregator_address,
             data_server_address=data_server,
             data_tags=list(self.sla.training_configuration.data_tags),
+            data_token=self._data_servers().project_read_token(
+                self.customer, self.project_id, node, list(self.sla.training_configuration.data_tags)),
+            data_ca_pem=self._data_servers().ca_pem,
             work_dir=str(self._work_dir(name)),
             flower_tls=self.flower_ca.for_supernode(node) if self.deps.settings.flower_tls else None,
         )
@@ -618,6 +662,7 @@ class ProjectRun:
                 tracking_ca_pem=self.deps.observatories.ca_pem(),
                 bind_host=bind_host_for(adapter),
                 port=endpoint.port,
+                access_token_sha256=self.deps.settings.tracking_access.digests(self.customer),
             )
             spec = self._spec("serving", ServiceKind.SERVING, config, runtime=True,
                               image=self.state.build.learner_image if self.state.build else None,
@@ -749,7 +794,10 @@ class ProjectRun:
             level = "warning"
         elif isinstance(message, EventLine):
             level = message.level
-        self._event(describe(message), source=message.sender, level=level)
+        # The event id is the message's digest: a report the broker delivers twice (QoS 1 after a manager
+        # restart, a retained result heard again) is stored once.
+        event_id = hashlib.sha256(message.topic().encode() + b"\0" + message.to_payload()).hexdigest()[:32]
+        self._event(describe(message), source=message.sender, level=level, event_id=event_id)
 
     # -- cleanup -------------------------------------------------------------------
     def _cleanup(self, keep_serving: bool) -> None:
@@ -770,6 +818,17 @@ class ProjectRun:
         if not keep_serving:
             self.deps.broker.revoke(self.project_id)
         self._revoke_configs(keep_serving)
+        if self.state.training_started:
+            self._revoke_data_tokens()
+
+    def _revoke_data_tokens(self) -> None:
+        """The learners' read tokens die with the project (they also expire on their own)."""
+        try:
+            problems = self._data_servers().revoke_project(self.deps.adapter.list_nodes(), self.project_id)
+        except AdapterError as error:
+            problems = [str(error)]
+        for problem in problems:
+            log.warning("could not revoke the data tokens of project %s on %s", self.project_id, problem)
 
     def _revoke_configs(self, keep_serving: bool) -> None:
         owners = [self.project_id] + ([] if keep_serving else [config_owner(self.project_id, "serving")])
@@ -887,8 +946,9 @@ class ProjectRun:
     def _update(self, **fields: object) -> None:
         self.writer.update(updated_at=time.time(), **fields)
 
-    def _event(self, text: str, *, source: str = "manager", level: str = "info") -> None:
-        self.writer.event(EventRecord(project_id=self.project_id, source=source, level=level, text=text))
+    def _event(self, text: str, *, source: str = "manager", level: str = "info", event_id: str | None = None) -> None:
+        event = EventRecord(project_id=self.project_id, source=source, level=level, text=text)
+        self.writer.event(event.model_copy(update={"event_id": event_id}) if event_id else event)
 
 
 def _one_line(error: BaseException) -> str:

@@ -15,24 +15,31 @@ from collections.abc import Callable
 
 from flops_utils.mqtt_catalogue import ALL_PROJECTS_FILTER, FlopsMessage, split_topic
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
+from flops_utils.service_config import DataServerSecurity
 from manager.broker_access import BrokerAccessError, ResolvingAccess
 from manager.config_vault import ConfigRefused, ConfigVault, config_owner
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult
+from manager.data_models import DataToken, NodeList
 from manager.lifecycle.cache_upkeep import DAY_S, prune_build_cache
 from manager.lifecycle.context import LifecycleSettings
+from manager.lifecycle.data_nodes import DataServers
 from manager.lifecycle.inbox import ProjectInbox
+from manager.lifecycle.inventory import node_inventory, write_token_for
 from manager.lifecycle.observatory import ObservatoryKeeper, observatory_name
 from manager.lifecycle.project_run import OBSERVER_KEY, ProjectRun, RunDeps, project_app_name
 from manager.lifecycle.project_secrets import seal_project_secrets, with_project_secrets
+from manager.quotas import QuotaExceeded, check_active_projects, check_observatories
 from manager.records import EventRecord, ProjectPhase, ProjectRecord, ProjectStatus
 from manager.secret_box import SecretUnreadable
 from manager.sla import ProjectSLA
 from manager.storage.base import ProjectStore
-from orchestrator_adapters.base import AdapterError, AppKind, AppRef, OrchestratorAdapter
+from orchestrator_adapters.base import AdapterError, AppKind, AppRef, NodeInfo, OrchestratorAdapter
 from orchestrator_adapters.registry import create_adapter
 
 log = logging.getLogger(__name__)
 
+# Adapters that run the nodes' data servers themselves: they get the certificate and token key.
+DATA_SERVER_ADAPTERS = frozenset({"local", "container", "kubernetes"})
 RESTART_REASON = "the manager restarted while the project was running; its services were stopped"
 RESTARTABLE_PHASES = frozenset(
     {ProjectPhase.QUEUED, ProjectPhase.OBSERVATORY, ProjectPhase.PROJECT_APP, ProjectPhase.OBSERVER, ProjectPhase.BUILD}
@@ -43,14 +50,17 @@ class LifecycleService:
     def __init__(self, settings: LifecycleSettings, store: ProjectStore) -> None:
         self.settings = settings
         self.store = store
-        self.link = MqttLink(settings.mqtt, client_id=f"flops-manager-{uuid.uuid4().hex[:8]}")
+        client_id = settings.mqtt_client_id or f"flops-manager-{uuid.uuid4().hex[:8]}"
+        self.link = MqttLink(settings.mqtt, client_id=client_id, persistent_session=settings.mqtt_client_id is not None)
         self.observatories = ObservatoryKeeper(settings, store)
         self.broker = ResolvingAccess(settings.mqtt, settings.mqtt_project_credentials)
         self._adapters: dict[str, OrchestratorAdapter] = {}
         self._adapter_lock = threading.Lock()
         self._inboxes: dict[str, ProjectInbox] = {}
         self._threads: dict[str, threading.Thread] = {}
+        self._runs: dict[str, ProjectRun] = {}
         self._lock = threading.Lock()
+        self._admission = threading.Lock()  # quota checks and the insert they allow, one request at a time
         self._closing = threading.Event()
 
     # -- start / stop --------------------------------------------------------------
@@ -70,8 +80,21 @@ class LifecycleService:
             threading.Thread(target=self._connect_forever, name="mqtt-connect", daemon=True).start()
         for thread in pending:
             thread.start()
+        if self.settings.start_adapter_at_start:
+            threading.Thread(target=self._start_default_adapter, name="adapter-start", daemon=True).start()
         if self.settings.cache_max_age_s > 0:
             threading.Thread(target=self._prune_cache_forever, name="cache-upkeep", daemon=True).start()
+        if self.settings.quotas.observatory_idle_s > 0:
+            threading.Thread(target=self._stop_idle_observatories_forever, name="observatory-idle",
+                             daemon=True).start()  # fmt: skip
+
+    def _start_default_adapter(self) -> None:
+        """Nodes' data servers run before any project (the local adapter starts them), so data can come first."""
+        try:
+            self.adapter()
+        except AdapterError as error:
+            log.warning("the %s orchestrator did not start: %s; retrying when it is first needed",
+                        self.settings.orchestrator, error)
 
     def _connect_forever(self) -> None:
         while not self._closing.is_set() and not self.link.connected:
@@ -95,7 +118,12 @@ class LifecycleService:
         name = name or self.settings.orchestrator
         with self._adapter_lock:
             if name not in self._adapters:
-                adapter = create_adapter(name, dict(self.settings.adapter_settings.get(name, {})))
+                settings = dict(self.settings.adapter_settings.get(name, {}))
+                access = self.settings.data_access
+                if access is not None and name in DATA_SERVER_ADAPTERS and "data_security" not in settings:
+                    host = str(settings.get("host") or "127.0.0.1")
+                    settings["data_security"] = access.server_security(host).model_dump()
+                adapter = create_adapter(name, settings)
                 adapter.start()
                 self._adapters[name] = adapter
             return self._adapters[name]
@@ -124,16 +152,24 @@ class LifecycleService:
             orchestrator=orchestrator,
             sealed=sealed,
         )
-        self.store.insert_project(record)
+        with self._admission:
+            active = sum(1 for known in self.store.list_projects(customer) if not known.status.finished)
+            try:
+                check_active_projects(customer, active, self.settings.quotas)
+                check_observatories(customer, self.observatories.running_customers(), self.settings.quotas)
+            except QuotaExceeded as exceeded:
+                raise ControlError(f"{exceeded}; no project was created", status=exceeded.status) from None
+            self.store.insert_project(record)
         self._event(record.project_id, f"project created by {customer} on the {orchestrator} orchestrator")
         self._prepare(record, sla, adapter, resume=False).start()
         return record
 
     def _prepare(
-        self, record: ProjectRecord, sla: ProjectSLA, adapter: OrchestratorAdapter, resume: bool
+        self, record: ProjectRecord, sla: ProjectSLA, adapter: OrchestratorAdapter, resume: bool,
+        not_before: float | None = None,
     ) -> threading.Thread:
         """Register the project's inbox and return its (not yet started) run thread."""
-        inbox = ProjectInbox()
+        inbox = ProjectInbox(not_before=not_before)
         deps = RunDeps(self.settings, self.store, adapter, self.observatories, self.link.publish, self.broker,
                        self.link.clear_retained)
         run = ProjectRun(record, sla, deps, inbox)
@@ -144,6 +180,7 @@ class LifecycleService:
         with self._lock:
             self._inboxes[record.project_id] = inbox
             self._threads[record.project_id] = thread
+            self._runs[record.project_id] = run
         return thread
 
     def _run(self, project_id: str, body: Callable[[], None]) -> None:
@@ -153,24 +190,37 @@ class LifecycleService:
             with self._lock:
                 self._inboxes.pop(project_id, None)
                 self._threads.pop(project_id, None)
+                self._runs.pop(project_id, None)
 
     def stop_project(self, project_id: str) -> ProjectRecord:
+        """A running project answers STOPPING at once; its own run thread undeploys its services (so
+        projects stop in parallel) and ends STOPPED. A finished one gets its serving endpoint undeployed."""
         record = self._project(project_id)
         with self._lock:
-            inbox = self._inboxes.get(project_id)
-            thread = self._threads.get(project_id)
-        if inbox is not None and thread is not None:
-            self._event(project_id, "stop requested")
-            inbox.stop_requested.set()
-            thread.join(timeout=60)
-        elif record.apps.get("project"):
+            run = self._runs.get(project_id)
+        if run is not None:
+            if run.request_stop():
+                self._event(project_id, "stop requested")
+            return self._project(project_id)
+        if record.apps.get("project"):
             self._undeploy_leftovers(record)
             self._revoke_broker_access(project_id)
+            self._revoke_data_tokens(record)
             ConfigVault(self.store, self.settings.secret_box).revoke(config_owner(project_id, "serving"))
             if record.serving_url:
                 self.store.update_project(project_id, serving_url=None, updated_at=time.time())
                 self._event(project_id, "serving endpoint undeployed")
         return self._project(project_id)
+
+    def _revoke_data_tokens(self, record: ProjectRecord) -> None:
+        """The learners' read tokens of a project stopped without its run thread (the run revokes its own)."""
+        try:
+            nodes = self.adapter(record.orchestrator).list_nodes()
+        except AdapterError as error:
+            log.warning("could not revoke the data tokens of %s: %s", record.project_id, error)
+            return
+        for problem in DataServers(self.settings.data_access).revoke_project(nodes, record.project_id):
+            log.warning("could not revoke the data tokens of %s on %s", record.project_id, problem)
 
     def _revoke_broker_access(self, project_id: str) -> None:
         try:
@@ -182,6 +232,11 @@ class LifecycleService:
         from manager.lifecycle.errors import PhaseFailed
 
         try:
+            with self._admission:
+                check_observatories(customer, self.observatories.running_customers(), self.settings.quotas)
+        except QuotaExceeded as exceeded:
+            raise ControlError(str(exceeded), status=exceeded.status) from None
+        try:
             return self.observatories.ensure(self.adapter(), customer).tracking_url
         except (PhaseFailed, AdapterError) as error:
             raise ControlError(f"could not start the tracking server: {error}", status=503) from None
@@ -192,7 +247,24 @@ class LifecycleService:
     def push_mock_data(self, request: MockRequest) -> MockResult:
         from manager.mocks import push_mock_data
 
-        return push_mock_data(self.adapter().list_nodes(), request.mock_data_configuration)
+        return push_mock_data(self.adapter().list_nodes(), request.mock_data_configuration, request.customer_id,
+                              DataServers(self.settings.data_access))
+
+    def list_nodes(self, customer: str) -> NodeList:
+        return node_inventory(self._nodes(), customer, DataServers(self.settings.data_access))
+
+    def data_write_token(self, customer: str, node: str) -> DataToken:
+        return write_token_for(self._nodes(), customer, node, self.settings.data_access)
+
+    def data_server_security(self) -> DataServerSecurity | None:
+        access = self.settings.data_access
+        return access.server_security() if access is not None else None
+
+    def _nodes(self) -> list[NodeInfo]:
+        try:
+            return self.adapter().list_nodes()
+        except AdapterError as error:
+            raise ControlError(f"the {self.settings.orchestrator} orchestrator is unavailable: {error}", 503) from None
 
     def service_config(self, config_id: str, token: str) -> str:
         try:
@@ -208,6 +280,18 @@ class LifecycleService:
         return prune_build_cache(self.settings.cache_dir, self.store.list_projects(None), max_age_s=max_age_s,
                                  dry_run=request.dry_run)  # fmt: skip
 
+    def _stop_idle_observatories_forever(self) -> None:
+        """Stop observatories unused for ``quotas.observatory_idle_s`` whose customer runs no project."""
+        idle_s = self.settings.quotas.observatory_idle_s
+        while not self._closing.wait(max(1.0, min(60.0, idle_s / 4))):
+            try:
+                busy = {record.customer for record in self.store.list_projects(None) if not record.status.finished}
+                for customer in busy:
+                    self.observatories.touch(customer)  # idle time counts from a customer's last project
+                self.observatories.stop_idle(lambda name: self.adapter(name or None), busy, idle_s)
+            except Exception as error:  # the database or orchestrator may be away; try again next turn
+                log.warning("could not stop idle observatories: %s", error)
+
     def _prune_cache_forever(self) -> None:
         """Prune at start and then every ``cache_prune_interval_s``; a failure waits for the next turn."""
         while not self._closing.is_set():
@@ -219,9 +303,11 @@ class LifecycleService:
 
     def reset(self) -> None:
         with self._lock:
-            running = list(self._inboxes)
+            running = dict(self._threads)
         for project_id in running:
             self.stop_project(project_id)
+        for thread in running.values():
+            thread.join(timeout=120)
         for record in self.store.list_projects(None):
             self._undeploy_leftovers(record)
         for app in self.store.list_apps(kind=AppKind.OBSERVATORY.value):
@@ -280,7 +366,8 @@ class LifecycleService:
         if record.phase in RESTARTABLE_PHASES:
             self._undeploy_leftovers(record)
             self._event(record.project_id, "manager restarted: the project starts again from the beginning")
-            return self._prepare(record, sla, adapter, resume=False)
+            # What the undeployed services reported before (the broker may still deliver it) is not this run's.
+            return self._prepare(record, sla, adapter, resume=False, not_before=time.time())
         raise ControlError(f"phase {record.phase.value} cannot be resumed")
 
     def _undeploy_leftovers(self, record: ProjectRecord) -> None:

@@ -35,6 +35,10 @@ class TrackingPki:
                 self._ca = ensure_ca(self.directory, name(ORGANIZATION, "FLOps MLflow CA"), CA_DAYS)
             return self._ca
 
+    def authority(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        """The CA certificate and key (made on first use); data servers get certificates from it too."""
+        return self._authority()
+
     @property
     def ca_file(self) -> Path:
         self._authority()
@@ -43,9 +47,10 @@ class TrackingPki:
     def ca_pem(self) -> str:
         return cert_pem(self._authority()[0]).decode()
 
-    def issue(self, host: str) -> ServerCertificate:
-        """A certificate for an MLflow server reached at ``host`` (and locally)."""
+    def issue(self, host: str, service: str = "MLflow") -> ServerCertificate:
+        """A certificate for a server of the observatory (MLflow, a project observer) reached at ``host``
+        (and locally)."""
         ca_cert, ca_key = self._authority()
-        cert, key = issue_server_cert(ca_cert, ca_key, name(ORGANIZATION, f"MLflow {host}"[:64]),
+        cert, key = issue_server_cert(ca_cert, ca_key, name(ORGANIZATION, f"{service} {host}"[:64]),
                                       [host, *LOCAL_NAMES], SERVER_DAYS)  # fmt: skip
         return ServerCertificate(cert_pem=cert_pem(cert).decode(), key_pem=key_pem(key).decode())

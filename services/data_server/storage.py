@@ -1,4 +1,8 @@
-"""Fragments on the node's disk: ``<storage_dir>/<tag>/<fragment-id>.parquet``.
+"""Fragments on the node's disk: ``<storage_dir>/ns/<customer-dir>/<tag>/<fragment-id>.parquet``.
+
+Every customer has a namespace of its own (:class:`Namespaces`): customer A's ``digits``
+and customer B's ``digits`` are different directories. The first fragment of a tag fixes
+its feature width (kept in the Parquet metadata); later uploads must match it.
 
 A fragment is first written to ``<storage_dir>/.incoming/`` and renamed into its tag
 directory only when complete, so a crash never leaves half a fragment. Deleting a tag
@@ -8,7 +12,9 @@ partly deleted tag. Both leftovers are cleared at start.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import threading
 import time
@@ -39,6 +45,12 @@ class TagSummary:
     fragments: int
     rows: int
     bytes: int
+    width: int | None = None  # features per row, fixed by the tag's first fragment
+
+
+def describe_shape(width: int) -> str:
+    """How a tag's schema reads in messages: ``(n, 30) float32 features, int64 labels``."""
+    return f"(n, {width}) float32 features, int64 labels"
 
 
 def check_tag(tag: str) -> str:
@@ -123,7 +135,8 @@ class FragmentStore:
                 raise RejectedUpload(f"upload to tag {tag!r} has no rows")
             existing = self._dimension(tag)
             if existing is not None and existing != dimension:
-                raise RejectedUpload(f"tag {tag!r} holds {existing}-feature rows; this upload has {dimension}")
+                raise RejectedUpload(f"tag {tag!r} holds {describe_shape(existing)}; this upload has "
+                                     f"{describe_shape(dimension)}; delete the tag first or use another tag")
             table = pa.Table.from_batches(collected, schema=FRAGMENT_SCHEMA).cast(FRAGMENT_SCHEMA)
             table = table.replace_schema_metadata({_DIMENSION_KEY: str(dimension).encode()})
             pq.write_table(table, incoming)
@@ -135,7 +148,7 @@ class FragmentStore:
                 os.replace(incoming, target / f"{fragment_id}.parquet")
         finally:
             incoming.unlink(missing_ok=True)
-        return TagSummary(tag, 1, rows, received)
+        return TagSummary(tag, 1, rows, received, dimension)
 
     def tags(self) -> list[str]:
         with self._lock:
@@ -151,7 +164,7 @@ class FragmentStore:
                 fragments += 1
             except FileNotFoundError:
                 continue  # deleted while we looked
-        return TagSummary(tag, fragments, rows, size)
+        return TagSummary(tag, fragments, rows, size, self._dimension(tag) if fragments else None)
 
     def read(self, tag: str) -> Iterator[pa.RecordBatch]:
         """Every batch of every fragment under ``tag``, oldest fragment first."""
@@ -175,3 +188,43 @@ class FragmentStore:
             os.replace(source, trash)
         shutil.rmtree(trash, ignore_errors=True)
         return summary
+
+
+_NAMESPACES = "ns"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def namespace_dir(customer: str) -> str:
+    """A directory name for ``customer``'s namespace: readable and distinct for distinct names."""
+    digest = hashlib.sha256(customer.encode()).hexdigest()[:10]
+    return f"{_UNSAFE.sub('-', customer).strip('-')[:40] or 'x'}-{digest}"
+
+
+class Namespaces:
+    """One :class:`FragmentStore` per customer under ``<root>/ns/``; created on first use."""
+
+    def __init__(self, root: Path, max_upload_bytes: int) -> None:
+        self.root = root
+        self.max_upload_bytes = max_upload_bytes
+        self._stores: dict[str, FragmentStore] = {}
+        self._lock = threading.Lock()
+
+    def prepare(self) -> None:
+        """Clear what an earlier crash left in every existing namespace."""
+        (self.root / _NAMESPACES).mkdir(parents=True, exist_ok=True)
+        for directory in sorted((self.root / _NAMESPACES).iterdir()):
+            if directory.is_dir():
+                FragmentStore(directory, self.max_upload_bytes).prepare()
+
+    def of(self, customer: str) -> FragmentStore:
+        with self._lock:
+            store = self._stores.get(customer)
+            if store is None:
+                store = FragmentStore(self.root / _NAMESPACES / namespace_dir(customer), self.max_upload_bytes)
+                store.prepare()
+                self._stores[customer] = store
+            return store
+
+    def count(self) -> int:
+        directory = self.root / _NAMESPACES
+        return sum(1 for path in directory.iterdir() if path.is_dir()) if directory.is_dir() else 0

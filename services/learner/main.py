@@ -15,7 +15,14 @@ import sys
 import threading
 from types import FrameType
 
-from flops_utils.data_client import DATA_SERVER_ENV, DATA_TAGS_ENV, DataServerClient, DataServerError
+from flops_utils.data_client import (
+    DATA_CA_ENV,
+    DATA_SERVER_ENV,
+    DATA_TAGS_ENV,
+    DATA_TOKEN_ENV,
+    DataServerClient,
+    DataServerError,
+)
 from flops_utils.mqtt_catalogue import ControlCommand, FlopsMessage, TopicKind, TrainingResult, topic
 from flops_utils.service_config import LearnerConfig, load_config
 from services.fl_runtime import protocol as p
@@ -38,7 +45,7 @@ def tags_with_data(config: LearnerConfig) -> dict[str, int]:
     """Tag -> rows on this node's data server, for the project's tags that have rows."""
     if not config.data_tags:
         return {}
-    with DataServerClient(config.data_server_address) as client:
+    with DataServerClient(config.data_server_address, config.data_token, config.data_ca_pem) as client:
         client.wait_ready(DATA_SERVER_WAIT_S)
         found = client.list_tags(config.data_tags)
     return {tag: rows for tag, rows in found.items() if rows > 0 and tag in config.data_tags}
@@ -101,6 +108,8 @@ class LearnerService:
         # The ClientApp (and the user's DataManager through flops_utils.load_dataset) reads these.
         os.environ[DATA_SERVER_ENV] = config.data_server_address
         os.environ[DATA_TAGS_ENV] = ",".join(config.data_tags)
+        os.environ[DATA_TOKEN_ENV] = config.data_token or ""
+        os.environ[DATA_CA_ENV] = config.data_ca_pem or ""
         node_config = {
             p.NODE_ROLE_KEY: "learner",
             p.NODE_NAME_KEY: config.node,

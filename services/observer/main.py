@@ -1,8 +1,10 @@
 """The project observer: one per project, in the customer's observatory app.
 
 It subscribes to every topic of its project and keeps a human-readable event log
-(appended to a file, so it survives restarts) that it serves over HTTP:
-``GET /events?after=N`` (JSON lines with sequence numbers) and ``GET /health``.
+(appended to a file, so it survives restarts) that it serves over HTTPS when its
+config carries a certificate (the manager issues one from its CA, as for MLflow;
+plain HTTP otherwise): ``GET /events?after=N`` (JSON lines with sequence numbers)
+and ``GET /health``.
 ``/events`` needs one of the customer's tokens (see :mod:`flops_utils.token_access`)
 when the config names their digests.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +26,7 @@ from flops_utils.mqtt_catalogue import FlopsMessage, project_filter
 from flops_utils.mqtt_link import MqttLink
 from flops_utils.service_config import ObserverConfig, load_config
 from flops_utils.token_access import TokenCheck
+from services.observer.tracking_server import write_certificate_files
 
 log = logging.getLogger("flops.observer")
 
@@ -89,6 +93,14 @@ def make_handler(events: EventLog, check: TokenCheck | None = None) -> type[Base
     return Handler
 
 
+def serve_tls(server: ThreadingHTTPServer, cert_file: Path, key_file: Path) -> None:
+    """Make ``server`` speak TLS 1.2+ only; the handshake runs in each request's thread, not in accept()."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert_file), str(key_file))
+    server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s observer %(message)s")
     config = load_config(ObserverConfig)
@@ -101,6 +113,10 @@ def main() -> None:
     if check.open:
         log.warning("no access tokens configured: anyone who reaches port %s reads this project's events", config.port)
     server = ThreadingHTTPServer((config.bind_host, config.port), make_handler(events, check))
+    if config.tls is not None:
+        serve_tls(server, *write_certificate_files(config.tls, config.tls_dir))
+    else:
+        log.warning("no certificate configured: /events and its bearer tokens cross the network in clear")
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     log.info("observing project %s on port %s", config.project_id, config.port)
     try:

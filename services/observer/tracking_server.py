@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from flops_utils.service_config import TrackingConfig, load_config
+from flops_utils.service_config import ServerCertificate, TrackingConfig, load_config
 from services.observer.mlflow_gate import GATE_APP_NAME, REALM_ENV, TOKEN_DIGESTS_ENV
 
 
@@ -23,14 +23,19 @@ def write_tls_files(config: TrackingConfig) -> tuple[Path, Path] | None:
     """The server's certificate and key as files (key mode 0600) for uvicorn; None without TLS."""
     if config.tls is None:
         return None
-    directory = Path(config.tls_dir) if config.tls_dir else Path(tempfile.mkdtemp(prefix="flops-mlflow-tls-"))
+    return write_certificate_files(config.tls, config.tls_dir)
+
+
+def write_certificate_files(certificate: ServerCertificate, tls_dir: str | None) -> tuple[Path, Path]:
+    """``server.pem`` and ``server.key`` (mode 0600) in ``tls_dir`` (mode 0700; default: a new private temp dir)."""
+    directory = Path(tls_dir) if tls_dir else Path(tempfile.mkdtemp(prefix="flops-tls-"))
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(directory, 0o700)
     cert, key = directory / "server.pem", directory / "server.key"
-    cert.write_text(config.tls.cert_pem)
+    cert.write_text(certificate.cert_pem)
     descriptor = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
-        handle.write(config.tls.key_pem)
+        handle.write(certificate.key_pem)
     return cert, key
 
 

@@ -1,6 +1,8 @@
 """Serves a trained model from MLflow with MLflow's own scoring protocol.
 
-``/invocations`` and ``/ping`` come from ``mlflow.pyfunc.scoring_server``; running
+``/invocations`` and ``/ping`` come from ``mlflow.pyfunc.scoring_server``, wrapped by
+:class:`services.serving.guard.ServingGuard` (a token for ``/invocations``, the input
+width checked against the model's); running
 its ASGI app in-process with uvicorn avoids depending on a ``uvicorn`` binary on
 PATH (the cause of an earlier "exit 127" serving failure).
 """
@@ -24,8 +26,10 @@ def main() -> None:
     import uvicorn
     from mlflow.pyfunc import scoring_server
 
+    from services.serving.guard import ServingGuard, model_width
+
     model = mlflow.pyfunc.load_model(config.model_uri)
-    app = scoring_server.init(model)
+    app = ServingGuard(scoring_server.init(model), config.access_token_sha256, model_width(model))
     sender = config.instance_name or "serving"
     try:
         link = MqttLink(config.mqtt).connect(timeout=10)

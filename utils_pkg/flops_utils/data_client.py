@@ -9,6 +9,10 @@ project's data tags from the environment the learner sets up::
 
     x, y = to_numpy(load_dataset())  # x: float32 (n, d), y: int64 (n,)
 
+Data servers speak TLS and want a data token (see :mod:`flops_utils.data_tokens`):
+``FLOPS_DATA_TOKEN`` and ``FLOPS_DATA_CA`` (the CA as PEM text) come with the learner's
+environment too; a token opens only its customer's namespace.
+
 Every error this module raises is a :class:`DataServerError` with a one-line message.
 """
 
@@ -18,6 +22,8 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -26,15 +32,23 @@ from numpy.typing import ArrayLike
 
 DATA_SERVER_ENV = "FLOPS_DATA_SERVER"
 DATA_TAGS_ENV = "FLOPS_DATA_TAGS"
+DATA_TOKEN_ENV = "FLOPS_DATA_TOKEN"
+# Every data server certificate carries this DNS name, and clients check it (not the address): the CA is the
+# manager's own and signs it only for data servers, so one name works on every node, whatever its address.
+DATA_SERVER_TLS_NAME = "flops-data-server"
+DATA_CA_ENV = "FLOPS_DATA_CA"
 
 FRAGMENT_SCHEMA = pa.schema([pa.field("features", pa.list_(pa.float32())), pa.field("label", pa.int64())])
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 DELETE_TAG_ACTION = "delete_tag"
 PING_ACTION = "ping"
+REVOKE_PROJECT_ACTION = "revoke_project"
+WIDTH_METADATA_KEY = b"flops.width"  # in a listed tag's schema: its feature width
 
 _LIST_TIMEOUT_S = 30.0
 _PING_TIMEOUT_S = 2.0
+_PUT_BATCH_ROWS = 16384
 
 
 class DataServerError(RuntimeError):
@@ -45,12 +59,22 @@ class DataServerUnavailable(DataServerError):
     """The data server did not answer (not running, wrong address)."""
 
 
+class DataAccessDenied(DataServerError):
+    """The data server refused the token (none, invalid, expired, revoked, wrong scope or node)."""
+
+
 class NoDataError(DataServerError):
     """No fragment matches the requested tags."""
 
     def __init__(self, message: str, tags: list[str]) -> None:
         super().__init__(message)
         self.tags = tags
+
+
+@dataclass(frozen=True)
+class TagShape:
+    rows: int
+    width: int | None  # features per row (None: unknown, e.g. an older data server)
 
 
 def is_valid_tag(tag: str) -> bool:
@@ -120,23 +144,40 @@ def _location(address: str) -> str:
 
 
 class DataServerClient:
-    """Talks to one data server; connects lazily on the first call."""
+    """Talks to one data server; connects lazily on the first call.
 
-    def __init__(self, address: str) -> None:
-        self.address = address.removeprefix("grpc://").removeprefix("grpc+tcp://")
+    ``token``: a data token (sent as ``authorization: Bearer``); ``ca_pem``: the CA of the
+    server's certificate, which makes the connection TLS.
+    """
+
+    def __init__(self, address: str, token: str | None = None, ca_pem: str | None = None) -> None:
+        self.address = address.removeprefix("grpc://").removeprefix("grpc+tcp://").removeprefix("grpc+tls://")
+        self.token = token
+        self.ca_pem = ca_pem
         self._client: flight.FlightClient | None = None
 
     def _flight(self) -> flight.FlightClient:
         if self._client is None:
             try:
-                self._client = flight.FlightClient(_location(self.address))
+                if self.ca_pem:
+                    self._client = flight.FlightClient(f"grpc+tls://{self.address}",
+                                                       tls_root_certs=self.ca_pem.encode(),
+                                                       override_hostname=DATA_SERVER_TLS_NAME)
+                else:
+                    self._client = flight.FlightClient(_location(self.address))
             except (pa.ArrowException, ValueError) as error:
                 raise DataServerUnavailable(f"bad data server address {self.address!r}: {_one_line(error)}") from error
         return self._client
 
+    def _options(self, timeout: float | None = None) -> flight.FlightCallOptions:
+        headers = [(b"authorization", f"Bearer {self.token}".encode())] if self.token else []
+        return flight.FlightCallOptions(timeout=timeout, headers=headers)
+
     def _fail(self, doing: str, error: BaseException) -> DataServerError:
         if isinstance(error, flight.FlightUnavailableError | flight.FlightTimedOutError):
             return DataServerUnavailable(f"data server {self.address} is unreachable ({doing}): {_one_line(error)}")
+        if isinstance(error, flight.FlightUnauthenticatedError | flight.FlightUnauthorizedError):
+            return DataAccessDenied(f"data server {self.address} refused to {doing}: {_one_line(error)}")
         return DataServerError(f"data server {self.address} refused to {doing}: {_one_line(error)}")
 
     def ping(self, timeout: float = _PING_TIMEOUT_S) -> None:
@@ -158,8 +199,11 @@ class DataServerClient:
                     raise DataServerUnavailable(f"data server {self.address} not ready after {timeout:g} s") from error
                 time.sleep(0.1)
 
-    def put(self, tag: str, table: pa.Table) -> int:
-        """Store ``table`` as one fragment under ``tag``; returns the rows stored."""
+    def put(self, tag: str, table: pa.Table, progress: Callable[[int, int], None] | None = None) -> int:
+        """Store ``table`` as one fragment under ``tag``; returns the rows stored.
+
+        ``progress(rows_sent, rows_total)`` is called after each batch of a large table.
+        """
         if not is_valid_tag(tag):
             raise DataServerError(f"invalid tag {tag!r}: use 1-64 letters, digits, '.', '_' or '-'")
         problem = schema_problem(table.schema)
@@ -167,8 +211,14 @@ class DataServerClient:
             raise DataServerError(f"cannot upload to tag {tag!r}: {problem}")
         table = table.cast(FRAGMENT_SCHEMA)
         try:
-            writer, _ = self._flight().do_put(flight.FlightDescriptor.for_path(tag), FRAGMENT_SCHEMA)
-            writer.write_table(table, max_chunksize=16384)
+            writer, _ = self._flight().do_put(flight.FlightDescriptor.for_path(tag), FRAGMENT_SCHEMA,
+                                              options=self._options())
+            sent = 0
+            for batch in table.to_batches(max_chunksize=_PUT_BATCH_ROWS):
+                writer.write_batch(batch)
+                sent += batch.num_rows
+                if progress is not None:
+                    progress(sent, table.num_rows)
             writer.close()
         except (pa.ArrowException, OSError) as error:
             raise self._fail(f"store tag {tag!r}", error) from error
@@ -176,13 +226,20 @@ class DataServerClient:
 
     def list_tags(self, tags: list[str] | None = None) -> dict[str, int]:
         """Tag -> rows stored, for ``tags`` (all tags when None or empty)."""
+        return {tag: shape.rows for tag, shape in self.list_shapes(tags).items()}
+
+    def list_shapes(self, tags: list[str] | None = None) -> dict[str, TagShape]:
+        """Tag -> rows and feature width, for ``tags`` (all of the token's namespace when None or empty)."""
         criteria = ",".join(tags or []).encode()
-        options = flight.FlightCallOptions(timeout=_LIST_TIMEOUT_S)
         try:
-            infos = list(self._flight().list_flights(criteria, options=options))
+            infos = list(self._flight().list_flights(criteria, options=self._options(_LIST_TIMEOUT_S)))
         except (pa.ArrowException, OSError) as error:
             raise self._fail("list tags", error) from error
-        return {bytes(info.descriptor.path[0]).decode(): info.total_records for info in infos}
+        shapes = {}
+        for info in infos:
+            width = (info.schema.metadata or {}).get(WIDTH_METADATA_KEY, b"0")
+            shapes[bytes(info.descriptor.path[0]).decode()] = TagShape(info.total_records, int(width) or None)
+        return shapes
 
     def get(self, tags: list[str]) -> pa.Table:
         """Every fragment under any of ``tags`` as one table; :class:`NoDataError` when none matches."""
@@ -196,7 +253,7 @@ class DataServerClient:
         tables = []
         for tag in present:
             try:
-                tables.append(self._flight().do_get(flight.Ticket(tag.encode())).read_all())
+                tables.append(self._flight().do_get(flight.Ticket(tag.encode()), options=self._options()).read_all())
             except (pa.ArrowException, OSError) as error:
                 raise self._fail(f"send tag {tag!r}", error) from error
         rows = [table for table in tables if table.num_rows]
@@ -207,12 +264,21 @@ class DataServerClient:
     def delete_tag(self, tag: str) -> int:
         """Remove every fragment under ``tag``; returns how many were removed (0 if none)."""
         try:
-            results = list(self._flight().do_action(flight.Action(DELETE_TAG_ACTION, tag.encode())))
+            results = list(self._flight().do_action(flight.Action(DELETE_TAG_ACTION, tag.encode()),
+                                                    options=self._options()))
         except (pa.ArrowException, OSError) as error:
             raise self._fail(f"delete tag {tag!r}", error) from error
         if not results:
             return 0
         return int(json.loads(results[0].body.to_pybytes()).get("fragments", 0))
+
+    def revoke_project(self, project_id: str, timeout: float = _PING_TIMEOUT_S * 5) -> None:
+        """Make the server refuse ``project_id``'s read tokens from now on (needs an admin token)."""
+        try:
+            list(self._flight().do_action(flight.Action(REVOKE_PROJECT_ACTION, project_id.encode()),
+                                          options=self._options(timeout)))
+        except (pa.ArrowException, OSError) as error:
+            raise self._fail(f"revoke the tokens of project {project_id}", error) from error
 
     def close(self) -> None:
         if self._client is not None:
@@ -230,7 +296,8 @@ def load_dataset(tags: list[str] | None = None, address: str | None = None) -> p
     """This node's fragments for the project's tags, as one table.
 
     Defaults: ``address`` from ``FLOPS_DATA_SERVER`` (host:port) and ``tags`` from
-    ``FLOPS_DATA_TAGS`` (comma-separated); the learner sets both.
+    ``FLOPS_DATA_TAGS`` (comma-separated); the learner sets both, and the project's read
+    token and the data server's CA in ``FLOPS_DATA_TOKEN`` and ``FLOPS_DATA_CA``.
     Raises :class:`NoDataError` when nothing matches.
     """
     address = address or os.environ.get(DATA_SERVER_ENV, "")
@@ -238,5 +305,6 @@ def load_dataset(tags: list[str] | None = None, address: str | None = None) -> p
         raise DataServerUnavailable(f"no data server: set {DATA_SERVER_ENV} to host:port")
     if tags is None:
         tags = [tag.strip() for tag in os.environ.get(DATA_TAGS_ENV, "").split(",") if tag.strip()]
-    with DataServerClient(address) as client:
+    token, ca_pem = os.environ.get(DATA_TOKEN_ENV) or None, os.environ.get(DATA_CA_ENV) or None
+    with DataServerClient(address, token, ca_pem) as client:
         return client.get(tags)

@@ -45,9 +45,15 @@ class BrokerUnavailable(ConnectionError):
 
 
 class MqttLink:
-    def __init__(self, settings: MqttSettings, client_id: str | None = None) -> None:
+    def __init__(self, settings: MqttSettings, client_id: str | None = None, persistent_session: bool = False) -> None:
+        """``persistent_session``: the broker keeps this client id's subscriptions and queues QoS 1
+        messages for it while it is disconnected (also after a crash); the next connect under the same
+        id receives them. Needs a fixed ``client_id``."""
+        if persistent_session and not client_id:
+            raise ValueError("a persistent MQTT session needs a fixed client id")
         self.settings = settings
         self.client_id = client_id or f"flops-{uuid.uuid4().hex[:12]}"
+        self.persistent_session = persistent_session
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
         self._refused: str | None = None
@@ -56,7 +62,8 @@ class MqttLink:
 
     # -- lifecycle -------------------------------------------------------------
     def connect(self, timeout: float = 10.0) -> MqttLink:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             clean_session=not self.persistent_session)
         if self.settings.username:
             client.username_pw_set(self.settings.username, self.settings.password)
         configure_tls(client, self.settings)

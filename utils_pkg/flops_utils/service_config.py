@@ -154,6 +154,9 @@ class LearnerConfig(_ServiceConfig):
     aggregator_address: str = Field(description="host:port of the SuperLink fleet API")
     data_server_address: str = Field(description="host:port of this node's data server")
     data_tags: list[str] = Field(default_factory=list)
+    data_token: str | None = Field(default=None, repr=False,
+                                   description="read-only data token for this project, node and the data tags")
+    data_ca_pem: str | None = Field(default=None, description="CA of the data server's certificate; None: plain gRPC")
     work_dir: str
     flower_tls: FlowerTls | None = Field(default=None, description="the project's CA; None: no TLS (development)")
 
@@ -165,14 +168,32 @@ class ObserverConfig(_ServiceConfig):
     access_token_sha256: list[str] = Field(
         default_factory=list, description="SHA-256 digests of the tokens that may read /events; empty: anyone"
     )
+    tls: ServerCertificate | None = Field(default=None, description="serve HTTPS with this; None: plain HTTP")
+    tls_dir: str | None = Field(default=None, description="where the certificate files are written (private)")
 
 
 class DataServerConfig(_Config):
     node: str
+    node_from_env: str | None = Field(
+        default=None, description="take the node name from this environment variable when set (the pods of a "
+        "DaemonSet share one configuration; Kubernetes puts each pod's node in FLOPS_NODE_NAME)")
     host: str = "127.0.0.1"
     port: int
     storage_dir: str
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    tls: ServerCertificate | None = Field(default=None, description="serve Flight over TLS with this; None: plain")
+    token_public_key_pem: str | None = Field(
+        default=None, description="the manager's Ed25519 public key that signs data tokens; None: no authentication "
+        "and one shared namespace (development only)")
+
+
+class DataServerSecurity(_Config):
+    """What a data server needs to speak TLS and check tokens; the manager hands it to the adapters."""
+
+    ca_pem: str = Field(description="the CA that signed cert_pem; clients verify the server with it")
+    cert_pem: str
+    key_pem: str = Field(repr=False)
+    token_public_key_pem: str
 
 
 class TrackingConfig(_Config):
@@ -200,6 +221,8 @@ class ServingConfig(_ServiceConfig):
     tracking_ca_pem: str | None = Field(default=None, description="CA of the MLflow server's certificate")
     bind_host: str = "127.0.0.1"
     port: int
+    access_token_sha256: list[str] = Field(
+        default_factory=list, description="SHA-256 digests of the tokens that may call /invocations; empty: anyone")
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

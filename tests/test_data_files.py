@@ -1,0 +1,53 @@
+"""Users' data files into fragments: CSV with a label column, Parquet (plain or fragment schema), .npz."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from flops_utils.data_client import from_numpy, to_numpy
+from flops_utils.data_files import DataFileError, read_data_file
+
+
+def test_csv_with_a_named_label_column(tmp_path: Path) -> None:
+    path = tmp_path / "readings.csv"
+    path.write_text("temp,humidity,state\n20.5,0.3,1\n21.0,0.4,0\n19.5,0.5,2\n")
+    x, y = to_numpy(read_data_file(path, "state"))
+    np.testing.assert_allclose(x, [[20.5, 0.3], [21.0, 0.4], [19.5, 0.5]], rtol=1e-6)
+    assert y.tolist() == [1, 0, 2]
+    with pytest.raises(DataFileError, match=r"has no label column 'label' \(columns: temp, humidity, state\)"):
+        read_data_file(path)
+
+
+def test_parquet_plain_columns_and_fragment_schema(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"a": [1.0, 2.0], "b": [3, 4], "label": [0, 1]}), plain)
+    x, y = to_numpy(read_data_file(plain))
+    assert x.tolist() == [[1.0, 3.0], [2.0, 4.0]] and y.tolist() == [0, 1]
+    fragment = tmp_path / "fragment.parquet"
+    pq.write_table(from_numpy(np.ones((3, 5)), [1, 2, 3]), fragment)
+    assert to_numpy(read_data_file(fragment))[0].shape == (3, 5)
+
+
+def test_npz_and_clear_refusals(tmp_path: Path) -> None:
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.zeros((4, 3)), y=np.arange(4))
+    assert read_data_file(good).num_rows == 4
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, features=np.zeros((4, 3)))
+    with pytest.raises(DataFileError, match="must hold arrays 'x' \\(n, d\\) and 'y' \\(n,\\); it has features"):
+        read_data_file(wrong)
+    text = tmp_path / "text.csv"
+    text.write_text("city,label\nMunich,1\n")
+    with pytest.raises(DataFileError, match="feature column 'city' holds string, not numbers"):
+        read_data_file(text)
+    fractions = tmp_path / "fractions.csv"
+    fractions.write_text("a,label\n1,0.5\n")
+    with pytest.raises(DataFileError, match="label column 'label' holds fractions"):
+        read_data_file(fractions)
+    with pytest.raises(DataFileError, match="unknown file type '.xlsx'"):
+        read_data_file(tmp_path / "sheet.xlsx")
