@@ -9,7 +9,9 @@ total weight once, in ``result()``, while casting back to the reference model's 
 bandwidth, up to ``batch`` replies are held (as views, nothing copied) and folded in together, one
 cache-sized block of the accumulator at a time, so the accumulator travels through memory once per
 batch rather than once per reply. ``result()`` folds the rest (fewer than ``batch`` replies), so the new
-model is ready a fraction of one pass over the updates after the last reply.
+model is ready a fraction of one pass over the updates after the last reply. Batches of 4 and 128 KiB
+blocks were the fastest of 1/2/4/8 x 32K/128K/512K here (``benchmarks/fedavg_throughput.py --clients 20
+--flat 10000000``: 5.2 GB/s, 3.9x Flower's ``aggregate_arrayrecords``, load 2.6 on 2 cores).
 
 Precision, chosen with figures (20 replies of 1M standard-normal float32 values, weights 50..1000,
 max error against the exact float128 mean): a float32 sum is off by 2.5e-7 (2.1 ulp of 1.0; Flower's
