@@ -1,10 +1,11 @@
 """Flower without FLOps, as anchors for ``round_overhead.py``: the same model and data, two runtimes.
 
 The model is the sklearn example's own ``ModelManager`` (``examples/sklearn_digits``: LogisticRegression,
-10 lbfgs iterations per round, warm start); the data is sklearn's 8x8 digits scaled to [0, 1] (what the
-mock data server holds), split into equal contiguous partitions, each split 80/20 into train and test
-like the example's ``DigitsData``. Every train call sets the parameters, fits (timed: ``fit-seconds``),
-evaluates locally and replies, as FLOps's learners do; no separate evaluation round.
+10 lbfgs iterations per round, warm start); the data is the very partition FLOps's mock data provider pushes to
+each learner (``manager.mocks.split_dataset("digits", n)``: sklearn's digits scaled to [0, 1], iid,
+seed 0), split 80/20 into train and test like the example's ``DigitsData``. Every train call sets
+the parameters, fits (timed: ``fit-seconds``), evaluates locally and replies, as FLOps's learners do;
+no separate evaluation round.
 
 - ``legacy``: Flower's deprecated gRPC bidirectional streaming (``flwr.compat`` ``start_server`` /
   ``start_client``), one server and one client process per learner. A benchmark anchor only.
@@ -12,7 +13,8 @@ evaluates locally and replies, as FLOps's learners do; no separate evaluation ro
   ``flower-supernode`` per learner (a fresh ClientApp process per message), the run submitted with
   ``flwr run``; the ServerApp uses the Message-API ``FedAvg``.
 
-Each writes ``{"rounds": [{"round", "wall_s", "slowest_fit_s"}]}`` where ``wall_s`` runs from
+Each writes ``{"rounds": [{"round", "wall_s", "slowest_fit_s", "done_at"}]}`` (``done_at``: the
+wall-clock time the round's model was aggregated) where ``wall_s`` runs from
 the round's train messages being ready (the nodes sampled) to the aggregated model, like FLOps's
 ``round_seconds``.
 
@@ -43,16 +45,15 @@ TEST_FRACTION, SEED = 0.2, 42  # as examples/sklearn_digits/data_manager.py
 # -- the model and data, shared by both anchors -----------------------------------
 def model_manager(partition: int, partitions: int) -> Any:
     """The example's ModelManager holding this partition's train and test split."""
-    from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+
+    from manager.mocks import split_dataset
 
     if str(EXAMPLE_DIR) not in sys.path:
         sys.path.insert(0, str(EXAMPLE_DIR))
     from model_manager import ModelManager  # type: ignore[import-not-found]
 
-    digits = load_digits()
-    x = np.array_split(digits.data / 16.0, partitions)[partition]
-    y = np.array_split(digits.target, partitions)[partition]
+    x, y = split_dataset("digits", partitions)[partition]
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=TEST_FRACTION, random_state=SEED)
     manager = ModelManager()
     manager.x_train, manager.y_train, manager.x_test, manager.y_test = x_train, y_train, x_test, y_test
@@ -107,7 +108,7 @@ def legacy_server(port: int, rounds: int, learners: int, out: str) -> None:
             aggregated = super().aggregate_fit(server_round, results, failures)
             wall = time.perf_counter() - started[server_round]
             slowest = max(float(fit.metrics[FIT_SECONDS]) for _, fit in results)
-            timings.append({"round": server_round, "wall_s": wall, "slowest_fit_s": slowest})
+            timings.append({"round": server_round, "wall_s": wall, "slowest_fit_s": slowest, "done_at": time.time()})
             return aggregated
 
     strategy = TimedFedAvg(
@@ -194,7 +195,8 @@ def _server_app() -> Any:
             aggregated = super().aggregate_train(server_round, replies)
             wall = time.perf_counter() - self.started[server_round]
             slowest = max(float(m.content["metrics"][FIT_SECONDS]) for m in replies if m.has_content())  # type: ignore[arg-type]
-            self.timings.append({"round": server_round, "wall_s": wall, "slowest_fit_s": slowest})
+            done = {"round": server_round, "wall_s": wall, "slowest_fit_s": slowest, "done_at": time.time()}
+            self.timings.append(done)
             return aggregated
 
     @app.main()
