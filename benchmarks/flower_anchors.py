@@ -43,25 +43,74 @@ TEST_FRACTION, SEED = 0.2, 42  # as examples/sklearn_digits/data_manager.py
 
 
 # -- the model and data, shared by both anchors -----------------------------------
-def model_manager(partition: int, partitions: int) -> Any:
-    """The example's ModelManager holding this partition's train and test split."""
+# Appended to the example's model_manager.py for the padded variant (FLOps's copy of the repo uses it
+# too): the model carries one more float32 array of ``PAD`` values, sent and averaged every round.
+PADDING_SOURCE = """
+
+PAD = {pad}
+_Unpadded = ModelManager
+
+
+class ModelManager(_Unpadded):  # type: ignore[no-redef]
+    \"\"\"The example's model plus PAD float32 parameters that ride along (a bigger model to move).\"\"\"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.padding = np.zeros(PAD, dtype=np.float32)
+
+    def get_model_parameters(self) -> list[np.ndarray]:
+        return [*super().get_model_parameters(), self.padding.copy()]
+
+    def set_model_parameters(self, parameters: list[np.ndarray]) -> None:
+        super().set_model_parameters(list(parameters[:2]))
+        self.padding = np.asarray(parameters[2], dtype=np.float32)
+"""
+DIGITS_PARAMETERS = 650  # coef_ 10x64 + intercept_ 10
+
+
+def padding_for(parameters: int) -> int:
+    """Float32 values to add so the model has ``parameters`` in all (0: the example as it is)."""
+    return max(0, parameters - DIGITS_PARAMETERS) if parameters else 0
+
+
+def padded_example(parameters: int, directory: Path) -> Path:
+    """A git repository holding the sklearn example with a model of ``parameters`` values."""
+    from tests.example_repos import commit_all, example_repo
+
+    repo = Path(example_repo("sklearn_digits", directory))
+    source = repo / "model_manager.py"
+    source.write_text(source.read_text() + PADDING_SOURCE.format(pad=padding_for(parameters)))
+    commit_all(repo, f"pad the model to {parameters} parameters")
+    return repo
+
+
+def model_class(pad: int) -> Any:
+    if str(EXAMPLE_DIR) not in sys.path:
+        sys.path.insert(0, str(EXAMPLE_DIR))
+    import model_manager as example  # type: ignore[import-not-found]
+
+    if not pad:
+        return example.ModelManager
+    namespace = dict(vars(example))
+    exec(PADDING_SOURCE.format(pad=pad), namespace)  # the same class FLOps's padded repo defines
+    return namespace["ModelManager"]
+
+
+def model_manager(partition: int, partitions: int, pad: int = 0) -> Any:
+    """The example's ModelManager (``pad`` extra parameters) holding this partition's train and test split."""
     from sklearn.model_selection import train_test_split
 
     from manager.mocks import split_dataset
 
-    if str(EXAMPLE_DIR) not in sys.path:
-        sys.path.insert(0, str(EXAMPLE_DIR))
-    from model_manager import ModelManager  # type: ignore[import-not-found]
-
     x, y = split_dataset("digits", partitions)[partition]
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=TEST_FRACTION, random_state=SEED)
-    manager = ModelManager()
+    manager = model_class(pad)()
     manager.x_train, manager.y_train, manager.x_test, manager.y_test = x_train, y_train, x_test, y_test
     return manager
 
 
-def initial_parameters() -> list[np.ndarray]:
-    return [np.zeros((10, 64)), np.zeros(10)]
+def initial_parameters(pad: int = 0) -> list[np.ndarray]:
+    return list(model_class(pad)().get_model_parameters())
 
 
 def train_step(manager: Any, parameters: list[np.ndarray]) -> tuple[list[np.ndarray], dict[str, float]]:
@@ -80,7 +129,7 @@ def write_rounds(path: str, rounds: list[dict[str, float]]) -> None:
 
 
 # -- legacy gRPC streaming (flwr.compat) --------------------------------------------
-def legacy_server(port: int, rounds: int, learners: int, out: str) -> None:
+def legacy_server(port: int, rounds: int, learners: int, out: str, pad: int = 0) -> None:
     from flwr.common import FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters
     from flwr.compat.server.app import start_server
     from flwr.server import ServerConfig
@@ -113,17 +162,17 @@ def legacy_server(port: int, rounds: int, learners: int, out: str) -> None:
 
     strategy = TimedFedAvg(
         fraction_evaluate=0.0, min_fit_clients=learners, min_available_clients=learners,
-        initial_parameters=ndarrays_to_parameters(initial_parameters()),
+        initial_parameters=ndarrays_to_parameters(initial_parameters(pad)),
     )  # fmt: skip
     start_server(server_address=f"127.0.0.1:{port}", config=ServerConfig(num_rounds=rounds), strategy=strategy)
     write_rounds(out, timings)
 
 
-def legacy_client(port: int, partition: int, partitions: int) -> None:
+def legacy_client(port: int, partition: int, partitions: int, pad: int = 0) -> None:
     from flwr.client import NumPyClient
     from flwr.compat.client.app import start_client
 
-    manager = model_manager(partition, partitions)
+    manager = model_manager(partition, partitions, pad)
 
     class DigitsClient(NumPyClient):
         def fit(self, parameters: list[np.ndarray], config: Any) -> tuple[list[np.ndarray], int, dict[str, Any]]:
@@ -137,14 +186,17 @@ def _module(*args: str) -> list[str]:
     return [sys.executable, "-m", "benchmarks.flower_anchors", *args]
 
 
-def run_legacy(rounds: int, learners: int, work_dir: Path, timeout: float = 600.0) -> list[dict[str, float]]:
+def run_legacy(
+    rounds: int, learners: int, work_dir: Path, timeout: float = 600.0, parameters: int = 0
+) -> list[dict[str, float]]:
     """The legacy anchor's per-round timings (server and clients as local processes)."""
     from services.fl_runtime.processes import child_environment, free_port
 
     port, out = free_port(), work_dir / "legacy-rounds.json"
     env = child_environment({"PYTHONPATH": str(REPO_ROOT)})
     logs = [(work_dir / f"legacy-{name}.log").open("wb") for name in ["server", *map(str, range(learners))]]
-    server = subprocess.Popen(_module("legacy-server", str(port), str(rounds), str(learners), str(out)),
+    pad = str(padding_for(parameters))
+    server = subprocess.Popen(_module("legacy-server", str(port), str(rounds), str(learners), str(out), pad),
                               cwd=REPO_ROOT, env=env, stdout=logs[0], stderr=subprocess.STDOUT)  # fmt: skip
     clients = [
         subprocess.Popen(
@@ -204,7 +256,8 @@ def _server_app() -> Any:
         learners = int(context.run_config["learners"])
         strategy = TimedFedAvg(fraction_evaluate=0.0, min_train_nodes=learners, min_available_nodes=learners)
         strategy.timings, strategy.started = [], {}
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_parameters()),
+        initial = initial_parameters(int(context.run_config.get("pad", 0)))
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(initial),
                        num_rounds=int(context.run_config["rounds"]))  # fmt: skip
         write_rounds(str(context.run_config["timings-file"]), strategy.timings)
 
@@ -221,7 +274,10 @@ def _client_app() -> Any:
     @app.train()
     def train(message: Message, context: Context) -> Message:
         # The default isolation starts a fresh ClientApp process per message: the data is loaded every round.
-        manager = model_manager(int(context.node_config["partition-id"]), int(context.node_config["num-partitions"]))
+        node = context.node_config
+        manager = model_manager(
+            int(node["partition-id"]), int(node["num-partitions"]), int(context.run_config.get("pad", 0))
+        )
         parameters = message.content["arrays"].to_numpy_ndarrays()  # type: ignore[union-attr]
         arrays, metrics = train_step(manager, parameters)
         content = RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(metrics)})  # type: ignore[arg-type]
@@ -256,11 +312,14 @@ clientapp = "anchor_app:client_app"
 [tool.flwr.app.config]
 rounds = 2
 learners = 2
+pad = 0
 timings-file = ""
 """
 
 
-def run_deployment(rounds: int, learners: int, work_dir: Path, timeout: float = 900.0) -> list[dict[str, float]]:
+def run_deployment(
+    rounds: int, learners: int, work_dir: Path, timeout: float = 900.0, parameters: int = 0
+) -> list[dict[str, float]]:
     """The deployment-engine anchor's per-round timings (SuperLink, SuperNodes, ``flwr run``, defaults)."""
     from services.fl_runtime.flower import FlowerControl, SuperLink
     from services.fl_runtime.processes import ManagedProcess, child_environment, flower_binary, free_port
@@ -285,7 +344,7 @@ def run_deployment(rounds: int, learners: int, work_dir: Path, timeout: float = 
             env = child_environment({"FLWR_HOME": str(home), "PYTHONPATH": str(REPO_ROOT)})
             nodes.append(ManagedProcess(f"supernode-{i}", command, work_dir / f"supernode-{i}.log", env).start())
         control = FlowerControl(superlink.address, work_dir)
-        run_config = {"rounds": rounds, "learners": learners, "timings-file": str(out)}
+        run_config = {"rounds": rounds, "learners": learners, "pad": padding_for(parameters), "timings-file": str(out)}
         run_id = control.start_run(str(app_dir), run_config, work_dir)
         deadline = time.monotonic() + timeout
         status = "unknown"
@@ -314,22 +373,25 @@ def main() -> int:
     for name in ("port", "rounds", "learners"):
         server.add_argument(name, type=int)
     server.add_argument("out")
+    server.add_argument("pad", type=int, nargs="?", default=0)
     client = commands.add_parser("legacy-client")
     for name in ("port", "partition", "partitions"):
         client.add_argument(name, type=int)
+    client.add_argument("pad", type=int, nargs="?", default=0)
     for name in ("legacy", "deployment"):
         run = commands.add_parser(name, help=f"run the {name} anchor alone and print its rounds")
         run.add_argument("--rounds", type=int, default=3)
         run.add_argument("--learners", type=int, default=2)
+        run.add_argument("--parameters", type=int, default=0, help="pad the model to this many (0: as it is)")
     args = parser.parse_args()
     if args.command == "legacy-server":
-        legacy_server(args.port, args.rounds, args.learners, args.out)
+        legacy_server(args.port, args.rounds, args.learners, args.out, args.pad)
     elif args.command == "legacy-client":
-        legacy_client(args.port, args.partition, args.partitions)
+        legacy_client(args.port, args.partition, args.partitions, args.pad)
     else:
         runner = run_legacy if args.command == "legacy" else run_deployment
         with tempfile.TemporaryDirectory(prefix=f"flops-anchor-{args.command}-") as work:
-            print(json.dumps(runner(args.rounds, args.learners, Path(work))))
+            print(json.dumps(runner(args.rounds, args.learners, Path(work), parameters=args.parameters)))
     return 0
 
 

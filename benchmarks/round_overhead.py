@@ -22,6 +22,10 @@ evaluation, reply polling and FedAvg. Round 1 also pays the ClientApps' first
 data load, so the figures are given with and without it.
 
     .venv/bin/python benchmarks/round_overhead.py [--rounds 10] [--learners 2] [--runtimes flops legacy deployment]
+    .venv/bin/python benchmarks/round_overhead.py --parameters 1000000   # the model padded to 1M parameters
+
+``--parameters N`` pads the example's model with float32 values riding along (the same padded
+``ModelManager`` in FLOps's copy of the repo and in the anchors) to see what moving a bigger model costs.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from benchmarks.common import (  # noqa: E402
     print_table,
     running_stack,
 )
-from benchmarks.flower_anchors import run_deployment, run_legacy  # noqa: E402
+from benchmarks.flower_anchors import padded_example, run_deployment, run_legacy  # noqa: E402
 from flops_utils.mqtt_catalogue import TrainingProgress  # noqa: E402
 
 TAG = "bench-rounds"
@@ -66,9 +70,13 @@ def slowest_fits(bench: Bench, tracking_url: str, run_id: str) -> dict[int, floa
     return {int(metric.step): float(metric.value) for metric in history}
 
 
-def measure(bench: Bench, rounds: int, learners: int, timeout: float) -> list[dict[str, Any]]:
+def measure(bench: Bench, rounds: int, learners: int, timeout: float, parameters: int = 0) -> list[dict[str, Any]]:
+    request = classic_sklearn_sla(TAG, rounds, learners)
+    if parameters:
+        repo = padded_example(parameters, Path(tempfile.mkdtemp(prefix="flops-bench-repo-", dir=bench.work_dir)))
+        request["ml_repo_url"] = str(repo)
     note(f"submitting the sklearn example for {rounds} rounds with {learners} learners ...")
-    project_id = bench.stack.submit(classic_sklearn_sla(TAG, rounds, learners))
+    project_id = bench.stack.submit(request)
     bench.await_message(project_id, TrainingProgress, timeout, lambda m: m.cluster is None and m.round == rounds)
     project = bench.complete(project_id)
     note(f"project {project['status']}; reading the learners' fit times from MLflow")
@@ -92,19 +100,21 @@ def with_overhead(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [one(r) for r in rounds]
 
 
-def run_flops(rounds: int, learners: int, timeout: float, work_dir: Path | None) -> list[dict[str, Any]]:
+def run_flops(
+    rounds: int, learners: int, timeout: float, work_dir: Path | None, parameters: int = 0
+) -> list[dict[str, Any]]:
     with running_stack(work_dir) as bench:
         bench.push_digits(TAG, learners)
         note(f"mock data pushed to {learners} learner nodes")
-        return measure(bench, rounds, learners, timeout)
+        return measure(bench, rounds, learners, timeout, parameters)
 
 
-def run_anchor(runtime: str, rounds: int, learners: int, timeout: float) -> list[dict[str, Any]]:
+def run_anchor(runtime: str, rounds: int, learners: int, timeout: float, parameters: int = 0) -> list[dict[str, Any]]:
     note(f"running the {runtime} Flower anchor for {rounds} rounds with {learners} learners ...")
     runner = run_legacy if runtime == "legacy" else run_deployment
     with tempfile.TemporaryDirectory(prefix=f"flops-bench-{runtime}-") as work:
         try:
-            return with_overhead(runner(rounds, learners, Path(work), timeout))
+            return with_overhead(runner(rounds, learners, Path(work), timeout, parameters))
         except RuntimeError as error:
             logs = {p.name: p.read_text(errors="replace")[-1500:] for p in Path(work).glob("*.log")}
             raise BenchmarkError(f"{error}; logs: {logs}") from None
@@ -126,6 +136,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10, help="training rounds (at least 2)")
     parser.add_argument("--learners", type=int, default=2, help="learner nodes (data partitions)")
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
+    parser.add_argument("--parameters", type=int, default=0,
+                        help="pad the model with float32 values to this many parameters (0: 650)")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for each runtime's last round")
     parser.add_argument(
         "--work-dir", type=Path, help="keep FLOps's state, logs and cache here (default: a temporary dir)"
@@ -134,20 +146,24 @@ def main() -> int:
     if args.rounds < 2:
         parser.error("--rounds must be at least 2")
     results: dict[str, list[dict[str, Any]]] = {}
-    try:
-        for runtime in args.runtimes:
+    failed: dict[str, str] = {}
+    for runtime in args.runtimes:  # one failing runtime does not lose the others' figures
+        try:
             if runtime == "flops":
-                results[runtime] = run_flops(args.rounds, args.learners, args.timeout, args.work_dir)
+                results[runtime] = run_flops(args.rounds, args.learners, args.timeout, args.work_dir, args.parameters)
             else:
-                results[runtime] = run_anchor(runtime, args.rounds, args.learners, args.timeout)
-            note(f"{runtime}: done")
-    except BenchmarkError as error:
-        print(f"round_overhead: {error}", file=sys.stderr)
+                results[runtime] = run_anchor(runtime, args.rounds, args.learners, args.timeout, args.parameters)
+        except BenchmarkError as error:
+            failed[runtime] = str(error)[:2000]
+            print(f"round_overhead: {runtime}: {error}", file=sys.stderr)
+            continue
+        note(f"{runtime}: done")
+        print_rounds(runtime, results[runtime], args.learners)
+    if not results:
         return 1
 
     summary: dict[str, Any] = {}
     for runtime, rounds in results.items():
-        print_rounds(runtime, rounds, args.learners)
         summary[runtime] = {"all_rounds": summarise(rounds), "rounds_2_on": summarise(rounds[1:])}
     rows = [[runtime, *figures["rounds_2_on"]["overhead_s"].values(), figures["rounds_2_on"]["wall_s"]["median"],
              figures["rounds_2_on"]["slowest_fit_s"]["median"]] for runtime, figures in summary.items()]  # fmt: skip
@@ -158,9 +174,10 @@ def main() -> int:
               for a in medians for b in medians if a != b and medians[b] > 0 and a == "flops"}  # fmt: skip
     for name, ratio in ratios.items():
         print(f"median overhead, rounds 2 on, {name.replace('_over_', ' / ')}: {ratio:.2f}x")
-    print_json("round_overhead", {"learners": args.learners, "rounds": args.rounds, "per_round": results,
+    print_json("round_overhead", {"learners": args.learners, "rounds": args.rounds,
+                                  "parameters": args.parameters or 650, "per_round": results, "failed": failed,
                                   "summary": summary, "overhead_median_s": medians, "ratios": ratios})  # fmt: skip
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
