@@ -170,10 +170,11 @@ def main() -> int:
     print_table(["runtime", "overhead mean s", "overhead median s", "overhead max s", "wall median s",
                  "slowest fit median s"], rows, "rounds 2 on")  # fmt: skip
     medians = {runtime: statistics.median(r["overhead_s"] for r in rounds[1:]) for runtime, rounds in results.items()}
-    ratios = {f"{a}_over_{b}": round(medians[a] / medians[b], 2)
-              for a in medians for b in medians if a != b and medians[b] > 0 and a == "flops"}  # fmt: skip
+    ratios = {f"flops_over_{name}": round(medians["flops"] / median, 4)
+              for name, median in medians.items() if name != "flops" and "flops" in medians and median > 0}  # fmt: skip
     for name, ratio in ratios.items():
-        print(f"median overhead, rounds 2 on, {name.replace('_over_', ' / ')}: {ratio:.2f}x")
+        anchor, inverse = name.removeprefix("flops_over_"), 1 / ratio if ratio else float("inf")
+        print(f"median overhead, rounds 2 on: flops / {anchor} = {ratio:.3g}x ({anchor} is {inverse:.3g}x flops)")
     print_json("round_overhead", {"learners": args.learners, "rounds": args.rounds,
                                   "parameters": args.parameters or 650, "per_round": results, "failed": failed,
                                   "summary": summary, "overhead_median_s": medians, "ratios": ratios})  # fmt: skip

@@ -237,7 +237,10 @@ def main() -> int:
     root = args.work_dir or Path(os.environ.get("TMPDIR", "/tmp")) / f"flops-bench-scale-{os.getpid()}"
     root.mkdir(parents=True, exist_ok=True)
     sizes = nodes_file(root / "nodes.json", args.learners, args.clusters)
-    overrides = {"adapter_settings": {"local": {"nodes_file": str(root / "nodes.json")}}}
+    overrides = {
+        "adapter_settings": {"local": {"nodes_file": str(root / "nodes.json")}},
+        "lifecycle": {"training_timeout_s": args.timeout, "build_timeout_s": 600},  # 100 learners take a while
+    }
     try:
         with running_stack(root, overrides) as bench:
             figures = run(bench, args, min(sizes.values()))
