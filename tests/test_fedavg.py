@@ -167,3 +167,13 @@ def test_bad_updates_are_refused_with_a_reason(update: object, weight: float, er
     with pytest.raises(FedAvgError, match=error):
         accumulator.add(update, weight)  # type: ignore[arg-type]
     assert accumulator.updates == 0
+
+
+def test_records_with_other_array_names_are_refused() -> None:
+    model = ArrayRecord({"weight": Array(np.zeros(3, np.float32)), "bias": Array(np.zeros(1, np.float32))})
+    swapped = ArrayRecord({"bias": Array(np.ones(1, np.float32)), "weight": Array(np.ones(3, np.float32))})
+    accumulator = StreamingFedAvg(model)
+    with pytest.raises(
+        FedAvgError, match=r"update's arrays are \['bias', 'weight'\], the model's \['weight', 'bias'\]"
+    ):
+        accumulator.add(swapped, 1.0)

@@ -101,7 +101,8 @@ class StreamingFedAvg:
     """Example-weighted mean of updates added one at a time: ``add`` each reply, then ``result()``.
 
     ``reference`` is the model the round started from: it fixes the layers' count, shapes and the
-    dtypes of the result. Its values are not used. Updates may come in other dtypes (cast while folding).
+    dtypes of the result (and, for an ArrayRecord, the arrays' names and order). Its values are not
+    used. Updates may come in other dtypes (cast while folding).
     Zero weights are accepted (the update counts for nothing); negative or non-finite ones are refused.
     """
 
@@ -109,6 +110,7 @@ class StreamingFedAvg:
         if batch < 1:
             raise ValueError("batch must be at least 1")
         layers = arrays_of(reference)
+        self._keys = list(reference.keys()) if isinstance(reference, ArrayRecord) else None
         self._shapes = [layer.shape for layer in layers]
         self._dtypes = [layer.dtype for layer in layers]
         self._batch = batch
@@ -132,6 +134,8 @@ class StreamingFedAvg:
         weight = float(weight)
         if not np.isfinite(weight) or weight < 0:
             raise FedAvgError(f"weight must be a finite number >= 0, got {weight}")
+        if self._keys is not None and isinstance(update, ArrayRecord) and list(update.keys()) != self._keys:
+            raise FedAvgError(f"update's arrays are {list(update.keys())[:5]}, the model's {self._keys[:5]}")
         layers = arrays_of(update)
         self._check(layers)
         self._count += 1
