@@ -200,7 +200,7 @@ def run_legacy(
                               cwd=REPO_ROOT, env=env, stdout=logs[0], stderr=subprocess.STDOUT)  # fmt: skip
     clients = [
         subprocess.Popen(
-            _module("legacy-client", str(port), str(i), str(learners)),
+            _module("legacy-client", str(port), str(i), str(learners), pad),
             cwd=REPO_ROOT,
             env=env,
             stdout=logs[i + 1],
