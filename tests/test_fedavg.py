@@ -75,6 +75,17 @@ def test_equals_flowers_fedavg_aggregate_train_on_reply_messages() -> None:
         assert np.max(np.abs(g - w)) < 1e-6
 
 
+def test_flush_folds_held_replies_without_changing_the_result() -> None:
+    rng = np.random.default_rng(5)
+    records = float_records(rng, 5, [(1000,)])
+    weights = [3.0, 1.0, 4.0, 1.0, 5.0]
+    flushed = StreamingFedAvg(records[0], batch=4)
+    for record, weight in zip(records, weights, strict=True):
+        flushed.add(record, weight)
+        flushed.flush()
+    assert np.max(np.abs(flushed.result()[0] - flower_mean(records, weights)[0])) < 1e-6
+
+
 def test_mixed_dtypes_are_averaged_and_returned_in_the_reference_dtypes() -> None:
     rng = np.random.default_rng(2)
     clients = 5
