@@ -8,8 +8,9 @@ partition to every learner node and runs the sklearn example in hierarchical mod
 While it trains, every ``--sample-s`` seconds it reads the local adapter's state (the learner
 instances' and the nodes' data servers' pids), walks each one's process tree in ``/proc`` and sums
 PSS from ``/proc/<pid>/smaps_rollup``. A learner's processes are its instance's tree (the adapter's
-``sh`` wrapper, the learner and whatever it starts) plus its node's data server tree; the figures
-per learner are the peaks over the samples. Time per cycle comes from the root aggregator's
+``sh`` wrapper, the learner and whatever it starts) plus its node's data server tree (its ``sh``
+wrapper and the server); the figures per learner are the peaks over the samples, and
+``process_kinds_of_a_learner`` names them (command name -> count). Time per cycle comes from the root aggregator's
 ``TrainingProgress`` messages (their arrival on the broker).
 
     .venv/bin/python benchmarks/scale.py [--learners 4] [--clusters 2] [--cycles 2] [--rounds 2]
@@ -75,6 +76,13 @@ def tree(root: int, links: dict[int, int]) -> list[int]:
     return found
 
 
+def command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
 def pss_kib(pid: int) -> int:
     """Proportional set size of one process (0 if it is gone)."""
     try:
@@ -91,6 +99,7 @@ def pss_kib(pid: int) -> int:
 class LearnerPeak:
     processes: int = 0
     pss_mib: float = 0.0
+    kinds: dict[str, int] = field(default_factory=dict)  # command name -> count, at the most processes
 
 
 @dataclass
@@ -148,6 +157,10 @@ class Sampler:
             pids = tree(pid, links) + (tree(servers[node], links) if node in servers else [])
             pss = sum(pss_kib(p) for p in pids) / 1024
             peak = self.peaks.setdefault(node, LearnerPeak())
+            if len(pids) > peak.processes:
+                peak.kinds = {}
+                for name in map(command_name, pids):
+                    peak.kinds[name] = peak.kinds.get(name, 0) + 1
             peak.processes, peak.pss_mib = max(peak.processes, len(pids)), max(peak.pss_mib, pss)
             total_pss += pss
             total_processes += len(pids)
@@ -214,6 +227,7 @@ def run(bench: Bench, args: argparse.Namespace, per_cluster: int) -> dict[str, A
         "post_to_cycle_done_s": done,
         "cycle_seconds": dict(zip(cycles, seconds, strict=True)),
         "processes_per_learner": {"median": statistics.median(processes), "max": max(processes)} if peaks else None,
+        "process_kinds_of_a_learner": max(peaks.values(), key=lambda p: p.processes).kinds if peaks else None,
         "pss_mib_per_learner": {"median": round(statistics.median(pss), 1), "max": round(max(pss), 1)}
         if peaks
         else None,
