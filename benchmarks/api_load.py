@@ -128,7 +128,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="the manager's API threads (default: its own)")
     args = parser.parse_args()
     overrides = {} if args.threads is None else {"threads": args.threads}
-    with running_stack(manager_overrides=overrides) as bench:
+    with running_stack(config_overrides=overrides) as bench:
         import json
 
         config = json.loads(bench.stack.config_path.read_text())

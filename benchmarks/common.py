@@ -156,11 +156,11 @@ def _interrupt_on_sigterm(signum: int, _frame: FrameType | None) -> None:
 
 
 @contextmanager
-def running_stack(work_dir: Path | None = None, manager_overrides: dict[str, Any] | None = None) -> Iterator[Bench]:
+def running_stack(work_dir: Path | None = None, config_overrides: dict[str, Any] | None = None) -> Iterator[Bench]:
     """Suite + manager (local orchestrator, fresh cache) + recorder; everything is stopped afterwards.
 
     ``work_dir`` keeps state, logs and caches there (it is removed only when it was a temporary one);
-    ``manager_overrides`` replace top-level fields of the manager's config.
+    ``config_overrides`` replace top-level keys of the manager's configuration (e.g. ``adapter_settings``).
     """
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     root = work_dir or Path(tempfile.mkdtemp(prefix="flops-bench-"))
@@ -171,8 +171,8 @@ def running_stack(work_dir: Path | None = None, manager_overrides: dict[str, Any
         suite = start_suite(suite_dir)
         port = free_port()
         config_path, log_path = root / "manager.json", root / "manager.log"
-        config_path.write_text(json.dumps({**manager_config(suite, state_dir, cache_dir, port),
-                                           **(manager_overrides or {})}))
+        config = {**manager_config(suite, state_dir, cache_dir, port), **(config_overrides or {})}
+        config_path.write_text(json.dumps(config))
         stack = FlopsStack(f"http://127.0.0.1:{port}", state_dir, start_manager(config_path, log_path),
                            log_path, config_path)  # fmt: skip
         try:

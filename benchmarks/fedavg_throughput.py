@@ -3,10 +3,13 @@
 In process, no services. For each model size, every client's parameters are random
 float32 arrays and its weight a random example count. Contenders:
 
-- ``flops``: what ``services.aggregator.rounds.FederatedRounds.train_round`` does with the
-  learners' reply Messages: Flower's Message-API ``FedAvg.aggregate_train`` (reply checks,
+- ``flops``: ``services.aggregator.fedavg.StreamingFedAvg`` fed the learners' reply Messages
+  one by one (each reply's ArrayRecord viewed in place, weighted by its example count), then
+  ``result()`` in the model's dtypes: what the aggregator does as replies arrive;
+- ``flwr-fedavg``: Flower's Message-API strategy ``FedAvg.aggregate_train`` (reply checks,
   ArrayRecord and MetricRecord averaging), then the result decoded and cast back to the
-  model's dtypes (``protocol.from_arrays`` + ``protocol.like``);
+  model's dtypes (``protocol.from_arrays`` + ``protocol.like``): FLOps's aggregation before
+  ``StreamingFedAvg``;
 - ``flwr-arrayrecords``: the bare Message-API averaging, ``aggregate_arrayrecords`` on the
   replies' RecordDicts (no checks, no metrics, result left as an ArrayRecord);
 - ``flwr-inplace``: legacy ``aggregate_inplace`` on ``FitRes`` (decodes ``Parameters`` bytes;
@@ -21,6 +24,10 @@ The contenders are called in turn; "best" (the fastest call) is the steadiest fi
 shared machine, the median shows what load does to it.
 
     .venv/bin/python benchmarks/fedavg_throughput.py [--clients 10] [--min-seconds 2]
+    .venv/bin/python benchmarks/fedavg_throughput.py --clients 20 --flat 10000000
+
+``--flat N`` replaces the models by one flat float32 array of N values per client (model key
+``flat-N``); ``--contenders`` picks some (``flops`` is always timed: the ratios are against it).
 """
 
 from __future__ import annotations
@@ -43,11 +50,11 @@ if __package__ in (None, ""):
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict  # noqa: E402
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays  # noqa: E402
 from flwr.server.strategy.aggregate import aggregate, aggregate_inplace  # noqa: E402
-from flwr.serverapp import Grid  # noqa: E402
+from flwr.serverapp.strategy import FedAvg  # noqa: E402
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords  # noqa: E402
 
 from benchmarks.common import print_json, print_table  # noqa: E402
-from services.aggregator.rounds import FederatedRounds  # noqa: E402
+from services.aggregator.fedavg import StreamingFedAvg  # noqa: E402
 from services.fl_runtime import protocol as p  # noqa: E402
 
 MODELS: dict[str, list[tuple[int, ...]]] = {
@@ -86,7 +93,10 @@ def reply(arrays: Arrays, examples: int, node: int) -> Message:
     return Message(content=content, metadata=metadata)  # type: ignore[call-overload]  # how Flower rebuilds replies
 
 
-def make_inputs(shapes: list[tuple[int, ...]], clients: int, rng: np.random.Generator) -> Inputs:
+LEGACY = {"flwr-inplace", "flwr-aggregate+decode"}  # contenders that need FitRes (another copy of the updates)
+
+
+def make_inputs(shapes: list[tuple[int, ...]], clients: int, rng: np.random.Generator, legacy: bool = True) -> Inputs:
     reference = [rng.standard_normal(shape, dtype=np.float32) for shape in shapes]
     arrays = [[rng.standard_normal(shape, dtype=np.float32) for shape in shapes] for _ in range(clients)]
     examples = [int(n) for n in rng.integers(50, 1000, size=clients)]
@@ -97,14 +107,22 @@ def make_inputs(shapes: list[tuple[int, ...]], clients: int, rng: np.random.Gene
         clients=arrays,
         examples=examples,
         replies=[reply(a, n, node) for node, (a, n) in enumerate(pairs, start=1)],
-        fit_results=[(None, FitRes(ok, ndarrays_to_parameters(a), n, {})) for a, n in pairs],
+        fit_results=[(None, FitRes(ok, ndarrays_to_parameters(a), n, {})) for a, n in pairs] if legacy else [],
     )
 
 
-def flops_aggregation(inputs: Inputs) -> Arrays:
-    # FederatedRounds builds no connection in its constructor; only its strategy is used here.
-    rounds = FederatedRounds(cast(Grid, None), min_available=1, min_fit=1, min_evaluate=1, timeout_s=1.0)
-    aggregated, _ = rounds.strategy.aggregate_train(1, inputs.replies)
+def flops_streaming(inputs: Inputs) -> Arrays:
+    """Each reply folded in as it would arrive; the model is read back in the reference's dtypes."""
+    accumulator = StreamingFedAvg(inputs.reference)
+    for message in inputs.replies:
+        metrics = cast(MetricRecord, message.content[p.METRICS])
+        accumulator.add(cast(ArrayRecord, message.content[p.ARRAYS]), float(cast(int, metrics[p.NUM_EXAMPLES])))
+    return accumulator.result()
+
+
+def flwr_fedavg(inputs: Inputs) -> Arrays:
+    strategy = FedAvg(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+    aggregated, _ = strategy.aggregate_train(1, inputs.replies)
     assert aggregated is not None
     return p.like(p.from_arrays(aggregated), inputs.reference)
 
@@ -137,7 +155,8 @@ def numpy_floor(inputs: Inputs) -> Arrays:
 
 
 CONTENDERS: dict[str, Callable[[Inputs], Result]] = {
-    "flops": flops_aggregation,
+    "flops": flops_streaming,
+    "flwr-fedavg": flwr_fedavg,
     "flwr-arrayrecords": flwr_arrayrecords,
     "flwr-inplace": flwr_inplace,
     "flwr-aggregate+decode": flwr_aggregate_decoding,
@@ -148,29 +167,32 @@ CONTENDERS: dict[str, Callable[[Inputs], Result]] = {
 
 def expected(inputs: Inputs) -> Arrays:
     weights = np.asarray(inputs.examples, dtype=np.float64) / sum(inputs.examples)
-    return [
-        sum(w * np.asarray(client[i], dtype=np.float64) for w, client in zip(weights, inputs.clients, strict=True))
-        for i in range(len(inputs.reference))
-    ]  # type: ignore[misc]
+    means = [np.zeros(layer.shape, dtype=np.float64) for layer in inputs.reference]
+    for weight, client in zip(weights, inputs.clients, strict=True):
+        for mean, layer in zip(means, client, strict=True):
+            mean += weight * layer
+    return means
 
 
-def check(name: str, result: Result, inputs: Inputs) -> None:
+def check(name: str, result: Result, wanted: Arrays) -> None:
     """Every contender must compute the same example-weighted mean (float32 tolerance)."""
     arrays = p.from_arrays(result) if isinstance(result, ArrayRecord) else result
-    for got, want in zip(arrays, expected(inputs), strict=True):
+    for got, want in zip(arrays, wanted, strict=True):
         if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
             raise AssertionError(f"{name} computed a different average")
 
 
-def timed_in_turn(inputs: Inputs, min_seconds: float, min_runs: int) -> dict[str, list[float]]:
+def timed_in_turn(
+    inputs: Inputs, contenders: dict[str, Callable[[Inputs], Result]], min_seconds: float, min_runs: int
+) -> dict[str, list[float]]:
     """Seconds per call of every contender, calling them in turn so load swings hit all alike."""
-    times: dict[str, list[float]] = {name: [] for name in CONTENDERS}
-    for function in CONTENDERS.values():
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for function in contenders.values():
         function(inputs)  # warm-up
     started = time.perf_counter()
-    budget = min_seconds * len(CONTENDERS)
+    budget = min_seconds * len(contenders)
     while len(times["flops"]) < min_runs or time.perf_counter() - started < budget:
-        for name, function in CONTENDERS.items():
+        for name, function in contenders.items():
             begin = time.perf_counter()
             function(inputs)
             times[name].append(time.perf_counter() - begin)
@@ -184,12 +206,16 @@ def figures_for(times: list[float], bytes_read: int) -> dict[str, float]:
             "runs": len(times)}  # fmt: skip
 
 
-def benchmark_model(model: str, inputs: Inputs, min_seconds: float, min_runs: int) -> dict[str, Any]:
+def benchmark_model(
+    model: str, inputs: Inputs, contenders: dict[str, Callable[[Inputs], Result]], min_seconds: float, min_runs: int
+) -> dict[str, Any]:
     """Check every contender's result, time them, print the model's table; its figures."""
-    for name, function in CONTENDERS.items():
-        check(name, function(inputs), inputs)
+    wanted = expected(inputs)
+    for name, function in contenders.items():
+        check(name, function(inputs), wanted)
+    del wanted
     timings = {name: figures_for(times, inputs.bytes_read)
-               for name, times in timed_in_turn(inputs, min_seconds, min_runs).items()}  # fmt: skip
+               for name, times in timed_in_turn(inputs, contenders, min_seconds, min_runs).items()}  # fmt: skip
     flops_best = timings["flops"]["ms_min"]
     rows = [[name, f["ms_min"], f["ms_median"], f["mb_per_s_best"], f["mb_per_s_median"], int(f["runs"]),
              f"{flops_best / f['ms_min']:.2f}x"] for name, f in timings.items()]  # fmt: skip
@@ -199,7 +225,12 @@ def benchmark_model(model: str, inputs: Inputs, min_seconds: float, min_runs: in
              f"({inputs.bytes_read / 1e6:.2f} MB read per aggregation)")  # fmt: skip
     headers = ["contender", "ms best", "ms median", "MB/s best", "MB/s median", "runs", "flops best / this best"]
     print_table(headers, rows, title)
-    return {"parameters": parameters, "bytes_read": inputs.bytes_read, **timings}
+    ratios = {
+        f"flops_over_{name}": round(f["ms_min"] / flops_best, 2) for name, f in timings.items() if name != "flops"
+    }
+    if "flwr-arrayrecords" in timings:
+        print(f"flops / flwr-arrayrecords (MB/s best): {ratios['flops_over_flwr-arrayrecords']:.2f}x")
+    return {"parameters": parameters, "bytes_read": inputs.bytes_read, **timings, "ratios_best": ratios}
 
 
 def main() -> int:
@@ -209,14 +240,24 @@ def main() -> int:
     parser.add_argument("--min-seconds", type=float, default=2.0, help="timing budget per contender and model")
     parser.add_argument("--min-runs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--flat", type=int, metavar="N", help="one flat float32 array of N values per client instead")
+    parser.add_argument("--contenders", nargs="+", choices=sorted(CONTENDERS), help="time only these (and flops)")
     args = parser.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)  # aggregate_train logs every call at INFO
+    if args.flat is not None and args.flat < 1:
+        parser.error("--flat must be at least 1")
+    models: dict[str, list[tuple[int, ...]]] = (
+        {f"flat-{args.flat}": [(args.flat,)]} if args.flat else {name: MODELS[name] for name in args.models}
+    )
+    chosen = {"flops", *(args.contenders or CONTENDERS)}
+    contenders = {name: function for name, function in CONTENDERS.items() if name in chosen}
 
     rng = np.random.default_rng(args.seed)
-    figures = {
-        model: benchmark_model(model, make_inputs(MODELS[model], args.clients, rng), args.min_seconds, args.min_runs)
-        for model in args.models
-    }
+    figures = {}
+    for model, shapes in models.items():
+        inputs = make_inputs(shapes, args.clients, rng, legacy=bool(chosen & LEGACY))
+        figures[model] = benchmark_model(model, inputs, contenders, args.min_seconds, args.min_runs)
+        del inputs
     print_json("fedavg_throughput", {"clients": args.clients, **figures})
     return 0
 

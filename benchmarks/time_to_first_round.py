@@ -11,13 +11,19 @@ cold project instead.
 Each project is stopped (DELETE) after its first round, which keeps the run short;
 ``--complete`` lets it finish instead (and checks it COMPLETED).
 
-    .venv/bin/python benchmarks/time_to_first_round.py [--learners 2] [--complete]
+Beside FLOps's warm figure it prints two Flower anchors on the same model and data
+(``benchmarks/flower_anchors.py``), timed from starting their processes to round 1 done:
+the legacy ``flwr.compat`` streaming (server and clients started as from a shell) and Flower's
+deployment engine with defaults (SuperLink, SuperNodes, ``flwr run``). ``--anchors`` picks them.
+
+    .venv/bin/python benchmarks/time_to_first_round.py [--learners 2] [--complete] [--anchors legacy deployment]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,7 @@ from benchmarks.common import (  # noqa: E402
     print_table,
     running_stack,
 )
+from benchmarks.flower_anchors import run_deployment, run_legacy  # noqa: E402
 from flops_utils.mqtt_catalogue import (  # noqa: E402
     BuildResult,
     EventLine,
@@ -104,6 +111,26 @@ def one_project(bench: Bench, label: str, learners: int, timeout: float, complet
     }
 
 
+def anchor_first_round(runtime: str, learners: int) -> float:
+    """Seconds from starting the anchor's processes to its first aggregated model."""
+    note(f"{runtime} anchor: starting it for one round ...")
+    runner = run_legacy if runtime == "legacy" else run_deployment
+    with tempfile.TemporaryDirectory(prefix=f"flops-bench-ttfr-{runtime}-") as work:
+        started = time.time()
+        try:
+            rounds = runner(1, learners, Path(work))
+        except RuntimeError as error:
+            raise BenchmarkError(f"{runtime} anchor: {error}") from None
+    return round(float(rounds[0]["done_at"]) - started, 3)
+
+
+def print_anchors(figures: dict[str, Any]) -> None:
+    rows = [["flops (warm cache)", figures["warm"]["post_to_first_round_s"], 1.0]]
+    rows += [[f"flower {name}", seconds, round(figures["warm"]["post_to_first_round_s"] / seconds, 2)]
+             for name, seconds in figures.get("anchors_first_round_s", {}).items()]  # fmt: skip
+    print_table(["runtime", "start -> round 1 s", "flops warm / this"], rows, "start to round 1 beside the anchors")
+
+
 def print_report(figures: dict[str, Any], learners: int) -> None:
     labels = ("cold", "warm")
     rows = [
@@ -133,6 +160,8 @@ def main() -> int:
                         help="let each project finish (final evaluation, model logging); default: stop it")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=420.0, help="seconds to wait for each message")
     parser.add_argument("--work-dir", type=Path, help="keep state, logs and cache here (default: a temporary dir)")
+    parser.add_argument("--anchors", nargs="*", choices=("legacy", "deployment"), default=["legacy", "deployment"],
+                        help="Flower anchors to time beside FLOps (none: --anchors)")  # fmt: skip
     args = parser.parse_args()
 
     figures: dict[str, Any] = {}
@@ -146,11 +175,13 @@ def main() -> int:
                 figures["observatory_start_s"] = round(time.monotonic() - started, 3)
             for label in ("cold", "warm"):
                 figures[label] = one_project(bench, label, args.learners, args.timeout, args.complete)
+        figures["anchors_first_round_s"] = {name: anchor_first_round(name, args.learners) for name in args.anchors}
     except BenchmarkError as error:
         print(f"time_to_first_round: {error}", file=sys.stderr)
         return 1
 
     print_report(figures, args.learners)
+    print_anchors(figures)
     print_json("time_to_first_round", {"learners": args.learners, **figures})
     return 0
 
