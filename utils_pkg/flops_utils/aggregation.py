@@ -1,0 +1,158 @@
+"""How an aggregator combines its participants' models: the SLA's ``training_configuration.strategy``.
+
+One pydantic model per Flower 1.41 Message-API strategy, told apart by ``name``; unknown parameters are
+refused and every bound names its field. The SLA (manager) and the aggregators (``TrainingSettings``)
+share these models, so what the manager accepted is exactly what the aggregator builds
+(``services/aggregator/strategies.py``). Parameter names and defaults are Flower's.
+
+``strategy`` may carry ``clusters: {"<cluster>": {...}}``: per-cluster overrides in hierarchical mode
+(each cluster aggregator uses its own entry, or ``strategy`` itself when it has none).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+CLUSTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class _Choice(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    clusters: dict[str, StrategyChoice] | None = Field(
+        default=None,
+        description="hierarchical mode, `strategy` only: a different strategy for some clusters "
+        '(`{"cluster-a": {"name": "krum", "num_malicious_nodes": 1}}`)',
+    )
+
+    @field_validator("clusters")
+    @classmethod
+    def _flat_overrides(cls, clusters: dict[str, StrategyChoice] | None) -> dict[str, StrategyChoice] | None:
+        import re
+
+        for cluster, choice in (clusters or {}).items():
+            if not re.match(CLUSTER_NAME_PATTERN, cluster):
+                raise ValueError(f"cluster name {cluster[:80]!r} is not a valid cluster name")
+            if choice.clusters is not None:
+                raise ValueError(f"the override for cluster {cluster!r} cannot have its own clusters")
+        return clusters
+
+    def params(self) -> dict[str, Any]:
+        """The strategy's parameters (without ``name`` and ``clusters``): what Flower's constructor gets."""
+        return self.model_dump(exclude={"name", "clusters"})
+
+    def for_cluster(self, cluster: str | None) -> StrategyChoice:
+        """The choice a cluster aggregator of ``cluster`` uses."""
+        chosen = (self.clusters or {}).get(cluster or "")
+        return chosen if chosen is not None else self.model_copy(update={"clusters": None})  # type: ignore[return-value]
+
+
+class FedAvgChoice(_Choice):
+    """Example-weighted averaging (McMahan et al.), FLOps' default."""
+
+    name: Literal["fedavg"] = "fedavg"
+
+
+class FedProxChoice(_Choice):
+    """FedAvg whose learners add ``proximal_mu / 2 * ||w - w_global||^2`` to their loss (the user's
+    ``fit_model`` reads ``self.fit_context.proximal_mu``)."""
+
+    name: Literal["fedprox"]
+    proximal_mu: float = Field(ge=0, le=1e6, description="weight of the proximal term")
+
+
+class _FedOptParams(_Choice):
+    eta: float = Field(default=0.1, gt=0, le=1e6, description="server-side learning rate")
+    tau: float = Field(default=1e-3, gt=0, le=1e6, description="adaptivity (added to the second moment's root)")
+
+
+class FedAdamChoice(_FedOptParams):
+    name: Literal["fedadam"]
+    beta_1: float = Field(default=0.9, ge=0, lt=1, description="first-moment decay")
+    beta_2: float = Field(default=0.99, ge=0, lt=1, description="second-moment decay")
+
+
+class FedYogiChoice(_FedOptParams):
+    name: Literal["fedyogi"]
+    eta: float = Field(default=0.01, gt=0, le=1e6, description="server-side learning rate")
+    beta_1: float = Field(default=0.9, ge=0, lt=1, description="first-moment decay")
+    beta_2: float = Field(default=0.99, ge=0, lt=1, description="second-moment decay")
+
+
+class FedAdagradChoice(_FedOptParams):
+    name: Literal["fedadagrad"]
+
+
+class FedAvgMChoice(_Choice):
+    name: Literal["fedavgm"]
+    server_learning_rate: float = Field(default=1.0, gt=0, le=1e6, description="server-side learning rate")
+    server_momentum: float = Field(default=0.0, ge=0, lt=1, description="server-side momentum")
+
+
+class KrumChoice(_Choice):
+    """The one update closest to its neighbours (Blanchard et al.)."""
+
+    name: Literal["krum"]
+    num_malicious_nodes: int = Field(default=0, ge=0, le=10_000, description="participants that may be faulty")
+
+
+class MultiKrumChoice(_Choice):
+    """Example-weighted average of the ``num_nodes_to_select`` updates Krum scores best."""
+
+    name: Literal["multikrum"]
+    num_malicious_nodes: int = Field(default=0, ge=0, le=10_000, description="participants that may be faulty")
+    num_nodes_to_select: int = Field(default=1, ge=1, le=10_000, description="updates averaged")
+
+
+class TrimmedMeanChoice(_Choice):
+    """Coordinate-wise mean without the lowest and highest ``beta`` fraction (Flower's FedTrimmedAvg)."""
+
+    name: Literal["trimmedmean"]
+    beta: float = Field(default=0.2, ge=0, lt=0.5, description="fraction cut at each end")
+
+
+class FedMedianChoice(_Choice):
+    """Coordinate-wise median."""
+
+    name: Literal["fedmedian"]
+
+
+StrategyChoice = Annotated[
+    FedAvgChoice
+    | FedProxChoice
+    | FedAdamChoice
+    | FedYogiChoice
+    | FedAdagradChoice
+    | FedAvgMChoice
+    | KrumChoice
+    | MultiKrumChoice
+    | TrimmedMeanChoice
+    | FedMedianChoice,
+    Field(discriminator="name"),
+]
+
+STRATEGY_NAMES = (
+    "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "krum", "multikrum", "trimmedmean", "fedmedian",
+)  # fmt: skip
+
+for _model in (_Choice, FedAvgChoice, FedProxChoice, _FedOptParams, FedAdamChoice, FedYogiChoice, FedAdagradChoice,
+               FedAvgMChoice, KrumChoice, MultiKrumChoice, TrimmedMeanChoice, FedMedianChoice):  # fmt: skip
+    _model.model_rebuild()
+
+
+def strategy_problems(choice: StrategyChoice, participants: int, where: str) -> list[str]:
+    """Why ``choice`` cannot work with ``participants`` replies per round (``where`` names the SLA field)."""
+    problems = []
+    if isinstance(choice, KrumChoice | MultiKrumChoice) and 2 * choice.num_malicious_nodes >= participants:
+        problems.append(
+            f"{where}.num_malicious_nodes ({choice.num_malicious_nodes}): Krum needs an honest majority, "
+            f"fewer than half of the {participants} participants per round (min_fit_clients)"
+        )
+    if isinstance(choice, MultiKrumChoice) and choice.num_nodes_to_select > participants:
+        problems.append(
+            f"{where}.num_nodes_to_select ({choice.num_nodes_to_select}) must not exceed the "
+            f"{participants} participants per round (min_fit_clients)"
+        )
+    return problems
