@@ -1,0 +1,145 @@
+"""SecAgg+ rounds (Flower's workflow and mod) over the real training link: the aggregate is the example-weighted
+mean within quantisation error, the aggregator never receives a learner's parameters, and a learner that drops
+out after sharing its keys does not stop the round."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import pytest
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common import bytes_to_ndarray
+from flwr.common.secure_aggregation.quantization import quantize
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+
+from manager.lifecycle.flower_pki import ProjectFlowerCa
+from services.aggregator.secure_aggregation import SecAggSettings, secure_aggregation_mod, secure_train_round
+from services.fl_runtime import protocol as p
+from services.fl_runtime.link import frames
+from services.fl_runtime.link.client import LinkClient, new_node_id
+from services.fl_runtime.link.grid import RUN_ID, LinkGrid
+from services.fl_runtime.link.server import LinkServer
+from tests.helpers import free_port, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+CA = ProjectFlowerCa("p-secagg")
+SETTINGS = SecAggSettings(num_shares=4, reconstruction_threshold=2, clipping_range=4.0)
+START = [np.zeros((2, 3)), np.zeros(3)]
+LEARNERS = {
+    "node-a": ([np.full((2, 3), 1.0), np.array([0.1, -0.2, 0.3])], 10),
+    "node-b": ([np.full((2, 3), -1.5), np.array([0.2, 0.1, -0.3])], 30),
+    "node-c": ([np.full((2, 3), 0.5), np.array([2.0, 0.3, 0.1])], 20),
+    "node-d": ([np.full((2, 3), 3.0), np.array([-1.0, 1.0, 1.0])], 40),
+}
+# Tolerance: Flower quantises each weighted update to quantization_range levels over +-clipping_range with
+# stochastic rounding (2 ** 22 levels over +-4 here: steps of 1.9e-6), then divides the sum by the summed weights.
+ATOL = 1e-4
+
+
+def weighted_mean(names: Iterable[str]) -> list[np.ndarray]:
+    chosen = [LEARNERS[name] for name in names]
+    total = sum(examples for _, examples in chosen)
+    return [sum(arrays[i] * examples for arrays, examples in chosen) / total for i in range(len(START))]
+
+
+def learner_app(name: str, fail_training: bool = False) -> ClientApp:
+    """A FLOps-format ClientApp (arrays + metrics, as services.learner.client_app replies) under the SecAgg+ mod."""
+    app = ClientApp(mods=[secure_aggregation_mod])
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        if fail_training:
+            raise RuntimeError(f"{name} died while training")
+        arrays, examples = LEARNERS[name]
+        metrics = MetricRecord({p.NUM_EXAMPLES: examples, p.LOSS: 0.5, p.ACCURACY: 0.9})
+        return Message(RecordDict({p.ARRAYS: p.to_arrays(arrays), p.METRICS: metrics}), reply_to=message)
+
+    return app
+
+
+class RecordingGrid(LinkGrid):
+    """The aggregator's grid, keeping every reply it receives."""
+
+    def __init__(self, server: LinkServer) -> None:
+        super().__init__(server)
+        self.received: list[Message] = []
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(super().pull_messages(message_ids))
+        self.received.extend(replies)
+        return replies
+
+
+@pytest.fixture()
+def server() -> Iterator[LinkServer]:
+    link = LinkServer("127.0.0.1", free_port(), CA.for_superlink("127.0.0.1")).start()
+    try:
+        yield link
+    finally:
+        link.stop()
+
+
+def handler_of(app: ClientApp, context: Context):  # type: ignore[no-untyped-def]
+    """The app with one Context for the node's life (the mod keeps its SecAgg+ state in it), as client_host does."""
+    return lambda message: app(message, context)
+
+
+def start_learners(server: LinkServer, failing: str | None = None) -> list[LinkClient]:
+    clients = []
+    for name in LEARNERS:
+        node_id = new_node_id()
+        app = learner_app(name, fail_training=name == failing)
+        context = Context(run_id=RUN_ID, node_id=node_id, node_config={}, state=RecordDict(), run_config={})
+        clients.append(LinkClient(server.address, frames.Hello(node_id, name), handler_of(app, context),
+                                  CA.for_supernode(name)).start())  # fmt: skip
+    for client in clients:
+        assert client.wait_connected(10)
+    return clients
+
+
+def run_round(server: LinkServer, failing: str | None = None) -> tuple[RecordingGrid, object]:
+    clients = start_learners(server, failing)
+    try:
+        grid = RecordingGrid(server)
+        assert wait_until(lambda: len(list(grid.get_node_ids())) == len(LEARNERS), 10, 0.05)
+        result = secure_train_round(grid, sorted(grid.get_node_ids()), START, 1, {}, SETTINGS, timeout_s=30)
+        return grid, result
+    finally:
+        for client in clients:
+            client.stop()
+
+
+def test_the_secure_aggregate_is_the_weighted_mean_and_no_update_is_seen_in_the_clear(server: LinkServer) -> None:
+    grid, result = run_round(server)
+    assert result is not None
+    expected = weighted_mean(LEARNERS)
+    for got, want in zip(result.arrays, expected, strict=True):  # type: ignore[attr-defined]
+        np.testing.assert_allclose(got, want, atol=ATOL)
+    assert sorted(int(r[p.NUM_EXAMPLES]) for r in result.replies) == [10, 20, 30, 40]  # type: ignore[attr-defined]
+
+    masked = []
+    for reply in grid.received:
+        assert not reply.has_error()
+        assert all(len(record) == 0 for record in reply.content.array_records.values()), "parameters in the clear"
+        configs = reply.content.config_records.get(RECORD_KEY_CONFIGS)
+        if configs is not None and Key.MASKED_PARAMETERS in configs:
+            masked.append([bytes_to_ndarray(b) for b in configs[Key.MASKED_PARAMETERS]])  # type: ignore[union-attr]
+    assert len(masked) == len(LEARNERS)
+    for arrays, _ in LEARNERS.values():
+        plain = quantize(arrays, SETTINGS.clipping_range, SETTINGS.quantization_range)
+        for vector in masked:  # no masked vector (weight factor first) is close to a learner's quantised parameters
+            pairs = zip(vector[1:], plain, strict=True)
+            same = [np.isclose(v.astype(float), q.astype(float), atol=1000).mean() for v, q in pairs]
+            assert max(same) < 0.5, same
+
+
+def test_a_learner_that_drops_out_after_sharing_its_keys_does_not_stop_the_round(server: LinkServer) -> None:
+    grid, result = run_round(server, failing="node-d")
+    assert result is not None, "the round should complete with 3 of 4 learners (threshold 2)"
+    expected = weighted_mean(["node-a", "node-b", "node-c"])
+    for got, want in zip(result.arrays, expected, strict=True):  # type: ignore[attr-defined]
+        np.testing.assert_allclose(got, want, atol=ATOL)
+    assert any(reply.has_error() and "node-d died while training" in reply.error.reason for reply in grid.received)
