@@ -14,7 +14,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from flops_utils.aggregation import STRATEGY_NAMES, FedAvgChoice, StrategyChoice, strategy_problems
+from flops_utils.aggregation import (
+    STRATEGY_NAMES,
+    FedAvgChoice,
+    SecureAggregation,
+    StrategyChoice,
+    secure_aggregation_problems,
+    strategy_problems,
+)
 from flops_utils.repo_access import MAX_URL_LENGTH, RepoUrlRefused
 from flops_utils.repo_access import check_repo_url as check_safe_repo_url
 from flops_utils.repo_credentials import RepoCredentials, split_repo_credentials
@@ -96,6 +103,22 @@ class TrainingConfiguration(_Strict):
         if choice is not None and choice.clusters is not None:
             raise ValueError("root_strategy cannot have per-cluster overrides (clusters); put them in strategy")
         return choice
+
+    secure_aggregation: SecureAggregation | None = Field(
+        default=None, description="SecAgg+ between each aggregator and its learners: the aggregator sees only "
+        "the sum of their updates (strategy fedavg or fedprox)")
+
+    @field_validator("secure_aggregation")
+    @classmethod
+    def _secure_aggregation_fits(
+        cls, secure: SecureAggregation | None, info: ValidationInfo
+    ) -> SecureAggregation | None:
+        strategy, participants = info.data.get("strategy"), info.data.get("min_fit_clients")
+        if secure is not None and strategy is not None and participants is not None:
+            problems = secure_aggregation_problems(secure, strategy, participants)
+            if problems:
+                raise ValueError("secure aggregation: " + "; ".join(problems))
+        return secure
     # -- end aggregation --
 
     @field_validator("min_fit_clients", "min_evaluate_clients")

@@ -1,6 +1,6 @@
 """SecAgg+ rounds (Flower's workflow and mod) over the real training link: the aggregate is the example-weighted
-mean within quantisation error, the aggregator never receives a learner's parameters, and a learner that drops
-out after sharing its keys does not stop the round."""
+mean within quantisation error, the aggregator never receives a learner's parameters, a learner that drops
+out after sharing its keys does not stop the round, and too many dropouts fail it with a reason."""
 
 from __future__ import annotations
 
@@ -8,25 +8,29 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.quantization import quantize
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+from flwr.serverapp.strategy import FedProx
 
+from flops_utils.aggregation import SecureAggregation
 from manager.lifecycle.flower_pki import ProjectFlowerCa
-from services.aggregator.secure_aggregation import SecAggSettings, secure_aggregation_mod, secure_train_round
+from services.aggregator.rounds import FederatedRounds, RoundFailed
+from services.aggregator.secure_aggregation import SecureFederatedRounds, secure_train_round
 from services.fl_runtime import protocol as p
 from services.fl_runtime.link import frames
 from services.fl_runtime.link.client import LinkClient, new_node_id
 from services.fl_runtime.link.grid import RUN_ID, LinkGrid
 from services.fl_runtime.link.server import LinkServer
+from services.learner.secagg_mod import secure_aggregation_mod
 from tests.helpers import free_port, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 CA = ProjectFlowerCa("p-secagg")
-SETTINGS = SecAggSettings(num_shares=4, reconstruction_threshold=2, clipping_range=4.0)
+SETTINGS = SecureAggregation(enabled=True, num_shares=4, reconstruction_threshold=2, clipping_range=4.0)
 START = [np.zeros((2, 3)), np.zeros(3)]
 LEARNERS = {
     "node-a": ([np.full((2, 3), 1.0), np.array([0.1, -0.2, 0.3])], 10),
@@ -45,6 +49,9 @@ def weighted_mean(names: Iterable[str]) -> list[np.ndarray]:
     return [sum(arrays[i] * examples for arrays, examples in chosen) / total for i in range(len(START))]
 
 
+ASKED_MU: set[float] = set()
+
+
 def learner_app(name: str, fail_training: bool = False) -> ClientApp:
     """A FLOps-format ClientApp (arrays + metrics, as services.learner.client_app replies) under the SecAgg+ mod."""
     app = ClientApp(mods=[secure_aggregation_mod])
@@ -53,9 +60,13 @@ def learner_app(name: str, fail_training: bool = False) -> ClientApp:
     def train(message: Message, context: Context) -> Message:
         if fail_training:
             raise RuntimeError(f"{name} died while training")
+        config = message.content.config_records[p.CONFIG]
+        if p.PROXIMAL_MU in config:
+            ASKED_MU.add(float(config[p.PROXIMAL_MU]))  # type: ignore[arg-type]
         arrays, examples = LEARNERS[name]
         metrics = MetricRecord({p.NUM_EXAMPLES: examples, p.LOSS: 0.5, p.ACCURACY: 0.9})
-        return Message(RecordDict({p.ARRAYS: p.to_arrays(arrays), p.METRICS: metrics}), reply_to=message)
+        info = ConfigRecord({p.NODE: name})
+        return Message(RecordDict({p.ARRAYS: p.to_arrays(arrays), p.METRICS: metrics, p.INFO: info}), reply_to=message)
 
     return app
 
@@ -87,11 +98,11 @@ def handler_of(app: ClientApp, context: Context):  # type: ignore[no-untyped-def
     return lambda message: app(message, context)
 
 
-def start_learners(server: LinkServer, failing: str | None = None) -> list[LinkClient]:
+def start_learners(server: LinkServer, failing: tuple[str, ...] = ()) -> list[LinkClient]:
     clients = []
     for name in LEARNERS:
         node_id = new_node_id()
-        app = learner_app(name, fail_training=name == failing)
+        app = learner_app(name, fail_training=name in failing)
         context = Context(run_id=RUN_ID, node_id=node_id, node_config={}, state=RecordDict(), run_config={})
         clients.append(LinkClient(server.address, frames.Hello(node_id, name), handler_of(app, context),
                                   CA.for_supernode(name)).start())  # fmt: skip
@@ -100,8 +111,8 @@ def start_learners(server: LinkServer, failing: str | None = None) -> list[LinkC
     return clients
 
 
-def run_round(server: LinkServer, failing: str | None = None) -> tuple[RecordingGrid, object]:
-    clients = start_learners(server, failing)
+def run_round(server: LinkServer) -> tuple[RecordingGrid, object]:
+    clients = start_learners(server)
     try:
         grid = RecordingGrid(server)
         assert wait_until(lambda: len(list(grid.get_node_ids())) == len(LEARNERS), 10, 0.05)
@@ -136,10 +147,43 @@ def test_the_secure_aggregate_is_the_weighted_mean_and_no_update_is_seen_in_the_
             assert max(same) < 0.5, same
 
 
+def secure_rounds(server: LinkServer, failing: tuple[str, ...], lost: list[str], strategy=None):  # type: ignore[no-untyped-def]
+    grid = RecordingGrid(server)
+    assert wait_until(lambda: len(list(grid.get_node_ids())) == len(LEARNERS), 10, 0.05)
+    return grid, SecureFederatedRounds(grid, min_available=4, min_fit=3, min_evaluate=3, timeout_s=30,
+                                       on_lost=lambda name, why: lost.append(why), strategy=strategy,
+                                       secure=SETTINGS)  # fmt: skip
+
+
 def test_a_learner_that_drops_out_after_sharing_its_keys_does_not_stop_the_round(server: LinkServer) -> None:
-    grid, result = run_round(server, failing="node-d")
-    assert result is not None, "the round should complete with 3 of 4 learners (threshold 2)"
-    expected = weighted_mean(["node-a", "node-b", "node-c"])
-    for got, want in zip(result.arrays, expected, strict=True):  # type: ignore[attr-defined]
+    """Through SecureFederatedRounds, as the aggregator runs it: the round completes with the other three (each
+    learner's mask rebuilt from 2 shares), names its participants, and reports the dropped learner as lost."""
+    clients = start_learners(server, failing=("node-d",))
+    try:
+        lost: list[str] = []
+        grid, rounds = secure_rounds(server, ("node-d",), lost, strategy=FedProx(proximal_mu=0.2))
+        result = rounds.train_round(1, START, {})
+    finally:
+        for client in clients:
+            client.stop()
+    assert isinstance(rounds, FederatedRounds)
+    assert result.arrays is not None
+    for got, want in zip(result.arrays, weighted_mean(["node-a", "node-b", "node-c"]), strict=True):
         np.testing.assert_allclose(got, want, atol=ATOL)
+    assert sorted(result.participants) == ["node-a", "node-b", "node-c"] and result.num_examples == 60
+    assert lost == ["round 1: learner node-d lost (did not complete the SecAgg+ round)"], lost
     assert any(reply.has_error() and "node-d died while training" in reply.error.reason for reply in grid.received)
+    assert {0.2} == ASKED_MU  # FedProx's mu reaches the learners' train messages under SecAgg+ too
+
+
+def test_too_many_dropouts_fail_the_round_with_a_reason(server: LinkServer) -> None:
+    clients = start_learners(server, failing=("node-c", "node-d"))
+    try:
+        lost: list[str] = []
+        _, rounds = secure_rounds(server, ("node-c", "node-d"), lost)
+        with pytest.raises(RoundFailed) as failed:
+            rounds.train_round(1, START, {})
+    finally:
+        for client in clients:
+            client.stop()
+    assert "secure aggregation failed: 2 of 4 learners completed it (at least 3 needed" in str(failed.value)

@@ -167,3 +167,50 @@ def test_fit_model_reads_proximal_mu_and_the_global_model_from_its_fit_context()
     assert manager.fit_context.global_parameters[0][0] == 0.0
     set_fit_context(manager, train_message({"name": "fedavg"}, arrays), arrays)
     assert manager.fit_context.proximal_mu == 0.0
+
+
+SECURE = {"enabled": True, "num_shares": 3, "reconstruction_threshold": 2}
+
+
+@pytest.mark.parametrize(
+    ("training", "field", "message"),
+    [
+        ({"strategy": {"name": "krum"}}, "training_configuration.secure_aggregation",
+         "strategy 'krum' needs each learner's update, and secure aggregation reveals only their sum"),
+        ({"strategy": {"name": "fedadam"}}, "training_configuration.secure_aggregation",
+         "strategy 'fedadam' is not available with it (Flower's SecAgg+ workflow aggregates with FedAvg)"),
+        ({"min_fit_clients": 2}, "training_configuration.secure_aggregation", "needs min_fit_clients >= 3"),
+        ({"secure_aggregation": {**SECURE, "num_shares": 4}}, "training_configuration.secure_aggregation",
+         "num_shares (4) must not exceed min_fit_clients (3)"),
+        ({"secure_aggregation": {**SECURE, "reconstruction_threshold": 3}}, "training_configuration.secure_aggregation",
+         "reconstruction_threshold (3) must be less than num_shares (3)"),
+        ({"secure_aggregation": {**SECURE, "num_shares": 2}}, "training_configuration.secure_aggregation.num_shares",
+         "as an integer (learners) it must be between 3 and 10000"),
+        ({"secure_aggregation": {**SECURE, "reconstruction_threshold": 1.5}},
+         "training_configuration.secure_aggregation.reconstruction_threshold",
+         "as a fraction it must be greater than 0"),
+        ({"secure_aggregation": {**SECURE, "clipping_range": 0}},
+         "training_configuration.secure_aggregation.clipping_range", "greater than 0"),
+        ({"secure_aggregation": {**SECURE, "dropouts": 1}}, "training_configuration.secure_aggregation.dropouts",
+         "unknown field"),
+    ],
+)
+def test_secure_aggregation_is_validated_and_refused_where_it_cannot_work(
+    training: dict[str, Any], field: str, message: str
+) -> None:
+    found = errors(**{**THREE, "secure_aggregation": SECURE, **training})
+    assert len(found) == 1 and found[0]["field"] == field and message in found[0]["message"], found
+
+
+def test_secure_aggregation_reaches_the_aggregators_of_learners_and_their_mlflow_params() -> None:
+    sla = parsed(mode="hierarchical", **THREE, strategy={"name": "fedprox", "proximal_mu": 0.1},
+                 secure_aggregation={**SECURE, "clipping_range": 16.0})  # fmt: skip
+    settings = sla_to_training_settings(sla)
+    assert settings.secure_aggregation is not None and settings.secure_aggregation.num_shares == 3
+    params = strategy_params(aggregator(sla, "cluster", "cluster-a"))
+    assert params["secure_aggregation"] == "SecAgg+" and params["secure_aggregation.clipping_range"] == 16.0
+    assert params["secure_aggregation.reconstruction_threshold"] == 2
+    assert strategy_params(aggregator(sla, "root"))["secure_aggregation"] == "off"  # cluster models: in the clear
+    assert strategy_params(aggregator(parsed(), "classic"))["secure_aggregation"] == "off"
+    fraction = parsed(**THREE, secure_aggregation={"enabled": True}).training_configuration.secure_aggregation
+    assert fraction is not None and fraction.num_shares == 1.0 and fraction.reconstruction_threshold == 0.66

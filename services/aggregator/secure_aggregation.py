@@ -5,9 +5,8 @@ four message exchanges (setup, share keys, collect masked vectors, unmask) that 
 with blocking ``grid.send_and_receive``, and it reveals only the (example-weighted) sum. So it runs beside
 ``FederatedRounds``' strategy seam, not through it: :func:`secure_train_round` drives the workflow for one
 round on the nodes the loop found usable, with Flower's legacy FedAvg (the only aggregation a sum allows),
-and returns what ``train_round`` would. Learners answer through :func:`secure_aggregation_mod`, which hands
-SecAgg+ messages to Flower's ``secaggplus_mod`` and translates FitIns/FitRes to the FLOps train message and
-back; other messages pass through unchanged.
+and :class:`SecureFederatedRounds` returns what ``train_round`` would. Learners answer through
+``services.learner.secagg_mod.secure_aggregation_mod``.
 
 The aggregator sees each learner's metrics (loss, accuracy, example count) but never its parameters: only
 masked, quantised vectors whose masks cancel in the sum.
@@ -15,15 +14,12 @@ masked, quantised vectors whose masks cancel in the sum.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
-import flwr.compat.common.recorddict_compat as compat
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.client.mod import secaggplus_mod
-from flwr.clientapp.typing import ClientAppCallable
-from flwr.common import Code, FitRes, Metrics, Scalar, Status, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.common import Metrics, Scalar
 from flwr.server import ServerConfig
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.compat.grid_client_proxy import GridClientProxy
@@ -33,17 +29,11 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedProx
 
+from flops_utils.aggregation import SecureAggregation
+from services.aggregator.rounds import FederatedRounds, Reply, RoundFailed, RoundResult
 from services.fl_runtime import protocol as p
-
-
-@dataclass(frozen=True)
-class SecAggSettings:
-    num_shares: int | float = 1.0  # int: shares per learner; float: fraction of the round's learners
-    reconstruction_threshold: int | float = 0.66  # int: learners; float: fraction of num_shares
-    clipping_range: float = 8.0  # parameters are clipped to [-range, range] before quantisation
-    quantization_range: int = 4_194_304
-    max_weight: float = 1000.0  # example counts above this are clipped (the weights are masked too)
 
 
 @dataclass
@@ -58,7 +48,7 @@ def secure_train_round(
     arrays: list[np.ndarray],
     server_round: int,
     config: dict[str, int | float | str],
-    settings: SecAggSettings,
+    settings: SecureAggregation,
     timeout_s: float,
 ) -> SecureRound | None:
     """One SecAgg+ round over ``nodes``; None when too few learners completed it (below the threshold)."""
@@ -94,30 +84,34 @@ def secure_train_round(
     return SecureRound(p.like(aggregated, arrays), replies)
 
 
-def secure_aggregation_mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Learner side: SecAgg+ messages go through Flower's ``secaggplus_mod``; the FLOps ClientApp trains."""
-    if RECORD_KEY_CONFIGS not in message.content.config_records:
-        return call_next(message, context)
-    return secaggplus_mod(message, context, _fit_through_flops_app(call_next))
+class SecureFederatedRounds(FederatedRounds):
+    """``FederatedRounds`` whose training rounds run under SecAgg+ (evaluation rounds are unchanged: the global
+    model is not secret). The strategy only contributes FedProx's ``proximal-mu``; the SLA allows no other."""
 
+    def __init__(self, *args: object, secure: SecureAggregation, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.secure = secure
 
-def _fit_through_flops_app(call_next: ClientAppCallable) -> ClientAppCallable:
-    def fit(message: Message, context: Context) -> Message:
-        fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
-        request = RecordDict({
-            p.ARRAYS: p.to_arrays(parameters_to_ndarrays(fitins.parameters)),
-            p.CONFIG: ConfigRecord(dict(fitins.config)),  # type: ignore[arg-type]
-        })  # fmt: skip
-        reply = call_next(Message(request, dst_node_id=message.metadata.dst_node_id,
-                                  message_type=message.metadata.message_type), context)  # fmt: skip
-        metrics = dict(reply.content.metric_records[p.METRICS])
-        examples = int(metrics.pop(p.NUM_EXAMPLES))  # type: ignore[arg-type]
-        fitres = FitRes(
-            Status(Code.OK, "ok"),
-            ndarrays_to_parameters(p.from_arrays(reply.content.array_records[p.ARRAYS])),
-            examples,
-            {key: value for key, value in metrics.items() if isinstance(value, int | float)},
-        )
-        return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=message)
-
-    return fit
+    def train_round(
+        self, server_round: int, arrays: list[np.ndarray], config: dict[str, int | float | str]
+    ) -> RoundResult:
+        started = time.monotonic()
+        nodes = self.wait_for_nodes(self.min_fit, self.timeout_s)
+        if isinstance(self.strategy, FedProx):
+            config = {**config, p.PROXIMAL_MU: self.strategy.proximal_mu}
+        outcome = secure_train_round(self.grid, nodes, arrays, server_round, config, self.secure, self.timeout_s)
+        names = {self.name_of(node): node for node in nodes}
+        completed = [] if outcome is None else outcome.replies
+        replies = [Reply(node_id=names.get(str(m.get(p.NODE)), 0), name=str(m.get(p.NODE, "learner")), cluster=None,
+                         metrics={k: float(v) for k, v in m.items() if isinstance(v, int | float)})
+                   for m in completed]  # fmt: skip
+        lost = [(name, "did not complete the SecAgg+ round") for name in sorted(names)
+                if name not in {reply.name for reply in replies}]  # fmt: skip
+        for name, why in lost:
+            self.on_lost(name, f"round {server_round}: {self.what} {name} lost ({why})")
+        if outcome is None or len(replies) < self.min_fit:
+            raise RoundFailed(
+                f"round {server_round}: secure aggregation failed: {len(replies)} of {len(nodes)} learners completed "
+                f"it (at least {self.min_fit} needed, and enough of each learner's neighbours to rebuild its mask)"
+            )
+        return self._result(server_round, outcome.arrays, replies, lost, started)

@@ -33,6 +33,7 @@ from flwr.serverapp.strategy import (
 )
 
 from flops_utils.aggregation import StrategyChoice
+from flops_utils.service_config import AggregatorConfig
 
 
 class FollowingFedAvgM(FedAvgM):
@@ -75,3 +76,12 @@ def describe(choice: StrategyChoice) -> dict[str, str | float | int]:
         "strategy.name": choice.name,
         **{f"strategy.{key}": value for key, value in choice.params().items()},
     }
+
+
+def secure_params(config: AggregatorConfig) -> dict[str, str | float | int]:
+    """SecAgg+ as MLflow params (aggregators over learners only: the root aggregates cluster models in the clear)."""
+    secure = config.training.secure_aggregation
+    if secure is None or not secure.enabled or config.role == "root":
+        return {"secure_aggregation": "off"}
+    settings = secure.model_dump(exclude={"enabled"})
+    return {"secure_aggregation": "SecAgg+", **{f"secure_aggregation.{k}": v for k, v in settings.items()}}

@@ -23,8 +23,9 @@ from flwr.clientapp import ClientApp
 from flops_utils.ml_interfaces import FitContext, ModelManager
 from services.fl_runtime import protocol as p
 from services.fl_runtime.user_code import load_model_manager
+from services.learner.secagg_mod import secure_aggregation_mod
 
-app = ClientApp()
+app = ClientApp(mods=[secure_aggregation_mod])  # SecAgg+ rounds only; other messages pass through
 
 _manager: ModelManager | None = None
 

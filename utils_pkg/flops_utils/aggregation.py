@@ -156,3 +156,61 @@ def strategy_problems(choice: StrategyChoice, participants: int, where: str) -> 
             f"{participants} participants per round (min_fit_clients)"
         )
     return problems
+
+
+class SecureAggregation(BaseModel):
+    """SecAgg+ (Flower's workflow and ``secaggplus_mod``): the aggregator learns only the sum of its learners'
+    updates. Parameters as Flower's ``SecAggPlusWorkflow``; an int counts learners, a float is a fraction."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    enabled: bool = Field(default=False, description="aggregate the learners' updates under SecAgg+")
+    num_shares: int | float = Field(
+        default=1.0, union_mode="left_to_right", description="learners each learner shares its secrets with "
+        "(an integer >= 3, or a fraction in (0, 1] of the round's learners)")
+    reconstruction_threshold: int | float = Field(
+        default=0.66, union_mode="left_to_right", description="shares needed to rebuild a dropped learner's mask "
+        "(an integer >= 2, or a fraction in (0, 1] of num_shares); learners may drop out as long as this many of "
+        "each one's neighbours remain")
+
+    @field_validator("num_shares", "reconstruction_threshold")
+    @classmethod
+    def _count_or_fraction(cls, value: int | float, info: Any) -> int | float:
+        smallest = 3 if info.field_name == "num_shares" else 2
+        if isinstance(value, int) and not smallest <= value <= 10_000:
+            raise ValueError(f"as an integer (learners) it must be between {smallest} and 10000")
+        if isinstance(value, float) and not 0 < value <= 1:
+            raise ValueError("as a fraction it must be greater than 0 and at most 1")
+        return value
+
+    clipping_range: float = Field(default=8.0, gt=0, le=1e6, description="parameters are clipped to +-this")
+    quantization_range: int = Field(default=4_194_304, ge=2, lt=2**32, description="quantisation levels")
+    max_weight: float = Field(default=1000.0, gt=0, le=1e9, description="example counts above this are clipped")
+
+
+SECURE_STRATEGIES = ("fedavg", "fedprox")
+
+
+def secure_aggregation_problems(secure: SecureAggregation, strategy: StrategyChoice, participants: int) -> list[str]:
+    """Why ``secure`` cannot run with ``strategy`` and ``participants`` learners per round."""
+    if not secure.enabled:
+        return []
+    problems = []
+    choices = [("strategy", strategy), *((f"strategy.clusters.{c}", o) for c, o in (strategy.clusters or {}).items())]
+    for where, choice in choices:
+        if choice.name not in SECURE_STRATEGIES:
+            why = ("needs each learner's update, and secure aggregation reveals only their sum"
+                   if choice.name in ("krum", "multikrum", "trimmedmean", "fedmedian")
+                   else "is not available with it (Flower's SecAgg+ workflow aggregates with FedAvg)")
+            problems.append(f"{where} '{choice.name}' {why}; use fedavg or fedprox")
+    if participants < 3:
+        problems.append(f"needs min_fit_clients >= 3 (with {participants}, a learner could subtract its own update "
+                        "from the sum it gets back as the global model)")
+    if isinstance(secure.num_shares, int) and secure.num_shares > participants:
+        problems.append(f"num_shares ({secure.num_shares}) must not exceed min_fit_clients ({participants})")
+    threshold = secure.reconstruction_threshold
+    if isinstance(threshold, int) and isinstance(secure.num_shares, int) and threshold >= secure.num_shares:
+        problems.append(f"reconstruction_threshold ({threshold}) must be less than num_shares ({secure.num_shares})")
+    elif isinstance(threshold, int) and threshold > participants:
+        problems.append(f"reconstruction_threshold ({threshold}) must not exceed min_fit_clients ({participants})")
+    return problems
