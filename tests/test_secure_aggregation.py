@@ -38,9 +38,17 @@ LEARNERS = {
     "node-c": ([np.full((2, 3), 0.5), np.array([2.0, 0.3, 0.1])], 20),
     "node-d": ([np.full((2, 3), 3.0), np.array([-1.0, 1.0, 1.0])], 40),
 }
-# Tolerance: Flower quantises each weighted update to quantization_range levels over +-clipping_range with
-# stochastic rounding (2 ** 22 levels over +-4 here: steps of 1.9e-6), then divides the sum by the summed weights.
-ATOL = 1e-4
+
+
+def tolerance(settings: SecureAggregation, examples: list[int]) -> float:
+    """How far SecAgg+'s aggregate may be from the exact weighted mean: each learner's update, scaled by its weight
+    (examples / max_weight), is quantised with stochastic rounding to steps of 2 * clipping_range /
+    quantization_range; the sum is divided by the summed weights (quantised too). Twice n steps over that sum."""
+    step = 2 * settings.clipping_range / settings.quantization_range
+    return 2 * len(examples) * step / (sum(examples) / settings.max_weight)
+
+
+ATOL = tolerance(SETTINGS, [10, 30, 20, 40])  # 1.5e-4 (2 ** 22 levels over +-4, weights 0.01 to 0.04)
 
 
 def weighted_mean(names: Iterable[str]) -> list[np.ndarray]:
@@ -187,3 +195,78 @@ def test_too_many_dropouts_fail_the_round_with_a_reason(server: LinkServer) -> N
         for client in clients:
             client.stop()
     assert "secure aggregation failed: 2 of 4 learners completed it (at least 3 needed" in str(failed.value)
+
+
+USER_MODEL = '''
+import numpy as np
+from flops_utils import ModelManager as Base
+
+MU_SEEN = []  # every instance's fit contexts (learners in one test process may each build their own manager)
+
+
+class ModelManager(Base):
+    def __init__(self):
+        self.w = np.zeros(3)
+
+    def set_model_data(self):
+        pass
+
+    def get_model(self):
+        return self.w
+
+    def get_model_parameters(self):
+        return [self.w.copy()]
+
+    def set_model_parameters(self, parameters):
+        self.w = np.asarray(parameters[0], dtype=float)
+
+    def fit_model(self):
+        MU_SEEN.append(self.fit_context.proximal_mu)
+        self.w = self.fit_context.global_parameters[0] + 1.0
+        return 10
+
+    def evaluate_model(self):
+        return 0.25, 0.75, 5
+'''
+
+
+def test_the_flops_client_app_trains_under_secagg_and_answers_plain_rounds_too(server: LinkServer, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The learners' real ClientApp (services.learner.client_app, hosted as client_host does): SecAgg+ rounds go
+    through its mod, plain train and evaluate messages pass through unchanged."""
+    import sys
+
+    import services.learner.client_app as client_app
+    from services.fl_runtime.client_host import client_app_handler
+
+    (tmp_path / "model_manager.py").write_text(USER_MODEL)
+    sys.modules.pop("model_manager", None)
+    client_app._manager = None  # one ModelManager per process: the three learners share the module here
+    clients = []
+    for name in ("node-a", "node-b", "node-c"):
+        node_id = new_node_id()
+        node_config = {p.NODE_APP_DIR_KEY: str(tmp_path), p.NODE_NAME_KEY: name, p.NODE_ROLE_KEY: "learner"}
+        handler = client_app_handler(node_config, node_id)
+        clients.append(LinkClient(server.address, frames.Hello(node_id, name), handler, CA.for_supernode(name)).start())
+    try:
+        grid = LinkGrid(server)
+        assert wait_until(lambda: len(list(grid.get_node_ids())) == 3, 10, 0.05)
+        secure = SecureAggregation(enabled=True, num_shares=3, reconstruction_threshold=2)
+        rounds = SecureFederatedRounds(grid, min_available=3, min_fit=3, min_evaluate=3, timeout_s=30,
+                                       strategy=FedProx(proximal_mu=0.4), secure=secure)  # fmt: skip
+        trained = rounds.train_round(1, [np.zeros(3)], {})
+        assert trained.arrays is not None
+        np.testing.assert_allclose(trained.arrays[0], np.ones(3), atol=tolerance(secure, [10, 10, 10]))  # 1.5e-3
+        assert sorted(trained.participants) == ["node-a", "node-b", "node-c"] and trained.num_examples == 30
+        assert trained.loss == 0.25 and trained.accuracy == 0.75  # the post-fit metrics, in the clear
+        evaluated = rounds.evaluate_round(1, trained.arrays, {})
+        assert evaluated.accuracy == 0.75 and len(evaluated.participants) == 3
+        plain = FederatedRounds(grid, min_available=3, min_fit=3, min_evaluate=3, timeout_s=30).train_round(
+            2, trained.arrays, {})
+        assert plain.arrays is not None
+        np.testing.assert_allclose(plain.arrays[0], trained.arrays[0] + 1.0)
+        assert sys.modules["model_manager"].MU_SEEN == [0.4] * 3 + [0.0] * 3  # FedProx's mu, then plain rounds
+    finally:
+        for client in clients:
+            client.stop()
+        client_app._manager = None
+        sys.modules.pop("model_manager", None)
