@@ -97,8 +97,9 @@ class SecureFederatedRounds(FederatedRounds):
     ) -> RoundResult:
         started = time.monotonic()
         nodes = self.wait_for_nodes(self.min_fit, self.timeout_s)
-        if isinstance(self.strategy, FedProx):
-            config = {**config, p.PROXIMAL_MU: self.strategy.proximal_mu}
+        proximal = self._fedprox()
+        if proximal is not None:
+            config = {**config, p.PROXIMAL_MU: proximal.proximal_mu}
         outcome = secure_train_round(self.grid, nodes, arrays, server_round, config, self.secure, self.timeout_s)
         names = {self.name_of(node): node for node in nodes}
         completed = [] if outcome is None else outcome.replies
@@ -115,3 +116,10 @@ class SecureFederatedRounds(FederatedRounds):
                 f"it (at least {self.min_fit} needed, and enough of each learner's neighbours to rebuild its mask)"
             )
         return self._result(server_round, outcome.arrays, replies, lost, started)
+
+    def _fedprox(self) -> FedProx | None:
+        """The FedProx inside the strategy, also under wrappers that keep the wrapped one as ``.strategy``."""
+        strategy: object = self.strategy
+        while strategy is not None and not isinstance(strategy, FedProx):
+            strategy = getattr(strategy, "strategy", None)
+        return strategy
