@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from flops_utils.aggregation import (
     STRATEGY_NAMES,
-    FedAvgChoice,
+    ClusteredStrategyChoice,
+    FedAvgStrategy,
     SecureAggregation,
     StrategyChoice,
     secure_aggregation_problems,
@@ -72,8 +73,8 @@ class TrainingConfiguration(_Strict):
         default=None, gt=0, le=86_400, description="extension: stragglers past this many seconds are dropped"
     )
     # -- aggregation (issue 20): one block, keep together --
-    strategy: StrategyChoice = Field(
-        default_factory=FedAvgChoice,
+    strategy: ClusteredStrategyChoice = Field(
+        default_factory=FedAvgStrategy,
         description="how an aggregator combines its learners' models (Flower strategy by `name` plus its "
         "parameters); hierarchical: the cluster aggregators', with per-cluster `clusters` overrides",
     )
@@ -83,7 +84,7 @@ class TrainingConfiguration(_Strict):
 
     @field_validator("strategy")
     @classmethod
-    def _strategy_fits(cls, choice: StrategyChoice, info: ValidationInfo) -> StrategyChoice:
+    def _strategy_fits(cls, choice: ClusteredStrategyChoice, info: ValidationInfo) -> ClusteredStrategyChoice:
         if choice.clusters is not None and info.data.get("mode") != "hierarchical":
             raise ValueError("per-cluster strategies (strategy.clusters) need mode 'hierarchical'")
         participants = info.data.get("min_fit_clients")
@@ -100,8 +101,6 @@ class TrainingConfiguration(_Strict):
     def _root_strategy_fits(cls, choice: StrategyChoice | None, info: ValidationInfo) -> StrategyChoice | None:
         if choice is not None and info.data.get("mode") != "hierarchical":
             raise ValueError("root_strategy needs mode 'hierarchical' (classic mode has no root)")
-        if choice is not None and choice.clusters is not None:
-            raise ValueError("root_strategy cannot have per-cluster overrides (clusters); put them in strategy")
         return choice
 
     secure_aggregation: SecureAggregation | None = Field(

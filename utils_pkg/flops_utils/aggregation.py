@@ -5,12 +5,13 @@ refused and every bound names its field. The SLA (manager) and the aggregators (
 share these models, so what the manager accepted is exactly what the aggregator builds
 (``services/aggregator/strategies.py``). Parameter names and defaults are Flower's.
 
-``strategy`` may carry ``clusters: {"<cluster>": {...}}``: per-cluster overrides in hierarchical mode
-(each cluster aggregator uses its own entry, or ``strategy`` itself when it has none).
+``strategy`` (a ``ClusteredStrategyChoice``) may carry ``clusters: {"<cluster>": {...}}``: per-cluster overrides
+in hierarchical mode (each cluster aggregator uses its own entry, or ``strategy`` itself when it has none).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -21,32 +22,9 @@ CLUSTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 class _Choice(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    clusters: dict[str, StrategyChoice] | None = Field(
-        default=None,
-        description="hierarchical mode, `strategy` only: a different strategy for some clusters "
-        '(`{"cluster-a": {"name": "krum", "num_malicious_nodes": 1}}`)',
-    )
-
-    @field_validator("clusters")
-    @classmethod
-    def _flat_overrides(cls, clusters: dict[str, StrategyChoice] | None) -> dict[str, StrategyChoice] | None:
-        import re
-
-        for cluster, choice in (clusters or {}).items():
-            if not re.match(CLUSTER_NAME_PATTERN, cluster):
-                raise ValueError(f"cluster name {cluster[:80]!r} is not a valid cluster name")
-            if choice.clusters is not None:
-                raise ValueError(f"the override for cluster {cluster!r} cannot have its own clusters")
-        return clusters
-
     def params(self) -> dict[str, Any]:
         """The strategy's parameters (without ``name`` and ``clusters``): what Flower's constructor gets."""
         return self.model_dump(exclude={"name", "clusters"})
-
-    def for_cluster(self, cluster: str | None) -> StrategyChoice:
-        """The choice a cluster aggregator of ``cluster`` uses."""
-        chosen = (self.clusters or {}).get(cluster or "")
-        return chosen if chosen is not None else self.model_copy(update={"clusters": None})  # type: ignore[return-value]
 
 
 class FedAvgChoice(_Choice):
@@ -137,9 +115,58 @@ STRATEGY_NAMES = (
     "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "krum", "multikrum", "trimmedmean", "fedmedian",
 )  # fmt: skip
 
-for _model in (_Choice, FedAvgChoice, FedProxChoice, _FedOptParams, FedAdamChoice, FedYogiChoice, FedAdagradChoice,
-               FedAvgMChoice, KrumChoice, MultiKrumChoice, TrimmedMeanChoice, FedMedianChoice):  # fmt: skip
-    _model.model_rebuild()
+
+class _WithClusters(BaseModel):
+    """``training_configuration.strategy`` itself: a choice plus per-cluster overrides (which have none)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    clusters: dict[str, StrategyChoice] | None = Field(
+        default=None,
+        description="hierarchical mode: a different strategy for some clusters "
+        '(`{"cluster-a": {"name": "krum", "num_malicious_nodes": 1}}`)',
+    )
+
+    @field_validator("clusters")
+    @classmethod
+    def _cluster_names(cls, clusters: dict[str, StrategyChoice] | None) -> dict[str, StrategyChoice] | None:
+        for cluster in clusters or {}:
+            if not re.match(CLUSTER_NAME_PATTERN, cluster):
+                raise ValueError(f"cluster name {cluster[:80]!r} is not a valid cluster name")
+        return clusters
+
+    def for_cluster(self, cluster: str | None) -> StrategyChoice:
+        """The choice a cluster aggregator of ``cluster`` uses (this one unless the cluster has an override)."""
+        chosen = (self.clusters or {}).get(cluster or "")
+        return chosen if chosen is not None else self  # type: ignore[return-value]
+
+
+# The same strategies with ``clusters`` (two sets of classes keep the schema free of recursion).
+class FedAvgStrategy(FedAvgChoice, _WithClusters): ...
+class FedProxStrategy(FedProxChoice, _WithClusters): ...
+class FedAdamStrategy(FedAdamChoice, _WithClusters): ...
+class FedYogiStrategy(FedYogiChoice, _WithClusters): ...
+class FedAdagradStrategy(FedAdagradChoice, _WithClusters): ...
+class FedAvgMStrategy(FedAvgMChoice, _WithClusters): ...
+class KrumStrategy(KrumChoice, _WithClusters): ...
+class MultiKrumStrategy(MultiKrumChoice, _WithClusters): ...
+class TrimmedMeanStrategy(TrimmedMeanChoice, _WithClusters): ...
+class FedMedianStrategy(FedMedianChoice, _WithClusters): ...
+
+
+ClusteredStrategyChoice = Annotated[
+    FedAvgStrategy
+    | FedProxStrategy
+    | FedAdamStrategy
+    | FedYogiStrategy
+    | FedAdagradStrategy
+    | FedAvgMStrategy
+    | KrumStrategy
+    | MultiKrumStrategy
+    | TrimmedMeanStrategy
+    | FedMedianStrategy,
+    Field(discriminator="name"),
+]
 
 
 def strategy_problems(choice: StrategyChoice, participants: int, where: str) -> list[str]:
@@ -191,7 +218,9 @@ class SecureAggregation(BaseModel):
 SECURE_STRATEGIES = ("fedavg", "fedprox")
 
 
-def secure_aggregation_problems(secure: SecureAggregation, strategy: StrategyChoice, participants: int) -> list[str]:
+def secure_aggregation_problems(
+    secure: SecureAggregation, strategy: ClusteredStrategyChoice, participants: int
+) -> list[str]:
     """Why ``secure`` cannot run with ``strategy`` and ``participants`` learners per round."""
     if not secure.enabled:
         return []
