@@ -215,3 +215,19 @@ def test_secure_aggregation_reaches_the_aggregators_of_learners_and_their_mlflow
     assert strategy_params(aggregator(parsed(), "classic"))["secure_aggregation"] == "off"
     fraction = parsed(**THREE, secure_aggregation={"enabled": True}).training_configuration.secure_aggregation
     assert fraction is not None and fraction.num_shares == 1.0 and fraction.reconstruction_threshold == 0.66
+
+
+def test_the_choices_survive_the_json_config_an_aggregator_is_started_with() -> None:
+    sla = parsed(mode="hierarchical", **THREE,
+                 strategy={"name": "fedprox", "proximal_mu": 0.1, "clusters": {"cluster-b": {"name": "fedavg"}}},
+                 root_strategy={"name": "fedadam"},
+                 secure_aggregation={**SECURE, "reconstruction_threshold": 0.5})  # fmt: skip
+    config = AggregatorConfig.model_validate_json(aggregator(sla, "cluster", "cluster-b").model_dump_json())
+    assert config.training == sla_to_training_settings(sla)
+    assert config.training.secure_aggregation is not None and config.training.secure_aggregation.num_shares == 3
+    assert config.training.secure_aggregation.reconstruction_threshold == 0.5
+    assert type(round_strategy(config, "learners", min_fit=3, min_evaluate=3)) is FedAvg  # cluster-b's override
+    other = config.model_copy(update={"cluster": "cluster-a"})
+    assert type(round_strategy(other, "learners", min_fit=3, min_evaluate=3)) is FedProx
+    root = config.model_copy(update={"role": "root", "cluster": None})
+    assert type(round_strategy(root, "clusters", min_fit=2, min_evaluate=2)) is FedAdam
