@@ -87,8 +87,9 @@ def test_krum_and_trimmed_mean_keep_accuracy_where_fedavg_collapses(flops_stack:
 
 
 def test_a_secure_aggregation_project_trains_as_well_as_fedavg(flops_stack: FlopsStack) -> None:  # noqa: F811
-    """SecAgg+ between the aggregator and three learners (FedProx's mu passes through it too): the project
-    completes with the accuracy of a plain FedAvg project on the same data (within 0.05: quantisation noise)."""
+    """SecAgg+ between the aggregator and three learners: the project completes with the accuracy of a plain
+    FedAvg project on the same data (within 0.05: quantisation noise). FedProx under SecAgg+ is covered in
+    tests/test_secure_aggregation.py."""
     flops_stack.push_mocks("digits-secure", 3, nodes=LEARNERS)
     training: dict[str, Any] = {"training_rounds": 2, "min_available_clients": 3, "min_fit_clients": 3,
                                 "min_evaluate_clients": 3}  # fmt: skip
