@@ -14,6 +14,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from flops_utils.aggregation import (
+    STRATEGY_NAMES,
+    ClusteredStrategyChoice,
+    FedAvgStrategy,
+    SecureAggregation,
+    StrategyChoice,
+    secure_aggregation_problems,
+    strategy_problems,
+)
 from flops_utils.repo_access import MAX_URL_LENGTH, RepoUrlRefused
 from flops_utils.repo_access import check_repo_url as check_safe_repo_url
 from flops_utils.repo_credentials import RepoCredentials, split_repo_credentials
@@ -63,6 +72,53 @@ class TrainingConfiguration(_Strict):
     round_timeout_s: float | None = Field(
         default=None, gt=0, le=86_400, description="extension: stragglers past this many seconds are dropped"
     )
+    # -- aggregation (issue 20): one block, keep together --
+    strategy: ClusteredStrategyChoice = Field(
+        default_factory=FedAvgStrategy,
+        description="how an aggregator combines its learners' models (Flower strategy by `name` plus its "
+        "parameters); hierarchical: the cluster aggregators', with per-cluster `clusters` overrides",
+    )
+    root_strategy: StrategyChoice | None = Field(
+        default=None, description="hierarchical only: how the root combines the cluster models (default fedavg)"
+    )
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy_fits(cls, choice: ClusteredStrategyChoice, info: ValidationInfo) -> ClusteredStrategyChoice:
+        if choice.clusters is not None and info.data.get("mode") != "hierarchical":
+            raise ValueError("per-cluster strategies (strategy.clusters) need mode 'hierarchical'")
+        participants = info.data.get("min_fit_clients")
+        if participants is not None:
+            problems = strategy_problems(choice, participants, "strategy")
+            for cluster, override in (choice.clusters or {}).items():
+                problems += strategy_problems(override, participants, f"strategy.clusters.{cluster}")
+            if problems:
+                raise ValueError("; ".join(problems))
+        return choice
+
+    @field_validator("root_strategy")
+    @classmethod
+    def _root_strategy_fits(cls, choice: StrategyChoice | None, info: ValidationInfo) -> StrategyChoice | None:
+        if choice is not None and info.data.get("mode") != "hierarchical":
+            raise ValueError("root_strategy needs mode 'hierarchical' (classic mode has no root)")
+        return choice
+
+    secure_aggregation: SecureAggregation | None = Field(
+        default=None, description="SecAgg+ between each aggregator and its learners: the aggregator sees only "
+        "the sum of their updates (strategy fedavg or fedprox)")
+
+    @field_validator("secure_aggregation")
+    @classmethod
+    def _secure_aggregation_fits(
+        cls, secure: SecureAggregation | None, info: ValidationInfo
+    ) -> SecureAggregation | None:
+        strategy, participants = info.data.get("strategy"), info.data.get("min_fit_clients")
+        if secure is not None and strategy is not None and participants is not None:
+            problems = secure_aggregation_problems(secure, strategy, participants)
+            if problems:
+                raise ValueError("secure aggregation: " + "; ".join(problems))
+        return secure
+    # -- end aggregation --
 
     @field_validator("min_fit_clients", "min_evaluate_clients")
     @classmethod
@@ -214,11 +270,19 @@ def describe_validation_error(error: ValidationError) -> list[dict[str, str]]:
 def _dotted(loc: tuple[int | str, ...] | Any) -> str:
     parts: list[str] = []
     for part in loc:
+        if _is_strategy_tag(part, parts):  # pydantic puts the discriminator's value into the path
+            continue
         if isinstance(part, int) and parts:
             parts[-1] = f"{parts[-1]}[{part}]"
         else:
             parts.append(str(part))
     return ".".join(parts) or "body"
+
+
+def _is_strategy_tag(part: object, parts: list[str]) -> bool:
+    after_strategy = bool(parts) and parts[-1] in ("strategy", "root_strategy")
+    after_cluster = len(parts) >= 2 and parts[-2] == "clusters"
+    return part in STRATEGY_NAMES and (after_strategy or after_cluster)
 
 
 def _message(item: Any) -> str:
@@ -227,6 +291,13 @@ def _message(item: Any) -> str:
         return "unknown field"
     if kind == "missing":
         return "field required"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):  # a strategy without a known name
+        context = item.get("ctx") or {}
+        key = str(context.get("discriminator", "name")).strip("'")
+        expected = ", ".join(STRATEGY_NAMES)
+        if kind == "union_tag_not_found":
+            return f"{key} required, one of: {expected}"
+        return f"unknown {key} {str(context.get('tag'))[:60]!r}, one of: {expected}"
     message = str(item.get("msg", "invalid value"))
     message = message.removeprefix("Value error, ")
     return message.splitlines()[0] if message else "invalid value"

@@ -26,6 +26,12 @@ class DigitsMLP(nn.Module):
         return self.layers(x)
 
 
+def proximal_term(model: nn.Module, global_weights: list[torch.Tensor]) -> torch.Tensor:
+    """||w - w_global||^2 over the model's state (same order as get_model_parameters)."""
+    values = list(model.state_dict(keep_vars=True).values())
+    return sum(((w - g) ** 2).sum() for w, g in zip(values, global_weights, strict=True))  # type: ignore[return-value]
+
+
 class ModelManager(BaseModelManager):
     def __init__(self) -> None:
         torch.manual_seed(0)  # every node starts from the same weights
@@ -53,11 +59,17 @@ class ModelManager(BaseModelManager):
         optimiser = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE)
         loss_fn = nn.CrossEntropyLoss()
         generator = torch.Generator().manual_seed(0)
+        # FedProx (SLA strategy "fedprox"): keep close to the round's global model; proximal_mu is 0 otherwise.
+        mu = self.fit_context.proximal_mu
+        global_weights = [torch.as_tensor(np.asarray(value)) for value in self.fit_context.global_parameters]
         self.model.train()
         for _ in range(LOCAL_EPOCHS):
             for batch in torch.randperm(len(y), generator=generator).split(BATCH_SIZE):
                 optimiser.zero_grad()
-                loss_fn(self.model(x[batch]), y[batch]).backward()
+                loss = loss_fn(self.model(x[batch]), y[batch])
+                if mu > 0 and global_weights:
+                    loss = loss + mu / 2 * proximal_term(self.model, global_weights)
+                loss.backward()
                 optimiser.step()
         return len(y)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 from flwr.serverapp import Grid
 
 from services.aggregator.final_model import finish_training
 from services.aggregator.rounds import FederatedRounds, RoundResult
+from services.aggregator.secure_aggregation import SecureFederatedRounds
 from services.aggregator.session import ServerSession, connect_timeout_s, strategy_params
 from services.aggregator.strategy_factory import round_strategy
 from services.fl_runtime import protocol as p
@@ -18,7 +20,9 @@ from services.fl_runtime.user_code import load_model_manager
 
 def learner_rounds(grid: Grid, session: ServerSession) -> FederatedRounds:
     training = session.config.training
-    return FederatedRounds(
+    secure = training.secure_aggregation
+    rounds = partial(SecureFederatedRounds, secure=secure) if secure and secure.enabled else FederatedRounds
+    return rounds(
         grid,
         min_available=training.min_available_clients,
         min_fit=training.min_fit_clients,

@@ -9,6 +9,8 @@ from pathlib import Path
 from flops_utils.mqtt_catalogue import TrainingProgress
 from flops_utils.service_config import AggregatorConfig, TrainingSettings
 from services.aggregator.rounds import RoundResult
+from services.aggregator.strategies import describe, secure_params
+from services.aggregator.strategy_factory import level_choice
 from services.fl_runtime.reporter import Reporter
 from services.fl_runtime.tracking import Tracker
 
@@ -35,7 +37,8 @@ def strategy_params(config: AggregatorConfig) -> dict[str, object]:
     training = config.training
     return {
         **config.params,
-        "strategy": "FedAvg",
+        **describe(level_choice(config, "clusters" if config.role == "root" else "learners")),
+        **secure_params(config),
         "aggregation_weight": "num-examples",
         "evaluation": "post-fit local evaluation per round; global model evaluated after the last round",
         "role": config.role,

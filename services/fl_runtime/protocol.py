@@ -26,6 +26,7 @@ ROUND_LOSSES = "round-losses"  # cluster replies: the cluster's per-round metric
 ROUND_ACCURACIES = "round-accuracies"
 
 SERVER_ROUND = "server-round"
+PROXIMAL_MU = "proximal-mu"  # train requests under FedProx (Flower's FedProx.configure_train sets it)
 CYCLE = "cycle"
 TOTAL_CYCLES = "total-cycles"
 PARENT_RUN = "mlflow-parent-run-id"

@@ -4,24 +4,28 @@ Learner nodes train the user's ModelManager (a cluster aggregator answers its ro
 ``services.aggregator.cluster_node`` instead).
 
 ``train``: set the global parameters, ``fit_model``, then ``evaluate_model`` on the
-fitted model (evaluation fused into the same round-trip); reply with the new
+fitted model (evaluation fused into the same round-trip; ``fit_model`` may read
+``manager.fit_context``: the round, FedProx's ``proximal-mu`` and the global model); reply with the new
 parameters and ``num-examples`` (training examples, the FedAvg weight),
 ``eval-examples``, ``loss``, ``accuracy``. ``evaluate``: evaluate the given parameters.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.app.typing import MetricRecordValues
 from flwr.clientapp import ClientApp
 
-from flops_utils.ml_interfaces import ModelManager
+from flops_utils.ml_interfaces import FitContext, ModelManager
 from services.fl_runtime import protocol as p
 from services.fl_runtime.user_code import load_model_manager
+from services.learner.secagg_mod import secure_aggregation_mod
 
-app = ClientApp()
+app = ClientApp(mods=[secure_aggregation_mod])  # SecAgg+ rounds only; other messages pass through
 
 _manager: ModelManager | None = None
 
@@ -50,10 +54,24 @@ def _evaluate(manager: ModelManager) -> dict[str, MetricRecordValues]:
     return {p.LOSS: float(loss), p.ACCURACY: float(accuracy), p.EVAL_EXAMPLES: int(examples)}
 
 
+def set_fit_context(manager: ModelManager, message: Message, global_parameters: list[np.ndarray]) -> None:
+    """``manager.fit_context`` for this round: FedProx's ``proximal-mu`` (0 otherwise) and the global model."""
+    config = message.content.config_records.get(p.CONFIG) or ConfigRecord()
+    context = FitContext(
+        server_round=int(config.get(p.SERVER_ROUND, 0)),  # type: ignore[arg-type]
+        proximal_mu=float(config.get(p.PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
+        global_parameters=[array.copy() for array in global_parameters],
+    )
+    with contextlib.suppress(AttributeError):  # a duck-typed manager with __slots__ cannot read it anyway
+        manager.fit_context = context
+
+
 @app.train()
 def train(message: Message, context: Context) -> Message:
     manager = model_manager(context)
-    manager.set_model_parameters(p.from_arrays(message.content.array_records[p.ARRAYS]))
+    global_parameters = p.from_arrays(message.content.array_records[p.ARRAYS])
+    manager.set_model_parameters(global_parameters)
+    set_fit_context(manager, message, global_parameters)
     started = time.monotonic()
     examples = int(manager.fit_model())
     fit_seconds = time.monotonic() - started

@@ -5,9 +5,9 @@ A user repo subclasses :class:`ModelManager` and :class:`DataManager` and calls
 MQTT) is injected by the FLOps builder.
 """
 
-from flops_utils.ml_interfaces import DataManager, ModelManager
+from flops_utils.ml_interfaces import DataManager, FitContext, ModelManager
 
-__all__ = ["DataManager", "ModelManager", "load_dataset"]
+__all__ = ["DataManager", "FitContext", "ModelManager", "load_dataset"]
 
 
 def __getattr__(name: str) -> object:

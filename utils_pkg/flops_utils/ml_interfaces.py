@@ -20,6 +20,7 @@ Example ``model_manager.py``::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,21 @@ REQUIRED_MODEL_METHODS = (
     "evaluate_model",
 )
 REQUIRED_DATA_METHODS = ("get_data",)
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What the aggregator asks of one ``fit_model`` call; the runtime sets ``ModelManager.fit_context``
+    before each call (a ``fit_model`` that ignores it behaves as before).
+
+    ``proximal_mu``: the SLA's FedProx weight (0 unless the strategy is ``fedprox``): add
+    ``proximal_mu / 2 * ||w - global_parameters||^2`` to the training loss.
+    ``global_parameters``: the global model this round started from (what ``set_model_parameters`` got).
+    """
+
+    server_round: int = 0
+    proximal_mu: float = 0.0
+    global_parameters: NDArrays = field(default_factory=list)
 
 
 class DataManager(ABC):
@@ -63,8 +79,11 @@ class ModelManager(ABC):
 
     The constructor takes no arguments. Learners call ``set_model_data`` before
     training; the aggregator never does (it has no data) and only moves parameters
-    and logs ``get_model()`` with the SLA's MLflow flavor.
+    and logs ``get_model()`` with the SLA's MLflow flavor. Before each ``fit_model`` the runtime sets
+    ``self.fit_context`` (a :class:`FitContext`: the round, FedProx's ``proximal_mu``, the global model).
     """
+
+    fit_context: FitContext = FitContext()
 
     @abstractmethod
     def set_model_data(self) -> None:

@@ -15,6 +15,7 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flops_utils.aggregation import ClusteredStrategyChoice, FedAvgStrategy, SecureAggregation, StrategyChoice
 from flops_utils.config_fetch import CONFIG_CA_ENV, CONFIG_TOKEN_ENV, CONFIG_URL_ENV, fetch_config_json
 from flops_utils.repo_access import RepoAccessPolicy
 from flops_utils.repo_credentials import RepoCredentials, split_repo_credentials
@@ -71,6 +72,11 @@ class TrainingSettings(_Config):
     min_fit_clients: int = Field(default=1, ge=1)
     min_evaluate_clients: int = Field(default=1, ge=1)
     round_timeout_s: float = Field(default=300.0, gt=0, description="stragglers past this are dropped")
+    # -- aggregation (issue 20): one block, keep together --
+    strategy: ClusteredStrategyChoice = Field(default_factory=FedAvgStrategy, description="learner-level aggregation")
+    root_strategy: StrategyChoice | None = Field(default=None, description="hierarchical root; None: fedavg")
+    secure_aggregation: SecureAggregation | None = Field(default=None, description="SecAgg+ with the learners")
+    # -- end aggregation --
 
 
 class RegistrySettings(_Config):
