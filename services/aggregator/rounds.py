@@ -35,6 +35,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from flops_utils.message_text import one_line
+from services.aggregator.fedavg import FedAvgError, StreamingFedAvg
 from services.aggregator.node_view import NodesView
 from services.fl_runtime import protocol as p
 from services.fl_runtime.link.server import PATIENCE_S
@@ -134,6 +135,7 @@ class FederatedRounds:
         self.readmit_after_s = readmit_after_s
         self.names: dict[int, str] = {}
         self.suspended: dict[int, float] = {}  # lost node -> monotonic time from which it may be asked again
+        self._streaming: StreamingFedAvg | None = None  # the running sum of the train round in progress
         # Our loop decides who is usable (and waits for min_available once, at start); the strategy samples
         # among those, so its own minimum is what one round needs.
         self.strategy: Strategy = strategy or FedAvg(
@@ -184,13 +186,24 @@ class FederatedRounds:
     ) -> RoundResult:
         started = time.monotonic()
         nodes = self.wait_for_nodes(self.min_fit, self.timeout_s)
-        replies, raw, lost = self._ask(nodes, MessageType.TRAIN, server_round, arrays, config, self.min_fit)
-        if len(replies) < self.min_fit:
-            raise RoundFailed(self._too_few(server_round, len(replies), len(nodes), self.min_fit, lost))
-        aggregated, _ = self.strategy.aggregate_train(server_round, raw)
-        if aggregated is None:
-            raise RoundFailed(f"round {server_round}: the strategy produced no model")
-        new_arrays = p.like(p.from_arrays(aggregated), arrays)
+        # Plain FedAvg is summed as replies arrive (the new model is ready right after the last one);
+        # every other strategy, and wrappers such as differential privacy, aggregate all replies at the end.
+        self._streaming = StreamingFedAvg(arrays) if type(self.strategy) is FedAvg else None
+        try:
+            replies, raw, lost = self._ask(nodes, MessageType.TRAIN, server_round, arrays, config, self.min_fit)
+            if len(replies) < self.min_fit:
+                raise RoundFailed(self._too_few(server_round, len(replies), len(nodes), self.min_fit, lost))
+            if self._streaming is not None:
+                new_arrays = p.like(self._streaming.result(), arrays)
+            else:
+                aggregated, _ = self.strategy.aggregate_train(server_round, raw)
+                if aggregated is None:
+                    raise RoundFailed(f"round {server_round}: the strategy produced no model")
+                new_arrays = p.like(p.from_arrays(aggregated), arrays)
+        except FedAvgError as error:
+            raise RoundFailed(f"round {server_round}: {error}") from None
+        finally:
+            self._streaming = None
         return self._result(server_round, new_arrays, replies, lost, started)
 
     def evaluate_round(
@@ -324,8 +337,11 @@ class FederatedRounds:
                     lost.append(self._lose(node, rnd, str(reply.error.reason)))
                 else:
                     self._learn_name(node, reply)
+                    self._accumulate(reply)
                     good.append(reply)
             if waiting and len(good) + len(waiting) >= needed:
+                if self._streaming is not None:
+                    self._streaming.flush()  # fold what arrived while the rest is on its way
                 self._wait_replies(waiting, deadline)
         if waiting and len(good) + len(waiting) < needed:
             for reply in self.grid.pull_messages(list(waiting)):  # failures that arrived together are named too
@@ -340,6 +356,13 @@ class FederatedRounds:
             for origin in waiting:
                 lost.append(self._lose(destination[origin], rnd, f"no reply within {self.timeout_s:g} s"))
         return [self._summary(reply) for reply in good], good, lost
+
+    def _accumulate(self, reply: Message) -> None:
+        if self._streaming is None or reply.metadata.message_type != MessageType.TRAIN:
+            return
+        metrics = reply.content.metric_records.get(p.METRICS) or MetricRecord()
+        weight = metrics.get(p.NUM_EXAMPLES, 0)
+        self._streaming.add(reply.content.array_records[p.ARRAYS], float(weight))  # type: ignore[arg-type]
 
     def _wait_replies(self, waiting: set[str], deadline: float) -> None:
         left = max(0.0, deadline - time.monotonic())
