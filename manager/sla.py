@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from flops_utils.privacy import PrivacySettings
 from flops_utils.repo_access import MAX_URL_LENGTH, RepoUrlRefused
 from flops_utils.repo_access import check_repo_url as check_safe_repo_url
 from flops_utils.repo_credentials import RepoCredentials, split_repo_credentials
@@ -63,6 +64,9 @@ class TrainingConfiguration(_Strict):
     round_timeout_s: float | None = Field(
         default=None, gt=0, le=86_400, description="extension: stragglers past this many seconds are dropped"
     )
+    privacy: PrivacySettings | None = Field(
+        default=None, description="extension: differential privacy (central or local), its accounting and budget"
+    )
 
     @field_validator("min_fit_clients", "min_evaluate_clients")
     @classmethod
@@ -71,6 +75,13 @@ class TrainingConfiguration(_Strict):
         if available is not None and value > available:
             raise ValueError(f"{info.field_name} ({value}) must not exceed min_available_clients ({available})")
         return value
+
+    @field_validator("privacy")
+    @classmethod
+    def _levels_exist(cls, privacy: PrivacySettings | None, info: ValidationInfo) -> PrivacySettings | None:
+        if privacy is not None and info.data.get("mode") == "classic" and (privacy.clusters or privacy.root):
+            raise ValueError("clusters and root apply to hierarchical mode only")
+        return privacy
 
 
 class ResourceConstraints(_Strict):

@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 from flops_utils.ml_interfaces import ModelManager
 from services.fl_runtime import protocol as p
 from services.fl_runtime.user_code import load_model_manager
+from services.learner.local_dp import local_dp_request, privatise
 
 app = ClientApp()
 
@@ -61,7 +62,9 @@ def train(message: Message, context: Context) -> Message:
 
         return handle(message, context, "train")
     manager = model_manager(context)
-    manager.set_model_parameters(p.from_arrays(message.content.array_records[p.ARRAYS]))
+    received = p.from_arrays(message.content.array_records[p.ARRAYS])
+    local_dp = local_dp_request(message.content.config_records.get(p.CONFIG))
+    manager.set_model_parameters([array.copy() for array in received] if local_dp else received)  # fit may mutate
     started = time.monotonic()
     examples = int(manager.fit_model())
     fit_seconds = time.monotonic() - started
@@ -70,9 +73,12 @@ def train(message: Message, context: Context) -> Message:
         **_evaluate(manager),
         p.FIT_SECONDS: fit_seconds,
     }
+    fitted = manager.get_model_parameters()
+    if local_dp is not None:  # clipped and noised here: the aggregator never sees the real update
+        fitted = privatise(received, fitted, *local_dp)
     content = RecordDict(
         {
-            p.ARRAYS: p.to_arrays(manager.get_model_parameters()),
+            p.ARRAYS: p.to_arrays(fitted),
             p.METRICS: MetricRecord(metrics),
             p.INFO: _info(context),
         }

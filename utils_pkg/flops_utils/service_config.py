@@ -16,6 +16,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flops_utils.config_fetch import CONFIG_CA_ENV, CONFIG_TOKEN_ENV, CONFIG_URL_ENV, fetch_config_json
+from flops_utils.privacy import PrivacySettings
 from flops_utils.repo_access import RepoAccessPolicy
 from flops_utils.repo_credentials import RepoCredentials, split_repo_credentials
 
@@ -71,6 +72,7 @@ class TrainingSettings(_Config):
     min_fit_clients: int = Field(default=1, ge=1)
     min_evaluate_clients: int = Field(default=1, ge=1)
     round_timeout_s: float = Field(default=300.0, gt=0, description="stragglers past this are dropped")
+    privacy: PrivacySettings | None = Field(default=None, description="differential privacy (None: none)")
 
 
 class RegistrySettings(_Config):
