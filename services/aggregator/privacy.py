@@ -31,6 +31,8 @@ from flwr.serverapp.strategy import (
 
 from flops_utils.privacy import DpMechanism, DpMode, PrivacySettings
 from flops_utils.service_config import AggregatorConfig
+from services.fl_runtime.outcome import RunOutcome
+from services.fl_runtime.tracking import Tracker
 from services.learner.local_dp import LOCAL_DP_CLIP, LOCAL_DP_NOISE
 
 Level = Literal["learners", "clusters"]
@@ -254,3 +256,42 @@ def round_privacy(plan: PrivacyPlan, strategy: Strategy, rounds_done: int) -> di
         "dp_noise_multiplier": plan.noise_multiplier,
         "dp_clipping_norm": clipping_norm_in_effect(strategy, plan),
     }
+
+
+# -- budget and report ------------------------------------------------------------------------------------
+def rounds_to_run(plan: PrivacyPlan | None, planned: int) -> int:
+    """Rounds that fit the budget (all ``planned`` without DP or budget); raises when not even one does."""
+    if plan is None:
+        return planned
+    allowed = plan.rounds_within_budget(planned)
+    if allowed == 0:
+        assert plan.budget_epsilon is not None
+        raise ValueError(
+            f"privacy budget ε={plan.budget_epsilon:g} is below the ε of one round ({plan.epsilon_after(1):.4g} at "
+            f"δ={plan.delta:g}): raise the budget or the noise"
+        )
+    return allowed
+
+
+def budget_note(plan: PrivacyPlan | None, allowed: int, planned: int, unit: str = "rounds") -> str | None:
+    """The event line saying that the budget cuts training short, or None."""
+    if plan is None or allowed >= planned:
+        return None
+    return (f"privacy budget ε={plan.budget_epsilon:g} allows {allowed} of {planned} {unit} "
+            f"(ε after {allowed}: {plan.epsilon_after(allowed):.4g}, after {allowed + 1}: "
+            f"{plan.epsilon_after(allowed + 1):.4g} at δ={plan.delta:g})")  # fmt: skip
+
+
+def with_privacy_outcome(outcome: RunOutcome, tracker: Tracker, epsilon: float | None, delta: float | None,
+                         stopped_by_budget: bool) -> RunOutcome:  # fmt: skip
+    """The outcome with the ε spent (also tagged on the run and the registered model version) and, when the
+    budget ended training early, the reason."""
+    if epsilon is None:
+        return outcome
+    tags = {"flops.dp.epsilon": f"{epsilon:.6g}", "flops.dp.delta": f"{delta:g}"}
+    version = (outcome.registered_model, outcome.registered_version)
+    tracker.set_tags(tags, model=version if version[0] and version[1] else None)  # type: ignore[arg-type]
+    update: dict[str, object] = {"dp_epsilon": epsilon, "dp_delta": delta}
+    if stopped_by_budget:
+        update["reason"] = BUDGET_REACHED
+    return outcome.model_copy(update=update)

@@ -52,6 +52,7 @@ def runtime_requirements() -> list[str]:
         "packaging",
         "tomli-w",
         "uvicorn",
+        "dp-accounting>=0.4,<1",  # aggregators account differential privacy
     ]
 
 
