@@ -188,6 +188,14 @@ class CentralAdaptiveClipping(DifferentialPrivacyServerSideAdaptiveClipping):
         return super().aggregate_train(server_round, _equal_weights(self.strategy, replies))
 
 
+def clipped_count_stddev(plan: PrivacyPlan, min_fit: int) -> float:
+    """Noise on the count of unclipped updates (adaptive clipping). Andrew et al. suggest ``n / 20`` for large
+    cohorts; with few learners that leaves no privacy for the updates themselves (Flower needs
+    ``2 x stddev > noise_multiplier``), so it is at least ``noise_multiplier``: the updates then get
+    ``noise_multiplier / sqrt(3/4)`` and the total is the ``noise_multiplier`` the accountant uses."""
+    return max(min_fit / 20, plan.noise_multiplier)
+
+
 class LocalDpRequest(Strategy):
     """Local DP: the wrapped strategy's train messages carry the mechanism the learners apply."""
 
@@ -237,7 +245,7 @@ def with_privacy(strategy: Strategy, config: AggregatorConfig, level: Level, *, 
     if plan.target_quantile is not None:
         return CentralAdaptiveClipping(
             strategy, plan.noise_multiplier, min_fit, initial_clipping_norm=plan.clipping_norm,
-            target_clipped_quantile=plan.target_quantile,
+            target_clipped_quantile=plan.target_quantile, clipped_count_stddev=clipped_count_stddev(plan, min_fit),
         )  # fmt: skip
     return CentralFixedClipping(strategy, plan.noise_multiplier, plan.clipping_norm, min_fit)
 
