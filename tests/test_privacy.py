@@ -313,3 +313,27 @@ def test_local_dp_updates_arrive_clipped_and_noised(link) -> None:  # type: igno
     rounds = rounds_over(grid, with_privacy(recording, no_noise, "learners", min_fit=2), 2)
     rounds.train_round(1, [np.zeros(SIZE, dtype=np.float64)], {})
     assert [norm(update) for update in recording.updates] == pytest.approx([1.0, 1.0], rel=1e-6)
+
+
+# -- the project's progress ------------------------------------------------------------------------------------
+def test_the_projects_progress_shows_the_highest_cluster_epsilon_and_the_results_reason() -> None:
+    from flops_utils.mqtt_catalogue import TrainingProgress, TrainingResult, parse_message
+    from manager.lifecycle.privacy_progress import privacy_progress, privacy_result
+    from manager.records import Progress
+
+    def report(cluster: str | None, eps: float) -> TrainingProgress:
+        sent = TrainingProgress(project_id="p", sender="a", cluster=cluster, cycle=1, total_cycles=2, round=1,
+                                total_rounds=2, dp_epsilon=eps, dp_delta=1e-5, dp_noise_multiplier=1.0,
+                                dp_clipping_norm=2.0)  # fmt: skip
+        parsed = parse_message(sent.to_payload())  # what the manager receives from the broker
+        assert isinstance(parsed, TrainingProgress)
+        return parsed
+
+    progress = Progress(cycle=1)
+    progress = progress.model_copy(update=privacy_progress(progress, report("cluster-a", 3.0)))
+    progress = progress.model_copy(update=privacy_progress(progress, report("cluster-b", 1.5)))
+    assert progress.dp_epsilon == 3.0 and progress.dp_clipping_norm == 2.0
+    assert privacy_progress(progress, TrainingProgress(project_id="p", sender="a", round=1, total_rounds=2)) == {}
+    result = TrainingResult(project_id="p", sender="a", rounds_completed=2, reason="privacy budget reached",
+                            dp_epsilon=2.5, dp_delta=1e-5)  # fmt: skip
+    assert privacy_result(result) == {"dp_epsilon": 2.5, "dp_delta": 1e-5, "reason": "privacy budget reached"}
