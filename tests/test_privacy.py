@@ -337,3 +337,11 @@ def test_the_projects_progress_shows_the_highest_cluster_epsilon_and_the_results
     result = TrainingResult(project_id="p", sender="a", rounds_completed=2, reason="privacy budget reached",
                             dp_epsilon=2.5, dp_delta=1e-5)  # fmt: skip
     assert privacy_result(result) == {"dp_epsilon": 2.5, "dp_delta": 1e-5, "reason": "privacy budget reached"}
+
+
+def test_local_dp_noises_an_unchanged_model_too() -> None:
+    np.random.seed(3)
+    received = [np.ones(SIZE, dtype=np.float32)]
+    sent = privatise(received, [received[0].copy()], clipping_norm=1.0, noise_multiplier=0.5)
+    assert sent[0].dtype == np.float32
+    assert float(np.std(sent[0] - received[0])) == pytest.approx(0.5, rel=0.05)

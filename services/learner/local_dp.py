@@ -29,6 +29,7 @@ def privatise(received: list[np.ndarray], fitted: list[np.ndarray], clipping_nor
     """``received`` plus the clipped and noised update ``fitted - received``, in the fitted dtypes."""
     outgoing = [np.asarray(array, dtype=np.float64).copy() for array in fitted]
     base = [np.asarray(array, dtype=np.float64) for array in received]
-    compute_clip_model_update(param1=outgoing, param2=base, clipping_norm=clipping_norm)
+    if any(np.any(out != ref) for out, ref in zip(outgoing, base, strict=True)):  # Flower divides by the norm
+        compute_clip_model_update(param1=outgoing, param2=base, clipping_norm=clipping_norm)
     add_gaussian_noise_inplace(outgoing, compute_stdv(noise_multiplier, clipping_norm, 1))
     return [array.astype(np.asarray(like).dtype, copy=False) for array, like in zip(outgoing, fitted, strict=True)]
