@@ -345,3 +345,15 @@ def test_local_dp_noises_an_unchanged_model_too() -> None:
     sent = privatise(received, [received[0].copy()], clipping_norm=1.0, noise_multiplier=0.5)
     assert sent[0].dtype == np.float32
     assert float(np.std(sent[0] - received[0])) == pytest.approx(0.5, rel=0.05)
+
+
+def test_the_cli_shows_the_epsilon_spent() -> None:
+    from manager.cli.main import _privacy_text
+    from manager.cli.watch import progress_line
+
+    progress = {"round": 2, "total_rounds": 5, "dp_epsilon": 1.2345, "dp_delta": 1e-5, "dp_noise_multiplier": 3.0,
+                "dp_clipping_norm": 5.0, "reason": "privacy budget reached"}  # fmt: skip
+    line = progress_line({"status": "RUNNING", "phase": "training", "progress": progress}, times=False)
+    assert line.endswith("round 2/5  ε 1.23"), line
+    assert _privacy_text(progress) == "ε=1.234 (δ=1e-05), noise multiplier 3, clipping norm 5"
+    assert _privacy_text({"round": 2}) is None
