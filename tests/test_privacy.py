@@ -357,3 +357,22 @@ def test_the_cli_shows_the_epsilon_spent() -> None:
     assert line.endswith("round 2/5  ε 1.23"), line
     assert _privacy_text(progress) == "ε=1.234 (δ=1e-05), noise multiplier 3, clipping norm 5"
     assert _privacy_text({"round": 2}) is None
+
+
+def test_the_root_runs_the_cycles_every_clusters_budget_allows() -> None:
+    from services.aggregator.hierarchical import cycles_to_run
+
+    privacy = {"clipping_norm": 1.0, "noise_multiplier": 3.0, "budget": {"epsilon": 5.0, "delta": 1e-5},
+               "clusters": {"a": {"noise_multiplier": 6.0}, "b": {}}}  # fmt: skip
+    root = config(privacy, mode="hierarchical", training_rounds=2, training_cycles=10, min_available_clients=2,
+                  min_fit_clients=2)  # fmt: skip
+    plans = {name: privacy_plan(root, "learners", cluster=name) for name in ("a", "b")}
+    assert plans["a"] is not None and plans["b"] is not None
+    assert plans["a"].noise_multiplier == 6.0 and plans["b"].noise_multiplier == 3.0
+    # cluster b (noise 3) fits 9 rounds of 2 per cycle: 4 cycles; cluster a would allow all 10
+    assert cycles_to_run(None, {k: v for k, v in plans.items() if v}, root.training) == 4
+    tight = config({**privacy, "budget": {"epsilon": 1.5, "delta": 1e-5}}, mode="hierarchical", training_rounds=2,
+                   training_cycles=10, min_available_clients=2, min_fit_clients=2)  # fmt: skip
+    tight_plans = {name: plan for name in ("a", "b") if (plan := privacy_plan(tight, "learners", cluster=name))}
+    with pytest.raises(ValueError, match="cluster b: the privacy budget does not allow one cycle of 2 rounds"):
+        cycles_to_run(None, tight_plans, tight.training)
