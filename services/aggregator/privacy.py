@@ -62,10 +62,14 @@ class PrivacyPlan:
         """How many of the next ``rounds`` rounds fit the budget (all of them without one)."""
         if self.budget_epsilon is None:
             return rounds
-        allowed = 0
-        while allowed < rounds and self.epsilon_after(allowed + 1) <= self.budget_epsilon:
-            allowed += 1
-        return allowed
+        low, high = 0, rounds  # ε grows with the rounds: the last round that fits, by bisection
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.epsilon_after(middle) <= self.budget_epsilon:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
     def params(self, prefix: str = "dp") -> dict[str, object]:
         """What the MLflow run records as parameters."""
