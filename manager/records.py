@@ -42,6 +42,13 @@ class Progress(BaseModel):
     total_cycles: int = 0
     loss: float | None = None
     accuracy: float | None = None
+    dp_epsilon: float | None = Field(default=None, description="differential privacy: ε spent so far (at dp_delta); "
+                                     "hierarchical: the highest of the clusters'")
+    dp_delta: float | None = None
+    dp_noise_multiplier: float | None = None
+    dp_clipping_norm: float | None = None
+    reason: str | None = Field(default=None, description="why training ended before its planned rounds, e.g. "
+                               "'privacy budget reached'")
 
 
 class RoundRecord(BaseModel):

@@ -23,6 +23,7 @@ from flops_utils.aggregation import (
     secure_aggregation_problems,
     strategy_problems,
 )
+from flops_utils.privacy import PrivacySettings
 from flops_utils.repo_access import MAX_URL_LENGTH, RepoUrlRefused
 from flops_utils.repo_access import check_repo_url as check_safe_repo_url
 from flops_utils.repo_credentials import RepoCredentials, split_repo_credentials
@@ -120,6 +121,10 @@ class TrainingConfiguration(_Strict):
         return secure
     # -- end aggregation --
 
+    privacy: PrivacySettings | None = Field(
+        default=None, description="extension: differential privacy (central or local), its accounting and budget"
+    )
+
     @field_validator("min_fit_clients", "min_evaluate_clients")
     @classmethod
     def _at_most_available(cls, value: int, info: ValidationInfo) -> int:
@@ -127,6 +132,13 @@ class TrainingConfiguration(_Strict):
         if available is not None and value > available:
             raise ValueError(f"{info.field_name} ({value}) must not exceed min_available_clients ({available})")
         return value
+
+    @field_validator("privacy")
+    @classmethod
+    def _levels_exist(cls, privacy: PrivacySettings | None, info: ValidationInfo) -> PrivacySettings | None:
+        if privacy is not None and info.data.get("mode") == "classic" and (privacy.clusters or privacy.root):
+            raise ValueError("clusters and root apply to hierarchical mode only")
+        return privacy
 
 
 class ResourceConstraints(_Strict):

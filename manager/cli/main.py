@@ -276,6 +276,19 @@ def _project_list(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _privacy_text(progress: dict[str, Any]) -> str | None:
+    """``ε=1.23 (δ=1e-05), noise multiplier 1.1, clipping norm 1``, or None without differential privacy."""
+    epsilon = progress.get("dp_epsilon")
+    if not isinstance(epsilon, int | float):
+        return None
+    text = f"ε={epsilon:.4g} (δ={progress.get('dp_delta')})"
+    if isinstance(progress.get("dp_noise_multiplier"), int | float):
+        text += f", noise multiplier {progress['dp_noise_multiplier']:.4g}"
+    if isinstance(progress.get("dp_clipping_norm"), int | float):
+        text += f", clipping norm {progress['dp_clipping_norm']:.4g}"
+    return text
+
+
 def _project_status(args: argparse.Namespace, out: TextIO) -> int:
     record = _client(args).get(_project_path(args.project_id))
     if args.json:
@@ -290,6 +303,8 @@ def _project_status(args: argparse.Namespace, out: TextIO) -> int:
         ("progress", _progress_text(record)),
         ("accuracy", progress.get("accuracy")),
         ("loss", progress.get("loss")),
+        ("privacy", _privacy_text(progress)),
+        ("ended because", progress.get("reason")),
         ("elapsed", _seconds_text(record.get("elapsed_s"))),
         ("ETA", _seconds_text(record.get("eta_s")) if record.get("phase") == "training" else None),
         ("phases", _phases_text(record.get("phase_seconds"))),

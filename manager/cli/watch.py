@@ -166,6 +166,8 @@ def progress_line(answer: dict[str, Any], *, times: bool = True) -> str:
         value = progress.get(name)
         if isinstance(value, int | float):
             parts.append(f"{name} {value:.4f}")
+    if isinstance(epsilon := progress.get("dp_epsilon"), int | float):
+        parts.append(f"ε {epsilon:.3g}")
     if times:
         elapsed, eta = answer.get("elapsed_s"), answer.get("eta_s")
         if isinstance(elapsed, int | float):

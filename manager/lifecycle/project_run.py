@@ -54,6 +54,7 @@ from manager.lifecycle.mlflow_run import (
 )
 from manager.lifecycle.observatory import Observatory, ObservatoryKeeper
 from manager.lifecycle.placement import LearnerPlan, plan_learners
+from manager.lifecycle.privacy_progress import privacy_progress, privacy_result
 from manager.lifecycle.record_writer import RecordWriter
 from manager.lifecycle.round_log import round_record
 from manager.lifecycle.specs import (
@@ -380,7 +381,10 @@ class ProjectRun:
                     awaited=self._awaited_round)
         result = self.state.result
         assert result is not None
-        self.progress = self.progress.model_copy(update={"loss": result.loss, "accuracy": result.accuracy})
+        self.progress = self.progress.model_copy(update={"loss": result.loss, "accuracy": result.accuracy,
+                                                         **privacy_result(result)})  # fmt: skip
+        if result.reason:
+            self._event(f"training ended after {result.rounds_completed} rounds: {result.reason}")
         self._update(
             progress=self.progress,
             mlflow_run_id=result.mlflow_run_id,
@@ -785,6 +789,7 @@ class ProjectRun:
                           loss=message.loss, accuracy=message.accuracy)  # fmt: skip
         elif message.cycle >= self.progress.cycle:
             update.update(round=message.round, total_rounds=message.total_rounds)
+        update.update(privacy_progress(self.progress, message))
         self.progress = self.progress.model_copy(update=update)
         self._update(progress=self.progress, **timing)
 

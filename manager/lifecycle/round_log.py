@@ -11,7 +11,7 @@ from manager.records import RoundRecord
 def round_record(project_id: str, message: TrainingProgress, at: float) -> RoundRecord:
     metrics = {
         name: float(value)
-        for name, value in (("loss", message.loss), ("accuracy", message.accuracy))
+        for name, value in (("loss", message.loss), ("accuracy", message.accuracy), ("dp_epsilon", message.dp_epsilon))
         if value is not None and math.isfinite(value)
     }
     return RoundRecord(

@@ -8,7 +8,8 @@ from functools import partial
 from flwr.serverapp import Grid
 
 from services.aggregator.final_model import finish_training
-from services.aggregator.rounds import FederatedRounds, RoundResult
+from services.aggregator.privacy import budget_note, privacy_plan, round_privacy, rounds_to_run, with_privacy_outcome
+from services.aggregator.rounds import FederatedRounds, RoundFailed, RoundResult
 from services.aggregator.secure_aggregation import SecureFederatedRounds
 from services.aggregator.session import ServerSession, connect_timeout_s, strategy_params
 from services.aggregator.strategy_factory import round_strategy
@@ -70,12 +71,19 @@ def run_classic(grid: Grid, session: ServerSession) -> RunOutcome:
     manager = load_model_manager(config.app_dir)
     arrays = manager.get_model_parameters()
     rounds = learner_rounds(grid, session)
+    plan = privacy_plan(config, "learners")
+    try:
+        last_round = rounds_to_run(plan, training.training_rounds)
+    except ValueError as error:
+        raise RoundFailed(str(error)) from None
     resumed_run, checkpoint = resume_point(session)
     waited = time.monotonic()
     nodes = rounds.wait_for_nodes(training.min_available_clients, connect_timeout_s(training))
     waited = time.monotonic() - waited
     session.reporter.event(f"{len(nodes)} learners connected after {waited:.1f} s")
-    session.tracker.start(strategy_params(config), resume_run_id=resumed_run)
+    if note := budget_note(plan, last_round, training.training_rounds):
+        session.reporter.event(note)
+    session.tracker.start({**strategy_params(config), **(plan.params() if plan else {})}, resume_run_id=resumed_run)
     first_round = 1
     if checkpoint is not None:
         arrays, first_round = checkpoint.arrays, checkpoint.round + 1
@@ -87,17 +95,21 @@ def run_classic(grid: Grid, session: ServerSession) -> RunOutcome:
     session.tracker.log_metrics({"wait_for_learners_seconds": waited}, step=first_round - 1)
     total = training.training_rounds
     final: RoundResult | None = None
-    for server_round in range(first_round, total + 1):
+    for server_round in range(first_round, last_round + 1):
         trained = rounds.train_round(server_round, arrays, {})
         assert trained.arrays is not None
         arrays = trained.arrays
         final = rounds.evaluate_round(server_round, arrays, {})  # the new global model, on every learner
         result = trained.with_global_evaluation(final)
-        metrics = round_metrics(result)
+        privacy = round_privacy(plan, rounds.strategy, server_round) if plan else {}
+        metrics = {**round_metrics(result), **privacy}
         # Checkpoint first: a crash after it re-logs these metrics on resume, a crash before it reruns the round.
         session.tracker.save_checkpoint(Checkpoint(server_round, arrays, known(metrics)))
-        session.progress(result, cycle=1, total_cycles=1, round_=server_round, total_rounds=total)
+        session.progress(result, cycle=1, total_cycles=1, round_=server_round, total_rounds=total, privacy=privacy)
         session.tracker.log_metrics(metrics, step=server_round)
     if final is None:  # resumed after the last round's checkpoint
-        final = rounds.evaluate_round(total, arrays, {})
-    return finish_training(session, manager, arrays, final, step=total, rounds_completed=total, cycles_completed=1)
+        final = rounds.evaluate_round(last_round, arrays, {})
+    outcome = finish_training(session, manager, arrays, final, step=last_round, rounds_completed=last_round,
+                              cycles_completed=1)  # fmt: skip
+    epsilon = plan.epsilon_after(last_round) if plan else None
+    return with_privacy_outcome(outcome, session.tracker, epsilon, plan.delta if plan else None, last_round < total)

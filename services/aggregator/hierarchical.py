@@ -25,6 +25,13 @@ from flops_utils.service_config import TrainingSettings
 from services.aggregator.bridge import Bridge, Job
 from services.aggregator.classic import learner_rounds, resume_point
 from services.aggregator.final_model import finish_training
+from services.aggregator.privacy import (
+    PrivacyPlan,
+    privacy_plan,
+    round_privacy,
+    rounds_to_run,
+    with_privacy_outcome,
+)
 from services.aggregator.rounds import FederatedRounds, RoundFailed, RoundResult
 from services.aggregator.session import (
     BRIDGE_DIR,
@@ -70,13 +77,25 @@ def run_root(grid: Grid, session: ServerSession) -> RunOutcome:
         replacement_wait_s=replacement_wait_s(training),
         strategy=round_strategy(config, "clusters", min_fit=clusters, min_evaluate=clusters),
     )
+    root_plan = privacy_plan(config, "clusters")
+    cluster_plans = {name: plan for name in config.expected_clusters
+                     if (plan := privacy_plan(config, "learners", cluster=name)) is not None}  # fmt: skip
+    try:
+        last_cycle = cycles_to_run(root_plan, cluster_plans, training)
+    except ValueError as error:
+        raise RoundFailed(str(error)) from None
     resumed_run, checkpoint = resume_point(session)
     waited = time.monotonic()
     rounds.wait_for_nodes(clusters, connect_timeout_s(training) * 2)
     waited = time.monotonic() - waited
     session.reporter.event(f"{clusters} cluster aggregators connected after {waited:.1f} s")
-    run_id = session.tracker.start(strategy_params(config), resume_run_id=resumed_run)
-    cycles, per_cycle = training.training_cycles, training.training_rounds
+    if last_cycle < training.training_cycles:
+        session.reporter.event(f"the privacy budget allows {last_cycle} of {training.training_cycles} cycles")
+    params = {**strategy_params(config), **(root_plan.params("dp.root") if root_plan else {})}
+    for name, plan in cluster_plans.items():
+        params.update(plan.params(f"dp.cluster.{name}"))
+    run_id = session.tracker.start(params, resume_run_id=resumed_run)
+    cycles, per_cycle = last_cycle, training.training_rounds
     first_cycle = 1
     if checkpoint is not None:
         arrays, first_cycle = checkpoint.arrays, checkpoint.cycle + 1
@@ -85,13 +104,14 @@ def run_root(grid: Grid, session: ServerSession) -> RunOutcome:
     session.tracker.log_metrics({"wait_for_clusters_seconds": waited}, step=first_cycle - 1)
     final: RoundResult | None = None
     for cycle in range(first_cycle, cycles + 1):
-        job = {p.CYCLE: cycle, p.TOTAL_CYCLES: cycles, p.PARENT_RUN: run_id or ""}
+        job: dict[str, int | float | str] = {p.CYCLE: cycle, p.TOTAL_CYCLES: cycles, p.PARENT_RUN: run_id or ""}
         trained = rounds.train_round(cycle, arrays, job)
         assert trained.arrays is not None
         arrays = trained.arrays
         # The root's global model on every learner (through the clusters); after the last cycle this is final.
         final = rounds.evaluate_round(cycle, arrays, {**job, p.FINAL: int(cycle == cycles)})
         result = trained.with_global_evaluation(final)
+        privacy = hierarchical_privacy(root_plan, cluster_plans, rounds, cycle, per_cycle)
         metrics = known({
             "loss": result.loss,
             "accuracy": result.accuracy,
@@ -99,18 +119,61 @@ def run_root(grid: Grid, session: ServerSession) -> RunOutcome:
             "train_accuracy": result.train_accuracy,
             CYCLE_SECONDS: result.seconds,
             "num_examples": float(result.num_examples),
+            **privacy,
         })
         state = {"cluster_rounds": _cluster_rounds(result, cycle, per_cycle)}
         # Checkpoint first: a crash after it logs these values on resume, a crash before it reruns the cycle.
         session.tracker.save_checkpoint(Checkpoint(per_cycle, arrays, metrics, cycle=cycle, state=state))
-        session.progress(result, cycle=cycle, total_cycles=cycles, round_=per_cycle, total_rounds=per_cycle)
+        session.progress(result, cycle=cycle, total_cycles=cycles, round_=per_cycle, total_rounds=per_cycle,
+                         privacy={key: value for key, value in privacy.items() if key in PROGRESS_KEYS})
         _log_cycle(session, metrics, state, cycle)
     if final is None:  # resumed after the last cycle's checkpoint
         final = rounds.evaluate_round(
             cycles, arrays, {p.CYCLE: cycles, p.TOTAL_CYCLES: cycles, p.PARENT_RUN: run_id or "", p.FINAL: 1}
         )
-    return finish_training(session, manager, arrays, final, step=cycles, rounds_completed=cycles * per_cycle,
-                           cycles_completed=cycles)  # fmt: skip
+    outcome = finish_training(session, manager, arrays, final, step=cycles, rounds_completed=cycles * per_cycle,
+                              cycles_completed=cycles)  # fmt: skip
+    final_privacy = hierarchical_privacy(root_plan, cluster_plans, rounds, cycles, per_cycle)
+    return with_privacy_outcome(outcome, session.tracker, final_privacy.get("dp_epsilon"),
+                                final_privacy.get("dp_delta"), cycles < training.training_cycles)  # fmt: skip
+
+
+PROGRESS_KEYS = ("dp_epsilon", "dp_delta", "dp_noise_multiplier", "dp_clipping_norm")
+
+
+def cycles_to_run(root: PrivacyPlan | None, clusters: dict[str, PrivacyPlan], training: TrainingSettings) -> int:
+    """Cycles every level's budget allows: the root's (one release per cycle) and each cluster's (its rounds)."""
+    cycles, per_cycle = training.training_cycles, training.training_rounds
+    allowed = rounds_to_run(root, cycles)
+    for name, plan in clusters.items():
+        try:
+            rounds = rounds_to_run(plan, cycles * per_cycle)
+        except ValueError as error:
+            raise ValueError(f"cluster {name}: {error}") from None
+        if rounds < per_cycle:
+            raise ValueError(f"cluster {name}: the privacy budget does not allow one cycle of {per_cycle} rounds")
+        allowed = min(allowed, rounds // per_cycle)
+    return allowed
+
+
+def hierarchical_privacy(root: PrivacyPlan | None, clusters: dict[str, PrivacyPlan], rounds: FederatedRounds,
+                         cycle: int, per_cycle: int) -> dict[str, float]:  # fmt: skip
+    """The root's DP figures after ``cycle``: ``dp_epsilon`` is the highest ε of any level (the weakest
+    guarantee a learner has), with each cluster's and the root's own under their names."""
+    figures: dict[str, float] = {}
+    highest: tuple[float, float] | None = None
+    for name, plan in clusters.items():
+        epsilon = plan.epsilon_after(cycle * per_cycle)
+        figures[f"dp_epsilon/{name}"] = epsilon
+        highest = max(highest or (epsilon, plan.delta), (epsilon, plan.delta))
+    if root is not None:
+        own = round_privacy(root, rounds.strategy, cycle)
+        figures.update({f"dp_root_{key.removeprefix('dp_')}": value for key, value in own.items()})
+        figures.update(dp_noise_multiplier=own["dp_noise_multiplier"], dp_clipping_norm=own["dp_clipping_norm"])
+        highest = max(highest or (own["dp_epsilon"], root.delta), (own["dp_epsilon"], root.delta))
+    if highest is not None:
+        figures.update(dp_epsilon=highest[0], dp_delta=highest[1])
+    return figures
 
 
 def _cluster_rounds(result: RoundResult, cycle: int, per_cycle: int) -> list[list[Any]]:
@@ -159,8 +222,10 @@ def run_cluster(grid: Grid, session: ServerSession) -> RunOutcome:
     session.reporter.event(
         f"cluster {config.cluster}: {len(nodes)} learners connected after {time.monotonic() - waited:.1f} s"
     )
+    plan = privacy_plan(config, "learners")
+    params = {**strategy_params(config), **(plan.params() if plan else {})}
     if resumed_run is not None:
-        session.tracker.start(strategy_params(config), resume_run_id=resumed_run)
+        session.tracker.start(params, resume_run_id=resumed_run)
         where = f"after cycle {checkpoint.cycle} round {checkpoint.round}" if checkpoint else "(no checkpoint yet)"
         session.reporter.event(f"cluster {config.cluster}: resuming MLflow run {resumed_run} {where}")
     job_wait = cycle_timeout_s(training) + connect_timeout_s(training)
@@ -174,7 +239,7 @@ def run_cluster(grid: Grid, session: ServerSession) -> RunOutcome:
         try:
             if session.tracker.run_id is None:
                 parent = str(job.config.get(p.PARENT_RUN) or "") or None
-                session.tracker.start(strategy_params(config), parent_run_id=parent)
+                session.tracker.start(params, parent_run_id=parent)
             if job.kind == "evaluate":
                 last = rounds.evaluate_round(int(job.config.get(p.CYCLE, 0)), job.arrays, {})
                 bridge.complete(job.name, True, _evaluation_metrics(last))
@@ -227,6 +292,8 @@ def _train_cycle(
                 p.ACCURACY: _number(result.accuracy),
             },
         }
+        plan = privacy_plan(session.config, "learners")
+        privacy = round_privacy(plan, rounds.strategy, (cycle - 1) * per_cycle + server_round) if plan else {}
         metrics = known({
             "loss": result.loss,
             "accuracy": result.accuracy,
@@ -235,9 +302,11 @@ def _train_cycle(
             "eval_seconds": result.eval_seconds,
             "round_seconds": result.seconds,
             "participants": float(len(result.participants)),
+            **privacy,
         })
         session.tracker.save_checkpoint(Checkpoint(server_round, arrays, metrics, cycle=cycle, state=state))
-        session.progress(result, cycle=cycle, total_cycles=cycles, round_=server_round, total_rounds=per_cycle)
+        session.progress(result, cycle=cycle, total_cycles=cycles, round_=server_round, total_rounds=per_cycle,
+                         privacy=privacy)  # fmt: skip
         session.tracker.log_metrics(dict(metrics), step=(cycle - 1) * per_cycle + server_round)
     reply = {**state["reply"], p.ROUND_LOSSES: state["round_losses"], p.ROUND_ACCURACIES: state["round_accuracies"]}
     bridge.complete(job.name, True, reply, arrays=arrays)

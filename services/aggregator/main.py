@@ -146,6 +146,9 @@ class AggregatorService:
             model_uri=outcome.model_uri,
             registered_model=outcome.registered_model,
             registered_version=outcome.registered_version,
+            reason=outcome.reason or None,
+            dp_epsilon=outcome.dp_epsilon,
+            dp_delta=outcome.dp_delta,
         )
 
     def _shutdown(self) -> None:

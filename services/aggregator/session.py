@@ -77,7 +77,8 @@ class ServerSession:
     def back(self, _name: str, text: str) -> None:
         self.reporter.event(text)
 
-    def progress(self, result: RoundResult, *, cycle: int, total_cycles: int, round_: int, total_rounds: int) -> None:
+    def progress(self, result: RoundResult, *, cycle: int, total_cycles: int, round_: int, total_rounds: int,
+                 privacy: dict[str, float] | None = None) -> None:  # fmt: skip
         self.reporter.publish(
             TrainingProgress(
                 project_id=self.config.project_id,
@@ -92,6 +93,7 @@ class ServerSession:
                 num_examples=result.num_examples,
                 participants=len(result.participants),
                 round_seconds=round(result.seconds, 3),
+                **(privacy or {}),
             )
         )
 

@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import Strategy
 
 from flops_utils.aggregation import FedAvgChoice, StrategyChoice
 from flops_utils.service_config import AggregatorConfig
+from services.aggregator.privacy import with_privacy
 from services.aggregator.strategies import build_strategy
 
 Level = Literal["learners", "clusters"]
@@ -22,7 +23,8 @@ Level = Literal["learners", "clusters"]
 def round_strategy(config: AggregatorConfig, level: Level, *, min_fit: int, min_evaluate: int) -> Strategy:
     """A fresh strategy for one aggregator; ``min_fit`` is what one round needs (the round loop decides who
     is usable and waits for ``min_available`` itself)."""
-    return build_strategy(level_choice(config, level), min_fit=min_fit, min_evaluate=min_evaluate)
+    strategy = build_strategy(level_choice(config, level), min_fit=min_fit, min_evaluate=min_evaluate)
+    return with_privacy(strategy, config, level, min_fit=min_fit)
 
 
 def level_choice(config: AggregatorConfig, level: Level) -> StrategyChoice:

@@ -25,6 +25,8 @@ class RunOutcome(BaseModel):
     model_uri: str | None = None
     registered_model: str | None = None
     registered_version: str | None = None
+    dp_epsilon: float | None = None  # differential privacy: the ε spent (at dp_delta)
+    dp_delta: float | None = None
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -274,6 +274,19 @@ class Tracker:
                 time.sleep(2.0 * attempt)
         raise AssertionError("unreachable")
 
+    def set_tags(self, tags: dict[str, str], model: tuple[str, str] | None = None) -> None:
+        """Tag the run and, given ``(name, version)``, that registered model version (best effort)."""
+        if self.run_id is None:
+            return
+        try:
+            client = self._mlflow.MlflowClient()
+            for key, value in tags.items():
+                client.set_tag(self.run_id, key, value)
+                if model is not None:
+                    client.set_model_version_tag(model[0], model[1], key, value)
+        except Exception as error:
+            log.warning("MLflow tags %s not set: %s", sorted(tags), _short(error))
+
     def finish(self, ok: bool) -> None:
         if self.run_id is None:
             return

@@ -23,6 +23,7 @@ from flwr.clientapp import ClientApp
 from flops_utils.ml_interfaces import FitContext, ModelManager
 from services.fl_runtime import protocol as p
 from services.fl_runtime.user_code import load_model_manager
+from services.learner.local_dp import local_dp_request, privatise
 from services.learner.secagg_mod import secure_aggregation_mod
 
 app = ClientApp(mods=[secure_aggregation_mod])  # SecAgg+ rounds only; other messages pass through
@@ -69,9 +70,10 @@ def set_fit_context(manager: ModelManager, message: Message, global_parameters: 
 @app.train()
 def train(message: Message, context: Context) -> Message:
     manager = model_manager(context)
-    global_parameters = p.from_arrays(message.content.array_records[p.ARRAYS])
-    manager.set_model_parameters(global_parameters)
-    set_fit_context(manager, message, global_parameters)
+    received = p.from_arrays(message.content.array_records[p.ARRAYS])
+    local_dp = local_dp_request(message.content.config_records.get(p.CONFIG))
+    manager.set_model_parameters([array.copy() for array in received] if local_dp else received)  # fit may mutate
+    set_fit_context(manager, message, received)
     started = time.monotonic()
     examples = int(manager.fit_model())
     fit_seconds = time.monotonic() - started
@@ -80,9 +82,12 @@ def train(message: Message, context: Context) -> Message:
         **_evaluate(manager),
         p.FIT_SECONDS: fit_seconds,
     }
+    fitted = manager.get_model_parameters()
+    if local_dp is not None:  # clipped and noised here: the aggregator never sees the real update
+        fitted = privatise(received, fitted, *local_dp)
     content = RecordDict(
         {
-            p.ARRAYS: p.to_arrays(manager.get_model_parameters()),
+            p.ARRAYS: p.to_arrays(fitted),
             p.METRICS: MetricRecord(metrics),
             p.INFO: _info(context),
         }

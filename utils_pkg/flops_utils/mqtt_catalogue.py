@@ -151,6 +151,10 @@ class TrainingProgress(_Message):
     num_examples: int = 0
     participants: int = 0
     round_seconds: float = 0.0
+    dp_epsilon: float | None = Field(default=None, description="differential privacy: ε spent so far (at dp_delta)")
+    dp_delta: float | None = None
+    dp_noise_multiplier: float | None = Field(default=None, description="the noise multiplier in effect")
+    dp_clipping_norm: float | None = Field(default=None, description="the clipping norm in effect")
 
     @property
     def kind(self) -> TopicKind:
@@ -167,6 +171,10 @@ class TrainingResult(_Message):
     model_uri: str | None = None
     registered_model: str | None = None
     registered_version: str | None = None
+    reason: str | None = Field(default=None, description="why training ended before its planned rounds, e.g. "
+                               "'privacy budget reached'")
+    dp_epsilon: float | None = Field(default=None, description="differential privacy: the ε the training spent")
+    dp_delta: float | None = None
 
     @property
     def kind(self) -> TopicKind:

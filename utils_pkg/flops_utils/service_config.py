@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flops_utils.aggregation import ClusteredStrategyChoice, FedAvgStrategy, SecureAggregation, StrategyChoice
 from flops_utils.config_fetch import CONFIG_CA_ENV, CONFIG_TOKEN_ENV, CONFIG_URL_ENV, fetch_config_json
+from flops_utils.privacy import PrivacySettings
 from flops_utils.repo_access import RepoAccessPolicy
 from flops_utils.repo_credentials import RepoCredentials, split_repo_credentials
 
@@ -77,6 +78,7 @@ class TrainingSettings(_Config):
     root_strategy: StrategyChoice | None = Field(default=None, description="hierarchical root; None: fedavg")
     secure_aggregation: SecureAggregation | None = Field(default=None, description="SecAgg+ with the learners")
     # -- end aggregation --
+    privacy: PrivacySettings | None = Field(default=None, description="differential privacy (None: none)")
 
 
 class RegistrySettings(_Config):

@@ -25,7 +25,7 @@ from services.builder.oci.python_env import IMAGE_ENVIRONMENT, PackageIndex, ins
 DEPS_FORMAT = 1
 # Modules the FL runtime imports; checked inside the image before it is committed.
 RUNTIME_IMPORTS = ("flwr", "mlflow", "mlflow.pyfunc", "pandas", "pyarrow.flight", "paho.mqtt.client", "pydantic",
-                   "requests", "yaml", "tomli_w", "uvicorn")
+                   "requests", "yaml", "tomli_w", "uvicorn", "dp_accounting")
 
 
 def _version(distribution: str) -> str | None:
@@ -52,6 +52,7 @@ def runtime_requirements() -> list[str]:
         "packaging",
         "tomli-w",
         "uvicorn",
+        "dp-accounting>=0.4,<1",  # aggregators account differential privacy
     ]
 
 
