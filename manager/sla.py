@@ -125,6 +125,24 @@ class TrainingConfiguration(_Strict):
         default=None, description="extension: differential privacy (central or local), its accounting and budget"
     )
 
+    @field_validator("privacy")
+    @classmethod
+    def _privacy_fits_secure_aggregation(
+        cls, privacy: PrivacySettings | None, info: ValidationInfo
+    ) -> PrivacySettings | None:
+        """Central DP clips each learner's update on the aggregator, which SecAgg+ hides from it."""
+        secure = info.data.get("secure_aggregation")
+        if privacy is None or secure is None or not secure.enabled:
+            return privacy
+        project_mode = privacy.mode or "central"
+        central = project_mode == "central" or any(
+            (override.mode or project_mode) == "central" for override in privacy.clusters.values()
+        )
+        if central:
+            raise ValueError("central differential privacy clips each learner's update on the aggregator, which "
+                             "secure_aggregation hides from it: use privacy.mode 'local' with secure aggregation")
+        return privacy
+
     @field_validator("min_fit_clients", "min_evaluate_clients")
     @classmethod
     def _at_most_available(cls, value: int, info: ValidationInfo) -> int:

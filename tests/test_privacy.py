@@ -376,3 +376,19 @@ def test_the_root_runs_the_cycles_every_clusters_budget_allows() -> None:
     tight_plans = {name: plan for name in ("a", "b") if (plan := privacy_plan(tight, "learners", cluster=name))}
     with pytest.raises(ValueError, match="cluster b: the privacy budget does not allow one cycle of 2 rounds"):
         cycles_to_run(None, tight_plans, tight.training)
+
+
+def test_central_dp_is_refused_with_secure_aggregation_and_local_dp_is_not() -> None:
+    from manager.sla import ProjectSLA
+
+    training: dict[str, object] = {"data_tags": ["d"], "min_available_clients": 3, "min_fit_clients": 3,
+                                   "min_evaluate_clients": 3, "secure_aggregation": {"enabled": True},
+                                   "privacy": {"noise_multiplier": 1.0, "clipping_norm": 1.0}}  # fmt: skip
+    request = {"ml_repo_url": "https://example.org/r.git", "ml_model_flavor": "sklearn",
+               "training_configuration": training}  # fmt: skip
+    with pytest.raises(ValidationError) as refused:
+        ProjectSLA.model_validate(request)
+    error = refused.value.errors()[0]
+    assert error["loc"] == ("training_configuration", "privacy") and "secure_aggregation hides" in error["msg"]
+    training["privacy"] = {"mode": "local", "noise_multiplier": 1.0, "clipping_norm": 1.0}
+    assert ProjectSLA.model_validate(request).training_configuration.privacy is not None
