@@ -216,36 +216,37 @@ def owned_processes(owner_prefixes: Iterable[str]) -> list[tuple[int, int | None
     re-parented to PID 1, where neither the process group nor the tree reaches them.
     """
     needles = [f"{OWNER_ENV}={prefix}".encode() for prefix in owner_prefixes]
-    if not needles:
-        return []
-    found = []
-    for pid, fields in _every_stat():
-        if pid == os.getpid() or _ended(fields):
-            continue
-        try:
-            environment = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
-        if any(entry.startswith(needle) for entry in environment.split(b"\0") for needle in needles):
-            found.append((pid, int(fields[19]) if len(fields) > 19 else None))
-    return found
+
+    def owned(pid: int) -> bool:
+        environment = Path(f"/proc/{pid}/environ").read_bytes()
+        return any(entry.startswith(needle) for entry in environment.split(b"\0") for needle in needles)
+
+    return _live_processes(owned) if needles else []
 
 
 def processes_in(folders: Iterable[Path]) -> list[tuple[int, int | None]]:
     """(pid, start ticks) of live processes whose working directory is inside one of ``folders``."""
     roots = [Path(folder).resolve() for folder in folders]
-    if not roots:
-        return []
+
+    def inside(pid: int) -> bool:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        return any(cwd == root or root in cwd.parents for root in roots)
+
+    return _live_processes(inside) if roots else []
+
+
+def _live_processes(matches: Callable[[int], bool]) -> list[tuple[int, int | None]]:
+    """(pid, start ticks) of live processes other than this one for which ``matches(pid)`` holds
+    (a process that ends while it is being read does not match)."""
     found = []
     for pid, fields in _every_stat():
         if pid == os.getpid() or _ended(fields):
             continue
         try:
-            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+            if matches(pid):
+                found.append((pid, int(fields[19]) if len(fields) > 19 else None))
         except OSError:
             continue
-        if any(cwd == root or root in cwd.parents for root in roots):
-            found.append((pid, int(fields[19]) if len(fields) > 19 else None))
     return found
 
 
