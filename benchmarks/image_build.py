@@ -62,7 +62,7 @@ def _build(label: str, repo: Path, registry: RegistrySettings, root: Path, cache
                           engine=engine)
     seconds = time.monotonic() - started
     steps = ", ".join(f"{record.step} {record.outcome} {record.duration_s:.1f} s" for record in result.steps
-                      if record.step.endswith("-image"))
+                      if record.step.split()[0].endswith("-image"))
     note(f"{label} build: {seconds:.1f} s ({steps}); buildah commands: {len(engine.mutating_commands())}")
     return seconds, result
 
@@ -72,7 +72,7 @@ def _per_platform(result: OciBuildResult) -> dict[str, dict[str, Any]]:
     names = list(result.platform_images["learner"])
     figures: dict[str, dict[str, Any]] = {}
     for platform in names:
-        mine = [record for record in result.steps if record.step.endswith("-image")
+        mine = [record for record in result.steps if record.step.split()[0].endswith("-image")
                 and (len(names) == 1 or record.step.endswith(f" {platform}"))]
         sizes = {record.step.split()[0].removesuffix("-image"): {"bytes": record.size_bytes,
                                                                    "compressed_bytes": record.compressed_bytes}

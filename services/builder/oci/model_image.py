@@ -5,7 +5,7 @@ Dockerfile. Here the same result comes from buildah directly:
 
 1. download the model's artifacts from MLflow (``mlflow.artifacts.download_artifacts``);
 2. start from a base that has Python (by default the FLOps base image; pass the
-   project's learner image to reuse its already installed dependencies);
+   project's aggregator image to reuse its already installed dependencies);
 3. install the model's ``requirements.txt`` into ``/opt/venv`` (``mlflow`` becomes
    ``mlflow-skinny`` of the same version plus pandas: the scoring server needs no
    tracking-server dependencies) - a no-op when the base already satisfies them;
@@ -206,8 +206,9 @@ def build_model_image(
 ) -> ModelImageResult:
     """Build (or find) and push ``<registry>/flops/<image>:<content digest>`` serving ``model_uri``.
 
-    ``base_image``: start from this image (e.g. the project's learner image, whose
-    ``/opt/venv`` already has the model's dependencies) instead of the FLOps base.
+    ``base_image``: start from this image (e.g. the project's aggregator image, whose
+    ``/opt/venv`` already has the model's dependencies and MLflow's client) instead of the FLOps base.
+    ``platforms``: one image per platform and a manifest list over them (default: the host's).
     Steps are reported as ``BuildStep`` messages when ``project_id`` and ``report`` are given.
     Raises :class:`BuildError` with a one-line reason.
     """
