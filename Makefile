@@ -2,9 +2,10 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := mosquitto docker-registry apache2-utils buildah debootstrap podman runc git postgresql
+APT_PACKAGES := mosquitto docker-registry apache2-utils buildah debootstrap podman runc git postgresql \
+	qemu-user-static binfmt-support
 
-.PHONY: demo test install system-packages venv lint clean
+.PHONY: demo test install system-packages emulation venv lint clean
 
 demo: install
 	$(PY) scripts/demo.py
@@ -12,7 +13,7 @@ demo: install
 test: install
 	$(VENV)/bin/pytest -q
 
-install: system-packages venv
+install: system-packages emulation venv
 
 system-packages:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -22,6 +23,10 @@ system-packages:
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  systemctl disable --now mosquitto docker-registry postgresql >/dev/null 2>&1 || true; \
 	fi
+
+# arm64 images are built and run under qemu-user-static; says in one line when this host cannot.
+emulation: system-packages
+	@sh scripts/enable_emulation.sh
 
 venv: $(VENV)/.installed
 

@@ -12,17 +12,24 @@ scikit-learn project, 3 min 53 s of it for the base image; images of several GB)
 ``--reuse-cache`` uses the normal FLOps container storage instead of an empty one, so
 "cold" then means "empty registry, images already built on this machine".
 
-    .venv/bin/python benchmarks/image_build.py [--reuse-cache] [--keep]
+``--platforms linux/amd64,linux/arm64`` builds both (arm64 under qemu-user-static
+emulation: ``make install`` enables it) and pushes manifest lists; the table then gives
+each platform's cold build time (the arm64 one beside the reference's 18 minutes) and
+every image's size per platform.
+
+    .venv/bin/python benchmarks/image_build.py [--reuse-cache] [--keep] [--platforms linux/amd64,linux/arm64]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -37,30 +44,54 @@ from tests.example_repos import commit_all, example_repo  # noqa: E402
 REFERENCE_BUILD_S = 380.0  # 6 min 20 s (thesis figure for a scikit-learn MNIST project)
 REFERENCE_BASE_S = 233.0  # 3 min 53 s of it for the base image
 REFERENCE_SIZE = "several GB"
+REFERENCE_ARM64_S = 18 * 60.0  # the reference's arm64 image build under emulation
+REFERENCE_IMAGE_SIZE = "2.8-3.6 GB"
 
 
-def _config(repo: Path, registry: RegistrySettings, cache: Path) -> BuilderConfig:
+def _config(repo: Path, registry: RegistrySettings, cache: Path, platforms: list[str]) -> BuilderConfig:
     return BuilderConfig(project_id="bench", mqtt=MqttSettings(), repo_url=str(repo), flavor="sklearn",
-                         cache_dir=str(cache), mode="oci", registry=registry)
+                         cache_dir=str(cache), mode="oci", registry=registry, platforms=platforms)
 
 
-def _build(label: str, repo: Path, registry: RegistrySettings, root: Path, cache: Path) -> tuple[float, OciBuildResult]:
+def _build(label: str, repo: Path, registry: RegistrySettings, root: Path, cache: Path,
+           platforms: list[str]) -> tuple[float, OciBuildResult]:
     engine = ContainerEngine(EngineSettings(root=root))
     note(f"{label} build ...")
     started = time.monotonic()
-    result = build_images(_config(repo, registry, cache), settings=OciSettings(registry=registry), engine=engine)
+    result = build_images(_config(repo, registry, cache, platforms), settings=OciSettings(registry=registry),
+                          engine=engine)
     seconds = time.monotonic() - started
     steps = ", ".join(f"{record.step} {record.outcome} {record.duration_s:.1f} s" for record in result.steps
-                      if record.step.endswith("-image"))
+                      if record.step.split()[0].endswith("-image"))
     note(f"{label} build: {seconds:.1f} s ({steps}); buildah commands: {len(engine.mutating_commands())}")
     return seconds, result
+
+
+def _per_platform(result: OciBuildResult) -> dict[str, dict[str, Any]]:
+    """Per platform: the seconds its image steps took, its base step, and each image's size."""
+    names = list(result.platform_images["learner"])
+    figures: dict[str, dict[str, Any]] = {}
+    for platform in names:
+        mine = [record for record in result.steps if record.step.split()[0].endswith("-image")
+                and (len(names) == 1 or record.step.endswith(f" {platform}"))]
+        sizes = {record.step.split()[0].removesuffix("-image"): {"bytes": record.size_bytes,
+                                                                   "compressed_bytes": record.compressed_bytes}
+                 for record in mine}
+        figures[platform] = {
+            "seconds": round(sum(record.duration_s for record in mine), 1),
+            "base_s": round(sum(record.duration_s for record in mine if record.step.startswith("base-image")), 1),
+            "sizes": sizes,
+        }
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reuse-cache", action="store_true", help="use the normal FLOps container storage")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--platforms", default="", help="comma-separated, e.g. linux/amd64,linux/arm64")
     args = parser.parse_args(argv)
+    platforms = [item.strip() for item in args.platforms.split(",") if item.strip()]
 
     work = Path(tempfile.mkdtemp(prefix="flops-image-bench-"))
     root = EngineSettings().root if args.reuse_cache else work / "containers"
@@ -70,33 +101,42 @@ def main(argv: list[str] | None = None) -> int:
         assert endpoints.registry is not None
         registry = endpoints.registry.settings()
         repo = Path(example_repo("sklearn_digits", work / "repos"))
-        cold_s, cold = _build("cold", repo, registry, root, work / "cache")
-        warm_s, warm = _build("warm", repo, registry, root, work / "cache")
+        load = os.getloadavg()
+        cold_s, cold = _build("cold", repo, registry, root, work / "cache", platforms)
+        warm_s, warm = _build("warm", repo, registry, root, work / "cache", platforms)
         if not warm.cached:
             raise SystemExit("the warm build was not a cache hit")
         (repo / "model_manager.py").write_text((repo / "model_manager.py").read_text() + "\n# benchmark edit\n")
         commit_all(repo, "code change")
-        change_s, changed = _build("code-change", repo, registry, root, work / "cache")
+        change_s, changed = _build("code-change", repo, registry, root, work / "cache", platforms)
+        load_after = os.getloadavg()
 
-        base_s = sum(record.duration_s for record in cold.steps if record.step.startswith("base-image"))
-        images = {"base": cold.base[0] if cold.base else None, "deps": cold.deps[0], "learner": cold.learner,
-                  "aggregator": cold.aggregator}
-        print_table(["figure", "FLOps", "reference"], [
-            ["cold build (s)", round(cold_s, 1), REFERENCE_BUILD_S],
-            ["  of it: base image (s)", round(base_s, 1), REFERENCE_BASE_S],
+        per_platform = _per_platform(cold)
+        rows: list[list[object]] = [
+            ["cold build, all platforms (s)", round(cold_s, 1), REFERENCE_BUILD_S],
             ["warm build, same commit (s)", round(warm_s, 1), "rebuilt"],
             ["code-change build (s)", round(change_s, 1), "rebuilt"],
-            *[[f"{name} image size", f"{human_size(image.size_bytes)} ({human_size(image.compressed_bytes)} "
-               "compressed)", REFERENCE_SIZE] for name, image in images.items() if image is not None],
-        ], title="OCI image build, examples/sklearn_digits" + (" (reused local image cache)" if args.reuse_cache
-                                                                else " (empty image cache)"))
+        ]
+        for platform, figures in per_platform.items():
+            reference = REFERENCE_ARM64_S if platform.endswith("arm64") else REFERENCE_BUILD_S
+            rows.append([f"cold build {platform} (s)", figures["seconds"], reference])
+            rows.append([f"  of it: base image {platform} (s)", figures["base_s"],
+                         REFERENCE_BASE_S if reference == REFERENCE_BUILD_S else "-"])
+            for kind, size in figures["sizes"].items():
+                rows.append([f"{kind} image {platform}", f"{human_size(size['bytes'])} "
+                             f"({human_size(size['compressed_bytes'])} compressed)", REFERENCE_IMAGE_SIZE])
+        rows.append(["load average before / after (2 cores)",
+                     f"{load[0]:.1f} / {load_after[0]:.1f}", "-"])
+        cache_note = " (reused local image cache)" if args.reuse_cache else " (empty image cache)"
+        print_table(["figure", "FLOps", "reference"], rows,
+                    title="OCI image build, examples/sklearn_digits" + cache_note)
         print_json("image_build", {
-            "reuse_cache": args.reuse_cache, "cold_s": round(cold_s, 1), "base_image_s": round(base_s, 1),
-            "warm_s": round(warm_s, 1), "code_change_s": round(change_s, 1),
+            "reuse_cache": args.reuse_cache, "platforms": list(per_platform), "cold_s": round(cold_s, 1),
+            "warm_s": round(warm_s, 1), "code_change_s": round(change_s, 1), "per_platform": per_platform,
             "thin_layer_rebuilt_only": changed.deps[0].reference == cold.deps[0].reference,
-            "sizes": {name: {"bytes": image.size_bytes, "compressed_bytes": image.compressed_bytes}
-                      for name, image in images.items() if image is not None},
-            "reference": {"build_s": REFERENCE_BUILD_S, "base_image_s": REFERENCE_BASE_S, "size": REFERENCE_SIZE},
+            "load_average": [round(load[0], 2), round(load_after[0], 2)],
+            "reference": {"build_s": REFERENCE_BUILD_S, "base_image_s": REFERENCE_BASE_S, "size": REFERENCE_SIZE,
+                          "arm64_build_s": REFERENCE_ARM64_S},
         })
     finally:
         stop_suite(suite_dir)

@@ -36,20 +36,32 @@ if TYPE_CHECKING:
 pytest_plugins = ("tests.oci_helpers",)  # session fixtures; not imported here (pytest loads it as a plugin)
 ConfigFactory = Callable[..., BuilderConfig]
 
-IMAGE_STEPS = ("base-image", "deps-image", "learner-image", "aggregator-image")
-PROJECT_IMAGES = ("flops/sklearn-digits-deps", "flops/sklearn-digits-learner", "flops/sklearn-digits-aggregator")
+IMAGE_STEPS = ("base-image", "deps-image", "aggregator-deps-image", "learner-image", "aggregator-image")
+PROJECT_IMAGES = ("flops/sklearn-digits-deps", "flops/sklearn-digits-aggregator-deps", "flops/sklearn-digits-learner",
+                  "flops/sklearn-digits-aggregator")
+LEARNER_SIZE_GOAL = 600_000_000  # the scikit-learn example's learner image, uncompressed (issue 19)
 ARM64_LINE = "cannot build linux/arm64 on this host: no qemu-user-static binfmt handler"
 
 _SMOKE = """
-import importlib.util, shutil, sys
-import flwr, mlflow.sklearn, pyarrow.flight, services.learner.main, services.aggregator.main
+import glob, importlib.util, shutil, sys
+import flwr.clientapp, pyarrow.flight, services.learner.main
 import model_manager
 model_manager.ModelManager()
 assert sys.prefix == "/opt/venv", sys.prefix
 assert importlib.util.find_spec("pip") is None, "pip left in the image"
 assert shutil.which("gcc") is None and shutil.which("cc") is None, "a compiler in the image"
-assert shutil.which("uvicorn") and shutil.which("flower-superlink"), "runtime scripts not on PATH"
+# Only what a learner runs: no MLflow, no Flower server stack, no package test suites.
+present = [m for m in ("mlflow", "sqlalchemy", "alembic", "fastapi", "uvicorn", "pandas")
+           if importlib.util.find_spec(m) is not None]
+assert not present, f"not a learner's: {present}"
+assert not glob.glob("/opt/venv/lib/python3*/site-packages/*/tests"), "package test suites left in the image"
 print("smoke ok")
+"""
+_AGGREGATOR_SMOKE = """
+import shutil
+import mlflow.sklearn, mlflow.pyfunc.scoring_server, flwr.serverapp, services.aggregator.main, model_manager
+assert shutil.which("uvicorn"), "uvicorn not on PATH"
+print("aggregator ok")
 """
 
 
@@ -68,14 +80,22 @@ def test_sklearn_example_images_are_built_and_pushed(sklearn_build: SklearnBuild
     assert result.aggregator.reference == f"{oci_registry.address}/flops/sklearn-digits-aggregator:{result.digest}"
     assert result.learner.digest.startswith("sha256:")
 
-    # Thin images: the dependency image's layers plus one small layer, shared by learner and aggregator.
+    # Thin images: a dependency image's layers plus one small layer; the aggregator's adds MLflow's client.
     deps = client.manifest("flops/sklearn-digits-deps", result.deps[0].name.tag)
+    upper = client.manifest("flops/sklearn-digits-aggregator-deps", result.aggregator_deps[0].name.tag)
     learner = client.manifest("flops/sklearn-digits-learner", result.digest)
     aggregator = client.manifest("flops/sklearn-digits-aggregator", result.digest)
-    assert deps is not None and learner is not None and aggregator is not None
+    assert deps is not None and upper is not None and learner is not None and aggregator is not None
     assert learner.layers[:-1] == deps.layers and len(learner.layers) == len(deps.layers) + 1
-    assert aggregator.layers == learner.layers
+    assert upper.layers[:len(deps.layers)] == deps.layers and len(upper.layers) == len(deps.layers) + 1
+    assert aggregator.layers[:-1] == upper.layers and len(aggregator.layers) == len(upper.layers) + 1
     assert learner.compressed_bytes - deps.compressed_bytes < 5_000_000  # app + runtime code only
+    assert result.platform_digests == {"learner": {"linux/amd64": result.learner.digest},
+                                       "aggregator": {"linux/amd64": result.aggregator.digest}}
+
+    # The learner image stays under the size goal (uncompressed, as podman reports it).
+    learner_size = oci_engine.image_size(result.learner.name.local)
+    assert learner_size is not None and learner_size <= LEARNER_SIZE_GOAL, learner_size
 
     # Each step went out as a BuildStep with its duration; image steps name the image and its size.
     steps = {message.step: message for message in sklearn_build.messages if isinstance(message, BuildStep)}
@@ -88,10 +108,14 @@ def test_sklearn_example_images_are_built_and_pushed(sklearn_build: SklearnBuild
     # The learner image runs the learner entrypoint (which asks for its configuration) ...
     bare = _podman(oci_engine, "run", "--rm", "--network", "host", result.learner.name.local)
     assert bare.returncode != 0 and "FLOPS_CONFIG" in bare.stderr, bare.stderr[-800:]
-    # ... and holds the user's code, the FL runtime and MLflow, without pip, compilers or caches.
+    # ... and holds the user's code and the FL client runtime, without MLflow, pip, compilers or caches.
     smoke = _podman(oci_engine, "run", "--rm", "--network", "host", "--entrypoint", "python",
                     result.learner.name.local, "-c", _SMOKE)
     assert smoke.returncode == 0 and "smoke ok" in smoke.stdout, smoke.stderr[-1500:]
+    # The aggregator image adds MLflow's client (logging, registering, the scoring server).
+    smoke = _podman(oci_engine, "run", "--rm", "--network", "host", "--entrypoint", "python",
+                    result.aggregator.name.local, "-c", _AGGREGATOR_SMOKE)
+    assert smoke.returncode == 0 and "aggregator ok" in smoke.stdout, smoke.stderr[-1500:]
 
 
 def test_second_build_of_the_same_commit_runs_no_buildah(sklearn_build: SklearnBuild,
@@ -126,6 +150,7 @@ def test_code_only_change_reuses_the_dependency_image(sklearn_build: SklearnBuil
     first = sklearn_build.result
     outcomes = {record.step: record.outcome for record in result.steps}
     assert outcomes["deps-image"] == "cached" and outcomes["base-image"] == "cached", outcomes
+    assert outcomes["aggregator-deps-image"] == "cached", outcomes
     assert outcomes["learner-image"] == "done" and outcomes["aggregator-image"] == "done", outcomes
     assert result.deps[0].reference == first.deps[0].reference
     assert result.digest != first.digest and result.commit != first.commit

@@ -79,9 +79,9 @@ def test_trained_model_image_answers_invocations_with_correct_digits(
         logged = mlflow.sklearn.log_model(model, name="model", input_example=x_train[:2],
                                           pip_requirements=mlflow.sklearn.get_default_pip_requirements())
 
-    # Build on the project's learner image: its /opt/venv already has sklearn and MLflow.
+    # Build on the project's aggregator image: its /opt/venv already has sklearn and MLflow.
     built = build_model_image(logged.model_uri, file_tracking, oci_registry, image="sklearn-digits-model",
-                              base_image=sklearn_build.result.learner.reference, engine=oci_engine)
+                              base_image=sklearn_build.result.aggregator.reference, engine=oci_engine)
     assert built.digest.startswith("sha256:") and not built.cached
     manifest = RegistryClient(oci_registry).manifest("flops/sklearn-digits-model", built.image.name.tag)
     assert manifest is not None and manifest.digest == built.digest
@@ -111,6 +111,6 @@ def test_trained_model_image_answers_invocations_with_correct_digits(
     # The same model again: found in the registry, nothing built.
     engine = ContainerEngine()
     again = build_model_image(logged.model_uri, file_tracking, oci_registry, image="sklearn-digits-model",
-                              base_image=sklearn_build.result.learner.reference, engine=engine)
+                              base_image=sklearn_build.result.aggregator.reference, engine=engine)
     assert again.cached and again.digest == built.digest
     assert [command for command in engine.history if command[0] == "buildah"] == []

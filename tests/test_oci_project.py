@@ -76,6 +76,13 @@ def test_classic_project_trains_in_containers_and_serves_its_inference_image(
     assert build["aggregator_image"].startswith(f"{oci_registry.address}/flops/sklearn-digits-aggregator:")
     log = container_stack.log_path.read_text()
     assert "Traceback" not in log, log[-3000:]
+    # The build result keeps each platform's digest, and the MLflow run names the images that trained it.
+    learner_digest = build["platform_digests"]["learner"]["linux/amd64"]
+    assert learner_digest.startswith("sha256:") and list(build["platform_digests"]) == ["learner", "aggregator"]
+    tags = container_stack.mlflow_client(project["tracking_url"]).get_run(project["mlflow_run_id"]).data.tags
+    assert tags["flops.image.learner"] == build["learner_image"]
+    assert tags["flops.image.learner.linux/amd64"] == learner_digest
+    assert tags["flops.image.aggregator.linux/amd64"] == build["platform_digests"]["aggregator"]["linux/amd64"]
 
     # The inference image is in the registry, pinned by digest, and linked to the MLflow run.
     image = project["model_image"]

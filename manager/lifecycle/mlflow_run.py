@@ -84,6 +84,10 @@ class ProjectTracking:
         path = artifact_uri.removeprefix(prefix).strip("/")
         self._call("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{quote(path)}/{quote(name)}", data=data)
 
+    def set_run_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self._call("POST", "/api/2.0/mlflow/runs/set-tag", json={"run_id": run_id, "key": key, "value": value})
+
     def experiment_id(self, name: str) -> str | None:
         try:
             answer = self._call("GET", "/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name})
@@ -111,6 +115,18 @@ class ProjectTracking:
             self._call("POST", "/api/2.0/mlflow/experiments/set-experiment-tag",
                        json={"experiment_id": experiment, "key": key, "value": value})  # fmt: skip
         return f"MLflow experiment {name!r} tagged {STATUS_TAG}={status}"
+
+
+def image_tags(learner_image: str | None, aggregator_image: str | None,
+               platform_digests: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Run tags naming the images that trained the model: ``flops.image.learner`` and one digest per platform
+    (``flops.image.learner.linux/arm64`` = ``sha256:...``)."""
+    tags = {f"flops.image.{kind}": image for kind, image in (("learner", learner_image),
+                                                             ("aggregator", aggregator_image)) if image}
+    for kind, digests in platform_digests.items():
+        for platform, digest in digests.items():
+            tags[f"flops.image.{kind}.{platform}"] = digest
+    return tags
 
 
 def _short(text: object) -> str:

@@ -49,6 +49,7 @@ from manager.lifecycle.mlflow_run import (
     ProjectTracking,
     TrackingCallFailed,
     experiment_name,
+    image_tags,
     run_url,
     without_credentials,
 )
@@ -412,6 +413,10 @@ class ProjectRun:
             link = run_url(tracking.tracking_url, str(info["experiment_id"]), run_id)
             self._update(mlflow_run_url=link)
             self._event(f"MLflow run: {link}")
+            build = self.state.build
+            if build is not None and build.learner_image:
+                tracking.set_run_tags(run_id, image_tags(build.learner_image, build.aggregator_image,
+                                                         build.platform_digests))
             png = render_png(self.deps.store.list_rounds(self.project_id), self._experiment_name())
             tracking.log_artifact(run_id, PLOT_FILE, png)
             self._event(f"learning curve logged to the MLflow run as {PLOT_FILE} ({len(png) // 1024} KB)")
@@ -631,7 +636,8 @@ class ProjectRun:
             tracking_uri=self._observatory_ref().tracking_url,
             tracking_token=self._tracking_token(),
             tracking_ca_pem=self.deps.observatories.ca_pem(),
-            base_image=build.learner_image,
+            base_image=build.aggregator_image or build.learner_image,  # the aggregator's holds MLflow
+            platforms=list(self.sla.supported_platforms),
         )
         built = self._run_builder("model-builder", config, ModelImageBuilt, failed="build_image_for_trained_model",
                                   what="the inference image build")
@@ -669,7 +675,7 @@ class ProjectRun:
                 access_token_sha256=self.deps.settings.tracking_access.digests(self.customer),
             )
             spec = self._spec("serving", ServiceKind.SERVING, config, runtime=True,
-                              image=self.state.build.learner_image if self.state.build else None,
+                              image=self.state.build.aggregator_image if self.state.build else None,
                               ports=(SERVING_PORT,))
         service = self._deploy("serving", spec)
 

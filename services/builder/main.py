@@ -68,7 +68,7 @@ def build_trained_model_image(config: BuilderConfig, report: Reporter) -> ModelI
     image = config.image_name or f"{oci.naming.repo_slug(config.repo_url)}-model"
     built = oci.build_model_image(
         config.model_uri, config.tracking_uri, config.registry, image=image, base_image=config.base_image,
-        project_id=config.project_id, report=report)
+        project_id=config.project_id, report=report, platforms=config.platforms)
     message = ModelImageBuilt(
         project_id=config.project_id, sender=config.instance_name or SERVICE, image=built.reference,
         pinned=built.pinned, digest=built.digest, model_uri=built.model_uri, run_id=built.run_id,

@@ -113,6 +113,9 @@ class BuildResult(_Message):
     app_dir: str | None = Field(default=None, description="local mode: the augmented repo (user code + FL runtime)")
     learner_image: str | None = None
     aggregator_image: str | None = None
+    platform_digests: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="oci mode: image kind (learner, aggregator) -> platform (linux/arm64) -> its manifest digest")
     total_seconds: float = 0.0
 
     @property

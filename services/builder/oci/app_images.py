@@ -1,10 +1,11 @@
-"""Thin learner and aggregator images: the dependency image plus the app and FLOps' runtime code.
+"""Thin learner and aggregator images: a dependency image plus the app and FLOps' runtime code.
 
-One working container gets the augmented app at :data:`IMAGE_APP_DIR` and the
-runtime packages (``flops_utils``, ``services``) at :data:`IMAGE_RUNTIME_DIR`, then is
-committed twice with different entrypoints, so both images share one small layer.
-Their tag is a digest of the dependency image, the app's files, the runtime's files
-and the entrypoints: unchanged inputs give the same tag and nothing is rebuilt.
+The learner image starts from ``<repo>-deps``, the aggregator image from
+``<repo>-aggregator-deps`` (the same plus MLflow's client); each gets the augmented app
+at :data:`IMAGE_APP_DIR` and the runtime packages (``flops_utils``, ``services``) at
+:data:`IMAGE_RUNTIME_DIR` as one small layer. Their tag is a digest of both dependency
+images, the app's files, the runtime's files and the entrypoints: unchanged inputs give
+the same tag and nothing is rebuilt.
 
 Services in these images run with ``cwd=/app``; their configs should name
 ``app_dir=/app`` and a ``work_dir`` under ``/tmp``.
@@ -28,7 +29,7 @@ from services.builder.source import content_hash, copy_tree
 IMAGE_APP_DIR = "/app"
 IMAGE_RUNTIME_DIR = "/opt/flops"
 IMAGE_WORK_DIR = "/tmp/flops"
-APP_FORMAT = 1
+APP_FORMAT = 2
 ENTRYPOINTS: dict[str, tuple[str, ...]] = {
     "learner": ("python", "-m", "services.learner.main"),
     "aggregator": ("python", "-m", "services.aggregator.main"),
@@ -61,8 +62,8 @@ def stage(app_dir: Path, destination: Path) -> StagedApp:
     return StagedApp(staged_app, runtime, content_hash(staged_app), content_hash(runtime))
 
 
-def app_tag(deps_identity: str, staged: StagedApp, platform: Platform) -> str:
-    return tag_of({"deps": deps_identity, "app": staged.app_digest, "runtime": staged.runtime_digest,
+def app_tag(deps_identities: dict[str, str], staged: StagedApp, platform: Platform) -> str:
+    return tag_of({"deps": deps_identities, "app": staged.app_digest, "runtime": staged.runtime_digest,
                    "entrypoints": {kind: list(argv) for kind, argv in ENTRYPOINTS.items()},
                    "platform": platform.name, "format": APP_FORMAT})
 
@@ -72,10 +73,8 @@ def app_names(project: str, tag: str) -> dict[str, ImageName]:
 
 
 _VERIFY = """
-import importlib.util, sys
-missing = [m for m in ("services.learner.main", "services.aggregator.main") if importlib.util.find_spec(m) is None]
-if missing:
-    sys.exit("entry modules missing: " + ", ".join(missing))
+import importlib, sys
+importlib.import_module(sys.argv[1])
 import flops_utils, model_manager
 if not isinstance(getattr(model_manager, "ModelManager", None), type):
     sys.exit("model_manager.py defines no class ModelManager")
@@ -83,21 +82,21 @@ print("ok")
 """
 
 
-def build_app_images(engine: ContainerEngine, store: ImageStore, deps_source: str, staged: StagedApp,
-                     names: dict[str, ImageName], platform: Platform, labels: dict[str, str]) -> None:
-    """Commit ``names[kind].local`` for every kind from one working container."""
+def build_app_image(engine: ContainerEngine, store: ImageStore, deps_source: str, staged: StagedApp, kind: str,
+                    name: ImageName, platform: Platform, labels: dict[str, str]) -> None:
+    """Commit ``name.local``: ``deps_source`` plus the app and the runtime, with ``kind``'s entrypoint."""
     with store.working_container(deps_source, platform) as container:
         engine.buildah("copy", "--quiet", container, str(staged.app_dir), IMAGE_APP_DIR, what="copying the app")
         engine.buildah("copy", "--quiet", container, str(staged.runtime_dir), IMAGE_RUNTIME_DIR,
                        what="copying the FLOps runtime")
         configure(engine, container, workdir=IMAGE_APP_DIR,
                   env={"PYTHONPATH": IMAGE_RUNTIME_DIR, "FLOPS_APP_DIR": IMAGE_APP_DIR},
-                  labels=labels, platform=platform)
-        run_check(engine, container, _VERIFY, "the app does not import in the image")
-        for kind, name in names.items():
-            configure(engine, container, entrypoint=ENTRYPOINTS[kind],
-                      labels={"org.opencontainers.image.title": name.repository, "io.flops.service": kind})
-            commit(engine, container, name.local)
+                  labels={**labels, "org.opencontainers.image.title": name.repository, "io.flops.service": kind},
+                  entrypoint=ENTRYPOINTS[kind], platform=platform)
+        entry_module = ENTRYPOINTS[kind][2]
+        run_check(engine, container, _VERIFY.replace("sys.argv[1]", repr(entry_module)),
+                  f"the {kind} does not import in the image", timeout=900)
+        commit(engine, container, name.local)
 
 
 def cleanup_stage(destination: Path) -> None:
@@ -105,4 +104,4 @@ def cleanup_stage(destination: Path) -> None:
 
 
 __all__ = ["ENTRYPOINTS", "IMAGE_APP_DIR", "IMAGE_RUNTIME_DIR", "IMAGE_WORK_DIR", "VENV_DIR", "StagedApp",
-           "app_names", "app_tag", "build_app_images", "stage"]
+           "app_names", "app_tag", "build_app_image", "stage"]

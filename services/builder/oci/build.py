@@ -7,14 +7,15 @@ Steps (each a ``BuildStep`` with its duration; image steps carry the image's siz
 3. ``contract``       static check of the ML repo contract; the dependency list
 4. ``augment``        the app directory (user code + generated Flower app)
 5. ``base-image``     ``flops/base-python:<recipe>`` (registry -> local cache -> debootstrap)
-6. ``deps-image``     ``flops/<repo>-deps:<deps digest>`` (not rebuilt for code-only changes)
-7. ``learner-image``  ``flops/<repo>-learner:<app digest>``
-8. ``aggregator-image`` ``flops/<repo>-aggregator:<app digest>``
+6. ``deps-image``     ``flops/<repo>-deps:<deps digest>`` (the learner's; not rebuilt for code-only changes)
+7. ``aggregator-deps-image`` ``flops/<repo>-aggregator-deps:<digest>`` (plus MLflow's client)
+8. ``learner-image``  ``flops/<repo>-learner:<app digest>``
+9. ``aggregator-image`` ``flops/<repo>-aggregator:<app digest>``
 
 Every image step asks the registry first, so a second build of the same commit runs
-no buildah command at all. With several platforms, steps 5-8 run per platform
+no buildah command at all. With several platforms, steps 5-9 run per platform
 (``deps-image linux/arm64`` ...) and ``learner-image`` / ``aggregator-image`` push one
-manifest list each.
+manifest list each; the result keeps every platform's manifest digest.
 """
 
 from __future__ import annotations
@@ -33,9 +34,15 @@ from services.builder.cache import WORK_DIR
 from services.builder.contract import check_contract
 from services.builder.digest import build_digest, runtime_versions
 from services.builder.errors import BuildError
-from services.builder.oci.app_images import app_names, app_tag, build_app_images, stage
+from services.builder.oci.app_images import app_names, app_tag, build_app_image, stage
 from services.builder.oci.base_image import BaseImage, BaseSettings, ensure_base
-from services.builder.oci.deps_image import build_deps, deps_name, runtime_constraints
+from services.builder.oci.deps_image import (
+    aggregator_deps_name,
+    build_aggregator_deps,
+    build_deps,
+    deps_name,
+    runtime_constraints,
+)
 from services.builder.oci.engine import ContainerEngine, EngineSettings
 from services.builder.oci.images import FAST_COMPRESSION_LEVEL, Compression, EnsuredImage, ImageStore
 from services.builder.oci.naming import ImageName, repo_slug, tag_of
@@ -74,10 +81,18 @@ class OciBuildResult:
     cached: bool  # nothing was built or pushed
     learner: EnsuredImage
     aggregator: EnsuredImage
-    deps: tuple[EnsuredImage, ...]  # one per platform
+    deps: tuple[EnsuredImage, ...]  # the learner's dependency image, one per platform
+    aggregator_deps: tuple[EnsuredImage, ...]  # one per platform
     base: tuple[EnsuredImage, ...]  # one per platform (empty with an upstream base)
     steps: tuple[StepRecord, ...]
     total_seconds: float
+    platform_images: dict[str, dict[str, EnsuredImage]] = field(default_factory=dict)  # kind -> platform -> image
+
+    @property
+    def platform_digests(self) -> dict[str, dict[str, str]]:
+        """kind -> platform name -> that platform's manifest digest (what each node pulls)."""
+        return {kind: {platform: image.digest for platform, image in images.items()}
+                for kind, images in self.platform_images.items()}
 
 
 def _step_name(kind: str, platform: Platform, platforms: list[Platform]) -> str:
@@ -104,7 +119,8 @@ class _Images:
             return ensure_base(self.engine, self.store, self.settings.base, platform, record)
 
     def deps(self, base: BaseImage, requirements: tuple[str, ...], platform: Platform,
-             platforms: list[Platform]) -> EnsuredImage:
+             platforms: list[Platform]) -> tuple[EnsuredImage, EnsuredImage]:
+        """The learner's dependency image and the aggregator's (the same plus MLflow's client)."""
         constraints = runtime_constraints()
         name = _per_platform(deps_name(self.project, base, requirements, constraints, platform), platform, platforms)
         with self.steps.step(_step_name("deps-image", platform, platforms)) as record:
@@ -113,29 +129,31 @@ class _Images:
                                        self.settings.index)
                 record.detail = f"installed with {installer}"
 
-            return self.store.ensure(name, build, record)
+            deps = self.store.ensure(name, build, record)
+        upper = _per_platform(aggregator_deps_name(self.project, deps, constraints, platform), platform, platforms)
+        with self.steps.step(_step_name("aggregator-deps-image", platform, platforms)) as record:
+            def build_upper() -> None:
+                build_aggregator_deps(self.engine, self.store, deps, constraints, platform, upper,
+                                      self.settings.index)
 
-    def apps(self, deps: EnsuredImage, app_dir: Path, work: Path, commit: str, platform: Platform,
+            return deps, self.store.ensure(upper, build_upper, record)
+
+    def apps(self, deps: dict[str, EnsuredImage], app_dir: Path, work: Path, commit: str, platform: Platform,
              platforms: list[Platform]) -> dict[str, EnsuredImage]:
+        """The thin images; ``deps`` maps each kind (learner, aggregator) to the image it starts from."""
         staged = stage(app_dir, work / f"stage-{platform.suffix}")
-        tag = app_tag(deps.identity, staged, platform)
+        tag = app_tag({kind: image.identity for kind, image in deps.items()}, staged, platform)
         names = {kind: _per_platform(name, platform, platforms) for kind, name in app_names(self.project, tag).items()}
-        labels = {"org.opencontainers.image.revision": commit, "org.opencontainers.image.source": self.config.repo_url,
-                  "io.flops.deps": deps.reference}
-        built: set[str] = set()
-
-        def build() -> None:
-            build_app_images(self.engine, self.store, self.store.source_reference(deps.name, platform), staged,
-                             names, platform, labels)
-            built.update(names)
-
+        labels = {"org.opencontainers.image.revision": commit, "org.opencontainers.image.source": self.config.repo_url}
         ensured: dict[str, EnsuredImage] = {}
         for kind, name in names.items():
+            source = deps[kind]
             with self.steps.step(_step_name(f"{kind}-image", platform, platforms)) as record:
+                def build(kind: str = kind, name: ImageName = name, source: EnsuredImage = source) -> None:
+                    build_app_image(self.engine, self.store, self.store.source_reference(source.name, platform),
+                                    staged, kind, name, platform, {**labels, "io.flops.deps": source.reference})
+
                 ensured[kind] = self.store.ensure(name, build, record)
-                if kind in built and record.outcome == "cached" and "local" in record.detail:
-                    record.outcome = "done"  # built together with the image before it
-                    record.detail = record.detail.replace("pushed from the local image cache", "built and pushed")
         return ensured
 
     def manifest_lists(self, per_platform: list[dict[str, EnsuredImage]]) -> dict[str, EnsuredImage]:
@@ -179,13 +197,16 @@ def build_images(config: BuilderConfig, report: Reporter | None = None, *, base_
         per_platform: list[dict[str, EnsuredImage]] = []
         bases: list[EnsuredImage] = []
         deps_images: list[EnsuredImage] = []
+        upper_images: list[EnsuredImage] = []
         for platform in platforms:
             base = images.base(platform, platforms)
             if base.image is not None:
                 bases.append(base.image)
-            deps = images.deps(base, dependencies.requirements, platform, platforms)
+            deps, upper = images.deps(base, dependencies.requirements, platform, platforms)
             deps_images.append(deps)
-            per_platform.append(images.apps(deps, app_dir, work, checkout.commit, platform, platforms))
+            upper_images.append(upper)
+            sources = {"learner": deps, "aggregator": upper}
+            per_platform.append(images.apps(sources, app_dir, work, checkout.commit, platform, platforms))
         final = per_platform[0] if len(platforms) == 1 else images.manifest_lists(per_platform)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -198,9 +219,13 @@ def build_images(config: BuilderConfig, report: Reporter | None = None, *, base_
         learner=final["learner"],
         aggregator=final["aggregator"],
         deps=tuple(deps_images),
+        aggregator_deps=tuple(upper_images),
         base=tuple(bases),
         steps=tuple(steps.records),
         total_seconds=round(time.monotonic() - started, 3),
+        platform_images={kind: {platform.name: images_of[kind] for platform, images_of in zip(platforms, per_platform,
+                                                                                             strict=True)}
+                         for kind in ("learner", "aggregator")},
     )
 
 
@@ -216,6 +241,7 @@ def build_oci(config: BuilderConfig, report: Reporter, *, base_dir: Path | None 
         cached=built.cached,
         learner_image=built.learner.reference,
         aggregator_image=built.aggregator.reference,
+        platform_digests=built.platform_digests,
         total_seconds=built.total_seconds,
     )
     report(result)

@@ -5,7 +5,7 @@ Dockerfile. Here the same result comes from buildah directly:
 
 1. download the model's artifacts from MLflow (``mlflow.artifacts.download_artifacts``);
 2. start from a base that has Python (by default the FLOps base image; pass the
-   project's learner image to reuse its already installed dependencies);
+   project's aggregator image to reuse its already installed dependencies);
 3. install the model's ``requirements.txt`` into ``/opt/venv`` (``mlflow`` becomes
    ``mlflow-skinny`` of the same version plus pandas: the scoring server needs no
    tracking-server dependencies) - a no-op when the base already satisfies them;
@@ -18,6 +18,11 @@ Dockerfile. Here the same result comes from buildah directly:
 The image listens on ``$UVICORN_HOST:$UVICORN_PORT`` (default ``0.0.0.0:8080``): set
 ``UVICORN_PORT`` to serve on another port with host networking. The pushed image's
 digest is written to the model's MLflow run as the tag ``flops.model_image``.
+
+With several ``platforms`` (the project's ``supported_platforms``) one image is built per
+platform (``<tag>-arm64``; a foreign one installs its wheels from the host, see
+``python_env``) and ``<name>:<tag>`` is a manifest list over them; each platform's digest
+is also tagged on the run (``flops.model_image.linux/arm64``).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from services.builder.oci.deps_image import runtime_requirements
 from services.builder.oci.engine import ContainerEngine, EngineSettings
 from services.builder.oci.images import Compression, EnsuredImage, ImageStore, commit, configure
 from services.builder.oci.naming import ImageName, image_name, tag_of
-from services.builder.oci.platforms import check_platforms
+from services.builder.oci.platforms import Platform, check_platforms
 from services.builder.oci.python_env import IMAGE_ENVIRONMENT, PackageIndex, install_requirements, run_check
 from services.builder.oci.steps import Reporter, StepLog, StepRecord
 from services.builder.source import content_hash
@@ -74,6 +79,7 @@ class ModelImageResult:
     run_tagged: bool
     steps: tuple[StepRecord, ...] = field(default=())
     total_seconds: float = 0.0
+    platform_digests: dict[str, str] = field(default_factory=dict)  # platform -> its manifest digest
 
     @property
     def reference(self) -> str:
@@ -168,13 +174,16 @@ def model_run_id(model_uri: str, tracking_uri: str | None) -> str | None:
         return None
 
 
-def tag_run(run_id: str, tracking_uri: str | None, image: EnsuredImage) -> bool:
+def tag_run(run_id: str, tracking_uri: str | None, image: EnsuredImage,
+            members: dict[str, EnsuredImage] | None = None) -> bool:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         client.set_tag(run_id, RUN_TAG, image.pinned)
         client.set_tag(run_id, f"{RUN_TAG}_reference", image.reference)
+        for platform, member in (members or {}).items():
+            client.set_tag(run_id, f"{RUN_TAG}.{platform}", member.digest)
     except Exception as error:
         log.warning("cannot tag run %s with its image: %s", run_id, one_line(str(error), 200))
         return False
@@ -193,11 +202,13 @@ def build_model_image(
     engine: ContainerEngine | None = None,
     compression: Compression = "gzip",
     index: PackageIndex | None = None,
+    platforms: Sequence[str] = (),
 ) -> ModelImageResult:
     """Build (or find) and push ``<registry>/flops/<image>:<content digest>`` serving ``model_uri``.
 
-    ``base_image``: start from this image (e.g. the project's learner image, whose
-    ``/opt/venv`` already has the model's dependencies) instead of the FLOps base.
+    ``base_image``: start from this image (e.g. the project's aggregator image, whose
+    ``/opt/venv`` already has the model's dependencies and MLflow's client) instead of the FLOps base.
+    ``platforms``: one image per platform and a manifest list over them (default: the host's).
     Steps are reported as ``BuildStep`` messages when ``project_id`` and ``report`` are given.
     Raises :class:`BuildError` with a one-line reason.
     """
@@ -205,7 +216,8 @@ def build_model_image(
     engine = engine or ContainerEngine(EngineSettings())
     store = ImageStore(engine, registry, compression)
     steps = StepLog(project_id=project_id, sender="model-image-builder", report=report)
-    platform = check_platforms([])[0]
+    wanted = check_platforms(list(platforms))
+    platform = wanted[0]
     work_root = engine.root / "work"
     work_root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="model-", dir=work_root))
@@ -224,27 +236,50 @@ def build_model_image(
             base_identity = base.identity
         name: ImageName = image_name(image, tag_of({
             "base": base_identity, "model": content_hash(model_dir), "requirements": requirements,
-            "entrypoint": list(SERVING_ENTRYPOINT), "format": MODEL_FORMAT}))
+            "entrypoint": list(SERVING_ENTRYPOINT), "format": MODEL_FORMAT,
+            **({"platforms": [item.name for item in wanted]} if len(wanted) > 1 else {})}))
 
-        def build() -> None:
-            source = store.pull_reference(base_image) if base_image else base.source(store, platform)
-            with store.working_container(source, platform) as container:
-                install_requirements(engine, container, requirements, index=index)
+        def build_for(target: Platform, target_name: ImageName) -> None:
+            if base_image:
+                source = base_image
+                args = ["pull", "--quiet", *store.engine.transport_args(registry)] if base_image.startswith(
+                    f"{registry.address}/") else ["pull", "--quiet"]
+                engine.buildah(*args, "--platform", target.name, f"docker://{base_image}", timeout=1800,
+                               what=f"pulling {base_image} for {target.name}")
+            else:
+                source = ensure_base(engine, store, BaseSettings(), target, StepRecord("base-image")).source(
+                    store, target)
+            with store.working_container(source, target) as container:
+                install_requirements(engine, container, requirements, index=index, platform=target)
                 engine.buildah("copy", "--quiet", container, str(model_dir), MODEL_DIR, what="copying the model")
                 configure(engine, container, env={**IMAGE_ENVIRONMENT, MODEL_PATH_ENV: MODEL_DIR,
                                                   "UVICORN_HOST": "0.0.0.0", "UVICORN_PORT": str(MODEL_IMAGE_PORT)},
                           entrypoint=SERVING_ENTRYPOINT, workdir="/", ports=(MODEL_IMAGE_PORT,),
-                          labels={"org.opencontainers.image.title": name.repository,
-                                  "io.flops.model_uri": model_uri[:500]})
-                run_check(engine, container, _VERIFY, "the model cannot be served from the image")
-                commit(engine, container, name.local)
+                          labels={"org.opencontainers.image.title": target_name.repository,
+                                  "io.flops.model_uri": model_uri[:500]}, platform=target)
+                run_check(engine, container, _VERIFY, "the model cannot be served from the image", timeout=900)
+                commit(engine, container, target_name.local)
 
-        with steps.step("model-image") as record:
-            ensured = store.ensure(name, build, record)
+        members: dict[str, EnsuredImage] = {}
+        if len(wanted) == 1:
+            with steps.step("model-image") as record:
+                ensured = store.ensure(name, lambda: build_for(platform, name), record)
+            members[platform.name] = ensured
+        else:
+            for target in wanted:
+                member = name.with_tag(f"{name.tag}-{target.suffix}")
+                with steps.step(f"model-image {target.name}") as record:
+                    def build_member(target: Platform = target, member: ImageName = member) -> None:
+                        build_for(target, member)
+
+                    members[target.name] = store.ensure(member, build_member, record)
+            with steps.step("model-image") as record:
+                ensured = store.ensure_list(name, list(members.values()), record)
         run_id = model_run_id(model_uri, tracking_uri)
-        tagged = tag_run(run_id, tracking_uri, ensured) if run_id else False
+        tagged = tag_run(run_id, tracking_uri, ensured, members if len(wanted) > 1 else None) if run_id else False
     finally:
         shutil.rmtree(work, ignore_errors=True)
         store.registry.close()
     return ModelImageResult(image=ensured, model_uri=model_uri, run_id=run_id, run_tagged=tagged,
-                            steps=tuple(steps.records), total_seconds=round(time.monotonic() - started, 3))
+                            steps=tuple(steps.records), total_seconds=round(time.monotonic() - started, 3),
+                            platform_digests={target: member.digest for target, member in members.items()})
