@@ -120,7 +120,7 @@ class LifecycleService:
             if name not in self._adapters:
                 settings = dict(self.settings.adapter_settings.get(name, {}))
                 access = self.settings.data_access
-                if access is not None and name in DATA_SERVER_ADAPTERS and "data_security" not in settings:
+                if access is not None and name in DATA_SERVER_ADAPTERS and settings.get("data_security") is None:
                     host = str(settings.get("host") or "127.0.0.1")
                     settings["data_security"] = access.server_security(host).model_dump()
                 adapter = create_adapter(name, settings)
