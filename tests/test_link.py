@@ -149,3 +149,13 @@ def test_failing_learners_end_the_round_at_once_with_one_line_per_error(server: 
     assert text.count("SGDClassifier is expecting 30 features") == 1, text
     assert "learners: ValueError: X has 64 features" in text and text.count("node-") >= 2, text
     assert "within 300 s" not in text, text
+
+
+def test_a_wait_for_participants_is_reported_every_few_seconds(server: LinkServer, clients: Clients) -> None:
+    grid = LinkGrid(server)
+    clients.join("node-a1")
+    notes: list[str] = []
+    rounds = FederatedRounds(grid, min_available=2, min_fit=2, min_evaluate=2, timeout_s=60, on_wait=notes.append)
+    threading.Timer(7.0, lambda: clients.join("node-a2")).start()
+    assert len(rounds.wait_for_nodes(2, 30)) == 2
+    assert notes and notes[0].startswith("1 of 2 learners connected, waiting ("), notes

@@ -32,6 +32,7 @@ def learner_rounds(grid: Grid, session: ServerSession) -> FederatedRounds:
         what="learner",
         on_lost=session.lost,
         on_back=session.back,
+        on_wait=session.waiting,
         strategy=round_strategy(session.config, "learners", min_fit=training.min_fit_clients,
                                 min_evaluate=training.min_evaluate_clients),  # fmt: skip
     )

@@ -74,6 +74,7 @@ def run_root(grid: Grid, session: ServerSession) -> RunOutcome:
         what="cluster aggregator",
         on_lost=session.lost,
         on_back=session.back,
+        on_wait=session.waiting,
         replacement_wait_s=replacement_wait_s(training),
         strategy=round_strategy(config, "clusters", min_fit=clusters, min_evaluate=clusters),
     )

@@ -43,6 +43,7 @@ from services.fl_runtime.link.server import PATIENCE_S
 log = logging.getLogger("flops.rounds")
 
 PULL_INTERVAL_S = 0.5
+WAIT_NOTE_S = 5.0  # a wait for participants longer than this is reported, again every this many seconds
 # The link lists a node as offline once PATIENCE_S pass without a heartbeat; a lost node is suspended longer.
 READMIT_AFTER_S = PATIENCE_S + 5.0
 
@@ -119,6 +120,7 @@ class FederatedRounds:
         what: str = "learner",
         on_lost: Callable[[str, str], None] | None = None,
         on_back: Callable[[str, str], None] | None = None,
+        on_wait: Callable[[str], None] | None = None,
         replacement_wait_s: float = 0.0,
         readmit_after_s: float = READMIT_AFTER_S,
         strategy: Strategy | None = None,
@@ -131,6 +133,7 @@ class FederatedRounds:
         self.what = what
         self.on_lost = on_lost or (lambda name, why: None)
         self.on_back = on_back or (lambda name, text: None)
+        self.on_wait = on_wait or (lambda text: None)
         self.replacement_wait_s = replacement_wait_s
         self.readmit_after_s = readmit_after_s
         self.names: dict[int, str] = {}
@@ -156,13 +159,20 @@ class FederatedRounds:
         return sorted(node for node in listed if node not in self.suspended)
 
     def wait_for_nodes(self, minimum: int, timeout_s: float) -> list[int]:
-        deadline = time.monotonic() + timeout_s
+        """The usable nodes once there are ``minimum``; while waiting, says every ``WAIT_NOTE_S`` how many there are."""
+        started = time.monotonic()
+        deadline, next_note = started + timeout_s, started + WAIT_NOTE_S
         while True:
             nodes = self.usable_nodes()
             if len(nodes) >= minimum:
                 return nodes
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 raise RoundFailed(f"only {len(nodes)} of {minimum} {self.what}s connected after {timeout_s:g} s")
+            if now >= next_note:
+                waited = f"{now - started:.0f} s so far"
+                self.on_wait(f"{len(nodes)} of {minimum} {self.what}s connected, waiting ({waited})")
+                next_note = now + WAIT_NOTE_S
             self._idle(PULL_INTERVAL_S)
 
     def name_of(self, node_id: int) -> str:

@@ -77,6 +77,10 @@ class ServerSession:
     def back(self, _name: str, text: str) -> None:
         self.reporter.event(text)
 
+    def waiting(self, text: str) -> None:
+        where = f"cluster {self.config.cluster}: " if self.config.role == "cluster" else ""
+        self.reporter.event(where + text)
+
     def progress(self, result: RoundResult, *, cycle: int, total_cycles: int, round_: int, total_rounds: int,
                  privacy: dict[str, float] | None = None) -> None:  # fmt: skip
         self.reporter.publish(
