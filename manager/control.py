@@ -16,7 +16,7 @@ class MockDataConfiguration(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     dataset_name: str = Field(default="digits", description="only 'digits' (scikit-learn, offline) is built in")
-    number_of_partitions: int = Field(default=2, ge=1, le=64)
+    number_of_partitions: int = Field(default=2, ge=1, le=256)  # scale runs put one on each of 100+ nodes
     data_tag: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     distribution: str = Field(default="iid", pattern="^(iid|dirichlet)$")
     dirichlet_alpha: float = Field(default=0.5, gt=0)
