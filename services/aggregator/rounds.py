@@ -44,6 +44,7 @@ log = logging.getLogger("flops.rounds")
 
 PULL_INTERVAL_S = 0.5
 WAIT_NOTE_S = 5.0  # a wait for participants longer than this is reported, again every this many seconds
+FAILURE_GRACE_S = 2.0  # how long a lost round still collects the other participants' failures
 # The link lists a node as offline once PATIENCE_S pass without a heartbeat; a lost node is suspended longer.
 READMIT_AFTER_S = PATIENCE_S + 5.0
 
@@ -354,11 +355,18 @@ class FederatedRounds:
                     self._streaming.flush()  # fold what arrived while the rest is on its way
                 self._wait_replies(waiting, deadline)
         if waiting and len(good) + len(waiting) < needed:
-            for reply in self.grid.pull_messages(list(waiting)):  # failures that arrived together are named too
-                origin = reply.metadata.reply_to_message_id
-                if origin in waiting and reply.has_error():
-                    waiting.discard(origin)
-                    lost.append(self._lose(destination[origin], rnd, str(reply.error.reason)))
+            # The round is lost; failures still on their way (the same user error on every learner, usually)
+            # get a short grace so the report names them together.
+            grace = min(deadline, time.monotonic() + FAILURE_GRACE_S)
+            while waiting and time.monotonic() < grace:
+                for reply in self.grid.pull_messages(list(waiting)):
+                    origin = reply.metadata.reply_to_message_id
+                    if origin in waiting:
+                        waiting.discard(origin)
+                        if reply.has_error():
+                            lost.append(self._lose(destination[origin], rnd, str(reply.error.reason)))
+                if waiting:
+                    self._wait_replies(waiting, grace)
             cause = "the round cannot succeed without this reply"
             for origin in waiting:  # asked, but the round is over: do not suspend them
                 log.info("round %s: stopped waiting for %s (%s)", rnd, self.name_of(destination[origin]), cause)
