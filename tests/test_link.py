@@ -128,7 +128,7 @@ def test_a_silent_node_goes_offline_and_comes_back_under_the_same_id(server: Lin
     node.heartbeat_s = 60.0  # stops beating after the current beat (as a frozen process would)
     assert wait_until(lambda: list(grid.get_node_ids()) == [], 10, 0.1)
     node.heartbeat_s = 0.3
-    node._send(frames.HEARTBEAT_FRAME)  # it thaws
+    node._send(frames.HEARTBEAT)  # it thaws
     assert wait_until(lambda: list(grid.get_node_ids()) == [node.node_id], 10, 0.05)
 
 

@@ -37,7 +37,7 @@ CLUSTER = "cluster"
 
 # node-config keys a SuperNode is started with
 NODE_NAME_KEY = "flops-node"
-NODE_ROLE_KEY = "flops-role"  # "learner" or "cluster" (a cluster aggregator's bridge node)
+NODE_ROLE_KEY = "flops-role"  # "learner" (the ClientApp serves learners only)
 NODE_CLUSTER_KEY = "flops-cluster"
 NODE_APP_DIR_KEY = "flops-app-dir"
 

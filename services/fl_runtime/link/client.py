@@ -148,7 +148,7 @@ class LinkClient:
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            self._send(frames.HEARTBEAT_FRAME)
+            self._send(frames.HEARTBEAT)
 
     def _work_loop(self) -> None:
         while True:

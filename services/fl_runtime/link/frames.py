@@ -21,7 +21,6 @@ ACCEPTED = b"A"
 HEARTBEAT = b"B"
 MESSAGE = b"M"
 
-HEARTBEAT_FRAME = HEARTBEAT
 # gRPC refuses messages over 4 MB by default; models can be far larger.
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),

@@ -114,10 +114,6 @@ class LinkGrid(Grid):
         session = self.server.session(node_id)
         return session.name if session is not None else None
 
-    def node_cluster(self, node_id: int) -> str | None:
-        session = self.server.session(node_id)
-        return session.cluster or None if session is not None else None
-
     # -- from the server -------------------------------------------------------------
     def _on_reply(self, reply: Message) -> None:
         origin = reply.metadata.reply_to_message_id
