@@ -18,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from flops_utils.service_config import RegistrySettings
+from flops_utils.token_access import serving_guard_environment, token_digest
 from orchestrator_adapters.base import AppKind, Placement, PortSpec, Resources, ServiceInfo, ServiceKind, ServiceSpec
 from orchestrator_adapters.base import ServiceState as State
 from services.builder.oci import ContainerEngine, RegistryClient, build_model_image
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 pytest_plugins = ("tests.oci_helpers",)  # session fixtures; not imported here (pytest loads it as a plugin)
 SERVE_TIMEOUT_S = 180.0
+TOKEN = "customer-token-for-serving"
 
 
 @pytest.fixture()
@@ -93,18 +95,32 @@ def test_trained_model_image_answers_invocations_with_correct_digits(
     try:
         endpoint = container_adapter.plan_endpoint(app, "serving", PortSpec("http", 8080), Placement())
         spec = ServiceSpec(name="serving", kind=ServiceKind.SERVING, config={}, image=built.reference,
-                           environment={"UVICORN_HOST": endpoint.host, "UVICORN_PORT": str(endpoint.port)},
+                           environment={"UVICORN_HOST": endpoint.host, "UVICORN_PORT": str(endpoint.port),
+                                        **serving_guard_environment([token_digest(TOKEN)])},
                            resources=Resources(memory_mb=1024, vcpus=1),
                            ports=(PortSpec("http", endpoint.port),))
         service = container_adapter.add_service(app, spec)
         container_adapter.deploy_service(app, service)
         _wait_until_serving(container_adapter, app, service, endpoint.url)
-        response = requests.post(f"{endpoint.url}/invocations", json={"inputs": x_test[:120].tolist()}, timeout=60)
+        rows = {"inputs": x_test[:120].tolist()}
+        refused = requests.post(f"{endpoint.url}/invocations", json=rows, timeout=60)
+        assert refused.status_code == 401, refused.text[:500]  # the image's own guard, not only the manager's
+        response = requests.post(f"{endpoint.url}/invocations", json=rows, timeout=60,
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
         assert response.status_code == 200, response.text[:500]
         predictions = np.asarray(response.json()["predictions"])
         assert predictions.tolist() == model.predict(x_test[:120]).tolist()
         assert float(np.mean(predictions == y_test[:120])) > 0.9
         assert container_adapter.inspect_service(app, service).state is State.RUNNING
+
+        # Pulled and run by hand without a guard setting, the image refuses to serve and says why.
+        bare = container_adapter.add_service(app, ServiceSpec(
+            name="bare", kind=ServiceKind.SERVING, config={}, image=built.reference,
+            environment={"UVICORN_PORT": "1"}, resources=Resources(memory_mb=512, vcpus=1)))
+        container_adapter.deploy_service(app, bare)
+        ended = wait_service(container_adapter, app, bare)
+        assert ended.state is State.FAILED, ended
+        assert "refusing to serve the model to anyone" in container_adapter.logs(app, bare), ended
     finally:
         container_adapter.delete_app(app)
 

@@ -10,8 +10,9 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from starlette.testclient import TestClient
 
-from flops_utils.token_access import token_digest
+from flops_utils.token_access import serving_guard_environment, token_digest
 from services.serving.guard import ServingGuard, model_width
+from services.serving.image_entry import GuardSettingMissing, serving_from_environment
 
 TOKEN = "alice-token-123"
 
@@ -47,3 +48,20 @@ def test_a_wrong_input_width_answers_400_naming_the_shape(client: TestClient) ->
                          headers={"Authorization": f"Bearer {TOKEN}"})
     assert answer.status_code == 400
     assert answer.json()["message"] == "the model expects inputs of shape (n, 64); got rows of 30 values"
+
+
+def test_an_inference_image_refuses_to_serve_without_a_guard_setting() -> None:
+    with pytest.raises(GuardSettingMissing, match="refusing to serve the model to anyone: set FLOPS_SERVING_TOKEN"):
+        serving_from_environment({})
+    with pytest.raises(GuardSettingMissing, match="not a SHA-256 hex digest"):
+        serving_from_environment({"FLOPS_SERVING_TOKEN_SHA256": TOKEN})  # the token itself, not its digest
+    with pytest.raises(GuardSettingMissing, match="UVICORN_PORT is 'http'"):
+        serving_from_environment({"FLOPS_SERVING_OPEN": "1", "UVICORN_PORT": "http"})
+
+
+def test_the_manager_s_guard_environment_is_what_the_image_reads() -> None:
+    digests = [token_digest(TOKEN), token_digest("admin-token-999")]
+    guarded = serving_from_environment({**serving_guard_environment(digests), "UVICORN_PORT": "9100"})
+    assert guarded.digests == sorted(digests) and guarded.port == 9100 and guarded.model_dir == "/opt/model"
+    opened = serving_from_environment(serving_guard_environment([]))  # access control off: open, said explicitly
+    assert opened.digests == [] and opened.host == "0.0.0.0"

@@ -36,6 +36,7 @@ from flops_utils.service_config import (
     ObserverConfig,
     ServingConfig,
 )
+from flops_utils.token_access import serving_guard_environment
 from manager.broker_access import BrokerAccess, BrokerAccessError
 from manager.config_vault import ConfigVault, config_owner
 from manager.learning_curve import PLOT_FILE, render_png
@@ -655,10 +656,11 @@ class ProjectRun:
         model_uri = self._trained_model_uri()
         endpoint = adapter.plan_endpoint(self._app(), "serving", SERVING_PORT, Placement())
         if self.state.model_image is not None:
-            # The inference image serves its model by itself (MLflow's scoring server as entrypoint).
+            # The inference image serves its model by itself (MLflow's scoring server behind the token guard).
             spec = ServiceSpec(
                 name="serving", kind=ServiceKind.SERVING, config={}, image=self.state.model_image.pinned,
-                environment={"UVICORN_HOST": bind_host_for(adapter), "UVICORN_PORT": str(endpoint.port)},
+                environment={"UVICORN_HOST": bind_host_for(adapter), "UVICORN_PORT": str(endpoint.port),
+                             **serving_guard_environment(self.deps.settings.tracking_access.digests(self.customer))},
                 resources=sla_resources(self.sla), ports=(PortSpec(SERVING_PORT.name, endpoint.port),),
             )
         else:

@@ -84,3 +84,14 @@ class TokenCheck:
             return False
         digest = token_digest(token)
         return any(hmac.compare_digest(digest, accepted) for accepted in self.digests)
+
+
+SERVING_TOKENS_ENV = "FLOPS_SERVING_TOKEN_SHA256"  # an inference image's guard: who may call /invocations
+SERVING_OPEN_ENV = "FLOPS_SERVING_OPEN"  # ... or "1": anyone (the image refuses to start with neither)
+
+
+def serving_guard_environment(digests: Iterable[str]) -> dict[str, str]:
+    """The environment that sets an inference image's token guard (services.serving.image_entry): only the
+    holders of these tokens' digests may call it, or anyone when there are none (access control is off)."""
+    listed = ",".join(sorted(digests))
+    return {SERVING_TOKENS_ENV: listed} if listed else {SERVING_OPEN_ENV: "1"}

@@ -9,8 +9,12 @@ Dockerfile. Here the same result comes from buildah directly:
 3. install the model's ``requirements.txt`` into ``/opt/venv`` (``mlflow`` becomes
    ``mlflow-skinny`` of the same version plus pandas: the scoring server needs no
    tracking-server dependencies) - a no-op when the base already satisfies them;
-4. copy the model to ``/opt/model`` and serve it with MLflow's own scoring server,
-   ``mlflow.pyfunc.scoring_server.app:app``, under uvicorn. ``/opt/venv/bin`` is on
+4. copy the model to ``/opt/model`` and FLOps' serving code (``flops_utils`` and
+   ``services.serving``) to ``/opt/flops``; the entrypoint
+   (:mod:`services.serving.image_entry`) serves the model with MLflow's own scoring server
+   under uvicorn, behind the token guard of :mod:`services.serving.guard`. It needs
+   ``FLOPS_SERVING_TOKEN_SHA256`` (the digests of the tokens that may call ``/invocations``)
+   or ``FLOPS_SERVING_OPEN=1`` and refuses to start with neither. ``/opt/venv/bin`` is on
    PATH, so ``uvicorn`` (and ``mlflow models serve``) also work from a shell in the image;
    the build checks that before committing (a missing ``uvicorn`` once made serving
    exit with code 127).
@@ -41,6 +45,7 @@ from packaging.utils import canonicalize_name
 
 from flops_utils.service_config import RegistrySettings
 from services.builder.errors import BuildError, one_line
+from services.builder.oci.app_images import IMAGE_RUNTIME_DIR, runtime_packages
 from services.builder.oci.base_image import BaseSettings, ensure_base
 from services.builder.oci.deps_image import runtime_requirements
 from services.builder.oci.engine import ContainerEngine, EngineSettings
@@ -49,21 +54,22 @@ from services.builder.oci.naming import ImageName, image_name, tag_of
 from services.builder.oci.platforms import Platform, check_platforms
 from services.builder.oci.python_env import IMAGE_ENVIRONMENT, PackageIndex, install_requirements, run_check
 from services.builder.oci.steps import Reporter, StepLog, StepRecord
-from services.builder.source import content_hash
+from services.builder.source import content_hash, copy_tree
+from services.serving.image_entry import MODEL_PATH_ENV
 
 log = logging.getLogger("flops.builder.oci")
 
 MODEL_IMAGE_PORT = 8080
 MODEL_DIR = "/opt/model"
-SERVING_ENTRYPOINT = ("python", "-m", "uvicorn", "mlflow.pyfunc.scoring_server.app:app")
-MODEL_PATH_ENV = "__pyfunc_model_path__"  # mlflow.pyfunc.scoring_server._SERVER_MODEL_PATH
+SERVING_ENTRYPOINT = ("python", "-m", "services.serving.image_entry")
 RUN_TAG = "flops.model_image"
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2  # 2: the token guard and FLOps' serving code in the image
 DEFAULT_IMAGE_NAME = "trained-model"
 
 _VERIFY = f"""
 import shutil, sys
 import mlflow.pyfunc, mlflow.pyfunc.scoring_server, uvicorn
+import services.serving.image_entry, services.serving.guard
 if shutil.which("uvicorn") is None:
     sys.exit("uvicorn is not on PATH in the image")
 mlflow.pyfunc.load_model({MODEL_DIR!r})
@@ -132,6 +138,15 @@ def serving_requirements(lines: Sequence[str], extras: Sequence[str] = ()) -> li
         result.append(next(line for line in runtime_requirements() if line.startswith("mlflow-skinny")))
     result += [extra for extra in ("pandas", "uvicorn", *extras) if extra not in names]
     return result
+
+
+def stage_serving_runtime(destination: Path) -> Path:
+    """``flops_utils`` and ``services.serving`` (what the image's entrypoint runs) under ``destination``."""
+    packages = runtime_packages()
+    copy_tree(packages["flops_utils"], destination / "flops_utils")
+    copy_tree(packages["services"] / "serving", destination / "services" / "serving")
+    shutil.copy2(packages["services"] / "__init__.py", destination / "services" / "__init__.py")
+    return destination
 
 
 def download_model(model_uri: str, tracking_uri: str | None, destination: Path) -> Path:
@@ -228,6 +243,7 @@ def build_model_image(
             lines = requirements_file.read_text().splitlines() if requirements_file.is_file() else []
             requirements = serving_requirements(lines, flavor_extras(model_dir))
             record.detail = f"{model_uri}: {', '.join(requirements)}"
+        runtime_dir = stage_serving_runtime(work / "runtime")
         if base_image:
             base_identity = base_image
         else:
@@ -236,6 +252,7 @@ def build_model_image(
             base_identity = base.identity
         name: ImageName = image_name(image, tag_of({
             "base": base_identity, "model": content_hash(model_dir), "requirements": requirements,
+            "runtime": content_hash(runtime_dir),
             "entrypoint": list(SERVING_ENTRYPOINT), "format": MODEL_FORMAT,
             **({"platforms": [item.name for item in wanted]} if len(wanted) > 1 else {})}))
 
@@ -252,7 +269,10 @@ def build_model_image(
             with store.working_container(source, target) as container:
                 install_requirements(engine, container, requirements, index=index, platform=target)
                 engine.buildah("copy", "--quiet", container, str(model_dir), MODEL_DIR, what="copying the model")
+                engine.buildah("copy", "--quiet", container, str(runtime_dir), IMAGE_RUNTIME_DIR,
+                               what="copying FLOps' serving code")
                 configure(engine, container, env={**IMAGE_ENVIRONMENT, MODEL_PATH_ENV: MODEL_DIR,
+                                                  "PYTHONPATH": IMAGE_RUNTIME_DIR,
                                                   "UVICORN_HOST": "0.0.0.0", "UVICORN_PORT": str(MODEL_IMAGE_PORT)},
                           entrypoint=SERVING_ENTRYPOINT, workdir="/", ports=(MODEL_IMAGE_PORT,),
                           labels={"org.opencontainers.image.title": target_name.repository,
