@@ -392,3 +392,16 @@ def test_central_dp_is_refused_with_secure_aggregation_and_local_dp_is_not() -> 
     assert error["loc"] == ("training_configuration", "privacy") and "secure_aggregation hides" in error["msg"]
     training["privacy"] = {"mode": "local", "noise_multiplier": 1.0, "clipping_norm": 1.0}
     assert ProjectSLA.model_validate(request).training_configuration.privacy is not None
+
+
+@pytest.mark.parametrize("mechanism", [{"clipping_norm": 2.0, "noise_multiplier": 0.0},
+                                       {"clipping_norm": 2.0, "noise_multiplier": 0.0, "target_quantile": 0.5}])
+def test_central_dp_takes_an_unchanged_model_in_its_average(link, mechanism: dict[str, float]) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
+    """A learner whose fit moved nothing sends a zero update: Flower's clip divided by its norm (ZeroDivisionError,
+    the round lost); it is within every clipping norm and counts in the equal-weight average."""
+    grid = join(link, [learner(np.zeros(SIZE), 10), learner(np.full(SIZE, 0.01), 10)])
+    aggregator = config(mechanism, min_available_clients=2, min_fit_clients=2)
+    rounds = rounds_over(grid, round_strategy(aggregator, "learners", min_fit=2, min_evaluate=2), 2)
+    result = rounds.train_round(1, [np.ones(SIZE, dtype=np.float64)], {})
+    assert result.arrays is not None
+    np.testing.assert_allclose(result.arrays[0], np.full(SIZE, 1.005), atol=1e-9)

@@ -27,6 +27,8 @@ ROUND_ACCURACIES = "round-accuracies"
 
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"  # train requests under FedProx (Flower's FedProx.configure_train sets it)
+LOCAL_DP_CLIP = "flops.dp.clipping-norm"  # train requests under local DP: the learner clips its update to this
+LOCAL_DP_NOISE = "flops.dp.noise-multiplier"  # ... and adds Gaussian noise of this times the clipping norm
 CYCLE = "cycle"
 TOTAL_CYCLES = "total-cycles"
 PARENT_RUN = "mlflow-parent-run-id"

@@ -1,7 +1,7 @@
 """Local differential privacy on a learner: its update is clipped and noised before it leaves the node.
 
 The aggregator (``training_configuration.privacy.mode = "local"``) puts the mechanism in every train message's
-config (:data:`services.aggregator.privacy.LOCAL_DP_CLIP`, ``LOCAL_DP_NOISE``), so learner configurations need
+config (:data:`services.fl_runtime.protocol.LOCAL_DP_CLIP`, ``LOCAL_DP_NOISE``), so learner configurations need
 no change. The update (fitted minus received parameters) is clipped to ``clipping_norm`` in L2 and Gaussian
 noise of std ``noise_multiplier x clipping_norm`` is added to it, with Flower's DP helpers (those its
 ``LocalDpMod`` uses; that mod takes a per-round (ε, δ) instead of the noise multiplier FLOps accounts for).
@@ -13,8 +13,7 @@ import numpy as np
 from flwr.app import ConfigRecord
 from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_clip_model_update, compute_stdv
 
-LOCAL_DP_CLIP = "flops.dp.clipping-norm"
-LOCAL_DP_NOISE = "flops.dp.noise-multiplier"
+from services.fl_runtime.protocol import LOCAL_DP_CLIP, LOCAL_DP_NOISE
 
 
 def local_dp_request(config: ConfigRecord | None) -> tuple[float, float] | None:
