@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -54,19 +53,16 @@ from orchestrator_adapters.base import (
 from orchestrator_adapters.local_nodes import NAME_PATTERN, LocalNode, load_nodes
 from orchestrator_adapters.local_process import (
     OWNER_ENV,
-    descendant_pids,
     describe_exit,
     free_port,
     last_log_line,
     port_is_free,
     process_alive,
     read_exit_file,
-    signal_group,
     spawn,
     start_ticks,
     stop_groups,
     watch,
-    write_exit_file,
 )
 from orchestrator_adapters.local_state import (
     AppRecord,
@@ -476,34 +472,6 @@ class LocalAdapter(OrchestratorAdapter):
     # -- local extras --------------------------------------------------------------------
     def log_file(self, app: AppRef, service_id: str, index: int = 0) -> Path:
         return self.state_dir / "apps" / app.app_id / f"{service_id}-{index}.log"
-
-    def _instance(self, app: AppRef, service_id: str, index: int) -> InstanceRecord:
-        record = self._service_record(self.state.read(), app, service_id)
-        instance = next((item for item in record.instances if item.index == index), None)
-        if instance is None:
-            raise AdapterError(f"service {service_id!r} has no instance {index}")
-        return instance
-
-    def pause_instance(self, app: AppRef, service_id: str, paused: bool, index: int = 0) -> None:
-        """SIGSTOP (or SIGCONT) one instance and every process below it, as a frozen machine would (fault tests)."""
-        instance = self._instance(app, service_id, index)
-        if not self._alive(instance.pid, instance.start_ticks):
-            raise AdapterError(f"service {service_id!r} instance {index} is not running")
-        signum = signal.SIGSTOP if paused else signal.SIGCONT
-        for pid in [instance.pid, *descendant_pids(instance.pid)]:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signum)
-
-    def kill_instance(self, app: AppRef, service_id: str, index: int = 0) -> None:
-        """SIGKILL one instance's process group, as a crash would (fault-injection tests)."""
-        instance = self._instance(app, service_id, index)
-        if self._alive(instance.pid, instance.start_ticks):
-            log.info("killing %s/%s-%d (pid %d)", app.app_id, service_id, index, instance.pid)
-            signal_group(instance.pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while self._alive(instance.pid, instance.start_ticks) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            write_exit_file(instance.exit_file, -signal.SIGKILL)
 
     def stop_everything(self) -> None:
         """Stop every service of every app and every data server (suite shutdown, test teardown).
