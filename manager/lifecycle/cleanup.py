@@ -94,7 +94,7 @@ class ProjectCleanup:
             try:
                 nodes = self.adapter.list_nodes()
             except AdapterError as error:
-                problems.append(f"data tokens not revoked: {error}")
+                log.warning("could not revoke the data tokens of project %s: %s", self.project_id, error)
             else:
                 for problem in DataServers(self.settings.data_access).revoke_project(nodes, self.project_id):
                     log.warning("could not revoke the data tokens of project %s on %s", self.project_id, problem)

@@ -27,7 +27,7 @@ from manager.lifecycle.data_nodes import DataServers
 from manager.lifecycle.inbox import ProjectInbox
 from manager.lifecycle.inventory import node_inventory, write_token_for
 from manager.lifecycle.observatory import ObservatoryKeeper
-from manager.lifecycle.phases import OnRestart, on_restart, restartable_phases
+from manager.lifecycle.phases import OnRestart, on_restart
 from manager.lifecycle.project_run import ProjectRun, RunDeps
 from manager.lifecycle.project_secrets import seal_project_secrets, with_project_secrets
 from manager.quotas import QuotaExceeded, check_active_projects, check_observatories
@@ -41,7 +41,6 @@ from orchestrator_adapters.registry import adapter_class, create_adapter
 log = logging.getLogger(__name__)
 
 RESTART_REASON = "the manager restarted while the project was running; its services were stopped"
-RESTARTABLE_PHASES = restartable_phases()  # from the phase table (manager.lifecycle.phases)
 
 
 class LifecycleService:
