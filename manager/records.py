@@ -70,6 +70,17 @@ class RoundRecord(BaseModel):
     at: float = Field(default_factory=time.time, description="when the manager received the report")
 
 
+class ServiceEntry(BaseModel):
+    """One service a project deployed, typed: what it is, not what its name suggests."""
+
+    name: str
+    kind: str = Field(description="service kind (orchestrator_adapters.base.ServiceKind)")
+    role: str | None = Field(default=None, description="aggregators: classic, root or cluster")
+    cluster: str | None = None
+    app: str = Field(default="project", description="the app it lives in: project, or observatory (the observer)")
+    service_id: str = Field(description="the adapter's service id")
+
+
 class ProjectRecord(BaseModel):
     project_id: str
     customer: str
@@ -96,6 +107,9 @@ class ProjectRecord(BaseModel):
     model_image: str | None = None
     serving_url: str | None = None
     services: dict[str, str] = Field(default_factory=dict, description="service name -> adapter service id")
+    service_entries: list[ServiceEntry] = Field(
+        default_factory=list, description="the same services, typed (records of older managers have none: "
+        "manager.lifecycle.service_entries reads their names)")
     apps: dict[str, str] = Field(default_factory=dict, description="app kind -> adapter app id")
     sealed: dict[str, str] = Field(
         default_factory=dict, exclude=True,

@@ -114,11 +114,12 @@ class ManagerSettings(BaseModel):
     adapter_settings: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="adapter name -> that adapter's settings"
     )
-    configs_by_reference: list[str] = Field(
-        default_factory=lambda: ["oakestra"],
+    configs_by_reference: list[str] | None = Field(
+        default=None,
         description="orchestrators whose services get only a URL and token to fetch their configuration from "
-        "the manager (GET /service-config/<id>) instead of carrying it with its passwords and keys; for "
-        "orchestrators without a secrets object. Services must reach the manager at public_url")
+        "the manager (GET /service-config/<id>) instead of carrying it with its passwords and keys; default: "
+        "those whose adapter cannot hand configs over privately (oakestra: no secrets object). Services must "
+        "reach the manager at public_url")
     registry: RegistrySettings | None = None
     images: dict[str, str] = Field(default_factory=dict, description="service kind -> image (container orchestrators)")
     tracking_store: TrackingStore | None = Field(

@@ -14,6 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import ClassVar
 
 
 class ServiceKind(StrEnum):
@@ -58,13 +59,20 @@ class PortSpec:
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """What to run. ``config`` is the service's typed configuration document (as JSON data)."""
+    """What to run. ``config`` is the service's typed configuration document (as JSON data).
+
+    A FLOps service names its entry ``module``; each adapter builds the command line that runs it
+    (``python -m MODULE`` with the host interpreter ``python`` for host processes, the image's
+    ``python`` in containers). ``command`` is an explicit argv instead (tests, foreign services).
+    """
 
     name: str  # unique within the app, DNS-label safe
     kind: ServiceKind
     config: dict[str, object]
     image: str | None = None  # container adapters
-    command: tuple[str, ...] = ()  # local adapter (argv); containers: entrypoint override
+    command: tuple[str, ...] = ()  # explicit argv (host processes) or entrypoint override (images)
+    module: str | None = None  # the service's entry module, run as ``python -m MODULE``
+    python: str | None = None  # host processes: the interpreter (a build's environment); None: the adapter's
     environment: dict[str, str] = field(default_factory=dict)
     resources: Resources = Resources()
     placement: Placement = Placement()
@@ -74,6 +82,20 @@ class ServiceSpec:
     def one_shot(self) -> bool:
         """One-shot services run to completion (Jobs); the rest are long-lived (Deployments)."""
         return self.kind in ONE_SHOT_KINDS
+
+
+def host_command(spec: ServiceSpec, default_python: str) -> tuple[str, ...]:
+    """The argv that runs ``spec`` as a process on the host: its module under its (or the default) interpreter."""
+    if spec.module:
+        return (spec.python or default_python, "-m", spec.module)
+    return spec.command
+
+
+def image_command(spec: ServiceSpec) -> tuple[str, ...]:
+    """The entrypoint override that runs ``spec`` in its image (empty: the image's own entrypoint)."""
+    if spec.module:
+        return ("python", "-m", spec.module)  # the image's interpreter, found on its PATH
+    return spec.command
 
 
 @dataclass(frozen=True)
@@ -137,6 +159,25 @@ class NodeInfo:
     learner: bool = True
 
 
+class ConfigDelivery(StrEnum):
+    """How an adapter hands a service its configuration document natively."""
+
+    ENVIRONMENT = "environment"  # an environment variable of the process or container
+    SECRET = "secret"  # an orchestrator secret object mounted into the pod
+
+
+@dataclass(frozen=True)
+class AdapterCapabilities:
+    """What an orchestrator can do; the lifecycle asks this, never the adapter's name."""
+
+    runs_images: bool  # services run from container images (the builder then builds images)
+    host_processes: bool  # a spec without an image runs as a process on the manager's host
+    bind_host: str  # the interface services listen on: loopback on a shared host, all interfaces elsewhere
+    config_delivery: ConfigDelivery
+    private_configs: bool  # native delivery keeps configs (passwords, keys) from whoever can read the orchestrator
+    runs_data_servers: bool  # the adapter runs the nodes' data servers (it gets their certificate and token key)
+
+
 class AdapterError(RuntimeError):
     """An orchestrator refused or failed a request; the message is short and user-facing."""
 
@@ -145,6 +186,11 @@ class OrchestratorAdapter(ABC):
     """Create apps and services on some orchestrator. All methods may do I/O; __init__ must not."""
 
     name: str = "abstract"
+    # Every adapter declares its own; this default describes a plain host-process orchestrator.
+    capabilities: ClassVar[AdapterCapabilities] = AdapterCapabilities(
+        runs_images=False, host_processes=True, bind_host="127.0.0.1", config_delivery=ConfigDelivery.ENVIRONMENT,
+        private_configs=True, runs_data_servers=False,
+    )
 
     def start(self) -> None:  # noqa: B027 - optional hook
         """Connect / start what the adapter itself needs (e.g. the local adapter's data servers)."""

@@ -18,9 +18,9 @@ A spec without an image (the lifecycle's builder, observer and tracking server w
 manager image is configured) runs as a supervised host process, exactly as the local
 adapter runs it: the OCI builder needs buildah on the host anyway.
 
-``spec.command`` overrides the image's entrypoint. The lifecycle builds the same
-specs for every adapter, with a host interpreter path first; that path does not exist
-in an image, so a leading absolute ``.../python*`` runs as the image's ``python*`` (found on its PATH).
+A spec's entry module runs as ``python -m MODULE`` with the image's ``python`` (an explicit
+``spec.command`` overrides the image's entrypoint as given); a host process runs it under the
+``python`` setting (see :func:`~orchestrator_adapters.base.host_command`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import logging
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +39,11 @@ import requests
 
 from flops_utils.service_config import CONFIG_ENV
 from orchestrator_adapters.base import (
+    AdapterCapabilities,
     AdapterError,
     AppKind,
     AppRef,
+    ConfigDelivery,
     Endpoint,
     InstanceInfo,
     NodeInfo,
@@ -52,6 +53,8 @@ from orchestrator_adapters.base import (
     ServiceInfo,
     ServiceSpec,
     ServiceState,
+    host_command,
+    image_command,
 )
 from orchestrator_adapters.container_api import ContainerApi
 from orchestrator_adapters.container_settings import ContainerSettings
@@ -70,7 +73,6 @@ LABEL_INDEX = "io.flops.index"
 LABEL_NODE = "io.flops.node"
 _RUNNING = ("running", "restarting", "paused")
 _NOT_STARTED = ("created", "configured", "initialized")
-_PYTHON_PATH = re.compile(r"^/.*/python[0-9.]*$")
 _API_ERRORS = (docker.errors.DockerException, requests.RequestException)
 _LOG_ATTEMPTS = 10
 
@@ -82,13 +84,6 @@ def _api_error(action: str, error: Exception) -> AdapterError:
 
 def container_name(app_id: str, service_id: str, index: int) -> str:
     return f"flops-{app_id}-{service_id}-{index}"
-
-
-def _entrypoint(command: tuple[str, ...]) -> list[str] | None:
-    if not command:
-        return None
-    first = command[0].rsplit("/", 1)[-1] if _PYTHON_PATH.match(command[0]) else command[0]
-    return [first, *command[1:]]
 
 
 def log_file_lines(path: str) -> list[str]:
@@ -146,6 +141,10 @@ def _last_log_line(container: Any, limit: int = 300) -> str:
 
 class ContainerAdapter(OrchestratorAdapter):
     name = "container"
+    capabilities = AdapterCapabilities(
+        runs_images=True, host_processes=True, bind_host="0.0.0.0",
+        config_delivery=ConfigDelivery.ENVIRONMENT, private_configs=True, runs_data_servers=True,
+    )
 
     def __init__(self, settings: ContainerSettings) -> None:
         self.settings = settings
@@ -269,21 +268,15 @@ class ContainerAdapter(OrchestratorAdapter):
             for container in self._service_containers(app, spec.name):
                 self._remove(container)
         if host_process:
-            if not spec.command:
+            if not host_command(spec, self.settings.python):
                 raise AdapterError(f"service {spec.name!r} has neither an image nor a command")
-            self.nodes_host.add_service(app, self._host_spec(spec))
+            self.nodes_host.add_service(app, spec)  # its python setting is this adapter's
         with self.state.update() as state:
             services = state.apps[app.app_id].services
             if spec.name not in services or services[spec.name].spec != data:
                 services[spec.name] = ContainerServiceRecord(service_id=spec.name, spec=data,
                                                              host_process=host_process)
         return spec.name
-
-    def _host_spec(self, spec: ServiceSpec) -> ServiceSpec:
-        """A bare ``python`` (as written for images) means this manager's interpreter on the host."""
-        if spec.command and spec.command[0] in ("python", "python3"):
-            return replace(spec, command=(self.settings.python, *spec.command[1:]))
-        return spec
 
     def deploy_service(self, app: AppRef, service_id: str, instances: int = 1) -> None:
         """Make ``instances`` containers run: live ones are kept, ended ones replaced, extra ones removed."""
@@ -356,9 +349,9 @@ class ContainerAdapter(OrchestratorAdapter):
             memory = max(spec.resources.memory_mb, self.settings.min_memory_mb)
             options["mem_limit"] = options["memswap_limit"] = f"{memory}m"  # no swap beyond the limit
             options["nano_cpus"] = int(spec.resources.vcpus * 1_000_000_000)
-        entrypoint = _entrypoint(spec.command)
-        if entrypoint is not None:
-            options["entrypoint"], options["command"] = entrypoint, []
+        entrypoint = image_command(spec)
+        if entrypoint:
+            options["entrypoint"], options["command"] = list(entrypoint), []
         name = container_name(app.app_id, spec.name, index)
         try:
             self.api.client.containers.run(spec.image, name=name, environment=environment, labels=labels,

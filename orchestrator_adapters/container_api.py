@@ -21,11 +21,17 @@ import docker
 import docker.errors
 import requests
 
+from flops_utils.container_storage import (
+    ContainerStorage,
+    ContainerToolMissing,
+    StorageSettings,
+    default_root,
+    find_tool,
+    install_registry_ca,
+)
 from orchestrator_adapters.base import AdapterError
 from orchestrator_adapters.container_settings import ContainerSettings
 from orchestrator_adapters.local_process import last_log_line
-from services.builder.errors import BuildError
-from services.builder.oci.engine import ContainerEngine, EngineSettings, default_root, find_tool, install_registry_ca
 
 API_VERSION = "1.41"
 SERVICE_START_TIMEOUT_S = 120.0
@@ -80,9 +86,10 @@ class ContainerApi:
             if probe is not None:
                 probe.close()
 
-    def engine(self) -> ContainerEngine:
+    def engine(self) -> ContainerStorage:
+        """The FLOps container storage (the OCI builder's too), whose configuration the service runs with."""
         root = Path(self.settings.containers_dir).expanduser() if self.settings.containers_dir else default_root()
-        return ContainerEngine(EngineSettings(root=root))
+        return ContainerStorage(StorageSettings(root=root))
 
     def _start_service(self, socket: Path) -> None:
         registry = self.settings.registry
@@ -93,7 +100,7 @@ class ContainerApi:
             if registry is not None and install_registry_ca(engine.root, registry) is not None:
                 env["HOME"] = str(engine.home)  # podman reads a registry's own CA only from $HOME's certs.d
             podman = find_tool("podman")
-        except BuildError as error:
+        except ContainerToolMissing as error:
             raise AdapterError(str(error)) from None
         self.state_dir.mkdir(parents=True, exist_ok=True)
         socket.unlink(missing_ok=True)

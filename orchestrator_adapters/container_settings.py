@@ -32,7 +32,8 @@ class ContainerSettings(BaseModel):
     stop_grace_s: float = Field(default=5.0, ge=0, description="SIGTERM to SIGKILL when undeploying")
     api_timeout_s: float = Field(default=300.0, gt=0, description="per API call (pulls of large images included)")
     containers_dir: str | None = Field(default=None, description="FLOps container storage root (own API service)")
-    python: str = Field(default=sys.executable, description="interpreter that runs the nodes' data servers")
+    python: str = Field(default=sys.executable, description="interpreter that runs the nodes' data servers and "
+                        "the services without an image (host processes)")
     data_server_timeout_s: float = Field(default=60.0, gt=0)
     data_security: DataServerSecurity | None = Field(
         default=None, description="TLS and token key of the node data servers (the manager sets it)")

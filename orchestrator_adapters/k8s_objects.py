@@ -21,6 +21,7 @@ from orchestrator_adapters.base import (
     Resources,
     ServiceKind,
     ServiceSpec,
+    image_command,
 )
 from orchestrator_adapters.k8s_settings import KubernetesSettings
 
@@ -210,8 +211,8 @@ def _container(spec: ServiceSpec, settings: KubernetesSettings, host_ports: bool
         # A crash's last log lines become the terminated state's message: the status shows why.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if spec.command:
-        container["command"] = list(spec.command)
+    if command := image_command(spec):
+        container["command"] = list(command)
     if spec.ports:
         container["ports"] = [
             {

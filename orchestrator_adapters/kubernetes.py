@@ -23,9 +23,11 @@ from orchestrator_adapters import k8s_names as names
 from orchestrator_adapters import k8s_objects as objects
 from orchestrator_adapters import k8s_status as status
 from orchestrator_adapters.base import (
+    AdapterCapabilities,
     AdapterError,
     AppKind,
     AppRef,
+    ConfigDelivery,
     Endpoint,
     NodeInfo,
     OrchestratorAdapter,
@@ -61,6 +63,10 @@ class KubernetesAdapter(OrchestratorAdapter):
     """Constructing it does no I/O; the kubeconfig is read on the first call."""
 
     name = "kubernetes"
+    capabilities = AdapterCapabilities(
+        runs_images=True, host_processes=False, bind_host="0.0.0.0",
+        config_delivery=ConfigDelivery.SECRET, private_configs=True, runs_data_servers=True,
+    )
 
     def __init__(self, settings: KubernetesSettings) -> None:
         self.settings = settings

@@ -2,7 +2,8 @@
 
 "Nodes" and "clusters" come from a small JSON file (see ``local_nodes``), so placement
 and per-node data servers work on one box. ``start()`` runs one data server per learner
-node. Services run ``spec.command`` with ``FLOPS_CONFIG`` (the spec's config as JSON)
+node. Services run their entry module under the spec's interpreter (or ``python``; see
+:func:`~orchestrator_adapters.base.host_command`) with ``FLOPS_CONFIG`` (the spec's config as JSON)
 in their environment; their output goes to ``<state_dir>/apps/<app>/<service>-<i>.log``.
 A crashed service is reported FAILED with its exit code and last log line even if it
 never published anything. Everything is remembered in ``<state_dir>/state.json``, so a
@@ -22,7 +23,6 @@ import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -34,9 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from flops_utils.data_client import DataServerClient, DataServerError
 from flops_utils.service_config import CONFIG_ENV, DataServerConfig, DataServerSecurity, ServerCertificate
 from orchestrator_adapters.base import (
+    AdapterCapabilities,
     AdapterError,
     AppKind,
     AppRef,
+    ConfigDelivery,
     Endpoint,
     InstanceInfo,
     NodeInfo,
@@ -46,23 +48,21 @@ from orchestrator_adapters.base import (
     ServiceInfo,
     ServiceSpec,
     ServiceState,
+    host_command,
 )
 from orchestrator_adapters.local_nodes import NAME_PATTERN, LocalNode, load_nodes
 from orchestrator_adapters.local_process import (
     OWNER_ENV,
-    descendant_pids,
     describe_exit,
     free_port,
     last_log_line,
     port_is_free,
     process_alive,
     read_exit_file,
-    signal_group,
     spawn,
     start_ticks,
     stop_groups,
     watch,
-    write_exit_file,
 )
 from orchestrator_adapters.local_state import (
     AppRecord,
@@ -84,7 +84,8 @@ class LocalAdapterSettings(BaseModel):
 
     state_dir: str = Field(description="state.json, logs, data server storage")
     nodes_file: str | None = Field(default=None, description="JSON node declarations; default: 2 clusters x 2 learners")
-    python: str = Field(default=sys.executable, description="interpreter that runs the data servers")
+    python: str = Field(default=sys.executable, description="interpreter that runs the data servers and the "
+                        "services whose spec names no interpreter of its own")
     host: str = "127.0.0.1"
     enforce_memory_limits: bool = Field(
         default=False,
@@ -114,6 +115,10 @@ def _endpoint_key(app: AppRef, service_name: str, port: PortSpec) -> str:
 
 class LocalAdapter(OrchestratorAdapter):
     name = "local"
+    capabilities = AdapterCapabilities(
+        runs_images=False, host_processes=True, bind_host="127.0.0.1",
+        config_delivery=ConfigDelivery.ENVIRONMENT, private_configs=True, runs_data_servers=True,
+    )
 
     def __init__(self, settings: LocalAdapterSettings) -> None:
         self.settings = settings
@@ -320,7 +325,7 @@ class LocalAdapter(OrchestratorAdapter):
     def add_service(self, app: AppRef, spec: ServiceSpec) -> str:
         if not re.fullmatch(NAME_PATTERN, spec.name):
             raise AdapterError(f"invalid service name {spec.name!r}: use up to 63 letters, digits, '.', '_' or '-'")
-        if not spec.command:
+        if not host_command(spec, self.settings.python):
             raise AdapterError(f"service {spec.name!r} has no command; the local orchestrator runs commands, "
                                "not images")
         self._check_placement(spec.placement)
@@ -405,7 +410,8 @@ class LocalAdapter(OrchestratorAdapter):
                     Path(current.exit_file).unlink(missing_ok=True)
                 log_file = app_dir / f"{service_id}-{index}.log"
                 exit_file = app_dir / f"{service_id}-{index}-{time.time_ns()}.exit"
-                process = self._spawn(list(spec.command), env=self._environment(app, spec, index), cwd=cwd,
+                command = list(host_command(spec, self.settings.python))
+                process = self._spawn(command, env=self._environment(app, spec, index), cwd=cwd,
                                       log_file=str(log_file), exit_file=str(exit_file), memory_limit_mb=memory)
                 kept.append(InstanceRecord(index=index, node=self._node_for(spec.placement), pid=process.pid,
                                            start_ticks=start_ticks(process.pid), log_file=str(log_file),
@@ -466,34 +472,6 @@ class LocalAdapter(OrchestratorAdapter):
     # -- local extras --------------------------------------------------------------------
     def log_file(self, app: AppRef, service_id: str, index: int = 0) -> Path:
         return self.state_dir / "apps" / app.app_id / f"{service_id}-{index}.log"
-
-    def _instance(self, app: AppRef, service_id: str, index: int) -> InstanceRecord:
-        record = self._service_record(self.state.read(), app, service_id)
-        instance = next((item for item in record.instances if item.index == index), None)
-        if instance is None:
-            raise AdapterError(f"service {service_id!r} has no instance {index}")
-        return instance
-
-    def pause_instance(self, app: AppRef, service_id: str, paused: bool, index: int = 0) -> None:
-        """SIGSTOP (or SIGCONT) one instance and every process below it, as a frozen machine would (fault tests)."""
-        instance = self._instance(app, service_id, index)
-        if not self._alive(instance.pid, instance.start_ticks):
-            raise AdapterError(f"service {service_id!r} instance {index} is not running")
-        signum = signal.SIGSTOP if paused else signal.SIGCONT
-        for pid in [instance.pid, *descendant_pids(instance.pid)]:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signum)
-
-    def kill_instance(self, app: AppRef, service_id: str, index: int = 0) -> None:
-        """SIGKILL one instance's process group, as a crash would (fault-injection tests)."""
-        instance = self._instance(app, service_id, index)
-        if self._alive(instance.pid, instance.start_ticks):
-            log.info("killing %s/%s-%d (pid %d)", app.app_id, service_id, index, instance.pid)
-            signal_group(instance.pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while self._alive(instance.pid, instance.start_ticks) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            write_exit_file(instance.exit_file, -signal.SIGKILL)
 
     def stop_everything(self) -> None:
         """Stop every service of every app and every data server (suite shutdown, test teardown).

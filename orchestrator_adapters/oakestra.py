@@ -19,9 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator_adapters import oakestra_sla as sla
 from orchestrator_adapters.base import (
+    AdapterCapabilities,
     AdapterError,
     AppKind,
     AppRef,
+    ConfigDelivery,
     Endpoint,
     NodeInfo,
     OrchestratorAdapter,
@@ -82,6 +84,10 @@ class OakestraAdapter(OrchestratorAdapter):
     """Constructing it does no I/O; the first call logs in."""
 
     name = "oakestra"
+    capabilities = AdapterCapabilities(
+        runs_images=True, host_processes=False, bind_host="0.0.0.0",
+        config_delivery=ConfigDelivery.ENVIRONMENT, private_configs=False, runs_data_servers=False,
+    )
 
     def __init__(self, settings: OakestraSettings) -> None:
         self.settings = settings

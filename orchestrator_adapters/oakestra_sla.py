@@ -22,6 +22,7 @@ from orchestrator_adapters.base import (
     ServiceKind,
     ServiceSpec,
     ServiceState,
+    image_command,
 )
 
 SLA_VERSION = "v2.0"
@@ -142,7 +143,7 @@ def microservice(
         "vcpus": max(1, math.ceil(spec.resources.vcpus)),
         "storage": max(0, spec.resources.storage_mb),
         "one_shot": spec.one_shot,
-        "cmd": list(spec.command),
+        "cmd": list(image_command(spec)),
         "environment": [f"{key}={value}" for key, value in sorted(environment.items())],
     }
     constraints = constraints_for(spec, node_clusters, clusters)

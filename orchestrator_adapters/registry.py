@@ -51,8 +51,8 @@ def _first_error(error: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-def create_adapter(name: str, settings: dict[str, object]) -> OrchestratorAdapter:
-    """A new, not yet started adapter (call ``start()``); raises :class:`AdapterError` with one line."""
+def adapter_class(name: str) -> type[OrchestratorAdapter]:
+    """The adapter class registered as ``name`` (its ``capabilities`` can be read before any settings exist)."""
     if name not in ADAPTERS:
         raise AdapterError(f"unknown orchestrator {name!r}; choose one of {', '.join(ADAPTERS)}")
     module_name, class_name = ADAPTERS[name]
@@ -60,12 +60,18 @@ def create_adapter(name: str, settings: dict[str, object]) -> OrchestratorAdapte
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise AdapterError(f"the {name} orchestrator is not available: {error}") from error
-    adapter_class = getattr(module, class_name, None)
-    if not (isinstance(adapter_class, type) and issubclass(adapter_class, OrchestratorAdapter)):
+    found = getattr(module, class_name, None)
+    if not (isinstance(found, type) and issubclass(found, OrchestratorAdapter)):
         raise AdapterError(f"the {name} orchestrator is not available: {module_name} has no {class_name}")
-    model = _settings_model(adapter_class)
+    return found
+
+
+def create_adapter(name: str, settings: dict[str, object]) -> OrchestratorAdapter:
+    """A new, not yet started adapter (call ``start()``); raises :class:`AdapterError` with one line."""
+    chosen = adapter_class(name)
+    model = _settings_model(chosen)
     try:
         parsed = model.model_validate(settings)
     except ValidationError as error:
         raise AdapterError(f"invalid settings for the {name} orchestrator: {_first_error(error)}") from error
-    return adapter_class(parsed)  # type: ignore[call-arg]
+    return chosen(parsed)  # type: ignore[call-arg]

@@ -98,9 +98,9 @@ def test_config_environment_resources_and_host_network(container_adapter: Contai
         "print('limit', limit, 'index', os.environ['FLOPS_INSTANCE_INDEX'], 'extra', os.environ['EXTRA'])\n"
         "sys.exit(0 if limit == 700 * 1024 * 1024 and os.environ['EXTRA'] == 'yes' else 5)\n"
     )
-    # A host interpreter path (as the lifecycle writes for every adapter) runs the image's python.
+    # An explicit command is the container's entrypoint, run with the image's own python.
     spec = ServiceSpec(name="probe", kind=ServiceKind.LEARNER, config={"data_server": nodes["n1"].data_server},
-                       image=base_image.reference, command=("/host/venv/bin/python3", "-c", script),
+                       image=base_image.reference, command=("python3", "-c", script),
                        environment={"EXTRA": "yes", "FLOPS_WORKDIR": "/host/only/path"},
                        resources=Resources(memory_mb=700, vcpus=0.5), placement=Placement(node="n1"))
     service = container_adapter.add_service(adapter_app, spec)
@@ -191,12 +191,13 @@ def test_adapter_registry_builds_the_container_adapter_from_plain_settings(tmp_p
 
 
 def test_services_without_an_image_run_as_host_processes(container_adapter: ContainerAdapter, adapter_app: AppRef,
-                                                         wait_service: Waiter) -> None:
+                                                         wait_service: Waiter, tmp_path: Path) -> None:
     # The builder needs buildah on the host; observer and tracking server have no image unless configured.
-    # The lifecycle writes a bare "python" for non-local adapters: on the host that is the manager's interpreter.
+    # A spec names its entry module: on the host it runs under the adapter's python (the manager's interpreter).
     script = "import json, os, sys; print('host', json.loads(os.environ['FLOPS_CONFIG'])['service'], sys.executable)"
+    (tmp_path / "host_probe.py").write_text(script + "\n")
     spec = ServiceSpec(name="host-builder", kind=ServiceKind.BUILDER, config={"service": "host-builder"},
-                       command=("python", "-c", script))
+                       module="host_probe", environment={"FLOPS_WORKDIR": str(tmp_path)})
     service = container_adapter.add_service(adapter_app, spec)
     container_adapter.deploy_service(adapter_app, service)
     info = wait_service(container_adapter, adapter_app, service)

@@ -13,6 +13,7 @@ from manager.suite import SuiteEndpoints, restart_broker, restart_database
 from orchestrator_adapters.base import AppKind, AppRef
 from orchestrator_adapters.local import LocalAdapter, LocalAdapterSettings
 from services.aggregator.rounds import READMIT_AFTER_S
+from tests.fault_injection import kill_instance, pause_instance
 from tests.fixtures_stack import FlopsStack, flops_stack, mlflow_client, sla  # noqa: F401
 from tests.helpers import wait_until
 
@@ -63,7 +64,7 @@ def test_metrics_survive_a_tracking_server_crash(flops_stack: FlopsStack) -> Non
     project_id = _training(flops_stack, "digits-mlflow", 2, 1, training_rounds=8, min_available_clients=2)
     project = flops_stack.project(project_id)
     observatory = AppRef(project["apps"]["observatory"], "observatory-admin", AppKind.OBSERVATORY, "Admin")
-    _local_adapter(flops_stack).kill_instance(observatory, "tracking")
+    kill_instance(_local_adapter(flops_stack), observatory, "tracking")
     project = flops_stack.wait(project_id)
     events = flops_stack.events(project_id)
     assert project["status"] == "COMPLETED", (project["error"], events[-10:])
@@ -82,7 +83,7 @@ def test_a_killed_learner_does_not_fail_the_project_and_rejoins(flops_stack: Flo
                            round_timeout_s=20)  # fmt: skip
     project = flops_stack.project(project_id)
     victim = sorted(name for name in project["services"] if name.startswith("learner-"))[0]
-    _local_adapter(flops_stack).kill_instance(_project_app(project), project["services"][victim])
+    kill_instance(_local_adapter(flops_stack), _project_app(project), project["services"][victim])
     project = flops_stack.wait(project_id)
     assert project["status"] == "COMPLETED", project["error"]
     assert project["progress"]["round"] == ROUNDS_FOR_A_REJOIN
@@ -114,13 +115,13 @@ def test_a_frozen_learner_is_dropped_and_the_same_node_rejoins_when_it_thaws(flo
     node = victim.removeprefix("learner-")
     adapter, app = _local_adapter(flops_stack), _project_app(project)
     lost = f"learner {node} lost ("
-    adapter.pause_instance(app, project["services"][victim], paused=True)
+    pause_instance(adapter, app, project["services"][victim], paused=True)
     try:
         assert wait_until(lambda: _first(flops_stack.events(project_id), lambda text: lost in text) is not None,
                           120, interval=0.5), flops_stack.events(project_id)[-10:]  # fmt: skip
         time.sleep(READMIT_AFTER_S)  # Flower now lists the node as offline, and the aggregator's suspension is over
     finally:
-        adapter.pause_instance(app, project["services"][victim], paused=False)
+        pause_instance(adapter, app, project["services"][victim], paused=False)
     back = f"learner {node} is online again"
     assert wait_until(lambda: _first(flops_stack.events(project_id), lambda text: back in text) is not None,
                       120, interval=0.5), flops_stack.events(project_id)[-10:]  # fmt: skip
@@ -149,7 +150,7 @@ def test_a_killed_aggregator_is_redeployed_and_resumes_from_its_checkpoint(flops
     """No round is lost or counted twice: MLflow has each round's metrics exactly once, in one run."""
     project_id = _training(flops_stack, "digits-agg", 2, 3, training_rounds=8, min_available_clients=2)
     project = flops_stack.project(project_id)
-    _local_adapter(flops_stack).kill_instance(_project_app(project), project["services"]["aggregator"])
+    kill_instance(_local_adapter(flops_stack), _project_app(project), project["services"]["aggregator"])
     project = flops_stack.wait(project_id)
     events = flops_stack.events(project_id)
     assert project["status"] == "COMPLETED", (project["error"], events[-12:])
@@ -185,7 +186,7 @@ def test_a_killed_hierarchical_aggregator_is_redeployed_and_no_round_is_lost(
     assert wait_until(lambda: any(text.startswith(marker) for text in flops_stack.events(project_id)),
                       600, interval=0.5)  # fmt: skip
     project = flops_stack.project(project_id)
-    _local_adapter(flops_stack).kill_instance(_project_app(project), project["services"][victim])
+    kill_instance(_local_adapter(flops_stack), _project_app(project), project["services"][victim])
     project = flops_stack.wait(project_id)
     events = flops_stack.events(project_id)
     assert project["status"] == "COMPLETED", (project["error"], events[-15:])

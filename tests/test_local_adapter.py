@@ -31,6 +31,7 @@ from orchestrator_adapters.local import LocalAdapter, LocalAdapterSettings
 from orchestrator_adapters.local_process import process_alive
 from orchestrator_adapters.registry import available_adapters, create_adapter
 from tests.adapter_contract import ENDED, AdapterContract, Behaviour, SpecFactory, python_command, wait_for_state
+from tests.fault_injection import kill_instance
 
 NODES = {"nodes": [
     {"name": "n1", "cluster": "c1", "labels": {"zone": "x"}},
@@ -165,7 +166,7 @@ def test_killed_instance_is_failed_and_redeploy_restarts_it(local: LocalAdapter,
     local.deploy_service(project, service, instances=2)
     info = wait_for_state(local, project, service, (ServiceState.RUNNING,), TIMEOUT)
     assert len(info.instances) == 2
-    local.kill_instance(project, service, 1)
+    kill_instance(local, project, service, 1)
     info = wait_for_state(local, project, service, (ServiceState.FAILED,), TIMEOUT)
     assert info.detail.startswith("instance victim-1: process exited with code -9 (killed by SIGKILL)")
     assert [instance.state for instance in info.instances] == [ServiceState.RUNNING, ServiceState.FAILED]

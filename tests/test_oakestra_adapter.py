@@ -19,6 +19,7 @@ from manager.lifecycle.errors import PhaseFailed
 from manager.lifecycle.inbox import ProjectInbox
 from manager.lifecycle.observatory import Observatory, ObservatoryKeeper
 from manager.lifecycle.project_run import ProjectRun, RunDeps
+from manager.lifecycle.service_entries import ServiceTable, entry
 from manager.records import ProjectRecord
 from manager.settings import load_settings
 from manager.sla import ProjectSLA
@@ -390,15 +391,16 @@ def test_the_lifecycle_fails_at_once_when_oakestra_cannot_schedule_a_service(
             adapter.deploy_service(app, service_id)
             settle(adapter, app, service_id, ENDED)
         run = project_run(adapter, app, tmp_path, mongo_uri, mongo_db_name)
-        run.state.services = {"learner-cluster-a": learner, "aggregator": aggregator}
+        run.state.services = ServiceTable([entry("learner-cluster-a", ServiceKind.LEARNER, learner),
+                                           entry("aggregator", ServiceKind.AGGREGATOR, aggregator, role="classic")])
         reason = "Oakestra cannot schedule service {}: no active cluster{} has room for it"
         with pytest.raises(PhaseFailed, match="learner-cluster-a failed: " + reason.format("learner-cluster-a",
                                                                                            " cluster-a")):  # fmt: skip
-            run._revive_learners()  # noqa: SLF001 - the supervision step of a training project
+            run.restarts.revive_learners()  # the supervision step of a training project
         with pytest.raises(PhaseFailed, match="the aggregator failed: " + reason.format("aggregator", "")):
-            run._inspect_watched(lambda message: False, {"aggregator": aggregator}, {}, run._revive_aggregator)  # noqa: SLF001
+            run.reports.inspect(lambda message: False, {"aggregator": aggregator}, {}, run.restarts.revive_aggregator)
         assert posted_instances(server, learner) == posted_instances(server, aggregator) == 1  # no redeploy
-        assert run.state.learner_restarts == {} and run.state.aggregator_restarts == {}
+        assert run.restarts.learner_restarts == {} and run.restarts.aggregator_restarts == {}
     finally:
         server.stop()
 
@@ -463,7 +465,7 @@ def test_an_observer_is_deleted_when_its_project_ends(
     adapter.deploy_service(observatory, observer)
     run = project_run(adapter, project, tmp_path, mongo_uri, mongo_db_name)
     run.state.observatory = Observatory(observatory, "http://10.30.0.1:5000", "tracking")
-    run.state.observer = observer
+    run.state.services.add(entry("observer-o", ServiceKind.OBSERVER, observer, app=AppKind.OBSERVATORY))
     run._cleanup(keep_serving=False)  # noqa: SLF001 - what every project does when it ends
     assert project.app_id not in server.apps
     assert observer not in server.jobs and server.apps[observatory.app_id]["microservices"] == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,12 +33,12 @@ class LifecycleSettings:
     registry: RegistrySettings | None = None
     repo_base_dir: Path = Path.cwd()
     repo_access: RepoAccessRules = field(default_factory=RepoAccessRules)  # what each owner's repo URL may reach
-    python: str = sys.executable
     images: dict[str, str] = field(default_factory=dict)  # service kind -> image, for container orchestrators
     tracking_store: TrackingStore | None = None  # customers' MLflow stores; None: under state_dir
     # Orchestrators whose services fetch their configuration from the manager instead of carrying it
     # (see manager.config_vault); needs config_url, the manager's /service-config URL as services reach it.
-    configs_by_reference: frozenset[str] = frozenset()
+    # None: those whose adapter cannot deliver configs privately (AdapterCapabilities.private_configs).
+    configs_by_reference: frozenset[str] | None = None
     config_url: str | None = None
     config_ca_file: Path | None = None  # the CA that signed the manager's certificate (config_url is https)
     # The manager's MQTT client id. Set: a persistent broker session under that id, so reports sent while

@@ -27,7 +27,7 @@ from manager.config_vault import ConfigVault
 from manager.lifecycle.config_reference import by_reference
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.errors import PhaseFailed
-from manager.lifecycle.specs import TRACKING_PORT, bind_host_for, service_spec
+from manager.lifecycle.specs import TRACKING_PORT, service_spec
 from manager.lifecycle.waiting import http_ok, wait_until
 from manager.storage.base import ProjectStore
 from orchestrator_adapters.base import AppKind, AppRef, OrchestratorAdapter, Placement, ServiceKind, ServiceState
@@ -236,8 +236,8 @@ class ObservatoryKeeper:
         root = observatory_root(self.settings.state_dir, customer)
         pki = self.settings.tracking_pki
         url = endpoint.url if pki is None else "https://" + endpoint.url.split("://", 1)[-1]
-        local = adapter.name == "local"
-        in_image = not local and bool(self.settings.images.get("tracking"))  # else a process on the manager's host
+        image = self.settings.images.get(ServiceKind.TRACKING.value) if adapter.capabilities.runs_images else None
+        in_image = bool(image)  # else a process on the manager's host
         backend_store_uri, artifacts = f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts")
         if self.settings.tracking_store is not None:
             backend_store_uri, artifacts = self.settings.tracking_store.for_customer(root.name)
@@ -248,20 +248,16 @@ class ObservatoryKeeper:
             customer=customer,
             backend_store_uri=backend_store_uri,
             artifacts_destination=artifacts,
-            bind_host=bind_host_for(adapter),
+            bind_host=adapter.capabilities.bind_host,
             port=endpoint.port,
             access_token_sha256=self._digests(customer),
             tls=pki.issue(endpoint.host) if pki is not None else None,
             tls_dir=None if in_image else str(root / "tls"),  # in an image: a private directory of its own
         )
-        spec = service_spec(
-            TRACKING_SERVICE, ServiceKind.TRACKING, config,
-            python=self.settings.python if local else "python",  # the image's interpreter, as every service
-            image=self.settings.images.get("tracking"), ports=(TRACKING_PORT,),
-        )  # fmt: skip
+        spec = service_spec(TRACKING_SERVICE, ServiceKind.TRACKING, config, image=image, ports=(TRACKING_PORT,))
         owner = observatory_owner(customer)
         ConfigVault(self.store, self.settings.secret_box).revoke(owner)  # a replaced server's reference
-        spec = by_reference(spec, owner=owner, adapter_name=adapter.name, settings=self.settings, store=self.store)
+        spec = by_reference(spec, owner=owner, adapter=adapter, settings=self.settings, store=self.store)
         service_id = adapter.add_service(app, spec)
         adapter.deploy_service(app, service_id)
         observatory = Observatory(app, url, service_id)

@@ -16,17 +16,19 @@ from collections.abc import Callable
 from flops_utils.mqtt_catalogue import ALL_PROJECTS_FILTER, FlopsMessage, split_topic
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
 from flops_utils.service_config import DataServerSecurity
-from manager.broker_access import BrokerAccessError, ResolvingAccess
+from manager.broker_access import ResolvingAccess
 from manager.config_vault import ConfigRefused, ConfigVault, config_owner
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult
 from manager.data_models import DataToken, NodeList
 from manager.lifecycle.cache_upkeep import DAY_S, prune_build_cache
+from manager.lifecycle.cleanup import Deployed, ProjectCleanup
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.data_nodes import DataServers
 from manager.lifecycle.inbox import ProjectInbox
 from manager.lifecycle.inventory import node_inventory, write_token_for
-from manager.lifecycle.observatory import ObservatoryKeeper, observatory_name
-from manager.lifecycle.project_run import OBSERVER_KEY, ProjectRun, RunDeps, project_app_name
+from manager.lifecycle.observatory import ObservatoryKeeper
+from manager.lifecycle.phases import OnRestart, on_restart
+from manager.lifecycle.project_run import ProjectRun, RunDeps
 from manager.lifecycle.project_secrets import seal_project_secrets, with_project_secrets
 from manager.quotas import QuotaExceeded, check_active_projects, check_observatories
 from manager.records import EventRecord, ProjectPhase, ProjectRecord, ProjectStatus
@@ -34,16 +36,11 @@ from manager.secret_box import SecretUnreadable
 from manager.sla import ProjectSLA
 from manager.storage.base import ProjectStore
 from orchestrator_adapters.base import AdapterError, AppKind, AppRef, NodeInfo, OrchestratorAdapter
-from orchestrator_adapters.registry import create_adapter
+from orchestrator_adapters.registry import adapter_class, create_adapter
 
 log = logging.getLogger(__name__)
 
-# Adapters that run the nodes' data servers themselves: they get the certificate and token key.
-DATA_SERVER_ADAPTERS = frozenset({"local", "container", "kubernetes"})
 RESTART_REASON = "the manager restarted while the project was running; its services were stopped"
-RESTARTABLE_PHASES = frozenset(
-    {ProjectPhase.QUEUED, ProjectPhase.OBSERVATORY, ProjectPhase.PROJECT_APP, ProjectPhase.OBSERVER, ProjectPhase.BUILD}
-)
 
 
 class LifecycleService:
@@ -120,7 +117,9 @@ class LifecycleService:
             if name not in self._adapters:
                 settings = dict(self.settings.adapter_settings.get(name, {}))
                 access = self.settings.data_access
-                if access is not None and name in DATA_SERVER_ADAPTERS and settings.get("data_security") is None:
+                # Adapters that run the nodes' data servers themselves get their certificate and token key.
+                runs_data_servers = adapter_class(name).capabilities.runs_data_servers
+                if access is not None and runs_data_servers and settings.get("data_security") is None:
                     host = str(settings.get("host") or "127.0.0.1")
                     settings["data_security"] = access.server_security(host).model_dump()
                 adapter = create_adapter(name, settings)
@@ -203,30 +202,21 @@ class LifecycleService:
                 self._event(project_id, "stop requested")
             return self._project(project_id)
         if record.apps.get("project"):
-            self._undeploy_leftovers(record)
-            self._revoke_broker_access(project_id)
-            self._revoke_data_tokens(record)
-            ConfigVault(self.store, self.settings.secret_box).revoke(config_owner(project_id, "serving"))
+            cleanup = self._cleanup(record)
+            problems = cleanup.undeploy(Deployed.from_record(record))
+            problems += cleanup.revoke(broker=True, config_owners=[config_owner(project_id, "serving")],
+                                       data_tokens=True)  # fmt: skip
+            for problem in problems:
+                log.warning("stopping project %s: %s", project_id, problem)
             if record.serving_url:
                 self.store.update_project(project_id, serving_url=None, updated_at=time.time())
                 self._event(project_id, "serving endpoint undeployed")
         return self._project(project_id)
 
-    def _revoke_data_tokens(self, record: ProjectRecord) -> None:
-        """The learners' read tokens of a project stopped without its run thread (the run revokes its own)."""
-        try:
-            nodes = self.adapter(record.orchestrator).list_nodes()
-        except AdapterError as error:
-            log.warning("could not revoke the data tokens of %s: %s", record.project_id, error)
-            return
-        for problem in DataServers(self.settings.data_access).revoke_project(nodes, record.project_id):
-            log.warning("could not revoke the data tokens of %s on %s", record.project_id, problem)
-
-    def _revoke_broker_access(self, project_id: str) -> None:
-        try:
-            self.broker.revoke(project_id)
-        except BrokerAccessError as error:
-            log.warning("could not remove the MQTT accounts of project %s: %s", project_id, error)
+    def _cleanup(self, record: ProjectRecord) -> ProjectCleanup:
+        """The same cleanup a run does when it ends, for a project without a run thread."""
+        return ProjectCleanup(record.project_id, self.adapter(record.orchestrator), self.store, self.settings,
+                              self.broker)  # fmt: skip
 
     def tracking_url(self, customer: str) -> str:
         from manager.lifecycle.errors import PhaseFailed
@@ -361,9 +351,10 @@ class LifecycleService:
         except SecretUnreadable as error:
             raise ControlError(f"its repository credentials cannot be read: {error}") from None
         adapter = self.adapter(record.orchestrator)
-        if record.phase is ProjectPhase.TRAINING and record.build and record.apps.get("project"):
+        action = on_restart(record)  # from the phase table
+        if action is OnRestart.RESUME:
             return self._prepare(record, sla, adapter, resume=True)
-        if record.phase in RESTARTABLE_PHASES:
+        if action is OnRestart.START_OVER:
             self._undeploy_leftovers(record)
             self._event(record.project_id, "manager restarted: the project starts again from the beginning")
             # What the undeployed services reported before (the broker may still deliver it) is not this run's.
@@ -372,16 +363,8 @@ class LifecycleService:
 
     def _undeploy_leftovers(self, record: ProjectRecord) -> None:
         """Remove what a project left running: its project app and its observer."""
-        adapter = self.adapter(record.orchestrator)
-        app_id, observatory_id = record.apps.get("project"), record.apps.get("observatory")
-        if app_id:
-            name = project_app_name(record.project_id)
-            adapter.delete_app(AppRef(app_id, name, AppKind.PROJECT, record.customer, record.project_id))
-        observer = record.services.get(OBSERVER_KEY)
-        if observer and observatory_id:
-            name = observatory_name(record.customer)
-            with contextlib.suppress(AdapterError):
-                adapter.remove_service(AppRef(observatory_id, name, AppKind.OBSERVATORY, record.customer), observer)
+        for problem in self._cleanup(record).undeploy(Deployed.from_record(record)):
+            log.warning("leftovers of project %s: %s", record.project_id, problem)
 
     # -- helpers -------------------------------------------------------------------
     def _project(self, project_id: str) -> ProjectRecord:
