@@ -39,6 +39,7 @@ from flops_utils.service_config import (
 from manager.broker_access import BrokerAccess, BrokerAccessError
 from manager.config_vault import ConfigVault, config_owner
 from manager.learning_curve import PLOT_FILE, render_png
+from manager.lifecycle.clock import SYSTEM_CLOCK, Clock
 from manager.lifecycle.config_reference import by_reference
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.data_nodes import DataServers, check_feature_widths
@@ -116,6 +117,7 @@ class RunDeps:
     publish: Publish
     broker: BrokerAccess
     clear_retained: Callable[[str], None]
+    clock: Clock = SYSTEM_CLOCK  # what waits are measured with (tests inject a faster one)
 
 
 @dataclass
@@ -144,7 +146,7 @@ class ProjectRun:
         self.deps = deps
         self.inbox = inbox
         self.state = RunState()
-        self.writer = RecordWriter(deps.store, self.project_id, deps.settings.db_outage_limit_s)
+        self.writer = RecordWriter(deps.store, self.project_id, deps.settings.db_outage_limit_s, deps.clock)
         self.flower_ca = ProjectFlowerCa(self.project_id)  # no I/O: keys are made on first use
         self.phase = ProjectPhase.QUEUED
         self.phase_started: dict[str, float] = {}
@@ -683,21 +685,21 @@ class ProjectRun:
             return http_ok(f"{endpoint.url}/ping")
 
         self._event(f"starting the model serving endpoint at {endpoint.url}")
-        began = time.monotonic()
+        began = self.deps.clock.monotonic()
         deadline = began + self.deps.settings.serving_timeout_s
         quiet = QuietNotes(began)
         while not healthy():
             self._check_stop()
-            if quiet.due(time.monotonic()):
+            if quiet.due(self.deps.clock.monotonic()):
                 self._event(f"waiting for the model serving endpoint to answer /ping "
-                            f"({time.monotonic() - began:.0f} s so far)")
+                            f"({self.deps.clock.monotonic() - began:.0f} s so far)")
             info = adapter.inspect_service(self._app(), service)
             if info.state in (ServiceState.FAILED, ServiceState.SUCCEEDED, ServiceState.STOPPED):
                 raise PhaseFailed(f"the model serving endpoint failed to start: {info.detail or info.state.value}")
-            if time.monotonic() > deadline:
+            if self.deps.clock.monotonic() > deadline:
                 raise PhaseFailed(f"the model serving endpoint did not answer /ping within "
                                   f"{self.deps.settings.serving_timeout_s:.0f}s")
-            time.sleep(1.0)
+            self.deps.clock.sleep(1.0)
         self._update(serving_url=endpoint.url)
         self._event(f"model {model_uri} served at {endpoint.url}/invocations")
 
@@ -718,7 +720,7 @@ class ProjectRun:
         ``revive(label, service_id, info)`` may handle a crashed watched service (True: redeployed).
         A stretch without reports gets an event saying what is awaited (``awaited()``, else ``what``).
         """
-        started = time.monotonic()
+        started = self.deps.clock.monotonic()
         deadline = started + timeout
         next_inspect = 0.0
         exited_at: dict[str, float] = {}
@@ -728,12 +730,12 @@ class ProjectRun:
             message = self.inbox.get(timeout=self.deps.settings.poll_interval_s)
             if message is not None:
                 self._record(message)
-                quiet.heard(time.monotonic())
+                quiet.heard(self.deps.clock.monotonic())
                 if on_message(message):
                     return
             if self.writer.pending:
                 self.writer.flush()  # buffered while the database was away; fails the run after the limit
-            now = time.monotonic()
+            now = self.deps.clock.monotonic()
             if quiet.due(now):
                 self._event(f"waiting for {awaited() if awaited else what} ({now - started:.0f} s so far)")
             if now >= next_inspect:
@@ -761,13 +763,13 @@ class ProjectRun:
                     continue
                 raise PhaseFailed(f"the {label} failed: {info.detail or 'no detail'}")
             if info.state in (ServiceState.SUCCEEDED, ServiceState.STOPPED):
-                first = exited_at.setdefault(label, time.monotonic())
-                if time.monotonic() - first > RESULT_GRACE_S:
+                first = exited_at.setdefault(label, self.deps.clock.monotonic())
+                if self.deps.clock.monotonic() - first > RESULT_GRACE_S:
                     raise PhaseFailed(f"the {label} exited without reporting its result")
 
     def _drain(self, on_message: Callable[[FlopsMessage], bool], seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        deadline = self.deps.clock.monotonic() + seconds
+        while self.deps.clock.monotonic() < deadline:
             message = self.inbox.get(timeout=0.2)
             if message is not None:
                 self._record(message)
@@ -824,7 +826,7 @@ class ProjectRun:
             else:
                 adapter.delete_app(app)
         if self.state.observer and self.state.observatory:
-            time.sleep(0.5)  # let the observer log the last reports
+            self.deps.clock.sleep(0.5)  # let the observer log the last reports
             adapter.remove_service(self.state.observatory.app, self.state.observer)  # the observatory outlives it
         if not keep_serving:
             self.deps.broker.revoke(self.project_id)

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from flops_utils.mqtt_catalogue import ALL_PROJECTS_FILTER, FlopsMessage, split_topic
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
@@ -21,9 +21,10 @@ from manager.config_vault import ConfigRefused, ConfigVault, config_owner
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult
 from manager.data_models import DataToken, NodeList
 from manager.lifecycle.cache_upkeep import DAY_S, prune_build_cache
+from manager.lifecycle.clock import SYSTEM_CLOCK, Clock
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.data_nodes import DataServers
-from manager.lifecycle.inbox import ProjectInbox
+from manager.lifecycle.inbox import ProjectInbox, ReportLink
 from manager.lifecycle.inventory import node_inventory, write_token_for
 from manager.lifecycle.observatory import ObservatoryKeeper, observatory_name
 from manager.lifecycle.project_run import OBSERVER_KEY, ProjectRun, RunDeps, project_app_name
@@ -47,14 +48,27 @@ RESTARTABLE_PHASES = frozenset(
 
 
 class LifecycleService:
-    def __init__(self, settings: LifecycleSettings, store: ProjectStore) -> None:
+    def __init__(
+        self,
+        settings: LifecycleSettings,
+        store: ProjectStore,
+        *,
+        link: ReportLink | None = None,
+        adapters: Mapping[str, OrchestratorAdapter] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        """``link``, ``adapters`` (started, by name) and ``clock`` replace the MQTT link, the adapters made
+        from settings and the system clock: the lifecycle tests run with in-memory ones."""
         self.settings = settings
         self.store = store
         client_id = settings.mqtt_client_id or f"flops-manager-{uuid.uuid4().hex[:8]}"
-        self.link = MqttLink(settings.mqtt, client_id=client_id, persistent_session=settings.mqtt_client_id is not None)
+        self.link: ReportLink = link or MqttLink(
+            settings.mqtt, client_id=client_id, persistent_session=settings.mqtt_client_id is not None
+        )
+        self.clock = clock
         self.observatories = ObservatoryKeeper(settings, store)
         self.broker = ResolvingAccess(settings.mqtt, settings.mqtt_project_credentials)
-        self._adapters: dict[str, OrchestratorAdapter] = {}
+        self._adapters: dict[str, OrchestratorAdapter] = dict(adapters or {})
         self._adapter_lock = threading.Lock()
         self._inboxes: dict[str, ProjectInbox] = {}
         self._threads: dict[str, threading.Thread] = {}
@@ -171,7 +185,7 @@ class LifecycleService:
         """Register the project's inbox and return its (not yet started) run thread."""
         inbox = ProjectInbox(not_before=not_before)
         deps = RunDeps(self.settings, self.store, adapter, self.observatories, self.link.publish, self.broker,
-                       self.link.clear_retained)
+                       self.link.clear_retained, self.clock)
         run = ProjectRun(record, sla, deps, inbox)
         body = (lambda: run.resume(record)) if resume else run.run
         thread = threading.Thread(
