@@ -261,13 +261,26 @@ class FakeFederation:
         else:
             self._classic_rounds(service, rounds)
 
-    def _progress(self, service: FakeService, number: int, total: int, cycle: int = 1, cycles: int = 1,
-                  cluster: str | None = None) -> None:  # fmt: skip
+    def _progress(
+        self, service: FakeService, number: int, total: int, cycle: int = 1, cycles: int = 1, cluster: str | None = None
+    ) -> None:
+        """Report a round (accuracy 0.4 + 0.1 per round); crash or hold there if a test asked."""
         accuracy = round(0.4 + 0.1 * number, 3)
-        service.report(TrainingProgress(project_id=service.project_id, sender=service.name, cluster=cluster,
-                                        cycle=cycle, total_cycles=cycles, round=number, total_rounds=total,
-                                        loss=round(1 - accuracy, 3), accuracy=accuracy, participants=2,
-                                        num_examples=40, round_seconds=0.01))  # fmt: skip
+        progress = TrainingProgress(
+            project_id=service.project_id,
+            sender=service.name,
+            cluster=cluster,
+            cycle=cycle,
+            total_cycles=cycles,
+            round=number,
+            total_rounds=total,
+            loss=round(1 - accuracy, 3),
+            accuracy=accuracy,
+            participants=2,
+            num_examples=40,
+            round_seconds=0.01,
+        )
+        service.report(progress)
         step = (cycle - 1) * total + number
         self.checkpoints[service.name] = step
         crash = self.crash_after.pop((service.name, step), None)
@@ -277,9 +290,16 @@ class FakeFederation:
 
     def _result(self, service: FakeService, rounds: int, cycles: int = 1) -> None:
         accuracy = round(0.4 + 0.1 * rounds, 3)
-        service.report(TrainingResult(project_id=service.project_id, sender=service.name, rounds_completed=rounds,
-                                      cycles_completed=cycles, loss=round(1 - accuracy, 3), accuracy=accuracy,
-                                      model_uri="runs:/fake-run/model"))  # fmt: skip
+        result = TrainingResult(
+            project_id=service.project_id,
+            sender=service.name,
+            rounds_completed=rounds,
+            cycles_completed=cycles,
+            loss=round(1 - accuracy, 3),
+            accuracy=accuracy,
+            model_uri="runs:/fake-run/model",
+        )
+        service.report(result)
 
     def _classic_rounds(self, service: FakeService, rounds: int) -> None:
         for number in range(self.checkpoints.get(service.name, 0) + 1, rounds + 1):  # a restart resumes
@@ -318,8 +338,9 @@ class FakeFederation:
 
 
 @contextmanager
-def start_data_servers(root: Path, nodes: dict[str, str | None], tag: str = "digits",
-                       rows: int = 20, width: int = 4) -> Iterator[list[NodeInfo]]:  # fmt: skip
+def start_data_servers(
+    root: Path, nodes: dict[str, str | None], tag: str = "digits", rows: int = 20, width: int = 4
+) -> Iterator[list[NodeInfo]]:
     """One open (development mode) data server per node, holding ``rows`` rows of ``tag``."""
     servers: list[DataFlightServer] = []
     found: list[NodeInfo] = []

@@ -8,6 +8,7 @@ real ones (``tests/lifecycle_fakes.py``); the end-to-end suites run the real one
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -46,13 +47,21 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeInfo]]:
 
 
 def project_sla(mode: str = "classic", rounds: int = 3, cycles: int = 1, deploy: bool = False) -> ProjectSLA:
-    return ProjectSLA.model_validate({
-        "ml_repo_url": "https://git.example.org/ml/digits.git",
-        "ml_model_flavor": "sklearn",
-        "training_configuration": {"mode": mode, "data_tags": ["digits"], "training_rounds": rounds,
-                                   "training_cycles": cycles, "min_available_clients": 2},
-        "post_training_steps": ["deploy_trained_model_image"] if deploy else [],
-    })  # fmt: skip
+    training = {
+        "mode": mode,
+        "data_tags": ["digits"],
+        "training_rounds": rounds,
+        "training_cycles": cycles,
+        "min_available_clients": 2,
+    }
+    return ProjectSLA.model_validate(
+        {
+            "ml_repo_url": "https://git.example.org/ml/digits.git",
+            "ml_model_flavor": "sklearn",
+            "training_configuration": training,
+            "post_training_steps": ["deploy_trained_model_image"] if deploy else [],
+        }
+    )
 
 
 @dataclass
@@ -73,8 +82,8 @@ class Lab:
 
     def manager(self) -> LifecycleService:
         adapters = {"memory": self.adapter}
-        manager = LifecycleService(self.settings, self.store(), link=MemoryLink(self.broker), adapters=adapters,
-                                   clock=self.clock)  # fmt: skip
+        link = MemoryLink(self.broker)
+        manager = LifecycleService(self.settings, self.store(), link=link, adapters=adapters, clock=self.clock)
         manager.start()
         return manager
 
@@ -97,15 +106,23 @@ class Lab:
 
     def crashing_run(self, sla: ProjectSLA) -> tuple[ProjectRecord, threading.Thread, MemoryLink]:
         """A manager process whose run dies (ManagerCrashed, from a gate) without any cleanup."""
-        record = ProjectRecord(project_id=uuid.uuid4().hex, customer=CUSTOMER,
-                               sla=sla.model_dump(mode="json", by_alias=True), orchestrator="memory")  # fmt: skip
+        sla_document = sla.model_dump(mode="json", by_alias=True)
+        record = ProjectRecord(project_id=uuid.uuid4().hex, customer=CUSTOMER, sla=sla_document, orchestrator="memory")
         store = self.store()
         store.insert_project(record)
         inbox, link = ProjectInbox(), MemoryLink(self.broker)
         link.subscribe(project_filter(record.project_id), lambda _topic, message: inbox.put(message))
         link.connect()
-        deps = RunDeps(self.settings, store, self.adapter, ObservatoryKeeper(self.settings, store), link.publish,
-                       SharedAccess(self.settings.mqtt), link.clear_retained, self.clock)  # fmt: skip
+        deps = RunDeps(
+            settings=self.settings,
+            store=store,
+            adapter=self.adapter,
+            observatories=ObservatoryKeeper(self.settings, store),
+            publish=link.publish,
+            broker=SharedAccess(self.settings.mqtt),
+            clear_retained=link.clear_retained,
+            clock=self.clock,
+        )
         run = ProjectRun(record, sla, deps, inbox)
 
         def until_crash() -> None:
@@ -161,8 +178,8 @@ def test_a_classic_project_runs_every_phase_in_order_and_keeps_only_its_serving_
     assert (done.progress.round, done.progress.total_rounds, done.progress.accuracy) == (3, 3, 0.7)
     assert [r.step for r in lab.store().list_rounds(project_id)] == [1, 2, 3]
     added = [service.name for service in lab.adapter.services]
-    assert added == ["tracking", f"observer-{project_id[:8]}", "builder", "aggregator", *LEARNERS, "model-builder",
-                     "serving"]  # fmt: skip
+    observer = f"observer-{project_id[:8]}"
+    assert added == ["tracking", observer, "builder", "aggregator", *LEARNERS, "model-builder", "serving"]
     assert lab.adapter.service("model-builder").config["model_uri"] == "runs:/fake-run/model"
     assert done.model_image == lab.adapter.service("serving").spec.image
     aggregator = lab.adapter.service("aggregator")
@@ -188,10 +205,10 @@ def test_a_hierarchical_project_trains_its_clusters_and_the_root_cycle_by_cycle(
     assert lab.phases_entered(project_id) == PHASES
     assert (done.progress.cycle, done.progress.total_cycles, done.progress.accuracy) == (2, 2, 0.8)
     names = [service.name for service in lab.adapter.services]
-    assert names[3:] == ["root-aggregator", "cluster-aggregator-a", "learner-a1", "learner-a2",
-                         "cluster-aggregator-b", "learner-b1", "learner-b2"]  # fmt: skip
-    cluster_a = lab.adapter.service("cluster-aggregator-a").config
-    assert cluster_a["root_address"] == f"127.0.0.1:{lab.adapter.service('root-aggregator').config['port']}"
+    cluster_a, cluster_b = ["cluster-aggregator-a", *LEARNERS[:2]], ["cluster-aggregator-b", *LEARNERS[2:]]
+    assert names[3:] == ["root-aggregator", *cluster_a, *cluster_b]
+    cluster_a_config = lab.adapter.service("cluster-aggregator-a").config
+    assert cluster_a_config["root_address"] == f"127.0.0.1:{lab.adapter.service('root-aggregator').config['port']}"
     assert lab.adapter.service("learner-b2").config["aggregator_address"] == (
         f"127.0.0.1:{lab.adapter.service('cluster-aggregator-b').config['port']}")
     rounds = lab.store().list_rounds(project_id)
@@ -207,8 +224,8 @@ def test_a_learner_that_keeps_dying_is_redeployed_three_times_then_left_out(lab:
     lab.federation.always_crash["learner-a1"] = "killed: out of memory"
     go_on = lab.federation.hold("aggregator", after_round=1)
     project_id = lab.manager().start_project(project_sla(), CUSTOMER).project_id
-    wait_until(lambda: "learner-a1 lost for good after 3 restarts: killed: out of memory" in lab.texts(project_id),
-               WAIT_S)  # fmt: skip
+    retired = "learner-a1 lost for good after 3 restarts: killed: out of memory"
+    wait_until(lambda: retired in lab.texts(project_id), WAIT_S)
     go_on.set()
     done = lab.finished(project_id)
     assert done.status is ProjectStatus.COMPLETED, done.error
@@ -225,8 +242,8 @@ def test_an_aggregator_lost_once_is_redeployed_and_resumes_from_its_checkpoint(l
     done = lab.finished(project_id)
     assert done.status is ProjectStatus.COMPLETED, done.error
     assert lab.adapter.service("aggregator").deploys == 2
-    assert ("the aggregator was lost (killed by signal 9); redeploying it, restart 1 of 2: it resumes from its "
-            "last checkpoint") in lab.texts(project_id)  # fmt: skip
+    restarted = "the aggregator was lost (killed by signal 9); redeploying it, restart 1 of 2"
+    assert f"{restarted}: it resumes from its last checkpoint" in lab.texts(project_id)
     assert [r.step for r in lab.store().list_rounds(project_id)] == [1, 2, 3, 4]
     assert done.progress.round == 4
 
@@ -282,10 +299,10 @@ def test_a_stop_in_any_phase_ends_stopped_with_nothing_left_running(
     assert lab.phases_entered(project_id) == PHASES[: PHASES.index(phase.value) + 1]
     assert lab.left_running() == {(observatory(), "tracking")}
     project_services = [s for s in lab.adapter.services if s.app.kind is AppKind.PROJECT]
-    assert all(s.state in (ServiceState.STOPPED, ServiceState.SUCCEEDED, ServiceState.PENDING)
-               for s in project_services)  # fmt: skip
-    if phase is not ProjectPhase.OBSERVATORY:
-        assert [app.kind for app in lab.adapter.deleted_apps] == [AppKind.PROJECT]
+    ended = (ServiceState.STOPPED, ServiceState.SUCCEEDED, ServiceState.PENDING)  # PENDING: never deployed
+    assert all(s.state in ended for s in project_services)
+    expected_deleted = [] if phase is ProjectPhase.OBSERVATORY else [AppKind.PROJECT]  # no project app yet
+    assert [app.kind for app in lab.adapter.deleted_apps] == expected_deleted
     texts = lab.texts(project_id)
     assert "stop requested" in texts and texts[-1] == "project stopped"
 
@@ -327,6 +344,7 @@ def test_a_short_database_outage_during_training_loses_nothing(lab: Lab) -> None
 
 
 def test_a_database_outage_longer_than_the_limit_fails_the_project_once_it_is_back(lab: Lab) -> None:
+    lab.settings = dataclasses.replace(lab.settings, db_outage_limit_s=10)  # half a second at the lab's speed
     lab.federation.hold("aggregator", after_round=1)
     project_id = lab.manager().start_project(project_sla(), CUSTOMER).project_id
     wait_until(lambda: lab.record(project_id).progress.round == 1, WAIT_S)
@@ -379,8 +397,8 @@ def test_a_project_left_in_training_resumes_with_the_services_that_kept_running(
     first_manager.join(WAIT_S)
 
     lab.manager()
-    wait_until(lambda: "manager restarted: reconnected to the running training services"
-               in lab.texts(record.project_id), WAIT_S)  # fmt: skip
+    reconnected = "manager restarted: reconnected to the running training services"
+    wait_until(lambda: reconnected in lab.texts(record.project_id), WAIT_S)
     go_on.set()
     done = lab.finished(record.project_id)
     assert done.status is ProjectStatus.COMPLETED, done.error
@@ -410,9 +428,15 @@ def test_a_result_published_while_no_manager_ran_completes_the_project(lab: Lab)
 
 def test_a_project_left_after_training_cannot_be_resumed_and_fails_with_its_services_removed(lab: Lab) -> None:
     app = lab.adapter.create_app("project-leftover", AppKind.PROJECT, CUSTOMER, "p-left")
-    record = ProjectRecord(project_id="p-left", customer=CUSTOMER, sla=project_sla().model_dump(mode="json"),
-                           orchestrator="memory", status=ProjectStatus.RUNNING, phase=ProjectPhase.POST_TRAINING,
-                           apps={"project": app.app_id})  # fmt: skip
+    record = ProjectRecord(
+        project_id="p-left",
+        customer=CUSTOMER,
+        sla=project_sla().model_dump(mode="json"),
+        orchestrator="memory",
+        status=ProjectStatus.RUNNING,
+        phase=ProjectPhase.POST_TRAINING,
+        apps={"project": app.app_id},
+    )
     lab.store().insert_project(record)
 
     lab.manager()
