@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -339,7 +339,7 @@ class FakeFederation:
 
 @contextmanager
 def start_data_servers(
-    root: Path, nodes: dict[str, str | None], tag: str = "digits", rows: int = 20, width: int = 4
+    root: Path, nodes: Mapping[str, str | None], tag: str = "digits", rows: int = 20, width: int = 4
 ) -> Iterator[list[NodeInfo]]:
     """One open (development mode) data server per node, holding ``rows`` rows of ``tag``."""
     servers: list[DataFlightServer] = []

@@ -74,6 +74,7 @@ class Lab:
     federation: FakeFederation
     adapter: FakeAdapter
     clock: FastClock
+    managers: list[LifecycleService] = dataclasses.field(default_factory=list)
 
     def store(self) -> MemoryProjectStore:
         store = MemoryProjectStore(self.database)
@@ -85,6 +86,7 @@ class Lab:
         link = MemoryLink(self.broker)
         manager = LifecycleService(self.settings, self.store(), link=link, adapters=adapters, clock=self.clock)
         manager.start()
+        self.managers.append(manager)
         return manager
 
     def record(self, project_id: str) -> ProjectRecord:
@@ -93,7 +95,13 @@ class Lab:
         return record
 
     def finished(self, project_id: str) -> ProjectRecord:
-        return wait_until(lambda: (r := self.record(project_id)).status.finished and r, WAIT_S)
+        def ended() -> ProjectRecord | None:
+            record = self.record(project_id)
+            return record if record.status.finished else None
+
+        found = wait_until(ended, WAIT_S)
+        assert found is not None
+        return found
 
     def texts(self, project_id: str) -> list[str]:
         return [event.text for event in self.store().list_events(project_id, limit=100_000)]
@@ -150,14 +158,17 @@ def lab(tmp_path: Path, nodes: list[NodeInfo]) -> Iterator[Lab]:
         build_timeout_s=600,
         training_timeout_s=600,
         serving_timeout_s=60,
-        db_outage_limit_s=40,
+        db_outage_limit_s=100,  # 5 s at the lab's speed: the short outage stays well within it
         poll_interval_s=0.02,
         cache_max_age_s=0,
         registry=RegistrySettings(address="registry.example.org:5000"),  # the fake builder "pushes" there
     )
     broker, federation = MemoryBroker(), FakeFederation()
     adapter = FakeAdapter(nodes, federation.programs(), broker.publish)
-    yield Lab(settings, MemoryDatabase(), broker, federation, adapter, FastClock(speed=20))
+    world = Lab(settings, MemoryDatabase(), broker, federation, adapter, FastClock(speed=20))
+    yield world
+    for manager in world.managers:
+        manager.close()  # its background threads end; the adapter's services go with the next line
     adapter.close()
 
 
