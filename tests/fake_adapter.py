@@ -123,6 +123,15 @@ class FakeService:
             self.state, self.detail = state, detail
         self.ready.set()
 
+    def kill(self, detail: str) -> None:
+        """The service's process dies (say SIGKILL): FAILED with ``detail``, whatever its program was doing."""
+        dying, self.stopping = self.stopping, threading.Event()  # what the program ends with is not its state
+        dying.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(10)  # gone (its ports free) before anyone can see it failed and redeploy it
+        self.state, self.detail = ServiceState.FAILED, detail
+
     def stop(self) -> None:
         thread = self._thread
         self.stopping.set()

@@ -271,6 +271,21 @@ def test_an_aggregator_that_keeps_dying_fails_the_project_after_two_restarts(lab
     assert lab.left_running() == {(observatory(), "tracking")}
 
 
+def test_a_tracking_server_killed_during_training_is_redeployed_and_training_completes(lab: Lab) -> None:
+    go_on = lab.federation.hold("aggregator", after_round=1)
+    project_id = lab.manager().start_project(project_sla(), CUSTOMER).project_id
+    wait_until(lambda: lab.record(project_id).progress.round == 1, WAIT_S)
+    lab.adapter.service("tracking").kill("killed by signal 9")
+    redeployed = "the MLflow tracking server stopped (killed by signal 9); redeploying it, restart 1 of 3"
+    wait_until(lambda: any(text.startswith(redeployed) for text in lab.texts(project_id)), WAIT_S)
+    go_on.set()
+    done = lab.finished(project_id)
+    assert done.status is ProjectStatus.COMPLETED, done.error
+    assert lab.adapter.service("tracking").deploys == 2
+    assert "no MLflow experiment was created" in lab.texts(project_id)  # the server answered again at the end
+    assert lab.left_running() == {(observatory(), "tracking")}
+
+
 def test_a_build_that_reports_its_failure_fails_the_project_with_that_reason(lab: Lab) -> None:
     lab.federation.failures["builder"] = "requirements.txt line 2: invalid requirement 'scikit learn'"
     project_id = lab.manager().start_project(project_sla(), CUSTOMER).project_id
