@@ -4,8 +4,28 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
+from typing import Protocol
 
 from flops_utils.mqtt_catalogue import FlopsMessage
+
+
+class ReportLink(Protocol):
+    """What the manager needs from its link to the services' reports: :class:`flops_utils.mqtt_link.MqttLink`,
+    or an in-memory broker in the lifecycle tests (``tests/lifecycle_fakes.py``)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def connect(self, timeout: float = 10.0) -> object: ...
+
+    def close(self) -> None: ...
+
+    def subscribe(self, topic_filter: str, handler: Callable[[str, FlopsMessage], None]) -> None: ...
+
+    def publish(self, message: FlopsMessage) -> None: ...
+
+    def clear_retained(self, project_id: str) -> None: ...
 
 
 class ProjectInbox:

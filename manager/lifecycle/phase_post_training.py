@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from flops_utils.mqtt_catalogue import ModelImageBuilt
@@ -78,20 +77,20 @@ def serve(run: ProjectRun) -> None:
     service = run.deploy(spec)
 
     run.event(f"starting the model serving endpoint at {endpoint.url}")
-    began = time.monotonic()
+    began = run.deps.clock.monotonic()
     deadline = began + settings.serving_timeout_s
     quiet = QuietNotes(began)
     while not http_ok(f"{endpoint.url}/ping"):
         run.check_stop()
-        if quiet.due(time.monotonic()):
+        if quiet.due(run.deps.clock.monotonic()):
             run.event(f"waiting for the model serving endpoint to answer /ping "
-                      f"({time.monotonic() - began:.0f} s so far)")  # fmt: skip
+                      f"({run.deps.clock.monotonic() - began:.0f} s so far)")  # fmt: skip
         info = adapter.inspect_service(run.app(), service)
         if info.state in (ServiceState.FAILED, ServiceState.SUCCEEDED, ServiceState.STOPPED):
             raise PhaseFailed(f"the model serving endpoint failed to start: {info.detail or info.state.value}")
-        if time.monotonic() > deadline:
+        if run.deps.clock.monotonic() > deadline:
             raise PhaseFailed(f"the model serving endpoint did not answer /ping within "
                               f"{settings.serving_timeout_s:.0f}s")  # fmt: skip
-        time.sleep(1.0)
+        run.deps.clock.sleep(1.0)
     run.update(serving_url=endpoint.url)
     run.event(f"model {model_uri} served at {endpoint.url}/invocations")

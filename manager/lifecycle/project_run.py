@@ -25,6 +25,7 @@ from manager.broker_access import BrokerAccess, BrokerAccessError
 from manager.config_vault import config_owner
 from manager.lifecycle import phases
 from manager.lifecycle.cleanup import Deployed, ProjectCleanup, project_app_name
+from manager.lifecycle.clock import SYSTEM_CLOCK, Clock
 from manager.lifecycle.config_reference import by_reference
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.errors import PhaseFailed, StopRequested
@@ -74,6 +75,7 @@ class RunDeps:
     publish: Publish
     broker: BrokerAccess
     clear_retained: Callable[[str], None]
+    clock: Clock = SYSTEM_CLOCK  # what waits are measured with (tests inject a faster one)
 
 
 @dataclass
@@ -96,7 +98,7 @@ class ProjectRun:
         self.deps = deps
         self.inbox = inbox
         self.state = RunState()
-        self.writer = RecordWriter(deps.store, self.project_id, deps.settings.db_outage_limit_s)
+        self.writer = RecordWriter(deps.store, self.project_id, deps.settings.db_outage_limit_s, deps.clock)
         self.flower_ca = ProjectFlowerCa(self.project_id)  # no I/O: keys are made on first use
         self.reports = ReportLoop(self)
         self.restarts = RestartPolicy(self)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
+from manager.lifecycle.clock import SYSTEM_CLOCK, Clock
 from manager.records import EventRecord, RoundRecord
 from manager.storage.base import ProjectStore, StorageUnavailable
 
@@ -24,8 +24,10 @@ RETRY_INTERVAL_S = 2.0  # while the store is away: each try can wait for the dri
 
 
 class RecordWriter:
-    def __init__(self, store: ProjectStore, project_id: str, outage_limit_s: float) -> None:
+    def __init__(self, store: ProjectStore, project_id: str, outage_limit_s: float,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
+        self.clock = clock
         self.project_id = project_id
         self.outage_limit_s = outage_limit_s
         self._fields: dict[str, Any] = {}
@@ -60,7 +62,7 @@ class RecordWriter:
         with self._lock:
             if not self.pending:
                 return True
-            if self._failing_since is not None and time.monotonic() < self._retry_at:
+            if self._failing_since is not None and self.clock.monotonic() < self._retry_at:
                 return self._still_away(strict)
             try:
                 if self._fields:
@@ -80,7 +82,7 @@ class RecordWriter:
             return True
 
     def _failed(self, error: StorageUnavailable, strict: bool) -> bool:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         self._retry_at = now + RETRY_INTERVAL_S
         self._error = error
         if self._failing_since is None:
@@ -91,17 +93,17 @@ class RecordWriter:
 
     def _still_away(self, strict: bool) -> bool:
         assert self._failing_since is not None
-        away = time.monotonic() - self._failing_since
+        away = self.clock.monotonic() - self._failing_since
         if strict and away > self.outage_limit_s:
             raise StorageUnavailable(f"the project store has been unreachable for {away:.0f} s: {self._error}")
         return False
 
     def settle(self, timeout_s: float) -> bool:
         """Keep trying for up to ``timeout_s`` (the run's last writes); False if something is still pending."""
-        deadline = time.monotonic() + timeout_s
+        deadline = self.clock.monotonic() + timeout_s
         while True:
             if self.flush(strict=False):
                 return True
-            if time.monotonic() >= deadline:
+            if self.clock.monotonic() >= deadline:
                 return False
-            time.sleep(1.0)
+            self.clock.sleep(1.0)

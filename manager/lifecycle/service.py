@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from flops_utils.mqtt_catalogue import ALL_PROJECTS_FILTER, FlopsMessage, split_topic
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
@@ -22,9 +22,10 @@ from manager.control import CachePruneRequest, CachePruneResult, ControlError, M
 from manager.data_models import DataToken, NodeList
 from manager.lifecycle.cache_upkeep import DAY_S, prune_build_cache
 from manager.lifecycle.cleanup import Deployed, ProjectCleanup
+from manager.lifecycle.clock import SYSTEM_CLOCK, Clock
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.data_nodes import DataServers
-from manager.lifecycle.inbox import ProjectInbox
+from manager.lifecycle.inbox import ProjectInbox, ReportLink
 from manager.lifecycle.inventory import node_inventory, write_token_for
 from manager.lifecycle.observatory import ObservatoryKeeper
 from manager.lifecycle.phases import OnRestart, on_restart
@@ -44,14 +45,27 @@ RESTART_REASON = "the manager restarted while the project was running; its servi
 
 
 class LifecycleService:
-    def __init__(self, settings: LifecycleSettings, store: ProjectStore) -> None:
+    def __init__(
+        self,
+        settings: LifecycleSettings,
+        store: ProjectStore,
+        *,
+        link: ReportLink | None = None,
+        adapters: Mapping[str, OrchestratorAdapter] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        """``link``, ``adapters`` (started, by name) and ``clock`` replace the MQTT link, the adapters made
+        from settings and the system clock: the lifecycle tests run with in-memory ones."""
         self.settings = settings
         self.store = store
         client_id = settings.mqtt_client_id or f"flops-manager-{uuid.uuid4().hex[:8]}"
-        self.link = MqttLink(settings.mqtt, client_id=client_id, persistent_session=settings.mqtt_client_id is not None)
+        self.link: ReportLink = link or MqttLink(
+            settings.mqtt, client_id=client_id, persistent_session=settings.mqtt_client_id is not None
+        )
+        self.clock = clock
         self.observatories = ObservatoryKeeper(settings, store)
         self.broker = ResolvingAccess(settings.mqtt, settings.mqtt_project_credentials)
-        self._adapters: dict[str, OrchestratorAdapter] = {}
+        self._adapters: dict[str, OrchestratorAdapter] = dict(adapters or {})
         self._adapter_lock = threading.Lock()
         self._inboxes: dict[str, ProjectInbox] = {}
         self._threads: dict[str, threading.Thread] = {}
@@ -170,7 +184,7 @@ class LifecycleService:
         """Register the project's inbox and return its (not yet started) run thread."""
         inbox = ProjectInbox(not_before=not_before)
         deps = RunDeps(self.settings, self.store, adapter, self.observatories, self.link.publish, self.broker,
-                       self.link.clear_retained)
+                       self.link.clear_retained, self.clock)
         run = ProjectRun(record, sla, deps, inbox)
         body = (lambda: run.resume(record)) if resume else run.run
         thread = threading.Thread(

@@ -10,7 +10,6 @@ the customer's MLflow server comes back while the aggregators keep their metrics
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -55,7 +54,7 @@ class ReportLoop:
         A stretch without reports gets an event saying what is awaited (``awaited()``, else ``what``).
         """
         run = self.run
-        started = time.monotonic()
+        started = run.deps.clock.monotonic()
         deadline = started + timeout
         next_inspect = 0.0
         exited_at: dict[str, float] = {}
@@ -65,12 +64,12 @@ class ReportLoop:
             message = run.inbox.get(timeout=run.deps.settings.poll_interval_s)
             if message is not None:
                 self.record(message)
-                quiet.heard(time.monotonic())
+                quiet.heard(run.deps.clock.monotonic())
                 if on_message(message):
                     return
             if run.writer.pending:
                 run.writer.flush()  # buffered while the database was away; fails the run after the limit
-            now = time.monotonic()
+            now = run.deps.clock.monotonic()
             if quiet.due(now):
                 run.event(f"waiting for {awaited() if awaited else what} ({now - started:.0f} s so far)")
             if now >= next_inspect:
@@ -94,13 +93,14 @@ class ReportLoop:
                     continue
                 raise PhaseFailed(f"the {label} failed: {info.detail or 'no detail'}")
             if info.state in (ServiceState.SUCCEEDED, ServiceState.STOPPED):
-                first = exited_at.setdefault(label, time.monotonic())
-                if time.monotonic() - first > RESULT_GRACE_S:
+                first = exited_at.setdefault(label, self.run.deps.clock.monotonic())
+                if self.run.deps.clock.monotonic() - first > RESULT_GRACE_S:
                     raise PhaseFailed(f"the {label} exited without reporting its result")
 
     def drain(self, on_message: OnMessage, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        clock = self.run.deps.clock
+        deadline = clock.monotonic() + seconds
+        while clock.monotonic() < deadline:
             message = self.run.inbox.get(timeout=0.2)
             if message is not None:
                 self.record(message)

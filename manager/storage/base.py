@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
+
+from pydantic import TypeAdapter
 
 from manager.records import EventRecord, ProjectRecord, RoundRecord
 
@@ -19,6 +22,23 @@ class ProjectNotFound(LookupError):
     def __init__(self, project_id: str) -> None:
         super().__init__(f"no project {project_id!r}")
         self.project_id = project_id
+
+
+def project_field_value(name: str, value: Any) -> Any:
+    """Validate one top-level field of an update against ProjectRecord and dump it to plain JSON types
+    (what :meth:`ProjectStore.update_project` stores); ValueError naming a field ProjectRecord lacks."""
+    if name not in ProjectRecord.model_fields:
+        raise ValueError(f"ProjectRecord has no field {name!r}")
+    adapter = _field_adapter(name)
+    return adapter.dump_python(adapter.validate_python(value), mode="json")
+
+
+@functools.cache
+def _field_adapter(name: str) -> TypeAdapter[Any]:
+    annotation = ProjectRecord.model_fields[name].annotation
+    if annotation is None:
+        raise ValueError(f"ProjectRecord has no field {name!r}")
+    return TypeAdapter(annotation)
 
 
 class ProjectStore(ABC):

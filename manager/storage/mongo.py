@@ -8,14 +8,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
-from pydantic import TypeAdapter
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from manager.records import EventRecord, ProjectRecord, RoundRecord
-from manager.storage.base import ProjectNotFound, ProjectStore, StorageUnavailable
+from manager.storage.base import ProjectNotFound, ProjectStore, StorageUnavailable, project_field_value
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,7 +55,6 @@ class MongoProjectStore(ProjectStore):
         self.database_name = database
         self.timeout_s = timeout_s
         self._client: MongoClient[Document] | None = None
-        self._field_adapters: dict[str, TypeAdapter[Any]] = {}
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -139,7 +137,7 @@ class MongoProjectStore(ProjectStore):
     @_translate_errors
     def update_project(self, project_id: str, **fields: Any) -> ProjectRecord:
         fields.setdefault("updated_at", time.time())
-        changes = {name: self._field_value(name, value) for name, value in fields.items()}
+        changes = {name: project_field_value(name, value) for name, value in fields.items()}
         if "project_id" in changes and changes["project_id"] != project_id:
             raise ValueError("project_id cannot be changed")
         document = self._collection(PROJECTS).find_one_and_update(
@@ -148,16 +146,6 @@ class MongoProjectStore(ProjectStore):
         if document is None:
             raise ProjectNotFound(project_id)
         return _project(document)
-
-    def _field_value(self, name: str, value: Any) -> Any:
-        """Validate one top-level field against ProjectRecord and dump it to plain JSON types."""
-        field = ProjectRecord.model_fields.get(name)
-        if field is None or field.annotation is None:
-            raise ValueError(f"ProjectRecord has no field {name!r}")
-        adapter = self._field_adapters.get(name)
-        if adapter is None:
-            adapter = self._field_adapters[name] = TypeAdapter(field.annotation)
-        return adapter.dump_python(adapter.validate_python(value), mode="json")
 
     # -- events -------------------------------------------------------------------------------
 
