@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from flops_utils.message_text import describe, one_line
+from flops_utils.message_text import describe, error_line
 from flops_utils.mqtt_catalogue import (
     BuildResult,
     ControlCommand,
@@ -212,7 +212,7 @@ class ProjectRun:
             status, error = ProjectStatus.FAILED, str(failure)
         except Exception as failure:  # keep the project consistent whatever went wrong
             log.exception("project %s crashed in phase %s", self.project_id, self.phase)
-            status, error = ProjectStatus.FAILED, f"internal error in phase {self.phase.value}: {_one_line(failure)}"
+            status, error = ProjectStatus.FAILED, f"internal error in phase {self.phase.value}: {error_line(failure)}"
         self._finish(status, error)
 
     def _reconnect(self, record: ProjectRecord) -> None:
@@ -253,7 +253,7 @@ class ProjectRun:
             self._cleanup(keep_serving)
         except Exception as failure:  # cleanup must never hide the project's real outcome
             log.exception("cleanup of project %s failed", self.project_id)
-            self._event(f"cleanup incomplete: {_one_line(failure)}", level="warning")
+            self._event(f"cleanup incomplete: {error_line(failure)}", level="warning")
         if self.state.training_started:
             self._settle_experiment(status)
         try:
@@ -960,7 +960,3 @@ class ProjectRun:
     def _event(self, text: str, *, source: str = "manager", level: str = "info", event_id: str | None = None) -> None:
         event = EventRecord(project_id=self.project_id, source=source, level=level, text=text)
         self.writer.event(event.model_copy(update={"event_id": event_id}) if event_id else event)
-
-
-def _one_line(error: BaseException) -> str:
-    return one_line(str(error) or type(error).__name__)

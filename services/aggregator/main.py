@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from flops_utils.message_text import error_line
 from flops_utils.mqtt_catalogue import (
     ControlCommand,
     FlopsMessage,
@@ -35,7 +36,7 @@ from services.fl_runtime.link.frames import Hello
 from services.fl_runtime.link.grid import LinkGrid
 from services.fl_runtime.link.server import LinkServer
 from services.fl_runtime.outcome import RunOutcome, clear_outcome
-from services.fl_runtime.reporter import Reporter, one_line
+from services.fl_runtime.reporter import Reporter
 
 log = logging.getLogger("flops.aggregator")
 
@@ -116,7 +117,7 @@ class AggregatorService:
             try:
                 box["outcome"] = serve(grid, config)
             except Exception as error:  # serve() has logged it and left the outcome in the work dir
-                box["outcome"] = RunOutcome(ok=False, reason=one_line(error if str(error) else type(error).__name__))
+                box["outcome"] = RunOutcome(ok=False, reason=error_line(error))
             finally:
                 finished.set()
 

@@ -19,11 +19,12 @@ from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
+from flops_utils.message_text import one_line
 from flops_utils.mqtt_catalogue import BuildResult, FlopsMessage, ModelImageBuilt, ServiceState, ServiceStatus
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
 from flops_utils.service_config import BuilderConfig, load_config
 from flops_utils.token_access import use_tracking_access
-from services.builder.errors import BuildError, one_line
+from services.builder.errors import BuildError
 from services.builder.local import Reporter, build_local
 
 log = logging.getLogger("flops.builder")

@@ -6,7 +6,7 @@ import logging
 import uuid
 from typing import Literal
 
-from flops_utils.message_text import one_line as shorten
+from flops_utils.message_text import one_line
 from flops_utils.mqtt_catalogue import (
     EventLine,
     FlopsMessage,
@@ -19,11 +19,6 @@ from flops_utils.service_config import MqttSettings
 log = logging.getLogger(__name__)
 
 EventLevel = Literal["debug", "info", "warning", "error"]
-
-
-def one_line(text: object, limit: int = 300) -> str:
-    """A failure reason on one line, short enough for a status message (cut between words)."""
-    return shorten(text, limit)
 
 
 class Reporter:

@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from flops_utils.message_text import one_line
 from flops_utils.service_config import RegistrySettings
-from services.builder.errors import BuildError, one_line
+from services.builder.errors import BuildError
 from services.builder.process import CommandOutcome, run_command
 
 ROOT_ENV = "FLOPS_CONTAINERS_DIR"

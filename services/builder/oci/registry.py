@@ -16,8 +16,9 @@ from typing import Any
 
 import requests
 
+from flops_utils.message_text import one_line
 from flops_utils.service_config import RegistrySettings
-from services.builder.errors import BuildError, one_line
+from services.builder.errors import BuildError
 from services.builder.oci.engine import default_root, install_registry_ca
 
 MANIFEST_TYPES = (
