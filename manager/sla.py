@@ -258,14 +258,6 @@ class ProjectSLA(_Strict):
             normalised.append(DEPLOY_STEP)
         return normalised
 
-    @property
-    def builds_model_image(self) -> bool:
-        return BUILD_STEP in self.post_training_steps
-
-    @property
-    def deploys_model_image(self) -> bool:
-        return DEPLOY_STEP in self.post_training_steps
-
 
 def check_repo_url(url: str) -> str:
     """Return ``url`` stripped if it is a safe git URL or local path; raise ValueError naming ml_repo_url otherwise.

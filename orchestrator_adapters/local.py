@@ -32,6 +32,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from flops_utils.data_client import DataServerClient, DataServerError
+from flops_utils.process_groups import free_port, port_is_free, process_alive, signal_group, start_ticks
 from flops_utils.service_config import CONFIG_ENV, DataServerConfig, DataServerSecurity, ServerCertificate
 from orchestrator_adapters.base import (
     AdapterError,
@@ -52,14 +53,9 @@ from orchestrator_adapters.local_process import (
     OWNER_ENV,
     descendant_pids,
     describe_exit,
-    free_port,
     last_log_line,
-    port_is_free,
-    process_alive,
     read_exit_file,
-    signal_group,
     spawn,
-    start_ticks,
     stop_groups,
     watch,
     write_exit_file,

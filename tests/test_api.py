@@ -19,6 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
+from flops_utils.process_groups import free_port
 from flops_utils.service_config import MqttSettings
 from manager.api import TokenAuth, create_api
 from manager.api_server import make_server
@@ -38,7 +39,7 @@ from tests.api_harness import (
     RunningApi,
     running_api,
 )
-from tests.helpers import free_port, wait_until
+from tests.helpers import wait_until
 
 PROJECTS = "/api/flops/projects"
 SLA: dict[str, Any] = {"ml_repo_url": "https://example.org/ml/mnist.git", "ml_model_flavor": "sklearn"}

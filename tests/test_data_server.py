@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from flops_utils.data_client import (
     load_dataset,
     to_numpy,
 )
+from flops_utils.process_groups import signal_group, stop_group
 from services.data_server.main import OPEN_NAMESPACE
 from services.data_server.storage import namespace_dir
 
@@ -46,12 +46,8 @@ class RunningServer:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=15)
+            stop_group(self.process.pid, 15, reap=self.process.poll)
+            self.process.wait(timeout=15)
 
 
 def start_server(storage: Path, log_file: Path, security: dict[str, Any] | None = None,
@@ -77,8 +73,7 @@ def start_server(storage: Path, log_file: Path, security: dict[str, Any] | None 
             time.sleep(0.05)
         raise AssertionError(f"data server did not start: {log_file.read_text()}")
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        signal_group(process.pid, signal.SIGKILL)
         process.wait(timeout=15)
         raise
 

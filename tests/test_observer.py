@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from flops_utils.mqtt_catalogue import ServiceState, ServiceStatus, TrainingProgress
+from flops_utils.mqtt_catalogue import ReportedState, ServiceStatus, TrainingProgress
 from flops_utils.mqtt_link import MqttLink
+from flops_utils.process_groups import free_port
 from flops_utils.service_config import CONFIG_ENV, MqttSettings, ObserverConfig
 from flops_utils.token_access import token_digest
-from tests.helpers import free_port, wait_until
+from tests.helpers import wait_until
 
 
 def start_observer(config: ObserverConfig, log_path: Path) -> subprocess.Popen[bytes]:
@@ -59,10 +60,11 @@ def test_observer_logs_reports_and_survives_a_restart(mqtt_settings: MqttSetting
     try:
         assert wait_until(lambda: healthy(url), 60)
         time.sleep(1.0)  # the observer subscribes right after it connects
-        link.publish(ServiceStatus(project_id="p-obs", sender="builder", service="builder", state=ServiceState.STARTED))
+        started = ReportedState.STARTED
+        link.publish(ServiceStatus(project_id="p-obs", sender="builder", service="builder", state=started))
         link.publish(TrainingProgress(project_id="p-obs", sender="aggregator", round=1, total_rounds=3,
                                       loss=0.25, accuracy=0.875, participants=2))  # fmt: skip
-        link.publish(ServiceStatus(project_id="other", sender="x", service="learner", state=ServiceState.FAILED))
+        link.publish(ServiceStatus(project_id="other", sender="x", service="learner", state=ReportedState.FAILED))
         assert wait_until(lambda: len(events(url)) >= 2, 30)
         lines = [str(event["line"]) for event in events(url)]
         assert "builder started" in lines[0]

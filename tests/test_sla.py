@@ -77,7 +77,7 @@ def test_reference_examples_are_accepted_unchanged() -> None:
     parsed = ProjectSLA.model_validate(hierarchical)
     assert parsed.training_configuration.mode == "hierarchical"
     assert parsed.supported_platforms == ["linux/amd64", "linux/arm64"]
-    assert parsed.deploys_model_image and parsed.builds_model_image
+    assert parsed.post_training_steps == ["build_image_for_trained_model", "deploy_trained_model_image"]
 
 
 @pytest.mark.parametrize(

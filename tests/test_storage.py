@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from flops_utils.process_groups import free_port
 from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, ProjectStatus, RoundRecord
 from manager.storage import MongoProjectStore, ProjectNotFound, StorageUnavailable
-from tests.helpers import free_port
 
 
 @pytest.fixture()

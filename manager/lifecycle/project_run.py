@@ -23,11 +23,11 @@ from flops_utils.mqtt_catalogue import (
     EventLine,
     FlopsMessage,
     ModelImageBuilt,
+    ReportedState,
     ServiceStatus,
     TrainingProgress,
     TrainingResult,
 )
-from flops_utils.mqtt_catalogue import ServiceState as ReportedState
 from flops_utils.service_config import (
     AggregatorConfig,
     BuilderConfig,

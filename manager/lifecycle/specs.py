@@ -18,7 +18,6 @@ SERVICE_MODULES: dict[ServiceKind, str] = {
     ServiceKind.LEARNER: "services.learner.main",
     ServiceKind.SERVING: "services.serving.main",
 }
-DEFAULT_IMAGE = "flops/manager:latest"
 
 TRACKING_PORT = PortSpec("http", 5000)
 OBSERVER_PORT = PortSpec("http", 8090)

@@ -21,7 +21,7 @@ from flops_utils.message_text import error_line
 from flops_utils.mqtt_catalogue import (
     ControlCommand,
     FlopsMessage,
-    ServiceState,
+    ReportedState,
     ServiceStatus,
     TopicKind,
     TrainingResult,
@@ -88,7 +88,7 @@ class AggregatorService:
         elif (
             isinstance(message, ServiceStatus)
             and message.service == "aggregator"
-            and message.state in (ServiceState.FAILED, ServiceState.STOPPED)
+            and message.state in (ReportedState.FAILED, ReportedState.STOPPED)
             and message.sender != self.reporter.sender
         ):
             self.root_finished.set()  # the root (or a sibling) gave up: nobody needs our link any more

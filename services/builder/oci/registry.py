@@ -184,9 +184,6 @@ class RegistryClient:
         return ManifestInfo(digest, media_type, size, config_digest=str(body.get("config", {}).get("digest", "")),
                             layers=tuple(str(layer.get("digest", "")) for layer in layers))
 
-    def has(self, repository: str, reference: str) -> bool:
-        return self.manifest(repository, reference) is not None
-
     def catalog(self) -> list[str]:
         response = self._request("GET", "/v2/_catalog?n=1000", "registry:catalog:*")
         if response.status_code != 200:
