@@ -879,6 +879,7 @@ class ProjectRun:
             name, kind, config,  # type: ignore[arg-type]
             python=python, image=image or settings.images.get(kind.value), workdir=workdir,
             resources=sla_resources(self.sla) if runtime else None, placement=placement, ports=ports,
+            verbose=self.sla.verbose,
         )  # fmt: skip
         return by_reference(spec, owner=config_owner(self.project_id, name), adapter_name=self.deps.adapter.name,
                             settings=settings, store=self.deps.store)  # fmt: skip

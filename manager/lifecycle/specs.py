@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from flops_utils.service_config import LOG_LEVEL_ENV
 from manager.sla import ProjectSLA
 from orchestrator_adapters.base import OrchestratorAdapter, Placement, PortSpec, Resources, ServiceKind, ServiceSpec
 
@@ -41,9 +42,15 @@ def service_spec(
     resources: Resources | None = None,
     placement: Placement | None = None,
     ports: tuple[PortSpec, ...] = (),
+    verbose: bool = False,
 ) -> ServiceSpec:
-    """A spec that runs ``python -m <module of kind>`` (locally) or ``image`` (containers)."""
+    """A spec that runs ``python -m <module of kind>`` (locally) or ``image`` (containers).
+
+    ``verbose`` (the SLA's): the service logs at DEBUG.
+    """
     environment = {"FLOPS_WORKDIR": workdir} if workdir else {}
+    if verbose:
+        environment[LOG_LEVEL_ENV] = "DEBUG"
     return ServiceSpec(
         name=name,
         kind=kind,

@@ -27,7 +27,7 @@ from flops_utils.mqtt_catalogue import (
     TrainingResult,
     topic,
 )
-from flops_utils.service_config import AggregatorConfig, load_config
+from flops_utils.service_config import AggregatorConfig, load_config, log_level
 from services.aggregator.cluster_node import root_link_handler
 from services.aggregator.server_app import serve
 from services.aggregator.session import BRIDGE_DIR, cycle_timeout_s, sender_name
@@ -164,7 +164,7 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(AggregatorConfig)
     reporter = Reporter(config.mqtt, config.project_id, sender_name(config), "aggregator").connect()
     role = f"{config.role} aggregator" + (f" of cluster {config.cluster}" if config.cluster else "")

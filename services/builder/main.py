@@ -22,7 +22,7 @@ from typing import Any
 from flops_utils.message_text import one_line
 from flops_utils.mqtt_catalogue import BuildResult, FlopsMessage, ModelImageBuilt, ReportedState, ServiceStatus
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
-from flops_utils.service_config import BuilderConfig, load_config
+from flops_utils.service_config import BuilderConfig, load_config, log_level
 from flops_utils.token_access import use_tracking_access
 from services.builder.errors import BuildError
 from services.builder.local import Reporter, build_local
@@ -131,7 +131,7 @@ def run(environ: Mapping[str, str] | None = None) -> int:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s builder %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=log_level(), format="%(asctime)s builder %(message)s", stream=sys.stderr)
     signal.signal(signal.SIGTERM, _on_sigterm)
     sys.exit(run())
 
