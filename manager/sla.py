@@ -1,7 +1,7 @@
 """The project SLA: the one JSON document a user POSTs to start a federated-learning project.
 
-Every field, default and constraint of the reference FLOps SLA is kept (see
-``shared/reference/sla.md``) so existing SLAs run unchanged; the extensions
+Every field, default and constraint of the reference FLOps SLA is kept (the README's
+"SLA" section lists them) so existing SLAs run unchanged; the extensions
 (``orchestrator``, ``repo_ref``, ``training_configuration.round_timeout_s``) are optional.
 Unknown fields are rejected at every level, and every error names its field path
 (:func:`describe_validation_error`).
