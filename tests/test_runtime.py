@@ -14,10 +14,8 @@ import pytest
 
 from flops_utils.mqtt_catalogue import (
     ControlCommand,
-    FlopsMessage,
     ReportedState,
     ServiceStatus,
-    TrainingResult,
 )
 from flops_utils.mqtt_link import MqttLink
 from flops_utils.process_groups import free_port
@@ -65,20 +63,8 @@ def _project(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def _is_result(message: FlopsMessage) -> bool:
-    """The training result, or an aggregator's failure (so a broken run fails fast)."""
-    if isinstance(message, ServiceStatus):
-        return message.service == "aggregator" and message.state is ReportedState.FAILED
-    return isinstance(message, TrainingResult)
-
-
 def _status(inbox: Inbox, sender: str) -> list[ReportedState]:
     return [m.state for m in inbox.of(ServiceStatus) if isinstance(m, ServiceStatus) and m.sender == sender]
-
-
-def _data_nodes(data_servers: list[str], nodes: list[str], first: int = 0) -> dict[str, str]:
-    """Learner node name -> the data server it reads from."""
-    return {node: data_servers[first + index] for index, node in enumerate(nodes)}
 
 
 def test_learner_without_data_reports_no_data(
