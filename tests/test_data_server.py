@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from flops_utils.data_client import (
     load_dataset,
     to_numpy,
 )
-from flops_utils.process_groups import signal_group, stop_group
+from flops_utils.process_groups import free_port, signal_group, stop_group
 from services.data_server.main import OPEN_NAMESPACE
 from services.data_server.storage import namespace_dir
 
@@ -204,14 +203,8 @@ def test_fragments_survive_a_restart(tmp_path: Path) -> None:
         second.stop()
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_unreachable_server_gives_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    address = f"127.0.0.1:{closed_port()}"
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
     client = DataServerClient(address)
     with pytest.raises(DataServerUnavailable) as caught:
         client.list_tags()
