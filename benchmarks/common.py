@@ -29,6 +29,7 @@ from typing import Any, Generic, TypeVar
 
 from flops_utils.mqtt_catalogue import ALL_PROJECTS_FILTER, FlopsMessage
 from flops_utils.mqtt_link import MqttLink
+from flops_utils.process_groups import free_port
 from flops_utils.service_config import MqttSettings
 from manager.suite import SuiteEndpoints, start_suite, stop_suite
 from tests.fixtures_stack import (
@@ -41,7 +42,6 @@ from tests.fixtures_stack import (
     stop_manager,
     wait_healthy,
 )
-from tests.helpers import free_port
 
 SKLEARN_REPO = "examples/sklearn_digits"
 _STARTED = time.monotonic()

@@ -32,6 +32,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 from benchmarks.common import print_json, print_table  # noqa: E402
+from flops_utils.process_groups import free_port  # noqa: E402
 from flops_utils.service_config import AggregatorConfig, MqttSettings, TrainingSettings  # noqa: E402
 from manager.lifecycle.flower_pki import ProjectFlowerCa  # noqa: E402
 from services.aggregator.privacy import privacy_plan  # noqa: E402
@@ -43,7 +44,7 @@ from services.fl_runtime.link.client import LinkClient, new_node_id  # noqa: E40
 from services.fl_runtime.link.grid import LinkGrid  # noqa: E402
 from services.fl_runtime.link.server import LinkServer  # noqa: E402
 from services.learner.local_dp import local_dp_request, privatise  # noqa: E402
-from tests.helpers import free_port, wait_until  # noqa: E402
+from tests.helpers import wait_until  # noqa: E402
 
 CA = ProjectFlowerCa("p-dp-benchmark")
 DELTA = 1e-5

@@ -190,7 +190,8 @@ def run_legacy(
     rounds: int, learners: int, work_dir: Path, timeout: float = 600.0, parameters: int = 0
 ) -> list[dict[str, float]]:
     """The legacy anchor's per-round timings (server and clients as local processes)."""
-    from services.fl_runtime.processes import child_environment, free_port
+    from flops_utils.process_groups import free_port
+    from services.fl_runtime.processes import child_environment
 
     port, out = free_port(), work_dir / "legacy-rounds.json"
     env = child_environment({"PYTHONPATH": str(REPO_ROOT)})
@@ -321,8 +322,9 @@ def run_deployment(
     rounds: int, learners: int, work_dir: Path, timeout: float = 900.0, parameters: int = 0
 ) -> list[dict[str, float]]:
     """The deployment-engine anchor's per-round timings (SuperLink, SuperNodes, ``flwr run``, defaults)."""
+    from flops_utils.process_groups import free_port
     from services.fl_runtime.flower import FlowerControl, SuperLink
-    from services.fl_runtime.processes import ManagedProcess, child_environment, flower_binary, free_port
+    from services.fl_runtime.processes import ManagedProcess, child_environment, flower_binary
 
     app_dir = work_dir / "anchor-app"
     app_dir.mkdir(parents=True, exist_ok=True)

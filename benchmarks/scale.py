@@ -41,7 +41,7 @@ from benchmarks.common import (  # noqa: E402
     print_table,
     running_stack,
 )
-from flops_utils.mqtt_catalogue import EventLine, ServiceState, ServiceStatus, TrainingProgress  # noqa: E402
+from flops_utils.mqtt_catalogue import EventLine, ReportedState, ServiceStatus, TrainingProgress  # noqa: E402
 from tests.fixtures_stack import sla  # noqa: E402
 
 TAG = "bench-scale"
@@ -213,7 +213,7 @@ def run(bench: Bench, args: argparse.Namespace, per_cluster: int) -> dict[str, A
     starts = [began, *(done[c] for c in cycles[:-1])]
     seconds = [round(done[c] - s, 3) if s is not None else None for c, s in zip(cycles, starts, strict=True)]
     started = {h.message.sender for h in bench.recorder.all_of(project_id, ServiceStatus)
-               if h.message.service == "learner" and h.message.state is ServiceState.STARTED}  # fmt: skip
+               if h.message.service == "learner" and h.message.state is ReportedState.STARTED}  # fmt: skip
     connected = [h.at - posted for h in bench.recorder.all_of(project_id, EventLine) if "connected" in h.message.text]
     peaks = sampler.peaks
     processes = [p.processes for p in peaks.values()]

@@ -44,7 +44,7 @@ from benchmarks.flower_anchors import run_deployment, run_legacy  # noqa: E402
 from flops_utils.mqtt_catalogue import (  # noqa: E402
     BuildResult,
     EventLine,
-    ServiceState,
+    ReportedState,
     ServiceStatus,
     TrainingProgress,
 )
@@ -69,7 +69,7 @@ def phase_starts(bench: Bench, project_id: str, posted_wall: float) -> dict[str,
 
 def training_milestones(bench: Bench, project_id: str, posted: float, learners: int) -> dict[str, float | None]:
     """Seconds from the POST to the training services' reports (MQTT arrival times)."""
-    started = [h for h in bench.recorder.all_of(project_id, ServiceStatus) if h.message.state is ServiceState.STARTED]
+    started = [h for h in bench.recorder.all_of(project_id, ServiceStatus) if h.message.state is ReportedState.STARTED]
     aggregator = [h.at for h in started if h.message.service == "aggregator"]
     learner = sorted(h.at for h in started if h.message.service == "learner")
     connected = [h.at for h in bench.recorder.all_of(project_id, EventLine) if "learners connected" in h.message.text]

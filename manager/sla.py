@@ -1,7 +1,7 @@
 """The project SLA: the one JSON document a user POSTs to start a federated-learning project.
 
-Every field, default and constraint of the reference FLOps SLA is kept (see
-``shared/reference/sla.md``) so existing SLAs run unchanged; the extensions
+Every field, default and constraint of the reference FLOps SLA is kept (the README's
+"SLA" section lists them) so existing SLAs run unchanged; the extensions
 (``orchestrator``, ``repo_ref``, ``training_configuration.round_timeout_s``) are optional.
 Unknown fields are rejected at every level, and every error names its field path
 (:func:`describe_validation_error`).
@@ -35,7 +35,7 @@ PostTrainingStep = Literal["build_image_for_trained_model", "deploy_trained_mode
 
 BUILD_STEP: PostTrainingStep = "build_image_for_trained_model"
 DEPLOY_STEP: PostTrainingStep = "deploy_trained_model_image"
-DEVEL_IMAGE_PLATFORMS: list[Platform] = ["linux/amd64"]
+DEFAULT_PLATFORMS: list[Platform] = ["linux/amd64"]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DATA_TAG_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"
@@ -174,7 +174,7 @@ class ProjectSLA(_Strict):
         pattern=NAME_PATTERN,
         description="owner; defaults to the caller, must match the caller unless the caller is the admin",
     )
-    verbose: bool = Field(default=False, description="more detailed events in the observer/manager log")
+    verbose: bool = Field(default=False, description="the project's services log at DEBUG (their logs, not the events)")
     ml_repo_url: str = Field(
         min_length=1,
         max_length=MAX_URL_LENGTH,
@@ -190,10 +190,11 @@ class ProjectSLA(_Strict):
     )
     ml_model_flavor: ModelFlavor = Field(description="how the model is logged to and served from MLflow")
     use_devel_base_images: bool = Field(
-        default=False, description="prebuilt base images for faster development builds; only with ['linux/amd64']"
+        default=False, description="accepted as false only: FLOps builds its base image once and reuses it "
+        "(docs/images.md), there are no separate development base images"
     )
     supported_platforms: list[Platform] = Field(
-        default_factory=lambda: list(DEVEL_IMAGE_PLATFORMS), min_length=1, max_length=2
+        default_factory=lambda: list(DEFAULT_PLATFORMS), min_length=1, max_length=2
     )
     training_configuration: TrainingConfiguration = Field(default_factory=TrainingConfiguration)
     post_training_steps: list[PostTrainingStep] = Field(
@@ -240,13 +241,18 @@ class ProjectSLA(_Strict):
             raise ValueError("repo_ref is not a valid git branch, tag or commit name")
         return ref
 
+    @field_validator("use_devel_base_images")
+    @classmethod
+    def _no_devel_base_images(cls, wanted: bool) -> bool:
+        if wanted:
+            raise ValueError("not supported: FLOps builds its base image once and reuses it (see docs/images.md); "
+                             "leave use_devel_base_images false")
+        return wanted
+
     @field_validator("supported_platforms")
     @classmethod
-    def _platforms(cls, platforms: list[Platform], info: ValidationInfo) -> list[Platform]:
-        unique = list(dict.fromkeys(platforms))
-        if info.data.get("use_devel_base_images") and unique != DEVEL_IMAGE_PLATFORMS:
-            raise ValueError("use_devel_base_images is only valid with supported_platforms ['linux/amd64']")
-        return unique
+    def _platforms(cls, platforms: list[Platform]) -> list[Platform]:
+        return list(dict.fromkeys(platforms))
 
     @field_validator("post_training_steps")
     @classmethod
@@ -257,14 +263,6 @@ class ProjectSLA(_Strict):
         if DEPLOY_STEP in steps:
             normalised.append(DEPLOY_STEP)
         return normalised
-
-    @property
-    def builds_model_image(self) -> bool:
-        return BUILD_STEP in self.post_training_steps
-
-    @property
-    def deploys_model_image(self) -> bool:
-        return DEPLOY_STEP in self.post_training_steps
 
 
 def check_repo_url(url: str) -> str:

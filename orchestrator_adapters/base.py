@@ -108,6 +108,9 @@ class AppRef:
 
 
 class ServiceState(StrEnum):
+    """What the orchestrator sees of a service (what the service reports about itself over MQTT is
+    ``flops_utils.mqtt_catalogue.ReportedState``)."""
+
     PENDING = "pending"
     RUNNING = "running"
     SUCCEEDED = "succeeded"

@@ -37,6 +37,7 @@ import docker
 import docker.errors
 import requests
 
+from flops_utils.process_groups import free_port
 from flops_utils.service_config import CONFIG_ENV
 from orchestrator_adapters.base import (
     AdapterCapabilities,
@@ -61,7 +62,7 @@ from orchestrator_adapters.container_settings import ContainerSettings
 from orchestrator_adapters.container_state import ContainerAppRecord, ContainerServiceRecord, ContainerStateFile
 from orchestrator_adapters.local import LocalAdapter, LocalAdapterSettings, make_app_id
 from orchestrator_adapters.local_nodes import NAME_PATTERN
-from orchestrator_adapters.local_process import describe_exit, free_port
+from orchestrator_adapters.local_process import describe_exit
 from orchestrator_adapters.local_state import spec_to_data
 
 log = logging.getLogger("flops.adapters.container")
@@ -471,11 +472,3 @@ class ContainerAdapter(OrchestratorAdapter):
                     raise _api_error(f"cannot read the logs of {container.name}", error) from None
         return ""
 
-    def wait_running(self, app: AppRef, service_id: str, timeout: float = 60.0) -> ServiceInfo:
-        """Inspect until the service runs or ends (helper for callers that need a started service)."""
-        deadline = time.monotonic() + timeout
-        info = self.inspect_service(app, service_id)
-        while info.state in (ServiceState.PENDING, ServiceState.UNKNOWN) and time.monotonic() < deadline:
-            time.sleep(0.2)
-            info = self.inspect_service(app, service_id)
-        return info

@@ -32,6 +32,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from flops_utils.data_client import DataServerClient, DataServerError
+from flops_utils.process_groups import free_port, port_is_free, process_alive, start_ticks
 from flops_utils.service_config import CONFIG_ENV, DataServerConfig, DataServerSecurity, ServerCertificate
 from orchestrator_adapters.base import (
     AdapterCapabilities,
@@ -54,13 +55,9 @@ from orchestrator_adapters.local_nodes import NAME_PATTERN, LocalNode, load_node
 from orchestrator_adapters.local_process import (
     OWNER_ENV,
     describe_exit,
-    free_port,
     last_log_line,
-    port_is_free,
-    process_alive,
     read_exit_file,
     spawn,
-    start_ticks,
     stop_groups,
     watch,
 )

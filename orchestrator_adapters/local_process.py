@@ -3,8 +3,8 @@
 Each process runs under a tiny ``sh`` wrapper that leads its own process group
 (``start_new_session``) and writes the command's exit code to a file when it ends.
 The manager that started it also waits on it in a watcher thread; a manager started
-later finds the process by pid (checked against its start time) and its outcome in
-the exit-code file.
+later finds the process by pid (checked against its start time, see
+``flops_utils.process_groups``) and its outcome in the exit-code file.
 """
 
 from __future__ import annotations
@@ -12,80 +12,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from flops_utils.process_groups import ended, every_stat, group_alive, process_alive, signal_group, start_ticks
 
 # "$0" is the exit-code file, "$@" the command. A signal that kills the wrapper itself
 # leaves no file; the watcher thread writes one then.
 _WRAPPER = 'rm -f "$0"; {limit}"$@"; code=$?; printf "%s\\n" "$code" > "$0.tmp" && mv -f "$0.tmp" "$0"; exit "$code"'
 _TAIL_BYTES = 16384
 OWNER_ENV = "FLOPS_OWNER"  # "<app id>/<service id>/<index>" of what the local adapter started; inherited
-
-
-def free_port(host: str = "127.0.0.1", exclude: Iterable[int] = ()) -> int:
-    """A port nothing listens on now and that is not in ``exclude`` (ports planned but not bound yet)."""
-    excluded = set(exclude)
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((host, 0))
-            port = int(probe.getsockname()[1])
-        if port not in excluded:
-            return port
-    raise OSError("no free port found")
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """True when a server could listen on ``port`` now (old connections in TIME_WAIT do not count,
-    as servers bind with SO_REUSEADDR; a listening socket does)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _stat_fields(pid: int | str) -> list[str] | None:
-    """``/proc/<pid>/stat`` after "pid (comm) ": state, ppid, pgrp, ...; None when there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rfind(")") + 2:].split()
-
-
-def _every_stat() -> Iterator[tuple[int, list[str]]]:
-    """``(pid, stat fields)`` of every process now in /proc."""
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            fields = _stat_fields(entry.name)
-            if fields is not None:
-                yield int(entry.name), fields
-
-
-def start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None when there is no such process."""
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields is not None and len(fields) > 19 else None
-
-
-def _ended(fields: list[str]) -> bool:
-    """A zombie whose threads have all exited. A zombie *leader* with live threads is still
-    tearing down (e.g. after SIGKILL) and may still hold files and sockets."""
-    return not fields or (fields[0] in ("Z", "X") and (len(fields) < 18 or int(fields[17]) <= 1))
-
-
-def process_alive(pid: int, ticks: int | None) -> bool:
-    """True while ``pid`` runs and is the same process (not a zombie, not a reused pid)."""
-    fields = _stat_fields(pid)
-    if fields is None or _ended(fields):
-        return False
-    return ticks is None or (len(fields) > 19 and int(fields[19]) == ticks)
 
 
 def read_exit_file(path: str) -> int | None:
@@ -185,15 +124,10 @@ def watch(process: subprocess.Popen[bytes], exit_file: str,
     return thread
 
 
-def signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
-
-
 def descendant_pids(pid: int) -> list[int]:
     """Every live process below ``pid`` (from /proc), parents before children, whatever session it moved to."""
     children: dict[int, list[int]] = {}
-    for child, fields in _every_stat():
+    for child, fields in every_stat():
         children.setdefault(int(fields[1]), []).append(child)
     found, queue = [], [pid]
     while queue:
@@ -201,11 +135,6 @@ def descendant_pids(pid: int) -> list[int]:
             found.append(child)
             queue.append(child)
     return found
-
-
-def group_alive(pgid: int) -> bool:
-    """True while any live (non-zombie) process is in process group ``pgid``."""
-    return any(len(fields) > 2 and fields[2] == str(pgid) and not _ended(fields) for _pid, fields in _every_stat())
 
 
 def owned_processes(owner_prefixes: Iterable[str]) -> list[tuple[int, int | None]]:
@@ -239,8 +168,8 @@ def _live_processes(matches: Callable[[int], bool]) -> list[tuple[int, int | Non
     """(pid, start ticks) of live processes other than this one for which ``matches(pid)`` holds
     (a process that ends while it is being read does not match)."""
     found = []
-    for pid, fields in _every_stat():
-        if pid == os.getpid() or _ended(fields):
+    for pid, fields in every_stat():
+        if pid == os.getpid() or ended(fields):
             continue
         try:
             if matches(pid):

@@ -18,6 +18,7 @@ from typing import Any
 
 import requests
 
+from flops_utils.message_text import one_line
 from orchestrator_adapters.base import AdapterError
 
 DEFAULT_TOKEN_LIFETIME_S = 600.0
@@ -88,9 +89,9 @@ def error_message(response: requests.Response) -> str:
             if isinstance(value, dict):
                 value = value.get("message") or json.dumps(value)
             if value:
-                return " ".join(str(value).split())[:300]
+                return one_line(value)
     if isinstance(body, str) and body:
-        return " ".join(body.split())[:300]
+        return one_line(body)
     return response.reason or "no details"
 
 

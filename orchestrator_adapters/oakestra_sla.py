@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from flops_utils.config_fetch import CONFIG_URL_ENV
+from flops_utils.message_text import one_line
 from orchestrator_adapters.base import (
     AppKind,
     InstanceInfo,
@@ -274,9 +275,10 @@ def state_of(status: object) -> ServiceState:
     return ServiceState.UNKNOWN
 
 
-def _one_line(*parts: object) -> str:
+def _detail(*parts: object) -> str:
+    """The informative ``parts`` joined on one line ("" when none is)."""
     text = ": ".join(str(part) for part in parts if part and part != WAITING_DETAIL)
-    return " ".join(text.split())[:500]
+    return one_line(text, 500) if text.strip() else ""
 
 
 def scheduling_failure(name: str, job: Json, status: str) -> str:
@@ -301,7 +303,7 @@ def instance_info(instance: Json) -> InstanceInfo:
         instance_id=str(instance.get("instance_number", "?")),
         node=str(node) if node else None,
         state=state_of(status),
-        detail=_one_line(status, instance.get("status_detail")),
+        detail=_detail(status, instance.get("status_detail")),
     )
 
 
@@ -325,7 +327,7 @@ def service_info(name: str, job: Json, undeployed: bool, redeploy_pending: bool 
     failed = next((instance for instance in instances if instance.state is ServiceState.FAILED), None)
     if failed is not None and not live:
         return ServiceInfo(
-            name, ServiceState.FAILED, instances, _one_line(f"instance {failed.instance_id}", failed.detail)
+            name, ServiceState.FAILED, instances, _detail(f"instance {failed.instance_id}", failed.detail)
         )
     if not instances:
         if undeployed:
@@ -336,15 +338,15 @@ def service_info(name: str, job: Json, undeployed: bool, redeploy_pending: bool 
         if redeploy_pending and job_state is not ServiceState.SUCCEEDED:
             return ServiceInfo(name, ServiceState.PENDING, detail="redeployed, waiting for Oakestra to schedule it")
         if job_state in (ServiceState.PENDING, ServiceState.SUCCEEDED, ServiceState.FAILED):
-            return ServiceInfo(name, job_state, detail=_one_line(job_status, job.get("status_detail")))
-        return ServiceInfo(name, ServiceState.STOPPED, detail=_one_line("no instances", job_status))
+            return ServiceInfo(name, job_state, detail=_detail(job_status, job.get("status_detail")))
+        return ServiceInfo(name, ServiceState.STOPPED, detail=_detail("no instances", job_status))
     if live:
         state = ServiceState.RUNNING if any(i.state is ServiceState.RUNNING for i in live) else ServiceState.PENDING
         replaced = f"; instance {failed.instance_id} failed and was replaced ({failed.detail})" if failed else ""
-        return ServiceInfo(name, state, instances, _one_line(job_status) + replaced)
+        return ServiceInfo(name, state, instances, _detail(job_status) + replaced)
     states = {instance.state for instance in instances}
     if states == {ServiceState.SUCCEEDED}:
         return ServiceInfo(name, ServiceState.SUCCEEDED, instances, "completed")
     if ServiceState.UNKNOWN in states:
-        return ServiceInfo(name, ServiceState.UNKNOWN, instances, _one_line(job_status))
-    return ServiceInfo(name, ServiceState.STOPPED, instances, _one_line(job_status))
+        return ServiceInfo(name, ServiceState.UNKNOWN, instances, _detail(job_status))
+    return ServiceInfo(name, ServiceState.STOPPED, instances, _detail(job_status))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from flops_utils.message_text import one_line
 from flops_utils.mqtt_catalogue import FlopsMessage
+from flops_utils.process_groups import free_port
 from orchestrator_adapters.base import (
     AdapterCapabilities,
     AdapterError,
@@ -37,7 +38,6 @@ from orchestrator_adapters.base import (
     ServiceSpec,
     ServiceState,
 )
-from tests.helpers import free_port
 
 Program = Callable[["FakeService"], None]
 Reports = Callable[[FlopsMessage], None]

@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 import requests
 
+from flops_utils.process_groups import free_port, signal_group, stop_group
 from manager.suite import SuiteEndpoints
-from tests.helpers import free_port, wait_until
+from tests.helpers import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "admin-token-for-tests"
@@ -72,7 +73,7 @@ class FlopsStack:
         """SIGTERM (``kill``: SIGKILL) the manager and start a new one on the same config (projects keep running);
         ``while_down`` runs in between."""
         if kill and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            signal_group(self.process.pid, signal.SIGKILL)
             self.process.wait()
         stop_manager(self.process)
         if while_down is not None:
@@ -167,12 +168,8 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path, tim
 
 def stop_manager(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process.pid, 60, reap=process.poll)
+        process.wait()
 
 
 def stop_local_services(state_dir: Path) -> None:

@@ -1,6 +1,6 @@
 """An Oakestra root orchestrator stand-in that behaves as the real one does.
 
-It follows ``shared/reference/oakestra-api.md``, including what was seen on a real root
+It follows Oakestra's root API as ``docs/oakestra.md`` describes it, including what was seen on a real root
 orchestrator (2026-12): login/refresh with expiring JWT-shaped tokens; after a key rotation
 (the root restarted) old tokens get 422 ``Signature verification failed`` on the
 ``@jwt_required`` application endpoints and 401 on the service endpoints, a malformed token

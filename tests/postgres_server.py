@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.helpers import free_port
+from flops_utils.process_groups import free_port
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 USER, PASSWORD = "mlflow", "s3cret-pw"

@@ -14,6 +14,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from flops_utils.process_groups import signal_group
+
 
 class LocalProcess:
     def __init__(self, argv: list[str], environment: dict[str, str]) -> None:
@@ -38,8 +40,7 @@ class LocalProcess:
     def kill(self) -> None:
         """Stop the whole process group and forget the log."""
         if self._process.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._process.pid, signal.SIGKILL)
+            signal_group(self._process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._process.wait(timeout=10)
         self._log.close()

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from flops_utils.data_client import DataServerClient, from_numpy
 from flops_utils.mqtt_catalogue import FlopsMessage, project_filter
 from flops_utils.mqtt_link import MqttLink
+from flops_utils.process_groups import signal_group
 from flops_utils.service_config import (
     DataServerConfig,
     LearnerConfig,
@@ -119,8 +120,7 @@ class Service:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, sig)
+        signal_group(self.process.pid, sig)
 
     def crash(self) -> None:
         """SIGKILL the service and every process it started (as if its machine died)."""

@@ -17,8 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from flops_utils.mqtt_catalogue import BuildResult, BuildStep, FlopsMessage, ServiceState, ServiceStatus, project_filter
+from flops_utils.mqtt_catalogue import (
+    BuildResult,
+    BuildStep,
+    FlopsMessage,
+    ReportedState,
+    ServiceStatus,
+    project_filter,
+)
 from flops_utils.mqtt_link import MqttLink
+from flops_utils.process_groups import free_port
 from flops_utils.repo_access import DEFAULT_DENIED_HOSTS, RepoAccessPolicy
 from flops_utils.repo_credentials import RepoCredentials
 from flops_utils.service_config import BuilderConfig, MqttSettings, config_environment
@@ -29,7 +37,6 @@ from services.builder.local import build_local
 from services.builder.source import fetch_source
 from tests.example_repos import EXAMPLES_DIR, commit_all, example_repo, git
 from tests.git_http_server import private_git_host
-from tests.helpers import free_port
 
 STEPS = ["clone", "contract", "dependencies", "environment", "augment", "verify"]
 UNUSED_MQTT = MqttSettings(host="127.0.0.1", port=1)  # build_local never connects
@@ -320,7 +327,7 @@ def _run_service(config: BuilderConfig, mqtt: MqttSettings, timeout: float = 90)
             except queue.Empty:
                 continue
             messages.append(message)
-            if isinstance(message, ServiceStatus) and message.state in (ServiceState.SUCCEEDED, ServiceState.FAILED):
+            if isinstance(message, ServiceStatus) and message.state in (ReportedState.SUCCEEDED, ReportedState.FAILED):
                 break
         return completed.returncode, messages, completed.stderr
     finally:
@@ -336,8 +343,8 @@ def test_service_publishes_the_build_over_mqtt(
     kinds = [type(message).__name__ for message in messages]
     assert kinds == ["ServiceStatus"] + ["BuildStep"] * len(STEPS) + ["BuildResult", "ServiceStatus"], kinds
     started, finished = messages[0], messages[-1]
-    assert isinstance(started, ServiceStatus) and started.state is ServiceState.STARTED
-    assert isinstance(finished, ServiceStatus) and finished.state is ServiceState.SUCCEEDED
+    assert isinstance(started, ServiceStatus) and started.state is ReportedState.STARTED
+    assert isinstance(finished, ServiceStatus) and finished.state is ReportedState.SUCCEEDED
     assert {message.sender for message in messages} == {"builder-1"}
     result = messages[-2]
     assert isinstance(result, BuildResult)
@@ -354,7 +361,7 @@ def test_service_reports_a_broken_contract_in_one_line(suite: SuiteEndpoints, tm
     reason = "model_manager.py: class ModelManager is missing methods fit_model, evaluate_model"
     failed_step, failed = messages[-2], messages[-1]
     assert isinstance(failed_step, BuildStep) and (failed_step.step, failed_step.outcome) == ("contract", "failed")
-    assert isinstance(failed, ServiceStatus) and failed.state is ServiceState.FAILED
+    assert isinstance(failed, ServiceStatus) and failed.state is ReportedState.FAILED
     assert failed.service == "builder" and failed.detail == reason
     assert "Traceback" not in stderr
 
@@ -365,7 +372,7 @@ def test_service_refuses_a_model_image_without_a_registry_in_one_line(suite: Sui
     code, messages, stderr = _run_service(config, suite.mqtt)
     assert code == 1, stderr
     failed = messages[-1]
-    assert isinstance(failed, ServiceStatus) and failed.state is ServiceState.FAILED
+    assert isinstance(failed, ServiceStatus) and failed.state is ReportedState.FAILED
     assert failed.detail == "an inference image needs an OCI build with a registry (mode 'oci' and registry settings)"
 
 

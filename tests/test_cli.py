@@ -16,6 +16,7 @@ import pymongo
 import pytest
 import requests
 
+from flops_utils.process_groups import free_port
 from flops_utils.repo_credentials import RepoCredentials
 from flops_utils.service_config import MqttSettings
 from manager.cli import defaults as cli_defaults
@@ -25,7 +26,7 @@ from manager.cli.watch import watch_project
 from manager.settings import DEFAULT_PORT
 from manager.suite.suite import STATE_DIR_ENV
 from tests.api_harness import ADMIN_TOKEN, ALICE_TOKEN, BOB_TOKEN, RunningApi, running_api
-from tests.helpers import free_port, wait_until
+from tests.helpers import wait_until
 
 FLOPS = str(Path(sys.executable).with_name("flops"))
 SLA: dict[str, Any] = {"ml_repo_url": "https://example.org/ml/mnist.git", "ml_model_flavor": "sklearn"}

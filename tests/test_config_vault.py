@@ -16,6 +16,7 @@ import pymongo
 import pytest
 
 from flops_utils.config_fetch import ConfigFetchError, fetch_config_json, reference_environment
+from flops_utils.process_groups import free_port
 from flops_utils.service_config import LearnerConfig, MqttSettings, load_config
 from manager.config_vault import CONFIG_PATH, ConfigRefused, ConfigVault, config_owner
 from manager.secret_box import SecretBox
@@ -24,7 +25,6 @@ from manager.suite.tls import ensure_server_tls
 from orchestrator_adapters.base import ServiceKind, ServiceSpec
 from orchestrator_adapters.oakestra_sla import microservice
 from tests.api_harness import RunningApi, running_api
-from tests.helpers import free_port
 
 SECRET = f"broker-password-{uuid.uuid4().hex}"
 

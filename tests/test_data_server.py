@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +28,7 @@ from flops_utils.data_client import (
     load_dataset,
     to_numpy,
 )
+from flops_utils.process_groups import free_port, signal_group, stop_group
 from services.data_server.main import OPEN_NAMESPACE
 from services.data_server.storage import namespace_dir
 
@@ -46,12 +45,8 @@ class RunningServer:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=15)
+            stop_group(self.process.pid, 15, reap=self.process.poll)
+            self.process.wait(timeout=15)
 
 
 def start_server(storage: Path, log_file: Path, security: dict[str, Any] | None = None,
@@ -77,8 +72,7 @@ def start_server(storage: Path, log_file: Path, security: dict[str, Any] | None 
             time.sleep(0.05)
         raise AssertionError(f"data server did not start: {log_file.read_text()}")
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        signal_group(process.pid, signal.SIGKILL)
         process.wait(timeout=15)
         raise
 
@@ -209,14 +203,8 @@ def test_fragments_survive_a_restart(tmp_path: Path) -> None:
         second.stop()
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_unreachable_server_gives_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    address = f"127.0.0.1:{closed_port()}"
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
     client = DataServerClient(address)
     with pytest.raises(DataServerUnavailable) as caught:
         client.list_tags()

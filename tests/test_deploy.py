@@ -26,6 +26,7 @@ import requests
 import yaml
 from kubernetes_validate.utils import all_versions
 
+from flops_utils.process_groups import free_port
 from manager.api_server import TlsServer
 from manager.broker_access import ResolvingAccess
 from manager.settings import DEFAULT_PORT, ManagerSettings, load_settings
@@ -33,7 +34,6 @@ from manager.suite.mosquitto import broker_accepts, dynsec_plugin
 from manager.suite.processes import ProcessRecord, launch, stop, wait_ready
 from services.builder.oci import RegistryClient
 from services.builder.oci.registry import RegistryError
-from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

@@ -6,7 +6,6 @@ import importlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,8 +18,8 @@ import pytest
 from sklearn.datasets import load_digits
 
 from flops_utils.data_client import DATA_SERVER_ENV, DATA_TAGS_ENV, DataServerClient, from_numpy
+from flops_utils.process_groups import free_port, stop_group
 from tests.example_repos import EXAMPLES_DIR
-from tests.helpers import free_port
 
 EXAMPLES = ["sklearn_digits", "pytorch_digits", "keras_digits"]
 USER_MODULES = ("model_manager", "data_manager")
@@ -52,12 +51,8 @@ def data_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield address
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=15)
+            stop_group(process.pid, 15, reap=process.poll)
+            process.wait(timeout=15)
         log.close()
 
 

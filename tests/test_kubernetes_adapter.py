@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from flops_utils.process_groups import free_port
 from flops_utils.service_config import RegistrySettings
 from manager.settings import load_settings
 from orchestrator_adapters.base import (
@@ -359,9 +359,7 @@ def test_errors_are_one_clear_sentence(emulator: KubernetesApiEmulator, tmp_path
     with pytest.raises(AdapterError, match="Kubernetes refused to list nodes: Unauthorized"):
         adapter_for(str(wrong)).list_nodes()
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+    closed_port = free_port()
     unreachable = tmp_path / "unreachable"
     unreachable.write_text((tmp_path / "kc").read_text().replace(emulator.url, f"http://127.0.0.1:{closed_port}"))
     adapter = adapter_for(str(unreachable), request_timeout_s=2)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
+from flops_utils.process_groups import free_port
 from manager.lifecycle.flower_pki import ProjectFlowerCa
 from services.aggregator.rounds import FederatedRounds, RoundFailed
 from services.fl_runtime import protocol as p
@@ -21,7 +22,7 @@ from services.fl_runtime.link import frames
 from services.fl_runtime.link.client import LinkClient, new_node_id
 from services.fl_runtime.link.grid import LinkGrid
 from services.fl_runtime.link.server import LinkServer
-from tests.helpers import free_port, wait_until
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

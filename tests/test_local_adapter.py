@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from flops_utils.data_client import DataServerClient, from_numpy
+from flops_utils.process_groups import process_alive
 from orchestrator_adapters.base import (
     AdapterError,
     AppKind,
@@ -28,7 +29,6 @@ from orchestrator_adapters.base import (
     ServiceState,
 )
 from orchestrator_adapters.local import LocalAdapter, LocalAdapterSettings
-from orchestrator_adapters.local_process import process_alive
 from orchestrator_adapters.registry import available_adapters, create_adapter
 from tests.adapter_contract import ENDED, AdapterContract, Behaviour, SpecFactory, python_command, wait_for_state
 from tests.fault_injection import kill_instance

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from flops_utils.process_groups import free_port
 from flops_utils.service_config import TrackingConfig
 from manager.lifecycle.tracking_access import TrackingAccess
-from tests.helpers import free_port, wait_until
+from tests.helpers import wait_until
 from tests.runtime_helpers import Services
 
 CUSTOMER_A, CUSTOMER_B, ADMIN = "token-of-customer-a", "token-of-customer-b", "admin-token-0123"

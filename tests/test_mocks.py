@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from flops_utils.data_client import DataServerClient, to_numpy
+from flops_utils.process_groups import free_port
 from manager.control import ControlError, MockDataConfiguration, MockResult
 from manager.lifecycle.data_access import DataAccess
 from manager.lifecycle.data_nodes import DataServers
@@ -20,7 +21,6 @@ from manager.lifecycle.tracking_pki import TrackingPki
 from manager.mocks import push_mock_data, split_dataset
 from orchestrator_adapters.base import NodeInfo
 from orchestrator_adapters.local import LocalAdapter, LocalAdapterSettings
-from tests.helpers import free_port
 
 DIGITS_ROWS = 1797
 

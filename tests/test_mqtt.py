@@ -12,7 +12,7 @@ from flops_utils.message_text import describe
 from flops_utils.mqtt_catalogue import (
     MalformedMessage,
     ModelImageBuilt,
-    ServiceState,
+    ReportedState,
     ServiceStatus,
     TopicKind,
     TrainingProgress,
@@ -66,7 +66,7 @@ def test_publish_subscribe_through_the_broker(mqtt_settings: MqttSettings) -> No
         # garbage on a catalogue topic is logged and ignored; the link keeps working
         assert sender._client is not None
         sender._client.publish("flops/projects/p-link/status", b"garbage", qos=1)
-        status = ServiceStatus(project_id="p-link", sender="learner-a", service="learner", state=ServiceState.STARTED)
+        status = ServiceStatus(project_id="p-link", sender="learner-a", service="learner", state=ReportedState.STARTED)
         sender.publish(status)
         assert sender.flush(10)
         assert received.get(timeout=10) == status

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from flops_utils.process_groups import free_port
 from flops_utils.service_config import MqttSettings
 from manager.broker_access import SharedAccess
 from manager.lifecycle.context import LifecycleSettings
@@ -52,7 +53,6 @@ from tests.adapter_contract import (
     python_command,
     wait_for_state,
 )
-from tests.helpers import free_port
 from tests.oakestra_contract_server import OakestraContractServer
 
 ENDED = (ServiceState.SUCCEEDED, ServiceState.FAILED, ServiceState.STOPPED)

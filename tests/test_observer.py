@@ -12,15 +12,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from flops_utils.mqtt_catalogue import ServiceState, ServiceStatus, TrainingProgress
+from flops_utils.mqtt_catalogue import ReportedState, ServiceStatus, TrainingProgress
 from flops_utils.mqtt_link import MqttLink
-from flops_utils.service_config import CONFIG_ENV, MqttSettings, ObserverConfig
+from flops_utils.process_groups import free_port
+from flops_utils.service_config import CONFIG_ENV, LOG_LEVEL_ENV, MqttSettings, ObserverConfig
 from flops_utils.token_access import token_digest
-from tests.helpers import free_port, wait_until
+from tests.helpers import wait_until
 
 
-def start_observer(config: ObserverConfig, log_path: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, **{CONFIG_ENV: config.model_dump_json()})
+def start_observer(config: ObserverConfig, log_path: Path, **extra_env: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, **{CONFIG_ENV: config.model_dump_json()}, **extra_env)
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "services.observer.main"], env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -59,10 +60,11 @@ def test_observer_logs_reports_and_survives_a_restart(mqtt_settings: MqttSetting
     try:
         assert wait_until(lambda: healthy(url), 60)
         time.sleep(1.0)  # the observer subscribes right after it connects
-        link.publish(ServiceStatus(project_id="p-obs", sender="builder", service="builder", state=ServiceState.STARTED))
+        started = ReportedState.STARTED
+        link.publish(ServiceStatus(project_id="p-obs", sender="builder", service="builder", state=started))
         link.publish(TrainingProgress(project_id="p-obs", sender="aggregator", round=1, total_rounds=3,
                                       loss=0.25, accuracy=0.875, participants=2))  # fmt: skip
-        link.publish(ServiceStatus(project_id="other", sender="x", service="learner", state=ServiceState.FAILED))
+        link.publish(ServiceStatus(project_id="other", sender="x", service="learner", state=ReportedState.FAILED))
         assert wait_until(lambda: len(events(url)) >= 2, 30)
         lines = [str(event["line"]) for event in events(url)]
         assert "builder started" in lines[0]
@@ -81,6 +83,24 @@ def test_observer_logs_reports_and_survives_a_restart(mqtt_settings: MqttSetting
         link.close()
         observer.kill()
         observer.wait()
+
+
+@pytest.mark.parametrize(("level", "logged"), [("DEBUG", True), ("", False)])
+def test_a_verbose_projects_observer_logs_at_debug(
+    mqtt_settings: MqttSettings, tmp_path: Path, level: str, logged: bool
+) -> None:
+    """SLA ``verbose`` sets FLOPS_LOG_LEVEL=DEBUG for the project's services: the observer then logs each request."""
+    port = free_port()
+    config = ObserverConfig(project_id="p-verbose", mqtt=mqtt_settings, port=port, log_file=str(tmp_path / "ev.log"))
+    output = tmp_path / "observer.out"
+    observer = start_observer(config, output, **{LOG_LEVEL_ENV: level})
+    try:
+        assert wait_until(lambda: healthy(f"http://127.0.0.1:{port}"), 60), output.read_text()[-2000:]
+        assert wait_until(lambda: "observing project p-verbose" in output.read_text(), 10)
+    finally:
+        observer.send_signal(signal.SIGTERM)
+        observer.wait(timeout=20)
+    assert ('"GET /health HTTP/1.1" 200' in output.read_text()) is logged
 
 
 def test_observer_serves_events_over_tls_only(mqtt_settings: MqttSettings, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import FedAvg
 from pydantic import ValidationError
 
 from flops_utils.privacy import PrivacySettings
+from flops_utils.process_groups import free_port
 from flops_utils.service_config import AggregatorConfig, MqttSettings, TrainingSettings
 from manager.lifecycle.flower_pki import ProjectFlowerCa
 from manager.sla import ProjectSLA, describe_validation_error, sla_to_training_settings
@@ -38,7 +39,7 @@ from services.fl_runtime.link.client import LinkClient, new_node_id
 from services.fl_runtime.link.grid import LinkGrid
 from services.fl_runtime.link.server import LinkServer
 from services.learner.local_dp import local_dp_request, privatise
-from tests.helpers import free_port, wait_until
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

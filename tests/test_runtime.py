@@ -14,14 +14,12 @@ import pytest
 
 from flops_utils.mqtt_catalogue import (
     ControlCommand,
-    FlopsMessage,
-    ServiceState,
+    ReportedState,
     ServiceStatus,
-    TrainingResult,
 )
 from flops_utils.mqtt_link import MqttLink
+from flops_utils.process_groups import free_port
 from manager.suite import SuiteEndpoints
-from tests.helpers import free_port
 from tests.runtime_helpers import (
     Inbox,
     Services,
@@ -65,20 +63,8 @@ def _project(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def _is_result(message: FlopsMessage) -> bool:
-    """The training result, or an aggregator's failure (so a broken run fails fast)."""
-    if isinstance(message, ServiceStatus):
-        return message.service == "aggregator" and message.state is ServiceState.FAILED
-    return isinstance(message, TrainingResult)
-
-
-def _status(inbox: Inbox, sender: str) -> list[ServiceState]:
+def _status(inbox: Inbox, sender: str) -> list[ReportedState]:
     return [m.state for m in inbox.of(ServiceStatus) if isinstance(m, ServiceStatus) and m.sender == sender]
-
-
-def _data_nodes(data_servers: list[str], nodes: list[str], first: int = 0) -> dict[str, str]:
-    """Learner node name -> the data server it reads from."""
-    return {node: data_servers[first + index] for index, node in enumerate(nodes)}
 
 
 def test_learner_without_data_reports_no_data(
@@ -91,7 +77,7 @@ def test_learner_without_data_reports_no_data(
     config = learner_config(project_id, suite.mqtt, "node-empty", app_dir, 1, data_servers[0], tags, tmp_path / "l")
     learner = services.start("learner", "services.learner.main", config, cwd=app_dir)
     assert learner.process.wait(60) == 0, learner.log()
-    status = inbox.wait_for(lambda m: isinstance(m, ServiceStatus) and m.state is ServiceState.NO_DATA, 10)
+    status = inbox.wait_for(lambda m: isinstance(m, ServiceStatus) and m.state is ReportedState.NO_DATA, 10)
     assert isinstance(status, ServiceStatus), inbox.dump()
     assert status.detail == "no data for tags [absent, more] on node node-empty"
 
@@ -105,7 +91,7 @@ def test_learner_stops_on_stop_command(
     nobody = free_port()  # no SuperLink there: the learner waits for its aggregator
     config = learner_config(project_id, suite.mqtt, "node-s", app_dir, nobody, data_servers[1], [TAG], tmp_path / "l")
     learner = services.start("learner", "services.learner.main", config, cwd=app_dir)
-    started = inbox.wait_for(lambda m: isinstance(m, ServiceStatus) and m.state is ServiceState.STARTED, 60)
+    started = inbox.wait_for(lambda m: isinstance(m, ServiceStatus) and m.state is ReportedState.STARTED, 60)
     assert started is not None, learner.log()
     link = MqttLink(suite.mqtt).connect()
     try:
@@ -113,4 +99,4 @@ def test_learner_stops_on_stop_command(
         assert learner.process.wait(60) == 0, learner.log()
     finally:
         link.close()
-    assert _status(inbox, "learner-node-s")[-1] is ServiceState.STOPPED
+    assert _status(inbox, "learner-node-s")[-1] is ReportedState.STOPPED

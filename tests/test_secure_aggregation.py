@@ -16,6 +16,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.serverapp.strategy import FedProx
 
 from flops_utils.aggregation import SecureAggregation
+from flops_utils.process_groups import free_port
 from manager.lifecycle.flower_pki import ProjectFlowerCa
 from services.aggregator.rounds import FederatedRounds, RoundFailed
 from services.aggregator.secure_aggregation import SecureFederatedRounds, secure_train_round
@@ -25,7 +26,7 @@ from services.fl_runtime.link.client import LinkClient, new_node_id
 from services.fl_runtime.link.grid import RUN_ID, LinkGrid
 from services.fl_runtime.link.server import LinkServer
 from services.learner.secagg_mod import secure_aggregation_mod
-from tests.helpers import free_port, wait_until
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -8,8 +8,10 @@ import pytest
 from pydantic import ValidationError
 
 from flops_utils.repo_credentials import RepoCredentials
-from flops_utils.service_config import BuilderConfig
+from flops_utils.service_config import LOG_LEVEL_ENV, BuilderConfig
+from manager.lifecycle.specs import service_spec
 from manager.sla import ProjectSLA, describe_validation_error, sla_to_training_settings
+from orchestrator_adapters.base import ServiceKind
 
 _DROP = object()  # sla(field=_DROP) leaves the field out
 MINIMAL: dict[str, Any] = {"ml_repo_url": "https://github.com/example/mnist-sklearn.git", "ml_model_flavor": "sklearn"}
@@ -77,7 +79,7 @@ def test_reference_examples_are_accepted_unchanged() -> None:
     parsed = ProjectSLA.model_validate(hierarchical)
     assert parsed.training_configuration.mode == "hierarchical"
     assert parsed.supported_platforms == ["linux/amd64", "linux/arm64"]
-    assert parsed.deploys_model_image and parsed.builds_model_image
+    assert parsed.post_training_steps == ["build_image_for_trained_model", "deploy_trained_model_image"]
 
 
 @pytest.mark.parametrize(
@@ -89,7 +91,6 @@ def test_reference_examples_are_accepted_unchanged() -> None:
         (sla(ml_model_flavor="pytorch"), "ml_model_flavor", "pytorch"),
         (sla(ml_model_flavor="tensorflow"), "ml_model_flavor", "tensorflow"),
         (sla(ml_model_flavor="keras"), "ml_model_flavor", "keras"),
-        (sla(use_devel_base_images=True), "use_devel_base_images", True),
         (sla(supported_platforms=["linux/arm64"]), "supported_platforms", ["linux/arm64"]),
         (sla(post_training_steps=["build_image_for_trained_model"]), "post_training_steps",
          ["build_image_for_trained_model"]),
@@ -120,6 +121,15 @@ def test_training_configuration_fields(values: dict[str, Any], attribute: str, e
     assert getattr(parsed.training_configuration, attribute) == expected
 
 
+@pytest.mark.parametrize(("verbose", "level"), [(True, "DEBUG"), (False, None)])
+def test_verbose_makes_the_projects_services_log_at_debug(verbose: bool, level: str | None) -> None:
+    parsed = ProjectSLA.model_validate(sla(verbose=verbose))
+    config = BuilderConfig(project_id="p", mqtt={"host": "127.0.0.1", "port": 1883}, repo_url="/srv/repo",
+                           flavor="sklearn", cache_dir="/tmp/cache")  # fmt: skip
+    spec = service_spec("builder", ServiceKind.BUILDER, config, python="python", image=None, verbose=parsed.verbose)
+    assert spec.environment.get(LOG_LEVEL_ENV) == level
+
+
 def test_resource_constraints() -> None:
     parsed = ProjectSLA.model_validate(sla(resource_constraints={"memory": 2048, "vcpus": 2.5, "storage": 500}))
     assert (parsed.resource_constraints.memory, parsed.resource_constraints.vcpus) == (2048, 2.5)
@@ -137,10 +147,9 @@ def test_resource_constraints() -> None:
         (sla(verbose="maybe"), "verbose", "bool"),
         (sla(supported_platforms=["windows/amd64"]), "supported_platforms[0]", "linux/amd64"),
         (sla(supported_platforms=[]), "supported_platforms", "at least 1"),
-        (sla(use_devel_base_images=True, supported_platforms=["linux/amd64", "linux/arm64"]), "supported_platforms",
-         "use_devel_base_images"),
-        (sla(use_devel_base_images=True, supported_platforms=["linux/arm64"]), "supported_platforms",
-         "use_devel_base_images"),
+        (sla(use_devel_base_images=True), "use_devel_base_images", "not supported"),
+        (sla(use_devel_base_images=True, supported_platforms=["linux/arm64"]), "use_devel_base_images",
+         "leave use_devel_base_images false"),
         (sla(post_training_steps=["publish"]), "post_training_steps[0]", "build_image_for_trained_model"),
         (training(mode="ring"), "training_configuration.mode", "classic"),
         (training(data_tags="mnist"), "training_configuration.data_tags", "list"),

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from flops_utils.process_groups import free_port
 from manager.records import EventRecord, ProjectStatus
 from manager.storage import MemoryDatabase, MemoryProjectStore, MongoProjectStore, ProjectStore, StorageUnavailable
-from tests.helpers import free_port
 from tests.store_contract import StoreContract, StoreFactory, project
 
 

@@ -23,6 +23,7 @@ from flwr.serverapp.strategy import FedAvgM, Strategy
 from pydantic import TypeAdapter
 
 from flops_utils.aggregation import StrategyChoice
+from flops_utils.process_groups import free_port
 from manager.lifecycle.flower_pki import ProjectFlowerCa
 from services.aggregator.node_view import NodesView
 from services.aggregator.rounds import FederatedRounds
@@ -32,7 +33,7 @@ from services.fl_runtime.link import frames
 from services.fl_runtime.link.client import LinkClient, new_node_id
 from services.fl_runtime.link.grid import LinkGrid
 from services.fl_runtime.link.server import LinkServer
-from tests.helpers import free_port, wait_until
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

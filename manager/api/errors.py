@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from flops_utils.message_text import one_line
 from manager.api.auth import AuthError
 from manager.api.models import ErrorDetail, ErrorResponse
 from manager.control import ControlError
@@ -22,16 +23,11 @@ _KEPT_HEADERS = {"allow", "www-authenticate", "retry-after"}
 
 
 def error_response(status: int, message: str, details: list[ErrorDetail] | None = None) -> Response:
-    body = ErrorResponse(error=one_line(message), details=details or [])
+    body = ErrorResponse(error=one_line(message, 500), details=details or [])
     response = Response(body.model_dump_json(), status=status, mimetype="application/json")
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="flops"'
     return response
-
-
-def one_line(message: str) -> str:
-    text = " ".join(message.split())
-    return (text[:497] + "...") if len(text) > 500 else (text or "error")
 
 
 def validation_error_response(error: ValidationError) -> Response:

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 import requests
 
+from flops_utils.process_groups import free_port, port_is_free
 from manager.cli.client import CliError
 from manager.cli.defaults import (
     MANAGER_CONFIG,
@@ -20,7 +21,7 @@ from manager.cli.defaults import (
     suite_manager_dir,
 )
 from manager.suite import SuiteEndpoints, SuiteError, start_suite, stop_suite, suite_status
-from manager.suite.processes import ProcessRecord, free_port, is_running, launch, port_is_free, stop, wait_ready
+from manager.suite.processes import ProcessRecord, is_running, launch, stop, wait_ready
 from manager.suite.tls import suite_server_tls
 
 MANAGER = "flops-manager"
@@ -135,7 +136,7 @@ def _manager_config(previous: dict[str, Any] | None, endpoints: SuiteEndpoints, 
     config.setdefault("state_dir", str(manager_dir / "state"))
     config.setdefault("repo_base_dir", os.getcwd())  # relative ml_repo_url paths: where the suite was started
     port = config.get("port")
-    if not isinstance(port, int) or not port or not port_is_free(port, config["host"]):
+    if not isinstance(port, int) or not port or not port_is_free(config["host"], port):
         config["port"] = free_port(config["host"])
     for key in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
         config.pop(key, None)

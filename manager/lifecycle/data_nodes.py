@@ -19,7 +19,6 @@ from orchestrator_adapters.base import NodeInfo
 log = logging.getLogger(__name__)
 
 ShapeLister = Callable[[NodeInfo], dict[str, TagShape]]
-_REACH_TIMEOUT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -67,14 +66,6 @@ class DataServers:
             except DataServerError as error:
                 problems.append(f"{node.name}: {error}")
         return problems
-
-    def reachable(self, node: NodeInfo) -> bool:
-        try:
-            with DataServerClient(str(node.data_server), ca_pem=self.ca_pem) as client:
-                client.ping(timeout=_REACH_TIMEOUT_S)
-            return True
-        except DataServerError:
-            return False
 
 
 def check_feature_widths(nodes: list[NodeInfo], tags: list[str], list_shapes: ShapeLister) -> None:

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from mlflow.utils.rest_utils import MlflowHostCreds, http_request
 
+from flops_utils.message_text import one_line
 from flops_utils.token_access import ca_file
 
 TIMEOUT_S = 30
@@ -130,10 +131,10 @@ def image_tags(learner_image: str | None, aggregator_image: str | None,
 
 
 def _short(text: object) -> str:
-    line = " ".join(str(text).split())
+    line = one_line(text)
     try:  # MLflow's JSON error: keep its code and message
         document = json.loads(str(text))
         line = f"{document.get('error_code', '')} {document.get('message', '')}".strip() or line
     except (ValueError, AttributeError):
         pass
-    return line[:300]
+    return one_line(line)

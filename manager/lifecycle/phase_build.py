@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, TypeVar
 
-from flops_utils.mqtt_catalogue import BuildResult, FlopsMessage, ModelImageBuilt, ServiceStatus
-from flops_utils.mqtt_catalogue import ServiceState as ReportedState
+from flops_utils.mqtt_catalogue import BuildResult, FlopsMessage, ModelImageBuilt, ReportedState, ServiceStatus
 from flops_utils.service_config import BuilderConfig
 from manager.lifecycle.errors import PhaseFailed
 from manager.lifecycle.specs import builder_config, resolve_repo_url

@@ -9,8 +9,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from flops_utils.mqtt_catalogue import FlopsMessage, ServiceStatus, TrainingProgress, TrainingResult
-from flops_utils.mqtt_catalogue import ServiceState as ReportedState
+from flops_utils.mqtt_catalogue import FlopsMessage, ReportedState, ServiceStatus, TrainingProgress, TrainingResult
 from manager.lifecycle.data_nodes import DataServers, check_feature_widths
 from manager.lifecycle.errors import PhaseFailed
 from manager.lifecycle.flower_pki import cluster_identity

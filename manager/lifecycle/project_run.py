@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from flops_utils.message_text import one_line
+from flops_utils.message_text import error_line, one_line
 from flops_utils.mqtt_catalogue import BuildResult, ControlCommand, FlopsMessage, ModelImageBuilt, TrainingResult
 from flops_utils.service_config import MqttSettings
 from manager.broker_access import BrokerAccess, BrokerAccessError
@@ -146,7 +146,7 @@ class ProjectRun:
             status, error = ProjectStatus.FAILED, str(failure)
         except Exception as failure:  # keep the project consistent whatever went wrong
             log.exception("project %s crashed in phase %s", self.project_id, self.phase)
-            status, error = ProjectStatus.FAILED, f"internal error in phase {self.phase.value}: {_one_line(failure)}"
+            status, error = ProjectStatus.FAILED, f"internal error in phase {self.phase.value}: {error_line(failure)}"
         self._finish(status, error)
 
     def enter(self, phase: ProjectPhase) -> None:
@@ -172,7 +172,7 @@ class ProjectRun:
                 self.event(f"cleanup incomplete: {one_line(problem)}", level="warning")
         except Exception as failure:  # cleanup must never hide the project's real outcome
             log.exception("cleanup of project %s failed", self.project_id)
-            self.event(f"cleanup incomplete: {_one_line(failure)}", level="warning")
+            self.event(f"cleanup incomplete: {error_line(failure)}", level="warning")
         if self.state.training_started:
             settle_experiment(self, status)
         try:
@@ -230,7 +230,7 @@ class ProjectRun:
             name, kind, config, image=image or self.deps.settings.images.get(kind.value),
             python=environment_python(build.environment_dir) if build else None,
             workdir=build.app_dir if build else None, resources=sla_resources(self.sla) if runtime else None,
-            placement=placement, ports=ports,
+            placement=placement, ports=ports, verbose=self.sla.verbose,
         )  # fmt: skip
         # Where configs go by reference (config_vault), the spec carries only where to fetch it.
         return by_reference(spec, owner=config_owner(self.project_id, name), adapter=self.deps.adapter,
@@ -307,8 +307,3 @@ class ProjectRun:
     def event(self, text: str, *, source: str = "manager", level: str = "info", event_id: str | None = None) -> None:
         event = EventRecord(project_id=self.project_id, source=source, level=level, text=text)
         self.writer.event(event.model_copy(update={"event_id": event_id}) if event_id else event)
-
-
-def _one_line(error: BaseException) -> str:
-    return one_line(str(error) or type(error).__name__)
-

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from flops_utils.mqtt_catalogue import BuildResult
 from flops_utils.service_config import (
+    LOG_LEVEL_ENV,
     AggregatorConfig,
     BuilderConfig,
     FlowerTls,
@@ -43,7 +44,6 @@ SERVICE_MODULES: dict[ServiceKind, str] = {
     ServiceKind.LEARNER: "services.learner.main",
     ServiceKind.SERVING: "services.serving.main",
 }
-DEFAULT_IMAGE = "flops/manager:latest"
 
 TRACKING_PORT = PortSpec("http", 5000)
 OBSERVER_PORT = PortSpec("http", 8090)
@@ -86,9 +86,15 @@ def service_spec(
     resources: Resources | None = None,
     placement: Placement | None = None,
     ports: tuple[PortSpec, ...] = (),
+    verbose: bool = False,
 ) -> ServiceSpec:
-    """A spec that runs the kind's entry module; each adapter builds the command line (see ServiceSpec)."""
+    """A spec that runs the kind's entry module; each adapter builds the command line (see ServiceSpec).
+
+    ``verbose`` (the SLA's): the service logs at DEBUG.
+    """
     environment = {"FLOPS_WORKDIR": workdir} if workdir else {}
+    if verbose:
+        environment[LOG_LEVEL_ENV] = "DEBUG"
     return ServiceSpec(
         name=name,
         kind=kind,

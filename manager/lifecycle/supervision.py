@@ -14,8 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from flops_utils.message_text import describe
-from flops_utils.mqtt_catalogue import EventLine, FlopsMessage, ServiceStatus
-from flops_utils.mqtt_catalogue import ServiceState as ReportedState
+from flops_utils.mqtt_catalogue import EventLine, FlopsMessage, ReportedState, ServiceStatus
 from manager.lifecycle.errors import PhaseFailed
 from manager.lifecycle.waiting import QuietNotes
 from orchestrator_adapters.base import ServiceInfo, ServiceState

@@ -13,6 +13,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
+from flops_utils.message_text import error_line
 from manager.records import EventRecord, ProjectRecord, RoundRecord
 from manager.storage.base import ProjectNotFound, ProjectStore, StorageUnavailable, project_field_value
 
@@ -39,14 +40,9 @@ def _translate_errors(method: Callable[P, R]) -> Callable[P, R]:
         except ConnectionFailure as error:
             store = args[0]
             address = store.uri if isinstance(store, MongoProjectStore) else "the database"
-            raise StorageUnavailable(f"cannot reach the database at {address}: {_first_line(error)}") from error
+            raise StorageUnavailable(f"cannot reach the database at {address}: {error_line(error)}") from error
 
     return wrapper
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:300]
 
 
 class MongoProjectStore(ProjectStore):

@@ -3,22 +3,22 @@
 Suite processes must outlive the Python process that started them (the CLI starts
 the suite and exits), so they run in their own session and process group, write to a
 log file, and are remembered by pid plus kernel start time: the start time protects
-against a recycled pid being mistaken for ours.
+against a recycled pid being mistaken for ours (``flops_utils.process_groups`` tells
+whether they run and stops them).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from flops_utils.process_groups import process_alive, start_ticks, stop_group
 
 # Popen objects of the children this Python process started: polling them reaps
 # zombies, which would otherwise look alive to a /proc probe.
@@ -57,40 +57,6 @@ def find_binary(name: str, hint: str, *, extra_dirs: Sequence[Path] = ()) -> str
     return found
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def accepts_tcp(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _start_ticks(pid: int) -> tuple[int, str] | None:
-    """(start time in clock ticks, state letter) of ``pid`` from /proc, or None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19]), fields[0]
-
-
 def launch(
     argv: Sequence[str], *, log_file: Path, cwd: Path, name: str, env: Mapping[str, str] | None = None
 ) -> ProcessRecord:
@@ -113,56 +79,30 @@ def launch(
         except OSError as error:
             raise SuiteError(f"cannot start {name}: {error}") from None
     _own_children[process.pid] = process
-    info = _start_ticks(process.pid)
+    ticks = start_ticks(process.pid)
     # A process that died already has no /proc entry we can trust; record 0 so it reads as stopped.
-    return ProcessRecord(pid=process.pid, start_ticks=info[0] if info else 0)
+    return ProcessRecord(pid=process.pid, start_ticks=ticks if ticks is not None else 0)
 
 
 def is_running(record: ProcessRecord) -> bool:
-    if record.pid <= 1:
-        return False
     child = _own_children.get(record.pid)
     if child is not None and child.poll() is not None:
         del _own_children[record.pid]
         return False
-    info = _start_ticks(record.pid)
-    if info is None:
-        return False
-    ticks, state = info
-    return ticks == record.start_ticks and state not in ("Z", "X")
+    return process_alive(record.pid, record.start_ticks)
 
 
 def stop(record: ProcessRecord, *, name: str, timeout: float = 20.0) -> None:
-    """SIGTERM the process group, SIGKILL it after ``timeout``; return once it is gone.
+    """SIGTERM the process group, SIGKILL it after ``timeout``; return once the whole group is gone.
 
     A record whose process is not running (any more) is left alone: its pid may belong
     to someone else by now.
     """
     if not is_running(record):
         return
-    _signal_group(record.pid, signal.SIGTERM)
-    if not _wait_gone(record, timeout):
-        _signal_group(record.pid, signal.SIGKILL)
-        if not _wait_gone(record, 10.0):
-            raise SuiteError(f"{name} (pid {record.pid}) did not exit after SIGKILL")
-    # Helpers the leader left behind in its group die with it.
-    _signal_group(record.pid, signal.SIGKILL)
-
-
-def _signal_group(pgid: int, signum: signal.Signals) -> None:
-    if pgid <= 1:  # killpg(0) would signal our own group
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
-
-
-def _wait_gone(record: ProcessRecord, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not is_running(record):
-            return True
-        time.sleep(0.05)
-    return not is_running(record)
+    child = _own_children.get(record.pid)
+    if not stop_group(record.pid, timeout, reap=child.poll if child else None, kill_wait_s=10.0):
+        raise SuiteError(f"{name} (pid {record.pid}) did not exit after SIGKILL")
 
 
 def last_log_line(log_file: Path) -> str:

@@ -13,17 +13,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from flops_utils.process_groups import free_port, port_is_free
 from manager.suite import mosquitto, registry, secantus
-from manager.suite.processes import (
-    PortTaken,
-    ProcessRecord,
-    SuiteError,
-    free_port,
-    is_running,
-    port_is_free,
-    stop,
-)
+from manager.suite.processes import PortTaken, ProcessRecord, SuiteError, is_running, stop
 from manager.suite.state import (
+    HOST,
     MOSQUITTO,
     REGISTRY,
     SECANTUSDB,
@@ -73,7 +67,7 @@ def start_suite(
                     # Running but not answering, or gone: make sure it has let go of its data dir.
                     stop(component.process, name=name)
                 else:
-                    component = ComponentState(port=free_port(), credentials=_new_credentials())
+                    component = ComponentState(port=free_port(HOST), credentials=_new_credentials())
                     state.components[name] = component
                 _start_component(state_dir, name, component, mqtt_acl_file, tls)
                 started.append((name, component))
@@ -222,15 +216,15 @@ def _start_component(
         REGISTRY: lambda: registry.start(state_dir, component, tls),
     }
     for attempt in range(1, _PORT_ATTEMPTS + 1):
-        if not port_is_free(component.port):
-            component.port = free_port()
+        if not port_is_free(HOST, component.port):
+            component.port = free_port(HOST)
         try:
             component.started_as(starters[name]())
             return
         except PortTaken:
             if attempt == _PORT_ATTEMPTS:
                 raise
-            component.port = free_port()
+            component.port = free_port(HOST)
 
 
 def _start_mosquitto(state_dir: Path, component: ComponentState, acl_file: Path | None, tls: bool) -> ProcessRecord:
@@ -240,7 +234,7 @@ def _start_mosquitto(state_dir: Path, component: ComponentState, acl_file: Path 
 
 def _await_free_port(port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while not port_is_free(port):
+    while not port_is_free(HOST, port):
         if time.monotonic() >= deadline:
             raise SuiteError(f"port {port} still taken {timeout:.0f} s after the broker stopped")
         time.sleep(0.1)

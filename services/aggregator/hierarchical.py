@@ -21,6 +21,7 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
+from flops_utils.message_text import one_line
 from flops_utils.service_config import TrainingSettings
 from services.aggregator.bridge import Bridge, Job
 from services.aggregator.classic import learner_rounds, resume_point
@@ -44,7 +45,6 @@ from services.aggregator.strategy_factory import round_strategy
 from services.fl_runtime import protocol as p
 from services.fl_runtime.checkpoint import Checkpoint, known
 from services.fl_runtime.outcome import RunOutcome
-from services.fl_runtime.reporter import one_line
 from services.fl_runtime.user_code import load_model_manager
 
 CYCLE_SECONDS = "cycle_seconds"

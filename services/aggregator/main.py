@@ -17,16 +17,17 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from flops_utils.message_text import error_line
 from flops_utils.mqtt_catalogue import (
     ControlCommand,
     FlopsMessage,
-    ServiceState,
+    ReportedState,
     ServiceStatus,
     TopicKind,
     TrainingResult,
     topic,
 )
-from flops_utils.service_config import AggregatorConfig, load_config
+from flops_utils.service_config import AggregatorConfig, load_config, log_level
 from services.aggregator.cluster_node import root_link_handler
 from services.aggregator.server_app import serve
 from services.aggregator.session import BRIDGE_DIR, cycle_timeout_s, sender_name
@@ -35,7 +36,7 @@ from services.fl_runtime.link.frames import Hello
 from services.fl_runtime.link.grid import LinkGrid
 from services.fl_runtime.link.server import LinkServer
 from services.fl_runtime.outcome import RunOutcome, clear_outcome
-from services.fl_runtime.reporter import Reporter, one_line
+from services.fl_runtime.reporter import Reporter
 
 log = logging.getLogger("flops.aggregator")
 
@@ -87,7 +88,7 @@ class AggregatorService:
         elif (
             isinstance(message, ServiceStatus)
             and message.service == "aggregator"
-            and message.state in (ServiceState.FAILED, ServiceState.STOPPED)
+            and message.state in (ReportedState.FAILED, ReportedState.STOPPED)
             and message.sender != self.reporter.sender
         ):
             self.root_finished.set()  # the root (or a sibling) gave up: nobody needs our link any more
@@ -116,7 +117,7 @@ class AggregatorService:
             try:
                 box["outcome"] = serve(grid, config)
             except Exception as error:  # serve() has logged it and left the outcome in the work dir
-                box["outcome"] = RunOutcome(ok=False, reason=one_line(error if str(error) else type(error).__name__))
+                box["outcome"] = RunOutcome(ok=False, reason=error_line(error))
             finally:
                 finished.set()
 
@@ -163,7 +164,7 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(AggregatorConfig)
     reporter = Reporter(config.mqtt, config.project_id, sender_name(config), "aggregator").connect()
     role = f"{config.role} aggregator" + (f" of cluster {config.cluster}" if config.cluster else "")

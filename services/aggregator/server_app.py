@@ -14,13 +14,13 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from flops_utils.message_text import error_line
 from flops_utils.service_config import AggregatorConfig
 from services.aggregator.classic import run_classic
 from services.aggregator.hierarchical import run_cluster, run_root
 from services.aggregator.session import ServerSession, log_to_file
 from services.fl_runtime.flower_app import RUN_CONFIG_KEY
-from services.fl_runtime.outcome import AliveSignal, RunOutcome, write_outcome
-from services.fl_runtime.reporter import one_line
+from services.fl_runtime.outcome import RunOutcome, write_outcome
 
 log = logging.getLogger("flops.server_app")
 
@@ -44,19 +44,17 @@ def serve(grid: Grid, config: AggregatorConfig) -> RunOutcome:
     """Run the configured role; always leaves an outcome in the work dir."""
     log_to_file(Path(config.work_dir) / "server_app.log")
     session = ServerSession(config)
-    alive = AliveSignal(config.work_dir).start()
     try:
         session.reporter.connect()
         outcome = ROLES[config.role](grid, session)
         session.tracker.finish(ok=True)
     except Exception as error:
-        reason = one_line(error if str(error) else type(error).__name__)
+        reason = error_line(error)
         log.exception("ServerApp (%s) failed: %s", config.role, reason)
         session.tracker.finish(ok=False)
         write_outcome(config.work_dir, RunOutcome(ok=False, reason=reason, mlflow_run_id=session.tracker.run_id))
         raise
     finally:
-        alive.stop()
         session.reporter.close()
     write_outcome(config.work_dir, outcome)
     return outcome

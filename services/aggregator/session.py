@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from flops_utils.mqtt_catalogue import TrainingProgress
-from flops_utils.service_config import AggregatorConfig, TrainingSettings
+from flops_utils.service_config import AggregatorConfig, TrainingSettings, log_level
 from services.aggregator.rounds import RoundResult
 from services.aggregator.strategies import describe, secure_params
 from services.aggregator.strategy_factory import level_choice
@@ -109,5 +109,5 @@ def log_to_file(path: Path) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("flops", "services", "flops_utils"):
         logger = logging.getLogger(name)
-        logger.setLevel(logging.INFO)
+        logger.setLevel(log_level())
         logger.addHandler(handler)

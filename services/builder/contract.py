@@ -22,9 +22,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from flops_utils.message_text import one_line
 from flops_utils.ml_interfaces import REQUIRED_MODEL_METHODS
 from services.builder.dependencies import DependencySpec, read_dependencies
-from services.builder.errors import BuildError, one_line
+from services.builder.errors import BuildError
 from services.builder.process import run_command
 
 MODEL_FILE = "model_manager.py"

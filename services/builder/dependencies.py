@@ -18,7 +18,8 @@ import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from services.builder.errors import BuildError, one_line
+from flops_utils.message_text import one_line
+from services.builder.errors import BuildError
 
 CONDA_FILES = ("conda.yaml", "conda.yml")
 REQUIREMENTS_FILE = "requirements.txt"

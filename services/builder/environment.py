@@ -31,8 +31,9 @@ from pathlib import Path
 
 import flops_utils
 import services
+from flops_utils.message_text import one_line
 from services.builder.cache import entry_lock_path, mark_used
-from services.builder.errors import BuildError, one_line
+from services.builder.errors import BuildError
 from services.builder.process import last_meaningful_line, run_command
 
 COMPLETE_MARKER = ".flops-environment.json"

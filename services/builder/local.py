@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from flops_utils.message_text import one_line
 from flops_utils.mqtt_catalogue import BuildResult, BuildStep, FlopsMessage
 from flops_utils.service_config import BuilderConfig
 from services.builder.augment import assemble_app, discard_app, is_app_complete, publish_app
@@ -32,7 +33,7 @@ from services.builder.cache import APPS_DIR, ENVS_DIR, WORK_DIR, entry_lock_path
 from services.builder.contract import check_contract, probe_model_manager
 from services.builder.digest import build_digest, environment_digest, runtime_versions
 from services.builder.environment import LOCK_TIMEOUT_S, ensure_environment, exclusive_lock
-from services.builder.errors import BuildError, one_line
+from services.builder.errors import BuildError
 from services.builder.source import fetch_source
 
 Reporter = Callable[[FlopsMessage], None]

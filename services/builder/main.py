@@ -19,11 +19,12 @@ from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
-from flops_utils.mqtt_catalogue import BuildResult, FlopsMessage, ModelImageBuilt, ServiceState, ServiceStatus
+from flops_utils.message_text import one_line
+from flops_utils.mqtt_catalogue import BuildResult, FlopsMessage, ModelImageBuilt, ReportedState, ServiceStatus
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
-from flops_utils.service_config import BuilderConfig, load_config
+from flops_utils.service_config import BuilderConfig, load_config, log_level
 from flops_utils.token_access import use_tracking_access
-from services.builder.errors import BuildError, one_line
+from services.builder.errors import BuildError
 from services.builder.local import Reporter, build_local
 
 log = logging.getLogger("flops.builder")
@@ -78,7 +79,7 @@ def build_trained_model_image(config: BuilderConfig, report: Reporter) -> ModelI
     return message
 
 
-def _status(config: BuilderConfig, state: ServiceState, detail: str = "") -> ServiceStatus:
+def _status(config: BuilderConfig, state: ReportedState, detail: str = "") -> ServiceStatus:
     return ServiceStatus(
         project_id=config.project_id,
         sender=config.instance_name or SERVICE,
@@ -109,19 +110,19 @@ def run(environ: Mapping[str, str] | None = None) -> int:
     code = EXIT_FAILED
     try:
         what = f"image of {config.model_uri}" if config.task == "model_image" else config.repo_url
-        publish(_status(config, ServiceState.STARTED, f"{config.mode} build of {what}"))
+        publish(_status(config, ReportedState.STARTED, f"{config.mode} build of {what}"))
         try:
             run_build(config, publish)
         except BuildError as error:
-            publish(_status(config, ServiceState.FAILED, str(error)))
+            publish(_status(config, ReportedState.FAILED, str(error)))
         except _Stopped:
-            publish(_status(config, ServiceState.FAILED, "builder stopped by SIGTERM"))
+            publish(_status(config, ReportedState.FAILED, "builder stopped by SIGTERM"))
             code = EXIT_SIGNAL
         except Exception as error:
             log.exception("build crashed")
-            publish(_status(config, ServiceState.FAILED, f"builder crashed: {type(error).__name__}: {error}"))
+            publish(_status(config, ReportedState.FAILED, f"builder crashed: {type(error).__name__}: {error}"))
         else:
-            publish(_status(config, ServiceState.SUCCEEDED))
+            publish(_status(config, ReportedState.SUCCEEDED))
             code = EXIT_OK
     finally:
         link.flush(timeout=10)
@@ -130,7 +131,7 @@ def run(environ: Mapping[str, str] | None = None) -> int:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s builder %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=log_level(), format="%(asctime)s builder %(message)s", stream=sys.stderr)
     signal.signal(signal.SIGTERM, _on_sigterm)
     sys.exit(run())
 

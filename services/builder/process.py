@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from flops_utils.process_groups import signal_group
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,7 @@ def run_command(
 
 
 def _kill_group(process: subprocess.Popen[str]) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        process.kill()
+    signal_group(process.pid, signal.SIGKILL)
 
 
 def last_meaningful_line(text: str, prefixes: tuple[str, ...] = ()) -> str:

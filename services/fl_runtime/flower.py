@@ -20,21 +20,15 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from flops_utils.process_groups import free_port
 from flops_utils.service_config import FlowerTls
-from services.fl_runtime.processes import (
-    ManagedProcess,
-    child_environment,
-    flower_binary,
-    free_port,
-    port_open,
-)
+from services.fl_runtime.processes import ManagedProcess, child_environment, flower_binary
 from services.fl_runtime.warm_start import SOCKET_ENV, write_shim
 
 CONNECTION_NAME = "flops"
@@ -194,16 +188,6 @@ class SuperNode:
             env = self._start_warm_starter(env)
         self._env = env
         return self
-
-    def wait_for_superlink(self, timeout_s: float, give_up: Callable[[], bool] = lambda: False) -> bool:
-        """Wait until the SuperLink accepts connections (Flower's own retries back off up to 20 s)."""
-        host, _, port = self.superlink_address.rpartition(":")
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not give_up():
-            if port_open(host.strip("[]"), int(port)):
-                return True
-            time.sleep(0.3)
-        return False
 
     def start(self) -> SuperNode:
         env = self.prepare()._env

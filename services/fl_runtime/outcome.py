@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
-import time
 from pathlib import Path
 
 from pydantic import BaseModel
 
 OUTCOME_FILE = "outcome.json"
-ALIVE_FILE = "server_app.alive"  # touched by a running ServerApp every few seconds
 
 
 class RunOutcome(BaseModel):
@@ -49,40 +45,3 @@ def read_outcome(work_dir: str | Path) -> RunOutcome | None:
 
 def clear_outcome(work_dir: str | Path) -> None:
     (Path(work_dir) / OUTCOME_FILE).unlink(missing_ok=True)
-
-
-class AliveSignal:
-    """Touches ``work_dir/server_app.alive`` from a daemon thread while the ServerApp runs.
-
-    The aggregator service asks Flower for the run's status (an expensive CLI call) only
-    when this file is missing or stale.
-    """
-
-    def __init__(self, work_dir: str | Path, interval_s: float = 2.0) -> None:
-        self.path = Path(work_dir) / ALIVE_FILE
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> AliveSignal:
-        self._thread = threading.Thread(target=self._beat, name="flops-alive", daemon=True)
-        self._thread.start()
-        return self
-
-    def _beat(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(OSError):
-                self.path.touch()
-            self._stop.wait(self.interval_s)
-
-    def stop(self) -> None:
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-
-
-def alive_recently(work_dir: str | Path, within_s: float = 20.0) -> bool:
-    try:
-        return time.time() - (Path(work_dir) / ALIVE_FILE).stat().st_mtime < within_s
-    except OSError:
-        return False

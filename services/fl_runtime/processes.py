@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
+
+from flops_utils.process_groups import stop_group
 
 # Flower phones home (telemetry, update check) unless told not to.
 QUIET_FLOWER_ENV = {
@@ -48,22 +48,6 @@ def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     if extra:
         env.update(extra)
     return env
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    try:
-        with socket.create_connection((connect_host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _die_with_parent() -> None:
@@ -139,38 +123,9 @@ class ManagedProcess:
         process = self._process
         if process is None:
             return
-        stop_process_group(process.pid, grace, reap=process.poll)
+        stop_group(process.pid, grace, reap=process.poll)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=1.0)
         if self._log is not None:
             self._log.close()
             self._log = None
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stop_process_group(pgid: int, grace: float = 5.0, reap: Callable[[], object] | None = None) -> None:
-    """Terminate a process group (leader ``pgid``), escalating to SIGKILL after ``grace`` s.
-
-    ``reap`` collects the leader when it is our child, so a zombie leader does not
-    keep the group looking alive.
-    """
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if reap is not None:
-            reap()
-        if not _group_alive(pgid):
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)

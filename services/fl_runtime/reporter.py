@@ -6,11 +6,11 @@ import logging
 import uuid
 from typing import Literal
 
-from flops_utils.message_text import one_line as shorten
+from flops_utils.message_text import one_line
 from flops_utils.mqtt_catalogue import (
     EventLine,
     FlopsMessage,
-    ServiceState,
+    ReportedState,
     ServiceStatus,
 )
 from flops_utils.mqtt_link import MessageHandler, MqttLink
@@ -19,11 +19,6 @@ from flops_utils.service_config import MqttSettings
 log = logging.getLogger(__name__)
 
 EventLevel = Literal["debug", "info", "warning", "error"]
-
-
-def one_line(text: object, limit: int = 300) -> str:
-    """A failure reason on one line, short enough for a status message (cut between words)."""
-    return shorten(text, limit)
 
 
 class Reporter:
@@ -44,7 +39,7 @@ class Reporter:
         self._link.close()
 
     # -- status ----------------------------------------------------------------
-    def status(self, state: ServiceState, detail: str = "") -> None:
+    def status(self, state: ReportedState, detail: str = "") -> None:
         self.publish(
             ServiceStatus(
                 project_id=self.project_id, sender=self.sender, service=self.service, state=state, detail=detail
@@ -52,19 +47,19 @@ class Reporter:
         )
 
     def started(self, detail: str = "") -> None:
-        self.status(ServiceState.STARTED, detail)
+        self.status(ReportedState.STARTED, detail)
 
     def succeeded(self, detail: str = "") -> None:
-        self.status(ServiceState.SUCCEEDED, detail)
+        self.status(ReportedState.SUCCEEDED, detail)
 
     def failed(self, reason: object) -> None:
-        self.status(ServiceState.FAILED, one_line(reason))
+        self.status(ReportedState.FAILED, one_line(reason))
 
     def no_data(self, detail: str) -> None:
-        self.status(ServiceState.NO_DATA, detail)
+        self.status(ReportedState.NO_DATA, detail)
 
     def stopped(self, detail: str = "") -> None:
-        self.status(ServiceState.STOPPED, detail)
+        self.status(ReportedState.STOPPED, detail)
 
     def event(self, text: str, level: EventLevel = "info") -> None:
         self.publish(EventLine(project_id=self.project_id, sender=self.sender, level=level, text=text))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flops_utils.message_text import one_line
 from flops_utils.token_access import tracking_verify, use_tracking_access
 from services.fl_runtime.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE, Checkpoint, CheckpointError
 
@@ -312,4 +313,4 @@ def _answers(url: str) -> bool:
 
 
 def _short(error: BaseException) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())[:300]
+    return one_line(f"{type(error).__name__}: {error}")

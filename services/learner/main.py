@@ -24,7 +24,7 @@ from flops_utils.data_client import (
     DataServerError,
 )
 from flops_utils.mqtt_catalogue import ControlCommand, FlopsMessage, TopicKind, TrainingResult, topic
-from flops_utils.service_config import LearnerConfig, load_config
+from flops_utils.service_config import LearnerConfig, load_config, log_level
 from services.fl_runtime import protocol as p
 from services.fl_runtime.client_host import client_app_handler, describe_user_error
 from services.fl_runtime.link.client import LinkClient, new_node_id
@@ -135,7 +135,7 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(LearnerConfig)
     reporter = Reporter(config.mqtt, config.project_id, sender_name(config), "learner").connect()
     service = LearnerService(config, reporter)

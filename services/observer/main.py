@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlparse
 from flops_utils.message_text import describe
 from flops_utils.mqtt_catalogue import FlopsMessage, project_filter
 from flops_utils.mqtt_link import MqttLink
-from flops_utils.service_config import ObserverConfig, load_config
+from flops_utils.service_config import ObserverConfig, load_config, log_level
 from flops_utils.token_access import TokenCheck
 from services.observer.tracking_server import write_certificate_files
 
@@ -102,7 +102,7 @@ def serve_tls(server: ThreadingHTTPServer, cert_file: Path, key_file: Path) -> N
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s observer %(message)s")
+    logging.basicConfig(level=log_level(), format="%(asctime)s observer %(message)s")
     config = load_config(ObserverConfig)
     events = EventLog(Path(config.log_file))
     events.load()

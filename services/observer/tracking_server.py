@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from flops_utils.message_text import one_line
 from flops_utils.service_config import ServerCertificate, TrackingConfig, load_config
 from services.observer.mlflow_gate import GATE_APP_NAME, REALM_ENV, TOKEN_DIGESTS_ENV
 
@@ -100,7 +101,7 @@ def ensure_database(backend_store_uri: str) -> bool:
             connection.execute(sqlalchemy.text(f"CREATE DATABASE {quoted}"))
             return True
     except sqlalchemy.exc.SQLAlchemyError as error:
-        reason = " ".join(str(getattr(error, "orig", None) or error).split())[:300]
+        reason = one_line(getattr(error, "orig", None) or error)
         raise SystemExit(f"cannot prepare the MLflow database {url.database} at {url.host}: {reason}") from None
     finally:
         engine.dispose()

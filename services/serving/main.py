@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from flops_utils.mqtt_catalogue import ServiceState, ServiceStatus
+from flops_utils.mqtt_catalogue import ReportedState, ServiceStatus
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
 from flops_utils.service_config import ServingConfig, load_config
 from flops_utils.token_access import use_tracking_access
@@ -34,7 +34,7 @@ def main() -> None:
     try:
         link = MqttLink(config.mqtt).connect(timeout=10)
         link.publish(ServiceStatus(project_id=config.project_id, sender=sender, service="serving",
-                                   state=ServiceState.RUNNING, detail=f"serving {config.model_uri}"))
+                                   state=ReportedState.RUNNING, detail=f"serving {config.model_uri}"))
         link.flush(5)
         link.close()
     except BrokerUnavailable:

@@ -30,6 +30,8 @@ import pyarrow as pa
 import pyarrow.flight as flight
 from numpy.typing import ArrayLike
 
+from flops_utils.message_text import one_line
+
 DATA_SERVER_ENV = "FLOPS_DATA_SERVER"
 DATA_TAGS_ENV = "FLOPS_DATA_TAGS"
 DATA_TOKEN_ENV = "FLOPS_DATA_TOKEN"
@@ -132,11 +134,10 @@ def to_numpy(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return flat.reshape(table.num_rows, -1), labels
 
 
-def _one_line(error: BaseException) -> str:
-    """Flight errors carry gRPC debug context after the message; keep the message only."""
+def _reason(error: BaseException) -> str:
+    """Flight errors carry gRPC debug context after the message; keep the message only, on one line."""
     text = str(error).split(". Detail:")[0].split(". gRPC client debug context")[0]
-    text = text.removeprefix("Flight returned unavailable error, with message: ")
-    return " ".join(text.split())[:300]
+    return one_line(text.removeprefix("Flight returned unavailable error, with message: "))
 
 
 def _location(address: str) -> str:
@@ -166,7 +167,7 @@ class DataServerClient:
                 else:
                     self._client = flight.FlightClient(_location(self.address))
             except (pa.ArrowException, ValueError) as error:
-                raise DataServerUnavailable(f"bad data server address {self.address!r}: {_one_line(error)}") from error
+                raise DataServerUnavailable(f"bad data server address {self.address!r}: {_reason(error)}") from error
         return self._client
 
     def _options(self, timeout: float | None = None) -> flight.FlightCallOptions:
@@ -175,10 +176,10 @@ class DataServerClient:
 
     def _fail(self, doing: str, error: BaseException) -> DataServerError:
         if isinstance(error, flight.FlightUnavailableError | flight.FlightTimedOutError):
-            return DataServerUnavailable(f"data server {self.address} is unreachable ({doing}): {_one_line(error)}")
+            return DataServerUnavailable(f"data server {self.address} is unreachable ({doing}): {_reason(error)}")
         if isinstance(error, flight.FlightUnauthenticatedError | flight.FlightUnauthorizedError):
-            return DataAccessDenied(f"data server {self.address} refused to {doing}: {_one_line(error)}")
-        return DataServerError(f"data server {self.address} refused to {doing}: {_one_line(error)}")
+            return DataAccessDenied(f"data server {self.address} refused to {doing}: {_reason(error)}")
+        return DataServerError(f"data server {self.address} refused to {doing}: {_reason(error)}")
 
     def ping(self, timeout: float = _PING_TIMEOUT_S) -> None:
         options = flight.FlightCallOptions(timeout=timeout)

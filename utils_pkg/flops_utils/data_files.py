@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from flops_utils.data_client import FRAGMENT_SCHEMA, from_numpy, schema_problem
+from flops_utils.message_text import one_line
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
 
@@ -71,5 +72,5 @@ def read_data_file(path: Path, label_column: str = "label") -> pa.Table:
     except DataFileError:
         raise
     except (OSError, pa.ArrowException, ValueError) as error:
-        first = " ".join(str(error).split())[:200]
+        first = one_line(error, 200)
         raise DataFileError(f"cannot read {path}: {first}") from None

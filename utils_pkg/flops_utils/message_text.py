@@ -1,4 +1,4 @@
-"""One-line human-readable text for every catalogue message (observer log, manager events)."""
+"""One-line human-readable text: every catalogue message (observer log, manager events) and every error reason."""
 
 from __future__ import annotations
 
@@ -63,3 +63,8 @@ def one_line(text: object, limit: int = 300) -> str:
     if " " in cut and not flat[limit - 1].isspace():
         cut = cut[: cut.rindex(" ")]
     return cut.rstrip(" ,;:") + "…"
+
+
+def error_line(error: BaseException, limit: int = 300) -> str:
+    """An exception as a one-line reason (its type name when it has no message)."""
+    return one_line(str(error).strip() or type(error).__name__, limit)

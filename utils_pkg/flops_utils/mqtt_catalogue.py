@@ -52,7 +52,10 @@ def split_topic(name: str) -> tuple[str, TopicKind] | None:
         return None
 
 
-class ServiceState(StrEnum):
+class ReportedState(StrEnum):
+    """What a service says about itself in its status reports (the orchestrator's view of it is
+    ``orchestrator_adapters.base.ServiceState``)."""
+
     STARTED = "started"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -82,7 +85,7 @@ class _Message(BaseModel):
 class ServiceStatus(_Message):
     type: Literal["service_status"] = "service_status"
     service: str = Field(description="service kind: builder, aggregator, learner, observer, serving ...")
-    state: ServiceState
+    state: ReportedState
     detail: str = ""
 
     @property

@@ -9,6 +9,7 @@ positional command-line strings.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -23,6 +24,12 @@ from flops_utils.repo_credentials import RepoCredentials, split_repo_credentials
 
 CONFIG_ENV = "FLOPS_CONFIG"
 CONFIG_FILE_ENV = "FLOPS_CONFIG_FILE"
+LOG_LEVEL_ENV = "FLOPS_LOG_LEVEL"  # "DEBUG" for a project whose SLA says ``verbose``
+
+
+def log_level() -> int:
+    """The level a service logs at: DEBUG when ``FLOPS_LOG_LEVEL`` says so (SLA ``verbose``), else INFO."""
+    return logging.DEBUG if os.environ.get(LOG_LEVEL_ENV, "").strip().upper() == "DEBUG" else logging.INFO
 
 
 class _Config(BaseModel):

@@ -13,7 +13,6 @@ Services in these images run with ``cwd=/app``; their configs should name
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,10 +96,6 @@ def build_app_image(engine: ContainerEngine, store: ImageStore, deps_source: str
         run_check(engine, container, _VERIFY.replace("sys.argv[1]", repr(entry_module)),
                   f"the {kind} does not import in the image", timeout=900)
         commit(engine, container, name.local)
-
-
-def cleanup_stage(destination: Path) -> None:
-    shutil.rmtree(destination, ignore_errors=True)
 
 
 __all__ = ["ENTRYPOINTS", "IMAGE_APP_DIR", "IMAGE_RUNTIME_DIR", "IMAGE_WORK_DIR", "VENV_DIR", "StagedApp",

@@ -19,8 +19,9 @@ from flops_utils.container_storage import (
 from flops_utils.container_storage import StorageSettings as EngineSettings
 from flops_utils.container_storage import default_root as default_root
 from flops_utils.container_storage import find_tool as find_storage_tool
+from flops_utils.message_text import one_line
 from flops_utils.service_config import RegistrySettings
-from services.builder.errors import BuildError, one_line
+from services.builder.errors import BuildError
 from services.builder.process import CommandOutcome, run_command
 
 __all__ = ["ContainerEngine", "EngineError", "EngineSettings", "default_root", "describe_failure", "find_tool",

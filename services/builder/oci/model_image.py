@@ -43,8 +43,9 @@ import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from flops_utils.message_text import one_line
 from flops_utils.service_config import RegistrySettings
-from services.builder.errors import BuildError, one_line
+from services.builder.errors import BuildError
 from services.builder.oci.app_images import IMAGE_RUNTIME_DIR, runtime_packages
 from services.builder.oci.base_image import BaseSettings, ensure_base
 from services.builder.oci.deps_image import runtime_requirements

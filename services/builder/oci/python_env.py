@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.builder.errors import BuildError, one_line
+from flops_utils.message_text import one_line
+from services.builder.errors import BuildError
 from services.builder.oci.engine import ContainerEngine, EngineError, describe_failure
 from services.builder.oci.platforms import Platform, host_architecture
 from services.builder.process import CommandOutcome, run_command

@@ -16,8 +16,9 @@ from typing import Any
 
 import requests
 
+from flops_utils.message_text import one_line
 from flops_utils.service_config import RegistrySettings
-from services.builder.errors import BuildError, one_line
+from services.builder.errors import BuildError
 from services.builder.oci.engine import default_root, install_registry_ca
 
 MANIFEST_TYPES = (
@@ -182,9 +183,6 @@ class RegistryClient:
         size = sum(int(layer.get("size", 0)) for layer in layers) + int(body.get("config", {}).get("size", 0))
         return ManifestInfo(digest, media_type, size, config_digest=str(body.get("config", {}).get("digest", "")),
                             layers=tuple(str(layer.get("digest", "")) for layer in layers))
-
-    def has(self, repository: str, reference: str) -> bool:
-        return self.manifest(repository, reference) is not None
 
     def catalog(self) -> list[str]:
         response = self._request("GET", "/v2/_catalog?n=1000", "registry:catalog:*")

@@ -8,8 +8,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
+from flops_utils.message_text import one_line
 from flops_utils.mqtt_catalogue import BuildStep, FlopsMessage
-from services.builder.errors import BuildError, one_line
+from services.builder.errors import BuildError
 
 Outcome = Literal["done", "cached", "failed"]
 Reporter = Callable[[FlopsMessage], None]
