@@ -32,7 +32,7 @@ from flops_utils.mqtt_catalogue import (
     BuildResult,
     FlopsMessage,
     ModelImageBuilt,
-    ServiceState,
+    ReportedState,
     ServiceStatus,
     TrainingProgress,
     TrainingResult,
@@ -226,7 +226,7 @@ class FakeFederation:
         failure = self.failures.get(service.name)
         if failure is not None:
             status = ServiceStatus(project_id=service.project_id, sender=service.name, service=kind,
-                                   state=ServiceState.FAILED, detail=failure)
+                                   state=ReportedState.FAILED, detail=failure)
             service.report(status)
             raise ServiceCrashed(failure)
 
