@@ -84,21 +84,21 @@ class ServerSession:
     def progress(self, result: RoundResult, *, cycle: int, total_cycles: int, round_: int, total_rounds: int,
                  privacy: dict[str, float] | None = None) -> None:  # fmt: skip
         self.reporter.publish(
-            TrainingProgress(
-                project_id=self.config.project_id,
-                sender=self.reporter.sender,
-                cluster=self.config.cluster if self.config.role == "cluster" else None,
-                cycle=cycle,
-                total_cycles=total_cycles,
-                round=round_,
-                total_rounds=total_rounds,
-                loss=result.loss,
-                accuracy=result.accuracy,
-                num_examples=result.num_examples,
-                participants=len(result.participants),
-                round_seconds=round(result.seconds, 3),
-                **(privacy or {}),
-            )
+            TrainingProgress.model_validate({
+                "project_id": self.config.project_id,
+                "sender": self.reporter.sender,
+                "cluster": self.config.cluster if self.config.role == "cluster" else None,
+                "cycle": cycle,
+                "total_cycles": total_cycles,
+                "round": round_,
+                "total_rounds": total_rounds,
+                "loss": result.loss,
+                "accuracy": result.accuracy,
+                "num_examples": result.num_examples,
+                "participants": len(result.participants),
+                "round_seconds": round(result.seconds, 3),
+                **(privacy or {}),  # the DP fields (dp_epsilon, ...)
+            })
         )
 
 

@@ -160,7 +160,7 @@ class MqttLink:
         if not handlers or not msg.payload:  # empty: a retained message being cleared
             return
         try:
-            message = parse_message(msg.payload)
+            message = parse_message(bytes(msg.payload))
         except MalformedMessage as error:
             log.warning("ignored a payload on %s: %s", msg.topic, error)
             return
