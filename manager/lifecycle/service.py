@@ -6,7 +6,6 @@ listener feeds every project's inbox; each project runs in its own thread.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -28,11 +27,11 @@ from manager.lifecycle.data_nodes import DataServers
 from manager.lifecycle.inbox import ProjectInbox, ReportLink
 from manager.lifecycle.inventory import node_inventory, write_token_for
 from manager.lifecycle.observatory import ObservatoryKeeper
-from manager.lifecycle.phases import OnRestart, on_restart
 from manager.lifecycle.project_run import ProjectRun, RunDeps
-from manager.lifecycle.project_secrets import seal_project_secrets, with_project_secrets
+from manager.lifecycle.project_secrets import seal_project_secrets
+from manager.lifecycle.restart_pickup import RestartPickUp
 from manager.quotas import QuotaExceeded, check_active_projects, check_observatories
-from manager.records import EventRecord, ProjectPhase, ProjectRecord, ProjectStatus
+from manager.records import EventRecord, ProjectRecord
 from manager.secret_box import SecretUnreadable
 from manager.sla import ProjectSLA
 from manager.storage.base import ProjectStore
@@ -41,7 +40,6 @@ from orchestrator_adapters.registry import adapter_class, create_adapter
 
 log = logging.getLogger(__name__)
 
-RESTART_REASON = "the manager restarted while the project was running; its services were stopped"
 
 
 class LifecycleService:
@@ -332,48 +330,10 @@ class LifecycleService:
 
     # -- restarts ------------------------------------------------------------------
     def _settle_interrupted_projects(self) -> list[threading.Thread]:
-        """Projects a previous manager process left unfinished: resume, restart or fail them.
-
-        Training reconnects to the services that kept running; earlier phases start again
-        from the beginning (their services are undeployed first); later phases fail.
-        """
-        pending: list[threading.Thread] = []
-        ended: list[str] = []  # owners whose references a manager that stopped during cleanup may have left
-        for record in self.store.list_projects(None):
-            if record.status.finished:
-                ended.append(record.project_id)
-                if not record.serving_url:
-                    ended.append(config_owner(record.project_id, "serving"))
-                continue
-            try:
-                pending.append(self._pick_up(record))
-            except Exception as error:  # the SLA or orchestrator may be gone; settle the record
-                log.warning("cannot pick up project %s: %s", record.project_id, error)
-                with contextlib.suppress(Exception):
-                    self._undeploy_leftovers(record)
-                self._event(record.project_id, f"{RESTART_REASON} ({error})", level="error")
-                self.store.update_project(
-                    record.project_id, status=ProjectStatus.FAILED, phase=ProjectPhase.DONE,
-                    error=RESTART_REASON, finished_at=time.time(), updated_at=time.time(),
-                )  # fmt: skip
-        ConfigVault(self.store, self.settings.secret_box).revoke(*ended)
-        return pending
-
-    def _pick_up(self, record: ProjectRecord) -> threading.Thread:
-        try:
-            sla = with_project_secrets(ProjectSLA.model_validate(record.sla), record, self.settings.secret_box)
-        except SecretUnreadable as error:
-            raise ControlError(f"its repository credentials cannot be read: {error}") from None
-        adapter = self.adapter(record.orchestrator)
-        action = on_restart(record)  # from the phase table
-        if action is OnRestart.RESUME:
-            return self._prepare(record, sla, adapter, resume=True)
-        if action is OnRestart.START_OVER:
-            self._undeploy_leftovers(record)
-            self._event(record.project_id, "manager restarted: the project starts again from the beginning")
-            # What the undeployed services reported before (the broker may still deliver it) is not this run's.
-            return self._prepare(record, sla, adapter, resume=False, not_before=time.time())
-        raise ControlError(f"phase {record.phase.value} cannot be resumed")
+        """Projects a previous manager process left unfinished: resume, restart or fail them (phase table)."""
+        pick_up = RestartPickUp(self.settings, self.store, self.adapter, self._prepare, self._undeploy_leftovers,
+                                self._event)  # fmt: skip
+        return pick_up.settle_all()
 
     def _undeploy_leftovers(self, record: ProjectRecord) -> None:
         """Remove what a project left running: its project app and its observer."""
