@@ -23,15 +23,16 @@ that fails the code is 125.
 import os
 import sys
 
-# Running a file puts its own folder first on sys.path; the program must see what ``python -m`` /
-# ``-c`` / a script would: fix that before importing anything else.
+# Running a file puts its own folder first on sys.path (unless -P / PYTHONSAFEPATH); the program must
+# see what ``python -m`` / ``-c`` / a script would: fix that before importing anything else.
 _MODE = sys.argv[3] if len(sys.argv) > 3 else ""
-if _MODE == "-m":
-    sys.path[0] = os.getcwd()
-elif _MODE == "-c":
-    sys.path[0] = ""
-elif _MODE:
-    sys.path[0] = os.path.dirname(os.path.realpath(_MODE))
+if _MODE and sys.path and sys.path[0] == os.path.dirname(os.path.realpath(__file__)):
+    if _MODE == "-m":
+        sys.path[0] = os.getcwd()
+    elif _MODE == "-c":
+        sys.path[0] = ""
+    else:
+        sys.path[0] = os.path.dirname(os.path.realpath(_MODE))
 
 import atexit  # noqa: E402
 import contextlib  # noqa: E402
