@@ -7,9 +7,9 @@ partition to every learner node and runs the sklearn example in hierarchical mod
 
 While it trains, every ``--sample-s`` seconds it reads the local adapter's state (the learner
 instances' and the nodes' data servers' pids), walks each one's process tree in ``/proc`` and sums
-PSS from ``/proc/<pid>/smaps_rollup``. A learner's processes are its instance's tree (the adapter's
-``sh`` wrapper, the learner and whatever it starts) plus its node's data server tree (its ``sh``
-wrapper and the server); the figures per learner are the peaks over the samples, and
+PSS from ``/proc/<pid>/smaps_rollup``. A learner's processes are its instance's tree (the learner
+and whatever it starts) plus its node's data server tree; the figures per learner are the peaks
+over the samples, and
 ``process_kinds_of_a_learner`` names them (command name -> count). Time per cycle comes from the root aggregator's
 ``TrainingProgress`` messages (their arrival on the broker).
 
@@ -94,6 +94,13 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
+def mem_available_mib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 # -- sampling -----------------------------------------------------------------------------
 @dataclass
 class LearnerPeak:
@@ -111,6 +118,8 @@ class Sampler:
     peaks: dict[str, LearnerPeak] = field(default_factory=dict)
     total_pss_peak_mib: float = 0.0
     total_processes_peak: int = 0
+    lowest_available_mib: float = float("inf")  # MemAvailable: what the machine had left at worst
+    load_peak: float = 0.0
     samples: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -166,6 +175,8 @@ class Sampler:
             total_processes += len(pids)
         self.total_pss_peak_mib = max(self.total_pss_peak_mib, total_pss)
         self.total_processes_peak = max(self.total_processes_peak, total_processes)
+        self.lowest_available_mib = min(self.lowest_available_mib, mem_available_mib())
+        self.load_peak = max(self.load_peak, os.getloadavg()[0])
         self.samples += 1
 
 
@@ -233,6 +244,8 @@ def run(bench: Bench, args: argparse.Namespace, per_cluster: int) -> dict[str, A
         else None,
         "learners_pss_peak_mib": round(sampler.total_pss_peak_mib, 1),
         "learners_processes_peak": sampler.total_processes_peak,
+        "lowest_mem_available_mib": round(sampler.lowest_available_mib) if sampler.samples else None,
+        "load_avg_1m_peak": round(sampler.load_peak, 2),
     }
 
 

@@ -1,16 +1,19 @@
 """Starting, watching and stopping supervised local processes.
 
-Each process runs under a tiny ``sh`` wrapper that leads its own process group
-(``start_new_session``) and writes the command's exit code to a file when it ends.
-The manager that started it also waits on it in a watcher thread; a manager started
-later finds the process by pid (checked against its start time, see
-``flops_utils.process_groups``) and its outcome in the exit-code file.
+Each process leads its own process group (``start_new_session``) and its exit code is
+written to a file when it ends: a Python command (``python -m M``, ``python -c C``,
+``python script``) runs inside :mod:`orchestrator_adapters.python_launcher`, in the same
+process, which writes the file itself; any other command runs under a tiny ``sh`` wrapper
+that does (one more process). The manager that started it also waits on it in a watcher
+thread; a manager started later finds the process by pid (checked against its start time)
+and its outcome in the exit-code file (see ``flops_utils.process_groups``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -20,10 +23,12 @@ from pathlib import Path
 
 from flops_utils.process_groups import ended, every_stat, group_alive, process_alive, signal_group, start_ticks
 
-# "$0" is the exit-code file, "$@" the command. A signal that kills the wrapper itself
-# leaves no file; the watcher thread writes one then.
+# "$0" is the exit-code file, "$@" the command (not a Python one, see _launch_command). A signal
+# that kills the wrapper itself leaves no file; the watcher thread writes one then.
 _WRAPPER = 'rm -f "$0"; {limit}"$@"; code=$?; printf "%s\\n" "$code" > "$0.tmp" && mv -f "$0.tmp" "$0"; exit "$code"'
 _TAIL_BYTES = 16384
+_LAUNCHER = Path(__file__).with_name("python_launcher.py")
+_PYTHON_NAME = re.compile(r"python(3(\.\d+)?)?")
 OWNER_ENV = "FLOPS_OWNER"  # "<app id>/<service id>/<index>" of what the local adapter started; inherited
 
 
@@ -35,7 +40,7 @@ def read_exit_file(path: str) -> int | None:
 
 
 def write_exit_file(path: str, code: int) -> None:
-    """Record ``code`` unless the wrapper already did."""
+    """Record ``code`` unless the process (its launcher or wrapper) already did."""
     target = Path(path)
     if target.exists():
         return
@@ -93,12 +98,12 @@ def spawn(
     exit_file: str,
     memory_limit_mb: int | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``command`` in its own session under the exit-code wrapper, output appended to ``log_file``."""
-    limit = f"ulimit -v {memory_limit_mb * 1024} || exit 125; " if memory_limit_mb else ""
+    """Start ``command`` in its own session so that its exit code lands in ``exit_file``, output
+    appended to ``log_file``."""
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         return subprocess.Popen(
-            ["/bin/sh", "-c", _WRAPPER.format(limit=limit), exit_file, *command],
+            _launch_command(command, exit_file, memory_limit_mb),
             env=env,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
@@ -107,6 +112,18 @@ def spawn(
             start_new_session=True,
             close_fds=True,
         )
+
+
+def _launch_command(command: list[str], exit_file: str, memory_limit_mb: int | None) -> list[str]:
+    """``command`` run in-process by the Python launcher when it is a plain Python command
+    (interpreter, then ``-m``/``-c``/a script), else under the ``sh`` wrapper."""
+    limit_kb = memory_limit_mb * 1024 if memory_limit_mb else 0
+    if len(command) >= 2 and _PYTHON_NAME.fullmatch(Path(command[0]).name):
+        mode = command[1]
+        if (mode in ("-m", "-c") and len(command) >= 3) or not mode.startswith("-"):
+            return [command[0], str(_LAUNCHER), exit_file, str(limit_kb), *command[1:]]
+    limit = f"ulimit -v {limit_kb} || exit 125; " if limit_kb else ""
+    return ["/bin/sh", "-c", _WRAPPER.format(limit=limit), exit_file, *command]
 
 
 def watch(process: subprocess.Popen[bytes], exit_file: str,
@@ -195,7 +212,7 @@ def stop_groups(
     """TERM each (pid, start ticks) process group, KILL what is left of it after ``grace_s``.
 
     Waits for the whole group, not just its leader, so a service that shuts down
-    gracefully gets its grace time even after the wrapper shell is gone. Processes below
+    gracefully gets its grace time even after the group's leader is gone. Processes below
     a leader that left its group, processes carrying one of ``owners`` (see
     :func:`owned_processes`) and processes working inside ``folders`` get the same
     treatment, so nothing a service started outlives it.

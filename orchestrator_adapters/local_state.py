@@ -29,12 +29,12 @@ def spec_from_data(data: dict[str, Any]) -> ServiceSpec:
 
 
 class ProcessRecord(BaseModel):
-    """One supervised process: the ``sh`` wrapper, which leads its own process group."""
+    """One supervised process, the leader of its own process group (the service, or its ``sh`` wrapper)."""
 
     pid: int
     start_ticks: int | None = None  # from /proc/<pid>/stat; guards against pid reuse
     log_file: str
-    exit_file: str  # the wrapper writes the command's exit code here
+    exit_file: str  # the command's exit code is written here (see local_process.spawn)
     started_at: float
 
 

@@ -29,6 +29,7 @@ from orchestrator_adapters.base import (
     ServiceState,
 )
 from orchestrator_adapters.local import LocalAdapter, LocalAdapterSettings
+from orchestrator_adapters.local_process import descendant_pids, read_exit_file, spawn
 from orchestrator_adapters.registry import available_adapters, create_adapter
 from tests.adapter_contract import ENDED, AdapterContract, Behaviour, SpecFactory, python_command, wait_for_state
 from tests.fault_injection import kill_instance
@@ -143,8 +144,8 @@ def test_crash_of_a_silent_process_is_reported_failed(local: LocalAdapter, proje
     local.deploy_service(project, silent)
     local.deploy_service(project, exits)
     info = wait_for_state(local, project, silent, ENDED, TIMEOUT)
-    assert info.state is ServiceState.FAILED
-    assert info.detail.startswith("process exited with code 137 (killed by SIGKILL)")
+    assert info.state is ServiceState.FAILED  # recorded by the adapter's watcher: nothing in the process can
+    assert info.detail.startswith("process exited with code -9 (killed by SIGKILL)")
     info = wait_for_state(local, project, exits, ENDED, TIMEOUT)
     assert (info.state, info.detail, info.instances[0].exit_code) == (
         ServiceState.FAILED, "process exited with code 2", 2)
@@ -177,6 +178,49 @@ def test_killed_instance_is_failed_and_redeploy_restarts_it(local: LocalAdapter,
     assert _pids(local, project, service)[0] == first_pid
     local.undeploy_service(project, service)
     assert all(not process_alive(pid, None) for pid in _pids(local, project, service))
+
+
+def _spawned(tmp_path: Path, name: str, command: list[str]) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    log, exit_file = tmp_path / f"{name}.log", tmp_path / f"{name}.exit"
+    process = spawn(command, env=dict(os.environ), cwd=str(tmp_path), log_file=str(log), exit_file=str(exit_file))
+    return process, log, exit_file
+
+
+def _wait_for_line(log: Path, line: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while line not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert line in log.read_text()
+
+
+def test_a_python_service_is_one_process_that_records_its_own_exit_code(tmp_path: Path) -> None:
+    """No manager waits here (no watcher thread): what is on disk is what the process wrote itself,
+    as a manager started later would find it."""
+    script = "import sys, time; print('up', sys.argv[1:], flush=True); time.sleep(float(sys.argv[1])); sys.exit(3)"
+    process, log, exit_file = _spawned(tmp_path, "py", [sys.executable, "-c", script, "0.5"])
+    _wait_for_line(log, "up ['0.5']")
+    assert descendant_pids(process.pid) == []  # no wrapper shell: the service itself leads its group
+    assert os.getpgid(process.pid) == process.pid
+    assert process.wait(TIMEOUT) == 3
+    assert read_exit_file(str(exit_file)) == 3
+
+    sleeper = "import time\nprint('up', flush=True)\ntime.sleep(60)"
+    terminated, log, exit_file = _spawned(tmp_path, "term", [sys.executable, "-c", sleeper])
+    _wait_for_line(log, "up")
+    terminated.terminate()
+    assert terminated.wait(TIMEOUT) == -15
+    assert read_exit_file(str(exit_file)) == -15  # a fatal signal it left to the default action
+
+    crash = "def f():\n    raise ValueError('bad')\nf()"
+    crashing, log, exit_file = _spawned(tmp_path, "crash", [sys.executable, "-c", crash])
+    assert crashing.wait(TIMEOUT) == 1
+    assert read_exit_file(str(exit_file)) == 1
+    trace = log.read_text()
+    assert trace.splitlines()[-1] == "ValueError: bad" and "python_launcher" not in trace  # only the program's frames
+
+    other, log, exit_file = _spawned(tmp_path, "sh", ["/bin/sh", "-c", "echo started; exit 6"])
+    assert other.wait(TIMEOUT) == 6  # not Python: under the sh wrapper, which records it
+    assert read_exit_file(str(exit_file)) == 6 and log.read_text() == "started\n"
 
 
 def _pids(local: LocalAdapter, app: AppRef, service_id: str) -> list[int]:
@@ -330,7 +374,7 @@ def test_stopping_ends_every_process_the_service_started(local: LocalAdapter, st
         while "helpers started" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
             time.sleep(0.1)
         started = _live_processes_of(marker, folder)
-        assert len(started) >= 4, started  # wrapper shell, the service, its session leader, the daemon
+        assert len(started) >= 3, started  # the service, its session leader, the daemon
         if stop == "undeploy_service":
             local.undeploy_service(app, service)
         else:

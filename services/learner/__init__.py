@@ -1,1 +1,1 @@
-"""Learner service: checks its node's data, runs a Flower SuperNode with the FLOps ClientApp."""
+"""Learner service: checks its node's data, then answers the aggregator's messages with the FLOps ClientApp."""

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from flops_utils.data_client import (
     DATA_CA_ENV,
@@ -30,6 +31,9 @@ from services.fl_runtime.client_host import client_app_handler, describe_user_er
 from services.fl_runtime.link.client import LinkClient, new_node_id
 from services.fl_runtime.link.frames import Hello
 from services.fl_runtime.reporter import Reporter
+
+if TYPE_CHECKING:
+    from flwr.app.user_config import UserConfigValue
 
 log = logging.getLogger("flops.learner")
 
@@ -110,7 +114,7 @@ class LearnerService:
         os.environ[DATA_TAGS_ENV] = ",".join(config.data_tags)
         os.environ[DATA_TOKEN_ENV] = config.data_token or ""
         os.environ[DATA_CA_ENV] = config.data_ca_pem or ""
-        node_config = {
+        node_config: dict[str, UserConfigValue] = {
             p.NODE_ROLE_KEY: "learner",
             p.NODE_NAME_KEY: config.node,
             p.NODE_CLUSTER_KEY: config.cluster or "",
