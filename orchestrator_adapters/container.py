@@ -37,7 +37,7 @@ import docker
 import docker.errors
 import requests
 
-from flops_utils.process_groups import free_port
+from flops_utils.process_groups import planned_port
 from flops_utils.service_config import CONFIG_ENV
 from orchestrator_adapters.base import (
     AdapterCapabilities,
@@ -241,7 +241,7 @@ class ContainerAdapter(OrchestratorAdapter):
             if key not in state.endpoints:
                 used = set(state.endpoints.values()) | {
                     int(node.data_server.rsplit(":", 1)[1]) for node in self.list_nodes() if node.data_server}
-                state.endpoints[key] = free_port(self.settings.host, used)
+                state.endpoints[key] = planned_port(self.settings.host, used)
             return Endpoint(self.settings.host, state.endpoints[key])
 
     # -- services ------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from flops_utils.data_client import DataServerClient, DataServerError
-from flops_utils.process_groups import free_port, port_is_free, process_alive, start_ticks
+from flops_utils.process_groups import planned_port, port_is_free, process_alive, start_ticks
 from flops_utils.service_config import CONFIG_ENV, DataServerConfig, DataServerSecurity, ServerCertificate
 from orchestrator_adapters.base import (
     AdapterCapabilities,
@@ -178,7 +178,7 @@ class LocalAdapter(OrchestratorAdapter):
             if previous is not None and self._port_frees(previous.port):
                 port = previous.port  # keep the node's address stable across restarts
             else:
-                port = free_port(self.settings.host, used)
+                port = planned_port(self.settings.host, used)
             security = self.settings.data_security
             config = DataServerConfig(
                 node=node.name, host=self.settings.host, port=port, storage_dir=str(node_dir / "data"),
@@ -287,7 +287,7 @@ class LocalAdapter(OrchestratorAdapter):
         key = _endpoint_key(app, service_name, port)
         with self.state.update() as state:
             if key not in state.endpoints:
-                state.endpoints[key] = free_port(self.settings.host, state.used_ports())
+                state.endpoints[key] = planned_port(self.settings.host, state.used_ports())
             return Endpoint(self.settings.host, state.endpoints[key])
 
     # -- services ----------------------------------------------------------------------

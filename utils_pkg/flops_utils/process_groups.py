@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +28,35 @@ def free_port(host: str = "127.0.0.1", exclude: Iterable[int] = ()) -> int:
         if port not in excluded:
             return port
     raise OSError("no free port found")
+
+
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+PLANNED_PORTS_FLOOR = 20000  # planned listeners take ports from here up to the kernel's ephemeral range
+
+
+def ephemeral_range(path: Path = EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
+    """The ports the kernel hands out to outgoing connections and ``bind(0)`` (Linux default 32768-60999)."""
+    try:
+        low, high = (int(value) for value in path.read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def planned_port(host: str = "127.0.0.1", exclude: Iterable[int] = (), *, seed: int | None = None) -> int:
+    """A port for a listener that will bind later (a planned endpoint): free now, not in ``exclude``, and below
+    the kernel's ephemeral range, so no outgoing connection can take it between the plan and the bind (at 100
+    learners a cluster aggregator's port from :func:`free_port` was once taken that way). Falls back to
+    :func:`free_port` when that range is exhausted."""
+    low, _ = ephemeral_range()
+    floor = min(PLANNED_PORTS_FLOOR, max(1024, low - 1000))
+    excluded = set(exclude)
+    candidates = list(range(floor, low))
+    random.Random(seed).shuffle(candidates)
+    for port in candidates[:2000]:
+        if port not in excluded and port_is_free(host, port):
+            return port
+    return free_port(host, excluded)
 
 
 def port_is_free(host: str, port: int) -> bool:
