@@ -34,7 +34,7 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 from benchmarks.common import print_json, print_table  # noqa: E402
 from flops_utils.process_groups import free_port  # noqa: E402
 from flops_utils.service_config import AggregatorConfig, MqttSettings, TrainingSettings  # noqa: E402
-from manager.lifecycle.flower_pki import ProjectFlowerCa  # noqa: E402
+from manager.security.flower_pki import ProjectFlowerCa  # noqa: E402
 from services.aggregator.privacy import privacy_plan  # noqa: E402
 from services.aggregator.rounds import FederatedRounds  # noqa: E402
 from services.aggregator.strategy_factory import round_strategy  # noqa: E402

@@ -113,7 +113,7 @@ class ProjectRecord(BaseModel):
     apps: dict[str, str] = Field(default_factory=dict, description="app kind -> adapter app id")
     sealed: dict[str, str] = Field(
         default_factory=dict, exclude=True,
-        description="encrypted secrets (manager.secret_box); stored, never served: dumps leave them out")
+        description="encrypted secrets (manager.security.secret_box); stored, never served: dumps leave them out")
 
     def storage_document(self) -> dict[str, Any]:
         """The whole record as the store keeps it: the JSON dump plus the sealed secrets."""

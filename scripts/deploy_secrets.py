@@ -84,7 +84,7 @@ def service_names(service: str) -> list[str]:
 
 def tls_files(extra_hosts: list[str]) -> dict[str, str]:
     """A CA, and certificates for the broker, the registry and the manager's API (PEM texts; the CA key is dropped)."""
-    from manager.pki import cert_pem, issue_server_cert, key_pem, name, new_ca
+    from manager.security.pki import cert_pem, issue_server_cert, key_pem, name, new_ca
 
     organization = "FLOps deployment"
     ca, ca_key = new_ca(name(organization, "FLOps deployment CA"), CA_DAYS)

@@ -24,13 +24,13 @@ from waitress import create_server, wasyncore
 from flops_utils.mqtt_catalogue import TrainingProgress
 from flops_utils.service_config import DataServerSecurity, MqttSettings
 from manager.api import TokenAuth, create_api
-from manager.config_vault import ConfigRefused, ConfigVault
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult
 from manager.data_models import DataToken, NodeList, NodeView, TagInfo
 from manager.lifecycle.round_log import round_record
 from manager.lifecycle.training_clock import TrainingClock
 from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, ProjectStatus
-from manager.secret_box import KEY_FILE_NAME, SecretBox
+from manager.security.config_vault import ConfigRefused, ConfigVault
+from manager.security.secret_box import KEY_FILE_NAME, SecretBox
 from manager.settings import ManagerSettings
 from manager.sla import ProjectSLA
 from manager.storage import MongoProjectStore, ProjectStore

@@ -18,8 +18,8 @@ import pytest
 from flops_utils.config_fetch import ConfigFetchError, fetch_config_json, reference_environment
 from flops_utils.process_groups import free_port
 from flops_utils.service_config import LearnerConfig, MqttSettings, load_config
-from manager.config_vault import CONFIG_PATH, ConfigRefused, ConfigVault, config_owner
-from manager.secret_box import SecretBox
+from manager.security.config_vault import CONFIG_PATH, ConfigRefused, ConfigVault, config_owner
+from manager.security.secret_box import SecretBox
 from manager.storage import MongoProjectStore
 from manager.suite.tls import ensure_server_tls
 from orchestrator_adapters.base import ServiceKind, ServiceSpec

@@ -22,7 +22,7 @@ from flops_utils.data_client import (
     to_numpy,
 )
 from manager.lifecycle.data_access import DataAccess
-from manager.lifecycle.tracking_pki import TrackingPki
+from manager.security.tracking_pki import TrackingPki
 from tests.test_data_server import RunningServer, sample, start_server
 
 NODE = "node-x"

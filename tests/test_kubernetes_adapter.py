@@ -335,7 +335,7 @@ def test_start_runs_a_data_server_on_every_learner_node(emulator: KubernetesApiE
 def test_the_daemonsets_data_servers_get_tls_and_the_token_key(emulator: KubernetesApiEmulator, kubeconfig: str,
                                                                 tmp_path: Path) -> None:
     from manager.lifecycle.data_access import DataAccess
-    from manager.lifecycle.tracking_pki import TrackingPki
+    from manager.security.tracking_pki import TrackingPki
 
     security = DataAccess(TrackingPki(tmp_path / "pki")).server_security()
     emulator.add_node("edge-2", LEARNER_LABELS)

@@ -15,7 +15,7 @@ import pytest
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from flops_utils.process_groups import free_port
-from manager.lifecycle.flower_pki import ProjectFlowerCa
+from manager.security.flower_pki import ProjectFlowerCa
 from services.aggregator.rounds import FederatedRounds, RoundFailed
 from services.fl_runtime import protocol as p
 from services.fl_runtime.link import frames

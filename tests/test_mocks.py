@@ -17,8 +17,8 @@ from flops_utils.process_groups import free_port
 from manager.control import ControlError, MockDataConfiguration, MockResult
 from manager.lifecycle.data_access import DataAccess
 from manager.lifecycle.data_nodes import DataServers
-from manager.lifecycle.tracking_pki import TrackingPki
 from manager.mocks import push_mock_data, split_dataset
+from manager.security.tracking_pki import TrackingPki
 from orchestrator_adapters.base import NodeInfo
 from orchestrator_adapters.local import LocalAdapter, LocalAdapterSettings
 

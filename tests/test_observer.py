@@ -105,8 +105,8 @@ def test_a_verbose_projects_observer_logs_at_debug(
 
 def test_observer_serves_events_over_tls_only(mqtt_settings: MqttSettings, tmp_path: Path) -> None:
     """The manager gives the observer a certificate from its CA (as for MLflow): tokens never cross in clear."""
-    from manager.lifecycle.tracking_pki import TrackingPki
-    from manager.pki import cert_pem, ensure_ca, name
+    from manager.security.pki import cert_pem, ensure_ca, name
+    from manager.security.tracking_pki import TrackingPki
 
     pki = TrackingPki(tmp_path / "pki")
     port = free_port()

@@ -12,7 +12,7 @@ import pytest
 
 from flops_utils.mqtt_catalogue import BuildResult, BuildStep
 from flops_utils.service_config import BuilderConfig, RegistrySettings
-from manager import pki
+from manager.security import pki
 from services.builder.errors import BuildError
 from services.builder.main import run_build
 from services.builder.oci import (

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from flops_utils.privacy import PrivacySettings
 from flops_utils.process_groups import free_port
 from flops_utils.service_config import AggregatorConfig, MqttSettings, TrainingSettings
-from manager.lifecycle.flower_pki import ProjectFlowerCa
+from manager.security.flower_pki import ProjectFlowerCa
 from manager.sla import ProjectSLA, describe_validation_error, sla_to_training_settings
 from services.aggregator.privacy import (
     CentralAdaptiveClipping,

@@ -10,9 +10,9 @@ import pymongo
 import pytest
 
 from flops_utils.repo_credentials import RepoCredentials
-from manager.lifecycle.project_secrets import REPO_CREDENTIALS, seal_project_secrets, with_project_secrets
 from manager.records import ProjectRecord
-from manager.secret_box import SecretBox, SecretUnreadable
+from manager.security.project_secrets import REPO_CREDENTIALS, seal_project_secrets, with_project_secrets
+from manager.security.secret_box import SecretBox, SecretUnreadable
 from manager.sla import ProjectSLA
 from manager.storage import MongoProjectStore
 

@@ -17,7 +17,7 @@ from flwr.serverapp.strategy import FedProx
 
 from flops_utils.aggregation import SecureAggregation
 from flops_utils.process_groups import free_port
-from manager.lifecycle.flower_pki import ProjectFlowerCa
+from manager.security.flower_pki import ProjectFlowerCa
 from services.aggregator.rounds import FederatedRounds, RoundFailed
 from services.aggregator.secure_aggregation import SecureFederatedRounds, secure_train_round
 from services.fl_runtime import protocol as p

@@ -24,7 +24,7 @@ from pydantic import TypeAdapter
 
 from flops_utils.aggregation import StrategyChoice
 from flops_utils.process_groups import free_port
-from manager.lifecycle.flower_pki import ProjectFlowerCa
+from manager.security.flower_pki import ProjectFlowerCa
 from services.aggregator.node_view import NodesView
 from services.aggregator.rounds import FederatedRounds
 from services.aggregator.strategies import FLOWER_CLASSES, build_strategy

@@ -36,11 +36,11 @@ from manager.api.models import (
     ServiceConfigPath,
     TrackingResponse,
 )
-from manager.config_vault import CONFIG_PATH
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult, ProjectControl
 from manager.learning_curve import render_png
 from manager.records import ProjectRecord, ProjectStatus, RoundRecord, project_timing
 from manager.repo_policy import repo_access_rules
+from manager.security.config_vault import CONFIG_PATH
 from manager.settings import ManagerSettings
 from manager.sla import ProjectSLA
 from manager.storage.base import ProjectNotFound, ProjectStore

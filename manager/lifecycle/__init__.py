@@ -7,13 +7,13 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from manager.config_vault import CONFIG_PATH
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.data_access import DataAccess
 from manager.lifecycle.service import LifecycleService
 from manager.lifecycle.tracking_access import TrackingAccess
-from manager.lifecycle.tracking_pki import TrackingPki
 from manager.repo_policy import repo_access_rules
+from manager.security.config_vault import CONFIG_PATH
+from manager.security.tracking_pki import TrackingPki
 from manager.storage.base import ProjectStore
 
 if TYPE_CHECKING:

@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from manager.broker_access import BrokerAccess, BrokerAccessError
-from manager.config_vault import ConfigVault
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.data_nodes import DataServers
 from manager.lifecycle.observatory import observatory_name
 from manager.lifecycle.service_entries import ServiceTable
 from manager.records import ProjectRecord
+from manager.security.config_vault import ConfigVault
 from manager.storage.base import ProjectStore, StorageUnavailable
 from orchestrator_adapters.base import AdapterError, AppKind, AppRef, OrchestratorAdapter
 

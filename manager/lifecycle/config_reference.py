@@ -1,12 +1,12 @@
-"""Specs whose configuration stays with the manager (see :mod:`manager.config_vault`)."""
+"""Specs whose configuration stays with the manager (see :mod:`manager.security.config_vault`)."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from flops_utils.config_fetch import reference_environment
-from manager.config_vault import ConfigVault
 from manager.lifecycle.context import LifecycleSettings
+from manager.security.config_vault import ConfigVault
 from manager.storage.base import ProjectStore
 from orchestrator_adapters.base import OrchestratorAdapter, ServiceSpec
 

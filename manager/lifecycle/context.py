@@ -9,10 +9,10 @@ from flops_utils.service_config import MqttSettings, RegistrySettings
 from manager.broker_access import ProjectCredentialsMode
 from manager.lifecycle.data_access import DataAccess
 from manager.lifecycle.tracking_access import TrackingAccess
-from manager.lifecycle.tracking_pki import TrackingPki
 from manager.quotas import QuotaSettings
 from manager.repo_policy import RepoAccessRules
-from manager.secret_box import KEY_FILE_NAME, SecretBox
+from manager.security.secret_box import KEY_FILE_NAME, SecretBox
+from manager.security.tracking_pki import TrackingPki
 from manager.tracking_store import TrackingStore
 
 
@@ -36,7 +36,7 @@ class LifecycleSettings:
     images: dict[str, str] = field(default_factory=dict)  # service kind -> image, for container orchestrators
     tracking_store: TrackingStore | None = None  # customers' MLflow stores; None: under state_dir
     # Orchestrators whose services fetch their configuration from the manager instead of carrying it
-    # (see manager.config_vault); needs config_url, the manager's /service-config URL as services reach it.
+    # (see manager.security.config_vault); needs config_url, the manager's /service-config URL as services reach it.
     # None: those whose adapter cannot deliver configs privately (AdapterCapabilities.private_configs).
     configs_by_reference: frozenset[str] | None = None
     config_url: str | None = None

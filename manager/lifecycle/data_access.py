@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flops_utils.data_client import DATA_SERVER_TLS_NAME
 from flops_utils.data_tokens import DataClaims, sign_token
 from flops_utils.service_config import DataServerSecurity
-from manager.lifecycle.tracking_pki import LOCAL_NAMES, TrackingPki
-from manager.pki import cert_pem, issue_server_cert, key_pem, name
+from manager.security.pki import cert_pem, issue_server_cert, key_pem, name
+from manager.security.tracking_pki import LOCAL_NAMES, TrackingPki
 
 KEY_FILE = "data-token.key"
 WRITE_TOKEN_TTL_S = 30 * 86400.0

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from flops_utils.service_config import TrackingConfig
-from manager.config_vault import ConfigVault
 from manager.lifecycle.config_reference import by_reference
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.errors import PhaseFailed
 from manager.lifecycle.specs import TRACKING_PORT, service_spec
 from manager.lifecycle.waiting import http_ok, wait_until
+from manager.security.config_vault import ConfigVault
 from manager.storage.base import ProjectStore
 from orchestrator_adapters.base import AppKind, AppRef, OrchestratorAdapter, Placement, ServiceKind, ServiceState
 

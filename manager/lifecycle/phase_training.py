@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 from flops_utils.mqtt_catalogue import FlopsMessage, ReportedState, ServiceStatus, TrainingProgress, TrainingResult
 from manager.lifecycle.data_nodes import DataServers, check_feature_widths
 from manager.lifecycle.errors import PhaseFailed
-from manager.lifecycle.flower_pki import cluster_identity
 from manager.lifecycle.placement import LearnerPlan, plan_learners
 from manager.lifecycle.privacy_progress import privacy_progress, privacy_result
 from manager.lifecycle.round_log import round_record
@@ -27,6 +26,7 @@ from manager.lifecycle.specs import (
 )
 from manager.lifecycle.training_clock import TrainingClock
 from manager.records import Progress, ProjectPhase, ProjectRecord
+from manager.security.flower_pki import cluster_identity
 from manager.sla import sla_to_training_settings
 from orchestrator_adapters.base import Placement, ServiceKind
 

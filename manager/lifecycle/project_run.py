@@ -22,14 +22,12 @@ from flops_utils.message_text import error_line, one_line
 from flops_utils.mqtt_catalogue import BuildResult, ControlCommand, FlopsMessage, ModelImageBuilt, TrainingResult
 from flops_utils.service_config import MqttSettings
 from manager.broker_access import BrokerAccess, BrokerAccessError
-from manager.config_vault import config_owner
 from manager.lifecycle import phases
 from manager.lifecycle.cleanup import Deployed, ProjectCleanup, project_app_name
 from manager.lifecycle.clock import SYSTEM_CLOCK, Clock
 from manager.lifecycle.config_reference import by_reference
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.errors import PhaseFailed, StopRequested
-from manager.lifecycle.flower_pki import ProjectFlowerCa
 from manager.lifecycle.inbox import ProjectInbox
 from manager.lifecycle.mlflow_run import experiment_name
 from manager.lifecycle.observatory import Observatory, ObservatoryKeeper
@@ -46,6 +44,8 @@ from manager.lifecycle.specs import (
 from manager.lifecycle.supervision import ReportLoop, RestartPolicy
 from manager.lifecycle.training_clock import TrainingClock
 from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, ProjectStatus
+from manager.security.config_vault import config_owner
+from manager.security.flower_pki import ProjectFlowerCa
 from manager.sla import ProjectSLA
 from manager.storage.base import ProjectStore, StorageUnavailable
 from orchestrator_adapters.base import (

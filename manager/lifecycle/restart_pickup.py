@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from manager.config_vault import ConfigVault, config_owner
 from manager.control import ControlError
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.phases import OnRestart, on_restart
-from manager.lifecycle.project_secrets import with_project_secrets
 from manager.records import ProjectPhase, ProjectRecord, ProjectStatus
-from manager.secret_box import SecretUnreadable
+from manager.security.config_vault import ConfigVault, config_owner
+from manager.security.project_secrets import with_project_secrets
+from manager.security.secret_box import SecretUnreadable
 from manager.sla import ProjectSLA
 from manager.storage.base import ProjectStore
 from orchestrator_adapters.base import OrchestratorAdapter

@@ -16,7 +16,6 @@ from flops_utils.mqtt_catalogue import ALL_PROJECTS_FILTER, FlopsMessage, split_
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
 from flops_utils.service_config import DataServerSecurity
 from manager.broker_access import ResolvingAccess
-from manager.config_vault import ConfigRefused, ConfigVault, config_owner
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult
 from manager.data_models import DataToken, NodeList
 from manager.lifecycle.cache_upkeep import DAY_S, prune_build_cache
@@ -28,11 +27,12 @@ from manager.lifecycle.inbox import ProjectInbox, ReportLink
 from manager.lifecycle.inventory import node_inventory, write_token_for
 from manager.lifecycle.observatory import ObservatoryKeeper
 from manager.lifecycle.project_run import ProjectRun, RunDeps
-from manager.lifecycle.project_secrets import seal_project_secrets
 from manager.lifecycle.restart_pickup import RestartPickUp
 from manager.quotas import QuotaExceeded, check_active_projects, check_observatories
 from manager.records import EventRecord, ProjectRecord
-from manager.secret_box import SecretUnreadable
+from manager.security.config_vault import ConfigRefused, ConfigVault, config_owner
+from manager.security.project_secrets import seal_project_secrets
+from manager.security.secret_box import SecretUnreadable
 from manager.sla import ProjectSLA
 from manager.storage.base import ProjectStore
 from orchestrator_adapters.base import AdapterError, AppKind, AppRef, NodeInfo, OrchestratorAdapter

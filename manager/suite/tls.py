@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from manager.pki import cert_pem, ensure_ca, issue_server_cert, name, still_valid, write_key
+from manager.security.pki import cert_pem, ensure_ca, issue_server_cert, name, still_valid, write_key
 
 CA_DAYS = 5 * 365
 SERVER_DAYS = 2 * 365

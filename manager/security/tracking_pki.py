@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from flops_utils.service_config import ServerCertificate
-from manager.pki import cert_pem, ensure_ca, issue_server_cert, key_pem, name
+from manager.security.pki import cert_pem, ensure_ca, issue_server_cert, key_pem, name
 
 ORGANIZATION = "FLOps manager"
 CA_DAYS, SERVER_DAYS = 5 * 365, 365  # an observatory older than a year is replaced with a new certificate

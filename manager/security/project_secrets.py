@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flops_utils.repo_credentials import RepoCredentials
 from manager.records import ProjectRecord
-from manager.secret_box import SecretBox
+from manager.security.secret_box import SecretBox
 from manager.sla import ProjectSLA
 
 REPO_CREDENTIALS = "repo_credentials"
@@ -25,7 +25,7 @@ def seal_project_secrets(sla: ProjectSLA, box: SecretBox) -> dict[str, str]:
 def with_project_secrets(sla: ProjectSLA, record: ProjectRecord, box: SecretBox) -> ProjectSLA:
     """``sla`` (read back from ``record``) with the secrets that were sealed with it.
 
-    Raises :class:`manager.secret_box.SecretUnreadable` when this manager's key cannot open them.
+    Raises :class:`manager.security.secret_box.SecretUnreadable` when this manager's key cannot open them.
     """
     sealed = record.sealed.get(REPO_CREDENTIALS)
     if sealed is None:

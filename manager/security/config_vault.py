@@ -3,7 +3,7 @@
 On an orchestrator without a secrets object (Oakestra keeps a service's environment
 in its database as it is), a service gets only ``FLOPS_CONFIG_URL`` and a bearer token
 (:mod:`flops_utils.config_fetch`). The document it fetches is stored sealed (Fernet,
-:class:`manager.secret_box.SecretBox`) next to the SHA-256 of its token, so neither a
+:class:`manager.security.secret_box.SecretBox`) next to the SHA-256 of its token, so neither a
 database dump nor the orchestrator's records reveal the passwords and keys in it.
 Deleting an owner's configurations (the project ends) makes its references useless.
 """
@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from manager.secret_box import SecretBox
+from manager.security.secret_box import SecretBox
 from manager.storage.base import ProjectStore
 
 CONFIG_PATH = "/service-config"

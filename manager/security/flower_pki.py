@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from flops_utils.service_config import FlowerTls
-from manager.pki import cert_pem, issue_client_cert, issue_server_cert, key_pem, name, new_ca
+from manager.security.pki import cert_pem, issue_client_cert, issue_server_cert, key_pem, name, new_ca
 
 ORGANIZATION = "FLOps project"
 DAYS = 30  # a project that trains longer is redeployed with new certificates
