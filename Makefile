@@ -38,6 +38,7 @@ $(VENV)/.installed: pyproject.toml utils_pkg/pyproject.toml
 
 lint:
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	MYPYPATH=utils_pkg $(VENV)/bin/mypy manager services orchestrator_adapters utils_pkg/flops_utils
 
 clean:

@@ -33,8 +33,9 @@ from tests.fixtures_stack import ADMIN_TOKEN  # noqa: E402
 PATHS = ("/health", "/api/flops/projects")
 
 
-def _client(port: int, deadline: float, timeout: float, offset: int, keep_alive: bool,
-            samples: list[tuple[int, float, bool]]) -> None:
+def _client(
+    port: int, deadline: float, timeout: float, offset: int, keep_alive: bool, samples: list[tuple[int, float, bool]]
+) -> None:
     turn = offset
     connection: http.client.HTTPConnection | None = None
     while time.monotonic() < deadline:
@@ -62,13 +63,14 @@ def _client(port: int, deadline: float, timeout: float, offset: int, keep_alive:
         connection.close()
 
 
-def _worker(port: int, clients: int, seconds: float, timeout: float, first: int, keep_alive: bool,
-            queue: Any) -> None:
+def _worker(port: int, clients: int, seconds: float, timeout: float, first: int, keep_alive: bool, queue: Any) -> None:
     """One process: ``clients`` threads until the deadline; sends back (path index, seconds, ok) samples."""
     samples: list[tuple[int, float, bool]] = []
     deadline = time.monotonic() + seconds
-    threads = [threading.Thread(target=_client, args=(port, deadline, timeout, first + i, keep_alive, samples),
-                                daemon=True) for i in range(clients)]  # fmt: skip
+    threads = [
+        threading.Thread(target=_client, args=(port, deadline, timeout, first + i, keep_alive, samples), daemon=True)
+        for i in range(clients)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -106,11 +108,18 @@ def store_projects(mongo_uri: str, database: str, count: int) -> None:
     store = MongoProjectStore(mongo_uri, database)
     store.connect()
     try:
-        sla = {"customerID": "Admin", "ml_repo_url": "examples/sklearn_digits", "ml_model_flavor": "sklearn",
-               "training_configuration": {"data_tags": ["digits"]}}  # fmt: skip
+        sla = {
+            "customerID": "Admin",
+            "ml_repo_url": "examples/sklearn_digits",
+            "ml_model_flavor": "sklearn",
+            "training_configuration": {"data_tags": ["digits"]},
+        }
         for number in range(count):
-            store.insert_project(ProjectRecord(project_id=f"bench{number:06d}", customer="Admin", sla=sla,
-                                               status=ProjectStatus.COMPLETED))  # fmt: skip
+            store.insert_project(
+                ProjectRecord(
+                    project_id=f"bench{number:06d}", customer="Admin", sla=sla, status=ProjectStatus.COMPLETED
+                )
+            )
     finally:
         store.close()
 
@@ -122,9 +131,13 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="per request")
     parser.add_argument("--processes", type=int, default=4, help="load-generating processes")
     parser.add_argument("--projects", type=int, default=50, help="finished projects stored for the list")
-    parser.add_argument("--keep-alive", action=argparse.BooleanOptionalAction, default=True,
-                        help="each client keeps its connection open, as an HTTP client library's session does "
-                        "(--no-keep-alive: a new connection per request)")
+    parser.add_argument(
+        "--keep-alive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="each client keeps its connection open, as an HTTP client library's session does "
+        "(--no-keep-alive: a new connection per request)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="the manager's API threads (default: its own)")
     args = parser.parse_args()
     overrides = {} if args.threads is None else {"threads": args.threads}
@@ -143,8 +156,10 @@ def main() -> int:
             clients = share + (1 if number < extra else 0)
             if clients:
                 worker = multiprocessing.get_context("fork").Process(
-                    target=_worker, args=(port, clients, args.seconds, args.timeout, first,
-                                                         args.keep_alive, queue), daemon=True)
+                    target=_worker,
+                    args=(port, clients, args.seconds, args.timeout, first, args.keep_alive, queue),
+                    daemon=True,
+                )
                 worker.start()
                 workers.append(worker)
                 first += clients
@@ -156,12 +171,24 @@ def main() -> int:
             if worker.is_alive():
                 worker.kill()
     figures = summarise(samples, args.seconds)
-    print_table(["path", "requests", "failed", "per s", "p50 s", "p99 s", "max s"],
-                [[path, f["requests"], f["failed"], f["per_s"], f["p50_s"], f["p99_s"], f["max_s"]]
-                 for path, f in figures.items()], title="API latency under load")  # fmt: skip
-    print_json("api_load", {"clients": args.clients, "seconds": args.seconds, "threads": args.threads,
-                            "keep_alive": args.keep_alive,
-                            "paths": figures})  # fmt: skip
+    print_table(
+        ["path", "requests", "failed", "per s", "p50 s", "p99 s", "max s"],
+        [
+            [path, f["requests"], f["failed"], f["per_s"], f["p50_s"], f["p99_s"], f["max_s"]]
+            for path, f in figures.items()
+        ],
+        title="API latency under load",
+    )
+    print_json(
+        "api_load",
+        {
+            "clients": args.clients,
+            "seconds": args.seconds,
+            "threads": args.threads,
+            "keep_alive": args.keep_alive,
+            "paths": figures,
+        },
+    )
     return 0
 
 

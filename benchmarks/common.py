@@ -173,8 +173,9 @@ def running_stack(work_dir: Path | None = None, config_overrides: dict[str, Any]
         config_path, log_path = root / "manager.json", root / "manager.log"
         config = {**manager_config(suite, state_dir, cache_dir, port), **(config_overrides or {})}
         config_path.write_text(json.dumps(config))
-        stack = FlopsStack(f"http://127.0.0.1:{port}", state_dir, start_manager(config_path, log_path),
-                           log_path, config_path)  # fmt: skip
+        stack = FlopsStack(
+            f"http://127.0.0.1:{port}", state_dir, start_manager(config_path, log_path), log_path, config_path
+        )
         try:
             wait_healthy(stack.url, stack.process, log_path)
             recorder = MessageRecorder(suite.mqtt).start()

@@ -84,20 +84,44 @@ def run(privacy: dict[str, Any] | None, args: argparse.Namespace, seed: int) -> 
     x, x_test, y, y_test = train_test_split(digits.data / 16.0, digits.target, test_size=0.2, random_state=42)
     order = np.random.default_rng(seed).permutation(len(y))
     shares = np.array_split(order, args.learners)
-    settings = TrainingSettings(training_rounds=args.rounds, min_available_clients=args.learners,
-                                min_fit_clients=args.min_fit, min_evaluate_clients=args.min_fit,
-                                privacy=privacy)  # fmt: skip
-    config = AggregatorConfig(project_id="bench", mqtt=MqttSettings(), training=settings, flavor="sklearn",
-                              app_dir=str(ROOT / "examples" / "sklearn_digits"), port=1, work_dir="/tmp")
+    settings = TrainingSettings(
+        training_rounds=args.rounds,
+        min_available_clients=args.learners,
+        min_fit_clients=args.min_fit,
+        min_evaluate_clients=args.min_fit,
+        privacy=privacy,
+    )
+    config = AggregatorConfig(
+        project_id="bench",
+        mqtt=MqttSettings(),
+        training=settings,
+        flavor="sklearn",
+        app_dir=str(ROOT / "examples" / "sklearn_digits"),
+        port=1,
+        work_dir="/tmp",
+    )
     server = LinkServer("127.0.0.1", free_port(), CA.for_superlink("127.0.0.1")).start()
-    clients = [LinkClient(server.address, frames.Hello(new_node_id(), f"node-{i}"), learner_handler(x[s], y[s]),
-                          CA.for_supernode(f"node-{i}")).start() for i, s in enumerate(shares)]  # fmt: skip
+    clients = [
+        LinkClient(
+            server.address,
+            frames.Hello(new_node_id(), f"node-{i}"),
+            learner_handler(x[s], y[s]),
+            CA.for_supernode(f"node-{i}"),
+        ).start()
+        for i, s in enumerate(shares)
+    ]
     try:
         grid = LinkGrid(server)
         wait_until(lambda: len(list(grid.get_node_ids())) == args.learners, 30, 0.05)
         strategy = round_strategy(config, "learners", min_fit=args.min_fit, min_evaluate=args.min_fit)
-        rounds = FederatedRounds(grid, min_available=args.learners, min_fit=args.min_fit,
-                                 min_evaluate=args.min_fit, timeout_s=120, strategy=strategy)  # fmt: skip
+        rounds = FederatedRounds(
+            grid,
+            min_available=args.learners,
+            min_fit=args.min_fit,
+            min_evaluate=args.min_fit,
+            timeout_s=120,
+            strategy=strategy,
+        )
         np.random.seed(seed)
         arrays = model_manager().get_model_parameters()
         for server_round in range(1, args.rounds + 1):
@@ -126,19 +150,36 @@ def main() -> None:
     logging.disable(logging.WARNING)
     cases: list[tuple[str, dict[str, Any] | None]] = [("none", None)]
     for mode in ("central", "local"):
-        cases += [(mode, {"mode": mode, "clipping_norm": CLIPPING_NORM, "target_epsilon": eps, "delta": DELTA})
-                  for eps in args.epsilons]  # fmt: skip
+        cases += [
+            (mode, {"mode": mode, "clipping_norm": CLIPPING_NORM, "target_epsilon": eps, "delta": DELTA})
+            for eps in args.epsilons
+        ]
     rows, results = [], []
     for mode, privacy in cases:
         outcomes = [run(privacy, args, seed) for seed in range(args.seeds)]
         accuracy = float(np.mean([outcome[0] for outcome in outcomes]))
         noise, epsilon = outcomes[0][1], outcomes[0][2]
-        results.append({"mode": mode, "target_epsilon": privacy["target_epsilon"] if privacy else None,
-                        "epsilon": epsilon, "noise_multiplier": noise, "accuracy": accuracy})  # fmt: skip
-        rows.append([mode, "∞" if epsilon is None else f"{epsilon:.2f}", "-" if noise is None else f"{noise:.3f}",
-                     f"{accuracy:.3f}"])  # fmt: skip
-    print(f"sklearn digits, {args.learners} learners, {args.min_fit} per round, {args.rounds} rounds, "
-          f"clipping norm {CLIPPING_NORM}, δ={DELTA:g}, mean of {args.seeds} seeds")  # fmt: skip
+        results.append(
+            {
+                "mode": mode,
+                "target_epsilon": privacy["target_epsilon"] if privacy else None,
+                "epsilon": epsilon,
+                "noise_multiplier": noise,
+                "accuracy": accuracy,
+            }
+        )
+        rows.append(
+            [
+                mode,
+                "∞" if epsilon is None else f"{epsilon:.2f}",
+                "-" if noise is None else f"{noise:.3f}",
+                f"{accuracy:.3f}",
+            ]
+        )
+    print(
+        f"sklearn digits, {args.learners} learners, {args.min_fit} per round, {args.rounds} rounds, "
+        f"clipping norm {CLIPPING_NORM}, δ={DELTA:g}, mean of {args.seeds} seeds"
+    )
     print_table(["DP", "ε", "noise multiplier", "accuracy"], rows)
     print_json("dp_accuracy", {"results": results})
 

@@ -82,14 +82,23 @@ class Inputs:
 
 def reply(arrays: Arrays, examples: int, node: int) -> Message:
     """A learner's train reply with the records services.learner.client_app puts in it."""
-    metrics = MetricRecord({p.NUM_EXAMPLES: examples, p.LOSS: 0.5, p.ACCURACY: 0.9, p.EVAL_EXAMPLES: 100,
-                            p.FIT_SECONDS: 0.01})  # fmt: skip
+    metrics = MetricRecord(
+        {p.NUM_EXAMPLES: examples, p.LOSS: 0.5, p.ACCURACY: 0.9, p.EVAL_EXAMPLES: 100, p.FIT_SECONDS: 0.01}
+    )
     info = ConfigRecord({p.NODE: f"node-{node}", p.CLUSTER: ""})
     content = RecordDict({p.ARRAYS: p.to_arrays(arrays), p.METRICS: metrics, p.INFO: info})
     # The metadata a reply has after the SuperLink delivered it (set directly: no Flower run here).
-    metadata = Metadata(run_id=1, message_id=f"reply-{node}", src_node_id=node, dst_node_id=0,
-                        reply_to_message_id=f"train-{node}", group_id="1", created_at=time.time(), ttl=3600.0,
-                        message_type=MessageType.TRAIN)  # fmt: skip
+    metadata = Metadata(
+        run_id=1,
+        message_id=f"reply-{node}",
+        src_node_id=node,
+        dst_node_id=0,
+        reply_to_message_id=f"train-{node}",
+        group_id="1",
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type=MessageType.TRAIN,
+    )
     return Message(content=content, metadata=metadata)  # type: ignore[call-overload]  # how Flower rebuilds replies
 
 
@@ -201,9 +210,13 @@ def timed_in_turn(
 
 def figures_for(times: list[float], bytes_read: int) -> dict[str, float]:
     best, median = min(times), statistics.median(times)
-    return {"ms_min": round(best * 1000, 4), "ms_median": round(median * 1000, 4),
-            "mb_per_s_best": round(bytes_read / best / 1e6, 1), "mb_per_s_median": round(bytes_read / median / 1e6, 1),
-            "runs": len(times)}  # fmt: skip
+    return {
+        "ms_min": round(best * 1000, 4),
+        "ms_median": round(median * 1000, 4),
+        "mb_per_s_best": round(bytes_read / best / 1e6, 1),
+        "mb_per_s_median": round(bytes_read / median / 1e6, 1),
+        "runs": len(times),
+    }
 
 
 def benchmark_model(
@@ -214,15 +227,29 @@ def benchmark_model(
     for name, function in contenders.items():
         check(name, function(inputs), wanted)
     del wanted
-    timings = {name: figures_for(times, inputs.bytes_read)
-               for name, times in timed_in_turn(inputs, contenders, min_seconds, min_runs).items()}  # fmt: skip
+    timings = {
+        name: figures_for(times, inputs.bytes_read)
+        for name, times in timed_in_turn(inputs, contenders, min_seconds, min_runs).items()
+    }
     flops_best = timings["flops"]["ms_min"]
-    rows = [[name, f["ms_min"], f["ms_median"], f["mb_per_s_best"], f["mb_per_s_median"], int(f["runs"]),
-             f"{flops_best / f['ms_min']:.2f}x"] for name, f in timings.items()]  # fmt: skip
+    rows = [
+        [
+            name,
+            f["ms_min"],
+            f["ms_median"],
+            f["mb_per_s_best"],
+            f["mb_per_s_median"],
+            int(f["runs"]),
+            f"{flops_best / f['ms_min']:.2f}x",
+        ]
+        for name, f in timings.items()
+    ]
     parameters = sum(array.size for array in inputs.reference)
     clients = len(inputs.clients)
-    title = (f"FedAvg, {model}: {parameters:,} float32 parameters x {clients} clients "
-             f"({inputs.bytes_read / 1e6:.2f} MB read per aggregation)")  # fmt: skip
+    title = (
+        f"FedAvg, {model}: {parameters:,} float32 parameters x {clients} clients "
+        f"({inputs.bytes_read / 1e6:.2f} MB read per aggregation)"
+    )
     headers = ["contender", "ms best", "ms median", "MB/s best", "MB/s median", "runs", "flops best / this best"]
     print_table(headers, rows, title)
     ratios = {

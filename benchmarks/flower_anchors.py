@@ -161,9 +161,11 @@ def legacy_server(port: int, rounds: int, learners: int, out: str, pad: int = 0)
             return aggregated
 
     strategy = TimedFedAvg(
-        fraction_evaluate=0.0, min_fit_clients=learners, min_available_clients=learners,
+        fraction_evaluate=0.0,
+        min_fit_clients=learners,
+        min_available_clients=learners,
         initial_parameters=ndarrays_to_parameters(initial_parameters(pad)),
-    )  # fmt: skip
+    )
     start_server(server_address=f"127.0.0.1:{port}", config=ServerConfig(num_rounds=rounds), strategy=strategy)
     write_rounds(out, timings)
 
@@ -197,8 +199,13 @@ def run_legacy(
     env = child_environment({"PYTHONPATH": str(REPO_ROOT)})
     logs = [(work_dir / f"legacy-{name}.log").open("wb") for name in ["server", *map(str, range(learners))]]
     pad = str(padding_for(parameters))
-    server = subprocess.Popen(_module("legacy-server", str(port), str(rounds), str(learners), str(out), pad),
-                              cwd=REPO_ROOT, env=env, stdout=logs[0], stderr=subprocess.STDOUT)  # fmt: skip
+    server = subprocess.Popen(
+        _module("legacy-server", str(port), str(rounds), str(learners), str(out), pad),
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=logs[0],
+        stderr=subprocess.STDOUT,
+    )
     clients = [
         subprocess.Popen(
             _module("legacy-client", str(port), str(i), str(learners), pad),
@@ -206,7 +213,7 @@ def run_legacy(
             env=env,
             stdout=logs[i + 1],
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
         for i in range(learners)
     ]
     try:
@@ -258,8 +265,7 @@ def _server_app() -> Any:
         strategy = TimedFedAvg(fraction_evaluate=0.0, min_train_nodes=learners, min_available_nodes=learners)
         strategy.timings, strategy.started = [], {}
         initial = initial_parameters(int(context.run_config.get("pad", 0)))
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(initial),
-                       num_rounds=int(context.run_config["rounds"]))  # fmt: skip
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=int(context.run_config["rounds"]))
         write_rounds(str(context.run_config["timings-file"]), strategy.timings)
 
     _ = Message  # the ServerApp only forwards Messages
@@ -341,8 +347,16 @@ def run_deployment(
             home = work_dir / f"supernode-{i}-home"
             home.mkdir(exist_ok=True)
             node_config = f"partition-id={i} num-partitions={learners}"
-            command = [flower_binary("flower-supernode"), "--insecure", "--superlink", superlink.address,
-                       "--port", str(free_port()), "--node-config", node_config]  # fmt: skip
+            command = [
+                flower_binary("flower-supernode"),
+                "--insecure",
+                "--superlink",
+                superlink.address,
+                "--port",
+                str(free_port()),
+                "--node-config",
+                node_config,
+            ]
             env = child_environment({"FLWR_HOME": str(home), "PYTHONPATH": str(REPO_ROOT)})
             nodes.append(ManagedProcess(f"supernode-{i}", command, work_dir / f"supernode-{i}.log", env).start())
         control = FlowerControl(superlink.address, work_dir)

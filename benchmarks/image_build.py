@@ -49,20 +49,33 @@ REFERENCE_IMAGE_SIZE = "2.8-3.6 GB"
 
 
 def _config(repo: Path, registry: RegistrySettings, cache: Path, platforms: list[str]) -> BuilderConfig:
-    return BuilderConfig(project_id="bench", mqtt=MqttSettings(), repo_url=str(repo), flavor="sklearn",
-                         cache_dir=str(cache), mode="oci", registry=registry, platforms=platforms)
+    return BuilderConfig(
+        project_id="bench",
+        mqtt=MqttSettings(),
+        repo_url=str(repo),
+        flavor="sklearn",
+        cache_dir=str(cache),
+        mode="oci",
+        registry=registry,
+        platforms=platforms,
+    )
 
 
-def _build(label: str, repo: Path, registry: RegistrySettings, root: Path, cache: Path,
-           platforms: list[str]) -> tuple[float, OciBuildResult]:
+def _build(
+    label: str, repo: Path, registry: RegistrySettings, root: Path, cache: Path, platforms: list[str]
+) -> tuple[float, OciBuildResult]:
     engine = ContainerEngine(EngineSettings(root=root))
     note(f"{label} build ...")
     started = time.monotonic()
-    result = build_images(_config(repo, registry, cache, platforms), settings=OciSettings(registry=registry),
-                          engine=engine)
+    result = build_images(
+        _config(repo, registry, cache, platforms), settings=OciSettings(registry=registry), engine=engine
+    )
     seconds = time.monotonic() - started
-    steps = ", ".join(f"{record.step} {record.outcome} {record.duration_s:.1f} s" for record in result.steps
-                      if record.step.split()[0].endswith("-image"))
+    steps = ", ".join(
+        f"{record.step} {record.outcome} {record.duration_s:.1f} s"
+        for record in result.steps
+        if record.step.split()[0].endswith("-image")
+    )
     note(f"{label} build: {seconds:.1f} s ({steps}); buildah commands: {len(engine.mutating_commands())}")
     return seconds, result
 
@@ -72,11 +85,18 @@ def _per_platform(result: OciBuildResult) -> dict[str, dict[str, Any]]:
     names = list(result.platform_images["learner"])
     figures: dict[str, dict[str, Any]] = {}
     for platform in names:
-        mine = [record for record in result.steps if record.step.split()[0].endswith("-image")
-                and (len(names) == 1 or record.step.endswith(f" {platform}"))]
-        sizes = {record.step.split()[0].removesuffix("-image"): {"bytes": record.size_bytes,
-                                                                   "compressed_bytes": record.compressed_bytes}
-                 for record in mine}
+        mine = [
+            record
+            for record in result.steps
+            if record.step.split()[0].endswith("-image") and (len(names) == 1 or record.step.endswith(f" {platform}"))
+        ]
+        sizes = {
+            record.step.split()[0].removesuffix("-image"): {
+                "bytes": record.size_bytes,
+                "compressed_bytes": record.compressed_bytes,
+            }
+            for record in mine
+        }
         figures[platform] = {
             "seconds": round(sum(record.duration_s for record in mine), 1),
             "base_s": round(sum(record.duration_s for record in mine if record.step.startswith("base-image")), 1),
@@ -120,24 +140,45 @@ def main(argv: list[str] | None = None) -> int:
         for platform, figures in per_platform.items():
             reference = REFERENCE_ARM64_S if platform.endswith("arm64") else REFERENCE_BUILD_S
             rows.append([f"cold build {platform} (s)", figures["seconds"], reference])
-            rows.append([f"  of it: base image {platform} (s)", figures["base_s"],
-                         REFERENCE_BASE_S if reference == REFERENCE_BUILD_S else "-"])
+            rows.append(
+                [
+                    f"  of it: base image {platform} (s)",
+                    figures["base_s"],
+                    REFERENCE_BASE_S if reference == REFERENCE_BUILD_S else "-",
+                ]
+            )
             for kind, size in figures["sizes"].items():
-                rows.append([f"{kind} image {platform}", f"{human_size(size['bytes'])} "
-                             f"({human_size(size['compressed_bytes'])} compressed)", REFERENCE_IMAGE_SIZE])
-        rows.append(["load average before / after (2 cores)",
-                     f"{load[0]:.1f} / {load_after[0]:.1f}", "-"])
+                rows.append(
+                    [
+                        f"{kind} image {platform}",
+                        f"{human_size(size['bytes'])} ({human_size(size['compressed_bytes'])} compressed)",
+                        REFERENCE_IMAGE_SIZE,
+                    ]
+                )
+        rows.append(["load average before / after (2 cores)", f"{load[0]:.1f} / {load_after[0]:.1f}", "-"])
         cache_note = " (reused local image cache)" if args.reuse_cache else " (empty image cache)"
-        print_table(["figure", "FLOps", "reference"], rows,
-                    title="OCI image build, examples/sklearn_digits" + cache_note)
-        print_json("image_build", {
-            "reuse_cache": args.reuse_cache, "platforms": list(per_platform), "cold_s": round(cold_s, 1),
-            "warm_s": round(warm_s, 1), "code_change_s": round(change_s, 1), "per_platform": per_platform,
-            "thin_layer_rebuilt_only": changed.deps[0].reference == cold.deps[0].reference,
-            "load_average": [round(load[0], 2), round(load_after[0], 2)],
-            "reference": {"build_s": REFERENCE_BUILD_S, "base_image_s": REFERENCE_BASE_S, "size": REFERENCE_SIZE,
-                          "arm64_build_s": REFERENCE_ARM64_S},
-        })
+        print_table(
+            ["figure", "FLOps", "reference"], rows, title="OCI image build, examples/sklearn_digits" + cache_note
+        )
+        print_json(
+            "image_build",
+            {
+                "reuse_cache": args.reuse_cache,
+                "platforms": list(per_platform),
+                "cold_s": round(cold_s, 1),
+                "warm_s": round(warm_s, 1),
+                "code_change_s": round(change_s, 1),
+                "per_platform": per_platform,
+                "thin_layer_rebuilt_only": changed.deps[0].reference == cold.deps[0].reference,
+                "load_average": [round(load[0], 2), round(load_after[0], 2)],
+                "reference": {
+                    "build_s": REFERENCE_BUILD_S,
+                    "base_image_s": REFERENCE_BASE_S,
+                    "size": REFERENCE_SIZE,
+                    "arm64_build_s": REFERENCE_ARM64_S,
+                },
+            },
+        )
     finally:
         stop_suite(suite_dir)
         if not args.keep:

@@ -94,8 +94,12 @@ def measure(bench: Bench, rounds: int, learners: int, timeout: float, parameters
 def with_overhead(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def one(r: dict[str, Any]) -> dict[str, Any]:
         wall, fit = float(r["wall_s"]), float(r["slowest_fit_s"])
-        return {"round": int(r["round"]), "wall_s": round(wall, 4), "slowest_fit_s": round(fit, 4),
-                "overhead_s": round(wall - fit, 4)}  # fmt: skip
+        return {
+            "round": int(r["round"]),
+            "wall_s": round(wall, 4),
+            "slowest_fit_s": round(fit, 4),
+            "overhead_s": round(wall - fit, 4),
+        }
 
     return [one(r) for r in rounds]
 
@@ -125,8 +129,16 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def print_rounds(runtime: str, rounds: list[dict[str, Any]], learners: int) -> None:
-    rows = [[r["round"], r["wall_s"], r["slowest_fit_s"], r["overhead_s"],
-             f"{100 * r['overhead_s'] / r['wall_s']:.0f}%" if r["wall_s"] else "-"] for r in rounds]  # fmt: skip
+    rows = [
+        [
+            r["round"],
+            r["wall_s"],
+            r["slowest_fit_s"],
+            r["overhead_s"],
+            f"{100 * r['overhead_s'] / r['wall_s']:.0f}%" if r["wall_s"] else "-",
+        ]
+        for r in rounds
+    ]
     title = f"{runtime}: per-round control overhead (sklearn digits, {learners} learners)"
     print_table(["round", "wall s", "slowest fit s", "overhead s", "overhead share"], rows, title)
 
@@ -136,8 +148,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10, help="training rounds (at least 2)")
     parser.add_argument("--learners", type=int, default=2, help="learner nodes (data partitions)")
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
-    parser.add_argument("--parameters", type=int, default=0,
-                        help="pad the model with float32 values to this many parameters (0: 650)")  # fmt: skip
+    parser.add_argument(
+        "--parameters", type=int, default=0, help="pad the model with float32 values to this many parameters (0: 650)"
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for each runtime's last round")
     parser.add_argument(
         "--work-dir", type=Path, help="keep FLOps's state, logs and cache here (default: a temporary dir)"
@@ -165,19 +178,42 @@ def main() -> int:
     summary: dict[str, Any] = {}
     for runtime, rounds in results.items():
         summary[runtime] = {"all_rounds": summarise(rounds), "rounds_2_on": summarise(rounds[1:])}
-    rows = [[runtime, *figures["rounds_2_on"]["overhead_s"].values(), figures["rounds_2_on"]["wall_s"]["median"],
-             figures["rounds_2_on"]["slowest_fit_s"]["median"]] for runtime, figures in summary.items()]  # fmt: skip
-    print_table(["runtime", "overhead mean s", "overhead median s", "overhead max s", "wall median s",
-                 "slowest fit median s"], rows, "rounds 2 on")  # fmt: skip
+    rows = [
+        [
+            runtime,
+            *figures["rounds_2_on"]["overhead_s"].values(),
+            figures["rounds_2_on"]["wall_s"]["median"],
+            figures["rounds_2_on"]["slowest_fit_s"]["median"],
+        ]
+        for runtime, figures in summary.items()
+    ]
+    print_table(
+        ["runtime", "overhead mean s", "overhead median s", "overhead max s", "wall median s", "slowest fit median s"],
+        rows,
+        "rounds 2 on",
+    )
     medians = {runtime: statistics.median(r["overhead_s"] for r in rounds[1:]) for runtime, rounds in results.items()}
-    ratios = {f"flops_over_{name}": round(medians["flops"] / median, 4)
-              for name, median in medians.items() if name != "flops" and "flops" in medians and median > 0}  # fmt: skip
+    ratios = {
+        f"flops_over_{name}": round(medians["flops"] / median, 4)
+        for name, median in medians.items()
+        if name != "flops" and "flops" in medians and median > 0
+    }
     for name, ratio in ratios.items():
         anchor, inverse = name.removeprefix("flops_over_"), 1 / ratio if ratio else float("inf")
         print(f"median overhead, rounds 2 on: flops / {anchor} = {ratio:.3g}x ({anchor} is {inverse:.3g}x flops)")
-    print_json("round_overhead", {"learners": args.learners, "rounds": args.rounds,
-                                  "parameters": args.parameters or 650, "per_round": results, "failed": failed,
-                                  "summary": summary, "overhead_median_s": medians, "ratios": ratios})  # fmt: skip
+    print_json(
+        "round_overhead",
+        {
+            "learners": args.learners,
+            "rounds": args.rounds,
+            "parameters": args.parameters or 650,
+            "per_round": results,
+            "failed": failed,
+            "summary": summary,
+            "overhead_median_s": medians,
+            "ratios": ratios,
+        },
+    )
     return 1 if failed else 0
 
 

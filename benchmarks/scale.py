@@ -183,8 +183,10 @@ class Sampler:
 # -- the run -------------------------------------------------------------------------------
 def nodes_file(path: Path, learners: int, clusters: int) -> dict[str, int]:
     """Write the local adapter's nodes (learners dealt round-robin to clusters); cluster -> learners."""
-    nodes = [{"name": f"node-c{i % clusters}-{i // clusters}", "cluster": f"cluster-{i % clusters}", "learner": True}
-             for i in range(learners)]  # fmt: skip
+    nodes = [
+        {"name": f"node-c{i % clusters}-{i // clusters}", "cluster": f"cluster-{i % clusters}", "learner": True}
+        for i in range(learners)
+    ]
     path.write_text(json.dumps({"nodes": nodes}))
     sizes: dict[str, int] = {}
     for node in nodes:
@@ -210,8 +212,9 @@ def run(bench: Bench, args: argparse.Namespace, per_cluster: int) -> dict[str, A
     project_id = bench.stack.submit(request)
     sampler.start()
     try:
-        last = bench.await_message(project_id, TrainingProgress, args.timeout,
-                                   lambda m: m.cluster is None and m.cycle == args.cycles)  # fmt: skip
+        last = bench.await_message(
+            project_id, TrainingProgress, args.timeout, lambda m: m.cluster is None and m.cycle == args.cycles
+        )
         project = bench.complete(project_id, args.timeout)
     finally:
         sampler.stop()
@@ -223,8 +226,11 @@ def run(bench: Bench, args: argparse.Namespace, per_cluster: int) -> dict[str, A
     cycles = sorted(done)
     starts = [began, *(done[c] for c in cycles[:-1])]
     seconds = [round(done[c] - s, 3) if s is not None else None for c, s in zip(cycles, starts, strict=True)]
-    started = {h.message.sender for h in bench.recorder.all_of(project_id, ServiceStatus)
-               if h.message.service == "learner" and h.message.state is ReportedState.STARTED}  # fmt: skip
+    started = {
+        h.message.sender
+        for h in bench.recorder.all_of(project_id, ServiceStatus)
+        if h.message.service == "learner" and h.message.state is ReportedState.STARTED
+    }
     connected = [h.at - posted for h in bench.recorder.all_of(project_id, EventLine) if "connected" in h.message.text]
     peaks = sampler.peaks
     processes = [p.processes for p in peaks.values()]
@@ -282,15 +288,33 @@ def main() -> int:
 
     per = figures
     cycles = [per["cycle_seconds"].get(c) for c in range(1, args.cycles + 1)]
-    rows = [[args.learners, args.clusters, per["learners_started"], per["status"],
-             per["processes_per_learner"]["median"] if per["processes_per_learner"] else None,
-             per["pss_mib_per_learner"]["median"] if per["pss_mib_per_learner"] else None,
-             per["learners_pss_peak_mib"], *cycles]]  # fmt: skip
-    headers = ["learners", "clusters", "started", "status", "processes/learner", "PSS MiB/learner",
-               "all learners PSS MiB", *(f"cycle {c} s" for c in range(1, args.cycles + 1))]  # fmt: skip
+    rows = [
+        [
+            args.learners,
+            args.clusters,
+            per["learners_started"],
+            per["status"],
+            per["processes_per_learner"]["median"] if per["processes_per_learner"] else None,
+            per["pss_mib_per_learner"]["median"] if per["pss_mib_per_learner"] else None,
+            per["learners_pss_peak_mib"],
+            *cycles,
+        ]
+    ]
+    headers = [
+        "learners",
+        "clusters",
+        "started",
+        "status",
+        "processes/learner",
+        "PSS MiB/learner",
+        "all learners PSS MiB",
+        *(f"cycle {c} s" for c in range(1, args.cycles + 1)),
+    ]
     print_table(headers, rows, f"scale: sklearn example, hierarchical, {args.cycles} cycles x {args.rounds} rounds")
-    print_json("scale", {"learners": args.learners, "clusters": args.clusters, "cycles": args.cycles,
-                         "rounds": args.rounds, **figures})  # fmt: skip
+    print_json(
+        "scale",
+        {"learners": args.learners, "clusters": args.clusters, "cycles": args.cycles, "rounds": args.rounds, **figures},
+    )
     return 0
 
 

@@ -126,42 +126,64 @@ def anchor_first_round(runtime: str, learners: int) -> float:
 
 def print_anchors(figures: dict[str, Any]) -> None:
     rows = [["flops (warm cache)", figures["warm"]["post_to_first_round_s"], 1.0]]
-    rows += [[f"flower {name}", seconds, round(figures["warm"]["post_to_first_round_s"] / seconds, 2)]
-             for name, seconds in figures.get("anchors_first_round_s", {}).items()]  # fmt: skip
+    rows += [
+        [f"flower {name}", seconds, round(figures["warm"]["post_to_first_round_s"] / seconds, 2)]
+        for name, seconds in figures.get("anchors_first_round_s", {}).items()
+    ]
     print_table(["runtime", "start -> round 1 s", "flops warm / this"], rows, "start to round 1 beside the anchors")
 
 
 def print_report(figures: dict[str, Any], learners: int) -> None:
     labels = ("cold", "warm")
     rows = [
-        [label, figures[label]["cached"], figures[label]["build_seconds"], figures[label]["post_to_build_result_s"],
-         figures[label]["build_result_to_first_round_s"], figures[label]["first_round_seconds"],
-         figures[label]["post_to_first_round_s"]]
+        [
+            label,
+            figures[label]["cached"],
+            figures[label]["build_seconds"],
+            figures[label]["post_to_build_result_s"],
+            figures[label]["build_result_to_first_round_s"],
+            figures[label]["first_round_seconds"],
+            figures[label]["post_to_first_round_s"],
+        ]
         for label in labels
-    ]  # fmt: skip
+    ]
     headers = ["cache", "cached", "build s", "POST->built s", "built->round1 s", "round1 s", "POST->round1 s"]
     print_table(headers, rows, f"time from POST to the first round (sklearn example, classic, {learners} learners)")
     if "observatory_start_s" in figures:
         print(f"MLflow tracking server started beforehand in {figures['observatory_start_s']:.3f} s")
-    phase_rows = [[label, *figures[label]["phase_starts_s"].values(), figures[label]["post_to_first_round_s"]]
-                  for label in labels]  # fmt: skip
+    phase_rows = [
+        [label, *figures[label]["phase_starts_s"].values(), figures[label]["post_to_first_round_s"]] for label in labels
+    ]
     print_table(["cache", *PHASES, "round 1 done"], phase_rows, "seconds from POST to each lifecycle phase's start")
-    milestone_rows = [[label, *figures[label]["training_milestones_s"].values(),
-                       figures[label]["post_to_first_round_s"]] for label in labels]  # fmt: skip
+    milestone_rows = [
+        [label, *figures[label]["training_milestones_s"].values(), figures[label]["post_to_first_round_s"]]
+        for label in labels
+    ]
     print_table(["cache", *MILESTONES, "round 1 done"], milestone_rows, "seconds from POST to the training reports")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--learners", type=int, default=2, help="learner nodes (data partitions)")
-    parser.add_argument("--cold-observatory", action="store_true",
-                        help="do not start the MLflow tracking server before the cold project")  # fmt: skip
-    parser.add_argument("--complete", action="store_true",
-                        help="let each project finish (final evaluation, model logging); default: stop it")  # fmt: skip
+    parser.add_argument(
+        "--cold-observatory",
+        action="store_true",
+        help="do not start the MLflow tracking server before the cold project",
+    )
+    parser.add_argument(
+        "--complete",
+        action="store_true",
+        help="let each project finish (final evaluation, model logging); default: stop it",
+    )
     parser.add_argument("--timeout", type=float, default=420.0, help="seconds to wait for each message")
     parser.add_argument("--work-dir", type=Path, help="keep state, logs and cache here (default: a temporary dir)")
-    parser.add_argument("--anchors", nargs="*", choices=("legacy", "deployment"), default=["legacy", "deployment"],
-                        help="Flower anchors to time beside FLOps (none: --anchors)")  # fmt: skip
+    parser.add_argument(
+        "--anchors",
+        nargs="*",
+        choices=("legacy", "deployment"),
+        default=["legacy", "deployment"],
+        help="Flower anchors to time beside FLOps (none: --anchors)",
+    )
     args = parser.parse_args()
 
     figures: dict[str, Any] = {}

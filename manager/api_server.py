@@ -33,9 +33,15 @@ class WaitressServer:
     def __init__(self, app: Any, settings: ManagerSettings) -> None:
         # waitress' default connection_limit (100) locks out every client past the 100th while the others
         # keep their connections alive: their requests wait unanswered for as long as those stay open.
-        self._server = create_server(app, host=settings.host, port=settings.port, threads=settings.threads,
-                                     connection_limit=settings.max_connections,
-                                     backlog=max(1024, settings.max_connections), ident="flops-manager")  # fmt: skip
+        self._server = create_server(
+            app,
+            host=settings.host,
+            port=settings.port,
+            threads=settings.threads,
+            connection_limit=settings.max_connections,
+            backlog=max(1024, settings.max_connections),
+            ident="flops-manager",
+        )
         self.port = int(self._server.effective_port)  # type: ignore[union-attr]
 
     def run(self) -> None:
@@ -55,8 +61,9 @@ class TlsServer:
         assert settings.tls_cert_file is not None and settings.tls_key_file is not None
         _readable(settings.tls_cert_file, "tls_cert_file")
         _readable(settings.tls_key_file, "tls_key_file")
-        self._server = Server((settings.host, settings.port), app, numthreads=settings.threads,
-                              server_name="flops-manager")  # fmt: skip
+        self._server = Server(
+            (settings.host, settings.port), app, numthreads=settings.threads, server_name="flops-manager"
+        )
         # No limit of cheroot's own: it would answer 413 in plain text. Flask refuses bodies over
         # max_request_bytes (MAX_CONTENT_LENGTH, also for chunked ones) with the API's JSON error.
         self._server.max_request_body_size = 0

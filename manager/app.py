@@ -57,8 +57,10 @@ def serve(settings: ManagerSettings, auth: TokenAuth) -> int:
         print(f"flops-manager: cannot listen on {settings.host}:{settings.port}: {error.strerror}", file=sys.stderr)
         return EXIT_CONFIG
     if not settings.mlflow_auth:
-        log.warning("mlflow_auth is off: every customer's MLflow server (runs, models, artifacts) is open to "
-                    "anyone who can reach it; turn it on outside development")
+        log.warning(
+            "mlflow_auth is off: every customer's MLflow server (runs, models, artifacts) is open to "
+            "anyone who can reach it; turn it on outside development"
+        )
     if not settings.mlflow_tls:
         log.warning("mlflow_tls is off: tokens, runs and models cross the network to MLflow in clear")
     if not settings.data_auth:
@@ -68,8 +70,10 @@ def serve(settings: ManagerSettings, auth: TokenAuth) -> int:
     lifecycle.start()
     previous = {signum: signal.signal(signum, _stop_serving) for signum in (signal.SIGTERM, signal.SIGINT)}
     if server.scheme == "http":
-        log.warning("the API speaks plain HTTP: bearer tokens cross the network in clear; set tls_cert_file "
-                    "and tls_key_file (the suite does) outside development")
+        log.warning(
+            "the API speaks plain HTTP: bearer tokens cross the network in clear; set tls_cert_file "
+            "and tls_key_file (the suite does) outside development"
+        )
     log.info("FLOps manager serving on %s://%s:%s (API docs at /openapi)", server.scheme, settings.host, server.port)
     try:
         server.run()

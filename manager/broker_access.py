@@ -101,15 +101,22 @@ class DynamicSecurityAccess:
         answers = self.execute([{"command": "createRole", "rolename": role, "acls": project_acls(project_id)}])
         if answers[0].get("error") and "exists" not in str(answers[0]["error"]).lower():
             raise BrokerAccessError(f"cannot create the MQTT role {role}: {answers[0]['error']}")
-        self._check(self.execute([{"command": "createClient", "username": username, "password": password,
-                                   "roles": [{"rolename": role}]}]), f"cannot create the MQTT client {username}")
+        self._check(
+            self.execute(
+                [{"command": "createClient", "username": username, "password": password, "roles": [{"rolename": role}]}]
+            ),
+            f"cannot create the MQTT client {username}",
+        )
         return self.admin.model_copy(update={"username": username, "password": password})
 
     def revoke(self, project_id: str) -> None:
         listed = self.execute([{"command": "listClients", "verbose": False}])[0]
         self._check([listed], "cannot list MQTT clients")
-        names = [name for name in listed.get("data", {}).get("clients", [])
-                 if str(name).startswith(client_prefix(project_id))]  # fmt: skip
+        names = [
+            name
+            for name in listed.get("data", {}).get("clients", [])
+            if str(name).startswith(client_prefix(project_id))
+        ]
         commands: list[dict[str, Any]] = [{"command": "deleteClient", "username": name} for name in names]
         commands.append({"command": "deleteRole", "rolename": role_name(project_id)})
         self.execute(commands)  # a role or client already gone is fine
@@ -168,8 +175,9 @@ class DynamicSecurityAccess:
                 responses.extend(by_tag[command["correlationData"]] for command in tagged)
                 answered.set()
 
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"flops-dynsec-{uuid.uuid4().hex[:8]}",
-                             protocol=mqtt.MQTTv5)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"flops-dynsec-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+        )
         client.username_pw_set(self.admin.username, self.admin.password)
         configure_tls(client, self.admin)
         client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
@@ -224,8 +232,10 @@ class ResolvingAccess:
         dynamic = DynamicSecurityAccess(self.settings)
         if self.mode == "dynamic-security" or DynamicSecurityAccess(self.settings, self.probe_timeout_s).available():
             return dynamic
-        log.warning("the MQTT broker does not run the dynamic-security plugin: all project services share "
-                    "the manager's MQTT account (set mqtt_project_credentials to 'shared' to silence this)")
+        log.warning(
+            "the MQTT broker does not run the dynamic-security plugin: all project services share "
+            "the manager's MQTT account (set mqtt_project_credentials to 'shared' to silence this)"
+        )
         return SharedAccess(self.settings)
 
     def grant(self, project_id: str) -> MqttSettings:

@@ -40,8 +40,11 @@ class CachePruneRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     older_than_days: float | None = Field(
-        default=None, ge=0, le=36500,
-        description="remove build-cache entries unused this long (default: the manager's cache_max_age_s)")
+        default=None,
+        ge=0,
+        le=36500,
+        description="remove build-cache entries unused this long (default: the manager's cache_max_age_s)",
+    )
     dry_run: bool = Field(default=False, description="only report what would be removed")
 
 

@@ -29,16 +29,18 @@ class NodeList(BaseModel):
 
 
 class NodesQuery(BaseModel):
-    customer_id: str | None = Field(default=None, alias="customerID",
-                                    description="admin only: list this customer's tags (default: your own)")
+    customer_id: str | None = Field(
+        default=None, alias="customerID", description="admin only: list this customer's tags (default: your own)"
+    )
 
 
 class DataTokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     node: str = Field(min_length=1, max_length=128, description="the learner node whose data server the token opens")
-    customer_id: str | None = Field(default=None, alias="customerID",
-                                    description="admin only: the customer whose namespace the token writes to")
+    customer_id: str | None = Field(
+        default=None, alias="customerID", description="admin only: the customer whose namespace the token writes to"
+    )
 
 
 class DataToken(BaseModel):
@@ -46,7 +48,9 @@ class DataToken(BaseModel):
     node: str
     scope: str = "write"
     data_server: str = Field(description="host:port of the node's data server")
-    token: str | None = Field(default=None, description="send as 'authorization: Bearer <token>' (None: data "
-                              "servers are open, development only)")
+    token: str | None = Field(
+        default=None,
+        description="send as 'authorization: Bearer <token>' (None: data servers are open, development only)",
+    )
     expires_at: float | None = None
     ca_pem: str | None = Field(default=None, description="verify the data server with this CA (TLS)")

@@ -39,8 +39,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return x, np.asarray(digits.target, dtype=np.int64)
 
 
-def _dirichlet_parts(labels: np.ndarray, partitions: int, alpha: float,
-                     rng: np.random.Generator) -> list[np.ndarray]:
+def _dirichlet_parts(labels: np.ndarray, partitions: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
     """Indices per partition: each label's rows shared out by Dirichlet(alpha) proportions."""
     best: list[np.ndarray] = []
     for _ in range(_DIRICHLET_DRAWS):
@@ -91,18 +90,23 @@ def _targets(nodes: list[NodeInfo], config: MockDataConfiguration) -> list[NodeI
         by_name = {node.name: node for node in learners}
         unknown = [name for name in config.nodes if name not in by_name]
         if unknown:
-            raise ControlError(f"no learner node with a data server named {', '.join(unknown)}; "
-                               f"learner nodes: {', '.join(by_name) or 'none'}")
+            raise ControlError(
+                f"no learner node with a data server named {', '.join(unknown)}; "
+                f"learner nodes: {', '.join(by_name) or 'none'}"
+            )
         learners = [by_name[name] for name in dict.fromkeys(config.nodes)]
     wanted = config.number_of_partitions
     if len(learners) < wanted:
-        raise ControlError(f"{wanted} partitions need {wanted} learner nodes with data servers, "
-                           f"but only {len(learners)} are available ({', '.join(n.name for n in learners) or 'none'})")
+        raise ControlError(
+            f"{wanted} partitions need {wanted} learner nodes with data servers, "
+            f"but only {len(learners)} are available ({', '.join(n.name for n in learners) or 'none'})"
+        )
     return learners[:wanted]
 
 
-def push_mock_data(nodes: list[NodeInfo], config: MockDataConfiguration, customer: str,
-                   servers: DataServers) -> MockResult:
+def push_mock_data(
+    nodes: list[NodeInfo], config: MockDataConfiguration, customer: str, servers: DataServers
+) -> MockResult:
     """Split the dataset and store one partition under ``config.data_tag`` in ``customer``'s namespace on each
     target node.
 
@@ -118,8 +122,9 @@ def push_mock_data(nodes: list[NodeInfo], config: MockDataConfiguration, custome
             unreachable.append(f"{node.name} ({node.data_server})")
     if unreachable:
         raise ControlError(f"data servers unreachable on {', '.join(unreachable)}; no data was pushed", status=503)
-    parts = split_dataset(config.dataset_name, config.number_of_partitions, config.distribution,
-                          config.dirichlet_alpha, config.seed)
+    parts = split_dataset(
+        config.dataset_name, config.number_of_partitions, config.distribution, config.dirichlet_alpha, config.seed
+    )
     pushed: dict[str, int] = {}
     try:
         for node, (x, y) in zip(targets, parts, strict=True):
@@ -129,8 +134,10 @@ def push_mock_data(nodes: list[NodeInfo], config: MockDataConfiguration, custome
                 pushed[node.name] = client.put(config.data_tag, from_numpy(x, y))
             except DataServerError as error:
                 done = f"; pushed to {', '.join(pushed)} before" if pushed else ""
-                raise ControlError(f"the data server of node {node.name} failed: {error}{done}",
-                                   status=503 if isinstance(error, DataServerUnavailable) else 502) from error
+                raise ControlError(
+                    f"the data server of node {node.name} failed: {error}{done}",
+                    status=503 if isinstance(error, DataServerUnavailable) else 502,
+                ) from error
     finally:
         for client in clients.values():
             client.close()

@@ -14,15 +14,20 @@ class QuotaSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_active_projects: int = Field(
-        default=10, ge=1, description="unfinished projects one customer may have at once; more answer 429")
+        default=10, ge=1, description="unfinished projects one customer may have at once; more answer 429"
+    )
     max_observatories: int = Field(
-        default=20, ge=1,
+        default=20,
+        ge=1,
         description="observatories (MLflow servers) running at once, all customers together; a customer "
-        "whose observatory is not running gets 409 while the limit is reached")
+        "whose observatory is not running gets 409 while the limit is reached",
+    )
     observatory_idle_s: float = Field(
-        default=3600.0, ge=0,
+        default=3600.0,
+        ge=0,
         description="an observatory whose customer has no unfinished project and that nobody used for this "
-        "long is stopped (its store is kept; it starts again on demand); 0: never")
+        "long is stopped (its store is kept; it starts again on demand); 0: never",
+    )
 
 
 class QuotaExceeded(Exception):
@@ -37,7 +42,9 @@ def check_active_projects(customer: str, active: int, quotas: QuotaSettings) -> 
     if active >= quotas.max_active_projects:
         raise QuotaExceeded(
             f"customer {customer!r} already has {active} unfinished project(s), the most allowed at once "
-            f"(quotas.max_active_projects = {quotas.max_active_projects}); stop one or wait until one ends", 429)
+            f"(quotas.max_active_projects = {quotas.max_active_projects}); stop one or wait until one ends",
+            429,
+        )
 
 
 def check_observatories(customer: str, running: set[str], quotas: QuotaSettings) -> None:
@@ -46,4 +53,5 @@ def check_observatories(customer: str, running: set[str], quotas: QuotaSettings)
         raise QuotaExceeded(
             f"no observatory can be started for {customer!r}: {len(running)} are running, the most allowed "
             f"(quotas.max_observatories = {quotas.max_observatories}); try again when an idle one has been stopped",
-            409)
+            409,
+        )

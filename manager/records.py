@@ -42,13 +42,16 @@ class Progress(BaseModel):
     total_cycles: int = 0
     loss: float | None = None
     accuracy: float | None = None
-    dp_epsilon: float | None = Field(default=None, description="differential privacy: ε spent so far (at dp_delta); "
-                                     "hierarchical: the highest of the clusters'")
+    dp_epsilon: float | None = Field(
+        default=None,
+        description="differential privacy: ε spent so far (at dp_delta); hierarchical: the highest of the clusters'",
+    )
     dp_delta: float | None = None
     dp_noise_multiplier: float | None = None
     dp_clipping_norm: float | None = None
-    reason: str | None = Field(default=None, description="why training ended before its planned rounds, e.g. "
-                               "'privacy budget reached'")
+    reason: str | None = Field(
+        default=None, description="why training ended before its planned rounds, e.g. 'privacy budget reached'"
+    )
 
 
 class RoundRecord(BaseModel):
@@ -98,22 +101,29 @@ class ProjectRecord(BaseModel):
     mlflow_experiment: str | None = Field(default=None, description="the project's MLflow experiment (its name)")
     mlflow_run_url: str | None = Field(default=None, description="the MLflow GUI page of the project's run")
     training_eta_at: float | None = Field(
-        default=None, description="when training is expected to end (epoch s), from measured round and cycle "
-        "times; updated every round")
+        default=None,
+        description="when training is expected to end (epoch s), from measured round and cycle "
+        "times; updated every round",
+    )
     phase_started: dict[str, float] = Field(
-        default_factory=dict, description="phase -> when it began (epoch s), in the order the phases ran")
+        default_factory=dict, description="phase -> when it began (epoch s), in the order the phases ran"
+    )
     registered_model: str | None = None
     build: dict[str, Any] = Field(default_factory=dict, description="digest, cached, seconds, images")
     model_image: str | None = None
     serving_url: str | None = None
     services: dict[str, str] = Field(default_factory=dict, description="service name -> adapter service id")
     service_entries: list[ServiceEntry] = Field(
-        default_factory=list, description="the same services, typed (records of older managers have none: "
-        "manager.lifecycle.service_entries reads their names)")
+        default_factory=list,
+        description="the same services, typed (records of older managers have none: "
+        "manager.lifecycle.service_entries reads their names)",
+    )
     apps: dict[str, str] = Field(default_factory=dict, description="app kind -> adapter app id")
     sealed: dict[str, str] = Field(
-        default_factory=dict, exclude=True,
-        description="encrypted secrets (manager.security.secret_box); stored, never served: dumps leave them out")
+        default_factory=dict,
+        exclude=True,
+        description="encrypted secrets (manager.security.secret_box); stored, never served: dumps leave them out",
+    )
 
     def storage_document(self) -> dict[str, Any]:
         """The whole record as the store keeps it: the JSON dump plus the sealed secrets."""
@@ -122,8 +132,10 @@ class ProjectRecord(BaseModel):
 
 class EventRecord(BaseModel):
     project_id: str
-    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex,
-                          description="unique; a write retried after a lost answer is stored once")  # fmt: skip
+    event_id: str = Field(
+        default_factory=lambda: uuid.uuid4().hex,
+        description="unique; a write retried after a lost answer is stored once",
+    )
     seq: int = 0  # assigned by the store, increasing per project
     at: float = Field(default_factory=time.time)
     source: str = "manager"
@@ -136,10 +148,13 @@ class ProjectTiming(BaseModel):
 
     elapsed_s: float = Field(description="since the project was accepted (until it finished)")
     eta_s: float | None = Field(
-        default=None, description="seconds until training is expected to end, from measured round and cycle times "
-        "(None until the first round is done; 0 once training is over)")
+        default=None,
+        description="seconds until training is expected to end, from measured round and cycle times "
+        "(None until the first round is done; 0 once training is over)",
+    )
     phase_seconds: dict[str, float] = Field(
-        default_factory=dict, description="time spent in each phase so far, the current one included")
+        default_factory=dict, description="time spent in each phase so far, the current one included"
+    )
 
 
 TRAINING_OVER = (ProjectPhase.POST_TRAINING, ProjectPhase.CLEANUP, ProjectPhase.DONE)

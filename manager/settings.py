@@ -44,10 +44,25 @@ ENV_OVERRIDES: dict[str, str] = {
     "FLOPS_TLS_CA_FILE": "tls_ca_file",
 }
 _STRING_FIELDS = {
-    "host", "public_host", "admin_token", "mongo_uri", "database", "orchestrator", "state_dir", "cache_dir",
-    "repo_base_dir", "log_level", "mqtt.host", "mqtt.username", "mqtt.password", "mqtt.ca_file",
-    "mqtt_project_credentials", "tls_cert_file", "tls_key_file", "tls_ca_file",
-}  # fmt: skip
+    "host",
+    "public_host",
+    "admin_token",
+    "mongo_uri",
+    "database",
+    "orchestrator",
+    "state_dir",
+    "cache_dir",
+    "repo_base_dir",
+    "log_level",
+    "mqtt.host",
+    "mqtt.username",
+    "mqtt.password",
+    "mqtt.ca_file",
+    "mqtt_project_credentials",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_ca_file",
+}
 
 
 class SettingsError(ValueError):
@@ -64,13 +79,18 @@ class RepoAccessSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     local_roots: list[Path] = Field(
-        default_factory=list, description="folders besides repo_base_dir that customers' local paths may name")
+        default_factory=list, description="folders besides repo_base_dir that customers' local paths may name"
+    )
     allow_hosts: list[str] = Field(
-        default_factory=list, description="host names (*.example.org), addresses or networks customers may reach "
-        "even where a default denies them (e.g. a git server on this machine)")
+        default_factory=list,
+        description="host names (*.example.org), addresses or networks customers may reach "
+        "even where a default denies them (e.g. a git server on this machine)",
+    )
     deny_hosts: list[str] = Field(
-        default_factory=list, description="more host names, addresses or networks nobody's repository may be on "
-        "(customers are also denied loopback, link-local and the suite's own addresses)")
+        default_factory=list,
+        description="more host names, addresses or networks nobody's repository may be on "
+        "(customers are also denied loopback, link-local and the suite's own addresses)",
+    )
 
 
 class ManagerSettings(BaseModel):
@@ -88,25 +108,30 @@ class ManagerSettings(BaseModel):
         default="auto",
         description="'dynamic-security': one broker account per project, limited to its topics (needs Mosquitto's "
         "dynamic-security plugin; the suite enables it); 'shared': services use the manager's account; "
-        "'auto': per project when the broker supports it, else shared with a warning")
+        "'auto': per project when the broker supports it, else shared with a warning",
+    )
     mlflow_auth: bool = Field(
         default=True,
         description="each customer's MLflow server lets in only that customer's API token (Bearer, or as the "
         "Basic password in a browser), the admin's and its services' token; false: open to anyone who reaches "
-        "it (development only; the manager warns)")
+        "it (development only; the manager warns)",
+    )
     mlflow_tls: bool = Field(
         default=True,
         description="each customer's MLflow server speaks HTTPS with a certificate from the manager's CA "
-        "(state_dir/pki/ca.pem, also in GET /tracking); false: plain HTTP (development only; the manager warns)")
+        "(state_dir/pki/ca.pem, also in GET /tracking); false: plain HTTP (development only; the manager warns)",
+    )
     flower_tls: bool = Field(
         default=True,
         description="Flower links (learner -> aggregator, cluster -> root) speak TLS with a CA per project; "
-        "false: plain HTTP (development only; the manager warns)")
+        "false: plain HTTP (development only; the manager warns)",
+    )
     data_auth: bool = Field(
         default=True,
         description="data servers speak TLS (the manager's CA) and answer only calls with a data token the manager "
         "signed, each customer in its own namespace; false: open data servers sharing one namespace (development "
-        "only; the manager warns)")
+        "only; the manager warns)",
+    )
     mongo_uri: str = "mongodb://127.0.0.1:27017"
     database: str = Field(default="flops", pattern=r"^[A-Za-z0-9_-]{1,63}$")
     db_timeout_s: float = Field(default=5.0, gt=0, description="how long a database call waits for the server")
@@ -119,31 +144,45 @@ class ManagerSettings(BaseModel):
         description="orchestrators whose services get only a URL and token to fetch their configuration from "
         "the manager (GET /service-config/<id>) instead of carrying it with its passwords and keys; default: "
         "those whose adapter cannot hand configs over privately (oakestra: no secrets object). Services must "
-        "reach the manager at public_url")
+        "reach the manager at public_url",
+    )
     registry: RegistrySettings | None = None
     images: dict[str, str] = Field(default_factory=dict, description="service kind -> image (container orchestrators)")
     tracking_store: TrackingStore | None = Field(
-        default=None, description="where customers' MLflow servers keep runs and artifacts; default: the state "
-        "directory, which only the local orchestrator shares (set it for image-based orchestrators)")
+        default=None,
+        description="where customers' MLflow servers keep runs and artifacts; default: the state "
+        "directory, which only the local orchestrator shares (set it for image-based orchestrators)",
+    )
     state_dir: Path = Field(default_factory=lambda: _default_home() / "state")
     cache_dir: Path = Field(default_factory=lambda: _default_home() / "cache")
-    repo_base_dir: Path | None = Field(default=None, description="relative ml_repo_url paths resolve here; "
-                                       "customers' local paths must lie under it (or repo_access.local_roots)")
+    repo_base_dir: Path | None = Field(
+        default=None,
+        description="relative ml_repo_url paths resolve here; "
+        "customers' local paths must lie under it (or repo_access.local_roots)",
+    )
     repo_access: RepoAccessSettings = Field(default_factory=RepoAccessSettings)
-    quotas: QuotaSettings = Field(default_factory=QuotaSettings,
-                                  description="per-customer limits and when idle observatories stop")
+    quotas: QuotaSettings = Field(
+        default_factory=QuotaSettings, description="per-customer limits and when idle observatories stop"
+    )
     lifecycle: dict[str, float] = Field(
         default_factory=dict, description="overrides of lifecycle timeouts by name, e.g. build_timeout_s"
     )
-    tls_cert_file: Path | None = Field(default=None, description="serve the API over HTTPS with this certificate "
-                                       "(PEM, chain first); with tls_key_file")
+    tls_cert_file: Path | None = Field(
+        default=None, description="serve the API over HTTPS with this certificate (PEM, chain first); with tls_key_file"
+    )
     tls_key_file: Path | None = Field(default=None, description="the certificate's private key (PEM)")
-    tls_ca_file: Path | None = Field(default=None, description="the CA that signed tls_cert_file; the CLI and the "
-                                     "suite verify the API with it when they read this config")
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="the CA that signed tls_cert_file; the CLI and the "
+        "suite verify the API with it when they read this config",
+    )
     threads: int = Field(default=16, ge=1, le=64, description="API worker threads")
     max_connections: int = Field(
-        default=1000, ge=1, le=100000,
-        description="open client connections the API keeps (keep-alive ones included); more wait to be accepted")
+        default=1000,
+        ge=1,
+        le=100000,
+        description="open client connections the API keeps (keep-alive ones included); more wait to be accepted",
+    )
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: str = "INFO"
 

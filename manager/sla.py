@@ -105,8 +105,10 @@ class TrainingConfiguration(_Strict):
         return choice
 
     secure_aggregation: SecureAggregation | None = Field(
-        default=None, description="SecAgg+ between each aggregator and its learners: the aggregator sees only "
-        "the sum of their updates (strategy fedavg or fedprox)")
+        default=None,
+        description="SecAgg+ between each aggregator and its learners: the aggregator sees only "
+        "the sum of their updates (strategy fedavg or fedprox)",
+    )
 
     @field_validator("secure_aggregation")
     @classmethod
@@ -119,6 +121,7 @@ class TrainingConfiguration(_Strict):
             if problems:
                 raise ValueError("secure aggregation: " + "; ".join(problems))
         return secure
+
     # -- end aggregation --
 
     privacy: PrivacySettings | None = Field(
@@ -139,8 +142,10 @@ class TrainingConfiguration(_Strict):
             (override.mode or project_mode) == "central" for override in privacy.clusters.values()
         )
         if central:
-            raise ValueError("central differential privacy clips each learner's update on the aggregator, which "
-                             "secure_aggregation hides from it: use privacy.mode 'local' with secure aggregation")
+            raise ValueError(
+                "central differential privacy clips each learner's update on the aggregator, which "
+                "secure_aggregation hides from it: use privacy.mode 'local' with secure aggregation"
+            )
         return privacy
 
     @field_validator("min_fit_clients", "min_evaluate_clients")
@@ -181,17 +186,21 @@ class ProjectSLA(_Strict):
         description="git URL (https, ssh, git@host:path), file:// URL or local path of the ML repository",
     )
     repo_credentials: RepoCredentials | None = Field(
-        default=None, exclude=True, repr=False,
+        default=None,
+        exclude=True,
+        repr=False,
         description="extension: username and password or token of a private http(s) repository (may also be "
         "given in ml_repo_url as https://user:token@host/...; a query string such as ?token=... is kept here "
-        "too); stored encrypted, never shown or logged")
+        "too); stored encrypted, never shown or logged",
+    )
     repo_ref: str | None = Field(
         default=None, pattern=GIT_REF_PATTERN, description="extension: branch, tag or commit (default branch if unset)"
     )
     ml_model_flavor: ModelFlavor = Field(description="how the model is logged to and served from MLflow")
     use_devel_base_images: bool = Field(
-        default=False, description="accepted as false only: FLOps builds its base image once and reuses it "
-        "(docs/images.md), there are no separate development base images"
+        default=False,
+        description="accepted as false only: FLOps builds its base image once and reuses it "
+        "(docs/images.md), there are no separate development base images",
     )
     supported_platforms: list[Platform] = Field(
         default_factory=lambda: list(DEFAULT_PLATFORMS), min_length=1, max_length=2
@@ -245,8 +254,10 @@ class ProjectSLA(_Strict):
     @classmethod
     def _no_devel_base_images(cls, wanted: bool) -> bool:
         if wanted:
-            raise ValueError("not supported: FLOps builds its base image once and reuses it (see docs/images.md); "
-                             "leave use_devel_base_images false")
+            raise ValueError(
+                "not supported: FLOps builds its base image once and reuses it (see docs/images.md); "
+                "leave use_devel_base_images false"
+            )
         return wanted
 
     @field_validator("supported_platforms")

@@ -191,8 +191,12 @@ class OrchestratorAdapter(ABC):
     name: str = "abstract"
     # Every adapter declares its own; this default describes a plain host-process orchestrator.
     capabilities: ClassVar[AdapterCapabilities] = AdapterCapabilities(
-        runs_images=False, host_processes=True, bind_host="127.0.0.1", config_delivery=ConfigDelivery.ENVIRONMENT,
-        private_configs=True, runs_data_servers=False,
+        runs_images=False,
+        host_processes=True,
+        bind_host="127.0.0.1",
+        config_delivery=ConfigDelivery.ENVIRONMENT,
+        private_configs=True,
+        runs_data_servers=False,
     )
 
     def start(self) -> None:  # noqa: B027 - optional hook

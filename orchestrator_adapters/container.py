@@ -143,8 +143,12 @@ def _last_log_line(container: Any, limit: int = 300) -> str:
 class ContainerAdapter(OrchestratorAdapter):
     name = "container"
     capabilities = AdapterCapabilities(
-        runs_images=True, host_processes=True, bind_host="0.0.0.0",
-        config_delivery=ConfigDelivery.ENVIRONMENT, private_configs=True, runs_data_servers=True,
+        runs_images=True,
+        host_processes=True,
+        bind_host="0.0.0.0",
+        config_delivery=ConfigDelivery.ENVIRONMENT,
+        private_configs=True,
+        runs_data_servers=True,
     )
 
     def __init__(self, settings: ContainerSettings) -> None:
@@ -153,11 +157,16 @@ class ContainerAdapter(OrchestratorAdapter):
         self.state = ContainerStateFile(self.state_dir)
         self.api = ContainerApi(settings)
         # The local adapter's node handling: node file, one data server per learner node.
-        self.nodes_host = LocalAdapter(LocalAdapterSettings(
-            state_dir=str(self.state_dir / "nodes"), nodes_file=settings.nodes_file, python=settings.python,
-            host=settings.host, data_server_timeout_s=settings.data_server_timeout_s,
-            data_security=settings.data_security,
-        ))
+        self.nodes_host = LocalAdapter(
+            LocalAdapterSettings(
+                state_dir=str(self.state_dir / "nodes"),
+                nodes_file=settings.nodes_file,
+                python=settings.python,
+                host=settings.host,
+                data_server_timeout_s=settings.data_server_timeout_s,
+                data_security=settings.data_security,
+            )
+        )
 
     # -- lifecycle of the adapter ----------------------------------------------------------
     def start(self) -> None:
@@ -198,7 +207,8 @@ class ContainerAdapter(OrchestratorAdapter):
             return None
         for node in self.nodes_host.nodes():
             if (placement.cluster is None or node.cluster == placement.cluster) and all(
-                    node.labels.get(key) == value for key, value in placement.node_labels.items()):
+                node.labels.get(key) == value for key, value in placement.node_labels.items()
+            ):
                 return node.name
         return None
 
@@ -208,8 +218,9 @@ class ContainerAdapter(OrchestratorAdapter):
         with self.state.update() as state:
             record = state.apps.get(app_id)
             if record is None:
-                record = ContainerAppRecord(app_id=app_id, name=name, kind=kind, customer=customer,
-                                            project_id=project_id)
+                record = ContainerAppRecord(
+                    app_id=app_id, name=name, kind=kind, customer=customer, project_id=project_id
+                )
                 state.apps[app_id] = record
         self.nodes_host.create_app(name, kind, customer, project_id)  # same app id: for host services
         return record.ref()
@@ -240,7 +251,8 @@ class ContainerAdapter(OrchestratorAdapter):
         with self.state.update() as state:
             if key not in state.endpoints:
                 used = set(state.endpoints.values()) | {
-                    int(node.data_server.rsplit(":", 1)[1]) for node in self.list_nodes() if node.data_server}
+                    int(node.data_server.rsplit(":", 1)[1]) for node in self.list_nodes() if node.data_server
+                }
                 state.endpoints[key] = planned_port(self.settings.host, used)
             return Endpoint(self.settings.host, state.endpoints[key])
 
@@ -275,8 +287,7 @@ class ContainerAdapter(OrchestratorAdapter):
         with self.state.update() as state:
             services = state.apps[app.app_id].services
             if spec.name not in services or services[spec.name].spec != data:
-                services[spec.name] = ContainerServiceRecord(service_id=spec.name, spec=data,
-                                                             host_process=host_process)
+                services[spec.name] = ContainerServiceRecord(service_id=spec.name, spec=data, host_process=host_process)
         return spec.name
 
     def deploy_service(self, app: AppRef, service_id: str, instances: int = 1) -> None:
@@ -293,8 +304,10 @@ class ContainerAdapter(OrchestratorAdapter):
         with self.state.update() as state:
             stored = state.apps[app.app_id].services[service_id]
             stored.instances, stored.stop_requested = instances, False
-        existing = {int(container.labels.get(LABEL_INDEX, "-1")): container
-                    for container in self._service_containers(app, service_id)}
+        existing = {
+            int(container.labels.get(LABEL_INDEX, "-1")): container
+            for container in self._service_containers(app, service_id)
+        }
         for index in range(instances):
             current = existing.pop(index, None)
             if current is not None and current.status in _RUNNING:
@@ -337,14 +350,24 @@ class ContainerAdapter(OrchestratorAdapter):
         return image, "latest"
 
     def _run(self, app: AppRef, spec: ServiceSpec, index: int) -> None:
-        environment = {"PYTHONUNBUFFERED": "1", **spec.environment, CONFIG_ENV: json.dumps(spec.config),
-                       "FLOPS_INSTANCE_INDEX": str(index)}
+        environment = {
+            "PYTHONUNBUFFERED": "1",
+            **spec.environment,
+            CONFIG_ENV: json.dumps(spec.config),
+            "FLOPS_INSTANCE_INDEX": str(index),
+        }
         environment.pop("FLOPS_CONFIG_FILE", None)
         environment.pop("FLOPS_WORKDIR", None)  # a host path; the image has its own working directory
         node = self._node_for(spec.placement)
-        labels = {LABEL_MANAGED: "true", LABEL_APP: app.app_id, LABEL_SERVICE: spec.name, LABEL_INDEX: str(index),
-                  LABEL_NODE: node or "", "io.flops.kind": spec.kind.value,
-                  "io.flops.project": app.project_id or ""}
+        labels = {
+            LABEL_MANAGED: "true",
+            LABEL_APP: app.app_id,
+            LABEL_SERVICE: spec.name,
+            LABEL_INDEX: str(index),
+            LABEL_NODE: node or "",
+            "io.flops.kind": spec.kind.value,
+            "io.flops.project": app.project_id or "",
+        }
         options: dict[str, Any] = {}
         if self.settings.enforce_resources:
             memory = max(spec.resources.memory_mb, self.settings.min_memory_mb)
@@ -355,8 +378,15 @@ class ContainerAdapter(OrchestratorAdapter):
             options["entrypoint"], options["command"] = list(entrypoint), []
         name = container_name(app.app_id, spec.name, index)
         try:
-            self.api.client.containers.run(spec.image, name=name, environment=environment, labels=labels,
-                                           network_mode="host", detach=True, **options)
+            self.api.client.containers.run(
+                spec.image,
+                name=name,
+                environment=environment,
+                labels=labels,
+                network_mode="host",
+                detach=True,
+                **options,
+            )
         except _API_ERRORS as error:
             raise _api_error(f"cannot start {name}", error) from None
         log.info("started container %s from %s", name, spec.image)
@@ -398,8 +428,11 @@ class ContainerAdapter(OrchestratorAdapter):
 
     def _containers(self, labels: dict[str, str]) -> list[Any]:
         try:
-            return list(self.api.client.containers.list(
-                all=True, filters={"label": [f"{key}={value}" for key, value in labels.items()]}))
+            return list(
+                self.api.client.containers.list(
+                    all=True, filters={"label": [f"{key}={value}" for key, value in labels.items()]}
+                )
+            )
         except _API_ERRORS as error:
             raise _api_error("cannot list containers", error) from None
 
@@ -431,15 +464,17 @@ class ContainerAdapter(OrchestratorAdapter):
         if code == 137 and limit_mb:
             # Not every engine reports OOM kills (podman with cgroup v1 does not); SIGKILL is the usual sign.
             detail += f", probably out of memory (limit {limit_mb} MB)"
-        return InstanceInfo(instance_id, node, ServiceState.FAILED, code,
-                            f"{detail}: {last_line}" if last_line else detail)
+        return InstanceInfo(
+            instance_id, node, ServiceState.FAILED, code, f"{detail}: {last_line}" if last_line else detail
+        )
 
     def inspect_service(self, app: AppRef, service_id: str) -> ServiceInfo:
         record = self._service_record(app, service_id)
         if record.host_process:
             return self.nodes_host.inspect_service(app, service_id)
-        containers = sorted(self._service_containers(app, service_id),
-                            key=lambda container: int(container.labels.get(LABEL_INDEX, "0")))
+        containers = sorted(
+            self._service_containers(app, service_id), key=lambda container: int(container.labels.get(LABEL_INDEX, "0"))
+        )
         if record.instances == 0:
             return ServiceInfo(service_id, ServiceState.PENDING, (), "not deployed")
         instances = tuple(self._instance_info(container, record.stop_requested) for container in containers)
@@ -471,4 +506,3 @@ class ContainerAdapter(OrchestratorAdapter):
                 except _API_ERRORS as error:
                     raise _api_error(f"cannot read the logs of {container.name}", error) from None
         return ""
-

@@ -107,8 +107,13 @@ class ContainerApi:
         with open(self.log_file, "ab") as log:
             self._service = subprocess.Popen(
                 [podman, "system", "service", "--time=0", f"unix://{socket}"],
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True, cwd=self.state_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                cwd=self.state_dir,
             )
         deadline = time.monotonic() + SERVICE_START_TIMEOUT_S
         while not self._answers(f"unix://{socket}"):

@@ -23,17 +23,23 @@ class ContainerSettings(BaseModel):
     nodes_file: str | None = Field(default=None, description="node declarations, as for the local adapter")
     host: str = Field(default="127.0.0.1", description="address the host network's endpoints are reached at")
     pull_policy: Literal["always", "missing"] = Field(
-        default="missing", description="'missing': images named by content digest are pulled once")
+        default="missing", description="'missing': images named by content digest are pulled once"
+    )
     enforce_resources: bool = Field(default=True, description="memory and CPU limits from the spec's Resources")
     min_memory_mb: int = Field(
-        default=512, ge=0,
+        default=512,
+        ge=0,
         description="memory limits are never set below this: Python with the FL runtime needs a few hundred MB "
-        "(the SLA's default of 100 MB would kill every learner)")
+        "(the SLA's default of 100 MB would kill every learner)",
+    )
     stop_grace_s: float = Field(default=5.0, ge=0, description="SIGTERM to SIGKILL when undeploying")
     api_timeout_s: float = Field(default=300.0, gt=0, description="per API call (pulls of large images included)")
     containers_dir: str | None = Field(default=None, description="FLOps container storage root (own API service)")
-    python: str = Field(default=sys.executable, description="interpreter that runs the nodes' data servers and "
-                        "the services without an image (host processes)")
+    python: str = Field(
+        default=sys.executable,
+        description="interpreter that runs the nodes' data servers and the services without an image (host processes)",
+    )
     data_server_timeout_s: float = Field(default=60.0, gt=0)
     data_security: DataServerSecurity | None = Field(
-        default=None, description="TLS and token key of the node data servers (the manager sets it)")
+        default=None, description="TLS and token key of the node data servers (the manager sets it)"
+    )

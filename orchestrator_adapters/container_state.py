@@ -39,8 +39,9 @@ class ContainerAppRecord(BaseModel):
     services: dict[str, ContainerServiceRecord] = Field(default_factory=dict)
 
     def ref(self) -> AppRef:
-        return AppRef(app_id=self.app_id, name=self.name, kind=self.kind, customer=self.customer,
-                      project_id=self.project_id)
+        return AppRef(
+            app_id=self.app_id, name=self.name, kind=self.kind, customer=self.customer, project_id=self.project_id
+        )
 
 
 class ContainerState(BaseModel):
@@ -53,5 +54,3 @@ class ContainerStateFile(JsonStateFile[ContainerState]):
 
     def __init__(self, directory: Path) -> None:
         super().__init__(directory, ContainerState)
-
-

@@ -38,8 +38,10 @@ class KubernetesSettings(BaseModel):
     data_server_command: list[str] = Field(default_factory=lambda: ["flops-data-server"])
     data_server_port: int = Field(default=9400, ge=1, le=65535, description="host port of the data servers")
     data_security: DataServerSecurity | None = Field(
-        default=None, description="TLS certificate and token key of the DaemonSet's data servers (the manager sets "
-        "it); None: open data servers (development only)")
+        default=None,
+        description="TLS certificate and token key of the DaemonSet's data servers (the manager sets "
+        "it); None: open data servers (development only)",
+    )
     request_timeout_s: float = Field(default=30.0, gt=0)
 
     @property

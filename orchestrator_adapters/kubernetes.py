@@ -64,8 +64,12 @@ class KubernetesAdapter(OrchestratorAdapter):
 
     name = "kubernetes"
     capabilities = AdapterCapabilities(
-        runs_images=True, host_processes=False, bind_host="0.0.0.0",
-        config_delivery=ConfigDelivery.SECRET, private_configs=True, runs_data_servers=True,
+        runs_images=True,
+        host_processes=False,
+        bind_host="0.0.0.0",
+        config_delivery=ConfigDelivery.SECRET,
+        private_configs=True,
+        runs_data_servers=True,
     )
 
     def __init__(self, settings: KubernetesSettings) -> None:
@@ -141,7 +145,10 @@ class KubernetesAdapter(OrchestratorAdapter):
         port = self.settings.data_server_port
         security = self.settings.data_security
         config = DataServerConfig(
-            node="kubernetes-daemonset", node_from_env="FLOPS_NODE_NAME", host="0.0.0.0", port=port,
+            node="kubernetes-daemonset",
+            node_from_env="FLOPS_NODE_NAME",
+            host="0.0.0.0",
+            port=port,
             storage_dir="/data",
             tls=ServerCertificate(cert_pem=security.cert_pem, key_pem=security.key_pem) if security else None,
             token_public_key_pem=security.token_public_key_pem if security else None,
@@ -166,9 +173,11 @@ class KubernetesAdapter(OrchestratorAdapter):
     def create_app(self, name: str, kind: AppKind, customer: str, project_id: str | None = None) -> AppRef:
         app = objects.app_ref(self.settings.namespace_prefix, name, kind, customer, project_id)
         created = self._call(
-            f"create namespace {app.app_id}", self._core.create_namespace, objects.namespace_manifest(app),
+            f"create namespace {app.app_id}",
+            self._core.create_namespace,
+            objects.namespace_manifest(app),
             ignore=(_CONFLICT,),
-        )  # fmt: skip
+        )
         if created is None:
             existing = self._app_in(app.app_id)
             if existing is None or existing.name != name or existing.customer != customer:
@@ -212,9 +221,13 @@ class KubernetesAdapter(OrchestratorAdapter):
             ):
                 name = item["metadata"]["name"]
                 self._call(
-                    f"delete {name}", delete_method, name, namespace, propagation_policy="Background",
+                    f"delete {name}",
+                    delete_method,
+                    name,
+                    namespace,
+                    propagation_policy="Background",
                     ignore=(_NOT_FOUND,),
-                )  # fmt: skip
+                )
         for key in [key for key in self._specs if key[0] == namespace]:
             del self._specs[key]
         if self._app_in(namespace) is not None:
@@ -247,9 +260,12 @@ class KubernetesAdapter(OrchestratorAdapter):
     def _registration(self, app: AppRef, service_id: str) -> Manifest | None:
         secret_name = names.config_secret_name(service_id)
         return self._call(
-            f"read secret {secret_name}", self._core.read_namespaced_secret, secret_name, app.app_id,
+            f"read secret {secret_name}",
+            self._core.read_namespaced_secret,
+            secret_name,
+            app.app_id,
             ignore=(_NOT_FOUND,),
-        )  # fmt: skip
+        )
 
     def _spec(self, app: AppRef, service_id: str) -> ServiceSpec | None:
         """The registered spec: cached, or read back from its Secret (the manager may have restarted)."""
@@ -283,15 +299,22 @@ class KubernetesAdapter(OrchestratorAdapter):
         self._create_workload(app, spec, manifest)
         secret_name = names.config_secret_name(spec.name)
         self._call(
-            f"mark {spec.name} deployed", self._core.patch_namespaced_secret, secret_name, app.app_id,
-            {"metadata": {"annotations": {names.DEPLOYED_ANNOTATION: "true"}}}, ignore=(_NOT_FOUND,),
-        )  # fmt: skip
+            f"mark {spec.name} deployed",
+            self._core.patch_namespaced_secret,
+            secret_name,
+            app.app_id,
+            {"metadata": {"annotations": {names.DEPLOYED_ANNOTATION: "true"}}},
+            ignore=(_NOT_FOUND,),
+        )
         service = objects.service_manifest(app, spec)
         if service is not None:
             self._call(
-                f"create the Service of {spec.name}", self._core.create_namespaced_service, app.app_id, service,
+                f"create the Service of {spec.name}",
+                self._core.create_namespaced_service,
+                app.app_id,
+                service,
                 ignore=(_CONFLICT,),
-            )  # fmt: skip
+            )
 
     def _create_workload(self, app: AppRef, spec: ServiceSpec, manifest: Manifest) -> None:
         kind, name, namespace = manifest["kind"], manifest["metadata"]["name"], app.app_id
@@ -319,9 +342,13 @@ class KubernetesAdapter(OrchestratorAdapter):
         kinds = [objects.workload_kind(spec)] if spec is not None else list(deleters)
         for kind in kinds:
             self._call(
-                f"delete {kind} {name}", deleters[kind], name, namespace, propagation_policy="Background",
+                f"delete {kind} {name}",
+                deleters[kind],
+                name,
+                namespace,
+                propagation_policy="Background",
                 ignore=(_NOT_FOUND,),
-            )  # fmt: skip
+            )
         self._call(
             f"delete Service {name}", self._core.delete_namespaced_service, name, namespace, ignore=(_NOT_FOUND,)
         )

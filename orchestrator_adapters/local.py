@@ -81,8 +81,11 @@ class LocalAdapterSettings(BaseModel):
 
     state_dir: str = Field(description="state.json, logs, data server storage")
     nodes_file: str | None = Field(default=None, description="JSON node declarations; default: 2 clusters x 2 learners")
-    python: str = Field(default=sys.executable, description="interpreter that runs the data servers and the "
-                        "services whose spec names no interpreter of its own")
+    python: str = Field(
+        default=sys.executable,
+        description="interpreter that runs the data servers and the "
+        "services whose spec names no interpreter of its own",
+    )
     host: str = "127.0.0.1"
     enforce_memory_limits: bool = Field(
         default=False,
@@ -93,8 +96,10 @@ class LocalAdapterSettings(BaseModel):
     data_server_timeout_s: float = Field(default=60.0, gt=0)
     data_server_max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     data_security: DataServerSecurity | None = Field(
-        default=None, description="TLS certificate and token key of the data servers (the manager sets it); "
-        "None: open data servers (development only)")
+        default=None,
+        description="TLS certificate and token key of the data servers (the manager sets it); "
+        "None: open data servers (development only)",
+    )
 
 
 def _slug(text: str) -> str:
@@ -113,8 +118,12 @@ def _endpoint_key(app: AppRef, service_name: str, port: PortSpec) -> str:
 class LocalAdapter(OrchestratorAdapter):
     name = "local"
     capabilities = AdapterCapabilities(
-        runs_images=False, host_processes=True, bind_host="127.0.0.1",
-        config_delivery=ConfigDelivery.ENVIRONMENT, private_configs=True, runs_data_servers=True,
+        runs_images=False,
+        host_processes=True,
+        bind_host="127.0.0.1",
+        config_delivery=ConfigDelivery.ENVIRONMENT,
+        private_configs=True,
+        runs_data_servers=True,
     )
 
     def __init__(self, settings: LocalAdapterSettings) -> None:
@@ -160,8 +169,11 @@ class LocalAdapter(OrchestratorAdapter):
             self._data_client(record.address).ping(timeout=10.0)
         except DataServerError:
             log.warning("data server of %s (pid %d) does not answer; replacing it", node, record.pid)
-            stop_groups([(record.pid, record.start_ticks)], self.settings.stop_grace_s,
-                        owners=[self._owner("data-server", node)])
+            stop_groups(
+                [(record.pid, record.start_ticks)],
+                self.settings.stop_grace_s,
+                owners=[self._owner("data-server", node)],
+            )
             return False
         log.info("reusing the data server of %s at %s (pid %d)", node, record.address, record.pid)
         return True
@@ -170,8 +182,11 @@ class LocalAdapter(OrchestratorAdapter):
         node_dir = self.state_dir / "nodes" / node.name
         earlier = self.state.read().data_servers.get(node.name)
         if earlier is not None:  # what is left of its process group must not hold the port or the storage
-            stop_groups([(earlier.pid, earlier.start_ticks)], self.settings.stop_grace_s,
-                        owners=[self._owner("data-server", node.name)])
+            stop_groups(
+                [(earlier.pid, earlier.start_ticks)],
+                self.settings.stop_grace_s,
+                owners=[self._owner("data-server", node.name)],
+            )
         with self.state.update() as state:
             previous = state.data_servers.get(node.name)
             used = state.used_ports()
@@ -181,21 +196,40 @@ class LocalAdapter(OrchestratorAdapter):
                 port = planned_port(self.settings.host, used)
             security = self.settings.data_security
             config = DataServerConfig(
-                node=node.name, host=self.settings.host, port=port, storage_dir=str(node_dir / "data"),
+                node=node.name,
+                host=self.settings.host,
+                port=port,
+                storage_dir=str(node_dir / "data"),
                 max_upload_bytes=self.settings.data_server_max_upload_bytes,
                 tls=ServerCertificate(cert_pem=security.cert_pem, key_pem=security.key_pem) if security else None,
                 token_public_key_pem=security.token_public_key_pem if security else None,
             )
-            env = {**os.environ, CONFIG_ENV: config.model_dump_json(), "PYTHONUNBUFFERED": "1",
-                   OWNER_ENV: self._owner("data-server", node.name)}
+            env = {
+                **os.environ,
+                CONFIG_ENV: config.model_dump_json(),
+                "PYTHONUNBUFFERED": "1",
+                OWNER_ENV: self._owner("data-server", node.name),
+            }
             log_file, exit_file = node_dir / "data-server.log", node_dir / f"data-server-{time.time_ns()}.exit"
             if previous is not None:
                 Path(previous.exit_file).unlink(missing_ok=True)
-            process = self._spawn([self.settings.python, "-m", "services.data_server.main"], env=env,
-                                  cwd=str(self.state_dir), log_file=str(log_file), exit_file=str(exit_file))
-            record = DataServerRecord(node=node.name, host=self.settings.host, port=port, pid=process.pid,
-                                      start_ticks=start_ticks(process.pid), log_file=str(log_file),
-                                      exit_file=str(exit_file), started_at=time.time())
+            process = self._spawn(
+                [self.settings.python, "-m", "services.data_server.main"],
+                env=env,
+                cwd=str(self.state_dir),
+                log_file=str(log_file),
+                exit_file=str(exit_file),
+            )
+            record = DataServerRecord(
+                node=node.name,
+                host=self.settings.host,
+                port=port,
+                pid=process.pid,
+                start_ticks=start_ticks(process.pid),
+                log_file=str(log_file),
+                exit_file=str(exit_file),
+                started_at=time.time(),
+            )
             state.data_servers[node.name] = record
         log.info("started the data server of %s at %s (pid %d)", node.name, record.address, record.pid)
         return record
@@ -226,14 +260,18 @@ class LocalAdapter(OrchestratorAdapter):
                 except DataServerError:
                     pass
                 if not process_alive(record.pid, record.start_ticks):
-                    failed[node] = describe_exit(self._exit_code(record.pid, record.exit_file),
-                                                 last_log_line(record.log_file))
+                    failed[node] = describe_exit(
+                        self._exit_code(record.pid, record.exit_file), last_log_line(record.log_file)
+                    )
                     del waiting[node]
             if waiting and time.monotonic() > deadline:
                 for node, record in waiting.items():
                     failed[node] = f"no answer at {record.address} within {self.settings.data_server_timeout_s:g}s"
-                    stop_groups([(record.pid, record.start_ticks)], self.settings.stop_grace_s,
-                                owners=[self._owner("data-server", node)])
+                    stop_groups(
+                        [(record.pid, record.start_ticks)],
+                        self.settings.stop_grace_s,
+                        owners=[self._owner("data-server", node)],
+                    )
                 break
             if waiting:
                 time.sleep(0.1)
@@ -242,8 +280,13 @@ class LocalAdapter(OrchestratorAdapter):
     def list_nodes(self) -> list[NodeInfo]:
         servers = self.state.read().data_servers
         return [
-            NodeInfo(name=node.name, cluster=node.cluster, labels=dict(node.labels), learner=node.learner,
-                     data_server=servers[node.name].address if node.learner and node.name in servers else None)
+            NodeInfo(
+                name=node.name,
+                cluster=node.cluster,
+                labels=dict(node.labels),
+                learner=node.learner,
+                data_server=servers[node.name].address if node.learner and node.name in servers else None,
+            )
             for node in self.nodes()
         ]
 
@@ -276,8 +319,12 @@ class LocalAdapter(OrchestratorAdapter):
                         targets.append((instance.pid, instance.start_ticks))
         # Every service at once (one grace period, not one per service), with whatever is left of the app:
         # its services' children and processes working in its folder.
-        stop_groups(targets, self.settings.stop_grace_s, owners=[self._owner(app.app_id)],
-                    folders=[self.state_dir / "apps" / app.app_id])
+        stop_groups(
+            targets,
+            self.settings.stop_grace_s,
+            owners=[self._owner(app.app_id)],
+            folders=[self.state_dir / "apps" / app.app_id],
+        )
         with self.state.update() as state:
             state.apps.pop(app.app_id, None)
             prefix = f"{app.app_id}/"
@@ -314,17 +361,21 @@ class LocalAdapter(OrchestratorAdapter):
     def _node_for(self, placement: Placement) -> str | None:
         if placement.node is not None:
             return placement.node
-        candidates = [node for node in self.nodes()
-                      if (placement.cluster is None or node.cluster == placement.cluster)
-                      and all(node.labels.get(key) == value for key, value in placement.node_labels.items())]
+        candidates = [
+            node
+            for node in self.nodes()
+            if (placement.cluster is None or node.cluster == placement.cluster)
+            and all(node.labels.get(key) == value for key, value in placement.node_labels.items())
+        ]
         return candidates[0].name if candidates and (placement.cluster or placement.node_labels) else None
 
     def add_service(self, app: AppRef, spec: ServiceSpec) -> str:
         if not re.fullmatch(NAME_PATTERN, spec.name):
             raise AdapterError(f"invalid service name {spec.name!r}: use up to 63 letters, digits, '.', '_' or '-'")
         if not host_command(spec, self.settings.python):
-            raise AdapterError(f"service {spec.name!r} has no command; the local orchestrator runs commands, "
-                               "not images")
+            raise AdapterError(
+                f"service {spec.name!r} has no command; the local orchestrator runs commands, not images"
+            )
         self._check_placement(spec.placement)
         data = spec_to_data(spec)
         with self.state.update() as state:
@@ -336,8 +387,9 @@ class LocalAdapter(OrchestratorAdapter):
             services = self._app_record(state, app).services
             if spec.name not in services or services[spec.name].spec != data:
                 previous = services.get(spec.name)
-                services[spec.name] = ServiceRecord(service_id=spec.name, spec=data,
-                                                    instances=previous.instances if previous else [])
+                services[spec.name] = ServiceRecord(
+                    service_id=spec.name, spec=data, instances=previous.instances if previous else []
+                )
         return spec.name
 
     def _environment(self, app: AppRef, spec: ServiceSpec, index: int) -> dict[str, str]:
@@ -348,11 +400,20 @@ class LocalAdapter(OrchestratorAdapter):
         env.pop("FLOPS_CONFIG_FILE", None)
         return env
 
-    def _spawn(self, command: list[str], *, env: dict[str, str], cwd: str, log_file: str, exit_file: str,
-               memory_limit_mb: int | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self,
+        command: list[str],
+        *,
+        env: dict[str, str],
+        cwd: str,
+        log_file: str,
+        exit_file: str,
+        memory_limit_mb: int | None = None,
+    ) -> subprocess.Popen[bytes]:
         try:
-            process = spawn(command, env=env, cwd=cwd, log_file=log_file, exit_file=exit_file,
-                            memory_limit_mb=memory_limit_mb)
+            process = spawn(
+                command, env=env, cwd=cwd, log_file=log_file, exit_file=exit_file, memory_limit_mb=memory_limit_mb
+            )
         except OSError as error:
             raise AdapterError(f"cannot start {command[0]}: {error.strerror or error}") from error
         with self._children_lock:
@@ -399,8 +460,7 @@ class LocalAdapter(OrchestratorAdapter):
             kept: list[InstanceRecord] = []
             for index in range(instances):
                 current = by_index.pop(index, None)
-                if current is not None and not current.stop_requested and self._alive(current.pid,
-                                                                                      current.start_ticks):
+                if current is not None and not current.stop_requested and self._alive(current.pid, current.start_ticks):
                     kept.append(current)
                     continue
                 if current is not None:
@@ -408,11 +468,25 @@ class LocalAdapter(OrchestratorAdapter):
                 log_file = app_dir / f"{service_id}-{index}.log"
                 exit_file = app_dir / f"{service_id}-{index}-{time.time_ns()}.exit"
                 command = list(host_command(spec, self.settings.python))
-                process = self._spawn(command, env=self._environment(app, spec, index), cwd=cwd,
-                                      log_file=str(log_file), exit_file=str(exit_file), memory_limit_mb=memory)
-                kept.append(InstanceRecord(index=index, node=self._node_for(spec.placement), pid=process.pid,
-                                           start_ticks=start_ticks(process.pid), log_file=str(log_file),
-                                           exit_file=str(exit_file), started_at=time.time()))
+                process = self._spawn(
+                    command,
+                    env=self._environment(app, spec, index),
+                    cwd=cwd,
+                    log_file=str(log_file),
+                    exit_file=str(exit_file),
+                    memory_limit_mb=memory,
+                )
+                kept.append(
+                    InstanceRecord(
+                        index=index,
+                        node=self._node_for(spec.placement),
+                        pid=process.pid,
+                        start_ticks=start_ticks(process.pid),
+                        log_file=str(log_file),
+                        exit_file=str(exit_file),
+                        started_at=time.time(),
+                    )
+                )
                 log.info("started %s/%s-%d (pid %d)", app.app_id, service_id, index, process.pid)
             surplus_owners = [self._owner(app.app_id, service_id, str(extra.index)) for extra in by_index.values()]
             for extra in by_index.values():
@@ -476,8 +550,12 @@ class LocalAdapter(OrchestratorAdapter):
         Data server records stay, so the next ``start()`` brings each node back on its old port.
         """
         state = self.state.read()
-        targets = [(instance.pid, instance.start_ticks) for app in state.apps.values()
-                   for service in app.services.values() for instance in service.instances]
+        targets = [
+            (instance.pid, instance.start_ticks)
+            for app in state.apps.values()
+            for service in app.services.values()
+            for instance in service.instances
+        ]
         targets += [(record.pid, record.start_ticks) for record in state.data_servers.values()]
         with self.state.update() as current:
             for app in current.apps.values():

@@ -126,8 +126,9 @@ def _launch_command(command: list[str], exit_file: str, memory_limit_mb: int | N
     return ["/bin/sh", "-c", _WRAPPER.format(limit=limit), exit_file, *command]
 
 
-def watch(process: subprocess.Popen[bytes], exit_file: str,
-          on_exit: Callable[[], None] | None = None) -> threading.Thread:
+def watch(
+    process: subprocess.Popen[bytes], exit_file: str, on_exit: Callable[[], None] | None = None
+) -> threading.Thread:
     """Reap ``process`` when it ends, make sure its exit code is on disk, then call ``on_exit``."""
 
     def wait() -> None:

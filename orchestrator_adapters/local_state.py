@@ -62,8 +62,9 @@ class AppRecord(BaseModel):
     services: dict[str, ServiceRecord] = Field(default_factory=dict)
 
     def ref(self) -> AppRef:
-        return AppRef(app_id=self.app_id, name=self.name, kind=self.kind, customer=self.customer,
-                      project_id=self.project_id)
+        return AppRef(
+            app_id=self.app_id, name=self.name, kind=self.kind, customer=self.customer, project_id=self.project_id
+        )
 
 
 class DataServerRecord(ProcessRecord):
@@ -90,5 +91,3 @@ class StateFile(JsonStateFile[LocalState]):
 
     def __init__(self, directory: Path) -> None:
         super().__init__(directory, LocalState)
-
-

@@ -85,8 +85,12 @@ class OakestraAdapter(OrchestratorAdapter):
 
     name = "oakestra"
     capabilities = AdapterCapabilities(
-        runs_images=True, host_processes=False, bind_host="0.0.0.0",
-        config_delivery=ConfigDelivery.ENVIRONMENT, private_configs=False, runs_data_servers=False,
+        runs_images=True,
+        host_processes=False,
+        bind_host="0.0.0.0",
+        config_delivery=ConfigDelivery.ENVIRONMENT,
+        private_configs=False,
+        runs_data_servers=False,
     )
 
     def __init__(self, settings: OakestraSettings) -> None:
@@ -146,11 +150,14 @@ class OakestraAdapter(OrchestratorAdapter):
             return self._app_ref(existing, name, customer)
         oak_name = sla.application_name(customer, name)
         body = sla.application_sla(
-            customer, oak_name, self.settings.application_namespace,
+            customer,
+            oak_name,
+            self.settings.application_namespace,
             sla.application_desc(name, kind, customer, project_id),
-        )  # fmt: skip
-        answer = self.client.call("POST", "/api/application/", f"creating application {name}", json_body=body,
-                                  allow=(409,))  # fmt: skip
+        )
+        answer = self.client.call(
+            "POST", "/api/application/", f"creating application {name}", json_body=body, allow=(409,)
+        )
         docs = [doc for doc in answer if isinstance(doc, dict)] if isinstance(answer, list) else None
         created = self._app_doc(customer, name, docs)
         if created is None:
@@ -170,8 +177,7 @@ class OakestraAdapter(OrchestratorAdapter):
         """DELETE removes the application and its services; an app already gone is fine."""
         if not any(self._app_id(doc) == app.app_id for doc in self._applications()):
             return
-        self.client.call("DELETE", f"/api/application/{app.app_id}", f"deleting application {app.name}",
-                         allow=(404,))  # fmt: skip
+        self.client.call("DELETE", f"/api/application/{app.app_id}", f"deleting application {app.name}", allow=(404,))
         for key in [key for key in self._addresses if key[0] == app.app_id]:
             del self._addresses[key]
 
@@ -242,9 +248,12 @@ class OakestraAdapter(OrchestratorAdapter):
             clusters=clusters,
         )
         body = sla.service_sla(
-            app.customer, app.app_id, sla.application_name(app.customer, app.name),
-            self.settings.application_namespace, descriptor,
-        )  # fmt: skip
+            app.customer,
+            app.app_id,
+            sla.application_name(app.customer, app.name),
+            self.settings.application_namespace,
+            descriptor,
+        )
         problem = sla.sla_problem(body)
         if problem:
             raise AdapterError(f"service {spec.name} was not sent to Oakestra, which would refuse it: {problem}")
@@ -280,15 +289,22 @@ class OakestraAdapter(OrchestratorAdapter):
         self._delete_service(service_id)
 
     def _remove_instance(self, service_id: str, number: int) -> None:
-        self.client.call("DELETE", f"/api/service/{service_id}/instance/{number}",
-                         f"removing instance {number} of {service_id}", allow=(404,))  # fmt: skip
+        self.client.call(
+            "DELETE",
+            f"/api/service/{service_id}/instance/{number}",
+            f"removing instance {number} of {service_id}",
+            allow=(404,),
+        )
         self._removed.setdefault(service_id, set()).add(number)
 
     def _current(self, service_id: str, job: Json) -> list[Json]:
         """The job's instances, without those FLOps removed (in case the root still lists them)."""
         removed = self._removed.get(service_id, set())
-        return [item for item in job.get("instance_list") or []
-                if isinstance(item, dict) and item.get("instance_number") not in removed]  # fmt: skip
+        return [
+            item
+            for item in job.get("instance_list") or []
+            if isinstance(item, dict) and item.get("instance_number") not in removed
+        ]
 
     def _redeploy_pending(self, service_id: str) -> bool:
         asked = self._requested_at.get(service_id)
@@ -336,8 +352,11 @@ class OakestraAdapter(OrchestratorAdapter):
     def _trim(self, service_id: str, instances: list[Json]) -> list[Json]:
         """Oakestra redeployed a failed instance itself after FLOps did: keep only as many as FLOps wants."""
         desired = self._desired.get(service_id)
-        live = [item for item in instances
-                if sla.state_of(item.get("status")) in (ServiceState.PENDING, ServiceState.RUNNING)]  # fmt: skip
+        live = [
+            item
+            for item in instances
+            if sla.state_of(item.get("status")) in (ServiceState.PENDING, ServiceState.RUNNING)
+        ]
         if desired is None or len(live) <= desired:
             return instances
         surplus = sorted(live, key=lambda item: int(item.get("instance_number") or 0))[desired:]

@@ -39,10 +39,13 @@ def run_demo(state_dir: Path, sla_path: Path, tag: str, partitions: int) -> dict
     suite_up(state_dir, registry=False, with_manager=True, out=sys.stderr)
     config = read_suite_manager_config(state_dir)
     assert config is not None, "the suite did not write its manager config"
-    client = FlopsClient(manager_url(config), str(config["admin_token"]), timeout_s=300,
-                         ca_file=manager_ca_file(config))  # fmt: skip
-    pushed = client.post("/api/flops/mocks", {"mock_data_configuration": {
-        "dataset_name": "digits", "number_of_partitions": partitions, "data_tag": tag}})  # fmt: skip
+    client = FlopsClient(
+        manager_url(config), str(config["admin_token"]), timeout_s=300, ca_file=manager_ca_file(config)
+    )
+    pushed = client.post(
+        "/api/flops/mocks",
+        {"mock_data_configuration": {"dataset_name": "digits", "number_of_partitions": partitions, "data_tag": tag}},
+    )
     print(f"mock data {tag!r} pushed: {pushed['partitions']}", file=sys.stderr)
     sla = json.loads(sla_path.read_text())
     project = client.post("/api/flops/projects", sla)

@@ -78,8 +78,14 @@ def htpasswd_line(username: str, password: str) -> str:
 
 def service_names(service: str) -> list[str]:
     """How a suite service is reached: compose network, cluster namespace, and locally."""
-    return [service, f"{service}.{NAMESPACE}", f"{service}.{NAMESPACE}.svc", f"{service}.{NAMESPACE}.svc.cluster.local",
-            "localhost", "127.0.0.1"]  # fmt: skip
+    return [
+        service,
+        f"{service}.{NAMESPACE}",
+        f"{service}.{NAMESPACE}.svc",
+        f"{service}.{NAMESPACE}.svc.cluster.local",
+        "localhost",
+        "127.0.0.1",
+    ]
 
 
 def tls_files(extra_hosts: list[str]) -> dict[str, str]:
@@ -106,8 +112,13 @@ def manager_config(values: dict[str, str], ca_pem: str) -> dict[str, Any]:
         "tls_cert_file": f"{SECRETS_MOUNT}/manager_tls_cert",
         "tls_key_file": f"{SECRETS_MOUNT}/manager_tls_key",
         "tls_ca_file": f"{SECRETS_MOUNT}/flops_ca",
-        "mqtt": {"host": "mosquitto", "port": 1883, "username": USERNAME, "password": values["mqtt_password"],
-                 "ca_pem": ca_pem},  # fmt: skip
+        "mqtt": {
+            "host": "mosquitto",
+            "port": 1883,
+            "username": USERNAME,
+            "password": values["mqtt_password"],
+            "ca_pem": ca_pem,
+        },
         "mongo_uri": f"mongodb://{USERNAME}:{values['mongo_password']}@mongo:27017/?authSource=admin",
         "registry": {
             "address": "registry:5000",
@@ -133,17 +144,36 @@ def kubernetes_secrets(files: dict[str, str]) -> list[dict[str, Any]]:
         }
 
     return [
-        secret("flops-mosquitto", {"dynamic-security.json": files["dynamic-security.json"], "username": USERNAME,
-                                    "password": files["mqtt_password"], "ca.pem": files["ca.pem"],
-                                    "server.pem": files["mosquitto_tls_cert"],
-                                    "server.key": files["mosquitto_tls_key"]}),
+        secret(
+            "flops-mosquitto",
+            {
+                "dynamic-security.json": files["dynamic-security.json"],
+                "username": USERNAME,
+                "password": files["mqtt_password"],
+                "ca.pem": files["ca.pem"],
+                "server.pem": files["mosquitto_tls_cert"],
+                "server.key": files["mosquitto_tls_key"],
+            },
+        ),
         secret("flops-mongo", {"username": USERNAME, "password": files["mongo_password"]}),
         secret("flops-postgres", {"username": "mlflow", "password": files["postgres_password"]}),
-        secret("flops-registry", {"htpasswd": files["registry_htpasswd"], "server.pem": files["registry_tls_cert"],
-                                  "server.key": files["registry_tls_key"]}),
-        secret("flops-manager", {"manager.json": files["manager.json"], "flops_ca": files["ca.pem"],
-                                  "manager_tls_cert": files["manager_tls_cert"],
-                                  "manager_tls_key": files["manager_tls_key"]}),
+        secret(
+            "flops-registry",
+            {
+                "htpasswd": files["registry_htpasswd"],
+                "server.pem": files["registry_tls_cert"],
+                "server.key": files["registry_tls_key"],
+            },
+        ),
+        secret(
+            "flops-manager",
+            {
+                "manager.json": files["manager.json"],
+                "flops_ca": files["ca.pem"],
+                "manager_tls_cert": files["manager_tls_cert"],
+                "manager_tls_key": files["manager_tls_key"],
+            },
+        ),
     ]
 
 
@@ -176,9 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}")
     parser.add_argument("--force", action="store_true", help="replace existing secrets")
-    parser.add_argument("--host", action="append", default=[],
-                        help="another name the manager's API and the registry are reached by (their TLS "
-                        "certificates); repeatable")
+    parser.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="another name the manager's API and the registry are reached by (their TLS certificates); repeatable",
+    )
     args = parser.parse_args(argv)
     for path in generate(args.out, force=args.force, hosts=args.host):
         print(path)

@@ -68,8 +68,10 @@ def wait_for_state(
     info = adapter.inspect_service(app, service_id)
     while info.state not in states:
         if time.monotonic() > deadline:
-            pytest.fail(f"service {service_id} stayed {info.state.value} ({info.detail!r}), "
-                        f"expected one of {[state.value for state in states]} within {timeout:g}s")
+            pytest.fail(
+                f"service {service_id} stayed {info.state.value} ({info.detail!r}), "
+                f"expected one of {[state.value for state in states]} within {timeout:g}s"
+            )
         time.sleep(0.1)
         info = adapter.inspect_service(app, service_id)
     return info
@@ -101,24 +103,27 @@ class AdapterContract:
         assert adapter.find_app(name, self.customer) is None
         adapter.delete_app(created)  # twice is not an error
 
-    def test_short_lived_service_succeeds(self, adapter: OrchestratorAdapter, app: AppRef,
-                                          make_spec: SpecFactory) -> None:
+    def test_short_lived_service_succeeds(
+        self, adapter: OrchestratorAdapter, app: AppRef, make_spec: SpecFactory
+    ) -> None:
         service_id = adapter.add_service(app, make_spec("contract-ok", "succeed"))
         assert adapter.inspect_service(app, service_id).state in (ServiceState.PENDING, ServiceState.UNKNOWN)
         adapter.deploy_service(app, service_id)
         info = wait_for_state(adapter, app, service_id, ENDED, self.timeout_s)
         assert info.state is ServiceState.SUCCEEDED, info
 
-    def test_failing_service_is_reported_failed_with_detail(self, adapter: OrchestratorAdapter, app: AppRef,
-                                                            make_spec: SpecFactory) -> None:
+    def test_failing_service_is_reported_failed_with_detail(
+        self, adapter: OrchestratorAdapter, app: AppRef, make_spec: SpecFactory
+    ) -> None:
         service_id = adapter.add_service(app, make_spec("contract-bad", "fail"))
         adapter.deploy_service(app, service_id)
         info = wait_for_state(adapter, app, service_id, ENDED, self.timeout_s)
         assert info.state is ServiceState.FAILED, info
         assert info.detail.strip() and "\n" not in info.detail
 
-    def test_long_running_service_is_undeployed(self, adapter: OrchestratorAdapter, app: AppRef,
-                                                make_spec: SpecFactory) -> None:
+    def test_long_running_service_is_undeployed(
+        self, adapter: OrchestratorAdapter, app: AppRef, make_spec: SpecFactory
+    ) -> None:
         service_id = adapter.add_service(app, make_spec("contract-run", "run"))
         adapter.deploy_service(app, service_id)
         wait_for_state(adapter, app, service_id, (ServiceState.RUNNING,), self.timeout_s)

@@ -79,8 +79,12 @@ class RecordingControl:
     def _simulate(self, project_id: str, sla: ProjectSLA) -> None:
         rounds = sla.training_configuration.training_rounds
         clock = TrainingClock(rounds, 1)
-        self.store.update_project(project_id, status=ProjectStatus.RUNNING, phase=ProjectPhase.TRAINING,
-                                  phase_started={"training": time.time()})  # fmt: skip
+        self.store.update_project(
+            project_id,
+            status=ProjectStatus.RUNNING,
+            phase=ProjectPhase.TRAINING,
+            phase_started={"training": time.time()},
+        )
         for number in range(1, rounds + 1):
             if self._closing.wait(SIMULATED_ROUND_S):
                 return
@@ -88,9 +92,16 @@ class RecordingControl:
             if current is None or current.status.finished:
                 return
             accuracy = 0.5 + number / 100
-            report = TrainingProgress(project_id=project_id, sender="aggregator", round=number, total_rounds=rounds,
-                                      accuracy=accuracy, loss=1.0 - accuracy, participants=2,
-                                      round_seconds=SIMULATED_ROUND_S)  # fmt: skip
+            report = TrainingProgress(
+                project_id=project_id,
+                sender="aggregator",
+                round=number,
+                total_rounds=rounds,
+                accuracy=accuracy,
+                loss=1.0 - accuracy,
+                participants=2,
+                round_seconds=SIMULATED_ROUND_S,
+            )
             now = time.time()
             self.store.save_round(round_record(project_id, report, now))
             progress = current.progress.model_copy(update={"round": number, "accuracy": accuracy})
@@ -164,8 +175,9 @@ class RecordingControl:
 
     def prune_cache(self, request: CachePruneRequest) -> CachePruneResult:
         self._record_call("prune_cache", request)
-        return CachePruneResult(removed=[], freed_bytes=0, kept_in_use=0, kept_recent=0, kept_busy=0,
-                                dry_run=request.dry_run)  # fmt: skip
+        return CachePruneResult(
+            removed=[], freed_bytes=0, kept_in_use=0, kept_recent=0, kept_busy=0, dry_run=request.dry_run
+        )
 
     def reset(self) -> None:
         self._record_call("reset", None)

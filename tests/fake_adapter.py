@@ -158,8 +158,12 @@ class FakeAdapter(OrchestratorAdapter):
     # Like an image orchestrator (the lifecycle then builds and serves an inference image); its data servers
     # are the tests' own.
     capabilities = AdapterCapabilities(
-        runs_images=True, host_processes=False, bind_host="127.0.0.1", config_delivery=ConfigDelivery.ENVIRONMENT,
-        private_configs=True, runs_data_servers=False,
+        runs_images=True,
+        host_processes=False,
+        bind_host="127.0.0.1",
+        config_delivery=ConfigDelivery.ENVIRONMENT,
+        private_configs=True,
+        runs_data_servers=False,
     )
 
     def __init__(self, nodes: list[NodeInfo], programs: Mapping[str, Program], reports: Reports) -> None:

@@ -152,9 +152,12 @@ def start_manager(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [str(Path(sys.executable).with_name("flops-manager")), "--config", str(config_path)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=REPO_ROOT,
             env=manager_environment(),
-        )  # fmt: skip
+        )
 
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 90) -> None:

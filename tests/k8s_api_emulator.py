@@ -178,15 +178,18 @@ class KubernetesApiEmulator:
         return self.put(
             "nodes",
             {
-                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})},
-                             "annotations": annotations or {}},
+                "metadata": {
+                    "name": name,
+                    "labels": {"kubernetes.io/hostname": name, **(labels or {})},
+                    "annotations": annotations or {},
+                },
                 "spec": {},
                 "status": {
                     "conditions": [{"type": "Ready", "status": "True"}],
                     "addresses": [{"type": "InternalIP", "address": address}],
                 },
             },
-        )  # fmt: skip
+        )
 
     def get(self, plural: str, namespace: str | None, name: str) -> Obj | None:
         with self._lock:
@@ -430,7 +433,7 @@ class KubernetesApiEmulator:
                     "reason": "Unschedulable",
                     "message": "0 nodes are available: none matches the node selector or affinity",
                 }
-                self._objects[pod_key]["status"] = {"phase": "Pending", "conditions": [unschedulable]}  # fmt: skip
+                self._objects[pod_key]["status"] = {"phase": "Pending", "conditions": [unschedulable]}
             else:
                 self._start(pod_key)
         self._update_owner(key)
@@ -456,8 +459,15 @@ class KubernetesApiEmulator:
 
     @staticmethod
     def _container_status(container: Obj, state: Obj, restarts: int = 0, last: Obj | None = None) -> Obj:
-        return {"name": container["name"], "image": container.get("image", ""), "imageID": "", "state": state,
-                "ready": "running" in state, "restartCount": restarts, "lastState": last or {}}  # fmt: skip
+        return {
+            "name": container["name"],
+            "image": container.get("image", ""),
+            "imageID": "",
+            "state": state,
+            "ready": "running" in state,
+            "restartCount": restarts,
+            "lastState": last or {},
+        }
 
     def _start(self, pod_key: Key) -> None:
         pod = self._objects[pod_key]
@@ -474,8 +484,12 @@ class KubernetesApiEmulator:
         self._processes[pod_key] = LocalProcess(argv, self._environment(pod, container))
         state = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
         last = previous[0].get("lastState")
-        pod["status"] = {"phase": "Running", "hostIP": addresses[0]["address"], "podIP": "10.244.0.10",
-                         "containerStatuses": [self._container_status(container, state, restarts, last)]}  # fmt: skip
+        pod["status"] = {
+            "phase": "Running",
+            "hostIP": addresses[0]["address"],
+            "podIP": "10.244.0.10",
+            "containerStatuses": [self._container_status(container, state, restarts, last)],
+        }
 
     def _kubelet_loop(self) -> None:
         while not self._stopping.wait(0.05):
@@ -499,8 +513,13 @@ class KubernetesApiEmulator:
         if pod is None:
             return
         container = pod["spec"]["containers"][0]
-        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message,
-                      "startedAt": "2026-01-01T00:00:00Z", "finishedAt": "2026-01-01T00:00:01Z"}  # fmt: skip
+        terminated = {
+            "exitCode": code,
+            "reason": "Completed" if code == 0 else "Error",
+            "message": message,
+            "startedAt": "2026-01-01T00:00:00Z",
+            "finishedAt": "2026-01-01T00:00:01Z",
+        }
         restarts = pod["status"]["containerStatuses"][0].get("restartCount", 0)
         if pod["spec"].get("restartPolicy") == "Never":
             phase = "Succeeded" if code == 0 else "Failed"
@@ -532,8 +551,14 @@ class KubernetesApiEmulator:
             failed = sum(1 for pod in pods if pod["status"].get("phase") == "Failed")
             status: Obj = {"active": running, "succeeded": succeeded, "failed": failed}
             if failed > workload["spec"].get("backoffLimit", 6):
-                status["conditions"] = [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                                         "message": "Job has reached the specified backoff limit"}]  # fmt: skip
+                status["conditions"] = [
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "BackoffLimitExceeded",
+                        "message": "Job has reached the specified backoff limit",
+                    }
+                ]
             elif succeeded >= workload["spec"].get("completions", 1):
                 status["conditions"] = [{"type": "Complete", "status": "True"}]
             workload["status"] = status

@@ -38,7 +38,7 @@ def marked_processes(value: str) -> dict[int, str]:
             command = Path(f"/proc/{entry.name}/cmdline").read_bytes()
         except OSError:
             continue
-        if stat[stat.rfind(")") + 2:][:1] in ("Z", "X"):
+        if stat[stat.rfind(")") + 2 :][:1] in ("Z", "X"):
             continue  # ended, only not reaped yet
         if needle in environment.split(b"\0"):
             found[int(entry.name)] = command.replace(b"\0", b" ").decode(errors="replace").strip()[:200]

@@ -146,8 +146,10 @@ def _serve_http(service: FakeService, answers: dict[str, tuple[int, dict[str, ob
 
     class Answers(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            status, body = answers.get(self.path.split("?", 1)[0], (404, {"error_code": "RESOURCE_DOES_NOT_EXIST",
-                                                                         "message": "not in the fake"}))
+            status, body = answers.get(
+                self.path.split("?", 1)[0],
+                (404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "not in the fake"}),
+            )
             payload = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -225,8 +227,13 @@ class FakeFederation:
             raise ServiceCrashed(detail)
         failure = self.failures.get(service.name)
         if failure is not None:
-            status = ServiceStatus(project_id=service.project_id, sender=service.name, service=kind,
-                                   state=ReportedState.FAILED, detail=failure)
+            status = ServiceStatus(
+                project_id=service.project_id,
+                sender=service.name,
+                service=kind,
+                state=ReportedState.FAILED,
+                detail=failure,
+            )
             service.report(status)
             raise ServiceCrashed(failure)
 
@@ -237,12 +244,29 @@ class FakeFederation:
             return
         if service.config.get("task") == "model_image":
             image = f"{service.config['registry']['address']}/flops/model-{service.project_id[:8]}"  # type: ignore[index]
-            service.report(ModelImageBuilt(project_id=service.project_id, sender=service.name, image=f"{image}:1",
-                                           pinned=f"{image}@sha256:{'1' * 64}", digest=f"sha256:{'1' * 64}",
-                                           model_uri=str(service.config["model_uri"]), total_seconds=0.1))
+            service.report(
+                ModelImageBuilt(
+                    project_id=service.project_id,
+                    sender=service.name,
+                    image=f"{image}:1",
+                    pinned=f"{image}@sha256:{'1' * 64}",
+                    digest=f"sha256:{'1' * 64}",
+                    model_uri=str(service.config["model_uri"]),
+                    total_seconds=0.1,
+                )
+            )
             return
-        service.report(BuildResult(project_id=service.project_id, sender=service.name, digest="sha256:fake",
-                                   commit="0" * 40, cached=False, app_dir="/fake/app", total_seconds=0.1))
+        service.report(
+            BuildResult(
+                project_id=service.project_id,
+                sender=service.name,
+                digest="sha256:fake",
+                commit="0" * 40,
+                cached=False,
+                app_dir="/fake/app",
+                total_seconds=0.1,
+            )
+        )
 
     def learner(self, service: FakeService) -> None:
         self._maybe_crash(service, "learner")

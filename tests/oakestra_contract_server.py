@@ -148,10 +148,19 @@ class OakestraContractServer:
         self.key_generation = 0
         self.apps: dict[str, Json] = {}
         self.jobs: dict[str, Json] = {}
-        self.clusters: list[Json] = clusters if clusters is not None else [
-            {"_id": {"$oid": _oid()}, "cluster_name": "cluster-a", "cluster_location": "munich",
-             "supported_addons": ["FLOps-learner"], "active": True},
-        ]  # fmt: skip
+        self.clusters: list[Json] = (
+            clusters
+            if clusters is not None
+            else [
+                {
+                    "_id": {"$oid": _oid()},
+                    "cluster_name": "cluster-a",
+                    "cluster_location": "munich",
+                    "supported_addons": ["FLOps-learner"],
+                    "active": True,
+                },
+            ]
+        )
         self.fates: dict[str, list[Any]] = {}  # microservice name -> [final status, detail, instances left or None]
         self.self_redeploying: dict[str, int] = {}  # microservice name -> polls before its cluster replaces a failure
         self.violations: list[str] = []
@@ -233,8 +242,9 @@ class OakestraContractServer:
             return None, _json({"msg": "Signature verification failed"}, refused)
         user, expiry, token_kind, _ = found
         if token_kind != kind:
-            return None, _json({"msg": f"Only {'refresh' if kind == 'refresh' else 'non-refresh'} tokens are allowed"},
-                               refused)  # fmt: skip
+            return None, _json(
+                {"msg": f"Only {'refresh' if kind == 'refresh' else 'non-refresh'} tokens are allowed"}, refused
+            )
         if time.time() >= expiry:
             self.expired_token_uses += 1
             return None, _json({"msg": "Token has expired"}, 401)
@@ -296,10 +306,15 @@ class OakestraContractServer:
             return
         number = job["next_instance_progressive_number"]
         job["next_instance_progressive_number"] = number + 1
-        job["instance_list"].append({
-            "instance_number": number, "cluster_id": object_id(cluster["_id"]),
-            "cluster_location": cluster["cluster_location"], "status": "CLUSTER_SCHEDULED", "publicip": "",
-        })  # fmt: skip
+        job["instance_list"].append(
+            {
+                "instance_number": number,
+                "cluster_id": object_id(cluster["_id"]),
+                "cluster_location": cluster["cluster_location"],
+                "status": "CLUSTER_SCHEDULED",
+                "publicip": "",
+            }
+        )
         job["status"], job["_scheduling_failed"] = "CLUSTER_SCHEDULED", False
         fate = self.fates.get(job["microservice_name"])
         if fate is not None and fate[2] != 0:
@@ -370,10 +385,12 @@ class OakestraContractServer:
                 return _json({"message": "invalid username or password"}, 401)
             with self._lock:
                 self.logins += 1
-                return _json({
-                    "token": self._issue(body["username"], "access", self.token_lifetime_s),
-                    "refresh_token": self._issue(body["username"], "refresh", 10 * self.token_lifetime_s),
-                })  # fmt: skip
+                return _json(
+                    {
+                        "token": self._issue(body["username"], "access", self.token_lifetime_s),
+                        "refresh_token": self._issue(body["username"], "refresh", 10 * self.token_lifetime_s),
+                    }
+                )
 
         @app.post("/api/auth/refresh")
         def refresh() -> Response:
@@ -477,14 +494,26 @@ class OakestraContractServer:
                 job_id = _oid()
                 virtualization = microservice["virtualization"]
                 self.jobs[job_id] = {
-                    **microservice, "_id": {"$oid": job_id}, "microserviceID": job_id,
+                    **microservice,
+                    "_id": {"$oid": job_id},
+                    "microserviceID": job_id,
                     "virtualization": "docker" if virtualization == "container" else virtualization,
-                    "applicationID": owner["applicationID"], "app_name": owner["application_name"],
-                    "app_ns": owner["application_namespace"], "service_name": microservice["microservice_name"],
-                    "job_name": ".".join([owner["application_name"], owner["application_namespace"],
-                                          microservice["microservice_name"], microservice["microservice_namespace"]]),
-                    "RR_ip": rr_ip, "instance_list": [], "next_instance_progressive_number": 0,
-                }  # fmt: skip
+                    "applicationID": owner["applicationID"],
+                    "app_name": owner["application_name"],
+                    "app_ns": owner["application_namespace"],
+                    "service_name": microservice["microservice_name"],
+                    "job_name": ".".join(
+                        [
+                            owner["application_name"],
+                            owner["application_namespace"],
+                            microservice["microservice_name"],
+                            microservice["microservice_namespace"],
+                        ]
+                    ),
+                    "RR_ip": rr_ip,
+                    "instance_list": [],
+                    "next_instance_progressive_number": 0,
+                }
                 owner["microservices"].append(job_id)
                 deployed = {"service_name": microservice["microservice_name"], "status": 200}
                 return _json({"job_id": job_id, "deployed_services": [deployed], "failed_services": []})
@@ -546,8 +575,9 @@ class OakestraContractServer:
         @app.get("/api/clusters/active")
         def active_clusters() -> Response:
             with self._lock:
-                active = [{**cluster, "_id": object_id(cluster["_id"])} for cluster in self.clusters
-                          if cluster.get("active")]  # fmt: skip
+                active = [
+                    {**cluster, "_id": object_id(cluster["_id"])} for cluster in self.clusters if cluster.get("active")
+                ]
                 return Response(json.dumps(active), status=200, mimetype="text/html")  # plain JSON, labelled HTML
 
         @app.errorhandler(404)

@@ -34,11 +34,13 @@ from services.builder.oci.platforms import check_platforms
 from services.builder.oci.steps import StepRecord
 from tests.example_repos import example_repo
 
-ADAPTER_NODES = {"nodes": [
-    {"name": "n1", "cluster": "c1", "labels": {"zone": "x"}},
-    {"name": "n2", "cluster": "c2"},
-    {"name": "edge", "learner": False},
-]}
+ADAPTER_NODES = {
+    "nodes": [
+        {"name": "n1", "cluster": "c1", "labels": {"zone": "x"}},
+        {"name": "n2", "cluster": "c2"},
+        {"name": "edge", "learner": False},
+    ]
+}
 WAIT_S = 180.0
 
 
@@ -81,9 +83,18 @@ def sklearn_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def builder_config(repo: Path, registry: RegistrySettings, cache_dir: Path, **extra: object) -> BuilderConfig:
-    return BuilderConfig.model_validate({
-        "project_id": "oci-test", "mqtt": MqttSettings().model_dump(), "repo_url": str(repo), "flavor": "sklearn",
-        "cache_dir": str(cache_dir), "mode": "oci", "registry": registry.model_dump(), **extra})
+    return BuilderConfig.model_validate(
+        {
+            "project_id": "oci-test",
+            "mqtt": MqttSettings().model_dump(),
+            "repo_url": str(repo),
+            "flavor": "sklearn",
+            "cache_dir": str(cache_dir),
+            "mode": "oci",
+            "registry": registry.model_dump(),
+            **extra,
+        }
+    )
 
 
 @pytest.fixture(scope="session")
@@ -100,8 +111,13 @@ class SklearnBuild:
 
 
 @pytest.fixture(scope="session")
-def sklearn_build(oci_engine: ContainerEngine, oci_registry: RegistrySettings, sklearn_repo: Path,
-                  base_image: EnsuredImage, tmp_path_factory: pytest.TempPathFactory) -> SklearnBuild:
+def sklearn_build(
+    oci_engine: ContainerEngine,
+    oci_registry: RegistrySettings,
+    sklearn_repo: Path,
+    base_image: EnsuredImage,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> SklearnBuild:
     """The sklearn example's images, built (or found in the local image cache) and pushed once per session."""
     config = builder_config(sklearn_repo, oci_registry, tmp_path_factory.mktemp("builder-cache"))
     messages: list[FlopsMessage] = []
@@ -110,14 +126,22 @@ def sklearn_build(oci_engine: ContainerEngine, oci_registry: RegistrySettings, s
 
 
 @pytest.fixture(scope="session")
-def container_adapter(tmp_path_factory: pytest.TempPathFactory,
-                      oci_registry: RegistrySettings) -> Iterator[ContainerAdapter]:
+def container_adapter(
+    tmp_path_factory: pytest.TempPathFactory, oci_registry: RegistrySettings
+) -> Iterator[ContainerAdapter]:
     """A started container adapter with its own podman API service; pulls always (credentials exercised)."""
     state_dir = tmp_path_factory.mktemp("container-adapter")
     nodes_file = state_dir / "nodes.json"
     nodes_file.write_text(json.dumps(ADAPTER_NODES))
-    adapter = ContainerAdapter(ContainerSettings(state_dir=str(state_dir), registry=oci_registry,
-                                                 nodes_file=str(nodes_file), pull_policy="always", stop_grace_s=2))
+    adapter = ContainerAdapter(
+        ContainerSettings(
+            state_dir=str(state_dir),
+            registry=oci_registry,
+            nodes_file=str(nodes_file),
+            pull_policy="always",
+            stop_grace_s=2,
+        )
+    )
     adapter.start()
     try:
         yield adapter
@@ -141,15 +165,22 @@ def ended(info: ServiceInfo) -> bool:
     return info.state in (ServiceState.SUCCEEDED, ServiceState.FAILED, ServiceState.STOPPED)
 
 
-def wait_for(adapter: ContainerAdapter, app: AppRef, service_id: str,
-             done: Callable[[ServiceInfo], bool] = ended, timeout: float = WAIT_S) -> ServiceInfo:
+def wait_for(
+    adapter: ContainerAdapter,
+    app: AppRef,
+    service_id: str,
+    done: Callable[[ServiceInfo], bool] = ended,
+    timeout: float = WAIT_S,
+) -> ServiceInfo:
     """Inspect until ``done(info)`` (default: the service ended); fail with its state and log tail."""
     deadline = time.monotonic() + timeout
     info = adapter.inspect_service(app, service_id)
     while not done(info):
         if time.monotonic() > deadline:
-            pytest.fail(f"{service_id} stayed {info.state.value} ({info.detail!r}) for {timeout:g} s; "
-                        f"logs: {adapter.logs(app, service_id)[-600:]!r}")
+            pytest.fail(
+                f"{service_id} stayed {info.state.value} ({info.detail!r}) for {timeout:g} s; "
+                f"logs: {adapter.logs(app, service_id)[-600:]!r}"
+            )
         time.sleep(0.2)
         info = adapter.inspect_service(app, service_id)
     return info

@@ -40,19 +40,46 @@ class PostgresServer:
         shutil.chown(self.directory, "postgres")
         shutil.chown(password_file, "postgres")
         subprocess.run(
-            self._as_postgres(str(BIN / "initdb"), "-D", str(data), "-U", USER, "--auth=scram-sha-256",
-                              f"--pwfile={password_file}", "--no-sync"),
-            check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
+            self._as_postgres(
+                str(BIN / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                USER,
+                "--auth=scram-sha-256",
+                f"--pwfile={password_file}",
+                "--no-sync",
+            ),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         log = (self.directory / "server.log").open("wb")
         self._process = subprocess.Popen(
-            self._as_postgres(str(BIN / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self.directory),
-                              "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            self._as_postgres(
+                str(BIN / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.directory),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
-        while subprocess.run([str(BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-                             capture_output=True).returncode != 0:  # fmt: skip
+        while (
+            subprocess.run(
+                [str(BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True
+            ).returncode
+            != 0
+        ):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL did not start: {(self.directory / 'server.log').read_text()[-500:]}")
             time.sleep(0.2)

@@ -152,14 +152,27 @@ def test_a_bad_sla_gets_422_naming_the_field_and_creates_nothing(api: RunningApi
 def test_a_customers_repo_url_reaches_only_what_the_policy_allows_and_the_refusal_is_one_generic_line(
     api: RunningApi, caplog: pytest.LogCaptureFixture
 ) -> None:
-    refused = ["/etc", "file:///etc", "/etc/passwd", str(api.settings.state_dir), "/no/such/folder",
-               "http://127.0.0.1:5072/x.git", "https://localhost/x.git", "http://2130706433/x.git", "git://127.1/x",
-               "https://[::1]:8443/x.git", "http://169.254.169.254/latest", "ssh://git@0.0.0.0/x.git",
-               f"https://{api.settings.mqtt.host}:{api.settings.mqtt.port}/x.git"]
+    refused = [
+        "/etc",
+        "file:///etc",
+        "/etc/passwd",
+        str(api.settings.state_dir),
+        "/no/such/folder",
+        "http://127.0.0.1:5072/x.git",
+        "https://localhost/x.git",
+        "http://2130706433/x.git",
+        "git://127.1/x",
+        "https://[::1]:8443/x.git",
+        "http://169.254.169.254/latest",
+        "ssh://git@0.0.0.0/x.git",
+        f"https://{api.settings.mqtt.host}:{api.settings.mqtt.port}/x.git",
+    ]
     for url in refused:
         body = assert_error(call(api, "POST", PROJECTS, ALICE_TOKEN, json={**SLA, "ml_repo_url": url}), 403)
-        assert body == {"error": "ml_repo_url: cannot reach the repository",
-                        "details": [{"field": "ml_repo_url", "message": "cannot reach the repository"}]}, url
+        assert body == {
+            "error": "ml_repo_url: cannot reach the repository",
+            "details": [{"field": "ml_repo_url", "message": "cannot reach the repository"}],
+        }, url
     assert "the local path /etc/passwd is outside the folders" in caplog.text  # the admin's log has the reason
     assert "the host 169.254.169.254 is denied by the repository access policy (169.254.0.0/16)" in caplog.text
     for url in ("examples/sklearn_digits", "https://git.example.org/ml/r.git", "git@github.com:o/r.git"):
@@ -172,25 +185,39 @@ def test_a_customers_repo_url_reaches_only_what_the_policy_allows_and_the_refusa
 def test_the_admin_widens_the_repo_policy_in_the_settings(
     mongo_uri: str, mongo_db_name: str, mqtt_settings: MqttSettings, tmp_path: Path
 ) -> None:
-    settings = ManagerSettings(admin_token=ADMIN_TOKEN, customer_tokens=TOKENS, mqtt=mqtt_settings,
-                               repo_base_dir=tmp_path / "base",
-                               repo_access={"local_roots": [str(tmp_path / "shared")], "allow_hosts": ["127.0.0.1"],
-                                            "deny_hosts": ["git.blocked.example", "10.0.0.0/8"]})  # fmt: skip
+    settings = ManagerSettings(
+        admin_token=ADMIN_TOKEN,
+        customer_tokens=TOKENS,
+        mqtt=mqtt_settings,
+        repo_base_dir=tmp_path / "base",
+        repo_access={
+            "local_roots": [str(tmp_path / "shared")],
+            "allow_hosts": ["127.0.0.1"],
+            "deny_hosts": ["git.blocked.example", "10.0.0.0/8"],
+        },
+    )
     store = MongoProjectStore(mongo_uri, mongo_db_name, timeout_s=10)
     store.connect()
     try:
         client = create_api(RecordingControl(store), store, TokenAuth(TOKENS, ADMIN_TOKEN), settings).test_client()
         for token, url, status in [
-            (ALICE_TOKEN, "relative/repo", 201), (ALICE_TOKEN, str(tmp_path / "shared" / "repo"), 201),
-            (ALICE_TOKEN, "http://127.0.0.1:9999/repo.git", 201), (ALICE_TOKEN, str(tmp_path / "other"), 403),
-            (ALICE_TOKEN, "https://localhost/repo.git", 403), (ADMIN_TOKEN, "https://git.blocked.example/r.git", 403),
-            (ADMIN_TOKEN, "http://10.1.2.3/r.git", 403), (ADMIN_TOKEN, str(tmp_path / "other"), 201),
+            (ALICE_TOKEN, "relative/repo", 201),
+            (ALICE_TOKEN, str(tmp_path / "shared" / "repo"), 201),
+            (ALICE_TOKEN, "http://127.0.0.1:9999/repo.git", 201),
+            (ALICE_TOKEN, str(tmp_path / "other"), 403),
+            (ALICE_TOKEN, "https://localhost/repo.git", 403),
+            (ADMIN_TOKEN, "https://git.blocked.example/r.git", 403),
+            (ADMIN_TOKEN, "http://10.1.2.3/r.git", 403),
+            (ADMIN_TOKEN, str(tmp_path / "other"), 201),
         ]:
             headers = {"Authorization": f"Bearer {token}"}
             answer = client.post(PROJECTS, json={**SLA, "ml_repo_url": url}, headers=headers)
             assert answer.status_code == status, (url, answer.get_json())
-        refused = client.post(PROJECTS, json={**SLA, "ml_repo_url": "https://git.blocked.example/r.git"},
-                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})  # fmt: skip
+        refused = client.post(
+            PROJECTS,
+            json={**SLA, "ml_repo_url": "https://git.blocked.example/r.git"},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
         assert "denied by the repository access policy (git.blocked.example)" in refused.get_json()["error"]
     finally:
         store.close()
@@ -202,34 +229,56 @@ def test_customers_cannot_name_the_managers_own_folders_even_inside_the_base_dir
     base = tmp_path / "base"
     config = base / "suite" / "manager.json"
     config.parent.mkdir(parents=True)
-    config.write_text(json.dumps({"admin_token": ADMIN_TOKEN, "customer_tokens": TOKENS, "repo_base_dir": str(base),
-                                  "state_dir": str(base / "state"), "cache_dir": str(base / "cache"),
-                                  "mqtt": mqtt_settings.model_dump(mode="json")}))  # fmt: skip
+    config.write_text(
+        json.dumps(
+            {
+                "admin_token": ADMIN_TOKEN,
+                "customer_tokens": TOKENS,
+                "repo_base_dir": str(base),
+                "state_dir": str(base / "state"),
+                "cache_dir": str(base / "cache"),
+                "mqtt": mqtt_settings.model_dump(mode="json"),
+            }
+        )
+    )
     settings = load_settings(config, environ={})
     assert settings.config_file == config
     store = MongoProjectStore(mongo_uri, mongo_db_name, timeout_s=10)
     store.connect()
     try:
         client = create_api(RecordingControl(store), store, TokenAuth(TOKENS, ADMIN_TOKEN), settings).test_client()
-        for url, status in [("repos/model", 201), ("state", 403), ("state/pki", 403), ("cache/envs", 403),
-                            ("suite", 403), (".", 403), (f"file://{base}", 403)]:  # fmt: skip
-            answer = client.post(PROJECTS, json={**SLA, "ml_repo_url": url},
-                                 headers={"Authorization": f"Bearer {ALICE_TOKEN}"})  # fmt: skip
+        for url, status in [
+            ("repos/model", 201),
+            ("state", 403),
+            ("state/pki", 403),
+            ("cache/envs", 403),
+            ("suite", 403),
+            (".", 403),
+            (f"file://{base}", 403),
+        ]:
+            answer = client.post(
+                PROJECTS, json={**SLA, "ml_repo_url": url}, headers={"Authorization": f"Bearer {ALICE_TOKEN}"}
+            )
             assert answer.status_code == status, (url, answer.get_json())
     finally:
         store.close()
 
 
 def test_the_lifecycle_gives_each_owners_builder_the_policy_the_api_checked(tmp_path: Path) -> None:
-    settings = ManagerSettings(admin_token=ADMIN_TOKEN, repo_base_dir=tmp_path, mongo_uri="mongodb://db.internal:27017",
-                               repo_access={"local_roots": ["/srv/repos"], "deny_hosts": ["10.0.0.0/8"]})  # fmt: skip
+    settings = ManagerSettings(
+        admin_token=ADMIN_TOKEN,
+        repo_base_dir=tmp_path,
+        mongo_uri="mongodb://db.internal:27017",
+        repo_access={"local_roots": ["/srv/repos"], "deny_hosts": ["10.0.0.0/8"]},
+    )
     rules = lifecycle_settings(settings).repo_access
     customer, admin = rules.for_owner("alice"), rules.for_owner("Admin")
     assert customer.local_roots == [str(tmp_path), "/srv/repos"]
     assert str(settings.state_dir.absolute()) in customer.local_denied and admin.local_denied == []
     assert not customer.detailed_errors and not customer.follow_redirects
     assert {"127.0.0.0/8", "169.254.0.0/16", "db.internal", socket.gethostname(), "10.0.0.0/8"} <= set(
-        customer.deny_hosts)
+        customer.deny_hosts
+    )
     assert admin.local_roots is None and admin.deny_hosts == ["10.0.0.0/8"] and admin.detailed_errors
 
 
@@ -263,8 +312,11 @@ def test_customers_see_only_their_projects_and_others_are_404(api: RunningApi) -
 def test_events_after_a_sequence_number(api: RunningApi) -> None:
     project_id = start(api, ALICE_TOKEN)["project_id"]
     call(api, "DELETE", f"{PROJECTS}/{project_id}", ALICE_TOKEN)
-    assert wait_until(lambda: call(api, "GET", f"{PROJECTS}/{project_id}", ALICE_TOKEN).json()["status"] == "STOPPED",
-                      10, interval=0.05)
+    assert wait_until(
+        lambda: call(api, "GET", f"{PROJECTS}/{project_id}", ALICE_TOKEN).json()["status"] == "STOPPED",
+        10,
+        interval=0.05,
+    )
     answer = call(api, "GET", f"{PROJECTS}/{project_id}/events", ALICE_TOKEN).json()
     assert [event["text"] for event in answer["events"]] == ["project accepted", "stopped by request"]
     assert [event["seq"] for event in answer["events"]] == [1, 2]
@@ -276,8 +328,9 @@ def test_events_after_a_sequence_number(api: RunningApi) -> None:
 
 
 def test_a_running_project_gives_eta_elapsed_and_phase_times(api: RunningApi) -> None:
-    project_id = start(api, ALICE_TOKEN, ml_repo_url=SIMULATE_PREFIX + "/eta.git",
-                       training_configuration={"training_rounds": 6})["project_id"]  # fmt: skip
+    project_id = start(
+        api, ALICE_TOKEN, ml_repo_url=SIMULATE_PREFIX + "/eta.git", training_configuration={"training_rounds": 6}
+    )["project_id"]
 
     def measured() -> dict[str, Any] | None:
         answer: dict[str, Any] = call(api, "GET", f"{PROJECTS}/{project_id}", ALICE_TOKEN).json()
@@ -302,14 +355,18 @@ def test_a_running_project_gives_eta_elapsed_and_phase_times(api: RunningApi) ->
 
 
 def test_rounds_history_as_json_csv_and_a_learning_curve(api: RunningApi) -> None:
-    project_id = start(api, ALICE_TOKEN, ml_repo_url=SIMULATE_PREFIX + "/rounds.git",
-                       training_configuration={"training_rounds": 3})["project_id"]  # fmt: skip
+    project_id = start(
+        api, ALICE_TOKEN, ml_repo_url=SIMULATE_PREFIX + "/rounds.git", training_configuration={"training_rounds": 3}
+    )["project_id"]
     assert wait_until(lambda: api.store.get_project(project_id).status is ProjectStatus.COMPLETED, 30)  # type: ignore[union-attr]
     answer = call(api, "GET", f"{PROJECTS}/{project_id}/rounds", ALICE_TOKEN)
     assert answer.headers["Content-Type"].startswith("application/json")
     body = answer.json()
     assert [(r["step"], r["round"], r["cycle"], r["cluster"], r["participants"]) for r in body["rounds"]] == [
-        (1, 1, 1, None, 2), (2, 2, 1, None, 2), (3, 3, 1, None, 2)]  # fmt: skip
+        (1, 1, 1, None, 2),
+        (2, 2, 1, None, 2),
+        (3, 3, 1, None, 2),
+    ]
     assert [r["metrics"]["accuracy"] for r in body["rounds"]] == [0.51, 0.52, 0.53]
     assert body["plot_url"] == f"{PROJECTS}/{project_id}/rounds/plot.png"
 
@@ -317,10 +374,22 @@ def test_rounds_history_as_json_csv_and_a_learning_curve(api: RunningApi) -> Non
     assert as_csv.status_code == 200 and as_csv.headers["Content-Type"].startswith("text/csv")
     assert "attachment" in as_csv.headers["Content-Disposition"]
     rows = list(csv.DictReader(io.StringIO(as_csv.text)))
-    assert list(rows[0])[:9] == ["step", "cycle", "round", "cluster", "participants", "num_examples", "duration_s",
-                                 "accuracy", "loss"]  # fmt: skip
+    assert list(rows[0])[:9] == [
+        "step",
+        "cycle",
+        "round",
+        "cluster",
+        "participants",
+        "num_examples",
+        "duration_s",
+        "accuracy",
+        "loss",
+    ]
     assert [(row["step"], row["cluster"], row["accuracy"]) for row in rows] == [
-        ("1", "", "0.51"), ("2", "", "0.52"), ("3", "", "0.53")]  # fmt: skip
+        ("1", "", "0.51"),
+        ("2", "", "0.52"),
+        ("3", "", "0.53"),
+    ]
 
     plot = call(api, "GET", body["plot_url"], ALICE_TOKEN)
     assert plot.status_code == 200 and plot.headers["Content-Type"] == "image/png"
@@ -334,7 +403,8 @@ def test_rounds_history_as_json_csv_and_a_learning_curve(api: RunningApi) -> Non
     empty = start(api, ALICE_TOKEN)["project_id"]
     assert call(api, "GET", f"{PROJECTS}/{empty}/rounds", ALICE_TOKEN).json()["rounds"] == []
     assert call(api, "GET", f"{PROJECTS}/{empty}/rounds", ALICE_TOKEN, headers={"Accept": "text/csv"}).text == (
-        "step,cycle,round,cluster,participants,num_examples,duration_s,at\n")
+        "step,cycle,round,cluster,participants,num_examples,duration_s,at\n"
+    )
 
 
 def test_stop_answers_the_stopped_project_and_control_errors_keep_their_status(api: RunningApi) -> None:
@@ -343,8 +413,11 @@ def test_stop_answers_the_stopped_project_and_control_errors_keep_their_status(a
     assert stopping.status_code == 202 and stopping.json()["status"] == "STOPPING"  # it stops in the background
     again = call(api, "DELETE", f"{PROJECTS}/{project_id}", ALICE_TOKEN)
     assert again.status_code == 202 and again.json()["status"] == "STOPPING"
-    assert wait_until(lambda: call(api, "GET", f"{PROJECTS}/{project_id}", ALICE_TOKEN).json()["status"] == "STOPPED",
-                      10, interval=0.05)
+    assert wait_until(
+        lambda: call(api, "GET", f"{PROJECTS}/{project_id}", ALICE_TOKEN).json()["status"] == "STOPPED",
+        10,
+        interval=0.05,
+    )
     assert_error(call(api, "DELETE", f"{PROJECTS}/{project_id}", ALICE_TOKEN), 409, "already STOPPED")
 
 
@@ -363,8 +436,9 @@ def test_database_reset_is_admin_only(mongo_uri: str, mqtt_settings: MqttSetting
 
 def test_cache_prune_is_admin_only_and_validated(api: RunningApi) -> None:
     assert_error(call(api, "POST", "/api/flops/cache/prune", ALICE_TOKEN, json={}), 403, "admin")
-    assert_error(call(api, "POST", "/api/flops/cache/prune", ADMIN_TOKEN, json={"older_than_days": -1}), 422,
-                 "older_than_days")  # fmt: skip
+    assert_error(
+        call(api, "POST", "/api/flops/cache/prune", ADMIN_TOKEN, json={"older_than_days": -1}), 422, "older_than_days"
+    )
     answer = call(api, "POST", "/api/flops/cache/prune", ADMIN_TOKEN, json={"older_than_days": 2.5, "dry_run": True})
     assert answer.status_code == 200 and answer.json()["dry_run"] is True, answer.text
     requests_seen = [argument for name, argument in api.control.calls if name == "prune_cache"]
@@ -374,21 +448,37 @@ def test_cache_prune_is_admin_only_and_validated(api: RunningApi) -> None:
 @pytest.mark.parametrize(
     ("path", "token", "body", "field"),
     [
-        (PROJECTS, ALICE_TOKEN, {**SLA, "training_configuration": {"training_rounds": True}},
-         "training_configuration.training_rounds"),
-        (PROJECTS, ALICE_TOKEN, {**SLA, "training_configuration": {"training_rounds": "3"}},
-         "training_configuration.training_rounds"),
+        (
+            PROJECTS,
+            ALICE_TOKEN,
+            {**SLA, "training_configuration": {"training_rounds": True}},
+            "training_configuration.training_rounds",
+        ),
+        (
+            PROJECTS,
+            ALICE_TOKEN,
+            {**SLA, "training_configuration": {"training_rounds": "3"}},
+            "training_configuration.training_rounds",
+        ),
         (PROJECTS, ALICE_TOKEN, {**SLA, "resource_constraints": {"storage": False}}, "resource_constraints.storage"),
         (PROJECTS, ALICE_TOKEN, {**SLA, "verbose": 1}, "verbose"),
         ("/api/flops/cache/prune", ADMIN_TOKEN, {"dry_run": 0}, "dry_run"),
         ("/api/flops/cache/prune", ADMIN_TOKEN, {"older_than_days": "3"}, "older_than_days"),
         ("/api/flops/cache/prune", ADMIN_TOKEN, {"older_than_days": True}, "older_than_days"),
-        ("/api/flops/mocks", ALICE_TOKEN, {"mock_data_configuration": {"data_tag": "d", "seed": False}},
-         "mock_data_configuration.seed"),
-        ("/api/flops/mocks", ALICE_TOKEN, {"mock_data_configuration": {"data_tag": "d", "seed": 1.5}},
-         "mock_data_configuration.seed"),
+        (
+            "/api/flops/mocks",
+            ALICE_TOKEN,
+            {"mock_data_configuration": {"data_tag": "d", "seed": False}},
+            "mock_data_configuration.seed",
+        ),
+        (
+            "/api/flops/mocks",
+            ALICE_TOKEN,
+            {"mock_data_configuration": {"data_tag": "d", "seed": 1.5}},
+            "mock_data_configuration.seed",
+        ),
     ],
-)  # fmt: skip
+)
 def test_wrong_types_are_refused_not_coerced(
     api: RunningApi, path: str, token: str, body: dict[str, Any], field: str
 ) -> None:
@@ -417,8 +507,9 @@ def test_mock_data_requests(api: RunningApi) -> None:
     bad = {"mock_data_configuration": {"data_tag": "../x", "number_of_partitions": 0}}
     error = assert_error(call(api, "POST", "/api/flops/mocks", ALICE_TOKEN, json=bad), 422)
     assert {d["field"] for d in error["details"]} == {
-        "mock_data_configuration.data_tag", "mock_data_configuration.number_of_partitions",
-    }  # fmt: skip
+        "mock_data_configuration.data_tag",
+        "mock_data_configuration.number_of_partitions",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -523,19 +614,28 @@ def test_a_body_over_the_limit_is_a_json_413_over_https_too(
     mongo_uri: str, mongo_db_name: str, mqtt_settings: MqttSettings, tmp_path: Path
 ) -> None:
     tls = ensure_server_tls(tmp_path / "tls", ["127.0.0.1"])
-    settings = ManagerSettings(port=0, admin_token=ADMIN_TOKEN, customer_tokens=TOKENS, mqtt=mqtt_settings,
-                               tls_cert_file=tls.cert_file, tls_key_file=tls.key_file)  # fmt: skip
+    settings = ManagerSettings(
+        port=0,
+        admin_token=ADMIN_TOKEN,
+        customer_tokens=TOKENS,
+        mqtt=mqtt_settings,
+        tls_cert_file=tls.cert_file,
+        tls_key_file=tls.key_file,
+    )
     store = MongoProjectStore(mongo_uri, mongo_db_name, timeout_s=10)
     store.connect()
-    server = make_server(create_api(RecordingControl(store), store, TokenAuth(TOKENS, ADMIN_TOKEN), settings),
-                         settings)  # fmt: skip
+    server = make_server(create_api(RecordingControl(store), store, TokenAuth(TOKENS, ADMIN_TOKEN), settings), settings)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         huge = json.dumps({**SLA, "training_configuration": {"data_tags": ["x" * 60] * 17_000}})  # just over 1 MiB
-        answer = requests.post(f"https://127.0.0.1:{server.port}{PROJECTS}", data=huge, timeout=30,
-                               verify=str(tls.ca_file), headers={"Authorization": f"Bearer {ALICE_TOKEN}",
-                                                                 "Content-Type": "application/json"})  # fmt: skip
+        answer = requests.post(
+            f"https://127.0.0.1:{server.port}{PROJECTS}",
+            data=huge,
+            timeout=30,
+            verify=str(tls.ca_file),
+            headers={"Authorization": f"Bearer {ALICE_TOKEN}", "Content-Type": "application/json"},
+        )
         assert_error(answer, 413)
     finally:
         server.close()
@@ -569,8 +669,12 @@ def test_settings_come_from_the_config_file_with_env_overrides(tmp_path: Path) -
         '{"admin_token": "file-admin-token", "port": 6000, "customer_tokens": {"tok-alice-123": "alice"},'
         ' "mqtt": {"host": "10.0.0.5", "port": 1884}, "adapter_settings": {"local": {"nodes_file": "n.json"}}}'
     )
-    env = {"FLOPS_MANAGER_CONFIG": str(config), "FLOPS_MANAGER_PORT": "6001", "FLOPS_MQTT_PASSWORD": "12345",
-           "FLOPS_MONGO_URI": "mongodb://db:27017"}  # fmt: skip
+    env = {
+        "FLOPS_MANAGER_CONFIG": str(config),
+        "FLOPS_MANAGER_PORT": "6001",
+        "FLOPS_MQTT_PASSWORD": "12345",
+        "FLOPS_MONGO_URI": "mongodb://db:27017",
+    }
     settings = load_settings(None, env)
     assert (settings.admin_token, settings.port, settings.mongo_uri) == ("file-admin-token", 6001, "mongodb://db:27017")
     assert settings.customer_tokens == {"tok-alice-123": "alice"}

@@ -46,14 +46,35 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     api: RunningApi, token: str, tmp_path: Path
 ) -> None:
     command = [
-        str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(CONFIG_FILE),
-        "run", f"{api.url}/openapi/openapi.json",
-        "--checks", "all", "--exclude-checks", "use_after_free", "--phases", "examples,coverage,fuzzing,stateful",
-        "--header", f"Authorization: Bearer {token}",
-        "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED), "--generation-deterministic",
-        "--request-timeout", "30", "--max-failures", "20", "--workers", "1",
-        "--report", "junit", "--report-dir", str(tmp_path),
-    ]  # fmt: skip
+        str(Path(sys.executable).with_name("schemathesis")),
+        "--config-file",
+        str(CONFIG_FILE),
+        "run",
+        f"{api.url}/openapi/openapi.json",
+        "--checks",
+        "all",
+        "--exclude-checks",
+        "use_after_free",
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--header",
+        f"Authorization: Bearer {token}",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        str(SEED),
+        "--generation-deterministic",
+        "--request-timeout",
+        "30",
+        "--max-failures",
+        "20",
+        "--workers",
+        "1",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(tmp_path),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     output = done.stdout + done.stderr
     (tmp_path / "schemathesis.txt").write_text(output)  # the whole report, for a failure's reader

@@ -34,11 +34,11 @@ class HangingPingStore(MongoProjectStore):
 
 @contextmanager
 def serving(store: MongoProjectStore, mqtt: MqttSettings, **overrides: object) -> Iterator[str]:
-    settings = ManagerSettings.model_validate({"port": 0, "admin_token": ADMIN_TOKEN, "customer_tokens": TOKENS,
-                                               "mqtt": mqtt.model_dump(), **overrides})  # fmt: skip
+    settings = ManagerSettings.model_validate(
+        {"port": 0, "admin_token": ADMIN_TOKEN, "customer_tokens": TOKENS, "mqtt": mqtt.model_dump(), **overrides}
+    )
     store.connect()
-    server = make_server(create_api(RecordingControl(store), store, TokenAuth(TOKENS, ADMIN_TOKEN), settings),
-                         settings)  # fmt: skip
+    server = make_server(create_api(RecordingControl(store), store, TokenAuth(TOKENS, ADMIN_TOKEN), settings), settings)
     thread = threading.Thread(target=server.run, name="api-server", daemon=True)
     thread.start()
     try:
@@ -51,8 +51,9 @@ def serving(store: MongoProjectStore, mqtt: MqttSettings, **overrides: object) -
         store.close()
 
 
-def test_health_answers_degraded_while_the_database_hangs(mongo_uri: str, mongo_db_name: str,
-                                                         mqtt_settings: MqttSettings) -> None:
+def test_health_answers_degraded_while_the_database_hangs(
+    mongo_uri: str, mongo_db_name: str, mqtt_settings: MqttSettings
+) -> None:
     store = HangingPingStore(mongo_uri, mongo_db_name)
     try:
         with serving(store, mqtt_settings, threads=2) as url:
@@ -63,8 +64,9 @@ def test_health_answers_degraded_while_the_database_hangs(mongo_uri: str, mongo_
     assert answers[-1].json() == {"status": "degraded", "database": False, "broker": True}
 
 
-def test_health_after_a_quiet_while_checks_again_and_answers_ok(mongo_uri: str, mongo_db_name: str,
-                                                               mqtt_settings: MqttSettings) -> None:
+def test_health_after_a_quiet_while_checks_again_and_answers_ok(
+    mongo_uri: str, mongo_db_name: str, mqtt_settings: MqttSettings
+) -> None:
     import time
 
     with serving(MongoProjectStore(mongo_uri, mongo_db_name), mqtt_settings, db_timeout_s=1.0) as url:
@@ -75,7 +77,8 @@ def test_health_after_a_quiet_while_checks_again_and_answers_ok(mongo_uri: str, 
 
 
 def test_more_kept_alive_clients_than_threads_and_waitress_default_limit_all_get_answers(
-        mongo_uri: str, mongo_db_name: str, mqtt_settings: MqttSettings) -> None:
+    mongo_uri: str, mongo_db_name: str, mqtt_settings: MqttSettings
+) -> None:
     with serving(MongoProjectStore(mongo_uri, mongo_db_name), mqtt_settings, threads=4) as url:
         port = int(url.rsplit(":", 1)[1])
         connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=ANSWER_TIMEOUT_S) for _ in range(150)]

@@ -91,7 +91,8 @@ def test_each_grant_is_a_new_account_with_the_projects_rights(mqtt_settings: Mqt
         assert _subscribe_outcome(second, project_filter(project))
         role = access.execute([{"command": "getRole", "rolename": f"flops-project-{project}"}])[0]
         assert {(acl["acltype"], acl["topic"]) for acl in role["data"]["role"]["acls"]} == {
-            (acl["acltype"], acl["topic"]) for acl in project_acls(project)}
+            (acl["acltype"], acl["topic"]) for acl in project_acls(project)
+        }
     finally:
         access.revoke(project)
     with pytest.raises(BrokerUnavailable):

@@ -44,10 +44,13 @@ def held_lock() -> Iterator[object]:
     holders: list[subprocess.Popen[str]] = []
 
     def hold(lock_path: Path) -> None:
-        code = ("import fcntl, sys; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
-                "print('held', flush=True); sys.stdin.read()")  # fmt: skip
-        holder = subprocess.Popen([sys.executable, "-c", code, str(lock_path)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)  # fmt: skip
+        code = (
+            "import fcntl, sys; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('held', flush=True); sys.stdin.read()"
+        )
+        holder = subprocess.Popen(
+            [sys.executable, "-c", code, str(lock_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         holders.append(holder)
 
@@ -96,8 +99,9 @@ def test_a_pruned_build_is_made_again_and_a_reused_one_is_marked_used(tmp_path: 
     (tmp_path / "repos").mkdir()
     repo = example_repo("sklearn_digits", tmp_path / "repos")
     cache = tmp_path / "cache"
-    config = BuilderConfig.model_validate({"project_id": "p-cache", "mqtt": UNUSED_MQTT, "repo_url": repo,
-                                           "flavor": "sklearn", "cache_dir": str(cache)})  # fmt: skip
+    config = BuilderConfig.model_validate(
+        {"project_id": "p-cache", "mqtt": UNUSED_MQTT, "repo_url": repo, "flavor": "sklearn", "cache_dir": str(cache)}
+    )
     first = build_local(config, lambda message: None)
     environment, app = Path(first.environment_dir or ""), Path(first.app_dir or "")
     assert last_used(environment) > time.time() - 600 and last_used(app) > time.time() - 600
@@ -114,8 +118,12 @@ def test_a_pruned_build_is_made_again_and_a_reused_one_is_marked_used(tmp_path: 
     assert sorted(report.removed) == sorted([f"envs/{environment.name}", f"apps/{app.name}"])
     rebuilt = build_local(config, lambda message: None)
     assert rebuilt.cached is False and rebuilt.digest == first.digest
-    probe = subprocess.run([str(environment / "bin" / "python"), "-c", "import flops_utils, flwr, sklearn"],
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    probe = subprocess.run(
+        [str(environment / "bin" / "python"), "-c", "import flops_utils, flwr, sklearn"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert probe.returncode == 0, probe.stderr
     assert (app / "model_manager.py").is_file()
 
@@ -124,19 +132,32 @@ def test_the_manager_keeps_what_live_projects_and_serving_endpoints_use(
     tmp_path: Path, mongo_uri: str, mongo_db_name: str
 ) -> None:
     cache = tmp_path / "cache"
-    dirs = {name: (_entry(cache, "envs", name * 64, 60 * DAY), _entry(cache, "apps", name * 64, 60 * DAY))
-            for name in ("r", "c", "s")}  # fmt: skip
+    dirs = {
+        name: (_entry(cache, "envs", name * 64, 60 * DAY), _entry(cache, "apps", name * 64, 60 * DAY))
+        for name in ("r", "c", "s")
+    }
     store = MongoProjectStore(mongo_uri, mongo_db_name, timeout_s=10)
     store.connect()
     try:
-        for name, status, serving in (("r", ProjectStatus.RUNNING, None), ("c", ProjectStatus.COMPLETED, None),
-                                      ("s", ProjectStatus.COMPLETED, "http://127.0.0.1:1/")):  # fmt: skip
+        for name, status, serving in (
+            ("r", ProjectStatus.RUNNING, None),
+            ("c", ProjectStatus.COMPLETED, None),
+            ("s", ProjectStatus.COMPLETED, "http://127.0.0.1:1/"),
+        ):
             environment, app = dirs[name]
-            store.insert_project(ProjectRecord(
-                project_id=f"project-{name}", customer="alice", sla={}, status=status, serving_url=serving,
-                build={"environment_dir": str(environment), "app_dir": str(app)}))  # fmt: skip
-        lifecycle = LifecycleService(LifecycleSettings(mqtt=UNUSED_MQTT, state_dir=tmp_path / "state",
-                                                       cache_dir=cache), store)  # fmt: skip
+            store.insert_project(
+                ProjectRecord(
+                    project_id=f"project-{name}",
+                    customer="alice",
+                    sla={},
+                    status=status,
+                    serving_url=serving,
+                    build={"environment_dir": str(environment), "app_dir": str(app)},
+                )
+            )
+        lifecycle = LifecycleService(
+            LifecycleSettings(mqtt=UNUSED_MQTT, state_dir=tmp_path / "state", cache_dir=cache), store
+        )
 
         dry = lifecycle.prune_cache(CachePruneRequest(dry_run=True))
         assert dry.dry_run and sorted(dry.removed) == ["apps/" + "c" * 64, "envs/" + "c" * 64]

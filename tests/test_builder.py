@@ -60,9 +60,17 @@ def _config(
     instance_name: str = "",
     **extra: object,
 ) -> BuilderConfig:
-    return BuilderConfig.model_validate({
-        "project_id": project_id, "mqtt": mqtt, "instance_name": instance_name, "repo_url": repo,
-        "flavor": "sklearn", "cache_dir": str(cache_dir), **extra})
+    return BuilderConfig.model_validate(
+        {
+            "project_id": project_id,
+            "mqtt": mqtt,
+            "instance_name": instance_name,
+            "repo_url": repo,
+            "flavor": "sklearn",
+            "cache_dir": str(cache_dir),
+            **extra,
+        }
+    )
 
 
 def _build(repo: str, cache_dir: Path) -> Build:
@@ -144,8 +152,14 @@ def test_second_build_of_the_same_commit_is_cached(first_build: Build, sklearn_r
         first_build.result.app_dir,
     )
     outcomes = {name: step.outcome for name, step in second.steps().items()}
-    assert outcomes == {"clone": "done", "contract": "done", "dependencies": "done",
-                        "environment": "cached", "augment": "cached", "verify": "cached"}  # fmt: skip
+    assert outcomes == {
+        "clone": "done",
+        "contract": "done",
+        "dependencies": "done",
+        "environment": "cached",
+        "augment": "cached",
+        "verify": "cached",
+    }
 
 
 def test_code_only_change_reuses_the_environment(
@@ -210,24 +224,44 @@ def test_a_customers_repository_reaches_only_what_the_policy_allows_and_failures
     base.mkdir()
     inside = Path(example_repo("sklearn_digits", base))
     (base / "escape").symlink_to("/etc")
-    customer = RepoAccessPolicy(local_roots=[str(base)], deny_hosts=list(DEFAULT_DENIED_HOSTS),
-                                detailed_errors=False, follow_redirects=False)  # fmt: skip
+    customer = RepoAccessPolicy(
+        local_roots=[str(base)], deny_hosts=list(DEFAULT_DENIED_HOSTS), detailed_errors=False, follow_redirects=False
+    )
     assert fetch_source(str(inside), None, tmp_path / "ok", access=customer).commit == git(inside, "rev-parse", "HEAD")
     with private_git_host(inside, tmp_path / "host", "alice", "pw") as host:
         port = host.url.split(":")[2].split("/")[0]
-        refused = ["/etc", "file:///etc", "/etc/passwd", str(base / "escape"), str(base / "no-such-repo"),
-                   host.url, host.url.replace("127.0.0.1", "localhost"), f"http://2130706433:{port}/model.git",
-                   f"http://[::ffff:127.0.0.1]:{port}/model.git", "https://169.254.169.254/latest/meta-data"]
+        refused = [
+            "/etc",
+            "file:///etc",
+            "/etc/passwd",
+            str(base / "escape"),
+            str(base / "no-such-repo"),
+            host.url,
+            host.url.replace("127.0.0.1", "localhost"),
+            f"http://2130706433:{port}/model.git",
+            f"http://[::ffff:127.0.0.1]:{port}/model.git",
+            "https://169.254.169.254/latest/meta-data",
+        ]
         for number, url in enumerate(refused):
             with pytest.raises(BuildError) as caught:
-                fetch_source(url, None, tmp_path / f"refused-{number}", access=customer,
-                             credentials=RepoCredentials(username="alice", password="pw"))  # fmt: skip
+                fetch_source(
+                    url,
+                    None,
+                    tmp_path / f"refused-{number}",
+                    access=customer,
+                    credentials=RepoCredentials(username="alice", password="pw"),
+                )
             assert str(caught.value) == "cannot reach the repository", url
         assert not host.requests, "git reached the loopback host"
         # The admin may allow a host (here: a git server on this machine).
         allowed = customer.model_copy(update={"allow_hosts": ["127.0.0.1"]})
-        cloned = fetch_source(host.url, None, tmp_path / "allowed", access=allowed,
-                              credentials=RepoCredentials(username="alice", password="pw"))  # fmt: skip
+        cloned = fetch_source(
+            host.url,
+            None,
+            tmp_path / "allowed",
+            access=allowed,
+            credentials=RepoCredentials(username="alice", password="pw"),
+        )
         assert cloned.commit == host.commit
     # The builder service takes the policy from its configuration; its failure report says one line too.
     messages: list[FlopsMessage] = []
@@ -245,8 +279,12 @@ def test_a_query_string_token_reaches_git_but_no_message_or_argument(tmp_path: P
     repo = Path(example_repo("sklearn_digits", tmp_path))
     # The test host serves files: it ignores what follows '?', so the clone fails after git sent the token.
     with private_git_host(repo, tmp_path / "host", "alice", "pw") as host, pytest.raises(BuildError) as failed:
-        fetch_source(f"{host.url}?token={secret}", None, tmp_path / "clone",
-                     credentials=RepoCredentials(username="alice", password="pw"))  # fmt: skip
+        fetch_source(
+            f"{host.url}?token={secret}",
+            None,
+            tmp_path / "clone",
+            credentials=RepoCredentials(username="alice", password="pw"),
+        )
     assert any(f"?token={secret}" in path for path, _ in host.requests), host.requests  # git sent it
     assert secret not in str(failed.value) and str(failed.value).startswith(f"cannot clone {host.url}: "), failed.value
 
@@ -257,14 +295,17 @@ def test_a_private_repository_is_cloned_with_credentials_that_never_reach_urls_o
     with private_git_host(repo, tmp_path / "host", "alice", password) as host:
         with pytest.raises(BuildError) as anonymous:
             fetch_source(host.url, None, tmp_path / "anonymous")
-        assert str(anonymous.value) == (f"cannot clone {host.url}: could not read Username for "
-                                        f"'{host.url.removesuffix('/model.git')}': terminal prompts disabled")
+        assert str(anonymous.value) == (
+            f"cannot clone {host.url}: could not read Username for "
+            f"'{host.url.removesuffix('/model.git')}': terminal prompts disabled"
+        )
         wrong = RepoCredentials(username="alice", password="not-the-token")
         with pytest.raises(BuildError, match=f"cannot clone {host.url}: Authentication failed for '{host.url}/'"):
             fetch_source(host.url, None, tmp_path / "wrong", credentials=wrong)
 
-        given = fetch_source(host.url, None, tmp_path / "given",
-                             credentials=RepoCredentials(username="alice", password=password))  # fmt: skip
+        given = fetch_source(
+            host.url, None, tmp_path / "given", credentials=RepoCredentials(username="alice", password=password)
+        )
         # Credentials written into the URL are taken out of it and used the same way.
         embedded = fetch_source(host.url_with_credentials(), "main", tmp_path / "embedded")
         assert given.commit == embedded.commit == host.commit
@@ -273,8 +314,13 @@ def test_a_private_repository_is_cloned_with_credentials_that_never_reach_urls_o
             assert git(checkout.path, "remote", "get-url", "origin") == host.url
             assert subprocess.run(["grep", "-r", "-q", password, str(checkout.path)]).returncode == 1
 
-    config = BuilderConfig(project_id="p", mqtt=UNUSED_MQTT, repo_url=host.url_with_credentials(), flavor="sklearn",
-                           cache_dir=str(tmp_path))  # fmt: skip
+    config = BuilderConfig(
+        project_id="p",
+        mqtt=UNUSED_MQTT,
+        repo_url=host.url_with_credentials(),
+        flavor="sklearn",
+        cache_dir=str(tmp_path),
+    )
     assert config.repo_url == host.url and config.repo_credentials is not None
     assert config.repo_credentials.password == password and password not in repr(config)
 
@@ -349,8 +395,10 @@ def test_service_publishes_the_build_over_mqtt(
     result = messages[-2]
     assert isinstance(result, BuildResult)
     assert (result.digest, result.cached, result.app_dir) == (
-        first_build.result.digest, True, first_build.result.app_dir
-    )  # fmt: skip
+        first_build.result.digest,
+        True,
+        first_build.result.app_dir,
+    )
 
 
 def test_service_reports_a_broken_contract_in_one_line(suite: SuiteEndpoints, tmp_path: Path) -> None:
@@ -367,8 +415,14 @@ def test_service_reports_a_broken_contract_in_one_line(suite: SuiteEndpoints, tm
 
 
 def test_service_refuses_a_model_image_without_a_registry_in_one_line(suite: SuiteEndpoints, tmp_path: Path) -> None:
-    config = _config(str(tmp_path), tmp_path / "cache", project_id="p-builder-model", mqtt=suite.mqtt,
-                     task="model_image", model_uri="models:/m/1")
+    config = _config(
+        str(tmp_path),
+        tmp_path / "cache",
+        project_id="p-builder-model",
+        mqtt=suite.mqtt,
+        task="model_image",
+        model_uri="models:/m/1",
+    )
     code, messages, stderr = _run_service(config, suite.mqtt)
     assert code == 1, stderr
     failed = messages[-1]

@@ -35,8 +35,13 @@ def file_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
 
 def test_checkpoint_bytes_round_trip_and_garbage_is_refused() -> None:
     arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1.5, -2.0]), np.zeros((0,), dtype=np.int64)]
-    checkpoint = Checkpoint(round=4, arrays=arrays, metrics={"accuracy": 0.93, "loss": 0.21}, cycle=2,
-                            state={"round_losses": [0.5, 0.3], "cluster": "a"})
+    checkpoint = Checkpoint(
+        round=4,
+        arrays=arrays,
+        metrics={"accuracy": 0.93, "loss": 0.21},
+        cycle=2,
+        state={"round_losses": [0.5, 0.3], "cluster": "a"},
+    )
     back = Checkpoint.from_bytes(checkpoint.to_bytes())
     assert (back.round, back.cycle, back.metrics) == (4, 2, {"accuracy": 0.93, "loss": 0.21})
     assert back.state == {"round_losses": [0.5, 0.3], "cluster": "a"}
@@ -53,8 +58,9 @@ def test_a_second_tracker_finds_the_unfinished_run_and_its_last_checkpoint(file_
     run_id = first.start({"training_rounds": 5})
     assert run_id is not None
     for server_round in (1, 2):
-        assert first.save_checkpoint(Checkpoint(server_round, [np.full(3, float(server_round))],
-                                                {"accuracy": 0.5 + server_round / 10}))
+        assert first.save_checkpoint(
+            Checkpoint(server_round, [np.full(3, float(server_round))], {"accuracy": 0.5 + server_round / 10})
+        )
     first.log_metrics({"accuracy": 0.6}, step=1)
     mlflow.end_run(status="RUNNING")  # the process dies: the run stays RUNNING in the store
 
@@ -88,10 +94,15 @@ def test_aggregators_creating_the_experiment_at_once_all_log_into_it(tmp_path: P
     subprocess.run([sys.executable, "-c", create_tables], check=True, capture_output=True)  # the race is the experiment
     roles = ["root", "cluster-a", "cluster-b", "cluster-c"]
     workers = [
-        subprocess.Popen([sys.executable, "-c", RACE_SCRIPT, uri, role], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+        subprocess.Popen(
+            [sys.executable, "-c", RACE_SCRIPT, uri, role],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).parents[1],
+        )
         for role in roles
-    ]  # fmt: skip
+    ]
     run_ids = []
     for worker in workers:
         out, err = worker.communicate(timeout=120)

@@ -83,12 +83,33 @@ def started_id(done: subprocess.CompletedProcess[str]) -> str:
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     commands = [
-        [], ["project"], ["project", "start"], ["project", "list"], ["project", "status"], ["project", "watch"],
-        ["project", "stop"], ["project", "predict"], ["project", "metrics"], ["tracking"], ["mocks"],
-        ["mocks", "push"], ["db"], ["db", "reset"], ["cache"], ["cache", "prune"], ["suite"], ["suite", "up"],
-        ["suite", "down"], ["suite", "status"], ["data"], ["data", "push"], ["data", "list"], ["data", "delete"],
-        ["data", "token"], ["data", "server-config"],
-    ]  # fmt: skip
+        [],
+        ["project"],
+        ["project", "start"],
+        ["project", "list"],
+        ["project", "status"],
+        ["project", "watch"],
+        ["project", "stop"],
+        ["project", "predict"],
+        ["project", "metrics"],
+        ["tracking"],
+        ["mocks"],
+        ["mocks", "push"],
+        ["db"],
+        ["db", "reset"],
+        ["cache"],
+        ["cache", "prune"],
+        ["suite"],
+        ["suite", "up"],
+        ["suite", "down"],
+        ["suite", "status"],
+        ["data"],
+        ["data", "push"],
+        ["data", "list"],
+        ["data", "delete"],
+        ["data", "token"],
+        ["data", "server-config"],
+    ]
     for command in commands:  # in-process: 19 interpreter start-ups would cost more than the rest of this file
         with pytest.raises(SystemExit) as exited:
             cli_main([*command, "--help"])
@@ -119,8 +140,11 @@ def test_start_list_status_stop(api: RunningApi, sla_file: Any) -> None:
 
     stopped = flops("project", "stop", project_id, url=api.url, token=ALICE_TOKEN)
     assert stopped.returncode == 0 and stopped.stdout.strip() == f"project {project_id} STOPPING"  # in the background
-    assert wait_until(lambda: "status:      STOPPED" in flops("project", "status", project_id, url=api.url,
-                                                           token=ALICE_TOKEN).stdout, 30, interval=0.2)  # fmt: skip
+    assert wait_until(
+        lambda: "status:      STOPPED" in flops("project", "status", project_id, url=api.url, token=ALICE_TOKEN).stdout,
+        30,
+        interval=0.2,
+    )
     one_error_line(flops("project", "stop", project_id, url=api.url, token=ALICE_TOKEN), "already STOPPED", "409")
     one_error_line(flops("project", "status", project_id, url=api.url, token=BOB_TOKEN), "no project", "404")
 
@@ -131,8 +155,18 @@ def test_a_private_repository_token_comes_from_the_environment_and_is_never_show
     token = "tok-" + uuid.uuid4().hex
     monkeypatch.setenv("MODEL_REPO_TOKEN", token)
     path = sla_file(ml_repo_url="https://git.example.org/ml/private.git")
-    done = flops("--json", "project", "start", str(path), "--repo-user", "alice", "--repo-token-env",
-                 "MODEL_REPO_TOKEN", url=api.url, token=ALICE_TOKEN)  # fmt: skip
+    done = flops(
+        "--json",
+        "project",
+        "start",
+        str(path),
+        "--repo-user",
+        "alice",
+        "--repo-token-env",
+        "MODEL_REPO_TOKEN",
+        url=api.url,
+        token=ALICE_TOKEN,
+    )
     assert done.returncode == 0, done.stderr
     assert token not in done.stdout + done.stderr
     record = json.loads(done.stdout)
@@ -141,10 +175,24 @@ def test_a_private_repository_token_comes_from_the_environment_and_is_never_show
     started = [argument[0] for name, argument in api.control.calls if name == "start_project"]
     assert started[-1].repo_credentials == RepoCredentials(username="alice", password=token)
 
-    one_error_line(flops("project", "start", str(path), "--repo-user", "alice", url=api.url, token=ALICE_TOKEN),
-                   "--repo-user and --repo-token-env go together")  # fmt: skip
-    one_error_line(flops("project", "start", str(path), "--repo-user", "a", "--repo-token-env", "NO_SUCH_VARIABLE_X",
-                         url=api.url, token=ALICE_TOKEN), "NO_SUCH_VARIABLE_X is not set")  # fmt: skip
+    one_error_line(
+        flops("project", "start", str(path), "--repo-user", "alice", url=api.url, token=ALICE_TOKEN),
+        "--repo-user and --repo-token-env go together",
+    )
+    one_error_line(
+        flops(
+            "project",
+            "start",
+            str(path),
+            "--repo-user",
+            "a",
+            "--repo-token-env",
+            "NO_SUCH_VARIABLE_X",
+            url=api.url,
+            token=ALICE_TOKEN,
+        ),
+        "NO_SUCH_VARIABLE_X is not set",
+    )
 
 
 def test_start_watch_shows_progress_and_events_until_completed(api: RunningApi, sla_file: Any) -> None:
@@ -199,11 +247,12 @@ def test_metrics_prints_the_rounds_as_a_table_or_csv(api: RunningApi, sla_file: 
     assert [line.split() for line in lines[1:3]] == [
         ["1", "1", "1", "(global)", "2", "0.2", "0.5100", "0.4900"],
         ["2", "1", "2", "(global)", "2", "0.2", "0.5200", "0.4800"],
-    ]  # fmt: skip
+    ]
     assert lines[3] == f"learning curve: /api/flops/projects/{project_id}/rounds/plot.png"
     as_csv = flops("project", "metrics", project_id, "--csv", url=api.url, token=ALICE_TOKEN)
     assert as_csv.returncode == 0 and as_csv.stdout.splitlines()[0] == (
-        "step,cycle,round,cluster,participants,num_examples,duration_s,accuracy,loss,at")
+        "step,cycle,round,cluster,participants,num_examples,duration_s,accuracy,loss,at"
+    )
     assert [row.split(",")[:3] for row in as_csv.stdout.splitlines()[1:]] == [["1", "1", "1"], ["2", "1", "2"]]
     as_json = json.loads(flops("--json", "project", "metrics", project_id, url=api.url, token=ALICE_TOKEN).stdout)
     assert len(as_json["rounds"]) == 2
@@ -323,16 +372,24 @@ def test_suite_up_with_manager_then_down(tmp_path: Path) -> None:
 
 def test_flops_manager_exits_2_with_a_clear_line_when_the_database_is_down(tmp_path: Path) -> None:
     config = tmp_path / "manager.json"
-    config.write_text(json.dumps({
-        "admin_token": "a-long-admin-token", "port": free_port(), "state_dir": str(tmp_path / "state"),
-        "mongo_uri": f"mongodb://127.0.0.1:{free_port()}", "db_timeout_s": 0.5,
-    }))  # fmt: skip
+    config.write_text(
+        json.dumps(
+            {
+                "admin_token": "a-long-admin-token",
+                "port": free_port(),
+                "state_dir": str(tmp_path / "state"),
+                "mongo_uri": f"mongodb://127.0.0.1:{free_port()}",
+                "db_timeout_s": 0.5,
+            }
+        )
+    )
     manager = str(Path(sys.executable).with_name("flops-manager"))
     env = {key: value for key, value in os.environ.items() if not key.startswith("FLOPS_")}
     done = subprocess.run([manager, "--config", str(config)], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("flops-manager: cannot reach the database at mongodb://127.0.0.1:")
     assert len(done.stderr.strip().splitlines()) == 1
-    bad = subprocess.run([manager, "--config", str(tmp_path / "nope.json")], capture_output=True, text=True, env=env,
-                         timeout=60)  # fmt: skip
+    bad = subprocess.run(
+        [manager, "--config", str(tmp_path / "nope.json")], capture_output=True, text=True, env=env, timeout=60
+    )
     assert bad.returncode == 2 and "cannot read the manager config" in bad.stderr

@@ -30,11 +30,18 @@ SECRET = f"broker-password-{uuid.uuid4().hex}"
 
 
 def _learner_config() -> dict[str, Any]:
-    return LearnerConfig.model_validate({
-        "project_id": "p-ref", "instance_name": "learner-a", "node": "node-a1", "data_server_address": "127.0.0.1:1",
-        "aggregator_address": "127.0.0.1:2", "app_dir": "/app", "work_dir": "/tmp/learner",
-        "mqtt": {"host": "broker", "port": 8883, "username": "p-ref-learner", "password": SECRET},
-    }).model_dump(mode="json")  # fmt: skip
+    return LearnerConfig.model_validate(
+        {
+            "project_id": "p-ref",
+            "instance_name": "learner-a",
+            "node": "node-a1",
+            "data_server_address": "127.0.0.1:1",
+            "aggregator_address": "127.0.0.1:2",
+            "app_dir": "/app",
+            "work_dir": "/tmp/learner",
+            "mqtt": {"host": "broker", "port": 8883, "username": "p-ref-learner", "password": SECRET},
+        }
+    ).model_dump(mode="json")
 
 
 @pytest.fixture()
@@ -150,10 +157,12 @@ def test_the_fetch_verifies_the_manager_with_the_ca_it_was_given(
 
 def test_an_oakestra_service_by_reference_carries_no_secret() -> None:
     environment = reference_environment("https://manager:5072/service-config/abc", "tok", "CA-PEM")
-    spec = ServiceSpec(name="learner-a", kind=ServiceKind.LEARNER, config={}, image="registry/flops/learner:1",
-                       environment=environment)  # fmt: skip
-    descriptor = microservice(spec, virtualization="container", rr_ip=None, expose_ports=False, node_clusters={},
-                              clusters=set())  # fmt: skip
+    spec = ServiceSpec(
+        name="learner-a", kind=ServiceKind.LEARNER, config={}, image="registry/flops/learner:1", environment=environment
+    )
+    descriptor = microservice(
+        spec, virtualization="container", rr_ip=None, expose_ports=False, node_clusters={}, clusters=set()
+    )
     variables = dict(item.split("=", 1) for item in descriptor["environment"])
     assert variables["FLOPS_CONFIG_URL"] == "https://manager:5072/service-config/abc"
     assert variables["FLOPS_CONFIG_TOKEN"] == "tok" and variables["FLOPS_CONFIG_CA_PEM"] == "CA-PEM"

@@ -36,8 +36,10 @@ def access(tmp_path_factory: pytest.TempPathFactory) -> DataAccess:
 @pytest.fixture
 def secure(tmp_path: Path, access: DataAccess) -> Iterator[RunningServer]:
     security = access.server_security("127.0.0.1")
-    config = {"tls": {"cert_pem": security.cert_pem, "key_pem": security.key_pem},
-              "token_public_key_pem": security.token_public_key_pem}
+    config = {
+        "tls": {"cert_pem": security.cert_pem, "key_pem": security.key_pem},
+        "token_public_key_pem": security.token_public_key_pem,
+    }
     running = start_server(tmp_path / "storage", tmp_path / "server.log", config, ca_pem=access.ca_pem(), node=NODE)
     try:
         yield running
@@ -70,8 +72,7 @@ def test_each_customer_has_its_own_namespace(secure: RunningServer, access: Data
         bob_reader.get(["digits"])  # bob sees his (now empty) namespace, never alice's rows
 
 
-def test_calls_without_a_valid_token_are_refused(secure: RunningServer, access: DataAccess,
-                                                 tmp_path: Path) -> None:
+def test_calls_without_a_valid_token_are_refused(secure: RunningServer, access: DataAccess, tmp_path: Path) -> None:
     writer(secure, access, "alice").put("digits", from_numpy(*sample(10)))
     anonymous = DataServerClient(secure.address, ca_pem=access.ca_pem())
     anonymous.ping()  # the health check needs no token
@@ -118,16 +119,18 @@ def _raw_get(client: DataServerClient, tag: str) -> None:
 
 def test_a_revoked_project_token_no_longer_reads(secure: RunningServer, access: DataAccess) -> None:
     writer(secure, access, "alice").put("digits", from_numpy(*sample(10)))
-    learner = DataServerClient(secure.address, access.read_token("alice", "project-1", ["digits"], node=NODE),
-                               access.ca_pem())
+    learner = DataServerClient(
+        secure.address, access.read_token("alice", "project-1", ["digits"], node=NODE), access.ca_pem()
+    )
     assert learner.get(["digits"]).num_rows == 10
     with pytest.raises(DataAccessDenied, match="a read token may not revoke"):
         learner.revoke_project("project-1")
     DataServerClient(secure.address, access.admin_token(), access.ca_pem()).revoke_project("project-1")
     with pytest.raises(DataAccessDenied, match="revoked: project project-1 has ended"):
         learner.get(["digits"])
-    other_project = DataServerClient(secure.address, access.read_token("alice", "project-2", ["digits"]),
-                                     access.ca_pem())
+    other_project = DataServerClient(
+        secure.address, access.read_token("alice", "project-2", ["digits"]), access.ca_pem()
+    )
     assert other_project.list_tags() == {"digits": 10}
 
 
@@ -139,21 +142,29 @@ def test_plain_grpc_does_not_reach_a_tls_data_server(secure: RunningServer, acce
 def test_the_first_upload_fixes_the_tags_schema(secure: RunningServer, access: DataAccess) -> None:
     alice = writer(secure, access, "alice")
     alice.put("readings", from_numpy(*sample(5, width=30)))
-    with pytest.raises(DataServerError, match=r"tag 'readings' holds \(n, 30\) float32 features, int64 labels; "
-                                              r"this upload has \(n, 64\) float32 features, int64 labels.*node-x"):
+    with pytest.raises(
+        DataServerError,
+        match=r"tag 'readings' holds \(n, 30\) float32 features, int64 labels; "
+        r"this upload has \(n, 64\) float32 features, int64 labels.*node-x",
+    ):
         alice.put("readings", from_numpy(*sample(5, width=64)))
     assert alice.list_shapes() == {"readings": TagShape(5, 30)}  # the refused upload left nothing
     assert writer(secure, access, "bob").put("readings", from_numpy(*sample(5, width=64))) == 5
 
 
-def test_a_daemonset_pod_checks_tokens_against_its_own_node(tmp_path: Path, access: DataAccess,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_daemonset_pod_checks_tokens_against_its_own_node(
+    tmp_path: Path, access: DataAccess, monkeypatch: pytest.MonkeyPatch
+) -> None:
     security = access.server_security()
     monkeypatch.setenv("FLOPS_NODE_NAME", "edge-7")  # what Kubernetes' downward API sets in the pod
-    config = {"tls": {"cert_pem": security.cert_pem, "key_pem": security.key_pem},
-              "token_public_key_pem": security.token_public_key_pem, "node_from_env": "FLOPS_NODE_NAME"}
-    server = start_server(tmp_path / "storage", tmp_path / "server.log", config, ca_pem=access.ca_pem(),
-                          node="kubernetes-daemonset")
+    config = {
+        "tls": {"cert_pem": security.cert_pem, "key_pem": security.key_pem},
+        "token_public_key_pem": security.token_public_key_pem,
+        "node_from_env": "FLOPS_NODE_NAME",
+    }
+    server = start_server(
+        tmp_path / "storage", tmp_path / "server.log", config, ca_pem=access.ca_pem(), node="kubernetes-daemonset"
+    )
     try:
         assert writer(server, access, "alice", node="edge-7").put("t", from_numpy(*sample(3))) == 3
         with pytest.raises(DataAccessDenied, match="this token is for node edge-1, not edge-7"):
@@ -166,8 +177,11 @@ def test_device_uploader_pushes_one_fragment_with_progress(tmp_path: Path, acces
     from flops_utils.data_uploader import DataUploader
 
     security = access.server_security()
-    config = {"tls": {"cert_pem": security.cert_pem, "key_pem": security.key_pem},
-              "token_public_key_pem": security.token_public_key_pem, "max_upload_bytes": 10_000_000}
+    config = {
+        "tls": {"cert_pem": security.cert_pem, "key_pem": security.key_pem},
+        "token_public_key_pem": security.token_public_key_pem,
+        "max_upload_bytes": 10_000_000,
+    }
     server = start_server(tmp_path / "storage", tmp_path / "server.log", config, ca_pem=access.ca_pem(), node=NODE)
     try:
         seen: list[tuple[int, int]] = []

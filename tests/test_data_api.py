@@ -45,8 +45,12 @@ def test_nodes_list_the_callers_namespace(api: RunningApi) -> None:
 def test_write_tokens_are_for_the_callers_namespace_and_a_known_node(api: RunningApi) -> None:
     granted = call(api, "POST", "/data-tokens", BOB_TOKEN, json={"node": "node-0"})
     assert granted.status_code == 201 and granted.json()["customer"] == "bob"
-    assert call(api, "POST", "/data-tokens", ADMIN_TOKEN, json={"node": "node-0", "customerID": "alice"}
-                ).json()["customer"] == "alice"
+    assert (
+        call(api, "POST", "/data-tokens", ADMIN_TOKEN, json={"node": "node-0", "customerID": "alice"}).json()[
+            "customer"
+        ]
+        == "alice"
+    )
     other = call(api, "POST", "/data-tokens", BOB_TOKEN, json={"node": "node-0", "customerID": "alice"})
     assert other.status_code == 403
     unknown = call(api, "POST", "/data-tokens", BOB_TOKEN, json={"node": "node-9"})
@@ -64,14 +68,17 @@ def test_only_the_admin_gets_the_data_servers_key_material(api: RunningApi) -> N
     assert call(api, "GET", "/data-server-security", ADMIN_TOKEN).json()["key_pem"] == "KEY"
 
 
-def test_cli_lists_your_tags_and_writes_a_data_server_config(api: RunningApi,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_lists_your_tags_and_writes_a_data_server_config(
+    api: RunningApi, capsys: pytest.CaptureFixture[str]
+) -> None:
     connection = ["--url", api.url, "--suite-dir", "/nonexistent"]
     assert cli_main(["data", "list", "--token", ALICE_TOKEN, *connection]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert listed[1].split() == ["node-0", "-", "127.0.0.1:9400", "alice-tag", "10", "4"]
-    assert cli_main(["data", "server-config", "--node", "edge-1", "--port", "9555", "--token", ADMIN_TOKEN,
-                     *connection]) == 0
+    assert (
+        cli_main(["data", "server-config", "--node", "edge-1", "--port", "9555", "--token", ADMIN_TOKEN, *connection])
+        == 0
+    )
     config = DataServerConfig.model_validate_json(capsys.readouterr().out)
     assert (config.node, config.port, config.token_public_key_pem) == ("edge-1", 9555, "PUB")
     assert config.tls is not None and config.tls.key_pem == "KEY"

@@ -49,20 +49,36 @@ class RunningServer:
             self.process.wait(timeout=15)
 
 
-def start_server(storage: Path, log_file: Path, security: dict[str, Any] | None = None,
-                 ca_pem: str | None = None, node: str = "test-node") -> RunningServer:
+def start_server(
+    storage: Path,
+    log_file: Path,
+    security: dict[str, Any] | None = None,
+    ca_pem: str | None = None,
+    node: str = "test-node",
+) -> RunningServer:
     """``security``: DataServerConfig fields (tls, token_public_key_pem); ``ca_pem`` to reach it over TLS."""
-    config = {"node": node, "host": "127.0.0.1", "port": 0, "storage_dir": str(storage),
-              "max_upload_bytes": MAX_UPLOAD_BYTES, **(security or {})}
+    config = {
+        "node": node,
+        "host": "127.0.0.1",
+        "port": 0,
+        "storage_dir": str(storage),
+        "max_upload_bytes": MAX_UPLOAD_BYTES,
+        **(security or {}),
+    }
     env = {**os.environ, "FLOPS_CONFIG": json.dumps(config)}
     earlier = log_file.read_text() if log_file.exists() else ""
     with log_file.open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "services.data_server.main"], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.data_server.main"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            ports = LISTENING.findall(log_file.read_text()[len(earlier):])
+            ports = LISTENING.findall(log_file.read_text()[len(earlier) :])
             if process.poll() is not None:
                 raise AssertionError(f"data server exited: {log_file.read_text()}")
             if ports:
@@ -133,8 +149,9 @@ def test_put_list_get_delete(server: RunningServer) -> None:
     assert "put customer=open tag=digits rows=100" in log and "delete customer=open tag=digits fragments=2" in log
 
 
-def test_load_dataset_reads_address_and_tags_from_environment(server: RunningServer,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_dataset_reads_address_and_tags_from_environment(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = DataServerClient(server.address)
     client.put("a", from_numpy(*sample(4)))
     client.put("b", from_numpy(*sample(6)))
@@ -159,18 +176,23 @@ def test_malformed_uploads_are_refused_with_a_clear_error(server: RunningServer)
         raw_put(server.address, ["bad"], wrong_schema)
     with pytest.raises(flight.FlightServerError, match="invalid tag"):
         raw_put(server.address, ["../escape"], from_numpy(*sample(2)))
-    ragged = pa.table({"features": pa.array([[1.0, 2.0], [3.0]], pa.list_(pa.float32())),
-                       "label": pa.array([0, 1], pa.int64())})
+    ragged = pa.table(
+        {"features": pa.array([[1.0, 2.0], [3.0]], pa.list_(pa.float32())), "label": pa.array([0, 1], pa.int64())}
+    )
     with pytest.raises(flight.FlightServerError, match="same length"):
         raw_put(server.address, ["bad"], ragged)
-    with_nulls = pa.table({"features": pa.array([[1.0], None], pa.list_(pa.float32())),
-                           "label": pa.array([0, 1], pa.int64())})
+    with_nulls = pa.table(
+        {"features": pa.array([[1.0], None], pa.list_(pa.float32())), "label": pa.array([0, 1], pa.int64())}
+    )
     with pytest.raises(flight.FlightServerError, match="nulls"):
         raw_put(server.address, ["bad"], with_nulls)
 
     client.put("bad", from_numpy(*sample(3, width=8)))
-    with pytest.raises(DataServerError, match=r"holds \(n, 8\) float32 features, int64 labels; this upload has "
-                                              r"\(n, 4\) float32 features"):
+    with pytest.raises(
+        DataServerError,
+        match=r"holds \(n, 8\) float32 features, int64 labels; this upload has "
+        r"\(n, 4\) float32 features",
+    ):
         client.put("bad", from_numpy(*sample(3, width=4)))
     assert client.list_tags() == {"bad": 3}
     assert not list((Path(server.log_file).parent / "storage" / "ns" / OPEN_DIR / ".incoming").iterdir())

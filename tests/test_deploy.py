@@ -147,9 +147,10 @@ def test_every_file_compose_names_exists_or_is_generated(compose: dict[str, Any]
 def test_docker_compose_accepts_the_file_where_the_cli_works(tmp_path: Path, generated: Path) -> None:
     """Checks with the real compose CLI when it is installed and works; structure is checked above."""
     docker = shutil.which("docker")
-    works = docker is not None and subprocess.run(
-        [docker, "compose", "version"], capture_output=True, timeout=30, check=False
-    ).returncode == 0
+    works = (
+        docker is not None
+        and subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30, check=False).returncode == 0
+    )
     if not works:
         # No compose plugin on this machine: the structural tests above are the whole check.
         assert yaml.safe_load((REPO / "compose.yml").read_text())["name"] == "flops"
@@ -161,7 +162,11 @@ def test_docker_compose_accepts_the_file_where_the_cli_works(tmp_path: Path, gen
     shutil.copy(REPO / "compose.yml", project / "compose.yml")
     done = subprocess.run(
         [docker, "compose", "-f", "compose.yml", "config", "-q"],
-        cwd=project, capture_output=True, text=True, timeout=60, check=False,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
 
@@ -178,7 +183,7 @@ def test_containerfiles_copy_existing_paths_and_run_declared_entry_points() -> N
                     assert (REPO / source).exists(), f"{containerfile.name}: COPY {source} does not exist"
     manager = (DEPLOY / "manager.Containerfile").read_text()
     assert f"EXPOSE {DEFAULT_PORT}" in manager
-    entrypoint = re.search(r'^ENTRYPOINT \[(.*)\]$', manager, re.MULTILINE)
+    entrypoint = re.search(r"^ENTRYPOINT \[(.*)\]$", manager, re.MULTILINE)
     assert entrypoint is not None and '"flops-manager"' in entrypoint.group(1)
     assert "flops-manager" in scripts
 
@@ -194,10 +199,16 @@ def test_generated_secrets_are_private_complete_and_not_overwritten(generated: P
     # TLS: the broker's CA travels in the config; the API's files are where compose and the manifests mount them.
     assert settings.mqtt.ca_pem == (generated / "ca.pem").read_text()
     assert (settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file) == (
-        Path("/run/secrets/manager_tls_cert"), Path("/run/secrets/manager_tls_key"), Path("/run/secrets/flops_ca"))
+        Path("/run/secrets/manager_tls_cert"),
+        Path("/run/secrets/manager_tls_key"),
+        Path("/run/secrets/flops_ca"),
+    )
     assert settings.public_url.startswith("https://")
     again = subprocess.run(
-        [sys.executable, str(GENERATOR), "--out", str(generated)], capture_output=True, text=True, timeout=60,
+        [sys.executable, str(GENERATOR), "--out", str(generated)],
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=False,
     )
     assert again.returncode != 0 and "--force" in again.stderr
@@ -225,19 +236,33 @@ def test_generated_broker_files_work_with_the_real_broker_over_tls(generated: Pa
     assert plugin is not None, "Debian's mosquitto package ships the dynamic-security plugin"
     state = tmp_path / "dynamic-security.json"  # the data volume's copy (the plugin writes to it)
     shutil.copyfile(generated / "dynamic-security.json", state)
-    mounted = {"/usr/lib/mosquitto_dynamic_security.so": str(plugin),
-               "/mosquitto/data/dynamic-security.json": str(state),
-               "/mosquitto/config/tls/ca.pem": str(generated / "ca.pem"),
-               "/mosquitto/config/tls/server.pem": str(generated / "mosquitto_tls_cert"),
-               "/mosquitto/config/tls/server.key": str(generated / "mosquitto_tls_key")}  # fmt: skip
-    lines = [line for line in production.splitlines() if line.split()[:1] in (
-        ["cafile"], ["certfile"], ["keyfile"], ["tls_version"], ["allow_anonymous"], ["plugin"],
-        ["plugin_opt_config_file"])]
+    mounted = {
+        "/usr/lib/mosquitto_dynamic_security.so": str(plugin),
+        "/mosquitto/data/dynamic-security.json": str(state),
+        "/mosquitto/config/tls/ca.pem": str(generated / "ca.pem"),
+        "/mosquitto/config/tls/server.pem": str(generated / "mosquitto_tls_cert"),
+        "/mosquitto/config/tls/server.key": str(generated / "mosquitto_tls_key"),
+    }
+    lines = [
+        line
+        for line in production.splitlines()
+        if line.split()[:1]
+        in (
+            ["cafile"],
+            ["certfile"],
+            ["keyfile"],
+            ["tls_version"],
+            ["allow_anonymous"],
+            ["plugin"],
+            ["plugin_opt_config_file"],
+        )
+    ]
     for inside, outside in mounted.items():  # as compose.yml mounts them
         lines = [line.replace(inside, outside) for line in lines]
     config.write_text(
         # As root, Mosquitto would switch to the 'mosquitto' user, who cannot enter the 0700 secrets dir.
-        f"user {pwd.getpwuid(os.geteuid()).pw_name}\nlistener {port} 127.0.0.1\n" + "\n".join(lines)
+        f"user {pwd.getpwuid(os.geteuid()).pw_name}\nlistener {port} 127.0.0.1\n"
+        + "\n".join(lines)
         + "\nlog_dest stdout\n"
     )
     log_file = tmp_path / "mosquitto.log"
@@ -261,7 +286,8 @@ def test_generated_broker_files_work_with_the_real_broker_over_tls(generated: Pa
 
 
 def test_generated_registry_files_serve_tls_and_auth_with_the_real_registry(
-        compose: dict[str, Any], generated: Path, tmp_path: Path) -> None:
+    compose: dict[str, Any], generated: Path, tmp_path: Path
+) -> None:
     """compose.yml's registry environment and mounts, on the real docker-registry; the builder's client verifies it."""
     service = compose["services"]["registry"]
     mounts = {}
@@ -274,13 +300,25 @@ def test_generated_registry_files_serve_tls_and_auth_with_the_real_registry(
     assert {"REGISTRY_HTTP_TLS_CERTIFICATE", "REGISTRY_HTTP_TLS_KEY", "REGISTRY_AUTH_HTPASSWD_PATH"} <= set(environment)
     port = free_port()
     config = tmp_path / "config.yml"
-    config.write_text(yaml.safe_dump({"version": 0.1, "http": {"addr": f"127.0.0.1:{port}"},
-                                      "storage": {"filesystem": {"rootdirectory": str(tmp_path / "data")}}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "version": 0.1,
+                "http": {"addr": f"127.0.0.1:{port}"},
+                "storage": {"filesystem": {"rootdirectory": str(tmp_path / "data")}},
+            }
+        )
+    )
     log_file = tmp_path / "registry.log"
     registry_binary = shutil.which("docker-registry")
     assert registry_binary is not None, "install the Debian package 'docker-registry' (make system-packages)"
-    process = launch([registry_binary, "serve", str(config)], log_file=log_file, cwd=tmp_path, name="registry",
-                     env={**os.environ, **environment})
+    process = launch(
+        [registry_binary, "serve", str(config)],
+        log_file=log_file,
+        cwd=tmp_path,
+        name="registry",
+        env={**os.environ, **environment},
+    )
     manager = load_settings(generated / "manager.json", environ={})
     assert manager.registry is not None and manager.registry.ca_pem == (generated / "ca.pem").read_text()
     settings = manager.registry.model_copy(update={"address": f"localhost:{port}"})  # the cert names localhost too
@@ -308,8 +346,12 @@ def _answers(url: str, ca_file: Path) -> bool:
 
 def test_generated_api_certificate_serves_https_for_the_manager_names(generated: Path, tmp_path: Path) -> None:
     """The real API server (cheroot) with the generated files; clients verify it with the generated CA."""
-    settings = ManagerSettings(admin_token="x" * 12, port=free_port(), tls_cert_file=generated / "manager_tls_cert",
-                               tls_key_file=generated / "manager_tls_key")  # fmt: skip
+    settings = ManagerSettings(
+        admin_token="x" * 12,
+        port=free_port(),
+        tls_cert_file=generated / "manager_tls_cert",
+        tls_key_file=generated / "manager_tls_key",
+    )
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])

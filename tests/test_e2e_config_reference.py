@@ -49,8 +49,11 @@ def _project_specs(stack: FlopsStack, project_id: str) -> dict[str, dict[str, An
 def _tracking_spec(stack: FlopsStack) -> dict[str, Any]:
     """The customer's MLflow server, in its observatory app."""
     state = json.loads((stack.state_dir / "local-adapter" / "state.json").read_text())
-    found = [app["services"]["tracking"]["spec"] for app in state["apps"].values()
-             if app["kind"] == "observatory" and "tracking" in app["services"]]  # fmt: skip
+    found = [
+        app["services"]["tracking"]["spec"]
+        for app in state["apps"].values()
+        if app["kind"] == "observatory" and "tracking" in app["services"]
+    ]
     assert len(found) == 1, found
     return dict(found[0])
 
@@ -63,8 +66,14 @@ def _fetch(reference: dict[str, str], token: str | None = None) -> requests.Resp
 def test_services_fetch_their_configuration_and_lose_it_when_the_project_ends(reference_stack: FlopsStack) -> None:
     stack = reference_stack
     stack.push_mocks("digits-ref", 2)
-    request = sla("examples/sklearn_digits", ["digits-ref"], training_rounds=2,
-                  min_available_clients=2, min_fit_clients=2, min_evaluate_clients=2)  # fmt: skip
+    request = sla(
+        "examples/sklearn_digits",
+        ["digits-ref"],
+        training_rounds=2,
+        min_available_clients=2,
+        min_fit_clients=2,
+        min_evaluate_clients=2,
+    )
     request["post_training_steps"] = ["deploy_trained_model_image"]
     project_id = stack.submit(request)
 
@@ -88,8 +97,9 @@ def test_services_fetch_their_configuration_and_lose_it_when_the_project_ends(re
     assert refused.status_code == 401 and "wrong token" in refused.json()["error"]
     # The manager keeps them sealed: neither the broker password nor the token is in the database.
     config = json.loads(Path(stack.config_path).read_text())
-    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(config["mongo_uri"],
-                                                                      serverSelectionTimeoutMS=10_000)  # fmt: skip
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        config["mongo_uri"], serverSelectionTimeoutMS=10_000
+    )
     with client:
         documents = list(client[config["database"]]["service_configs"].find({"owner": project_id}))
     assert len(documents) >= len(specs), (len(documents), sorted(specs))
@@ -114,4 +124,3 @@ def test_services_fetch_their_configuration_and_lose_it_when_the_project_ends(re
     assert stack.api("DELETE", f"/api/flops/projects/{project_id}").status_code == 200
     assert _fetch(serving).status_code == 404
     assert _fetch(tracking["environment"]).status_code == 200  # the observatory outlives its projects
-

@@ -30,8 +30,14 @@ LEARNERS = ["node-a1", "node-a2", "node-b1", "node-b2"]
 
 def flops(stack: FlopsStack, token: str, *args: str) -> subprocess.CompletedProcess[str]:
     command = [str(Path(sys.executable).with_name("flops")), "--url", stack.url, "--token", token, *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
-                          env=dict(os.environ, FLOPS_SUITE_DIR="/nonexistent"))  # fmt: skip
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+        env=dict(os.environ, FLOPS_SUITE_DIR="/nonexistent"),
+    )
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
@@ -67,31 +73,60 @@ def test_data_servers_run_before_any_data_or_project(flops_stack: FlopsStack) ->
     assert all(node["reachable"] is True and node["data_server"] for node in learners.values())
     unknown = flops_stack.api("POST", "/api/flops/data-tokens", token=ALICE, json={"node": "nowhere"})
     assert unknown.status_code == 404 and "no learner node with a data server named 'nowhere'" in unknown.text
-    other = flops_stack.api("POST", "/api/flops/data-tokens", token=BOB, json={"node": "node-a1",
-                                                                           "customerID": "alice"})
+    other = flops_stack.api(
+        "POST", "/api/flops/data-tokens", token=BOB, json={"node": "node-a1", "customerID": "alice"}
+    )
     assert other.status_code == 403 and "does not match your identity" in other.text
 
 
-def test_two_customers_one_tag_name_each_trains_on_its_own_rows(flops_stack: FlopsStack,  # noqa: F811
-                                                                tmp_path: Path) -> None:
+def test_two_customers_one_tag_name_each_trains_on_its_own_rows(
+    flops_stack: FlopsStack,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     x, y = digits()
     csv_file, parquet_file = tmp_path / "a1.csv", tmp_path / "a2.parquet"
     pacsv.write_csv(columns(x[:600], y[:600]), csv_file)
     pq.write_table(columns(x[600:1000], y[600:1000]), parquet_file)
-    pushed = flops(flops_stack, ALICE, "data", "push", "--node", "node-a1", "--tag", "sensors",
-                   "--label-column", "digit", str(csv_file))
+    pushed = flops(
+        flops_stack,
+        ALICE,
+        "data",
+        "push",
+        "--node",
+        "node-a1",
+        "--tag",
+        "sensors",
+        "--label-column",
+        "digit",
+        str(csv_file),
+    )
     assert pushed.returncode == 0, pushed.stderr
     assert "pushed 600 rows of 64 features to tag sensors on node node-a1" in pushed.stdout
-    pushed = flops(flops_stack, ALICE, "data", "push", "--node", "node-a2", "--tag", "sensors",
-                   "--label-column", "digit", str(parquet_file))
+    pushed = flops(
+        flops_stack,
+        ALICE,
+        "data",
+        "push",
+        "--node",
+        "node-a2",
+        "--tag",
+        "sensors",
+        "--label-column",
+        "digit",
+        str(parquet_file),
+    )
     assert pushed.returncode == 0, pushed.stderr
     no_label = flops(flops_stack, ALICE, "data", "push", "--node", "node-a1", "--tag", "sensors", str(csv_file))
     assert no_label.returncode != 0 and "has no label column 'label'" in no_label.stderr
     assert len(no_label.stderr.strip().splitlines()) == 1
 
     # Bob fills the same tag name with the built-in digits: his namespace, not Alice's.
-    bob_mocks = flops_stack.api("POST", "/api/flops/mocks", token=BOB,
-                                json={"mock_data_configuration": {"data_tag": "sensors", "number_of_partitions": 2}})
+    bob_mocks = flops_stack.api(
+        "POST",
+        "/api/flops/mocks",
+        token=BOB,
+        json={"mock_data_configuration": {"data_tag": "sensors", "number_of_partitions": 2}},
+    )
     assert bob_mocks.status_code == 200, bob_mocks.text
     assert bob_mocks.json()["partitions"] == {"node-a1": 899, "node-a2": 898}
     assert rows_of(flops_stack, ALICE, "node-a1", "sensors") == 600
@@ -115,8 +150,12 @@ def test_two_customers_one_tag_name_each_trains_on_its_own_rows(flops_stack: Flo
     with pytest.raises(DataAccessDenied, match="needs a data token"):
         anonymous.delete_tag("sensors")
     assert rows_of(flops_stack, ALICE, "node-a1", "sensors") == 600
-    bob_mocks = flops_stack.api("POST", "/api/flops/mocks", token=BOB,  # his node-a2 partition back
-                                json={"mock_data_configuration": {"data_tag": "sensors", "number_of_partitions": 2}})
+    bob_mocks = flops_stack.api(
+        "POST",
+        "/api/flops/mocks",
+        token=BOB,  # his node-a2 partition back
+        json={"mock_data_configuration": {"data_tag": "sensors", "number_of_partitions": 2}},
+    )
     assert bob_mocks.status_code == 200, bob_mocks.text
 
     training = {"training_rounds": 2, "min_available_clients": 2, "min_fit_clients": 2, "min_evaluate_clients": 2}
@@ -140,34 +179,44 @@ def test_two_customers_one_tag_name_each_trains_on_its_own_rows(flops_stack: Flo
     serving_url = flops_stack.project(alice_project, token=ALICE)["serving_url"]
     inputs = x[1000:1010].tolist()
     assert requests.post(f"{serving_url}/invocations", json={"inputs": inputs}, timeout=30).status_code == 401
-    predicted = flops_stack.api("POST", f"/api/flops/projects/{alice_project}/predict", token=ALICE,
-                                json={"inputs": inputs})
+    predicted = flops_stack.api(
+        "POST", f"/api/flops/projects/{alice_project}/predict", token=ALICE, json={"inputs": inputs}
+    )
     assert predicted.status_code == 200, predicted.text
-    narrow = flops_stack.api("POST", f"/api/flops/projects/{alice_project}/predict", token=ALICE,
-                             json={"inputs": [row[:30] for row in inputs]})
+    narrow = flops_stack.api(
+        "POST",
+        f"/api/flops/projects/{alice_project}/predict",
+        token=ALICE,
+        json={"inputs": [row[:30] for row in inputs]},
+    )
     assert narrow.status_code == 400 and "expects inputs of shape (n, 64); got rows of 30 values" in narrow.text
     assert flops_stack.api("DELETE", f"/api/flops/projects/{alice_project}", token=ALICE).status_code == 200
 
 
-def test_width_mismatch_is_refused_at_upload_and_at_project_start(flops_stack: FlopsStack,  # noqa: F811
-                                                                   tmp_path: Path) -> None:
+def test_width_mismatch_is_refused_at_upload_and_at_project_start(
+    flops_stack: FlopsStack,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     x, y = digits()
     wide, narrow = tmp_path / "wide.npz", tmp_path / "narrow.npz"
     np.savez(wide, x=x[:300], y=y[:300])
     np.savez(narrow, x=x[300:600, :30], y=y[300:600])
     assert flops(flops_stack, ALICE, "data", "push", "--node", "node-b1", "--tag", "mixed", str(wide)).returncode == 0
-    assert flops(flops_stack, ALICE, "data", "push", "--node", "node-b2", "--tag", "mixed",
-                 str(narrow)).returncode == 0
+    assert flops(flops_stack, ALICE, "data", "push", "--node", "node-b2", "--tag", "mixed", str(narrow)).returncode == 0
     refused = flops(flops_stack, ALICE, "data", "push", "--node", "node-b1", "--tag", "mixed", str(narrow))
     assert refused.returncode != 0
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-    assert ("tag 'mixed' holds (n, 64) float32 features, int64 labels; this upload has (n, 30) float32 features, "
-            "int64 labels") in refused.stderr
+    assert (
+        "tag 'mixed' holds (n, 64) float32 features, int64 labels; this upload has (n, 30) float32 features, "
+        "int64 labels"
+    ) in refused.stderr
     assert rows_of(flops_stack, ALICE, "node-b1", "mixed") == 300  # the refused upload left nothing
 
     project_id = flops_stack.submit(project_sla("alice", ["mixed"], min_available_clients=2), token=ALICE)
     project = flops_stack.wait(project_id)
     assert project["status"] == "FAILED"
-    assert project["error"] == ("data tag 'mixed' has different feature widths across the chosen nodes "
-                                "(30 on node-b2; 64 on node-b1); every node must hold rows of the same width")
+    assert project["error"] == (
+        "data tag 'mixed' has different feature widths across the chosen nodes "
+        "(30 on node-b2; 64 on node-b1); every node must hold rows of the same width"
+    )
     assert not any("round" in text and "done in" in text for text in flops_stack.events(project_id))

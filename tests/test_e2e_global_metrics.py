@@ -36,8 +36,14 @@ def test_logged_accuracy_is_the_global_models_on_the_learners_test_splits(flops_
         body = grant.json()
         with DataUploader(body["data_server"], body["token"], body["ca_pem"]) as uploader:
             assert uploader.push(TAG, x, y) == len(y)
-    request = sla("examples/sklearn_digits", [TAG], training_rounds=ROUNDS, min_available_clients=2,
-                  min_fit_clients=2, min_evaluate_clients=2)  # fmt: skip
+    request = sla(
+        "examples/sklearn_digits",
+        [TAG],
+        training_rounds=ROUNDS,
+        min_available_clients=2,
+        min_fit_clients=2,
+        min_evaluate_clients=2,
+    )
     project_id = flops_stack.submit(request)
     project = flops_stack.wait(project_id)
     assert project["status"] == "COMPLETED", project["error"]

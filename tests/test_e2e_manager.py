@@ -25,8 +25,14 @@ ROUNDS = 10
 
 def flops(stack: FlopsStack, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     command = [str(Path(sys.executable).with_name("flops")), "--url", stack.url, "--token", ADMIN_TOKEN, *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
-                          env=dict(os.environ, FLOPS_SUITE_DIR="/nonexistent"))  # fmt: skip
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        env=dict(os.environ, FLOPS_SUITE_DIR="/nonexistent"),
+    )
 
 
 def test_cli_pushes_data_starts_watches_and_lists(flops_stack: FlopsStack, tmp_path: Path) -> None:  # noqa: F811
@@ -82,15 +88,19 @@ def test_cli_pushes_data_starts_watches_and_lists(flops_stack: FlopsStack, tmp_p
     assert refused.returncode != 0 and "training_configuration.training_rounds" in refused.stderr
 
 
-def test_manager_restart_mid_training_resumes_the_project(flops_stack: FlopsStack,  # noqa: F811
-                                                          mqtt_settings: MqttSettings) -> None:
+def test_manager_restart_mid_training_resumes_the_project(
+    flops_stack: FlopsStack,  # noqa: F811
+    mqtt_settings: MqttSettings,
+) -> None:
     flops_stack.push_mocks("digits-restart", 2)
     request = sla("examples/sklearn_digits", ["digits-restart"], training_rounds=ROUNDS, min_available_clients=2)
     project_id = flops_stack.submit(request)
     rounds: queue.Queue[int] = queue.Queue()  # what the aggregator reports, heard on the broker
     listener = MqttLink(mqtt_settings)
-    listener.subscribe(project_filter(project_id), lambda _topic, message: rounds.put(message.round)
-                       if isinstance(message, TrainingProgress) else None)  # fmt: skip
+    listener.subscribe(
+        project_filter(project_id),
+        lambda _topic, message: rounds.put(message.round) if isinstance(message, TrainingProgress) else None,
+    )
     listener.connect()
     try:
         assert wait_until(lambda: flops_stack.project(project_id)["progress"]["round"] >= 2, 400, interval=0.5)
@@ -122,7 +132,8 @@ def test_manager_restart_mid_training_resumes_the_project(flops_stack: FlopsStac
 
 
 def test_a_project_failing_in_training_leaves_no_untagged_mlflow_experiment(
-    flops_stack: FlopsStack, tmp_path: Path  # noqa: F811
+    flops_stack: FlopsStack,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     flops_stack.push_mocks("digits-raising", 2)
     repo = Path(example_repo("sklearn_digits", tmp_path))
@@ -140,8 +151,11 @@ def test_a_project_failing_in_training_leaves_no_untagged_mlflow_experiment(
     name = f"Admin/{repo.name}/{project_id}"
     assert project["mlflow_experiment"] == name
     settled = [text for text in flops_stack.events(project_id) if "MLflow experiment" in text]
-    assert settled in (["no MLflow experiment was created"], [f"deleted the empty MLflow experiment {name!r}"],
-                       [f"MLflow experiment {name!r} tagged flops.status=FAILED"]), settled  # fmt: skip
+    assert settled in (
+        ["no MLflow experiment was created"],
+        [f"deleted the empty MLflow experiment {name!r}"],
+        [f"MLflow experiment {name!r} tagged flops.status=FAILED"],
+    ), settled
     client = flops_stack.mlflow_client(project["tracking_url"])
     active = {experiment.name: experiment for experiment in client.search_experiments()}
     assert name not in active or active[name].tags["flops.status"] == "FAILED"

@@ -27,8 +27,15 @@ def test_a_small_budget_stops_training_early_with_the_reason(flops_stack: FlopsS
     flops_stack.push_mocks("digits-dp", 2)
     budget = (epsilon(3.0, 2) + epsilon(3.0, 3)) / 2  # two rounds fit, the third would exceed it
     privacy = {"clipping_norm": 5.0, "noise_multiplier": 3.0, "budget": {"epsilon": budget, "delta": DELTA}}
-    request = sla("examples/sklearn_digits", ["digits-dp"], training_rounds=5, min_available_clients=2,
-                  min_fit_clients=2, min_evaluate_clients=2, privacy=privacy)  # fmt: skip
+    request = sla(
+        "examples/sklearn_digits",
+        ["digits-dp"],
+        training_rounds=5,
+        min_available_clients=2,
+        min_fit_clients=2,
+        min_evaluate_clients=2,
+        privacy=privacy,
+    )
     project = flops_stack.wait(flops_stack.submit(request))
     assert project["status"] == "COMPLETED", project["error"]
     progress = project["progress"]
@@ -52,20 +59,32 @@ def test_a_small_budget_stops_training_early_with_the_reason(flops_stack: FlopsS
 def test_hierarchical_project_with_different_dp_per_cluster(flops_stack: FlopsStack) -> None:  # noqa: F811
     flops_stack.push_mocks("digits-dp-h", 4)
     privacy = {
-        "clipping_norm": 5.0, "noise_multiplier": 2.0,
+        "clipping_norm": 5.0,
+        "noise_multiplier": 2.0,
         "clusters": {"cluster-a": {"noise_multiplier": 4.0}, "cluster-b": {"mode": "local", "noise_multiplier": 1.5}},
         "root": {"clipping_norm": 10.0, "noise_multiplier": 1.0},
     }
-    request = sla("examples/sklearn_digits", ["digits-dp-h"], mode="hierarchical", training_cycles=2,
-                  training_rounds=2, min_available_clients=2, min_fit_clients=2, min_evaluate_clients=2,
-                  privacy=privacy)  # fmt: skip
+    request = sla(
+        "examples/sklearn_digits",
+        ["digits-dp-h"],
+        mode="hierarchical",
+        training_cycles=2,
+        training_rounds=2,
+        min_available_clients=2,
+        min_fit_clients=2,
+        min_evaluate_clients=2,
+        privacy=privacy,
+    )
     project = flops_stack.wait(flops_stack.submit(request))
     assert project["status"] == "COMPLETED", project["error"]
     assert project["progress"].get("reason") is None
     client = flops_stack.mlflow_client(project["tracking_url"])
     root = client.get_run(project["mlflow_run_id"])
-    runs = {run.data.tags.get("flops.cluster"): run for run in client.search_runs([root.info.experiment_id])
-            if run.data.tags.get("flops.project_id") == project["project_id"]}  # fmt: skip
+    runs = {
+        run.data.tags.get("flops.cluster"): run
+        for run in client.search_runs([root.info.experiment_id])
+        if run.data.tags.get("flops.project_id") == project["project_id"]
+    }
     expected = {"cluster-a": epsilon(4.0, 4), "cluster-b": epsilon(1.5, 4)}
     for name, value in expected.items():
         history = sorted((m.step, m.value) for m in client.get_metric_history(runs[name].info.run_id, "dp_epsilon"))

@@ -17,8 +17,9 @@ ALICE, BOB = (token for token, customer in CUSTOMER_TOKENS.items() if customer i
 IDLE_S = 20
 
 
-def test_quotas_refuse_clearly_and_idle_observatories_stop_and_start_again(suite: SuiteEndpoints,
-                                                                           tmp_path: Path) -> None:
+def test_quotas_refuse_clearly_and_idle_observatories_stop_and_start_again(
+    suite: SuiteEndpoints, tmp_path: Path
+) -> None:
     quotas = {"max_active_projects": 1, "max_observatories": 1, "observatory_idle_s": IDLE_S}
     try:
         with running_stack(suite, tmp_path, quotas=quotas) as stack:

@@ -37,7 +37,6 @@ def _project_app(project: dict[str, Any]) -> AppRef:
     return AppRef(project["apps"]["project"], f"project-{project_id[:8]}", AppKind.PROJECT, "Admin", project_id)
 
 
-
 def test_training_survives_a_broker_restart(flops_stack: FlopsStack, suite: SuiteEndpoints) -> None:  # noqa: F811
     project_id = _training(flops_stack, "digits-broker", 2, 1, training_rounds=5, min_available_clients=2)
     restart_broker(Path(suite.state_dir), down_for=3.0)
@@ -78,9 +77,17 @@ def test_a_killed_learner_does_not_fail_the_project_and_rejoins(flops_stack: Flo
     """The round completes with the survivors; the lifecycle redeploys the learner, which rejoins."""
     # Rounds take a fraction of a second on the push link: enough of them that a redeployed learner
     # (a new process that loads its data first) joins while training goes on.
-    project_id = _training(flops_stack, "digits-drop", 3, 2, training_rounds=ROUNDS_FOR_A_REJOIN,
-                           min_available_clients=3, min_fit_clients=2, min_evaluate_clients=2,
-                           round_timeout_s=20)  # fmt: skip
+    project_id = _training(
+        flops_stack,
+        "digits-drop",
+        3,
+        2,
+        training_rounds=ROUNDS_FOR_A_REJOIN,
+        min_available_clients=3,
+        min_fit_clients=2,
+        min_evaluate_clients=2,
+        round_timeout_s=20,
+    )
     project = flops_stack.project(project_id)
     victim = sorted(name for name in project["services"] if name.startswith("learner-"))[0]
     kill_instance(_local_adapter(flops_stack), _project_app(project), project["services"][victim])
@@ -93,7 +100,7 @@ def test_a_killed_learner_does_not_fail_the_project_and_rejoins(flops_stack: Flo
     assert any(node in text and ("lost" in text or "dropped" in text) for text in events)
     redeployed = [index for index, text in enumerate(events) if text.startswith(f"{victim} lost (")]
     assert len(redeployed) == 1 and "redeploying it, restart 1 of 3" in events[redeployed[0]], events
-    later_rounds = [text for text in events[redeployed[0]:] if " done in " in text and "round" in text]
+    later_rounds = [text for text in events[redeployed[0] :] if " done in " in text and "round" in text]
     assert any(text.endswith("with 3 learners") or "with 3 learners " in text for text in later_rounds), later_rounds
 
 
@@ -108,8 +115,17 @@ def test_a_frozen_learner_is_dropped_and_the_same_node_rejoins_when_it_thaws(flo
     """A straggler: the learner's whole process tree is frozen (SIGSTOP) past the round timeout and past
     Flower's heartbeat patience, then thawed (SIGCONT). Rounds go on with the other two; the same
     Flower node comes back online, without a redeploy, and takes part in the next rounds."""
-    project_id = _training(flops_stack, "digits-freeze", 3, 2, training_rounds=5000, min_available_clients=3,
-                           min_fit_clients=2, min_evaluate_clients=2, round_timeout_s=10)  # fmt: skip
+    project_id = _training(
+        flops_stack,
+        "digits-freeze",
+        3,
+        2,
+        training_rounds=5000,
+        min_available_clients=3,
+        min_fit_clients=2,
+        min_evaluate_clients=2,
+        round_timeout_s=10,
+    )
     project = flops_stack.project(project_id)
     victim = sorted(name for name in project["services"] if name.startswith("learner-"))[0]
     node = victim.removeprefix("learner-")
@@ -117,18 +133,29 @@ def test_a_frozen_learner_is_dropped_and_the_same_node_rejoins_when_it_thaws(flo
     lost = f"learner {node} lost ("
     pause_instance(adapter, app, project["services"][victim], paused=True)
     try:
-        assert wait_until(lambda: _first(flops_stack.events(project_id), lambda text: lost in text) is not None,
-                          120, interval=0.5), flops_stack.events(project_id)[-10:]  # fmt: skip
+        assert wait_until(
+            lambda: _first(flops_stack.events(project_id), lambda text: lost in text) is not None, 120, interval=0.5
+        ), flops_stack.events(project_id)[-10:]
         time.sleep(READMIT_AFTER_S)  # Flower now lists the node as offline, and the aggregator's suspension is over
     finally:
         pause_instance(adapter, app, project["services"][victim], paused=False)
     back = f"learner {node} is online again"
-    assert wait_until(lambda: _first(flops_stack.events(project_id), lambda text: back in text) is not None,
-                      120, interval=0.5), flops_stack.events(project_id)[-10:]  # fmt: skip
+    assert wait_until(
+        lambda: _first(flops_stack.events(project_id), lambda text: back in text) is not None, 120, interval=0.5
+    ), flops_stack.events(project_id)[-10:]
     with_three = "with 3 learners"
-    assert wait_until(lambda: _first(flops_stack.events(project_id), lambda text: with_three in text,
-                                     _first(flops_stack.events(project_id), lambda text: back in text) or 0)
-                      is not None, 120, interval=0.5), flops_stack.events(project_id)[-10:]  # fmt: skip
+    assert wait_until(
+        lambda: (
+            _first(
+                flops_stack.events(project_id),
+                lambda text: with_three in text,
+                _first(flops_stack.events(project_id), lambda text: back in text) or 0,
+            )
+            is not None
+        ),
+        120,
+        interval=0.5,
+    ), flops_stack.events(project_id)[-10:]
     assert flops_stack.api("DELETE", f"/api/flops/projects/{project_id}").status_code == 202
     project = flops_stack.wait(project_id, timeout=120)
     events = flops_stack.events(project_id)
@@ -140,8 +167,11 @@ def test_a_frozen_learner_is_dropped_and_the_same_node_rejoins_when_it_thaws(flo
     # The loss can be noticed in a round's evaluate step, after that round trained with all three: count the
     # rounds that started after the round in which it was lost.
     lost_round = int(re.search(r"round (\d+)", events[lost_at]).group(1))  # type: ignore[union-attr]
-    while_away = [text for text in events[lost_at + 1:back_at]
-                  if " done in " in text and int(re.search(r"round (\d+)/", text).group(1)) > lost_round]  # type: ignore[union-attr]  # fmt: skip
+    while_away = [
+        text
+        for text in events[lost_at + 1 : back_at]
+        if " done in " in text and int(re.search(r"round (\d+)/", text).group(1)) > lost_round
+    ]  # type: ignore[union-attr]
     assert while_away and all("with 2 learners" in text for text in while_away), while_away
     assert not any(text.startswith(f"{victim} lost (") for text in events), events  # the process was never replaced
 
@@ -163,14 +193,17 @@ def test_a_killed_aggregator_is_redeployed_and_resumes_from_its_checkpoint(flops
     client = flops_stack.mlflow_client(project["tracking_url"])
     steps = sorted(metric.step for metric in client.get_metric_history(project["mlflow_run_id"], "accuracy"))
     assert steps == list(range(1, 9)), steps
-    runs = client.search_runs([client.get_run(project["mlflow_run_id"]).info.experiment_id],
-                              filter_string=f"tags.`flops.project_id` = '{project_id}'")
+    runs = client.search_runs(
+        [client.get_run(project["mlflow_run_id"]).info.experiment_id],
+        filter_string=f"tags.`flops.project_id` = '{project_id}'",
+    )
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
 
 
 @pytest.mark.parametrize("victim", ["cluster-aggregator-cluster-a", "root-aggregator"])
 def test_a_killed_hierarchical_aggregator_is_redeployed_and_no_round_is_lost(
-    flops_stack: FlopsStack, victim: str  # noqa: F811
+    flops_stack: FlopsStack,  # noqa: F811
+    victim: str,
 ) -> None:
     """A lost cluster gets its cycle again (the other cluster's reply is kept); a lost root resumes its last cycle.
 
@@ -178,13 +211,22 @@ def test_a_killed_hierarchical_aggregator_is_redeployed_and_no_round_is_lost(
     """
     tag = f"digits-kill-{victim.split('-')[0]}"
     flops_stack.push_mocks(tag, 4)
-    request = sla("examples/sklearn_digits", [tag], mode="hierarchical", training_cycles=3,
-                  training_rounds=3, min_available_clients=2, min_fit_clients=2, min_evaluate_clients=2)  # fmt: skip
+    request = sla(
+        "examples/sklearn_digits",
+        [tag],
+        mode="hierarchical",
+        training_cycles=3,
+        training_rounds=3,
+        min_available_clients=2,
+        min_fit_clients=2,
+        min_evaluate_clients=2,
+    )
     project_id = flops_stack.submit(request)
     # The cluster dies in the middle of cycle 2, the root right after cycle 1.
     marker = "cluster cluster-a cycle 2/3 round 1/3 done" if victim.startswith("cluster") else "cycle 1/3 round 3/3"
-    assert wait_until(lambda: any(text.startswith(marker) for text in flops_stack.events(project_id)),
-                      600, interval=0.5)  # fmt: skip
+    assert wait_until(
+        lambda: any(text.startswith(marker) for text in flops_stack.events(project_id)), 600, interval=0.5
+    )
     project = flops_stack.project(project_id)
     kill_instance(_local_adapter(flops_stack), _project_app(project), project["services"][victim])
     project = flops_stack.wait(project_id)

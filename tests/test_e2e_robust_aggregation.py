@@ -53,8 +53,15 @@ def poisoned_repo(tmp_path: Path) -> str:
 
 
 def project_with(flops_stack: FlopsStack, repo: str, strategy: dict[str, Any]) -> str:  # noqa: F811
-    request = sla("examples/sklearn_digits", ["digits-robust"], training_rounds=2, min_available_clients=3,
-                  min_fit_clients=3, min_evaluate_clients=3, strategy=strategy)  # fmt: skip
+    request = sla(
+        "examples/sklearn_digits",
+        ["digits-robust"],
+        training_rounds=2,
+        min_available_clients=3,
+        min_fit_clients=3,
+        min_evaluate_clients=3,
+        strategy=strategy,
+    )
     request["ml_repo_url"] = repo
     return flops_stack.submit(request)
 
@@ -91,13 +98,18 @@ def test_a_secure_aggregation_project_trains_as_well_as_fedavg(flops_stack: Flop
     FedAvg project on the same data (within 0.05: quantisation noise). FedProx under SecAgg+ is covered in
     tests/test_secure_aggregation.py."""
     flops_stack.push_mocks("digits-secure", 3, nodes=LEARNERS)
-    training: dict[str, Any] = {"training_rounds": 2, "min_available_clients": 3, "min_fit_clients": 3,
-                                "min_evaluate_clients": 3}  # fmt: skip
+    training: dict[str, Any] = {
+        "training_rounds": 2,
+        "min_available_clients": 3,
+        "min_fit_clients": 3,
+        "min_evaluate_clients": 3,
+    }
     secure = {"enabled": True, "num_shares": 3, "reconstruction_threshold": 2, "clipping_range": 32.0}
     projects = {
         "fedavg": flops_stack.submit(sla("examples/sklearn_digits", ["digits-secure"], **training)),
-        "secure": flops_stack.submit(sla("examples/sklearn_digits", ["digits-secure"], **training,
-                                         secure_aggregation=secure)),  # fmt: skip
+        "secure": flops_stack.submit(
+            sla("examples/sklearn_digits", ["digits-secure"], **training, secure_aggregation=secure)
+        ),
     }
     results = {name: flops_stack.wait(project_id) for name, project_id in projects.items()}
     for name, project in results.items():

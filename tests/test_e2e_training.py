@@ -39,8 +39,14 @@ def classic_data(flops_stack: FlopsStack) -> str:  # noqa: F811
 
 
 def test_classic_sklearn_trains_logs_registers_and_serves(flops_stack: FlopsStack, classic_data: str) -> None:  # noqa: F811
-    request = sla("examples/sklearn_digits", [classic_data], training_rounds=3,
-                  min_available_clients=2, min_fit_clients=2, min_evaluate_clients=2)  # fmt: skip
+    request = sla(
+        "examples/sklearn_digits",
+        [classic_data],
+        training_rounds=3,
+        min_available_clients=2,
+        min_fit_clients=2,
+        min_evaluate_clients=2,
+    )
     request["post_training_steps"] = ["deploy_trained_model_image"]
     project_id = flops_stack.submit(request)
     project = flops_stack.wait(project_id)
@@ -86,8 +92,9 @@ def test_classic_sklearn_trains_logs_registers_and_serves(flops_stack: FlopsStac
     assert accuracy > 0.5, f"registered model accuracy {accuracy}"
 
     assert project["serving_url"], "no serving endpoint"
-    answer = flops_stack.api("POST", f"/api/flops/projects/{project_id}/predict",
-                             json={"inputs": features[:20].tolist()})  # fmt: skip
+    answer = flops_stack.api(
+        "POST", f"/api/flops/projects/{project_id}/predict", json={"inputs": features[:20].tolist()}
+    )
     assert answer.status_code == 200, answer.text
     predictions = [int(value) for value in answer.json()["predictions"]]
     assert sum(p == t for p, t in zip(predictions, digits.target[:20], strict=True)) >= 12
@@ -99,7 +106,8 @@ def test_classic_sklearn_trains_logs_registers_and_serves(flops_stack: FlopsStac
 
 
 def test_second_project_on_the_same_commit_reuses_the_environment(
-    flops_stack: FlopsStack, classic_data: str  # noqa: F811
+    flops_stack: FlopsStack,  # noqa: F811
+    classic_data: str,
 ) -> None:
     first = flops_stack.wait(flops_stack.submit(sla("examples/sklearn_digits", [classic_data], training_rounds=1)))
     second = flops_stack.wait(flops_stack.submit(sla("examples/sklearn_digits", [classic_data], training_rounds=1)))
@@ -110,13 +118,17 @@ def test_second_project_on_the_same_commit_reuses_the_environment(
 
 
 def test_a_private_repository_trains_and_its_token_is_kept_out_of_every_record(
-    flops_stack: FlopsStack, classic_data: str, tmp_path: Path  # noqa: F811
+    flops_stack: FlopsStack,  # noqa: F811
+    classic_data: str,
+    tmp_path: Path,
 ) -> None:
     token = f"tok-{uuid.uuid4().hex}"
     repo = Path(example_repo("sklearn_digits", tmp_path))
     with private_git_host(repo, tmp_path / "host", "alice", token) as host:
-        request = {**sla("examples/sklearn_digits", [classic_data], training_rounds=1),
-                   "ml_repo_url": host.url_with_credentials()}  # fmt: skip
+        request = {
+            **sla("examples/sklearn_digits", [classic_data], training_rounds=1),
+            "ml_repo_url": host.url_with_credentials(),
+        }
         project_id = flops_stack.submit(request)
         project = flops_stack.wait(project_id)
     assert project["status"] == "COMPLETED", project["error"]
@@ -125,12 +137,19 @@ def test_a_private_repository_trains_and_its_token_is_kept_out_of_every_record(
     assert project["sla"]["ml_repo_url"] == host.url and "repo_credentials" not in project["sla"]
 
     # Not in what the API serves, nor in the database, nor in MLflow, nor in any log.
-    served = [flops_stack.api("GET", path).text for path in
-              (f"/api/flops/projects/{project_id}", "/api/flops/projects", f"/api/flops/projects/{project_id}/events")]
+    served = [
+        flops_stack.api("GET", path).text
+        for path in (
+            f"/api/flops/projects/{project_id}",
+            "/api/flops/projects",
+            f"/api/flops/projects/{project_id}/events",
+        )
+    ]
     assert not [text for text in served if token in text]
     config = json.loads(flops_stack.config_path.read_text())
-    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(config["mongo_uri"],
-                                                                      serverSelectionTimeoutMS=10_000)
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        config["mongo_uri"], serverSelectionTimeoutMS=10_000
+    )
     with client:
         database = client[config["database"]]
         documents = [str(document) for name in database.list_collection_names() for document in database[name].find()]
@@ -142,8 +161,11 @@ def test_a_private_repository_trains_and_its_token_is_kept_out_of_every_record(
     assert token not in json.dumps(run.data.params) + json.dumps(run.data.tags)
     assert token not in flops_stack.log_path.read_text()
     # Only the local adapter's own state holds it (the builder's configuration), private to the manager's user.
-    holders = subprocess.run(["grep", "-rlF", "--exclude-dir=envs", token, str(flops_stack.state_dir),
-                              config["cache_dir"]], capture_output=True, text=True)  # fmt: skip
+    holders = subprocess.run(
+        ["grep", "-rlF", "--exclude-dir=envs", token, str(flops_stack.state_dir), config["cache_dir"]],
+        capture_output=True,
+        text=True,
+    )
     for holder in holders.stdout.split():
         assert Path(holder).name == "state.json", f"{holder} holds the repository token"
         assert stat.S_IMODE(Path(holder).stat().st_mode) == 0o600
@@ -159,7 +181,9 @@ def test_broken_contract_fails_with_a_one_line_reason(flops_stack: FlopsStack, c
 
 
 def test_a_raising_fit_model_fails_the_project_at_once_naming_node_exception_and_line(
-    flops_stack: FlopsStack, classic_data: str, tmp_path: Path  # noqa: F811
+    flops_stack: FlopsStack,  # noqa: F811
+    classic_data: str,
+    tmp_path: Path,
 ) -> None:
     """Each learner answers round 1 with its error at once; the aggregator stops waiting (the round cannot
     succeed) long before the 300 s round deadline, and names the error once with the learners it hit."""
@@ -207,16 +231,21 @@ def test_stop_running_projects(flops_stack: FlopsStack, classic_data: str) -> No
     background, end STOPPED, and leave no process behind."""
     from tests.helpers import wait_until
 
-    projects = [flops_stack.submit(sla("examples/sklearn_digits", [classic_data], training_rounds=50))
-                for _ in range(2)]  # fmt: skip
+    projects = [
+        flops_stack.submit(sla("examples/sklearn_digits", [classic_data], training_rounds=50)) for _ in range(2)
+    ]
     for project_id in projects:
         assert wait_until(lambda p=project_id: flops_stack.project(p)["phase"] == "training", 300, interval=0.5)
         assert wait_until(lambda p=project_id: project_processes(flops_stack, p), 60, interval=0.5)
     # The observer's event log speaks HTTPS with a certificate from the manager's CA, like MLflow.
     deployed = next(text for text in flops_stack.events(projects[0]) if text.startswith("observer ")).split()[-1]
     assert deployed.startswith("https://"), deployed
-    observed = requests.get(f"{deployed}/events", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10,
-                            verify=str(flops_stack.tracking_ca_file))  # fmt: skip
+    observed = requests.get(
+        f"{deployed}/events",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=10,
+        verify=str(flops_stack.tracking_ca_file),
+    )
     assert observed.status_code == 200 and observed.json()["events"], observed.text
     with pytest.raises(requests.ConnectionError):
         requests.get("http://" + deployed.split("://", 1)[1] + "/events", timeout=10)
@@ -238,8 +267,16 @@ def test_stop_running_projects(flops_stack: FlopsStack, classic_data: str) -> No
 def test_hierarchical_pytorch_two_clusters(flops_stack: FlopsStack, tmp_path: Path) -> None:  # noqa: F811
     pushed = flops_stack.push_mocks("digits-all", 4)
     assert len(pushed["partitions"]) == 4
-    request = sla("examples/pytorch_digits", ["digits-all"], mode="hierarchical", training_cycles=2,
-                  training_rounds=2, min_available_clients=2, min_fit_clients=2, min_evaluate_clients=2)  # fmt: skip
+    request = sla(
+        "examples/pytorch_digits",
+        ["digits-all"],
+        mode="hierarchical",
+        training_cycles=2,
+        training_rounds=2,
+        min_available_clients=2,
+        min_fit_clients=2,
+        min_evaluate_clients=2,
+    )
     project = flops_stack.wait(flops_stack.submit(request))
     assert project["status"] == "COMPLETED", project["error"]
     assert project["progress"]["cycle"] == 2 and project["progress"]["total_cycles"] == 2
@@ -247,9 +284,9 @@ def test_hierarchical_pytorch_two_clusters(flops_stack: FlopsStack, tmp_path: Pa
     run = client.get_run(project["mlflow_run_id"])
     assert len(client.get_metric_history(run.info.run_id, "accuracy")) == 2  # one global value per cycle
     runs = client.search_runs([run.info.experiment_id])
-    cluster_metrics = {
-        key for other in runs for key in other.data.metrics if key.startswith("cluster/")
-    } | {key for key in run.data.metrics if key.startswith("cluster/")}
+    cluster_metrics = {key for other in runs for key in other.data.metrics if key.startswith("cluster/")} | {
+        key for key in run.data.metrics if key.startswith("cluster/")
+    }
     assert any("cluster-a" in key for key in cluster_metrics) and any("cluster-b" in key for key in cluster_metrics)
 
     # The per-round history: each cluster's rounds and the root's model after each cycle, and its curve.
@@ -258,13 +295,20 @@ def test_hierarchical_pytorch_two_clusters(flops_stack: FlopsStack, tmp_path: Pa
     assert len(clusters) == 2
     for cluster in clusters:
         assert [(r["cycle"], r["round"], r["step"]) for r in rounds if r["cluster"] == cluster] == [
-            (1, 1, 1), (1, 2, 2), (2, 1, 3), (2, 2, 4)]  # fmt: skip
+            (1, 1, 1),
+            (1, 2, 2),
+            (2, 1, 3),
+            (2, 2, 4),
+        ]
     root_rounds = [(r["cycle"], r["step"], r["participants"]) for r in rounds if r["cluster"] is None]
     assert root_rounds == [(1, 2, 2), (2, 4, 2)]
     png = Path(client.download_artifacts(run.info.run_id, "learning_curve.png", str(tmp_path)))
     points = json.loads(Image.open(png).text["Points"])
     assert {key: value for key, value in points.items() if key.startswith("accuracy/")} == {
-        f"accuracy/{clusters[0]}": 4, f"accuracy/{clusters[1]}": 4, "accuracy/global": 2}  # fmt: skip
+        f"accuracy/{clusters[0]}": 4,
+        f"accuracy/{clusters[1]}": 4,
+        "accuracy/global": 2,
+    }
 
 
 def project_processes(stack: FlopsStack, project_id: str) -> dict[int, str]:
@@ -282,7 +326,7 @@ def project_processes(stack: FlopsStack, project_id: str) -> dict[int, str]:
             command = Path(f"/proc/{entry.name}/cmdline").read_bytes()
         except OSError:
             continue
-        if state[state.rfind(")") + 2:][:1] in ("Z", "X"):
+        if state[state.rfind(")") + 2 :][:1] in ("Z", "X"):
             continue
         if project_id.encode() in environment or cwd == str(folder) or cwd.startswith(f"{folder}/"):
             found[int(entry.name)] = command.replace(b"\0", b" ").decode(errors="replace")[:200]

@@ -31,8 +31,12 @@ def data_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real data server holding all digits under ``digits`` and digits 0-4 only under ``digits-low``."""
     work = tmp_path_factory.mktemp("examples-data")
     address = f"127.0.0.1:{free_port()}"
-    config = {"node": "examples", "host": "127.0.0.1", "port": int(address.split(":")[1]),
-              "storage_dir": str(work / "storage")}  # fmt: skip
+    config = {
+        "node": "examples",
+        "host": "127.0.0.1",
+        "port": int(address.split(":")[1]),
+        "storage_dir": str(work / "storage"),
+    }
     log = (work / "server.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "services.data_server.main"],

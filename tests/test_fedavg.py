@@ -62,9 +62,17 @@ def test_equals_flowers_fedavg_aggregate_train_on_reply_messages() -> None:
     replies = []
     for node, (record, weight) in enumerate(zip(records, weights, strict=True), start=1):
         content = RecordDict({"arrays": record, "metrics": MetricRecord({WEIGHT: weight}), "info": ConfigRecord({})})
-        metadata = Metadata(run_id=1, message_id=f"reply-{node}", src_node_id=node, dst_node_id=0,
-                            reply_to_message_id=f"train-{node}", group_id="1", created_at=time.time(), ttl=60.0,
-                            message_type=MessageType.TRAIN)  # fmt: skip
+        metadata = Metadata(
+            run_id=1,
+            message_id=f"reply-{node}",
+            src_node_id=node,
+            dst_node_id=0,
+            reply_to_message_id=f"train-{node}",
+            group_id="1",
+            created_at=time.time(),
+            ttl=60.0,
+            message_type=MessageType.TRAIN,
+        )
         replies.append(Message(content=content, metadata=metadata))  # type: ignore[call-overload]
     aggregated, _ = FedAvg(weighted_by_key=WEIGHT).aggregate_train(1, replies)
     assert aggregated is not None
@@ -91,21 +99,27 @@ def test_mixed_dtypes_are_averaged_and_returned_in_the_reference_dtypes() -> Non
     clients = 5
 
     def record() -> ArrayRecord:
-        return ArrayRecord({
-            "weight": Array(rng.standard_normal((20, 30), dtype=np.float32)),
-            "precise": Array(rng.standard_normal(50)),
-            "half": Array(rng.standard_normal(40).astype(np.float16)),
-            "batches_tracked": Array(rng.integers(0, 10_000, (), dtype=np.int64)),
-            "fortran": Array(np.asfortranarray(rng.standard_normal((6, 4), dtype=np.float32))),
-        })  # fmt: skip
+        return ArrayRecord(
+            {
+                "weight": Array(rng.standard_normal((20, 30), dtype=np.float32)),
+                "precise": Array(rng.standard_normal(50)),
+                "half": Array(rng.standard_normal(40).astype(np.float16)),
+                "batches_tracked": Array(rng.integers(0, 10_000, (), dtype=np.int64)),
+                "fortran": Array(np.asfortranarray(rng.standard_normal((6, 4), dtype=np.float32))),
+            }
+        )
 
     records = [record() for _ in range(clients)]
     weights = [100.0, 3.0, 0.0, 57.5, 900.0]
     got = dict(zip(records[0].keys(), streamed(records[0], records, weights), strict=True))
     want = dict(zip(records[0].keys(), flower_mean(records, weights), strict=True))
     assert {k: str(v.dtype) for k, v in got.items()} == {
-        "weight": "float32", "precise": "float64", "half": "float16", "batches_tracked": "int64", "fortran": "float32"
-    }  # fmt: skip
+        "weight": "float32",
+        "precise": "float64",
+        "half": "float16",
+        "batches_tracked": "int64",
+        "fortran": "float32",
+    }
     assert np.max(np.abs(got["weight"] - want["weight"])) < 1e-6
     assert np.max(np.abs(got["fortran"] - want["fortran"])) < 1e-6
     assert np.max(np.abs(got["precise"] - want["precise"])) < 1e-12
@@ -169,10 +183,13 @@ def test_lists_of_ndarrays_are_accepted_like_records() -> None:
         ([np.ones((2, 2), np.float32)], -1.0, "weight must be a finite number >= 0, got -1.0"),
         ([np.ones((2, 2), np.float32)], float("nan"), "weight must be a finite number >= 0, got nan"),
         ([np.array([["a", "b"], ["c", "d"]])], 1.0, "array 0 has the non-numeric dtype <U1"),
-        (ArrayRecord({"x": Array(dtype="float32", shape=(2, 2), stype="torch.raw", data=b"")}), 1.0,
-         "cannot average an Array serialized as 'torch.raw'"),
+        (
+            ArrayRecord({"x": Array(dtype="float32", shape=(2, 2), stype="torch.raw", data=b"")}),
+            1.0,
+            "cannot average an Array serialized as 'torch.raw'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_updates_are_refused_with_a_reason(update: object, weight: float, error: str) -> None:
     accumulator = StreamingFedAvg([np.zeros((2, 2), np.float32)])
     with pytest.raises(FedAvgError, match=error):

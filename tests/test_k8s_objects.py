@@ -56,25 +56,52 @@ def _config(kind: ServiceKind, mode: str) -> BaseModel:
     common: dict[str, Any] = {"project_id": PROJECT, "mqtt": MQTT}
     cluster = "zone-a" if mode == "hierarchical" else None
     if kind is ServiceKind.TRACKING:
-        return TrackingConfig(customer="Admin", backend_store_uri="sqlite:////data/mlflow.db",
-                              artifacts_destination="/data/artifacts", bind_host="0.0.0.0", port=5000)  # fmt: skip
+        return TrackingConfig(
+            customer="Admin",
+            backend_store_uri="sqlite:////data/mlflow.db",
+            artifacts_destination="/data/artifacts",
+            bind_host="0.0.0.0",
+            port=5000,
+        )
     if kind is ServiceKind.OBSERVER:
         return ObserverConfig(**common, bind_host="0.0.0.0", port=8090, log_file="/work/events.log")
     if kind is ServiceKind.BUILDER:
-        return BuilderConfig(**common, repo_url="https://example.org/ml.git", flavor="sklearn", cache_dir="/cache",
-                             mode="oci", registry=RegistrySettings(address="registry:5000"))  # fmt: skip
+        return BuilderConfig(
+            **common,
+            repo_url="https://example.org/ml.git",
+            flavor="sklearn",
+            cache_dir="/cache",
+            mode="oci",
+            registry=RegistrySettings(address="registry:5000"),
+        )
     if kind is ServiceKind.AGGREGATOR:
-        return AggregatorConfig(**common, role="cluster" if cluster else "classic", cluster=cluster,
-                                training=TRAINING, flavor="sklearn", app_dir="/app", bind_host="0.0.0.0", port=9092,
-                                root_address="root-aggregator.ns.svc.cluster.local:9092" if cluster else None,
-                                work_dir="/work")  # fmt: skip
+        return AggregatorConfig(
+            **common,
+            role="cluster" if cluster else "classic",
+            cluster=cluster,
+            training=TRAINING,
+            flavor="sklearn",
+            app_dir="/app",
+            bind_host="0.0.0.0",
+            port=9092,
+            root_address="root-aggregator.ns.svc.cluster.local:9092" if cluster else None,
+            work_dir="/work",
+        )
     if kind is ServiceKind.LEARNER:
-        return LearnerConfig(**common, node="node-a", cluster=cluster, app_dir="/app",
-                             aggregator_address="aggregator.ns.svc.cluster.local:9092",
-                             data_server_address="192.0.2.10:9400", data_tags=["mnist"], work_dir="/work")  # fmt: skip
+        return LearnerConfig(
+            **common,
+            node="node-a",
+            cluster=cluster,
+            app_dir="/app",
+            aggregator_address="aggregator.ns.svc.cluster.local:9092",
+            data_server_address="192.0.2.10:9400",
+            data_tags=["mnist"],
+            work_dir="/work",
+        )
     if kind is ServiceKind.SERVING:
-        return ServingConfig(**common, model_uri="models:/m/1", tracking_uri="http://tracking:5000",
-                             bind_host="0.0.0.0", port=8080)  # fmt: skip
+        return ServingConfig(
+            **common, model_uri="models:/m/1", tracking_uri="http://tracking:5000", bind_host="0.0.0.0", port=8080
+        )
     return DataServerConfig(node="node-a", host="0.0.0.0", port=9400, storage_dir="/data")
 
 
@@ -161,8 +188,9 @@ def test_every_object_validates_strictly(kind: ServiceKind, mode: str, settings_
 
 def test_a_typo_in_a_manifest_fails_validation() -> None:
     """Guards the test above: strict validation does reject what the API server would."""
-    job = objects.workload_manifest(make_app(ServiceKind.LEARNER), make_spec(ServiceKind.LEARNER, "classic"),
-                                    KubernetesSettings())  # fmt: skip
+    job = objects.workload_manifest(
+        make_app(ServiceKind.LEARNER), make_spec(ServiceKind.LEARNER, "classic"), KubernetesSettings()
+    )
     job["spec"]["backofLimit"] = 0
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(job, "1.37.0", strict=True)
@@ -238,8 +266,10 @@ def test_registry_pull_secret_holds_the_credentials() -> None:
     pod = objects.pod_template(app, make_spec(ServiceKind.BUILDER, "classic"), settings)["spec"]
     assert pod["imagePullSecrets"] == [{"name": secret["metadata"]["name"]}]
     assert objects.pull_secret_manifest(app, KubernetesSettings()) is None
-    assert "imagePullSecrets" not in objects.pod_template(app, make_spec(ServiceKind.BUILDER, "classic"),
-                                                         KubernetesSettings())["spec"]  # fmt: skip
+    assert (
+        "imagePullSecrets"
+        not in objects.pod_template(app, make_spec(ServiceKind.BUILDER, "classic"), KubernetesSettings())["spec"]
+    )
 
 
 def test_names_are_stable_valid_and_distinct() -> None:
@@ -257,15 +287,28 @@ def test_names_are_stable_valid_and_distinct() -> None:
 
 
 def _pod(phase: str, container_state: dict[str, Any], last: dict[str, Any] | None = None) -> dict[str, Any]:
-    container = {"name": "c", "image": "i", "imageID": "", "ready": False, "restartCount": 3,
-                 "state": container_state, "lastState": last or {}}  # fmt: skip
-    return {"metadata": {"name": "p-1"}, "spec": {"nodeName": "node-a"},
-            "status": {"phase": phase, "containerStatuses": [container]}}  # fmt: skip
+    container = {
+        "name": "c",
+        "image": "i",
+        "imageID": "",
+        "ready": False,
+        "restartCount": 3,
+        "state": container_state,
+        "lastState": last or {},
+    }
+    return {
+        "metadata": {"name": "p-1"},
+        "spec": {"nodeName": "node-a"},
+        "status": {"phase": phase, "containerStatuses": [container]},
+    }
 
 
 def test_status_mapping_reports_crashes_with_their_reason() -> None:
-    crash = _pod("Running", {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
-                 {"terminated": {"exitCode": 2, "reason": "Error", "message": "log\nKeyError: 'x'\n"}})  # fmt: skip
+    crash = _pod(
+        "Running",
+        {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+        {"terminated": {"exitCode": 2, "reason": "Error", "message": "log\nKeyError: 'x'\n"}},
+    )
     info = status.deployment_info("observer", {"spec": {"replicas": 1}, "status": {}}, [crash])
     assert info.state is ServiceState.FAILED
     assert info.detail == "p-1: CrashLoopBackOff; last run: Error (exit code 2): KeyError: 'x'"
@@ -274,8 +317,18 @@ def test_status_mapping_reports_crashes_with_their_reason() -> None:
     pull = _pod("Pending", {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}})
     assert status.job_info("builder", {"status": {}}, [pull]).state is ServiceState.FAILED
 
-    failed_job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
-                                             "message": "Job was active longer than specified deadline"}]}}  # fmt: skip
+    failed_job = {
+        "status": {
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "DeadlineExceeded",
+                    "message": "Job was active longer than specified deadline",
+                }
+            ]
+        }
+    }
     info = status.job_info("learner", failed_job, [])
     assert info.state is ServiceState.FAILED and info.detail.startswith("DeadlineExceeded: Job was active")
 
@@ -285,7 +338,11 @@ def test_status_mapping_reports_crashes_with_their_reason() -> None:
 
     running = _pod("Running", {"running": {"startedAt": "2026-01-01T00:00:00Z"}})
     assert status.job_info("learner", {"status": {"active": 1}}, [running]).state is ServiceState.RUNNING
-    assert status.deployment_info("o", {"spec": {"replicas": 1}, "status": {"readyReplicas": 1}},
-                                  [running]).state is ServiceState.RUNNING  # fmt: skip
-    assert status.daemonset_info("d", {"status": {"desiredNumberScheduled": 2, "numberReady": 1}},
-                                 [running]).state is ServiceState.PENDING  # fmt: skip
+    assert (
+        status.deployment_info("o", {"spec": {"replicas": 1}, "status": {"readyReplicas": 1}}, [running]).state
+        is ServiceState.RUNNING
+    )
+    assert (
+        status.daemonset_info("d", {"status": {"desiredNumberScheduled": 2, "numberReady": 1}}, [running]).state
+        is ServiceState.PENDING
+    )

@@ -77,8 +77,15 @@ def spec(
 
 
 def container_status(state: dict[str, Any], last: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"name": "c", "image": "i", "imageID": "", "ready": "running" in state, "restartCount": 0,
-            "state": state, "lastState": last or {}}  # fmt: skip
+    return {
+        "name": "c",
+        "image": "i",
+        "imageID": "",
+        "ready": "running" in state,
+        "restartCount": 0,
+        "state": state,
+        "lastState": last or {},
+    }
 
 
 def test_constructor_does_no_io() -> None:
@@ -124,8 +131,15 @@ def test_project_flow_create_deploy_status_failure_cleanup(emulator: KubernetesA
     assert spawned is not None
     env = spawned["spec"]["containers"][0]["env"]
     assert env[0]["valueFrom"]["secretKeyRef"] == {"name": "aggregator-config", "key": "FLOPS_CONFIG"}
-    emulator.set_status("pods", app.app_id, pod, {"phase": "Running", "containerStatuses": [
-        container_status({"running": {"startedAt": "2026-01-01T00:00:00Z"}})]})  # fmt: skip
+    emulator.set_status(
+        "pods",
+        app.app_id,
+        pod,
+        {
+            "phase": "Running",
+            "containerStatuses": [container_status({"running": {"startedAt": "2026-01-01T00:00:00Z"}})],
+        },
+    )
     info = adapter.inspect_service(app, aggregator)
     assert info.state is ServiceState.RUNNING and info.instances[0].node == "node-a"
 
@@ -142,31 +156,57 @@ def test_project_flow_create_deploy_status_failure_cleanup(emulator: KubernetesA
                 "reason": "Error",
                 "message": "Traceback (most recent call last):\nValueError: no data",
             }
-            emulator.set_status("pods", app.app_id, pod, {"phase": "Failed", "containerStatuses": [
-                container_status({"terminated": crash})]})  # fmt: skip
-            emulator.set_status("jobs", app.app_id, learner, {"failed": 1, "conditions": [
-                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                 "message": "Job has reached the specified backoff limit"}]})  # fmt: skip
+            emulator.set_status(
+                "pods",
+                app.app_id,
+                pod,
+                {"phase": "Failed", "containerStatuses": [container_status({"terminated": crash})]},
+            )
+            emulator.set_status(
+                "jobs",
+                app.app_id,
+                learner,
+                {
+                    "failed": 1,
+                    "conditions": [
+                        {
+                            "type": "Failed",
+                            "status": "True",
+                            "reason": "BackoffLimitExceeded",
+                            "message": "Job has reached the specified backoff limit",
+                        }
+                    ],
+                },
+            )
     job = emulator.get("jobs", app.app_id, "learner-node-a")
     assert job is not None and job["spec"]["backoffLimit"] == 0
     affinity = job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
     assert affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0][
-        "values"] == ["node-a"]  # fmt: skip
+        "values"
+    ] == ["node-a"]
     failed = adapter.inspect_service(app, learners[1])
     assert failed.state is ServiceState.FAILED
     assert "Error (exit code 1): ValueError: no data" in failed.detail
     assert failed.instances[0].exit_code == 1
 
     # The aggregator completes.
-    emulator.set_status("jobs", app.app_id, "aggregator", {"succeeded": 1, "conditions": [
-        {"type": "Complete", "status": "True"}]})  # fmt: skip
+    emulator.set_status(
+        "jobs", app.app_id, "aggregator", {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+    )
     (pod,) = [
         p["metadata"]["name"]
         for p in emulator.items("pods", app.app_id)
         if p["metadata"]["name"].startswith("aggregator")
     ]
-    emulator.set_status("pods", app.app_id, pod, {"phase": "Succeeded", "containerStatuses": [
-        container_status({"terminated": {"exitCode": 0, "reason": "Completed"}})]})  # fmt: skip
+    emulator.set_status(
+        "pods",
+        app.app_id,
+        pod,
+        {
+            "phase": "Succeeded",
+            "containerStatuses": [container_status({"terminated": {"exitCode": 0, "reason": "Completed"}})],
+        },
+    )
     assert adapter.inspect_service(app, aggregator).state is ServiceState.SUCCEEDED
 
     # Undeploy keeps the registration; the workload, its pods and its Service go.
@@ -227,16 +267,39 @@ def test_long_lived_services_report_crash_loops_and_redeploy(emulator: Kubernete
     tracking = adapter.add_service(app, spec("tracking", ServiceKind.TRACKING, ports=(PortSpec("http", 5000),)))
     adapter.deploy_service(app, tracking)
     (pod,) = emulator.spawn_pods("deployments", app.app_id, "tracking", ["node-a"])
-    emulator.set_status("pods", app.app_id, pod, {"phase": "Running", "containerStatuses": [container_status(
-        {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting failed container"}},
-        {"terminated": {"exitCode": 1, "reason": "Error", "message": "sqlalchemy.exc.OperationalError: locked"}},
-    )]})  # fmt: skip
+    emulator.set_status(
+        "pods",
+        app.app_id,
+        pod,
+        {
+            "phase": "Running",
+            "containerStatuses": [
+                container_status(
+                    {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting failed container"}},
+                    {
+                        "terminated": {
+                            "exitCode": 1,
+                            "reason": "Error",
+                            "message": "sqlalchemy.exc.OperationalError: locked",
+                        }
+                    },
+                )
+            ],
+        },
+    )
     info = adapter.inspect_service(app, tracking)
     assert info.state is ServiceState.FAILED
     assert "CrashLoopBackOff" in info.detail and "OperationalError: locked" in info.detail
 
-    emulator.set_status("pods", app.app_id, pod, {"phase": "Running", "containerStatuses": [
-        container_status({"running": {"startedAt": "2026-01-01T00:00:00Z"}})]})  # fmt: skip
+    emulator.set_status(
+        "pods",
+        app.app_id,
+        pod,
+        {
+            "phase": "Running",
+            "containerStatuses": [container_status({"running": {"startedAt": "2026-01-01T00:00:00Z"}})],
+        },
+    )
     emulator.set_status("deployments", app.app_id, "tracking", {"replicas": 1, "readyReplicas": 1})
     assert adapter.inspect_service(app, tracking).state is ServiceState.RUNNING
 
@@ -285,8 +348,16 @@ def test_nodes_clusters_data_servers_and_tags(emulator: KubernetesApiEmulator, k
     assert daemonset is not None
     assert daemonset["spec"]["template"]["spec"]["nodeSelector"] == {"flops.io/learner": "true"}
     (pod,) = emulator.spawn_pods("daemonsets", app.app_id, "data-server", ["edge-1"])
-    emulator.set_status("pods", app.app_id, pod, {"phase": "Running", "hostIP": "192.0.2.50", "containerStatuses": [
-        container_status({"running": {"startedAt": "2026-01-01T00:00:00Z"}})]})  # fmt: skip
+    emulator.set_status(
+        "pods",
+        app.app_id,
+        pod,
+        {
+            "phase": "Running",
+            "hostIP": "192.0.2.50",
+            "containerStatuses": [container_status({"running": {"startedAt": "2026-01-01T00:00:00Z"}})],
+        },
+    )
 
     nodes = {node.name: node for node in adapter.list_nodes()}
     assert sorted(nodes) == ["control", "edge-1", "edge-2", "edge-3"]
@@ -326,21 +397,31 @@ def test_start_runs_a_data_server_on_every_learner_node(emulator: KubernetesApiE
     assert pod["containers"][0]["ports"][0]["hostPort"] == 9555
     namespace = daemonset["metadata"]["namespace"]
     (name,) = emulator.spawn_pods("daemonsets", namespace, daemonset["metadata"]["name"], ["edge-1"])
-    emulator.set_status("pods", namespace, name, {"phase": "Running", "hostIP": "192.0.2.77", "containerStatuses": [
-        container_status({"running": {"startedAt": "2026-01-01T00:00:00Z"}})]})  # fmt: skip
+    emulator.set_status(
+        "pods",
+        namespace,
+        name,
+        {
+            "phase": "Running",
+            "hostIP": "192.0.2.77",
+            "containerStatuses": [container_status({"running": {"startedAt": "2026-01-01T00:00:00Z"}})],
+        },
+    )
     nodes = {node.name: node for node in adapter.list_nodes()}
     assert nodes["edge-1"].data_server == "192.0.2.77:9555" and nodes["control"].data_server is None
 
 
-def test_the_daemonsets_data_servers_get_tls_and_the_token_key(emulator: KubernetesApiEmulator, kubeconfig: str,
-                                                                tmp_path: Path) -> None:
+def test_the_daemonsets_data_servers_get_tls_and_the_token_key(
+    emulator: KubernetesApiEmulator, kubeconfig: str, tmp_path: Path
+) -> None:
     from manager.lifecycle.data_access import DataAccess
     from manager.security.tracking_pki import TrackingPki
 
     security = DataAccess(TrackingPki(tmp_path / "pki")).server_security()
     emulator.add_node("edge-2", LEARNER_LABELS)
-    adapter_for(kubeconfig, data_server_image="registry:5000/flops/manager:1",
-                data_security=security.model_dump()).start()
+    adapter_for(
+        kubeconfig, data_server_image="registry:5000/flops/manager:1", data_security=security.model_dump()
+    ).start()
     (daemonset,) = emulator.items("daemonsets")
     namespace = daemonset["metadata"]["namespace"]
     secret = emulator.get("secrets", namespace, "data-server-config")
@@ -366,8 +447,10 @@ def test_errors_are_one_clear_sentence(emulator: KubernetesApiEmulator, tmp_path
     with pytest.raises(AdapterError, match="cannot reach the Kubernetes API"):
         adapter.create_app("p", AppKind.PROJECT, "Admin", "p")
     with pytest.raises(AdapterError, match="no image"):
-        adapter.add_service(adapter_for(str(tmp_path / "kc")).create_app("p", AppKind.PROJECT, "Admin", "p"),
-                            ServiceSpec("s", ServiceKind.BUILDER, {}))  # fmt: skip
+        adapter.add_service(
+            adapter_for(str(tmp_path / "kc")).create_app("p", AppKind.PROJECT, "Admin", "p"),
+            ServiceSpec("s", ServiceKind.BUILDER, {}),
+        )
 
 
 class TestKubernetesAdapterContract(AdapterContract):

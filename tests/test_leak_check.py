@@ -12,7 +12,7 @@ from tests.leak_check import marked_processes
 pytest_plugins = ("pytester",)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-LEAKY_TEST = '''
+LEAKY_TEST = """
 import subprocess, time
 
 def test_leaves_a_daemon_behind(tmp_path):
@@ -24,7 +24,7 @@ def test_cleans_up():
     process = subprocess.Popen(["sleep", "313"])
     process.kill()
     process.wait()
-'''
+"""
 
 
 def _run(pytester: pytest.Pytester, source: str) -> pytest.RunResult:
@@ -59,7 +59,7 @@ def marked_processes_anywhere() -> dict[int, str]:
                 stat = Path(f"/proc/{entry.name}/stat").read_text()
             except OSError:
                 continue
-            if "sleep 312" in command and stat[stat.rfind(")") + 2:][:1] not in ("Z", "X"):
+            if "sleep 312" in command and stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X"):
                 found[int(entry.name)] = command
     return found
 

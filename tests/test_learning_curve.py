@@ -32,11 +32,26 @@ def rounds(clusters: list[str | None], cycles: int, per_cycle: int, root: bool) 
         for cluster in clusters:
             for number in range(1, per_cycle + 1):
                 step = (cycle - 1) * per_cycle + number
-                made.append(RoundRecord(project_id="p", round=number, cycle=cycle, cluster=cluster, step=step,
-                                        metrics={"accuracy": 0.5 + step / 100, "loss": 1.0 / step}))  # fmt: skip
+                made.append(
+                    RoundRecord(
+                        project_id="p",
+                        round=number,
+                        cycle=cycle,
+                        cluster=cluster,
+                        step=step,
+                        metrics={"accuracy": 0.5 + step / 100, "loss": 1.0 / step},
+                    )
+                )
         if root:
-            made.append(RoundRecord(project_id="p", round=per_cycle, cycle=cycle, step=cycle * per_cycle,
-                                    metrics={"accuracy": 0.6, "loss": 0.4}))  # fmt: skip
+            made.append(
+                RoundRecord(
+                    project_id="p",
+                    round=per_cycle,
+                    cycle=cycle,
+                    step=cycle * per_cycle,
+                    metrics={"accuracy": 0.6, "loss": 0.4},
+                )
+            )
     return made
 
 
@@ -57,8 +72,14 @@ def test_classic_curve_has_one_line_per_metric_with_a_point_per_round() -> None:
 def test_hierarchical_curve_has_a_line_per_cluster_and_the_global_model_per_cycle() -> None:
     records = rounds(["c1", "c2"], cycles=3, per_cycle=2, root=True)
     points = drawn_points(render_png(records, "alice/mnist/p"))
-    assert points == {"accuracy/c1": 6, "accuracy/c2": 6, "accuracy/global": 3,
-                      "loss/c1": 6, "loss/c2": 6, "loss/global": 3}  # fmt: skip
+    assert points == {
+        "accuracy/c1": 6,
+        "accuracy/c2": 6,
+        "accuracy/global": 3,
+        "loss/c1": 6,
+        "loss/c2": 6,
+        "loss/global": 3,
+    }
     without_loss = [r.model_copy(update={"metrics": {"accuracy": r.metrics["accuracy"]}}) for r in records]
     assert set(drawn_points(render_png(without_loss, "x"))) == {"accuracy/c1", "accuracy/c2", "accuracy/global"}
     assert drawn_points(render_png([], "nothing yet")) == {}  # still a real PNG
@@ -73,8 +94,7 @@ def test_experiment_names_say_customer_repository_and_project() -> None:
 
 
 def _mlflow(url: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-    answer = requests.post(url + endpoint, json=body, headers={"Authorization": f"Bearer {SERVICE_TOKEN}"},
-                           timeout=30)  # fmt: skip
+    answer = requests.post(url + endpoint, json=body, headers={"Authorization": f"Bearer {SERVICE_TOKEN}"}, timeout=30)
     assert answer.status_code == 200, answer.text
     document: dict[str, Any] = answer.json()
     return document
@@ -90,12 +110,19 @@ def test_the_curve_goes_into_the_run_and_the_run_link_opens_it(alice_server: str
     png = render_png(rounds([None], 1, 3, root=False), name)
     tracking.log_artifact(run["run_id"], PLOT_FILE, png)
 
-    listed = requests.get(alice_server + "/api/2.0/mlflow/artifacts/list", params={"run_id": run["run_id"]},
-                          headers={"Authorization": f"Bearer {SERVICE_TOKEN}"}, timeout=30).json()  # fmt: skip
+    listed = requests.get(
+        alice_server + "/api/2.0/mlflow/artifacts/list",
+        params={"run_id": run["run_id"]},
+        headers={"Authorization": f"Bearer {SERVICE_TOKEN}"},
+        timeout=30,
+    ).json()
     assert [entry["path"] for entry in listed["files"]] == [PLOT_FILE]
     path = info["artifact_uri"].removeprefix("mlflow-artifacts:").strip("/")
-    downloaded = requests.get(f"{alice_server}/api/2.0/mlflow-artifacts/artifacts/{path}/{PLOT_FILE}",
-                              headers={"Authorization": f"Bearer {SERVICE_TOKEN}"}, timeout=30)  # fmt: skip
+    downloaded = requests.get(
+        f"{alice_server}/api/2.0/mlflow-artifacts/artifacts/{path}/{PLOT_FILE}",
+        headers={"Authorization": f"Bearer {SERVICE_TOKEN}"},
+        timeout=30,
+    )
     assert downloaded.content == png and drawn_points(downloaded.content) == {"accuracy/global": 3, "loss/global": 3}
     link = run_url(alice_server, experiment, run["run_id"])
     assert link.startswith(alice_server + "/#/experiments/")
@@ -120,7 +147,11 @@ def test_a_failed_project_leaves_no_empty_experiment_and_a_used_one_is_tagged(al
     _mlflow(alice_server, "/api/2.0/mlflow/runs/create", {"experiment_id": experiment})
     done = tracking.settle_experiment(used, "FAILED", {"flops.project_id": "failed-late"})
     assert done == f"MLflow experiment {used!r} tagged flops.status=FAILED"
-    stored = requests.get(alice_server + "/api/2.0/mlflow/experiments/get", params={"experiment_id": experiment},
-                          headers={"Authorization": f"Bearer {SERVICE_TOKEN}"}, timeout=30).json()  # fmt: skip
+    stored = requests.get(
+        alice_server + "/api/2.0/mlflow/experiments/get",
+        params={"experiment_id": experiment},
+        headers={"Authorization": f"Bearer {SERVICE_TOKEN}"},
+        timeout=30,
+    ).json()
     tags = {tag["key"]: tag["value"] for tag in stored["experiment"]["tags"]}
     assert tags["flops.status"] == "FAILED" and tags["flops.project_id"] == "failed-late"

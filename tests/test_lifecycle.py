@@ -221,10 +221,21 @@ def test_a_hierarchical_project_trains_its_clusters_and_the_root_cycle_by_cycle(
     cluster_a_config = lab.adapter.service("cluster-aggregator-a").config
     assert cluster_a_config["root_address"] == f"127.0.0.1:{lab.adapter.service('root-aggregator').config['port']}"
     assert lab.adapter.service("learner-b2").config["aggregator_address"] == (
-        f"127.0.0.1:{lab.adapter.service('cluster-aggregator-b').config['port']}")
+        f"127.0.0.1:{lab.adapter.service('cluster-aggregator-b').config['port']}"
+    )
     rounds = lab.store().list_rounds(project_id)
     assert [(r.step, r.cluster) for r in rounds] == [
-        (1, "a"), (1, "b"), (2, "a"), (2, "b"), (2, None), (3, "a"), (3, "b"), (4, "a"), (4, "b"), (4, None)]
+        (1, "a"),
+        (1, "b"),
+        (2, "a"),
+        (2, "b"),
+        (2, None),
+        (3, "a"),
+        (3, "b"),
+        (4, "a"),
+        (4, "b"),
+        (4, None),
+    ]
     assert lab.left_running() == {(observatory(), "tracking")}
 
 
@@ -242,7 +253,8 @@ def test_a_learner_that_keeps_dying_is_redeployed_three_times_then_left_out(lab:
     assert done.status is ProjectStatus.COMPLETED, done.error
     texts = lab.texts(project_id)
     assert [t for t in texts if t.startswith("learner-a1 lost (")] == [
-        f"learner-a1 lost (killed: out of memory); redeploying it, restart {n} of 3" for n in (1, 2, 3)]
+        f"learner-a1 lost (killed: out of memory); redeploying it, restart {n} of 3" for n in (1, 2, 3)
+    ]
     assert lab.adapter.service("learner-a1").deploys == 4
     assert {lab.adapter.service(name).deploys for name in LEARNERS[1:]} == {1}
 

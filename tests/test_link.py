@@ -48,11 +48,18 @@ class Clients:
         self.server = server
         self.started: list[LinkClient] = []
 
-    def join(self, name: str, handler=add_one, tls_name: str | None = None, ca: ProjectFlowerCa = CA,
-             heartbeat_s: float = 0.3) -> LinkClient:  # fmt: skip
+    def join(
+        self,
+        name: str,
+        handler=add_one,
+        tls_name: str | None = None,
+        ca: ProjectFlowerCa = CA,
+        heartbeat_s: float = 0.3,
+    ) -> LinkClient:
         tls = ca.for_supernode(tls_name or name)
-        client = LinkClient(self.server.address, frames.Hello(new_node_id(), name), handler, tls,
-                            heartbeat_s=heartbeat_s).start()  # fmt: skip
+        client = LinkClient(
+            self.server.address, frames.Hello(new_node_id(), name), handler, tls, heartbeat_s=heartbeat_s
+        ).start()
         self.started.append(client)
         return client
 

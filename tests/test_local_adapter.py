@@ -34,17 +34,18 @@ from orchestrator_adapters.registry import available_adapters, create_adapter
 from tests.adapter_contract import ENDED, AdapterContract, Behaviour, SpecFactory, python_command, wait_for_state
 from tests.fault_injection import kill_instance
 
-NODES = {"nodes": [
-    {"name": "n1", "cluster": "c1", "labels": {"zone": "x"}},
-    {"name": "n2", "cluster": "c2"},
-    {"name": "edge", "learner": False},
-]}
+NODES = {
+    "nodes": [
+        {"name": "n1", "cluster": "c1", "labels": {"zone": "x"}},
+        {"name": "n2", "cluster": "c2"},
+        {"name": "edge", "learner": False},
+    ]
+}
 TIMEOUT = 30.0
 
 
 def spec(name: str, script: str, kind: ServiceKind = ServiceKind.BUILDER, **extra: object) -> ServiceSpec:
-    return ServiceSpec(name=name, kind=kind, config={"service": name}, command=(sys.executable, "-c", script),
-                       **extra)  # type: ignore[arg-type]
+    return ServiceSpec(name=name, kind=kind, config={"service": name}, command=(sys.executable, "-c", script), **extra)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,11 @@ def test_default_nodes_are_two_clusters_of_two_learners(tmp_path: Path) -> None:
     adapter = LocalAdapter(LocalAdapterSettings(state_dir=str(tmp_path)))
     nodes = adapter.list_nodes()  # no start(): nothing runs, so no data server addresses yet
     assert [(node.name, node.cluster) for node in nodes] == [
-        ("node-a1", "cluster-a"), ("node-a2", "cluster-a"), ("node-b1", "cluster-b"), ("node-b2", "cluster-b")]
+        ("node-a1", "cluster-a"),
+        ("node-a2", "cluster-a"),
+        ("node-b1", "cluster-b"),
+        ("node-b2", "cluster-b"),
+    ]
     assert all(node.learner and node.data_server is None for node in nodes)
 
 
@@ -121,15 +126,21 @@ def test_bad_nodes_file_is_a_clear_error(tmp_path: Path) -> None:
         LocalAdapter(LocalAdapterSettings(state_dir=str(tmp_path), nodes_file=str(tmp_path / "no.json"))).start()
 
 
-def test_service_gets_config_environment_workdir_and_log(local: LocalAdapter, project: AppRef,
-                                                         tmp_path: Path) -> None:
+def test_service_gets_config_environment_workdir_and_log(local: LocalAdapter, project: AppRef, tmp_path: Path) -> None:
     script = textwrap.dedent("""
         import json, os
         config = json.loads(os.environ["FLOPS_CONFIG"])
         print("config", config["service"], "extra", os.environ["EXTRA"], "cwd", os.getcwd())
     """)
-    service = local.add_service(project, spec("envcheck", script, environment={
-        "EXTRA": "yes", "FLOPS_WORKDIR": str(tmp_path)}, placement=Placement(cluster="c2")))
+    service = local.add_service(
+        project,
+        spec(
+            "envcheck",
+            script,
+            environment={"EXTRA": "yes", "FLOPS_WORKDIR": str(tmp_path)},
+            placement=Placement(cluster="c2"),
+        ),
+    )
     local.deploy_service(project, service)
     info = wait_for_state(local, project, service, ENDED, TIMEOUT)
     assert info.state is ServiceState.SUCCEEDED, info
@@ -148,7 +159,10 @@ def test_crash_of_a_silent_process_is_reported_failed(local: LocalAdapter, proje
     assert info.detail.startswith("process exited with code -9 (killed by SIGKILL)")
     info = wait_for_state(local, project, exits, ENDED, TIMEOUT)
     assert (info.state, info.detail, info.instances[0].exit_code) == (
-        ServiceState.FAILED, "process exited with code 2", 2)
+        ServiceState.FAILED,
+        "process exited with code 2",
+        2,
+    )
 
 
 def test_failure_detail_has_the_last_log_line_trimmed(local: LocalAdapter, project: AppRef) -> None:
@@ -162,8 +176,9 @@ def test_failure_detail_has_the_last_log_line_trimmed(local: LocalAdapter, proje
 
 
 def test_killed_instance_is_failed_and_redeploy_restarts_it(local: LocalAdapter, project: AppRef) -> None:
-    service = local.add_service(project, spec("victim", "import time; print('up', flush=True); time.sleep(60)",
-                                              kind=ServiceKind.AGGREGATOR))
+    service = local.add_service(
+        project, spec("victim", "import time; print('up', flush=True); time.sleep(60)", kind=ServiceKind.AGGREGATOR)
+    )
     local.deploy_service(project, service, instances=2)
     info = wait_for_state(local, project, service, (ServiceState.RUNNING,), TIMEOUT)
     assert len(info.instances) == 2
@@ -240,7 +255,8 @@ def test_unknown_placement_and_missing_command_are_refused(local: LocalAdapter, 
 
 
 def test_a_restarted_manager_inspects_and_undeploys_what_an_earlier_one_started(
-        local: LocalAdapter, settings: LocalAdapterSettings, project: AppRef) -> None:
+    local: LocalAdapter, settings: LocalAdapterSettings, project: AppRef
+) -> None:
     """The earlier manager is a separate process that exits; its services keep running."""
     earlier = textwrap.dedent(f"""
         import json, sys
@@ -256,8 +272,13 @@ def test_a_restarted_manager_inspects_and_undeploys_what_an_earlier_one_started(
         port = adapter.plan_endpoint(app, "agg", PortSpec("fleet", 1), Placement()).port
         print(json.dumps({{"port": port}}))
     """)
-    result = subprocess.run([sys.executable, "-c", earlier, settings.model_dump_json()], capture_output=True,
-                            text=True, timeout=60, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", earlier, settings.model_dump_json()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     planned = json.loads(result.stdout.strip().splitlines()[-1])["port"]
 
     restarted = LocalAdapter(settings)
@@ -272,8 +293,9 @@ def test_a_restarted_manager_inspects_and_undeploys_what_an_earlier_one_started(
     assert not process_alive(long_pid, None)
 
 
-def test_data_servers_are_reused_and_replaced_on_their_old_port(local: LocalAdapter,
-                                                                settings: LocalAdapterSettings) -> None:
+def test_data_servers_are_reused_and_replaced_on_their_old_port(
+    local: LocalAdapter, settings: LocalAdapterSettings
+) -> None:
     before = local.state.read().data_servers
     again = LocalAdapter(settings)
     again.start()
@@ -295,12 +317,14 @@ def test_data_servers_are_reused_and_replaced_on_their_old_port(local: LocalAdap
 def test_memory_limit_applies_only_when_enabled(tmp_path: Path) -> None:
     nodes_file = tmp_path / "nodes.json"
     nodes_file.write_text(json.dumps({"nodes": [{"name": "solo", "learner": False}]}))
-    hungry = spec("hungry", "bytearray(600 * 1024 * 1024); print('allocated')",
-                  resources=Resources(memory_mb=300))
+    hungry = spec("hungry", "bytearray(600 * 1024 * 1024); print('allocated')", resources=Resources(memory_mb=300))
     outcomes = {}
     for enforce in (True, False):
-        adapter = LocalAdapter(LocalAdapterSettings(state_dir=str(tmp_path / str(enforce)),
-                                                    nodes_file=str(nodes_file), enforce_memory_limits=enforce))
+        adapter = LocalAdapter(
+            LocalAdapterSettings(
+                state_dir=str(tmp_path / str(enforce)), nodes_file=str(nodes_file), enforce_memory_limits=enforce
+            )
+        )
         adapter.start()
         app = adapter.create_app("mem", AppKind.PROJECT, "acme")
         try:
@@ -365,9 +389,16 @@ def test_stopping_ends_every_process_the_service_started(local: LocalAdapter, st
     marker = f"FLOPS_SPAWN_TEST={uuid.uuid4().hex}"
     name, value = marker.split("=")
     try:
-        service = local.add_service(app, ServiceSpec(name="spawner", kind=ServiceKind.AGGREGATOR, config={},
-                                                     command=(sys.executable, "-c", _SPAWNER, str(folder)),
-                                                     environment={name: value}))  # fmt: skip
+        service = local.add_service(
+            app,
+            ServiceSpec(
+                name="spawner",
+                kind=ServiceKind.AGGREGATOR,
+                config={},
+                command=(sys.executable, "-c", _SPAWNER, str(folder)),
+                environment={name: value},
+            ),
+        )
         local.deploy_service(app, service)
         log = local.log_file(app, service)
         deadline = time.monotonic() + TIMEOUT

@@ -88,16 +88,25 @@ def test_mlflow_clients_log_with_the_service_token_and_are_refused_without(alice
     )
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    refused = subprocess.run([sys.executable, "-c", script, alice_server], env=env, capture_output=True, text=True,
-                             timeout=120)  # fmt: skip
+    refused = subprocess.run(
+        [sys.executable, "-c", script, alice_server], env=env, capture_output=True, text=True, timeout=120
+    )
     assert refused.returncode != 0 and "UNAUTHENTICATED" in refused.stderr, refused.stderr[-1500:]
     token = ACCESS.service_token("alice")
     assert token is not None
-    logged = subprocess.run([sys.executable, "-c", script, alice_server], env={**env, "MLFLOW_TRACKING_TOKEN": token},
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    logged = subprocess.run(
+        [sys.executable, "-c", script, alice_server],
+        env={**env, "MLFLOW_TRACKING_TOKEN": token},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert logged.returncode == 0, logged.stderr[-1500:]
     run_id = logged.stdout.strip().splitlines()[-1]
-    answer = requests.get(f"{alice_server}/api/2.0/mlflow/metrics/get-history", timeout=10,
-                          params={"run_id": run_id, "metric_key": "accuracy"},
-                          headers={"Authorization": f"Bearer {CUSTOMER_A}"})  # fmt: skip
+    answer = requests.get(
+        f"{alice_server}/api/2.0/mlflow/metrics/get-history",
+        timeout=10,
+        params={"run_id": run_id, "metric_key": "accuracy"},
+        headers={"Authorization": f"Bearer {CUSTOMER_A}"},
+    )
     assert answer.status_code == 200 and answer.json()["metrics"][0]["value"] == 0.9

@@ -87,8 +87,9 @@ def reader(servers: DataServers, node: NodeInfo, customer: str = CUSTOMER) -> Da
     return servers.reader(str(node.data_server), customer, None)
 
 
-def push(nodes: list[NodeInfo], config: MockDataConfiguration, servers: DataServers,
-         customer: str = CUSTOMER) -> MockResult:
+def push(
+    nodes: list[NodeInfo], config: MockDataConfiguration, servers: DataServers, customer: str = CUSTOMER
+) -> MockResult:
     return push_mock_data(nodes, config, customer, servers)
 
 
@@ -99,8 +100,13 @@ def local(tmp_path_factory: pytest.TempPathFactory, servers: DataServers) -> Ite
     nodes = [{"name": "l1"}, {"name": "l2"}, {"name": "gateway", "learner": False}]
     nodes_file.write_text(json.dumps({"nodes": nodes}))
     assert servers.access is not None
-    adapter = LocalAdapter(LocalAdapterSettings(state_dir=str(root / "state"), nodes_file=str(nodes_file),
-                                                data_security=servers.access.server_security("127.0.0.1")))
+    adapter = LocalAdapter(
+        LocalAdapterSettings(
+            state_dir=str(root / "state"),
+            nodes_file=str(nodes_file),
+            data_security=servers.access.server_security("127.0.0.1"),
+        )
+    )
     try:
         adapter.start()
         yield adapter
@@ -110,8 +116,9 @@ def local(tmp_path_factory: pytest.TempPathFactory, servers: DataServers) -> Ite
 
 def test_push_puts_one_partition_on_each_learner_node(local: LocalAdapter, servers: DataServers) -> None:
     nodes = local.list_nodes()
-    config = MockDataConfiguration(data_tag="mnist", number_of_partitions=2, distribution="dirichlet",
-                                   dirichlet_alpha=0.5, seed=4)
+    config = MockDataConfiguration(
+        data_tag="mnist", number_of_partitions=2, distribution="dirichlet", dirichlet_alpha=0.5, seed=4
+    )
     result = push(nodes, config, servers)
     assert set(result.partitions) == {"l1", "l2"} and sum(result.partitions.values()) == DIGITS_ROWS
     expected = split_dataset("digits", 2, "dirichlet", alpha=0.5, seed=4)
@@ -131,8 +138,12 @@ def test_mocks_go_into_the_callers_namespace(local: LocalAdapter, servers: DataS
     nodes = local.list_nodes()
     l1 = next(node for node in nodes if node.name == "l1")
     push(nodes, MockDataConfiguration(data_tag="shared-name", number_of_partitions=2), servers)
-    bob_rows = push(nodes, MockDataConfiguration(data_tag="shared-name", number_of_partitions=1, nodes=["l1"]),
-                    servers, customer="bob").partitions
+    bob_rows = push(
+        nodes,
+        MockDataConfiguration(data_tag="shared-name", number_of_partitions=1, nodes=["l1"]),
+        servers,
+        customer="bob",
+    ).partitions
     assert bob_rows == {"l1": DIGITS_ROWS}
     assert reader(servers, l1, "bob").list_tags(["shared-name"]) == {"shared-name": DIGITS_ROWS}
     assert reader(servers, l1).list_tags(["shared-name"]) == {"shared-name": DIGITS_ROWS // 2 + 1}  # alice's kept
@@ -145,8 +156,9 @@ def test_push_to_named_nodes_only(local: LocalAdapter, servers: DataServers) -> 
     l1 = next(node for node in local.list_nodes() if node.name == "l1")
     assert "only-l2" not in reader(servers, l1).list_tags()
     with pytest.raises(ControlError, match="no learner node with a data server named gateway"):
-        push(local.list_nodes(), MockDataConfiguration(data_tag="t", number_of_partitions=1, nodes=["gateway"]),
-             servers)
+        push(
+            local.list_nodes(), MockDataConfiguration(data_tag="t", number_of_partitions=1, nodes=["gateway"]), servers
+        )
 
 
 def test_push_needs_enough_learner_nodes(local: LocalAdapter, servers: DataServers) -> None:
@@ -155,8 +167,9 @@ def test_push_needs_enough_learner_nodes(local: LocalAdapter, servers: DataServe
         push(local.list_nodes(), config, servers)
 
 
-def test_unreachable_data_server_is_a_clear_error_and_pushes_nothing(local: LocalAdapter, servers: DataServers,
-                                                                      tmp_path: Path) -> None:
+def test_unreachable_data_server_is_a_clear_error_and_pushes_nothing(
+    local: LocalAdapter, servers: DataServers, tmp_path: Path
+) -> None:
     nodes = [node for node in local.list_nodes() if node.name == "l1"]
     nodes.append(NodeInfo(name="gone", cluster=None, data_server=f"127.0.0.1:{free_port()}"))
     with pytest.raises(ControlError, match="data servers unreachable on gone") as caught:

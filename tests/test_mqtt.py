@@ -48,9 +48,17 @@ def test_messages_parse_by_type_and_reject_garbage() -> None:
 
 
 def test_model_image_report_round_trips_and_reads_as_one_line() -> None:
-    message = ModelImageBuilt(project_id="p", sender="model-builder", image="r:5000/flops/x-model:abc",
-                              pinned="r:5000/flops/x-model@sha256:1", digest="sha256:1", model_uri="models:/m/1",
-                              run_id="run1", run_tagged=True, cached=True)
+    message = ModelImageBuilt(
+        project_id="p",
+        sender="model-builder",
+        image="r:5000/flops/x-model:abc",
+        pinned="r:5000/flops/x-model@sha256:1",
+        digest="sha256:1",
+        model_uri="models:/m/1",
+        run_id="run1",
+        run_tagged=True,
+        cached=True,
+    )
     parsed = parse_message(message.to_payload())
     assert parsed == message and parsed.topic() == "flops/projects/p/build"
     assert describe(parsed) == "inference image r:5000/flops/x-model@sha256:1 found in the registry for models:/m/1"
@@ -140,15 +148,17 @@ time.sleep(300)
 """
 
 
-def test_a_persistent_session_gets_what_was_published_while_its_client_was_killed(
-        mqtt_settings: MqttSettings) -> None:
+def test_a_persistent_session_gets_what_was_published_while_its_client_was_killed(mqtt_settings: MqttSettings) -> None:
     """As a manager killed with SIGKILL mid-training: the next process under its client id hears every round."""
     import subprocess
     import sys
 
     client_id, project = f"flops-mgr-{uuid.uuid4().hex[:12]}", f"p-{uuid.uuid4().hex[:8]}"
-    first = subprocess.Popen([sys.executable, "-c", _SUBSCRIBER, mqtt_settings.model_dump_json(), client_id],
-                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, "-c", _SUBSCRIBER, mqtt_settings.model_dump_json(), client_id],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert first.stdout is not None and first.stdout.readline().strip() == "subscribed"
     finally:

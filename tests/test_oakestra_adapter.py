@@ -62,8 +62,14 @@ FLEET = PortSpec("fleet", 9092)
 def cluster(
     name: str, addons: tuple[str, ...] = ("FLOps-learner",), active: bool = True, **offer: Any
 ) -> dict[str, Any]:
-    return {"_id": {"$oid": f"{name:0>24}"[-24:]}, "cluster_name": name, "cluster_location": f"{name}-site",
-            "supported_addons": list(addons), "active": active, **offer}  # fmt: skip
+    return {
+        "_id": {"$oid": f"{name:0>24}"[-24:]},
+        "cluster_name": name,
+        "cluster_location": f"{name}-site",
+        "supported_addons": list(addons),
+        "active": active,
+        **offer,
+    }
 
 
 @pytest.fixture
@@ -197,8 +203,12 @@ def test_classic_project_flow(server: OakestraContractServer) -> None:
 
 def test_hierarchical_flow_places_by_direct_constraints() -> None:
     """Oakestra's scheduler reads only ``direct`` constraints: without them everything lands on the first cluster."""
-    clusters = [cluster("cluster-a", workers=["n1"]), cluster("cluster-b", workers=["n2"]),
-                cluster("cluster-c", addons=(), memory=200), cluster("cluster-d", active=False)]  # fmt: skip
+    clusters = [
+        cluster("cluster-a", workers=["n1"]),
+        cluster("cluster-b", workers=["n2"]),
+        cluster("cluster-c", addons=(), memory=200),
+        cluster("cluster-d", active=False),
+    ]
     server = OakestraContractServer(clusters=clusters).start()
     try:
         inventory = [
@@ -209,7 +219,9 @@ def test_hierarchical_flow_places_by_direct_constraints() -> None:
         adapter = adapter_for(server, nodes=inventory)
         nodes = adapter.list_nodes()
         assert [(node.name, node.cluster, node.data_server) for node in nodes] == [
-            ("n1", "cluster-a", "192.0.2.1:9400"), ("n2", "cluster-b", "192.0.2.2:9400")]  # fmt: skip
+            ("n1", "cluster-a", "192.0.2.1:9400"),
+            ("n2", "cluster-b", "192.0.2.2:9400"),
+        ]
         assert adapter.list_clusters() == ["cluster-a", "cluster-b"]
 
         app = adapter.create_app("project-h", AppKind.PROJECT, "Admin", "h")
@@ -242,8 +254,9 @@ def test_hierarchical_flow_places_by_direct_constraints() -> None:
         assert len(addresses) == 3 and len(set(addresses)) == 3
 
         # Scheduling failures surface as FAILED with Oakestra's reason.
-        stranded = adapter.add_service(app, spec("cluster-aggregator-d", ServiceKind.AGGREGATOR,
-                                                 Placement(cluster="cluster-d")))  # fmt: skip
+        stranded = adapter.add_service(
+            app, spec("cluster-aggregator-d", ServiceKind.AGGREGATOR, Placement(cluster="cluster-d"))
+        )
         adapter.deploy_service(app, stranded)
         info = settle(adapter, app, stranded, ENDED)
         assert info.state is ServiceState.FAILED and not info.redeployable
@@ -272,7 +285,10 @@ def test_hierarchical_flow_places_by_direct_constraints() -> None:
         # Without an inventory, each active cluster is one node; a learner pinned to it gets a direct cluster.
         plain = adapter_for(server)
         assert [(node.name, node.learner) for node in plain.list_nodes()] == [
-            ("cluster-a", True), ("cluster-b", True), ("cluster-c", False)]  # fmt: skip
+            ("cluster-a", True),
+            ("cluster-b", True),
+            ("cluster-c", False),
+        ]
         adapter.delete_app(app)
         assert server.violations == []
     finally:
@@ -361,18 +377,26 @@ def test_oakestras_own_redeploy_is_not_doubled(server: OakestraContractServer) -
 
 def project_run(adapter: OakestraAdapter, app: AppRef, state_dir: Path, mongo_uri: str, database: str) -> ProjectRun:
     """The lifecycle of one project, on this adapter, with its app already created."""
-    settings = LifecycleSettings(mqtt=MqttSettings(), state_dir=state_dir, cache_dir=state_dir / "cache",
-                                 orchestrator="oakestra")  # fmt: skip
+    settings = LifecycleSettings(
+        mqtt=MqttSettings(), state_dir=state_dir, cache_dir=state_dir / "cache", orchestrator="oakestra"
+    )
     store = MongoProjectStore(mongo_uri, database)
     store.connect()
     sla_doc = ProjectSLA.model_validate(
         {"ml_repo_url": "https://git.example.org/ml/repo.git", "ml_model_flavor": "sklearn"}
     )
-    record = ProjectRecord(project_id=app.project_id or "p", customer=app.customer,
-                           sla=sla_doc.model_dump(mode="json", by_alias=True))  # fmt: skip
-    deps = RunDeps(settings=settings, store=store, adapter=adapter, observatories=ObservatoryKeeper(settings, store),
-                   publish=lambda message: None, broker=SharedAccess(settings.mqtt),
-                   clear_retained=lambda project_id: None)  # fmt: skip
+    record = ProjectRecord(
+        project_id=app.project_id or "p", customer=app.customer, sla=sla_doc.model_dump(mode="json", by_alias=True)
+    )
+    deps = RunDeps(
+        settings=settings,
+        store=store,
+        adapter=adapter,
+        observatories=ObservatoryKeeper(settings, store),
+        publish=lambda message: None,
+        broker=SharedAccess(settings.mqtt),
+        clear_retained=lambda project_id: None,
+    )
     run = ProjectRun(record, sla_doc, deps, ProjectInbox())
     run.state.app = app
     return run
@@ -391,11 +415,16 @@ def test_the_lifecycle_fails_at_once_when_oakestra_cannot_schedule_a_service(
             adapter.deploy_service(app, service_id)
             settle(adapter, app, service_id, ENDED)
         run = project_run(adapter, app, tmp_path, mongo_uri, mongo_db_name)
-        run.state.services = ServiceTable([entry("learner-cluster-a", ServiceKind.LEARNER, learner),
-                                           entry("aggregator", ServiceKind.AGGREGATOR, aggregator, role="classic")])
+        run.state.services = ServiceTable(
+            [
+                entry("learner-cluster-a", ServiceKind.LEARNER, learner),
+                entry("aggregator", ServiceKind.AGGREGATOR, aggregator, role="classic"),
+            ]
+        )
         reason = "Oakestra cannot schedule service {}: no active cluster{} has room for it"
-        with pytest.raises(PhaseFailed, match="learner-cluster-a failed: " + reason.format("learner-cluster-a",
-                                                                                           " cluster-a")):  # fmt: skip
+        with pytest.raises(
+            PhaseFailed, match="learner-cluster-a failed: " + reason.format("learner-cluster-a", " cluster-a")
+        ):
             run.restarts.revive_learners()  # the supervision step of a training project
         with pytest.raises(PhaseFailed, match="the aggregator failed: " + reason.format("aggregator", "")):
             run.reports.inspect(lambda message: False, {"aggregator": aggregator}, {}, run.restarts.revive_aggregator)
@@ -478,9 +507,15 @@ def test_the_tracking_server_runs_from_its_image_and_keeps_no_store_on_the_manag
         backend_store_uri="postgresql+psycopg2://mlflow:pw@db.example.org:5432/mlflow_{customer}",
         artifacts_destination="s3://flops-mlflow/{customer}",
     )
-    settings = LifecycleSettings(mqtt=MqttSettings(), state_dir=tmp_path, cache_dir=tmp_path / "cache",
-                                 orchestrator="oakestra", tracking_store=store, tracking_timeout_s=0.5,
-                                 images={"tracking": "registry.example.org/flops/manager:0.1.0"})  # fmt: skip
+    settings = LifecycleSettings(
+        mqtt=MqttSettings(),
+        state_dir=tmp_path,
+        cache_dir=tmp_path / "cache",
+        orchestrator="oakestra",
+        tracking_store=store,
+        tracking_timeout_s=0.5,
+        images={"tracking": "registry.example.org/flops/manager:0.1.0"},
+    )
     store_of_projects = MongoProjectStore(mongo_uri, mongo_db_name)
     store_of_projects.connect()
     keeper = ObservatoryKeeper(settings, store_of_projects)

@@ -24,9 +24,12 @@ def start_observer(config: ObserverConfig, log_path: Path, **extra_env: str) -> 
     env = dict(os.environ, **{CONFIG_ENV: config.model_dump_json()}, **extra_env)
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "services.observer.main"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "services.observer.main"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
 
 
 def healthy(url: str) -> bool:
@@ -41,8 +44,9 @@ CUSTOMER_TOKEN = "customer-token-of-p-obs"
 
 def events(url: str, after: int = 0) -> list[dict[str, object]]:
     try:
-        answer = requests.get(f"{url}/events", params={"after": after}, timeout=2,
-                              headers={"Authorization": f"Bearer {CUSTOMER_TOKEN}"})  # fmt: skip
+        answer = requests.get(
+            f"{url}/events", params={"after": after}, timeout=2, headers={"Authorization": f"Bearer {CUSTOMER_TOKEN}"}
+        )
         return list(answer.json()["events"])
     except (requests.RequestException, KeyError, ValueError):
         return []
@@ -51,7 +55,10 @@ def events(url: str, after: int = 0) -> list[dict[str, object]]:
 def test_observer_logs_reports_and_survives_a_restart(mqtt_settings: MqttSettings, tmp_path: Path) -> None:
     port = free_port()
     config = ObserverConfig(
-        project_id="p-obs", mqtt=mqtt_settings, port=port, log_file=str(tmp_path / "events.log"),
+        project_id="p-obs",
+        mqtt=mqtt_settings,
+        port=port,
+        log_file=str(tmp_path / "events.log"),
         access_token_sha256=[token_digest(CUSTOMER_TOKEN)],
     )
     url = f"http://127.0.0.1:{port}"
@@ -62,8 +69,17 @@ def test_observer_logs_reports_and_survives_a_restart(mqtt_settings: MqttSetting
         time.sleep(1.0)  # the observer subscribes right after it connects
         started = ReportedState.STARTED
         link.publish(ServiceStatus(project_id="p-obs", sender="builder", service="builder", state=started))
-        link.publish(TrainingProgress(project_id="p-obs", sender="aggregator", round=1, total_rounds=3,
-                                      loss=0.25, accuracy=0.875, participants=2))  # fmt: skip
+        link.publish(
+            TrainingProgress(
+                project_id="p-obs",
+                sender="aggregator",
+                round=1,
+                total_rounds=3,
+                loss=0.25,
+                accuracy=0.875,
+                participants=2,
+            )
+        )
         link.publish(ServiceStatus(project_id="other", sender="x", service="learner", state=ReportedState.FAILED))
         assert wait_until(lambda: len(events(url)) >= 2, 30)
         lines = [str(event["line"]) for event in events(url)]
@@ -111,10 +127,14 @@ def test_observer_serves_events_over_tls_only(mqtt_settings: MqttSettings, tmp_p
     pki = TrackingPki(tmp_path / "pki")
     port = free_port()
     config = ObserverConfig(
-        project_id="p-obs-tls", mqtt=mqtt_settings, port=port, log_file=str(tmp_path / "events.log"),
-        access_token_sha256=[token_digest(CUSTOMER_TOKEN)], tls=pki.issue("127.0.0.1", "observer"),
+        project_id="p-obs-tls",
+        mqtt=mqtt_settings,
+        port=port,
+        log_file=str(tmp_path / "events.log"),
+        access_token_sha256=[token_digest(CUSTOMER_TOKEN)],
+        tls=pki.issue("127.0.0.1", "observer"),
         tls_dir=str(tmp_path / "tls"),
-    )  # fmt: skip
+    )
     observer = start_observer(config, tmp_path / "observer.out")
     url = f"https://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {CUSTOMER_TOKEN}"}

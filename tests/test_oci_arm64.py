@@ -62,14 +62,20 @@ print(f"arm64 learner: machine={platform.machine()} trained={trained} tested={te
 
 
 def _podman(engine: ContainerEngine, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["podman", *args], env=engine.environment(), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        ["podman", *args], env=engine.environment(), capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 @pytest.fixture(scope="module")
-def multi_build(oci_engine: ContainerEngine, oci_registry: RegistrySettings, sklearn_repo: Path,
-                base_image: EnsuredImage, make_builder_config: Callable[..., BuilderConfig],
-                tmp_path_factory: pytest.TempPathFactory) -> tuple[OciBuildResult, BuilderConfig]:
+def multi_build(
+    oci_engine: ContainerEngine,
+    oci_registry: RegistrySettings,
+    sklearn_repo: Path,
+    base_image: EnsuredImage,
+    make_builder_config: Callable[..., BuilderConfig],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[OciBuildResult, BuilderConfig]:
     """The sklearn example for linux/amd64 and linux/arm64 (arm64 built under emulation on a cold machine)."""
     check_platforms(BOTH)  # fails with one line when the arm64 handler is missing: run `make install`
     config = make_builder_config(sklearn_repo, oci_registry, tmp_path_factory.mktemp("arm64-cache"), platforms=BOTH)
@@ -83,8 +89,10 @@ def data_server(tmp_path: Path) -> Iterator[RunningServer]:
     try:
         digits = load_digits()
         features, client = (digits.data / 16.0).astype(np.float32), DataServerClient(running.address)
-        rows = sum(client.put(DATA_TAG, from_numpy(features[start:start + 300], digits.target[start:start + 300]))
-                   for start in range(0, len(features), 300))  # fragments under the test server's upload limit
+        rows = sum(
+            client.put(DATA_TAG, from_numpy(features[start : start + 300], digits.target[start : start + 300]))
+            for start in range(0, len(features), 300)
+        )  # fragments under the test server's upload limit
         assert rows == len(digits.target)
         yield running
     finally:
@@ -92,8 +100,8 @@ def data_server(tmp_path: Path) -> Iterator[RunningServer]:
 
 
 def test_both_platforms_are_built_and_pushed_as_manifest_lists(
-        multi_build: tuple[OciBuildResult, BuilderConfig], oci_registry: RegistrySettings,
-        oci_engine: ContainerEngine) -> None:
+    multi_build: tuple[OciBuildResult, BuilderConfig], oci_registry: RegistrySettings, oci_engine: ContainerEngine
+) -> None:
     result, config = multi_build
     client = RegistryClient(oci_registry)
     for kind, image in (("learner", result.learner), ("aggregator", result.aggregator)):
@@ -119,13 +127,28 @@ def test_both_platforms_are_built_and_pushed_as_manifest_lists(
 
 
 def test_arm64_learner_image_runs_the_users_code_under_emulation(
-        multi_build: tuple[OciBuildResult, BuilderConfig], data_server: RunningServer,
-        oci_engine: ContainerEngine) -> None:
+    multi_build: tuple[OciBuildResult, BuilderConfig], data_server: RunningServer, oci_engine: ContainerEngine
+) -> None:
     result, _ = multi_build
     image = result.platform_images["learner"]["linux/arm64"].name.local
-    run = _podman(oci_engine, "run", "--rm", "--platform", "linux/arm64", "--network", "host",
-                  "-e", f"FLOPS_DATA_SERVER={data_server.address}", "-e", f"FLOPS_DATA_TAGS={DATA_TAG}",
-                  "--entrypoint", "python", image, "-c", _LEARNER_RUN)
+    run = _podman(
+        oci_engine,
+        "run",
+        "--rm",
+        "--platform",
+        "linux/arm64",
+        "--network",
+        "host",
+        "-e",
+        f"FLOPS_DATA_SERVER={data_server.address}",
+        "-e",
+        f"FLOPS_DATA_TAGS={DATA_TAG}",
+        "--entrypoint",
+        "python",
+        image,
+        "-c",
+        _LEARNER_RUN,
+    )
     assert run.returncode == 0, (run.stdout[-800:], run.stderr[-2000:])
     line = next(line for line in run.stdout.splitlines() if line.startswith("arm64 learner:"))
     assert "machine=aarch64 trained=1437 tested=360" in line, line  # 1,797 digits, 20 % held out
@@ -134,8 +157,12 @@ def test_arm64_learner_image_runs_the_users_code_under_emulation(
 
 
 def test_trained_model_image_is_a_manifest_list_tagged_on_the_run(
-        multi_build: tuple[OciBuildResult, BuilderConfig], oci_registry: RegistrySettings,
-        oci_engine: ContainerEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    multi_build: tuple[OciBuildResult, BuilderConfig],
+    oci_registry: RegistrySettings,
+    oci_engine: ContainerEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     result, _ = multi_build
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     tracking = (tmp_path / "mlruns").as_uri()
@@ -146,10 +173,18 @@ def test_trained_model_image_is_a_manifest_list_tagged_on_the_run(
         digits = load_digits()
         model = LogisticRegression(max_iter=500).fit(digits.data[:600], digits.target[:600])
         with mlflow.start_run() as run:
-            logged = mlflow.sklearn.log_model(model, name="model",
-                                              pip_requirements=mlflow.sklearn.get_default_pip_requirements())
-        built = build_model_image(logged.model_uri, tracking, oci_registry, image="sklearn-digits-model-multi",
-                                  base_image=result.aggregator.reference, engine=oci_engine, platforms=BOTH)
+            logged = mlflow.sklearn.log_model(
+                model, name="model", pip_requirements=mlflow.sklearn.get_default_pip_requirements()
+            )
+        built = build_model_image(
+            logged.model_uri,
+            tracking,
+            oci_registry,
+            image="sklearn-digits-model-multi",
+            base_image=result.aggregator.reference,
+            engine=oci_engine,
+            platforms=BOTH,
+        )
     finally:
         mlflow.set_tracking_uri(previous)
     listed = RegistryClient(oci_registry).manifest("flops/sklearn-digits-model-multi", built.image.name.tag)

@@ -37,8 +37,12 @@ pytest_plugins = ("tests.oci_helpers",)  # session fixtures; not imported here (
 ConfigFactory = Callable[..., BuilderConfig]
 
 IMAGE_STEPS = ("base-image", "deps-image", "aggregator-deps-image", "learner-image", "aggregator-image")
-PROJECT_IMAGES = ("flops/sklearn-digits-deps", "flops/sklearn-digits-aggregator-deps", "flops/sklearn-digits-learner",
-                  "flops/sklearn-digits-aggregator")
+PROJECT_IMAGES = (
+    "flops/sklearn-digits-deps",
+    "flops/sklearn-digits-aggregator-deps",
+    "flops/sklearn-digits-learner",
+    "flops/sklearn-digits-aggregator",
+)
 LEARNER_SIZE_GOAL = 600_000_000  # the scikit-learn example's learner image, uncompressed (issue 19)
 ARM64_LINE = "cannot build linux/arm64 on this host: no qemu-user-static binfmt handler"
 
@@ -66,12 +70,14 @@ print("aggregator ok")
 
 
 def _podman(engine: ContainerEngine, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["podman", *args], env=engine.environment(), capture_output=True, text=True, timeout=300,
-                          check=False)
+    return subprocess.run(
+        ["podman", *args], env=engine.environment(), capture_output=True, text=True, timeout=300, check=False
+    )
 
 
-def test_sklearn_example_images_are_built_and_pushed(sklearn_build: SklearnBuild, oci_registry: RegistrySettings,
-                                                     oci_engine: ContainerEngine) -> None:
+def test_sklearn_example_images_are_built_and_pushed(
+    sklearn_build: SklearnBuild, oci_registry: RegistrySettings, oci_engine: ContainerEngine
+) -> None:
     result = sklearn_build.result
     client = RegistryClient(oci_registry)
     catalog = client.catalog()
@@ -87,11 +93,13 @@ def test_sklearn_example_images_are_built_and_pushed(sklearn_build: SklearnBuild
     aggregator = client.manifest("flops/sklearn-digits-aggregator", result.digest)
     assert deps is not None and upper is not None and learner is not None and aggregator is not None
     assert learner.layers[:-1] == deps.layers and len(learner.layers) == len(deps.layers) + 1
-    assert upper.layers[:len(deps.layers)] == deps.layers and len(upper.layers) == len(deps.layers) + 1
+    assert upper.layers[: len(deps.layers)] == deps.layers and len(upper.layers) == len(deps.layers) + 1
     assert aggregator.layers[:-1] == upper.layers and len(aggregator.layers) == len(upper.layers) + 1
     assert learner.compressed_bytes - deps.compressed_bytes < 5_000_000  # app + runtime code only
-    assert result.platform_digests == {"learner": {"linux/amd64": result.learner.digest},
-                                       "aggregator": {"linux/amd64": result.aggregator.digest}}
+    assert result.platform_digests == {
+        "learner": {"linux/amd64": result.learner.digest},
+        "aggregator": {"linux/amd64": result.aggregator.digest},
+    }
 
     # The learner image stays under the size goal (uncompressed, as podman reports it).
     learner_size = oci_engine.image_size(result.learner.name.local)
@@ -109,21 +117,43 @@ def test_sklearn_example_images_are_built_and_pushed(sklearn_build: SklearnBuild
     bare = _podman(oci_engine, "run", "--rm", "--network", "host", result.learner.name.local)
     assert bare.returncode != 0 and "FLOPS_CONFIG" in bare.stderr, bare.stderr[-800:]
     # ... and holds the user's code and the FL client runtime, without MLflow, pip, compilers or caches.
-    smoke = _podman(oci_engine, "run", "--rm", "--network", "host", "--entrypoint", "python",
-                    result.learner.name.local, "-c", _SMOKE)
+    smoke = _podman(
+        oci_engine,
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--entrypoint",
+        "python",
+        result.learner.name.local,
+        "-c",
+        _SMOKE,
+    )
     assert smoke.returncode == 0 and "smoke ok" in smoke.stdout, smoke.stderr[-1500:]
     # The aggregator image adds MLflow's client (logging, registering, the scoring server).
-    smoke = _podman(oci_engine, "run", "--rm", "--network", "host", "--entrypoint", "python",
-                    result.aggregator.name.local, "-c", _AGGREGATOR_SMOKE)
+    smoke = _podman(
+        oci_engine,
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--entrypoint",
+        "python",
+        result.aggregator.name.local,
+        "-c",
+        _AGGREGATOR_SMOKE,
+    )
     assert smoke.returncode == 0 and "aggregator ok" in smoke.stdout, smoke.stderr[-1500:]
 
 
-def test_second_build_of_the_same_commit_runs_no_buildah(sklearn_build: SklearnBuild,
-                                                         oci_registry: RegistrySettings) -> None:
+def test_second_build_of_the_same_commit_runs_no_buildah(
+    sklearn_build: SklearnBuild, oci_registry: RegistrySettings
+) -> None:
     engine = ContainerEngine()  # a fresh command history
     messages: list[object] = []
-    result = build_oci(sklearn_build.config, messages.append, settings=OciSettings(registry=oci_registry),
-                       engine=engine)
+    result = build_oci(
+        sklearn_build.config, messages.append, settings=OciSettings(registry=oci_registry), engine=engine
+    )
     assert result.cached
     assert result.digest == sklearn_build.result.digest
     assert result.learner_image == sklearn_build.result.learner.reference
@@ -134,9 +164,13 @@ def test_second_build_of_the_same_commit_runs_no_buildah(sklearn_build: SklearnB
     assert isinstance(messages[-1], BuildResult) and messages[-1].cached
 
 
-def test_code_only_change_reuses_the_dependency_image(sklearn_build: SklearnBuild, sklearn_repo: Path,
-                                                      oci_registry: RegistrySettings, tmp_path: Path,
-                                                      make_builder_config: ConfigFactory) -> None:
+def test_code_only_change_reuses_the_dependency_image(
+    sklearn_build: SklearnBuild,
+    sklearn_repo: Path,
+    oci_registry: RegistrySettings,
+    tmp_path: Path,
+    make_builder_config: ConfigFactory,
+) -> None:
     clone = tmp_path / "clone" / sklearn_repo.name  # same repository name, so the same image names
     clone.parent.mkdir()
     git(tmp_path, "clone", "-q", str(sklearn_repo), str(clone))
@@ -165,7 +199,8 @@ def test_code_only_change_reuses_the_dependency_image(sklearn_build: SklearnBuil
 
 
 def test_the_registry_is_verified_with_its_ca_and_refused_under_another(
-        sklearn_build: SklearnBuild, oci_registry: RegistrySettings, tmp_path: Path) -> None:
+    sklearn_build: SklearnBuild, oci_registry: RegistrySettings, tmp_path: Path
+) -> None:
     assert oci_registry.ca_pem and oci_registry.verifies_tls  # the suite's registry speaks TLS by default
     RegistryClient(oci_registry, containers_root=tmp_path / "trusted").ping()
 
@@ -182,11 +217,16 @@ def test_the_registry_is_verified_with_its_ca_and_refused_under_another(
 
 
 def test_arm64_without_a_binfmt_handler_fails_the_build_with_one_line(
-        sklearn_repo: Path, oci_registry: RegistrySettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        make_builder_config: ConfigFactory) -> None:
+    sklearn_repo: Path,
+    oci_registry: RegistrySettings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make_builder_config: ConfigFactory,
+) -> None:
     monkeypatch.setattr(oci_platforms, "BINFMT_DIR", tmp_path / "binfmt_misc")  # a host without qemu handlers
-    config = make_builder_config(sklearn_repo, oci_registry, tmp_path / "cache",
-                                 platforms=["linux/amd64", "linux/arm64"])
+    config = make_builder_config(
+        sklearn_repo, oci_registry, tmp_path / "cache", platforms=["linux/amd64", "linux/arm64"]
+    )
     messages: list[object] = []
     with pytest.raises(BuildError) as caught:
         run_build(config, messages.append)  # the builder service's dispatch on mode="oci"

@@ -64,26 +64,48 @@ def _wait_until_serving(adapter: ContainerAdapter, app: object, service: str, ur
 
 def test_serving_requirements_swap_mlflow_for_the_skinny_package() -> None:
     assert serving_requirements(["mlflow==3.17.2", "scikit-learn==1.9.1", "# note", "cloudpickle==3.1.1"]) == [
-        "mlflow-skinny==3.17.2", "scikit-learn==1.9.1", "cloudpickle==3.1.1", "pandas", "uvicorn"]
-    assert serving_requirements(["mlflow[extras]==3.17.2", "pandas==3.1.1"])[:2] == ["mlflow-skinny==3.17.2",
-                                                                                      "pandas==3.1.1"]
+        "mlflow-skinny==3.17.2",
+        "scikit-learn==1.9.1",
+        "cloudpickle==3.1.1",
+        "pandas",
+        "uvicorn",
+    ]
+    assert serving_requirements(["mlflow[extras]==3.17.2", "pandas==3.1.1"])[:2] == [
+        "mlflow-skinny==3.17.2",
+        "pandas==3.1.1",
+    ]
 
 
 def test_trained_model_image_answers_invocations_with_correct_digits(
-        sklearn_build: SklearnBuild, oci_registry: RegistrySettings, oci_engine: ContainerEngine,
-        container_adapter: ContainerAdapter, wait_service: Callable[..., ServiceInfo], file_tracking: str) -> None:
+    sklearn_build: SklearnBuild,
+    oci_registry: RegistrySettings,
+    oci_engine: ContainerEngine,
+    container_adapter: ContainerAdapter,
+    wait_service: Callable[..., ServiceInfo],
+    file_tracking: str,
+) -> None:
     digits = load_digits()
     x_train, x_test, y_train, y_test = train_test_split(digits.data, digits.target, test_size=0.25, random_state=0)
     model = LogisticRegression(max_iter=3000).fit(x_train, y_train)
     with mlflow.start_run() as run:
         # As the FLOps aggregator logs models: the flavor's requirements, not MLflow's inference from
         # whatever this process has imported (which would drag torch and pytest into the image).
-        logged = mlflow.sklearn.log_model(model, name="model", input_example=x_train[:2],
-                                          pip_requirements=mlflow.sklearn.get_default_pip_requirements())
+        logged = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            input_example=x_train[:2],
+            pip_requirements=mlflow.sklearn.get_default_pip_requirements(),
+        )
 
     # Build on the project's aggregator image: its /opt/venv already has sklearn and MLflow.
-    built = build_model_image(logged.model_uri, file_tracking, oci_registry, image="sklearn-digits-model",
-                              base_image=sklearn_build.result.aggregator.reference, engine=oci_engine)
+    built = build_model_image(
+        logged.model_uri,
+        file_tracking,
+        oci_registry,
+        image="sklearn-digits-model",
+        base_image=sklearn_build.result.aggregator.reference,
+        engine=oci_engine,
+    )
     assert built.digest.startswith("sha256:") and not built.cached
     manifest = RegistryClient(oci_registry).manifest("flops/sklearn-digits-model", built.image.name.tag)
     assert manifest is not None and manifest.digest == built.digest
@@ -94,19 +116,28 @@ def test_trained_model_image_answers_invocations_with_correct_digits(
     app = container_adapter.create_app(f"serving-{run.info.run_id[:8]}", AppKind.PROJECT, "oci-tests", "p-serve")
     try:
         endpoint = container_adapter.plan_endpoint(app, "serving", PortSpec("http", 8080), Placement())
-        spec = ServiceSpec(name="serving", kind=ServiceKind.SERVING, config={}, image=built.reference,
-                           environment={"UVICORN_HOST": endpoint.host, "UVICORN_PORT": str(endpoint.port),
-                                        **serving_guard_environment([token_digest(TOKEN)])},
-                           resources=Resources(memory_mb=1024, vcpus=1),
-                           ports=(PortSpec("http", endpoint.port),))
+        spec = ServiceSpec(
+            name="serving",
+            kind=ServiceKind.SERVING,
+            config={},
+            image=built.reference,
+            environment={
+                "UVICORN_HOST": endpoint.host,
+                "UVICORN_PORT": str(endpoint.port),
+                **serving_guard_environment([token_digest(TOKEN)]),
+            },
+            resources=Resources(memory_mb=1024, vcpus=1),
+            ports=(PortSpec("http", endpoint.port),),
+        )
         service = container_adapter.add_service(app, spec)
         container_adapter.deploy_service(app, service)
         _wait_until_serving(container_adapter, app, service, endpoint.url)
         rows = {"inputs": x_test[:120].tolist()}
         refused = requests.post(f"{endpoint.url}/invocations", json=rows, timeout=60)
         assert refused.status_code == 401, refused.text[:500]  # the image's own guard, not only the manager's
-        response = requests.post(f"{endpoint.url}/invocations", json=rows, timeout=60,
-                                 headers={"Authorization": f"Bearer {TOKEN}"})
+        response = requests.post(
+            f"{endpoint.url}/invocations", json=rows, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
         assert response.status_code == 200, response.text[:500]
         predictions = np.asarray(response.json()["predictions"])
         assert predictions.tolist() == model.predict(x_test[:120]).tolist()
@@ -114,9 +145,17 @@ def test_trained_model_image_answers_invocations_with_correct_digits(
         assert container_adapter.inspect_service(app, service).state is State.RUNNING
 
         # Pulled and run by hand without a guard setting, the image refuses to serve and says why.
-        bare = container_adapter.add_service(app, ServiceSpec(
-            name="bare", kind=ServiceKind.SERVING, config={}, image=built.reference,
-            environment={"UVICORN_PORT": "1"}, resources=Resources(memory_mb=512, vcpus=1)))
+        bare = container_adapter.add_service(
+            app,
+            ServiceSpec(
+                name="bare",
+                kind=ServiceKind.SERVING,
+                config={},
+                image=built.reference,
+                environment={"UVICORN_PORT": "1"},
+                resources=Resources(memory_mb=512, vcpus=1),
+            ),
+        )
         container_adapter.deploy_service(app, bare)
         ended = wait_service(container_adapter, app, bare)
         assert ended.state is State.FAILED, ended
@@ -126,7 +165,13 @@ def test_trained_model_image_answers_invocations_with_correct_digits(
 
     # The same model again: found in the registry, nothing built.
     engine = ContainerEngine()
-    again = build_model_image(logged.model_uri, file_tracking, oci_registry, image="sklearn-digits-model",
-                              base_image=sklearn_build.result.aggregator.reference, engine=engine)
+    again = build_model_image(
+        logged.model_uri,
+        file_tracking,
+        oci_registry,
+        image="sklearn-digits-model",
+        base_image=sklearn_build.result.aggregator.reference,
+        engine=engine,
+    )
     assert again.cached and again.digest == built.digest
     assert [command for command in engine.history if command[0] == "buildah"] == []

@@ -40,28 +40,42 @@ def _remove_containers(settings: ContainerSettings) -> None:
 
 
 @pytest.fixture(scope="module")
-def container_stack(suite: SuiteEndpoints, oci_registry: RegistrySettings,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlopsStack]:
+def container_stack(
+    suite: SuiteEndpoints, oci_registry: RegistrySettings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FlopsStack]:
     root = tmp_path_factory.mktemp("container-stack")
     nodes_file = root / "nodes.json"
     nodes_file.write_text(json.dumps(NODES))
-    adapter = ContainerSettings(state_dir=str(root / "container-adapter"), registry=oci_registry,
-                                nodes_file=str(nodes_file), stop_grace_s=2)
+    adapter = ContainerSettings(
+        state_dir=str(root / "container-adapter"), registry=oci_registry, nodes_file=str(nodes_file), stop_grace_s=2
+    )
     try:
-        with running_stack(suite, root, orchestrator="container", registry=oci_registry.model_dump(),
-                           adapter_settings={"container": adapter.model_dump()},
-                           lifecycle={"training_timeout_s": 600, "build_timeout_s": 900}) as stack:
+        with running_stack(
+            suite,
+            root,
+            orchestrator="container",
+            registry=oci_registry.model_dump(),
+            adapter_settings={"container": adapter.model_dump()},
+            lifecycle={"training_timeout_s": 600, "build_timeout_s": 900},
+        ) as stack:
             yield stack
     finally:
         _remove_containers(adapter)
 
 
 def test_classic_project_trains_in_containers_and_serves_its_inference_image(
-        container_stack: FlopsStack, sklearn_repo: Path, oci_registry: RegistrySettings) -> None:
+    container_stack: FlopsStack, sklearn_repo: Path, oci_registry: RegistrySettings
+) -> None:
     pushed = container_stack.push_mocks("digits-oci", 2)
     assert sum(pushed["partitions"].values()) == 1797
-    request = sla("examples/sklearn_digits", ["digits-oci"], training_rounds=2,
-                  min_available_clients=2, min_fit_clients=2, min_evaluate_clients=2)  # fmt: skip
+    request = sla(
+        "examples/sklearn_digits",
+        ["digits-oci"],
+        training_rounds=2,
+        min_available_clients=2,
+        min_fit_clients=2,
+        min_evaluate_clients=2,
+    )
     request["ml_repo_url"] = str(sklearn_repo)
     request["post_training_steps"] = ["build_image_for_trained_model", "deploy_trained_model_image"]
     project_id = container_stack.submit(request)
@@ -95,8 +109,9 @@ def test_classic_project_trains_in_containers_and_serves_its_inference_image(
     # It serves /invocations through the API with correct digits.
     digits = load_digits()
     features = (digits.data / 16.0).astype(np.float32)
-    answer = container_stack.api("POST", f"/api/flops/projects/{project_id}/predict",
-                                 json={"inputs": features[:40].tolist()})  # fmt: skip
+    answer = container_stack.api(
+        "POST", f"/api/flops/projects/{project_id}/predict", json={"inputs": features[:40].tolist()}
+    )
     assert answer.status_code == 200, answer.text
     predictions = [int(value) for value in answer.json()["predictions"]]
     assert sum(p == t for p, t in zip(predictions, digits.target[:40], strict=True)) >= 30, predictions

@@ -35,18 +35,33 @@ OLD_SERVICES = {
 
 def old_record(phase: ProjectPhase, **fields: object) -> ProjectRecord:
     """A record as an earlier manager wrote it: no ``service_entries`` in the stored document."""
-    document = {"project_id": "p" * 32, "customer": "Admin", "sla": {}, "phase": phase.value,
-                "services": OLD_SERVICES, **fields}  # fmt: skip
+    document = {
+        "project_id": "p" * 32,
+        "customer": "Admin",
+        "sla": {},
+        "phase": phase.value,
+        "services": OLD_SERVICES,
+        **fields,
+    }
     return ProjectRecord.model_validate(document)
 
 
 def test_the_phases_run_in_order_and_each_says_what_a_restart_does() -> None:
     assert [step.phase for step in PHASES] == [
-        ProjectPhase.OBSERVATORY, ProjectPhase.PROJECT_APP, ProjectPhase.OBSERVER, ProjectPhase.BUILD,
-        ProjectPhase.TRAINING, ProjectPhase.POST_TRAINING,
-    ]  # fmt: skip
-    assert restartable_phases() == {ProjectPhase.QUEUED, ProjectPhase.OBSERVATORY, ProjectPhase.PROJECT_APP,
-                                    ProjectPhase.OBSERVER, ProjectPhase.BUILD}  # fmt: skip
+        ProjectPhase.OBSERVATORY,
+        ProjectPhase.PROJECT_APP,
+        ProjectPhase.OBSERVER,
+        ProjectPhase.BUILD,
+        ProjectPhase.TRAINING,
+        ProjectPhase.POST_TRAINING,
+    ]
+    assert restartable_phases() == {
+        ProjectPhase.QUEUED,
+        ProjectPhase.OBSERVATORY,
+        ProjectPhase.PROJECT_APP,
+        ProjectPhase.OBSERVER,
+        ProjectPhase.BUILD,
+    }
     assert all(step.needs for step in PHASES)
     assert [step.phase for step in PHASES if step.resume is not None] == [ProjectPhase.TRAINING]
 
@@ -62,8 +77,9 @@ def test_the_phases_run_in_order_and_each_says_what_a_restart_does() -> None:
         (ProjectPhase.CLEANUP, {}, OnRestart.FAIL),
     ],
 )
-def test_a_restarted_manager_reads_the_table(phase: ProjectPhase, fields: dict[str, object],
-                                             expected: OnRestart) -> None:  # fmt: skip
+def test_a_restarted_manager_reads_the_table(
+    phase: ProjectPhase, fields: dict[str, object], expected: OnRestart
+) -> None:
     assert on_restart(old_record(phase, **fields)) is expected
 
 
@@ -100,14 +116,22 @@ def test_every_adapter_declares_its_capabilities() -> None:
     assert not declared["local"].capabilities.runs_images and declared["local"].capabilities.bind_host == "127.0.0.1"
     assert [name for name, cls in declared.items() if not cls.capabilities.private_configs] == ["oakestra"]
     assert [name for name, cls in declared.items() if cls.capabilities.runs_data_servers] == [
-        "local", "container", "kubernetes"]
+        "local",
+        "container",
+        "kubernetes",
+    ]
 
 
 def test_each_adapter_builds_the_command_line_from_the_entry_module() -> None:
     spec = ServiceSpec(name="aggregator", kind=ServiceKind.AGGREGATOR, config={}, module="services.aggregator.main")
     assert host_command(spec, "/usr/bin/python3") == ("/usr/bin/python3", "-m", "services.aggregator.main")
-    built = ServiceSpec(name="learner", kind=ServiceKind.LEARNER, config={}, module="services.learner.main",
-                        python="/envs/abc/bin/python")  # fmt: skip
+    built = ServiceSpec(
+        name="learner",
+        kind=ServiceKind.LEARNER,
+        config={},
+        module="services.learner.main",
+        python="/envs/abc/bin/python",
+    )
     assert host_command(built, "/usr/bin/python3")[0] == "/envs/abc/bin/python"
     assert image_command(built) == ("python", "-m", "services.learner.main")
     explicit = ServiceSpec(name="x", kind=ServiceKind.BUILDER, config={}, command=("sh", "-c", "true"))
@@ -115,11 +139,16 @@ def test_each_adapter_builds_the_command_line_from_the_entry_module() -> None:
 
 
 def test_configs_go_by_reference_where_the_adapter_cannot_keep_them_private(tmp_path: Path) -> None:
-    settings = LifecycleSettings(mqtt=MqttSettings(), state_dir=tmp_path, cache_dir=tmp_path,
-                                 config_url="https://manager:5072/service-config")  # fmt: skip
-    chosen = LifecycleSettings(mqtt=MqttSettings(), state_dir=tmp_path, cache_dir=tmp_path,
-                               config_url="https://manager:5072/service-config",
-                               configs_by_reference=frozenset({"local"}))  # fmt: skip
+    settings = LifecycleSettings(
+        mqtt=MqttSettings(), state_dir=tmp_path, cache_dir=tmp_path, config_url="https://manager:5072/service-config"
+    )
+    chosen = LifecycleSettings(
+        mqtt=MqttSettings(),
+        state_dir=tmp_path,
+        cache_dir=tmp_path,
+        config_url="https://manager:5072/service-config",
+        configs_by_reference=frozenset({"local"}),
+    )
     no_url = LifecycleSettings(mqtt=MqttSettings(), state_dir=tmp_path, cache_dir=tmp_path)
     adapters = {name: object.__new__(adapter_class(name)) for name in ADAPTERS}  # no settings: no I/O either
     assert [name for name, adapter in adapters.items() if delivers_by_reference(adapter, settings)] == ["oakestra"]

@@ -11,10 +11,21 @@ from manager.lifecycle.waiting import QuietNotes
 from manager.records import ProjectPhase, ProjectRecord, ProjectStatus, project_timing
 
 
-def report(round_: int, total: int, *, cluster: str | None = None, cycle: int = 1, cycles: int = 1,
-           seconds: float = 1.0) -> TrainingProgress:  # fmt: skip
-    return TrainingProgress(project_id="p", sender="aggregator", cluster=cluster, cycle=cycle, total_cycles=cycles,
-                            round=round_, total_rounds=total, round_seconds=seconds, accuracy=0.5, loss=float("nan"))
+def report(
+    round_: int, total: int, *, cluster: str | None = None, cycle: int = 1, cycles: int = 1, seconds: float = 1.0
+) -> TrainingProgress:
+    return TrainingProgress(
+        project_id="p",
+        sender="aggregator",
+        cluster=cluster,
+        cycle=cycle,
+        total_cycles=cycles,
+        round=round_,
+        total_rounds=total,
+        round_seconds=seconds,
+        accuracy=0.5,
+        loss=float("nan"),
+    )
 
 
 def test_classic_eta_follows_the_measured_wall_time_between_rounds() -> None:
@@ -45,17 +56,29 @@ def test_hierarchical_eta_waits_for_the_slowest_cluster_and_uses_measured_cycles
 
 
 def test_timing_gives_elapsed_phase_seconds_and_a_ticking_eta() -> None:
-    record = ProjectRecord(project_id="p", customer="alice", sla={}, created_at=100.0, status=ProjectStatus.RUNNING,
-                           phase=ProjectPhase.TRAINING, training_eta_at=200.0,
-                           phase_started={"observatory": 101.0, "build": 103.0, "training": 110.0})  # fmt: skip
+    record = ProjectRecord(
+        project_id="p",
+        customer="alice",
+        sla={},
+        created_at=100.0,
+        status=ProjectStatus.RUNNING,
+        phase=ProjectPhase.TRAINING,
+        training_eta_at=200.0,
+        phase_started={"observatory": 101.0, "build": 103.0, "training": 110.0},
+    )
     timing = project_timing(record, now=150.0)
     assert timing.elapsed_s == 50.0
     assert timing.eta_s == 50.0
     assert timing.phase_seconds == {"observatory": 2.0, "build": 7.0, "training": 40.0}
     assert project_timing(record, now=260.0).eta_s == 0.0  # late: never negative
-    done = record.model_copy(update={"status": ProjectStatus.COMPLETED, "phase": ProjectPhase.DONE,
-                                     "finished_at": 230.0,
-                                     "phase_started": {**record.phase_started, "cleanup": 220.0, "done": 230.0}})
+    done = record.model_copy(
+        update={
+            "status": ProjectStatus.COMPLETED,
+            "phase": ProjectPhase.DONE,
+            "finished_at": 230.0,
+            "phase_started": {**record.phase_started, "cleanup": 220.0, "done": 230.0},
+        }
+    )
     finished = project_timing(done, now=999.0)
     assert (finished.elapsed_s, finished.eta_s) == (130.0, 0.0)
     assert finished.phase_seconds == {"observatory": 2.0, "build": 7.0, "training": 110.0, "cleanup": 10.0}
@@ -74,7 +97,10 @@ def test_a_round_record_keeps_what_the_aggregator_reported() -> None:
 def test_a_quiet_wait_is_noted_after_5_s_then_every_30_s_and_a_report_starts_it_again() -> None:
     quiet = QuietNotes(now=100.0)
     assert [t for t in (101.0, 104.9, 105.0, 105.5, 120.0, 134.9, 135.0, 150.0, 165.0) if quiet.due(t)] == [
-        105.0, 135.0, 165.0]  # fmt: skip
+        105.0,
+        135.0,
+        165.0,
+    ]
     quiet.heard(170.0)
     assert not quiet.due(174.0) and quiet.due(175.0) and not quiet.due(176.0)
 
@@ -82,11 +108,13 @@ def test_a_quiet_wait_is_noted_after_5_s_then_every_30_s_and_a_report_starts_it_
 def test_a_restarted_manager_replays_the_stored_rounds_into_the_same_estimate() -> None:
     live = TrainingClock(total_rounds=2, total_cycles=2)
     stored = []
-    for at, message in [(10.0, report(1, 2, cluster="a", cycles=2, seconds=3.0)),
-                        (12.0, report(1, 2, cluster="b", cycles=2, seconds=4.0)),
-                        (14.0, report(2, 2, cluster="a", cycles=2)),
-                        (17.0, report(2, 2, cluster="b", cycles=2)),
-                        (18.0, report(2, 2, cycles=2, seconds=10.0))]:  # fmt: skip
+    for at, message in [
+        (10.0, report(1, 2, cluster="a", cycles=2, seconds=3.0)),
+        (12.0, report(1, 2, cluster="b", cycles=2, seconds=4.0)),
+        (14.0, report(2, 2, cluster="a", cycles=2)),
+        (17.0, report(2, 2, cluster="b", cycles=2)),
+        (18.0, report(2, 2, cycles=2, seconds=10.0)),
+    ]:
         live.observe(message, at)
         stored.append(round_record("p", message, at))
     restarted = TrainingClock(total_rounds=2, total_cycles=2)

@@ -43,10 +43,18 @@ def test_a_projects_credentials_are_stored_sealed_and_come_back_for_a_restart(
     tmp_path: Path, mongo_uri: str, mongo_db_name: str
 ) -> None:
     box = SecretBox(tmp_path / "secrets.key")
-    sla = ProjectSLA.model_validate({"ml_repo_url": f"https://alice:{PASSWORD}@git.example.org/ml/repo.git?t={PASSWORD}",
-                                     "ml_model_flavor": "sklearn"})  # fmt: skip
-    record = ProjectRecord(project_id="sealed-1", customer="alice", sla=sla.model_dump(mode="json", by_alias=True),
-                           sealed=seal_project_secrets(sla, box))  # fmt: skip
+    sla = ProjectSLA.model_validate(
+        {
+            "ml_repo_url": f"https://alice:{PASSWORD}@git.example.org/ml/repo.git?t={PASSWORD}",
+            "ml_model_flavor": "sklearn",
+        }
+    )
+    record = ProjectRecord(
+        project_id="sealed-1",
+        customer="alice",
+        sla=sla.model_dump(mode="json", by_alias=True),
+        sealed=seal_project_secrets(sla, box),
+    )
     assert set(record.sealed) == {REPO_CREDENTIALS}
     assert PASSWORD not in record.model_dump_json() and "sealed" not in record.model_dump()  # what the API serves
 

@@ -113,8 +113,11 @@ def start_learners(server: LinkServer, failing: tuple[str, ...] = ()) -> list[Li
         node_id = new_node_id()
         app = learner_app(name, fail_training=name in failing)
         context = Context(run_id=RUN_ID, node_id=node_id, node_config={}, state=RecordDict(), run_config={})
-        clients.append(LinkClient(server.address, frames.Hello(node_id, name), handler_of(app, context),
-                                  CA.for_supernode(name)).start())  # fmt: skip
+        clients.append(
+            LinkClient(
+                server.address, frames.Hello(node_id, name), handler_of(app, context), CA.for_supernode(name)
+            ).start()
+        )
     for client in clients:
         assert client.wait_connected(10)
     return clients
@@ -159,9 +162,16 @@ def test_the_secure_aggregate_is_the_weighted_mean_and_no_update_is_seen_in_the_
 def secure_rounds(server: LinkServer, failing: tuple[str, ...], lost: list[str], strategy=None):  # type: ignore[no-untyped-def]
     grid = RecordingGrid(server)
     assert wait_until(lambda: len(list(grid.get_node_ids())) == len(LEARNERS), 10, 0.05)
-    return grid, SecureFederatedRounds(grid, min_available=4, min_fit=3, min_evaluate=3, timeout_s=30,
-                                       on_lost=lambda name, why: lost.append(why), strategy=strategy,
-                                       secure=SETTINGS)  # fmt: skip
+    return grid, SecureFederatedRounds(
+        grid,
+        min_available=4,
+        min_fit=3,
+        min_evaluate=3,
+        timeout_s=30,
+        on_lost=lambda name, why: lost.append(why),
+        strategy=strategy,
+        secure=SETTINGS,
+    )
 
 
 def test_a_learner_that_drops_out_after_sharing_its_keys_does_not_stop_the_round(server: LinkServer) -> None:
@@ -198,7 +208,7 @@ def test_too_many_dropouts_fail_the_round_with_a_reason(server: LinkServer) -> N
     assert "secure aggregation failed: 2 of 4 learners completed it (at least 3 needed" in str(failed.value)
 
 
-USER_MODEL = '''
+USER_MODEL = """
 import numpy as np
 from flops_utils import ModelManager as Base
 
@@ -228,7 +238,7 @@ class ModelManager(Base):
 
     def evaluate_model(self):
         return 0.25, 0.75, 5
-'''
+"""
 
 
 def test_the_flops_client_app_trains_under_secagg_and_answers_plain_rounds_too(server: LinkServer, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -252,8 +262,15 @@ def test_the_flops_client_app_trains_under_secagg_and_answers_plain_rounds_too(s
         grid = LinkGrid(server)
         assert wait_until(lambda: len(list(grid.get_node_ids())) == 3, 10, 0.05)
         secure = SecureAggregation(enabled=True, num_shares=3, reconstruction_threshold=2)
-        rounds = SecureFederatedRounds(grid, min_available=3, min_fit=3, min_evaluate=3, timeout_s=30,
-                                       strategy=FedProx(proximal_mu=0.4), secure=secure)  # fmt: skip
+        rounds = SecureFederatedRounds(
+            grid,
+            min_available=3,
+            min_fit=3,
+            min_evaluate=3,
+            timeout_s=30,
+            strategy=FedProx(proximal_mu=0.4),
+            secure=secure,
+        )
         trained = rounds.train_round(1, [np.zeros(3)], {})
         assert trained.arrays is not None
         np.testing.assert_allclose(trained.arrays[0], np.ones(3), atol=tolerance(secure, [10, 10, 10]))  # 1.5e-3
@@ -262,7 +279,8 @@ def test_the_flops_client_app_trains_under_secagg_and_answers_plain_rounds_too(s
         evaluated = rounds.evaluate_round(1, trained.arrays, {})
         assert evaluated.accuracy == 0.75 and len(evaluated.participants) == 3
         plain = FederatedRounds(grid, min_available=3, min_fit=3, min_evaluate=3, timeout_s=30).train_round(
-            2, trained.arrays, {})
+            2, trained.arrays, {}
+        )
         assert plain.arrays is not None
         np.testing.assert_allclose(plain.arrays[0], trained.arrays[0] + 1.0)
         assert sys.modules["model_manager"].MU_SEEN == [0.4] * 3 + [0.0] * 3  # FedProx's mu, then plain rounds

@@ -44,8 +44,9 @@ def test_invocations_need_the_token(client: TestClient) -> None:
 
 
 def test_a_wrong_input_width_answers_400_naming_the_shape(client: TestClient) -> None:
-    answer = client.post("/invocations", json={"inputs": [[0.0] * 30, [0.0] * 30]},
-                         headers={"Authorization": f"Bearer {TOKEN}"})
+    answer = client.post(
+        "/invocations", json={"inputs": [[0.0] * 30, [0.0] * 30]}, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     assert answer.status_code == 400
     assert answer.json()["message"] == "the model expects inputs of shape (n, 64); got rows of 30 values"
 

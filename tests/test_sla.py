@@ -31,7 +31,6 @@ def training(**values: Any) -> dict[str, Any]:
     return sla(training_configuration=values)
 
 
-
 def errors_of(document: Any) -> list[dict[str, str]]:
     with pytest.raises(ValidationError) as caught:
         ProjectSLA.model_validate(document)
@@ -60,21 +59,29 @@ def test_reference_examples_are_accepted_unchanged() -> None:
         "ml_repo_url": "https://github.com/Malyuk-A/flops_ml_repo_mnist_sklearn.git",
         "ml_model_flavor": "sklearn",
         "training_configuration": {
-            "data_tags": ["mnist"], "min_available_clients": 2, "min_fit_clients": 2, "min_evaluate_clients": 2,
+            "data_tags": ["mnist"],
+            "min_available_clients": 2,
+            "min_fit_clients": 2,
+            "min_evaluate_clients": 2,
         },
         "post_training_steps": ["build_image_for_trained_model", "deploy_trained_model_image"],
-    }  # fmt: skip
+    }
     hierarchical = {
         "customerID": "Admin",
         "ml_repo_url": "git@github.com:example/cifar10-pytorch.git",
         "ml_model_flavor": "pytorch",
         "supported_platforms": ["linux/amd64", "linux/arm64"],
         "training_configuration": {
-            "mode": "hierarchical", "data_tags": ["cifar10"], "training_cycles": 10, "training_rounds": 5,
-            "min_available_clients": 3, "min_fit_clients": 3, "min_evaluate_clients": 3,
+            "mode": "hierarchical",
+            "data_tags": ["cifar10"],
+            "training_cycles": 10,
+            "training_rounds": 5,
+            "min_available_clients": 3,
+            "min_fit_clients": 3,
+            "min_evaluate_clients": 3,
         },
         "post_training_steps": ["build_image_for_trained_model", "deploy_trained_model_image"],
-    }  # fmt: skip
+    }
     assert ProjectSLA.model_validate(classic).training_configuration.min_fit_clients == 2
     parsed = ProjectSLA.model_validate(hierarchical)
     assert parsed.training_configuration.mode == "hierarchical"
@@ -92,15 +99,21 @@ def test_reference_examples_are_accepted_unchanged() -> None:
         (sla(ml_model_flavor="tensorflow"), "ml_model_flavor", "tensorflow"),
         (sla(ml_model_flavor="keras"), "ml_model_flavor", "keras"),
         (sla(supported_platforms=["linux/arm64"]), "supported_platforms", ["linux/arm64"]),
-        (sla(post_training_steps=["build_image_for_trained_model"]), "post_training_steps",
-         ["build_image_for_trained_model"]),
-        (sla(post_training_steps=["deploy_trained_model_image"]), "post_training_steps",
-         ["build_image_for_trained_model", "deploy_trained_model_image"]),
+        (
+            sla(post_training_steps=["build_image_for_trained_model"]),
+            "post_training_steps",
+            ["build_image_for_trained_model"],
+        ),
+        (
+            sla(post_training_steps=["deploy_trained_model_image"]),
+            "post_training_steps",
+            ["build_image_for_trained_model", "deploy_trained_model_image"],
+        ),
         (sla(repo_ref="release/v1.2"), "repo_ref", "release/v1.2"),
         (sla(orchestrator="kubernetes"), "orchestrator", "kubernetes"),
         (sla(ml_repo_url="  /srv/repos/mnist  "), "ml_repo_url", "/srv/repos/mnist"),
     ],
-)  # fmt: skip
+)
 def test_top_level_fields(document: dict[str, Any], attribute: str, expected: Any) -> None:
     assert getattr(ProjectSLA.model_validate(document), attribute) == expected
 
@@ -124,8 +137,13 @@ def test_training_configuration_fields(values: dict[str, Any], attribute: str, e
 @pytest.mark.parametrize(("verbose", "level"), [(True, "DEBUG"), (False, None)])
 def test_verbose_makes_the_projects_services_log_at_debug(verbose: bool, level: str | None) -> None:
     parsed = ProjectSLA.model_validate(sla(verbose=verbose))
-    config = BuilderConfig(project_id="p", mqtt={"host": "127.0.0.1", "port": 1883}, repo_url="/srv/repo",
-                           flavor="sklearn", cache_dir="/tmp/cache")  # fmt: skip
+    config = BuilderConfig(
+        project_id="p",
+        mqtt={"host": "127.0.0.1", "port": 1883},
+        repo_url="/srv/repo",
+        flavor="sklearn",
+        cache_dir="/tmp/cache",
+    )
     spec = service_spec("builder", ServiceKind.BUILDER, config, python="python", image=None, verbose=parsed.verbose)
     assert spec.environment.get(LOG_LEVEL_ENV) == level
 
@@ -148,8 +166,11 @@ def test_resource_constraints() -> None:
         (sla(supported_platforms=["windows/amd64"]), "supported_platforms[0]", "linux/amd64"),
         (sla(supported_platforms=[]), "supported_platforms", "at least 1"),
         (sla(use_devel_base_images=True), "use_devel_base_images", "not supported"),
-        (sla(use_devel_base_images=True, supported_platforms=["linux/arm64"]), "use_devel_base_images",
-         "leave use_devel_base_images false"),
+        (
+            sla(use_devel_base_images=True, supported_platforms=["linux/arm64"]),
+            "use_devel_base_images",
+            "leave use_devel_base_images false",
+        ),
         (sla(post_training_steps=["publish"]), "post_training_steps[0]", "build_image_for_trained_model"),
         (training(mode="ring"), "training_configuration.mode", "classic"),
         (training(data_tags="mnist"), "training_configuration.data_tags", "list"),
@@ -162,10 +183,16 @@ def test_resource_constraints() -> None:
         (training(min_evaluate_clients=0), "training_configuration.min_evaluate_clients", "greater than or equal"),
         (training(training_rounds=2.5), "training_configuration.training_rounds", "integer"),
         (training(round_timeout_s=0), "training_configuration.round_timeout_s", "greater than 0"),
-        (training(min_available_clients=2, min_fit_clients=3), "training_configuration.min_fit_clients",
-         "must not exceed min_available_clients (2)"),
-        (training(min_available_clients=2, min_evaluate_clients=4), "training_configuration.min_evaluate_clients",
-         "must not exceed min_available_clients (2)"),
+        (
+            training(min_available_clients=2, min_fit_clients=3),
+            "training_configuration.min_fit_clients",
+            "must not exceed min_available_clients (2)",
+        ),
+        (
+            training(min_available_clients=2, min_evaluate_clients=4),
+            "training_configuration.min_evaluate_clients",
+            "must not exceed min_available_clients (2)",
+        ),
         (training(min_fit_clients=2), "training_configuration.min_fit_clients", "min_available_clients (1)"),
         (sla(resource_constraints={"memory": 0}), "resource_constraints.memory", "greater than or equal to 1"),
         (sla(resource_constraints={"vcpus": 0}), "resource_constraints.vcpus", "greater than 0"),
@@ -174,7 +201,7 @@ def test_resource_constraints() -> None:
         (sla(repo_ref="main..evil"), "repo_ref", "repo_ref"),
         (sla(orchestrator="Kube rnetes"), "orchestrator", "pattern"),
     ],
-)  # fmt: skip
+)
 def test_bad_values_name_their_field(document: dict[str, Any], field: str, message_part: str) -> None:
     errors = errors_of(document)
     assert field in [error["field"] for error in errors], errors
@@ -247,8 +274,12 @@ def test_credentials_in_the_repo_url_are_taken_out_and_never_dumped() -> None:
     parsed = ProjectSLA.model_validate(sla(ml_repo_url="https://bob:t%40ken-1@git.example.org/ml/repo.git"))
     assert parsed.ml_repo_url == "https://git.example.org/ml/repo.git"
     assert parsed.repo_credentials == RepoCredentials(username="bob", password="t@ken-1")
-    explicit = ProjectSLA.model_validate(sla(ml_repo_url="https://git.example.org/ml/repo.git",
-                                             repo_credentials={"username": "bob", "password": "t@ken-1"}))  # fmt: skip
+    explicit = ProjectSLA.model_validate(
+        sla(
+            ml_repo_url="https://git.example.org/ml/repo.git",
+            repo_credentials={"username": "bob", "password": "t@ken-1"},
+        )
+    )
     assert explicit.repo_credentials == parsed.repo_credentials
     for document in (parsed, explicit):
         assert "ken-1" not in document.model_dump_json() + repr(document)
@@ -265,11 +296,23 @@ def test_a_query_string_in_the_repo_url_is_taken_out_like_credentials() -> None:
     both = ProjectSLA.model_validate(sla(ml_repo_url="https://bob:pw-1@git.example.org/r.git?private_token=s3cr3t-q"))
     assert both.ml_repo_url == "https://git.example.org/r.git"
     assert both.repo_credentials == RepoCredentials(username="bob", password="pw-1", query="private_token=s3cr3t-q")
-    explicit = ProjectSLA.model_validate(sla(ml_repo_url="https://git.example.org/r.git?token=s3cr3t-q",
-                                             repo_credentials={"username": "bob", "password": "pw-1"}))  # fmt: skip
+    explicit = ProjectSLA.model_validate(
+        sla(
+            ml_repo_url="https://git.example.org/r.git?token=s3cr3t-q",
+            repo_credentials={"username": "bob", "password": "pw-1"},
+        )
+    )
     assert explicit.repo_credentials == RepoCredentials(username="bob", password="pw-1", query="token=s3cr3t-q")
-    builder = BuilderConfig.model_validate({"project_id": "p", "instance_name": "builder", "flavor": "sklearn",
-                                            "cache_dir": "/c", "mqtt": {}, "repo_url": "https://h.example/r.git?token=s3cr3t-q"})
+    builder = BuilderConfig.model_validate(
+        {
+            "project_id": "p",
+            "instance_name": "builder",
+            "flavor": "sklearn",
+            "cache_dir": "/c",
+            "mqtt": {},
+            "repo_url": "https://h.example/r.git?token=s3cr3t-q",
+        }
+    )
     assert builder.repo_url == "https://h.example/r.git" and builder.repo_credentials is not None
     assert builder.repo_credentials.query == "token=s3cr3t-q" and "s3cr3t" not in repr(builder)
     ssh = ProjectSLA.model_validate(sla(ml_repo_url="ssh://git@example.org/r.git"))
@@ -279,14 +322,18 @@ def test_a_query_string_in_the_repo_url_is_taken_out_like_credentials() -> None:
 @pytest.mark.parametrize(
     ("document", "reason"),
     [
-        (sla(ml_repo_url="https://a:b@example.org/r.git", repo_credentials={"username": "a", "password": "b"}),
-         "given twice"),
-        (sla(ml_repo_url="ssh://git@example.org/r.git", repo_credentials={"username": "a", "password": "b"}),
-         "http(s) repository URLs only"),
+        (
+            sla(ml_repo_url="https://a:b@example.org/r.git", repo_credentials={"username": "a", "password": "b"}),
+            "given twice",
+        ),
+        (
+            sla(ml_repo_url="ssh://git@example.org/r.git", repo_credentials={"username": "a", "password": "b"}),
+            "http(s) repository URLs only",
+        ),
         (sla(repo_credentials={"username": "a", "password": "b\nprotocol=file"}), "pattern"),
         (sla(repo_credentials={"username": "", "password": "b"}), "at least 1 character"),
     ],
-)  # fmt: skip
+)
 def test_bad_repo_credentials_are_refused_without_echoing_them(document: dict[str, Any], reason: str) -> None:
     errors = errors_of(document)
     assert errors[0]["field"].startswith("repo_credentials"), errors
@@ -300,8 +347,11 @@ def test_training_settings_for_the_services() -> None:
     )
     settings = sla_to_training_settings(parsed)
     assert (settings.mode, settings.data_tags, settings.training_rounds, settings.training_cycles) == (
-        "hierarchical", ["x"], 2, 3,
-    )  # fmt: skip
+        "hierarchical",
+        ["x"],
+        2,
+        3,
+    )
     assert settings.round_timeout_s == 9
     default_timeout = sla_to_training_settings(ProjectSLA.model_validate(MINIMAL)).round_timeout_s
     assert default_timeout > 0  # the services' default applies when the SLA leaves it out

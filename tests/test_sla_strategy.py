@@ -49,15 +49,21 @@ def test_the_default_is_example_weighted_fedavg() -> None:
         ({"name": "krum", "f": 1}, "training_configuration.strategy.f", "unknown field"),
         ({"name": "fedmedian", "beta": 0.1}, "training_configuration.strategy.beta", "unknown field"),
         ({"name": "fedprox"}, "training_configuration.strategy.proximal_mu", "field required"),
-        ({"name": "fedprox", "proximal_mu": -1}, "training_configuration.strategy.proximal_mu",
-         "greater than or equal to 0"),
+        (
+            {"name": "fedprox", "proximal_mu": -1},
+            "training_configuration.strategy.proximal_mu",
+            "greater than or equal to 0",
+        ),
         ({"name": "fedprox", "proximal_mu": "0.1"}, "training_configuration.strategy.proximal_mu", "valid number"),
         ({"name": "trimmedmean", "beta": 0.5}, "training_configuration.strategy.beta", "less than 0.5"),
         ({"name": "fedadam", "beta_2": 1}, "training_configuration.strategy.beta_2", "less than 1"),
         ({"name": "fedyogi", "eta": 0}, "training_configuration.strategy.eta", "greater than 0"),
         ({"name": "fedavgm", "server_momentum": 1.5}, "training_configuration.strategy.server_momentum", "less than 1"),
-        ({"name": "multikrum", "num_nodes_to_select": 0}, "training_configuration.strategy.num_nodes_to_select",
-         "greater than or equal to 1"),
+        (
+            {"name": "multikrum", "num_nodes_to_select": 0},
+            "training_configuration.strategy.num_nodes_to_select",
+            "greater than or equal to 1",
+        ),
         ({"name": "fedsgd"}, "training_configuration.strategy", "unknown name 'fedsgd', one of: fedavg, fedprox"),
         ({"proximal_mu": 1}, "training_configuration.strategy", "name required, one of: fedavg"),
     ],
@@ -78,8 +84,12 @@ def test_krum_needs_an_honest_majority_of_min_fit_clients() -> None:
 
 def test_root_strategy_and_cluster_overrides_need_hierarchical_mode() -> None:
     found = errors(root_strategy={"name": "fedmedian"})
-    assert found == [{"field": "training_configuration.root_strategy",
-                      "message": "root_strategy needs mode 'hierarchical' (classic mode has no root)"}]  # fmt: skip
+    assert found == [
+        {
+            "field": "training_configuration.root_strategy",
+            "message": "root_strategy needs mode 'hierarchical' (classic mode has no root)",
+        }
+    ]
     found = errors(strategy={"name": "fedavg", "clusters": {"a": {"name": "fedmedian"}}})
     assert found[0]["field"] == "training_configuration.strategy" and "need mode 'hierarchical'" in found[0]["message"]
     found = errors(mode="hierarchical", root_strategy={"name": "fedavg", "clusters": {"a": {"name": "fedmedian"}}})
@@ -93,19 +103,34 @@ def test_root_strategy_and_cluster_overrides_need_hierarchical_mode() -> None:
 
 
 def aggregator(sla: ProjectSLA, role: str, cluster: str | None = None) -> AggregatorConfig:
-    return AggregatorConfig(project_id="p1", mqtt=MqttSettings(), role=role, cluster=cluster,  # type: ignore[arg-type]
-                            training=sla_to_training_settings(sla), flavor="sklearn", app_dir="/app", port=1,
-                            work_dir="/tmp/w", params={"repo": "x"})  # fmt: skip
+    return AggregatorConfig(
+        project_id="p1",
+        mqtt=MqttSettings(),
+        role=role,
+        cluster=cluster,  # type: ignore[arg-type]
+        training=sla_to_training_settings(sla),
+        flavor="sklearn",
+        app_dir="/app",
+        port=1,
+        work_dir="/tmp/w",
+        params={"repo": "x"},
+    )
 
 
 def test_each_aggregation_level_builds_its_own_flower_strategy() -> None:
     sla = parsed(
-        mode="hierarchical", **THREE,
-        strategy={"name": "fedprox", "proximal_mu": 0.05,
-                  "clusters": {"cluster-b": {"name": "trimmedmean", "beta": 0.34},
-                               "cluster-c": {"name": "multikrum", "num_malicious_nodes": 1, "num_nodes_to_select": 2}}},
+        mode="hierarchical",
+        **THREE,
+        strategy={
+            "name": "fedprox",
+            "proximal_mu": 0.05,
+            "clusters": {
+                "cluster-b": {"name": "trimmedmean", "beta": 0.34},
+                "cluster-c": {"name": "multikrum", "num_malicious_nodes": 1, "num_nodes_to_select": 2},
+            },
+        },
         root_strategy={"name": "fedadam", "eta": 0.02},
-    )  # fmt: skip
+    )
     cluster_a = round_strategy(aggregator(sla, "cluster", "cluster-a"), "learners", min_fit=3, min_evaluate=3)
     assert type(cluster_a) is FedProx and cluster_a.proximal_mu == 0.05 and cluster_a.min_train_nodes == 3
     cluster_b = round_strategy(aggregator(sla, "cluster", "cluster-b"), "learners", min_fit=3, min_evaluate=3)
@@ -119,8 +144,9 @@ def test_each_aggregation_level_builds_its_own_flower_strategy() -> None:
     hierarchical = aggregator(parsed(mode="hierarchical"), "root")
     root_default = round_strategy(hierarchical, "clusters", min_fit=2, min_evaluate=2)
     assert type(root_default) is FedAvg
-    median = build_strategy(parsed(strategy={"name": "fedmedian"}).training_configuration.strategy, min_fit=1,
-                            min_evaluate=1)  # fmt: skip
+    median = build_strategy(
+        parsed(strategy={"name": "fedmedian"}).training_configuration.strategy, min_fit=1, min_evaluate=1
+    )
     assert type(median) is FedMedian
     with_momentum = parsed(strategy={"name": "fedavgm", "server_momentum": 0.9}).training_configuration.strategy
     momentum = build_strategy(with_momentum, min_fit=1, min_evaluate=1)
@@ -128,9 +154,11 @@ def test_each_aggregation_level_builds_its_own_flower_strategy() -> None:
 
 
 def test_the_strategy_and_its_parameters_are_mlflow_params() -> None:
-    sla = parsed(mode="hierarchical", strategy={"name": "fedprox", "proximal_mu": 0.05,
-                                                "clusters": {"cluster-b": {"name": "fedmedian"}}},
-                 root_strategy={"name": "fedyogi"})  # fmt: skip
+    sla = parsed(
+        mode="hierarchical",
+        strategy={"name": "fedprox", "proximal_mu": 0.05, "clusters": {"cluster-b": {"name": "fedmedian"}}},
+        root_strategy={"name": "fedyogi"},
+    )
     params = strategy_params(aggregator(sla, "cluster", "cluster-a"))
     assert params["strategy"] == "FedProx" and params["strategy.proximal_mu"] == 0.05 and params["repo"] == "x"
     params = strategy_params(aggregator(sla, "cluster", "cluster-b"))
@@ -143,10 +171,15 @@ def test_the_strategy_and_its_parameters_are_mlflow_params() -> None:
 class Manager(ModelManager):
     def set_model_data(self) -> None: ...
     def get_model(self) -> None: ...
-    def get_model_parameters(self) -> list[np.ndarray]: return []
+    def get_model_parameters(self) -> list[np.ndarray]:
+        return []
+
     def set_model_parameters(self, parameters: list[np.ndarray]) -> None: ...
-    def fit_model(self) -> int: return 0
-    def evaluate_model(self) -> tuple[float, float, int]: return 0.0, 0.0, 0
+    def fit_model(self) -> int:
+        return 0
+
+    def evaluate_model(self) -> tuple[float, float, int]:
+        return 0.0, 0.0, 0
 
 
 def train_message(strategy_params: dict[str, Any], arrays: list[np.ndarray]) -> Message:
@@ -176,24 +209,47 @@ SECURE = {"enabled": True, "num_shares": 3, "reconstruction_threshold": 2}
 @pytest.mark.parametrize(
     ("training", "field", "message"),
     [
-        ({"strategy": {"name": "krum"}}, "training_configuration.secure_aggregation",
-         "strategy 'krum' needs each learner's update, and secure aggregation reveals only their sum"),
-        ({"strategy": {"name": "fedadam"}}, "training_configuration.secure_aggregation",
-         "strategy 'fedadam' is not available with it (Flower's SecAgg+ workflow aggregates with FedAvg)"),
+        (
+            {"strategy": {"name": "krum"}},
+            "training_configuration.secure_aggregation",
+            "strategy 'krum' needs each learner's update, and secure aggregation reveals only their sum",
+        ),
+        (
+            {"strategy": {"name": "fedadam"}},
+            "training_configuration.secure_aggregation",
+            "strategy 'fedadam' is not available with it (Flower's SecAgg+ workflow aggregates with FedAvg)",
+        ),
         ({"min_fit_clients": 2}, "training_configuration.secure_aggregation", "needs min_fit_clients >= 3"),
-        ({"secure_aggregation": {**SECURE, "num_shares": 4}}, "training_configuration.secure_aggregation",
-         "num_shares (4) must not exceed min_fit_clients (3)"),
-        ({"secure_aggregation": {**SECURE, "reconstruction_threshold": 3}}, "training_configuration.secure_aggregation",
-         "reconstruction_threshold (3) must be less than num_shares (3)"),
-        ({"secure_aggregation": {**SECURE, "num_shares": 2}}, "training_configuration.secure_aggregation.num_shares",
-         "as an integer (learners) it must be between 3 and 10000"),
-        ({"secure_aggregation": {**SECURE, "reconstruction_threshold": 1.5}},
-         "training_configuration.secure_aggregation.reconstruction_threshold",
-         "as a fraction it must be greater than 0"),
-        ({"secure_aggregation": {**SECURE, "clipping_range": 0}},
-         "training_configuration.secure_aggregation.clipping_range", "greater than 0"),
-        ({"secure_aggregation": {**SECURE, "dropouts": 1}}, "training_configuration.secure_aggregation.dropouts",
-         "unknown field"),
+        (
+            {"secure_aggregation": {**SECURE, "num_shares": 4}},
+            "training_configuration.secure_aggregation",
+            "num_shares (4) must not exceed min_fit_clients (3)",
+        ),
+        (
+            {"secure_aggregation": {**SECURE, "reconstruction_threshold": 3}},
+            "training_configuration.secure_aggregation",
+            "reconstruction_threshold (3) must be less than num_shares (3)",
+        ),
+        (
+            {"secure_aggregation": {**SECURE, "num_shares": 2}},
+            "training_configuration.secure_aggregation.num_shares",
+            "as an integer (learners) it must be between 3 and 10000",
+        ),
+        (
+            {"secure_aggregation": {**SECURE, "reconstruction_threshold": 1.5}},
+            "training_configuration.secure_aggregation.reconstruction_threshold",
+            "as a fraction it must be greater than 0",
+        ),
+        (
+            {"secure_aggregation": {**SECURE, "clipping_range": 0}},
+            "training_configuration.secure_aggregation.clipping_range",
+            "greater than 0",
+        ),
+        (
+            {"secure_aggregation": {**SECURE, "dropouts": 1}},
+            "training_configuration.secure_aggregation.dropouts",
+            "unknown field",
+        ),
     ],
 )
 def test_secure_aggregation_is_validated_and_refused_where_it_cannot_work(
@@ -204,8 +260,12 @@ def test_secure_aggregation_is_validated_and_refused_where_it_cannot_work(
 
 
 def test_secure_aggregation_reaches_the_aggregators_of_learners_and_their_mlflow_params() -> None:
-    sla = parsed(mode="hierarchical", **THREE, strategy={"name": "fedprox", "proximal_mu": 0.1},
-                 secure_aggregation={**SECURE, "clipping_range": 16.0})  # fmt: skip
+    sla = parsed(
+        mode="hierarchical",
+        **THREE,
+        strategy={"name": "fedprox", "proximal_mu": 0.1},
+        secure_aggregation={**SECURE, "clipping_range": 16.0},
+    )
     settings = sla_to_training_settings(sla)
     assert settings.secure_aggregation is not None and settings.secure_aggregation.num_shares == 3
     params = strategy_params(aggregator(sla, "cluster", "cluster-a"))
@@ -218,10 +278,13 @@ def test_secure_aggregation_reaches_the_aggregators_of_learners_and_their_mlflow
 
 
 def test_the_choices_survive_the_json_config_an_aggregator_is_started_with() -> None:
-    sla = parsed(mode="hierarchical", **THREE,
-                 strategy={"name": "fedprox", "proximal_mu": 0.1, "clusters": {"cluster-b": {"name": "fedavg"}}},
-                 root_strategy={"name": "fedadam"},
-                 secure_aggregation={**SECURE, "reconstruction_threshold": 0.5})  # fmt: skip
+    sla = parsed(
+        mode="hierarchical",
+        **THREE,
+        strategy={"name": "fedprox", "proximal_mu": 0.1, "clusters": {"cluster-b": {"name": "fedavg"}}},
+        root_strategy={"name": "fedadam"},
+        secure_aggregation={**SECURE, "reconstruction_threshold": 0.5},
+    )
     config = AggregatorConfig.model_validate_json(aggregator(sla, "cluster", "cluster-b").model_dump_json())
     assert config.training == sla_to_training_settings(sla)
     assert config.training.secure_aggregation is not None and config.training.secure_aggregation.num_shares == 3

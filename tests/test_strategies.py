@@ -78,6 +78,7 @@ class Fleet:
 
     def start(self) -> None:
         for name in REPLIES:
+
             def answer(message: Message, name: str = name) -> Message:
                 self.asked.append(message)
                 return Message(reply_content(name), reply_to=message)
@@ -104,8 +105,14 @@ def fleet() -> Iterator[Fleet]:
 def flops_rounds(fleet: Fleet, choice: StrategyChoice, rounds: int) -> list[list[np.ndarray]]:
     grid = LinkGrid(fleet.server)
     assert wait_until(lambda: len(list(grid.get_node_ids())) == len(REPLIES), 10, 0.05)
-    loop = FederatedRounds(grid, min_available=4, min_fit=4, min_evaluate=4, timeout_s=30,
-                           strategy=build_strategy(choice, min_fit=4, min_evaluate=4))  # fmt: skip
+    loop = FederatedRounds(
+        grid,
+        min_available=4,
+        min_fit=4,
+        min_evaluate=4,
+        timeout_s=30,
+        strategy=build_strategy(choice, min_fit=4, min_evaluate=4),
+    )
     arrays, results = START, []
     for server_round in range(1, rounds + 1):
         trained = loop.train_round(server_round, arrays, {})
@@ -145,8 +152,10 @@ def test_flops_aggregates_as_flower_does(fleet: Fleet, params: dict[str, object]
 
 def test_robust_strategies_ignore_the_outlier_and_fedavg_does_not() -> None:
     """The fixed inputs are not trivial: FedAvg follows node-d's 50s, Krum/median/trimmed mean do not."""
-    outcome = {name: flower_rounds(CHOICE.validate_python({"name": name}), 1)[0][0].max()
-               for name in ("fedavg", "krum", "fedmedian")}  # fmt: skip
+    outcome = {
+        name: flower_rounds(CHOICE.validate_python({"name": name}), 1)[0][0].max()
+        for name in ("fedavg", "krum", "fedmedian")
+    }
     outcome["trimmedmean"] = flower_rounds(CHOICE.validate_python({"name": "trimmedmean", "beta": 0.25}), 1)[0][0].max()
     assert outcome["fedavg"] > 4, outcome
     assert all(outcome[name] <= 1.2 for name in ("krum", "fedmedian", "trimmedmean")), outcome

@@ -26,17 +26,24 @@ def _customer(requested: str | None) -> str:
 
 
 def register_data_routes(api: APIBlueprint, control: ProjectControl) -> None:
-    @api.get("/nodes", tags=[_data_tag],
-             summary="nodes, clusters, learner flag, data-server address and reachability, and your tags on each "
-             "(rows, feature width)", responses={200: NodeList, 403: ErrorResponse})  # fmt: skip
+    @api.get(
+        "/nodes",
+        tags=[_data_tag],
+        summary="nodes, clusters, learner flag, data-server address and reachability, and your tags on each "
+        "(rows, feature width)",
+        responses={200: NodeList, 403: ErrorResponse},
+    )
     def list_nodes(query: NodesQuery) -> Response:
         document = control.list_nodes(_customer(query.customer_id))
         return Response(document.model_dump_json(), status=200, mimetype="application/json")
 
-    @api.get("/data-server-security", tags=[_data_tag],
-             summary="admin only: certificate, key, CA and token key for data servers run outside FLOps (Oakestra "
-             "nodes, annotated Kubernetes nodes)",
-             responses={200: DataServerSecurity, 403: ErrorResponse, 404: ErrorResponse})  # fmt: skip
+    @api.get(
+        "/data-server-security",
+        tags=[_data_tag],
+        summary="admin only: certificate, key, CA and token key for data servers run outside FLOps (Oakestra "
+        "nodes, annotated Kubernetes nodes)",
+        responses={200: DataServerSecurity, 403: ErrorResponse, 404: ErrorResponse},
+    )
     def data_server_security() -> Response:
         caller: Caller = g.caller
         if not caller.is_admin:
@@ -46,9 +53,12 @@ def register_data_routes(api: APIBlueprint, control: ProjectControl) -> None:
             return error_response(404, "data_auth is off: data servers run without TLS and tokens")
         return Response(security.model_dump_json(), status=200, mimetype="application/json")
 
-    @api.post("/data-tokens", tags=[_data_tag],
-              summary="a write token for your namespace on one node's data server (devices, 'flops data push')",
-              responses={201: DataToken, 403: ErrorResponse, 404: ErrorResponse})  # fmt: skip
+    @api.post(
+        "/data-tokens",
+        tags=[_data_tag],
+        summary="a write token for your namespace on one node's data server (devices, 'flops data push')",
+        responses={201: DataToken, 403: ErrorResponse, 404: ErrorResponse},
+    )
     def data_token(body: DataTokenRequest) -> Response:
         document = control.data_write_token(_customer(body.customer_id), body.node)
         return Response(document.model_dump_json(), status=201, mimetype="application/json")

@@ -20,8 +20,14 @@ log = logging.getLogger(__name__)
 
 
 class CachedCheck:
-    def __init__(self, name: str, check: Callable[[], bool], interval_s: float = 1.0,
-                 stale_after_s: float = 10.0, first_wait_s: float = 2.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        check: Callable[[], bool],
+        interval_s: float = 1.0,
+        stale_after_s: float = 10.0,
+        first_wait_s: float = 2.0,
+    ) -> None:
         self.name = name
         self._check = check
         self._interval_s = interval_s

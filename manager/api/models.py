@@ -88,8 +88,11 @@ class PredictResponse(BaseModel):
 class TrackingResponse(BaseModel):
     customer: str
     tracking_url: str
-    ca_pem: str | None = Field(default=None, description="the CA to verify an HTTPS tracking server with "
-                               "(MLFLOW_TRACKING_SERVER_CERT_PATH for MLflow clients)")
+    ca_pem: str | None = Field(
+        default=None,
+        description="the CA to verify an HTTPS tracking server with "
+        "(MLFLOW_TRACKING_SERVER_CERT_PATH for MLflow clients)",
+    )
 
 
 class ResetResponse(BaseModel):

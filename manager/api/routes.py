@@ -59,9 +59,7 @@ _platform_tag = Tag(name="platform", description="tracking server, mock data, da
 _COMMON: dict[Any, Any] = {401: ErrorResponse, VALIDATION_STATUS: ErrorResponse, 503: ErrorResponse}
 
 
-def create_api(
-    control: ProjectControl, store: ProjectStore, auth: TokenAuth, settings: ManagerSettings
-) -> OpenAPI:
+def create_api(control: ProjectControl, store: ProjectStore, auth: TokenAuth, settings: ManagerSettings) -> OpenAPI:
     """The WSGI app; serve it with waitress (see ``manager.app``)."""
     app = OpenAPI(
         __name__,
@@ -101,18 +99,29 @@ def create_api(
     database_check = CachedCheck("database", store.ping, stale_after_s=stale_after_s)
     broker_check = CachedCheck("broker", lambda: _broker_ok(control, settings), stale_after_s=stale_after_s)
 
-    @app.get("/health", summary="database and broker reachability (no token needed)",
-             responses={200: HealthResponse, 503: HealthResponse, VALIDATION_STATUS: ErrorResponse})  # fmt: skip
+    @app.get(
+        "/health",
+        summary="database and broker reachability (no token needed)",
+        responses={200: HealthResponse, 503: HealthResponse, VALIDATION_STATUS: ErrorResponse},
+    )
     def health() -> Response:
         report = HealthResponse(status="ok", database=database_check.ok(), broker=broker_check.ok())
         if not (report.database and report.broker):
             report.status = "degraded"
         return _json(report, 200 if report.status == "ok" else 503)
 
-    @app.get(CONFIG_PATH + "/<config_id>", security=[{SECURITY_SCHEME: []}],
-             summary="a service's configuration, fetched by reference with that service's own token",
-             responses={200: None, 401: ErrorResponse, 404: ErrorResponse, VALIDATION_STATUS: ErrorResponse,
-                        503: ErrorResponse})  # fmt: skip
+    @app.get(
+        CONFIG_PATH + "/<config_id>",
+        security=[{SECURITY_SCHEME: []}],
+        summary="a service's configuration, fetched by reference with that service's own token",
+        responses={
+            200: None,
+            401: ErrorResponse,
+            404: ErrorResponse,
+            VALIDATION_STATUS: ErrorResponse,
+            503: ErrorResponse,
+        },
+    )
     def service_config(path: ServiceConfigPath) -> Response:
         document = control.service_config(path.config_id, bearer_token(request.headers.get("Authorization")))
         return Response(document, status=200, mimetype="application/json")
@@ -128,9 +137,19 @@ def create_api(
             raise ProjectNotFound(project_id)
         return record
 
-    @api.post("/projects", tags=[_projects_tag], summary="start a project from an SLA (answers at once)",
-              responses={201: ProjectRecord, 400: ErrorResponse, 403: ErrorResponse, 409: ErrorResponse,
-                         413: ErrorResponse, 429: ErrorResponse})  # fmt: skip
+    @api.post(
+        "/projects",
+        tags=[_projects_tag],
+        summary="start a project from an SLA (answers at once)",
+        responses={
+            201: ProjectRecord,
+            400: ErrorResponse,
+            403: ErrorResponse,
+            409: ErrorResponse,
+            413: ErrorResponse,
+            429: ErrorResponse,
+        },
+    )
     def start_project(body: ProjectSLA) -> Response:
         sla = _owned_by_caller(body)
         refused = _repo_refusal(sla, repo_rules.for_owner(sla.customer_id), repo_base_dir)
@@ -141,22 +160,32 @@ def create_api(
         response.headers["Location"] = f"{API_PREFIX}/projects/{record.project_id}"
         return response
 
-    @api.get("/projects", tags=[_projects_tag], summary="your projects, newest first (admin: everyone's)",
-             responses={200: ProjectList})  # fmt: skip
+    @api.get(
+        "/projects",
+        tags=[_projects_tag],
+        summary="your projects, newest first (admin: everyone's)",
+        responses={200: ProjectList},
+    )
     def list_projects() -> Response:
         caller = _caller()
         records = store.list_projects(None if caller.is_admin else caller.customer)
         return _json(ProjectList(projects=records))
 
-    @api.get("/projects/<project_id>", tags=[_projects_tag],
-             summary="status, phase, progress (round k of n, cycle c of m), timestamps, last error",
-             responses={200: ProjectView, 404: ErrorResponse})  # fmt: skip
+    @api.get(
+        "/projects/<project_id>",
+        tags=[_projects_tag],
+        summary="status, phase, progress (round k of n, cycle c of m), timestamps, last error",
+        responses={200: ProjectView, 404: ErrorResponse},
+    )
     def get_project(path: ProjectPath) -> Response:
         return _json(ProjectView.of(visible_project(path.project_id)))
 
-    @api.get("/projects/<project_id>/events", tags=[_projects_tag],
-             summary="the project's event log after sequence number 'after'",
-             responses={200: EventsResponse, 404: ErrorResponse})  # fmt: skip
+    @api.get(
+        "/projects/<project_id>/events",
+        tags=[_projects_tag],
+        summary="the project's event log after sequence number 'after'",
+        responses={200: EventsResponse, 404: ErrorResponse},
+    )
     def project_events(path: ProjectPath, query: EventsQuery) -> Response:
         record = visible_project(path.project_id)
         events = store.list_events(record.project_id, after_seq=query.after, limit=query.limit)
@@ -176,40 +205,61 @@ def create_api(
             )
         )
 
-    @api.get("/projects/<project_id>/rounds", tags=[_projects_tag],
-             summary="per-round history: JSON, or CSV with 'Accept: text/csv'",
-             responses={200: RoundsResponse, 404: ErrorResponse})  # fmt: skip
+    @api.get(
+        "/projects/<project_id>/rounds",
+        tags=[_projects_tag],
+        summary="per-round history: JSON, or CSV with 'Accept: text/csv'",
+        responses={200: RoundsResponse, 404: ErrorResponse},
+    )
     def project_rounds(path: ProjectPath) -> Response:
         record = visible_project(path.project_id)
         rounds = store.list_rounds(record.project_id)
         if request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv":
             filename = f"flops-{record.project_id[:8]}-rounds.csv"
-            return Response(rounds_csv(rounds), mimetype="text/csv",
-                            headers={"Content-Disposition": f'attachment; filename="{filename}"'})  # fmt: skip
+            return Response(
+                rounds_csv(rounds),
+                mimetype="text/csv",
+                headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+            )
         plot = f"{API_PREFIX}/projects/{record.project_id}/rounds/plot.png"
         return _json(RoundsResponse(project_id=record.project_id, rounds=rounds, plot_url=plot))
 
-    @api.get("/projects/<project_id>/rounds/plot.png", tags=[_projects_tag],
-             summary="the learning curve: accuracy and loss per round, one line per cluster (PNG)",
-             responses={200: None, 404: ErrorResponse})  # fmt: skip
+    @api.get(
+        "/projects/<project_id>/rounds/plot.png",
+        tags=[_projects_tag],
+        summary="the learning curve: accuracy and loss per round, one line per cluster (PNG)",
+        responses={200: None, 404: ErrorResponse},
+    )
     def project_rounds_plot(path: ProjectPath) -> Response:
         record = visible_project(path.project_id)
         png = render_png(store.list_rounds(record.project_id), f"project {record.project_id}")
         return Response(png, mimetype="image/png")
 
-    @api.delete("/projects/<project_id>", tags=[_projects_tag],
-                summary="stop the project and undeploy its services: 202 with status STOPPING at once while it "
-                        "stops in the background (it ends STOPPED); 200 for a finished project",
-                responses={200: ProjectRecord, 202: ProjectRecord, 404: ErrorResponse, 409: ErrorResponse})  # fmt: skip
+    @api.delete(
+        "/projects/<project_id>",
+        tags=[_projects_tag],
+        summary="stop the project and undeploy its services: 202 with status STOPPING at once while it "
+        "stops in the background (it ends STOPPED); 200 for a finished project",
+        responses={200: ProjectRecord, 202: ProjectRecord, 404: ErrorResponse, 409: ErrorResponse},
+    )
     def stop_project(path: ProjectPath) -> Response:
         record = visible_project(path.project_id)
         answer = control.stop_project(record.project_id)
         return _json(answer, 202 if answer.status is ProjectStatus.STOPPING else 200)
 
-    @api.post("/projects/<project_id>/predict", tags=[_projects_tag],
-              summary="predict with the project's deployed trained model",
-              responses={200: PredictResponse, 400: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse,
-                         413: ErrorResponse, 502: ErrorResponse})  # fmt: skip
+    @api.post(
+        "/projects/<project_id>/predict",
+        tags=[_projects_tag],
+        summary="predict with the project's deployed trained model",
+        responses={
+            200: PredictResponse,
+            400: ErrorResponse,
+            404: ErrorResponse,
+            409: ErrorResponse,
+            413: ErrorResponse,
+            502: ErrorResponse,
+        },
+    )
     def predict(path: ProjectPath, body: PredictRequest) -> Response:
         record = visible_project(path.project_id)
         if not record.serving_url:
@@ -217,28 +267,46 @@ def create_api(
         token = bearer_token(request.headers.get("Authorization"))  # the serving endpoint wants it too
         return _json(_forward_prediction(record.project_id, record.serving_url, body, token))
 
-    @api.get("/tracking", tags=[_platform_tag], summary="your MLflow tracking/GUI URL (created on demand)",
-             responses={200: TrackingResponse, 409: ErrorResponse})  # fmt: skip
+    @api.get(
+        "/tracking",
+        tags=[_platform_tag],
+        summary="your MLflow tracking/GUI URL (created on demand)",
+        responses={200: TrackingResponse, 409: ErrorResponse},
+    )
     def tracking() -> Response:
         customer = _caller().customer
-        return _json(TrackingResponse(customer=customer, tracking_url=control.tracking_url(customer),
-                                      ca_pem=control.tracking_ca_pem()))
+        return _json(
+            TrackingResponse(
+                customer=customer, tracking_url=control.tracking_url(customer), ca_pem=control.tracking_ca_pem()
+            )
+        )
 
-    @api.post("/mocks", tags=[_platform_tag], summary="push mock dataset partitions into learner nodes' data servers",
-              responses={200: MockResult, 400: ErrorResponse, 403: ErrorResponse, 413: ErrorResponse})  # fmt: skip
+    @api.post(
+        "/mocks",
+        tags=[_platform_tag],
+        summary="push mock dataset partitions into learner nodes' data servers",
+        responses={200: MockResult, 400: ErrorResponse, 403: ErrorResponse, 413: ErrorResponse},
+    )
     def push_mocks(body: MockRequest) -> Response:
         return _json(control.push_mock_data(_owned_by_caller(body)))
 
-    @api.post("/cache/prune", tags=[_platform_tag],
-              summary="admin only: remove build-cache entries unused for a while that no live project needs",
-              responses={200: CachePruneResult, 403: ErrorResponse, 413: ErrorResponse})  # fmt: skip
+    @api.post(
+        "/cache/prune",
+        tags=[_platform_tag],
+        summary="admin only: remove build-cache entries unused for a while that no live project needs",
+        responses={200: CachePruneResult, 403: ErrorResponse, 413: ErrorResponse},
+    )
     def prune_cache(body: CachePruneRequest) -> Response:
         if not _caller().is_admin:
             return error_response(403, "only the admin may prune the build cache")
         return _json(control.prune_cache(body))
 
-    @api.delete("/database", tags=[_platform_tag], summary="admin only: stop everything and reset the database",
-                responses={200: ResetResponse, 403: ErrorResponse})  # fmt: skip
+    @api.delete(
+        "/database",
+        tags=[_platform_tag],
+        summary="admin only: stop everything and reset the database",
+        responses={200: ResetResponse, 403: ErrorResponse},
+    )
     def reset_database() -> Response:
         if not _caller().is_admin:
             return error_response(403, "only the admin may reset the database")
@@ -268,15 +336,27 @@ ROUND_COLUMNS = ("step", "cycle", "round", "cluster", "participants", "num_examp
 
 def rounds_csv(rounds: list[RoundRecord]) -> str:
     """One row per round; a column per metric any round reported (accuracy and loss first)."""
-    names = sorted({name for record in rounds for name in record.metrics},
-                   key=lambda name: (name not in ("accuracy", "loss"), name))  # fmt: skip
+    names = sorted(
+        {name for record in rounds for name in record.metrics},
+        key=lambda name: (name not in ("accuracy", "loss"), name),
+    )
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([*ROUND_COLUMNS, *names, "at"])
     for record in rounds:
-        writer.writerow([record.step, record.cycle, record.round, record.cluster or "", record.participants,
-                         record.num_examples, record.duration_s, *(record.metrics.get(name, "") for name in names),
-                         record.at])  # fmt: skip
+        writer.writerow(
+            [
+                record.step,
+                record.cycle,
+                record.round,
+                record.cluster or "",
+                record.participants,
+                record.num_examples,
+                record.duration_s,
+                *(record.metrics.get(name, "") for name in names),
+                record.at,
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -321,8 +401,9 @@ def _forward_prediction(project_id: str, serving_url: str, body: PredictRequest,
     """POST the rows to the MLflow scoring server's ``/invocations``; its 4xx become 400, the rest 502."""
     url = serving_url if serving_url.rstrip("/").endswith("/invocations") else serving_url.rstrip("/") + "/invocations"
     try:
-        answer = requests.post(url, json={"inputs": body.inputs}, headers={"Authorization": f"Bearer {token}"},
-                               timeout=PREDICT_TIMEOUT_S)
+        answer = requests.post(
+            url, json={"inputs": body.inputs}, headers={"Authorization": f"Bearer {token}"}, timeout=PREDICT_TIMEOUT_S
+        )
     except requests.RequestException as error:
         raise ControlError(f"the serving endpoint of project {project_id} did not answer: {error}", 502) from error
     if 400 <= answer.status_code < 500:

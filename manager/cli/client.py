@@ -75,12 +75,19 @@ class FlopsClient:
         timeout = timeout_s or self.timeout_s
         try:
             response = self._session.request(
-                method, self.url + path, json=body, params=params, headers=headers, timeout=timeout,
+                method,
+                self.url + path,
+                json=body,
+                params=params,
+                headers=headers,
+                timeout=timeout,
                 verify=self._verify,
             )
         except requests.exceptions.SSLError as error:
-            raise CliError(f"the FLOps manager at {self.url} failed the TLS check ({_ssl_reason(error)}); "
-                           f"pass its CA with --ca-file or $FLOPS_CA_FILE") from None
+            raise CliError(
+                f"the FLOps manager at {self.url} failed the TLS check ({_ssl_reason(error)}); "
+                f"pass its CA with --ca-file or $FLOPS_CA_FILE"
+            ) from None
         except requests.ConnectionError:
             raise ManagerUnreachable(f"cannot reach the FLOps manager at {self.url}") from None
         except requests.Timeout:

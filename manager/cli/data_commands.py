@@ -28,8 +28,12 @@ SECURITY = "/api/flops/data-server-security"
 _PROGRESS_MIN_ROWS = 50_000  # smaller uploads print no progress
 
 
-def add_data_commands(groups: Any, command: CommandMaker, set_help: Callable[[argparse.ArgumentParser], None],
-                      client: Callable[[argparse.Namespace], FlopsClient]) -> None:
+def add_data_commands(
+    groups: Any,
+    command: CommandMaker,
+    set_help: Callable[[argparse.ArgumentParser], None],
+    client: Callable[[argparse.Namespace], FlopsClient],
+) -> None:
     data = groups.add_parser("data", help="your own data on the nodes' data servers")
     commands = data.add_subparsers(title="data commands", metavar="ACTION")
 
@@ -68,8 +72,10 @@ def add_data_commands(groups: Any, command: CommandMaker, set_help: Callable[[ar
             if not tags:
                 out.write(f"{node['name']:<16} {node.get('cluster') or '-':<12} {server:<22} {'-':<24}\n")
             for tag in tags:
-                out.write(f"{node['name']:<16} {node.get('cluster') or '-':<12} {server:<22} {tag['tag']:<24} "
-                          f"{tag['rows']:>8} {tag.get('width') or '-':>6}\n")
+                out.write(
+                    f"{node['name']:<16} {node.get('cluster') or '-':<12} {server:<22} {tag['tag']:<24} "
+                    f"{tag['rows']:>8} {tag.get('width') or '-':>6}\n"
+                )
         return 0
 
     def delete(args: argparse.Namespace, out: TextIO) -> int:
@@ -89,7 +95,10 @@ def add_data_commands(groups: Any, command: CommandMaker, set_help: Callable[[ar
     def server_config(args: argparse.Namespace, out: TextIO) -> int:
         security = client(args).get(SECURITY)
         config = DataServerConfig(
-            node=args.node, host=args.host, port=args.port, storage_dir=args.storage_dir,
+            node=args.node,
+            host=args.host,
+            port=args.port,
+            storage_dir=args.storage_dir,
             tls=ServerCertificate(cert_pem=security["cert_pem"], key_pem=security["key_pem"]),
             token_public_key_pem=security["token_public_key_pem"],
         )
@@ -108,9 +117,13 @@ def add_data_commands(groups: Any, command: CommandMaker, set_help: Callable[[ar
     deleting.add_argument("--tag", required=True)
     granting = command(commands, "token", "a write token for a device: address, token and CA as JSON", token)
     granting.add_argument("--node", required=True)
-    serving = command(commands, "server-config",
-                      "admin only: FLOPS_CONFIG (JSON, holds a private key) for a data server FLOps does not start "
-                      "(e.g. on an Oakestra node): run it with flops-data-server", server_config)
+    serving = command(
+        commands,
+        "server-config",
+        "admin only: FLOPS_CONFIG (JSON, holds a private key) for a data server FLOps does not start "
+        "(e.g. on an Oakestra node): run it with flops-data-server",
+        server_config,
+    )
     serving.add_argument("--node", required=True, help="the node's name as the orchestrator lists it")
     serving.add_argument("--port", type=int, default=9400)
     serving.add_argument("--host", default="0.0.0.0", help="address to bind")

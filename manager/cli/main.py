@@ -50,18 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("sla", type=Path, help="SLA JSON file ('-' for stdin)")
     start.add_argument("--watch", action="store_true", help="then watch it until it finishes")
     start.add_argument("--repo-user", metavar="NAME", help="user name for a private http(s) repository")
-    start.add_argument("--repo-token-env", metavar="VAR",
-                       help="environment variable holding that repository's token or password (kept out of the "
-                            "SLA file, the shell history and the process list)")  # fmt: skip
+    start.add_argument(
+        "--repo-token-env",
+        metavar="VAR",
+        help="environment variable holding that repository's token or password (kept out of the "
+        "SLA file, the shell history and the process list)",
+    )
     _command(project_commands, "list", "your projects, newest first", _project_list)
     status = _command(project_commands, "status", "status, phase and progress of a project", _project_status)
     status.add_argument("project_id")
-    watch = _command(
-        project_commands, "watch", "live progress and events until the project finishes", _project_watch
-    )
+    watch = _command(project_commands, "watch", "live progress and events until the project finishes", _project_watch)
     watch.add_argument("project_id")
-    metrics = _command(project_commands, "metrics", "a project's per-round metrics (a table, or CSV)",
-                       _project_metrics)  # fmt: skip
+    metrics = _command(project_commands, "metrics", "a project's per-round metrics (a table, or CSV)", _project_metrics)
     metrics.add_argument("project_id")
     metrics.add_argument("--csv", action="store_true", help="print the manager's CSV (one row per round)")
     stop = _command(project_commands, "stop", "stop a project and undeploy its services", _project_stop)
@@ -94,11 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     cache = groups.add_parser("cache", help="the builders' shared build cache")
     cache_commands = cache.add_subparsers(title="cache commands", metavar="ACTION")
-    prune = _command(cache_commands, "prune",
-                     "admin only: remove cached environments and apps unused for a while that no live project needs",
-                     _cache_prune)  # fmt: skip
-    prune.add_argument("--older-than-days", type=float, metavar="DAYS",
-                       help="age limit (default: the manager's cache_max_age_s, 30 days)")  # fmt: skip
+    prune = _command(
+        cache_commands,
+        "prune",
+        "admin only: remove cached environments and apps unused for a while that no live project needs",
+        _cache_prune,
+    )
+    prune.add_argument(
+        "--older-than-days",
+        type=float,
+        metavar="DAYS",
+        help="age limit (default: the manager's cache_max_age_s, 30 days)",
+    )
     prune.add_argument("--dry-run", action="store_true", help="only show what would be removed")
     _set_help(cache)
 
@@ -107,8 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     up = _command(suite_commands, "up", "start the suite (idempotent)", _suite_up)
     up.add_argument("--registry", action="store_true", help="also start the OCI registry")
     up.add_argument("--manager", action="store_true", help="also start flops-manager (detached)")
-    up.add_argument("--no-tls", action="store_true",
-                    help="broker, registry and API without TLS (development only; a warning is printed)")
+    up.add_argument(
+        "--no-tls",
+        action="store_true",
+        help="broker, registry and API without TLS (development only; a warning is printed)",
+    )
     _command(suite_commands, "down", "stop the manager and the suite (data is kept)", _suite_down)
     _command(suite_commands, "status", "which suite components are up (exit 1 if any is down)", _suite_status)
     _set_help(suite)
@@ -122,17 +132,20 @@ def _add_connection_options(parser: argparse.ArgumentParser, default: Any) -> No
         "--token", default=default, help=f"bearer token (default: ${TOKEN_ENV}, then the local suite's admin token)"
     )
     parser.add_argument(
-        "--ca-file", default=default,
+        "--ca-file",
+        default=default,
         help=f"CA certificate to verify an HTTPS manager (default: ${CA_FILE_ENV}, then the local suite's CA)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--suite-dir", type=Path, default=default, help="local suite dir (default: $FLOPS_SUITE_DIR, ~/.flops/suite)"
     )
     parser.add_argument("--timeout", type=float, default=default, help="seconds to wait for each answer")
     parser.add_argument(
-        "--json", action="store_true", default=default if default is not None else False,
+        "--json",
+        action="store_true",
+        default=default if default is not None else False,
         help="print the manager's JSON answers",
-    )  # fmt: skip
+    )
 
 
 def _command(
@@ -327,8 +340,11 @@ def _seconds_text(value: Any) -> str | None:
 def _phases_text(value: Any) -> str | None:
     if not isinstance(value, dict) or not value:
         return None
-    return ", ".join(f"{phase} {duration_text(float(seconds))}" for phase, seconds in value.items()
-                     if isinstance(seconds, int | float))  # fmt: skip
+    return ", ".join(
+        f"{phase} {duration_text(float(seconds))}"
+        for phase, seconds in value.items()
+        if isinstance(seconds, int | float)
+    )
 
 
 def _project_metrics(args: argparse.Namespace, out: TextIO) -> int:
@@ -348,13 +364,20 @@ def _project_metrics(args: argparse.Namespace, out: TextIO) -> int:
     rows: list[tuple[str, ...]] = [("STEP", "CYCLE", "ROUND", "CLUSTER", "LEARNERS", "SECONDS", "ACCURACY", "LOSS")]
     for entry in rounds:
         metrics = entry.get("metrics") or {}
-        rows.append((
-            str(entry.get("step")), str(entry.get("cycle")), str(entry.get("round")),
-            entry.get("cluster") or "(global)", str(entry.get("participants")),
-            f"{float(entry.get('duration_s') or 0):.1f}",
-            *(f"{metrics[name]:.4f}" if isinstance(metrics.get(name), int | float) else "-"
-              for name in ("accuracy", "loss")),
-        ))  # fmt: skip
+        rows.append(
+            (
+                str(entry.get("step")),
+                str(entry.get("cycle")),
+                str(entry.get("round")),
+                entry.get("cluster") or "(global)",
+                str(entry.get("participants")),
+                f"{float(entry.get('duration_s') or 0):.1f}",
+                *(
+                    f"{metrics[name]:.4f}" if isinstance(metrics.get(name), int | float) else "-"
+                    for name in ("accuracy", "loss")
+                ),
+            )
+        )
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
         out.write("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip() + "\n")
@@ -400,8 +423,10 @@ def _tracking(args: argparse.Namespace, out: TextIO) -> int:
     else:
         out.write(f"{answer.get('tracking_url')}\n")
         if answer.get("ca_pem"):
-            out.write("(HTTPS with the manager's MLflow CA: `flops tracking --json` shows it; MLflow clients read it "
-                      "from MLFLOW_TRACKING_SERVER_CERT_PATH)\n")
+            out.write(
+                "(HTTPS with the manager's MLflow CA: `flops tracking --json` shows it; MLflow clients read it "
+                "from MLFLOW_TRACKING_SERVER_CERT_PATH)\n"
+            )
     return 0
 
 
@@ -448,9 +473,11 @@ def _cache_prune(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     removed = answer.get("removed") or []
     verb = "would remove" if answer.get("dry_run") else "removed"
-    out.write(f"{verb} {len(removed)} cache entries ({answer.get('freed_bytes', 0) / 1e6:.1f} MB); kept "
-              f"{answer.get('kept_in_use', 0)} in use, {answer.get('kept_recent', 0)} recent, "
-              f"{answer.get('kept_busy', 0)} busy\n")  # fmt: skip
+    out.write(
+        f"{verb} {len(removed)} cache entries ({answer.get('freed_bytes', 0) / 1e6:.1f} MB); kept "
+        f"{answer.get('kept_in_use', 0)} in use, {answer.get('kept_recent', 0)} recent, "
+        f"{answer.get('kept_busy', 0)} busy\n"
+    )
     for entry in removed:
         out.write(f"  {entry}\n")
     return 0
@@ -462,8 +489,7 @@ def _cache_prune(args: argparse.Namespace, out: TextIO) -> int:
 def _suite_up(args: argparse.Namespace, out: TextIO) -> int:
     from manager.cli.suite_commands import suite_up
 
-    return suite_up(_suite_dir(args), registry=args.registry, with_manager=args.manager, out=out,
-                    tls=not args.no_tls)
+    return suite_up(_suite_dir(args), registry=args.registry, with_manager=args.manager, out=out, tls=not args.no_tls)
 
 
 def _suite_down(args: argparse.Namespace, out: TextIO) -> int:

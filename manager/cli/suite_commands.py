@@ -32,8 +32,10 @@ MANAGER_READY_TIMEOUT_S = 90.0
 
 def suite_up(state_dir: Path, *, registry: bool, with_manager: bool, out: TextIO, tls: bool = True) -> int:
     if not tls:
-        out.write("warning: the broker, the registry and the manager's API listen without TLS; "
-                  "use this for development only\n")
+        out.write(
+            "warning: the broker, the registry and the manager's API listen without TLS; "
+            "use this for development only\n"
+        )
     try:
         endpoints = start_suite(state_dir, registry=registry, tls=tls)
     except SuiteError as error:

@@ -50,8 +50,9 @@ def lifecycle_settings(settings: ManagerSettings) -> LifecycleSettings:
         repo_access=repo_access_rules(settings),
         images=dict(settings.images),
         tracking_store=settings.tracking_store,
-        configs_by_reference=None if settings.configs_by_reference is None else frozenset(
-            settings.configs_by_reference),
+        configs_by_reference=None
+        if settings.configs_by_reference is None
+        else frozenset(settings.configs_by_reference),
         config_url=settings.public_url + CONFIG_PATH,
         mqtt_client_id=manager_client_id(settings.mongo_uri, settings.database),
         quotas=settings.quotas,

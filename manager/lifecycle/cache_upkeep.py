@@ -37,9 +37,17 @@ def prune_build_cache(
 ) -> CachePruneResult:
     report = prune_cache(cache_dir, max_age_s=max_age_s, in_use=cache_in_use(records), dry_run=dry_run)
     if report.removed and not dry_run:
-        log.info("build cache: removed %d entries (%.1f MB) unused for %.1f days",
-                 len(report.removed), report.freed_bytes / 1e6, max_age_s / DAY_S)  # fmt: skip
+        log.info(
+            "build cache: removed %d entries (%.1f MB) unused for %.1f days",
+            len(report.removed),
+            report.freed_bytes / 1e6,
+            max_age_s / DAY_S,
+        )
     return CachePruneResult(
-        removed=report.removed, freed_bytes=report.freed_bytes, kept_in_use=report.kept_in_use,
-        kept_recent=report.kept_recent, kept_busy=report.kept_busy, dry_run=dry_run,
-    )  # fmt: skip
+        removed=report.removed,
+        freed_bytes=report.freed_bytes,
+        kept_in_use=report.kept_in_use,
+        kept_recent=report.kept_recent,
+        kept_busy=report.kept_busy,
+        dry_run=dry_run,
+    )

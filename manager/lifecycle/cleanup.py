@@ -44,16 +44,28 @@ class Deployed:
     @classmethod
     def from_record(cls, record: ProjectRecord) -> Deployed:
         app_id, observatory_id = record.apps.get("project"), record.apps.get("observatory")
-        app = (AppRef(app_id, project_app_name(record.project_id), AppKind.PROJECT, record.customer, record.project_id)
-               if app_id else None)  # fmt: skip
-        observatory = (AppRef(observatory_id, observatory_name(record.customer), AppKind.OBSERVATORY, record.customer)
-                       if observatory_id else None)  # fmt: skip
+        app = (
+            AppRef(app_id, project_app_name(record.project_id), AppKind.PROJECT, record.customer, record.project_id)
+            if app_id
+            else None
+        )
+        observatory = (
+            AppRef(observatory_id, observatory_name(record.customer), AppKind.OBSERVATORY, record.customer)
+            if observatory_id
+            else None
+        )
         return cls(app, observatory, ServiceTable.from_record(record))
 
 
 class ProjectCleanup:
-    def __init__(self, project_id: str, adapter: OrchestratorAdapter, store: ProjectStore,
-                 settings: LifecycleSettings, broker: BrokerAccess) -> None:  # fmt: skip
+    def __init__(
+        self,
+        project_id: str,
+        adapter: OrchestratorAdapter,
+        store: ProjectStore,
+        settings: LifecycleSettings,
+        broker: BrokerAccess,
+    ) -> None:
         self.project_id = project_id
         self.adapter = adapter
         self.store = store

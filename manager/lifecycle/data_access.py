@@ -42,7 +42,8 @@ class DataAccess:
                 if not path.is_file():
                     self.pki.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
                     pem = Ed25519PrivateKey.generate().private_bytes(
-                        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+                        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                    )
                     temporary = path.with_suffix(".tmp")
                     temporary.write_bytes(pem)
                     os.chmod(temporary, 0o600)
@@ -53,8 +54,11 @@ class DataAccess:
     def public_key_pem(self) -> str:
         key = serialization.load_pem_private_key(self._key(), password=None)
         assert isinstance(key, Ed25519PrivateKey)
-        return key.public_key().public_bytes(serialization.Encoding.PEM,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        return (
+            key.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
 
     def ca_pem(self) -> str:
         return self.pki.ca_pem()
@@ -67,11 +71,25 @@ class DataAccess:
         expires_at = time.time() + ttl_s
         return self._sign(DataClaims(customer, "write", node=node, expires_at=expires_at)), expires_at
 
-    def read_token(self, customer: str, project_id: str | None, tags: list[str] | None, node: str = "*",
-                   ttl_s: float = READ_TOKEN_TTL_S) -> str:
+    def read_token(
+        self,
+        customer: str,
+        project_id: str | None,
+        tags: list[str] | None,
+        node: str = "*",
+        ttl_s: float = READ_TOKEN_TTL_S,
+    ) -> str:
         """Read-only: list and get ``tags`` (None: all) of ``customer``; revoked with ``project_id``."""
-        return self._sign(DataClaims(customer, "read", node=node, project_id=project_id,
-                                     tags=tuple(tags) if tags is not None else None, expires_at=time.time() + ttl_s))
+        return self._sign(
+            DataClaims(
+                customer,
+                "read",
+                node=node,
+                project_id=project_id,
+                tags=tuple(tags) if tags is not None else None,
+                expires_at=time.time() + ttl_s,
+            )
+        )
 
     def admin_token(self) -> str:
         return self._sign(DataClaims("FLOps manager", "admin", expires_at=time.time() + MANAGER_TOKEN_TTL_S))
@@ -80,8 +98,16 @@ class DataAccess:
         """A certificate for data servers (named ``flops-data-server``, which FLOps clients check, and ``host``),
         the CA and the token key; one certificate serves every node."""
         ca_cert, ca_key = self.pki.authority()
-        cert, key = issue_server_cert(ca_cert, ca_key, name("FLOps manager", "FLOps data server"),
-                                      [DATA_SERVER_TLS_NAME, host, *LOCAL_NAMES], SERVER_DAYS)
-        return DataServerSecurity(ca_pem=cert_pem(ca_cert).decode(), cert_pem=cert_pem(cert).decode(),
-                                  key_pem=key_pem(key).decode(), token_public_key_pem=self.public_key_pem())
-
+        cert, key = issue_server_cert(
+            ca_cert,
+            ca_key,
+            name("FLOps manager", "FLOps data server"),
+            [DATA_SERVER_TLS_NAME, host, *LOCAL_NAMES],
+            SERVER_DAYS,
+        )
+        return DataServerSecurity(
+            ca_pem=cert_pem(ca_cert).decode(),
+            cert_pem=cert_pem(cert).decode(),
+            key_pem=key_pem(key).decode(),
+            token_public_key_pem=self.public_key_pem(),
+        )

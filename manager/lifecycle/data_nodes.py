@@ -31,11 +31,11 @@ class DataServers:
     def ca_pem(self) -> str | None:
         return self.access.ca_pem() if self.access else None
 
-    def reader(self, address: str, customer: str, tags: list[str] | None,
-               project_id: str | None = None) -> DataServerClient:
+    def reader(
+        self, address: str, customer: str, tags: list[str] | None, project_id: str | None = None
+    ) -> DataServerClient:
         """A short-lived read-only client (placement, listings)."""
-        token = (self.access.read_token(customer, project_id, tags, ttl_s=MANAGER_TOKEN_TTL_S)
-                 if self.access else None)
+        token = self.access.read_token(customer, project_id, tags, ttl_s=MANAGER_TOKEN_TTL_S) if self.access else None
         return DataServerClient(address, token, self.ca_pem)
 
     def writer(self, node: NodeInfo, customer: str) -> DataServerClient:
@@ -82,10 +82,11 @@ def check_feature_widths(nodes: list[NodeInfo], tags: list[str], list_shapes: Sh
     for tag, by_width in widths.items():
         if len(by_width) > 1:
             found = "; ".join(f"{width} on {', '.join(names)}" for width, names in sorted(by_width.items()))
-            raise PhaseFailed(f"data tag {tag!r} has different feature widths across the chosen nodes ({found}); "
-                              "every node must hold rows of the same width")
+            raise PhaseFailed(
+                f"data tag {tag!r} has different feature widths across the chosen nodes ({found}); "
+                "every node must hold rows of the same width"
+            )
     mixed = {tag: next(iter(by_width)) for tag, by_width in widths.items()}
     if len(set(mixed.values())) > 1:
         found = ", ".join(f"{tag}: {width}" for tag, width in sorted(mixed.items()))
-        raise PhaseFailed(f"the project's data tags have different feature widths ({found}); "
-                          "a model takes one width")
+        raise PhaseFailed(f"the project's data tags have different feature widths ({found}); a model takes one width")

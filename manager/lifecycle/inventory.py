@@ -41,10 +41,18 @@ def write_token_for(nodes: list[NodeInfo], customer: str, node: str, access: Dat
     by_name = {info.name: info for info in nodes if info.learner and info.data_server}
     target = by_name.get(node)
     if target is None:
-        raise ControlError(f"no learner node with a data server named {node!r}; such nodes: "
-                           f"{', '.join(sorted(by_name)) or 'none'}", 404)
+        raise ControlError(
+            f"no learner node with a data server named {node!r}; such nodes: {', '.join(sorted(by_name)) or 'none'}",
+            404,
+        )
     if access is None:
         return DataToken(customer=customer, node=node, data_server=str(target.data_server))
     token, expires_at = access.write_token(customer, node)
-    return DataToken(customer=customer, node=node, data_server=str(target.data_server), token=token,
-                     expires_at=expires_at, ca_pem=access.ca_pem())
+    return DataToken(
+        customer=customer,
+        node=node,
+        data_server=str(target.data_server),
+        token=token,
+        expires_at=expires_at,
+        ca_pem=access.ca_pem(),
+    )

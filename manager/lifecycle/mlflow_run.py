@@ -62,13 +62,22 @@ class ProjectTracking:
 
     def _call(self, method: str, endpoint: str, **kwargs: Any) -> Any:
         try:
-            response = http_request(self._creds(), endpoint, method, max_retries=2, backoff_factor=1,
-                                    timeout=TIMEOUT_S, raise_on_status=False, **kwargs)  # fmt: skip
+            response = http_request(
+                self._creds(),
+                endpoint,
+                method,
+                max_retries=2,
+                backoff_factor=1,
+                timeout=TIMEOUT_S,
+                raise_on_status=False,
+                **kwargs,
+            )
         except Exception as error:  # connection refused, TLS, retries exhausted
             raise TrackingCallFailed(f"MLflow at {self.tracking_url}: {_short(error)}") from error
         if response.status_code >= 400:
-            raise TrackingCallFailed(f"MLflow at {self.tracking_url} answered {response.status_code} to "
-                                     f"{endpoint}: {_short(response.text)}")  # fmt: skip
+            raise TrackingCallFailed(
+                f"MLflow at {self.tracking_url} answered {response.status_code} to {endpoint}: {_short(response.text)}"
+            )
         return response.json() if response.content else {}
 
     def run(self, run_id: str) -> dict[str, Any]:
@@ -99,8 +108,9 @@ class ProjectTracking:
         return str(answer["experiment"]["experiment_id"])
 
     def run_count(self, experiment_id: str) -> int:
-        answer = self._call("POST", "/api/2.0/mlflow/runs/search",
-                            json={"experiment_ids": [experiment_id], "max_results": 1})  # fmt: skip
+        answer = self._call(
+            "POST", "/api/2.0/mlflow/runs/search", json={"experiment_ids": [experiment_id], "max_results": 1}
+        )
         return len(answer.get("runs") or [])
 
     def settle_experiment(self, name: str, status: str, tags: dict[str, str]) -> str:
@@ -113,17 +123,24 @@ class ProjectTracking:
             self._call("POST", "/api/2.0/mlflow/experiments/delete", json={"experiment_id": experiment})
             return f"deleted the empty MLflow experiment {name!r}"
         for key, value in {**tags, STATUS_TAG: status}.items():
-            self._call("POST", "/api/2.0/mlflow/experiments/set-experiment-tag",
-                       json={"experiment_id": experiment, "key": key, "value": value})  # fmt: skip
+            self._call(
+                "POST",
+                "/api/2.0/mlflow/experiments/set-experiment-tag",
+                json={"experiment_id": experiment, "key": key, "value": value},
+            )
         return f"MLflow experiment {name!r} tagged {STATUS_TAG}={status}"
 
 
-def image_tags(learner_image: str | None, aggregator_image: str | None,
-               platform_digests: dict[str, dict[str, str]]) -> dict[str, str]:
+def image_tags(
+    learner_image: str | None, aggregator_image: str | None, platform_digests: dict[str, dict[str, str]]
+) -> dict[str, str]:
     """Run tags naming the images that trained the model: ``flops.image.learner`` and one digest per platform
     (``flops.image.learner.linux/arm64`` = ``sha256:...``)."""
-    tags = {f"flops.image.{kind}": image for kind, image in (("learner", learner_image),
-                                                             ("aggregator", aggregator_image)) if image}
+    tags = {
+        f"flops.image.{kind}": image
+        for kind, image in (("learner", learner_image), ("aggregator", aggregator_image))
+        if image
+    }
     for kind, digests in platform_digests.items():
         for platform, digest in digests.items():
             tags[f"flops.image.{kind}.{platform}"] = digest

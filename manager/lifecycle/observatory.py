@@ -98,8 +98,11 @@ class ObservatoryKeeper:
 
     def running_customers(self) -> set[str]:
         """Customers whose observatory is running (not stopped as idle), from the store."""
-        return {str(app["customer"]) for app in self.store.list_apps(kind=AppKind.OBSERVATORY.value)
-                if not (app.get("data") or {}).get("stopped")}  # fmt: skip
+        return {
+            str(app["customer"])
+            for app in self.store.list_apps(kind=AppKind.OBSERVATORY.value)
+            if not (app.get("data") or {}).get("stopped")
+        }
 
     def stop_idle(self, adapter_for: Callable[[str], OrchestratorAdapter], busy: set[str], idle_s: float) -> list[str]:
         """Stop the tracking server of every running observatory whose customer is not in ``busy`` (no
@@ -193,14 +196,19 @@ class ObservatoryKeeper:
                 legacy_root.rename(target)
                 log.info("moved the MLflow store of %s from %s to %s", customers[0], legacy_root, target)
             elif len(customers) == 1:
-                log.warning("the MLflow store %s of %s stays in place: %s exists already", legacy_root,
-                            customers[0], target)  # fmt: skip
+                log.warning(
+                    "the MLflow store %s of %s stays in place: %s exists already", legacy_root, customers[0], target
+                )
             else:
                 aside = folder / f"{slug}.shared"
                 legacy_root.rename(aside)
-                log.warning("the MLflow store %s was shared by customers %s (names differing only by case): "
-                            "set aside as %s for the admin; each customer starts a new one", legacy_root,
-                            ", ".join(customers), aside)  # fmt: skip
+                log.warning(
+                    "the MLflow store %s was shared by customers %s (names differing only by case): "
+                    "set aside as %s for the admin; each customer starts a new one",
+                    legacy_root,
+                    ", ".join(customers),
+                    aside,
+                )
 
     def _digests(self, customer: str) -> list[str]:
         return self.settings.tracking_access.digests(customer)
@@ -242,8 +250,11 @@ class ObservatoryKeeper:
         if self.settings.tracking_store is not None:
             backend_store_uri, artifacts = self.settings.tracking_store.for_customer(root.name)
         elif in_image:
-            log.warning("the MLflow store of %s is kept inside its tracking server's container and is lost with "
-                        "it: set tracking_store", customer)  # fmt: skip
+            log.warning(
+                "the MLflow store of %s is kept inside its tracking server's container and is lost with "
+                "it: set tracking_store",
+                customer,
+            )
         config = TrackingConfig(
             customer=customer,
             backend_store_uri=backend_store_uri,
@@ -262,10 +273,19 @@ class ObservatoryKeeper:
         adapter.deploy_service(app, service_id)
         observatory = Observatory(app, url, service_id)
         self.store.save_app(
-            customer, AppKind.OBSERVATORY.value, name, app.app_id,
-            {"app_id": app.app_id, "tracking_url": url, "tracking_service": service_id,
-             "token_sha256": config.access_token_sha256, "orchestrator": adapter.name, "stopped": False},
-        )  # fmt: skip
+            customer,
+            AppKind.OBSERVATORY.value,
+            name,
+            app.app_id,
+            {
+                "app_id": app.app_id,
+                "tracking_url": url,
+                "tracking_service": service_id,
+                "token_sha256": config.access_token_sha256,
+                "orchestrator": adapter.name,
+                "stopped": False,
+            },
+        )
         if not self._wait_healthy(adapter, observatory, note):
             raise PhaseFailed(f"the MLflow tracking server did not become healthy at {url}")
         return observatory
@@ -275,6 +295,7 @@ class ObservatoryKeeper:
     ) -> bool:
         if note is not None:
             note(f"waiting for the MLflow tracking server at {observatory.tracking_url} to start")
+
         def crashed() -> None:
             info = adapter.inspect_service(observatory.app, observatory.tracking_service)
             if info.state in (ServiceState.FAILED, ServiceState.SUCCEEDED, ServiceState.STOPPED):

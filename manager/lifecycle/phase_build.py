@@ -27,8 +27,9 @@ def build(run: ProjectRun) -> None:
     run.update(build=result.model_dump(exclude={"project_id", "sender", "sent_at", "type"}))
 
 
-def run_builder(run: ProjectRun, name: str, config: BuilderConfig, answer: type[Answer], *, failed: str,
-                what: str) -> Answer:  # fmt: skip
+def run_builder(
+    run: ProjectRun, name: str, config: BuilderConfig, answer: type[Answer], *, failed: str, what: str
+) -> Answer:
     """Deploy a builder and wait for its one ``answer``; its own failure report fails the phase."""
     service = run.deploy(run.spec(name, ServiceKind.BUILDER, config))
     answers: list[Answer] = []
@@ -37,8 +38,11 @@ def run_builder(run: ProjectRun, name: str, config: BuilderConfig, answer: type[
         if isinstance(message, answer):
             answers.append(message)
             return True
-        if (isinstance(message, ServiceStatus) and message.service == "builder"
-                and message.state is ReportedState.FAILED):  # fmt: skip
+        if (
+            isinstance(message, ServiceStatus)
+            and message.service == "builder"
+            and message.state is ReportedState.FAILED
+        ):
             raise PhaseFailed(f"{failed} failed: {message.detail}")
         return False
 

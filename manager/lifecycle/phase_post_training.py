@@ -44,15 +44,23 @@ def build_model_image(run: ProjectRun) -> None:
     """The builder packages the trained model as an inference image (image-running orchestrators only)."""
     settings, result = run.deps.settings, run.build_result()
     if not run.deps.adapter.capabilities.runs_images:
-        run.event(f"build_image_for_trained_model: the {run.deps.adapter.name} orchestrator runs no images; "
-                  "the model is served from the build's environment")  # fmt: skip
+        run.event(
+            f"build_image_for_trained_model: the {run.deps.adapter.name} orchestrator runs no images; "
+            "the model is served from the build's environment"
+        )
         return
     if settings.registry is None:
         raise PhaseFailed("build_image_for_trained_model needs the manager's registry setting")
     repo_url = resolve_repo_url(run.sla.ml_repo_url, settings.repo_base_dir)
     config = model_builder_config(run.facts(), settings, repo_url, trained_model_uri(run), result)
-    built = run_builder(run, "model-builder", config, ModelImageBuilt, failed="build_image_for_trained_model",
-                        what="the inference image build")  # fmt: skip
+    built = run_builder(
+        run,
+        "model-builder",
+        config,
+        ModelImageBuilt,
+        failed="build_image_for_trained_model",
+        what="the inference image build",
+    )
     run.state.model_image = built
     run.update(model_image=built.pinned)
     how = "found in the registry" if built.cached else f"built in {built.total_seconds:.0f}s"
@@ -67,13 +75,20 @@ def serve(run: ProjectRun) -> None:
     endpoint = adapter.plan_endpoint(run.app(), "serving", SERVING_PORT, Placement())
     if run.state.model_image is not None:
         digests = settings.tracking_access.digests(run.customer)
-        spec = model_image_serving_spec(run.state.model_image.pinned, endpoint, adapter.capabilities.bind_host,
-                                        sla_resources(run.sla), digests)  # fmt: skip
+        spec = model_image_serving_spec(
+            run.state.model_image.pinned, endpoint, adapter.capabilities.bind_host, sla_resources(run.sla), digests
+        )
     else:
         config = serving_config(run.facts(), settings, model_uri, endpoint)
         build = run.state.build
-        spec = run.spec("serving", ServiceKind.SERVING, config, runtime=True,
-                        image=build.aggregator_image if build else None, ports=(SERVING_PORT,))  # fmt: skip
+        spec = run.spec(
+            "serving",
+            ServiceKind.SERVING,
+            config,
+            runtime=True,
+            image=build.aggregator_image if build else None,
+            ports=(SERVING_PORT,),
+        )
     service = run.deploy(spec)
 
     run.event(f"starting the model serving endpoint at {endpoint.url}")
@@ -83,14 +98,17 @@ def serve(run: ProjectRun) -> None:
     while not http_ok(f"{endpoint.url}/ping"):
         run.check_stop()
         if quiet.due(run.deps.clock.monotonic()):
-            run.event(f"waiting for the model serving endpoint to answer /ping "
-                      f"({run.deps.clock.monotonic() - began:.0f} s so far)")  # fmt: skip
+            run.event(
+                f"waiting for the model serving endpoint to answer /ping "
+                f"({run.deps.clock.monotonic() - began:.0f} s so far)"
+            )
         info = adapter.inspect_service(run.app(), service)
         if info.state in (ServiceState.FAILED, ServiceState.SUCCEEDED, ServiceState.STOPPED):
             raise PhaseFailed(f"the model serving endpoint failed to start: {info.detail or info.state.value}")
         if run.deps.clock.monotonic() > deadline:
-            raise PhaseFailed(f"the model serving endpoint did not answer /ping within "
-                              f"{settings.serving_timeout_s:.0f}s")  # fmt: skip
+            raise PhaseFailed(
+                f"the model serving endpoint did not answer /ping within {settings.serving_timeout_s:.0f}s"
+            )
         run.deps.clock.sleep(1.0)
     run.update(serving_url=endpoint.url)
     run.event(f"model {model_uri} served at {endpoint.url}/invocations")

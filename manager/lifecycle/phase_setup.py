@@ -17,8 +17,9 @@ def observatory(run: ProjectRun) -> None:
     """The customer's observatory (MLflow server) runs: started, or found healthy, or restarted."""
     found = run.deps.observatories.ensure(run.deps.adapter, run.customer, note=run.event)
     run.state.observatory = found
-    run.update(tracking_url=found.tracking_url, apps={"observatory": found.app.app_id},
-               mlflow_experiment=run.experiment_name())  # fmt: skip
+    run.update(
+        tracking_url=found.tracking_url, apps={"observatory": found.app.app_id}, mlflow_experiment=run.experiment_name()
+    )
 
 
 def project_app(run: ProjectRun) -> None:

@@ -83,8 +83,11 @@ def await_training(run: ProjectRun) -> None:
         elif isinstance(message, TrainingResult) and message.sender == top:
             run.state.result = message
             return True
-        elif (isinstance(message, ServiceStatus) and message.service == "aggregator"
-              and message.state is ReportedState.FAILED):  # fmt: skip
+        elif (
+            isinstance(message, ServiceStatus)
+            and message.service == "aggregator"
+            and message.state is ReportedState.FAILED
+        ):
             if message.sender == top:
                 raise PhaseFailed(f"{message.sender} failed: {message.detail}")
             # A cluster aggregator's failure (often: it lost the root) is handled when its process has
@@ -92,13 +95,20 @@ def await_training(run: ProjectRun) -> None:
             restarts.note_aggregator_failure(message.sender, message.detail or "failed")
         return False
 
-    run.reports.wait(on_message, services.aggregators(), run.deps.settings.training_timeout_s, "training",
-                     on_inspect=restarts.during_training, revive=restarts.revive_aggregator,
-                     awaited=lambda: _awaited_round(run))  # fmt: skip
+    run.reports.wait(
+        on_message,
+        services.aggregators(),
+        run.deps.settings.training_timeout_s,
+        "training",
+        on_inspect=restarts.during_training,
+        revive=restarts.revive_aggregator,
+        awaited=lambda: _awaited_round(run),
+    )
     result = run.state.result
     assert result is not None
-    run.progress = run.progress.model_copy(update={"loss": result.loss, "accuracy": result.accuracy,
-                                                   **privacy_result(result)})  # fmt: skip
+    run.progress = run.progress.model_copy(
+        update={"loss": result.loss, "accuracy": result.accuracy, **privacy_result(result)}
+    )
     if result.reason:
         run.event(f"training ended after {result.rounds_completed} rounds: {result.reason}")
     run.update(progress=run.progress, mlflow_run_id=result.mlflow_run_id, registered_model=result.registered_model)
@@ -125,8 +135,9 @@ def _on_progress(run: ProjectRun, message: TrainingProgress) -> None:
     timing = {} if eta_at is None else {"training_eta_at": eta_at}
     update: dict[str, object] = {"cycle": message.cycle, "total_cycles": message.total_cycles}
     if message.cluster is None:
-        update.update(round=message.round, total_rounds=message.total_rounds,
-                      loss=message.loss, accuracy=message.accuracy)  # fmt: skip
+        update.update(
+            round=message.round, total_rounds=message.total_rounds, loss=message.loss, accuracy=message.accuracy
+        )
     elif message.cycle >= run.progress.cycle:
         update.update(round=message.round, total_rounds=message.total_rounds)
     update.update(privacy_progress(run.progress, message))
@@ -157,8 +168,7 @@ def _deploy_classic(run: ProjectRun, plan: LearnerPlan) -> None:
 
 def _deploy_hierarchical(run: ProjectRun, plan: LearnerPlan) -> None:
     clusters = tuple(str(cluster) for cluster in plan.clusters)
-    root_address = _aggregator(run, AggregatorPlace("root-aggregator", "root", expected_clusters=clusters),
-                               Placement())  # fmt: skip
+    root_address = _aggregator(run, AggregatorPlace("root-aggregator", "root", expected_clusters=clusters), Placement())
     for cluster, members in plan.clusters.items():
         place = AggregatorPlace(f"cluster-aggregator-{cluster}", "cluster", cluster, root_address=root_address)
         address = _aggregator(run, place, Placement(cluster=cluster))
@@ -172,15 +182,28 @@ def _aggregator(run: ProjectRun, place: AggregatorPlace, placement: Placement) -
     endpoint = run.deps.adapter.plan_endpoint(run.app(), place.name, FLEET_PORT, placement)
     flower_tls = None
     if settings.flower_tls:
-        flower_tls = run.flower_ca.for_superlink(endpoint.host, cluster_identity(place.cluster)
-                                                 if place.cluster else None)  # fmt: skip
+        flower_tls = run.flower_ca.for_superlink(
+            endpoint.host, cluster_identity(place.cluster) if place.cluster else None
+        )
     config = aggregator_config(
-        run.facts(), place, endpoint, build, model_name=registered_model_name(run.project_id),
-        params=run_params(run.sla, build, run.deps.adapter.name), work_dir=run.work_dir(place.name),
+        run.facts(),
+        place,
+        endpoint,
+        build,
+        model_name=registered_model_name(run.project_id),
+        params=run_params(run.sla, build, run.deps.adapter.name),
+        work_dir=run.work_dir(place.name),
         flower_tls=flower_tls,
-    )  # fmt: skip
-    spec = run.spec(place.name, ServiceKind.AGGREGATOR, config, runtime=True, image=build.aggregator_image,
-                    placement=placement, ports=(FLEET_PORT,))  # fmt: skip
+    )
+    spec = run.spec(
+        place.name,
+        ServiceKind.AGGREGATOR,
+        config,
+        runtime=True,
+        image=build.aggregator_image,
+        placement=placement,
+        ports=(FLEET_PORT,),
+    )
     run.deploy(spec, role=place.role, cluster=place.cluster)
     return endpoint.address
 
@@ -190,11 +213,18 @@ def _learner(run: ProjectRun, node: str, cluster: str | None, data_server: str, 
     name = f"learner-{node}"
     tags = list(run.sla.training_configuration.data_tags)
     config = learner_config(
-        run.facts(), name, node, cluster, build, aggregator_address=aggregator_address, data_server=data_server,
-        data_token=servers.project_read_token(run.customer, run.project_id, node, tags), data_ca_pem=servers.ca_pem,
+        run.facts(),
+        name,
+        node,
+        cluster,
+        build,
+        aggregator_address=aggregator_address,
+        data_server=data_server,
+        data_token=servers.project_read_token(run.customer, run.project_id, node, tags),
+        data_ca_pem=servers.ca_pem,
         work_dir=run.work_dir(name),
         flower_tls=run.flower_ca.for_supernode(node) if run.deps.settings.flower_tls else None,
-    )  # fmt: skip
+    )
     placement = Placement(node=node, cluster=cluster, data_tags=tuple(config.data_tags))
     spec = run.spec(name, ServiceKind.LEARNER, config, runtime=True, image=build.learner_image, placement=placement)
     run.deploy(spec, cluster=cluster)

@@ -41,11 +41,21 @@ class Phase:
 PHASES: tuple[Phase, ...] = (
     Phase(ProjectPhase.OBSERVATORY, phase_setup.observatory, "the orchestrator", OnRestart.START_OVER),
     Phase(ProjectPhase.PROJECT_APP, phase_setup.project_app, "the orchestrator", OnRestart.START_OVER),
-    Phase(ProjectPhase.OBSERVER, phase_setup.observer, "the observatory; a broker account (granted here)",
-          OnRestart.START_OVER),  # fmt: skip
+    Phase(
+        ProjectPhase.OBSERVER,
+        phase_setup.observer,
+        "the observatory; a broker account (granted here)",
+        OnRestart.START_OVER,
+    ),
     Phase(ProjectPhase.BUILD, phase_build.build, "the project app", OnRestart.START_OVER),
-    Phase(ProjectPhase.TRAINING, phase_training.train, "the build; learner nodes holding the data tags",
-          OnRestart.RESUME, resume=phase_training.resume, can_resume=phase_training.can_resume),  # fmt: skip
+    Phase(
+        ProjectPhase.TRAINING,
+        phase_training.train,
+        "the build; learner nodes holding the data tags",
+        OnRestart.RESUME,
+        resume=phase_training.resume,
+        can_resume=phase_training.can_resume,
+    ),
     Phase(ProjectPhase.POST_TRAINING, phase_post_training.post_training, "the training result", OnRestart.FAIL),
 )
 
@@ -81,6 +91,6 @@ def resume(run: ProjectRun, record: ProjectRecord) -> None:
     if current.resume is None:
         raise ValueError(f"phase {record.phase.value} cannot be resumed")
     current.resume(run, record)
-    for step in PHASES[index + 1:]:
+    for step in PHASES[index + 1 :]:
         run.enter(step.phase)
         step.action(run)

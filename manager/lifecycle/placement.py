@@ -53,14 +53,15 @@ def plan_learners(
     tags = training.data_tags
     chosen, notes = nodes_with_data(nodes, tags, list_tags)
     if not chosen:
-        raise PhaseFailed(f"no learner node has data for tags {tags} in your namespace; push data first "
-                          "(flops data push --node N --tag T FILE, or flops mocks push --tag T)")
+        raise PhaseFailed(
+            f"no learner node has data for tags {tags} in your namespace; push data first "
+            "(flops data push --node N --tag T FILE, or flops mocks push --tag T)"
+        )
     needed = training.min_available_clients
     if training.mode == "classic":
         if len(chosen) < needed:
             raise PhaseFailed(
-                f"only {len(chosen)} learner node(s) have data for tags {tags}, "
-                f"but min_available_clients is {needed}"
+                f"only {len(chosen)} learner node(s) have data for tags {tags}, but min_available_clients is {needed}"
             )
         return LearnerPlan({None: chosen}), notes
     by_cluster: dict[str | None, list[NodeInfo]] = defaultdict(list)

@@ -185,20 +185,23 @@ class ProjectRun:
             self.event(f"project {status.value.lower()}")
         self.set_phase(ProjectPhase.DONE, status=status, error=error, finished_at=time.time())
         if not self.writer.settle(self.deps.settings.db_outage_limit_s):
-            log.error("project %s ended %s but the project store did not take its last state", self.project_id,
-                      status.value)  # fmt: skip
+            log.error(
+                "project %s ended %s but the project store did not take its last state", self.project_id, status.value
+            )
 
     def _cleanup(self, keep_serving: bool) -> list[str]:
         if self.state.training_started:
             self._publish_stop()
         observatory = self.state.observatory
         deployed = Deployed(self.state.app, observatory.app if observatory else None, self.state.services)
-        cleanup = ProjectCleanup(self.project_id, self.deps.adapter, self.deps.store, self.deps.settings,
-                                 self.deps.broker)  # fmt: skip
+        cleanup = ProjectCleanup(
+            self.project_id, self.deps.adapter, self.deps.store, self.deps.settings, self.deps.broker
+        )
         problems = cleanup.undeploy(deployed, keep_serving=keep_serving, linger_s=0.5)
         owners = [self.project_id] + ([] if keep_serving else [config_owner(self.project_id, "serving")])
-        return problems + cleanup.revoke(broker=not keep_serving, config_owners=owners,
-                                         data_tokens=self.state.training_started)  # fmt: skip
+        return problems + cleanup.revoke(
+            broker=not keep_serving, config_owners=owners, data_tokens=self.state.training_started
+        )
 
     def _publish_stop(self) -> None:
         try:
@@ -211,30 +214,54 @@ class ProjectRun:
         """The project's facts for service configs (grants the broker account on first use)."""
         observatory = self.state.observatory
         return ProjectFacts(
-            project_id=self.project_id, customer=self.customer, sla=self.sla, mqtt=self.mqtt(),
+            project_id=self.project_id,
+            customer=self.customer,
+            sla=self.sla,
+            mqtt=self.mqtt(),
             bind_host=self.deps.adapter.capabilities.bind_host,
             tracking_url=observatory.tracking_url if observatory else "",
             tracking_token=self.deps.settings.tracking_access.service_token(self.customer),
-            tracking_ca_pem=self.deps.observatories.ca_pem(), experiment_name=self.experiment_name(),
-        )  # fmt: skip
+            tracking_ca_pem=self.deps.observatories.ca_pem(),
+            experiment_name=self.experiment_name(),
+        )
 
     def experiment_name(self) -> str:
         return experiment_name(self.customer, self.sla.ml_repo_url, self.project_id)
 
-    def spec(self, name: str, kind: ServiceKind, config: BaseModel, *, runtime: bool = False, image: str | None = None,
-             placement: Placement | None = None, ports: tuple[PortSpec, ...] = ()) -> ServiceSpec:  # fmt: skip
+    def spec(
+        self,
+        name: str,
+        kind: ServiceKind,
+        config: BaseModel,
+        *,
+        runtime: bool = False,
+        image: str | None = None,
+        placement: Placement | None = None,
+        ports: tuple[PortSpec, ...] = (),
+    ) -> ServiceSpec:
         """A spec for ``config``. Runtime services run the build (its images, or its environment's interpreter
         on the host) with the SLA's resources; the rest run FLOps' image (``images``) or the adapter's python."""
         build = self.state.build if runtime else None
         spec = service_spec(
-            name, kind, config, image=image or self.deps.settings.images.get(kind.value),
+            name,
+            kind,
+            config,
+            image=image or self.deps.settings.images.get(kind.value),
             python=environment_python(build.environment_dir) if build else None,
-            workdir=build.app_dir if build else None, resources=sla_resources(self.sla) if runtime else None,
-            placement=placement, ports=ports, verbose=self.sla.verbose,
-        )  # fmt: skip
+            workdir=build.app_dir if build else None,
+            resources=sla_resources(self.sla) if runtime else None,
+            placement=placement,
+            ports=ports,
+            verbose=self.sla.verbose,
+        )
         # Where configs go by reference (config_vault), the spec carries only where to fetch it.
-        return by_reference(spec, owner=config_owner(self.project_id, name), adapter=self.deps.adapter,
-                            settings=self.deps.settings, store=self.deps.store)  # fmt: skip
+        return by_reference(
+            spec,
+            owner=config_owner(self.project_id, name),
+            adapter=self.deps.adapter,
+            settings=self.deps.settings,
+            store=self.deps.store,
+        )
 
     def deploy(self, spec: ServiceSpec, *, role: str | None = None, cluster: str | None = None) -> str:
         """Add ``spec`` to the project app, record it (typed) on the project, then deploy it."""

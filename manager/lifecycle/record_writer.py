@@ -24,8 +24,9 @@ RETRY_INTERVAL_S = 2.0  # while the store is away: each try can wait for the dri
 
 
 class RecordWriter:
-    def __init__(self, store: ProjectStore, project_id: str, outage_limit_s: float,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self, store: ProjectStore, project_id: str, outage_limit_s: float, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.store = store
         self.clock = clock
         self.project_id = project_id
@@ -87,8 +88,12 @@ class RecordWriter:
         self._error = error
         if self._failing_since is None:
             self._failing_since = now
-            log.warning("project %s: %s; keeping %d event(s) and the record's changes until it is back",
-                        self.project_id, error, len(self._events))  # fmt: skip
+            log.warning(
+                "project %s: %s; keeping %d event(s) and the record's changes until it is back",
+                self.project_id,
+                error,
+                len(self._events),
+            )
         return self._still_away(strict)
 
     def _still_away(self, strict: bool) -> bool:

@@ -34,8 +34,14 @@ RESTART_REASON = "the manager restarted while the project was running; its servi
 class Prepare(Protocol):
     """Register a project's inbox and return its (not yet started) run thread."""
 
-    def __call__(self, record: ProjectRecord, sla: ProjectSLA, adapter: OrchestratorAdapter, resume: bool,
-                 not_before: float | None = None) -> threading.Thread: ...  # fmt: skip
+    def __call__(
+        self,
+        record: ProjectRecord,
+        sla: ProjectSLA,
+        adapter: OrchestratorAdapter,
+        resume: bool,
+        not_before: float | None = None,
+    ) -> threading.Thread: ...
 
 
 @dataclass
@@ -65,9 +71,13 @@ class RestartPickUp:
                     self.undeploy_leftovers(record)
                 self.event(record.project_id, f"{RESTART_REASON} ({error})", "error")
                 self.store.update_project(
-                    record.project_id, status=ProjectStatus.FAILED, phase=ProjectPhase.DONE,
-                    error=RESTART_REASON, finished_at=time.time(), updated_at=time.time(),
-                )  # fmt: skip
+                    record.project_id,
+                    status=ProjectStatus.FAILED,
+                    phase=ProjectPhase.DONE,
+                    error=RESTART_REASON,
+                    finished_at=time.time(),
+                    updated_at=time.time(),
+                )
         ConfigVault(self.store, self.settings.secret_box).revoke(*ended)
         return pending
 

@@ -31,8 +31,9 @@ def link_run_and_log_curve(run: ProjectRun, run_id: str) -> None:
         run.event(f"MLflow run: {link}")
         build = run.state.build
         if build is not None and build.learner_image:
-            tracking.set_run_tags(run_id, image_tags(build.learner_image, build.aggregator_image,
-                                                     build.platform_digests))  # fmt: skip
+            tracking.set_run_tags(
+                run_id, image_tags(build.learner_image, build.aggregator_image, build.platform_digests)
+            )
         png = render_png(run.deps.store.list_rounds(run.project_id), run.experiment_name())
         tracking.log_artifact(run_id, PLOT_FILE, png)
         run.event(f"learning curve logged to the MLflow run as {PLOT_FILE} ({len(png) // 1024} KB)")
@@ -44,8 +45,11 @@ def settle_experiment(run: ProjectRun, status: ProjectStatus) -> None:
     """Tag the project's experiment with its outcome; an unfinished project's empty experiment goes."""
     if run.state.observatory is None:
         return
-    tags = {"flops.project_id": run.project_id, "flops.customer": run.customer,
-            "flops.repository": without_credentials(run.sla.ml_repo_url)}  # fmt: skip
+    tags = {
+        "flops.project_id": run.project_id,
+        "flops.customer": run.customer,
+        "flops.repository": without_credentials(run.sla.ml_repo_url),
+    }
     try:
         run.event(project_tracking(run).settle_experiment(run.experiment_name(), status.value, tags))
     except TrackingCallFailed as error:

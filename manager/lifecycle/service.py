@@ -41,7 +41,6 @@ from orchestrator_adapters.registry import adapter_class, create_adapter
 log = logging.getLogger(__name__)
 
 
-
 class LifecycleService:
     def __init__(
         self,
@@ -94,16 +93,18 @@ class LifecycleService:
         if self.settings.cache_max_age_s > 0:
             threading.Thread(target=self._prune_cache_forever, name="cache-upkeep", daemon=True).start()
         if self.settings.quotas.observatory_idle_s > 0:
-            threading.Thread(target=self._stop_idle_observatories_forever, name="observatory-idle",
-                             daemon=True).start()  # fmt: skip
+            threading.Thread(target=self._stop_idle_observatories_forever, name="observatory-idle", daemon=True).start()
 
     def _start_default_adapter(self) -> None:
         """Nodes' data servers run before any project (the local adapter starts them), so data can come first."""
         try:
             self.adapter()
         except AdapterError as error:
-            log.warning("the %s orchestrator did not start: %s; retrying when it is first needed",
-                        self.settings.orchestrator, error)
+            log.warning(
+                "the %s orchestrator did not start: %s; retrying when it is first needed",
+                self.settings.orchestrator,
+                error,
+            )
 
     def _connect_forever(self) -> None:
         while not self._closing.is_set() and not self.link.connected:
@@ -144,8 +145,9 @@ class LifecycleService:
         if not self.link.connected:
             raise ControlError(
                 f"the MQTT broker at {self.settings.mqtt.host}:{self.settings.mqtt.port} is unreachable; "
-                "no project was created", status=503,
-            )  # fmt: skip
+                "no project was created",
+                status=503,
+            )
         orchestrator = sla.orchestrator or self.settings.orchestrator
         try:
             adapter = self.adapter(orchestrator)
@@ -154,8 +156,9 @@ class LifecycleService:
         try:
             sealed = seal_project_secrets(sla, self.settings.secret_box)
         except (OSError, SecretUnreadable) as error:
-            raise ControlError(f"cannot keep the repository credentials safe: {error}; no project was created",
-                               status=503) from None  # fmt: skip
+            raise ControlError(
+                f"cannot keep the repository credentials safe: {error}; no project was created", status=503
+            ) from None
         record = ProjectRecord(
             project_id=uuid.uuid4().hex,
             customer=customer,
@@ -176,13 +179,25 @@ class LifecycleService:
         return record
 
     def _prepare(
-        self, record: ProjectRecord, sla: ProjectSLA, adapter: OrchestratorAdapter, resume: bool,
+        self,
+        record: ProjectRecord,
+        sla: ProjectSLA,
+        adapter: OrchestratorAdapter,
+        resume: bool,
         not_before: float | None = None,
     ) -> threading.Thread:
         """Register the project's inbox and return its (not yet started) run thread."""
         inbox = ProjectInbox(not_before=not_before)
-        deps = RunDeps(self.settings, self.store, adapter, self.observatories, self.link.publish, self.broker,
-                       self.link.clear_retained, self.clock)
+        deps = RunDeps(
+            self.settings,
+            self.store,
+            adapter,
+            self.observatories,
+            self.link.publish,
+            self.broker,
+            self.link.clear_retained,
+            self.clock,
+        )
         run = ProjectRun(record, sla, deps, inbox)
         body = (lambda: run.resume(record)) if resume else run.run
         thread = threading.Thread(
@@ -216,8 +231,9 @@ class LifecycleService:
         if record.apps.get("project"):
             cleanup = self._cleanup(record)
             problems = cleanup.undeploy(Deployed.from_record(record))
-            problems += cleanup.revoke(broker=True, config_owners=[config_owner(project_id, "serving")],
-                                       data_tokens=True)  # fmt: skip
+            problems += cleanup.revoke(
+                broker=True, config_owners=[config_owner(project_id, "serving")], data_tokens=True
+            )
             for problem in problems:
                 log.warning("stopping project %s: %s", project_id, problem)
             if record.serving_url:
@@ -227,8 +243,9 @@ class LifecycleService:
 
     def _cleanup(self, record: ProjectRecord) -> ProjectCleanup:
         """The same cleanup a run does when it ends, for a project without a run thread."""
-        return ProjectCleanup(record.project_id, self.adapter(record.orchestrator), self.store, self.settings,
-                              self.broker)  # fmt: skip
+        return ProjectCleanup(
+            record.project_id, self.adapter(record.orchestrator), self.store, self.settings, self.broker
+        )
 
     def tracking_url(self, customer: str) -> str:
         from manager.lifecycle.errors import PhaseFailed
@@ -249,8 +266,12 @@ class LifecycleService:
     def push_mock_data(self, request: MockRequest) -> MockResult:
         from manager.mocks import push_mock_data
 
-        return push_mock_data(self.adapter().list_nodes(), request.mock_data_configuration, request.customer_id,
-                              DataServers(self.settings.data_access))
+        return push_mock_data(
+            self.adapter().list_nodes(),
+            request.mock_data_configuration,
+            request.customer_id,
+            DataServers(self.settings.data_access),
+        )
 
     def list_nodes(self, customer: str) -> NodeList:
         return node_inventory(self._nodes(), customer, DataServers(self.settings.data_access))
@@ -279,8 +300,9 @@ class LifecycleService:
     def prune_cache(self, request: CachePruneRequest) -> CachePruneResult:
         days = request.older_than_days
         max_age_s = self.settings.cache_max_age_s if days is None else days * DAY_S
-        return prune_build_cache(self.settings.cache_dir, self.store.list_projects(None), max_age_s=max_age_s,
-                                 dry_run=request.dry_run)  # fmt: skip
+        return prune_build_cache(
+            self.settings.cache_dir, self.store.list_projects(None), max_age_s=max_age_s, dry_run=request.dry_run
+        )
 
     def _stop_idle_observatories_forever(self) -> None:
         """Stop observatories unused for ``quotas.observatory_idle_s`` whose customer runs no project."""
@@ -331,8 +353,9 @@ class LifecycleService:
     # -- restarts ------------------------------------------------------------------
     def _settle_interrupted_projects(self) -> list[threading.Thread]:
         """Projects a previous manager process left unfinished: resume, restart or fail them (phase table)."""
-        pick_up = RestartPickUp(self.settings, self.store, self.adapter, self._prepare, self._undeploy_leftovers,
-                                self._event)  # fmt: skip
+        pick_up = RestartPickUp(
+            self.settings, self.store, self.adapter, self._prepare, self._undeploy_leftovers, self._event
+        )
         return pick_up.settle_all()
 
     def _undeploy_leftovers(self, record: ProjectRecord) -> None:

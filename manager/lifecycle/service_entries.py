@@ -15,8 +15,15 @@ OBSERVER_KEY = "observer"  # the observer's name in ``services`` (it lives in th
 AGGREGATOR_ROLES = ("classic", "root", "cluster")
 
 
-def entry(name: str, kind: ServiceKind, service_id: str, *, role: str | None = None, cluster: str | None = None,
-          app: AppKind = AppKind.PROJECT) -> ServiceEntry:
+def entry(
+    name: str,
+    kind: ServiceKind,
+    service_id: str,
+    *,
+    role: str | None = None,
+    cluster: str | None = None,
+    app: AppKind = AppKind.PROJECT,
+) -> ServiceEntry:
     return ServiceEntry(name=name, kind=kind.value, role=role, cluster=cluster, app=app.value, service_id=service_id)
 
 
@@ -29,8 +36,9 @@ def legacy_entry(name: str, service_id: str) -> ServiceEntry:
     if name == "root-aggregator":
         return entry(name, ServiceKind.AGGREGATOR, service_id, role="root")
     if name.startswith("cluster-aggregator-"):
-        return entry(name, ServiceKind.AGGREGATOR, service_id, role="cluster",
-                     cluster=name.removeprefix("cluster-aggregator-"))  # fmt: skip
+        return entry(
+            name, ServiceKind.AGGREGATOR, service_id, role="cluster", cluster=name.removeprefix("cluster-aggregator-")
+        )
     if name == "aggregator":
         return entry(name, ServiceKind.AGGREGATOR, service_id, role="classic")
     if name == "serving":
@@ -58,8 +66,10 @@ class ServiceTable:
 
     def ids(self) -> dict[str, str]:
         """``ProjectRecord.services``: name -> adapter service id (the observer under ``observer``)."""
-        return {(OBSERVER_KEY if item.kind == ServiceKind.OBSERVER else name): item.service_id
-                for name, item in self._entries.items()}  # fmt: skip
+        return {
+            (OBSERVER_KEY if item.kind == ServiceKind.OBSERVER else name): item.service_id
+            for name, item in self._entries.items()
+        }
 
     def id_of(self, name: str) -> str:
         return self._entries[name].service_id
@@ -81,8 +91,7 @@ class ServiceTable:
 
     def aggregators(self) -> dict[str, str]:
         """Every aggregator (classic, root, cluster): name -> service id."""
-        return {name: item.service_id for name, item in self._entries.items()
-                if item.kind == ServiceKind.AGGREGATOR}  # fmt: skip
+        return {name: item.service_id for name, item in self._entries.items() if item.kind == ServiceKind.AGGREGATOR}
 
     def top_aggregator(self) -> str:
         """The aggregator whose result is the project's: the root one, else the classic one."""

@@ -121,8 +121,14 @@ def resolve_repo_url(url: str, base_dir: Path) -> str:
     return str((base_dir / url).resolve())
 
 
-def observer_config(facts: ProjectFacts, settings: LifecycleSettings, name: str, endpoint: Endpoint,
-                    work_dir: Path, tls: ServerCertificate | None) -> ObserverConfig:  # fmt: skip
+def observer_config(
+    facts: ProjectFacts,
+    settings: LifecycleSettings,
+    name: str,
+    endpoint: Endpoint,
+    work_dir: Path,
+    tls: ServerCertificate | None,
+) -> ObserverConfig:
     return ObserverConfig(
         project_id=facts.project_id,
         mqtt=facts.mqtt,
@@ -156,8 +162,9 @@ def builder_config(facts: ProjectFacts, settings: LifecycleSettings, repo_url: s
     )
 
 
-def model_builder_config(facts: ProjectFacts, settings: LifecycleSettings, repo_url: str, model_uri: str,
-                         build: BuildResult) -> BuilderConfig:  # fmt: skip
+def model_builder_config(
+    facts: ProjectFacts, settings: LifecycleSettings, repo_url: str, model_uri: str, build: BuildResult
+) -> BuilderConfig:
     """The inference image of the trained model."""
     return BuilderConfig(
         project_id=facts.project_id,
@@ -182,15 +189,17 @@ def model_builder_config(facts: ProjectFacts, settings: LifecycleSettings, repo_
 def run_params(sla: ProjectSLA, build: BuildResult, orchestrator: str) -> dict[str, str]:
     """The MLflow run's parameters: the SLA's training settings and the build."""
     params = {f"sla.{key}": str(value) for key, value in sla.training_configuration.model_dump().items()}
-    params.update({
-        "sla.ml_model_flavor": sla.ml_model_flavor,
-        "sla.ml_repo_url": sla.ml_repo_url,
-        "build.commit": build.commit,
-        "build.digest": build.digest,
-        "build.cached": str(build.cached),
-        "build.seconds": f"{build.total_seconds:.2f}",
-        "orchestrator": orchestrator,
-    })  # fmt: skip
+    params.update(
+        {
+            "sla.ml_model_flavor": sla.ml_model_flavor,
+            "sla.ml_repo_url": sla.ml_repo_url,
+            "build.commit": build.commit,
+            "build.digest": build.digest,
+            "build.cached": str(build.cached),
+            "build.seconds": f"{build.total_seconds:.2f}",
+            "orchestrator": orchestrator,
+        }
+    )
     return params
 
 
@@ -205,9 +214,17 @@ class AggregatorPlace:
     root_address: str | None = None  # cluster: where its root listens
 
 
-def aggregator_config(facts: ProjectFacts, place: AggregatorPlace, endpoint: Endpoint, build: BuildResult, *,
-                      model_name: str, params: dict[str, str], work_dir: Path,
-                      flower_tls: FlowerTls | None) -> AggregatorConfig:  # fmt: skip
+def aggregator_config(
+    facts: ProjectFacts,
+    place: AggregatorPlace,
+    endpoint: Endpoint,
+    build: BuildResult,
+    *,
+    model_name: str,
+    params: dict[str, str],
+    work_dir: Path,
+    flower_tls: FlowerTls | None,
+) -> AggregatorConfig:
     return AggregatorConfig(
         project_id=facts.project_id,
         mqtt=facts.mqtt,
@@ -232,9 +249,20 @@ def aggregator_config(facts: ProjectFacts, place: AggregatorPlace, endpoint: End
     )
 
 
-def learner_config(facts: ProjectFacts, name: str, node: str, cluster: str | None, build: BuildResult, *,
-                   aggregator_address: str, data_server: str, data_token: str | None, data_ca_pem: str | None,
-                   work_dir: Path, flower_tls: FlowerTls | None) -> LearnerConfig:  # fmt: skip
+def learner_config(
+    facts: ProjectFacts,
+    name: str,
+    node: str,
+    cluster: str | None,
+    build: BuildResult,
+    *,
+    aggregator_address: str,
+    data_server: str,
+    data_token: str | None,
+    data_ca_pem: str | None,
+    work_dir: Path,
+    flower_tls: FlowerTls | None,
+) -> LearnerConfig:
     return LearnerConfig(
         project_id=facts.project_id,
         mqtt=facts.mqtt,
@@ -252,8 +280,9 @@ def learner_config(facts: ProjectFacts, name: str, node: str, cluster: str | Non
     )
 
 
-def serving_config(facts: ProjectFacts, settings: LifecycleSettings, model_uri: str,
-                   endpoint: Endpoint) -> ServingConfig:  # fmt: skip
+def serving_config(
+    facts: ProjectFacts, settings: LifecycleSettings, model_uri: str, endpoint: Endpoint
+) -> ServingConfig:
     return ServingConfig(
         project_id=facts.project_id,
         mqtt=facts.mqtt,
@@ -268,13 +297,21 @@ def serving_config(facts: ProjectFacts, settings: LifecycleSettings, model_uri: 
     )
 
 
-def model_image_serving_spec(image: str, endpoint: Endpoint, bind_host: str, resources: Resources,
-                             token_digests: list[str]) -> ServiceSpec:  # fmt: skip
+def model_image_serving_spec(
+    image: str, endpoint: Endpoint, bind_host: str, resources: Resources, token_digests: list[str]
+) -> ServiceSpec:
     """The inference image serves its model by itself (MLflow's scoring server behind the token guard, which
     lets in the holders of ``token_digests``' tokens, or anyone when there are none: access control is off)."""
     return ServiceSpec(
-        name="serving", kind=ServiceKind.SERVING, config={}, image=image,
-        environment={"UVICORN_HOST": bind_host, "UVICORN_PORT": str(endpoint.port),
-                     **serving_guard_environment(token_digests)},
-        resources=resources, ports=(PortSpec(SERVING_PORT.name, endpoint.port),),
-    )  # fmt: skip
+        name="serving",
+        kind=ServiceKind.SERVING,
+        config={},
+        image=image,
+        environment={
+            "UVICORN_HOST": bind_host,
+            "UVICORN_PORT": str(endpoint.port),
+            **serving_guard_environment(token_digests),
+        },
+        resources=resources,
+        ports=(PortSpec(SERVING_PORT.name, endpoint.port),),
+    )

@@ -79,8 +79,9 @@ class ReportLoop:
             if now > deadline:
                 raise PhaseFailed(f"{what} did not finish within {timeout:.0f}s")
 
-    def inspect(self, on_message: OnMessage, watched: dict[str, str], exited_at: dict[str, float],
-                revive: Reviver | None) -> None:  # fmt: skip
+    def inspect(
+        self, on_message: OnMessage, watched: dict[str, str], exited_at: dict[str, float], revive: Reviver | None
+    ) -> None:
         """One look at the watched services (``exited_at``: when each was first seen ended)."""
         for label, service_id in watched.items():
             info = self.run.deps.adapter.inspect_service(self.run.app(), service_id)
@@ -141,9 +142,11 @@ class RestartPolicy:
         if restarts >= MAX_AGGREGATOR_RESTARTS:
             raise PhaseFailed(f"the {label} failed: {reported or info.detail or 'no detail'}")
         self.aggregator_restarts[label] = restarts + 1
-        run.event(f"the {label} was lost ({reported or info.detail or 'failed'}); redeploying it, restart "
-                  f"{restarts + 1} of {MAX_AGGREGATOR_RESTARTS}: it resumes from its last checkpoint",
-                  level="warning")  # fmt: skip
+        run.event(
+            f"the {label} was lost ({reported or info.detail or 'failed'}); redeploying it, restart "
+            f"{restarts + 1} of {MAX_AGGREGATOR_RESTARTS}: it resumes from its last checkpoint",
+            level="warning",
+        )
         run.deps.adapter.deploy_service(run.app(), service_id)
         return True
 
@@ -165,9 +168,12 @@ class RestartPolicy:
             run.event(f"the MLflow tracking server stopped and cannot be redeployed: {info.detail}", level="warning")
             return
         self.tracking_restarts += 1
-        run.event(f"the MLflow tracking server stopped ({info.detail or 'failed'}); redeploying it, restart "
-                  f"{self.tracking_restarts} of {MAX_TRACKING_RESTARTS}; the aggregators keep their "
-                  "metrics until it is back", level="warning")  # fmt: skip
+        run.event(
+            f"the MLflow tracking server stopped ({info.detail or 'failed'}); redeploying it, restart "
+            f"{self.tracking_restarts} of {MAX_TRACKING_RESTARTS}; the aggregators keep their "
+            "metrics until it is back",
+            level="warning",
+        )
         run.deps.adapter.deploy_service(observatory.app, observatory.tracking_service)
 
     def revive_learners(self) -> None:
@@ -193,6 +199,8 @@ class RestartPolicy:
                 run.event(f"{name} lost for good after {restarts} restarts: {why}", level="warning")
                 continue
             self.learner_restarts[name] = restarts + 1
-            run.event(f"{name} lost ({why}); redeploying it, restart {restarts + 1} of {MAX_LEARNER_RESTARTS}",
-                      level="warning")
+            run.event(
+                f"{name} lost ({why}); redeploying it, restart {restarts + 1} of {MAX_LEARNER_RESTARTS}",
+                level="warning",
+            )
             run.deps.adapter.deploy_service(app, service_id)

@@ -55,8 +55,9 @@ class ConfigVault:
         """Keep ``config`` sealed; the reference a service fetches it with."""
         reference = ConfigReference(config_id=secrets.token_hex(16), token=secrets.token_urlsafe(32))
         sealed = self.box.seal(json.dumps(config))
-        self.store.save_service_config(reference.config_id, owner, {"token_sha256": _digest(reference.token),
-                                                                    "sealed": sealed})  # fmt: skip
+        self.store.save_service_config(
+            reference.config_id, owner, {"token_sha256": _digest(reference.token), "sealed": sealed}
+        )
         return reference
 
     def withdraw(self, config_id: str, token: str) -> str:

@@ -48,12 +48,17 @@ class ProjectFlowerCa:
         subject = name(ORGANIZATION, f"{self.project_id} link {host}"[:64])
         cert, key = issue_server_cert(ca_cert, ca_key, subject, [host, *LOCAL_NAMES], DAYS)
         client_cert, client_key = self._client(client_identity) if client_identity else (None, None)
-        return FlowerTls(ca_pem=cert_pem(ca_cert).decode(), cert_pem=cert_pem(cert).decode(),
-                         key_pem=key_pem(key).decode(), client_cert_pem=client_cert,
-                         client_key_pem=client_key)  # fmt: skip
+        return FlowerTls(
+            ca_pem=cert_pem(ca_cert).decode(),
+            cert_pem=cert_pem(cert).decode(),
+            key_pem=key_pem(key).decode(),
+            client_cert_pem=client_cert,
+            client_key_pem=client_key,
+        )
 
     def for_supernode(self, identity: str | None = None) -> FlowerTls:
         """What a link client needs: the CA to verify servers, and (with ``identity``) its own certificate."""
         client_cert, client_key = self._client(identity) if identity else (None, None)
-        return FlowerTls(ca_pem=cert_pem(self._authority()[0]).decode(), client_cert_pem=client_cert,
-                         client_key_pem=client_key)  # fmt: skip
+        return FlowerTls(
+            ca_pem=cert_pem(self._authority()[0]).decode(), client_cert_pem=client_cert, client_key_pem=client_key
+        )

@@ -53,5 +53,7 @@ class SecretBox:
         try:
             return self._fernet(create=False).decrypt(sealed.removeprefix(PREFIX).encode()).decode()
         except InvalidToken:
-            raise SecretUnreadable(f"a stored secret was sealed with another key than {self.key_file} "
-                                   "(was the manager's state_dir replaced?)") from None
+            raise SecretUnreadable(
+                f"a stored secret was sealed with another key than {self.key_file} "
+                "(was the manager's state_dir replaced?)"
+            ) from None

@@ -51,6 +51,7 @@ class TrackingPki:
         """A certificate for a server of the observatory (MLflow, a project observer) reached at ``host``
         (and locally)."""
         ca_cert, ca_key = self._authority()
-        cert, key = issue_server_cert(ca_cert, ca_key, name(ORGANIZATION, f"{service} {host}"[:64]),
-                                      [host, *LOCAL_NAMES], SERVER_DAYS)  # fmt: skip
+        cert, key = issue_server_cert(
+            ca_cert, ca_key, name(ORGANIZATION, f"{service} {host}"[:64]), [host, *LOCAL_NAMES], SERVER_DAYS
+        )
         return ServerCertificate(cert_pem=cert_pem(cert).decode(), key_pem=key_pem(key).decode())

@@ -43,8 +43,11 @@ def config_file(state_dir: Path) -> Path:
     return broker_dir(state_dir) / "mosquitto.conf"
 
 
-DYNSEC_PLUGIN_GLOBS = ("/usr/lib/*/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so",
-                       "/usr/local/lib/mosquitto_dynamic_security.so")
+DYNSEC_PLUGIN_GLOBS = (
+    "/usr/lib/*/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
 # The admin (the manager) also publishes under every project (control commands, tests).
 ADMIN_EXTRA_ACLS = ({"acltype": "publishClientSend", "topic": "flops/#", "allow": True},)
 
@@ -66,8 +69,17 @@ def dynsec_document(credentials: Credentials, kept: dict[str, Any] | None = None
     password) plus the other clients, roles and groups of ``kept``. Anything not granted is denied."""
     with tempfile.TemporaryDirectory(prefix="flops-dynsec-") as scratch:
         fresh_path = Path(scratch) / "dynamic-security.json"
-        run_tool([find_binary("mosquitto_ctrl", _INSTALL_HINT), "dynsec", "init", str(fresh_path),
-                  credentials.username, credentials.password], name="mosquitto_ctrl dynsec init")  # fmt: skip
+        run_tool(
+            [
+                find_binary("mosquitto_ctrl", _INSTALL_HINT),
+                "dynsec",
+                "init",
+                str(fresh_path),
+                credentials.username,
+                credentials.password,
+            ],
+            name="mosquitto_ctrl dynsec init",
+        )
         fresh: dict[str, Any] = json.loads(fresh_path.read_text())
     for role in fresh["roles"]:
         if role["rolename"] == "admin":
@@ -77,8 +89,12 @@ def dynsec_document(credentials: Credentials, kept: dict[str, Any] | None = None
     fresh["clients"] += [client for client in kept.get("clients", []) if client.get("username") not in admin_names]
     fresh["roles"] += [role for role in kept.get("roles", []) if role.get("rolename") != "admin"]
     fresh["groups"] = kept.get("groups", [])
-    fresh["defaultACLAccess"] = {"publishClientSend": False, "publishClientReceive": True,
-                                 "subscribe": False, "unsubscribe": True}  # fmt: skip
+    fresh["defaultACLAccess"] = {
+        "publishClientSend": False,
+        "publishClientReceive": True,
+        "subscribe": False,
+        "unsubscribe": True,
+    }
     return fresh
 
 
@@ -122,8 +138,12 @@ def write_config(state_dir: Path, component: ComponentState, acl_file: Path | No
     if tls:
         files = suite_server_tls(state_dir)
         component.ca_pem = files.ca_pem
-        listener += [f"cafile {files.ca_file}", f"certfile {files.cert_file}", f"keyfile {files.key_file}",
-                     "tls_version tlsv1.2"]  # fmt: skip
+        listener += [
+            f"cafile {files.ca_file}",
+            f"certfile {files.cert_file}",
+            f"keyfile {files.key_file}",
+            "tls_version tlsv1.2",
+        ]
     else:
         component.ca_pem = None
         log.warning("the suite's MQTT broker listens without TLS (development only)")
@@ -172,8 +192,13 @@ def start(state_dir: Path, component: ComponentState) -> ProcessRecord:
 
 def settings_for(component: ComponentState) -> MqttSettings:
     credentials = component.credentials or Credentials(username="", password="")
-    return MqttSettings(host=HOST, port=component.port, username=credentials.username, password=credentials.password,
-                        ca_pem=component.ca_pem)
+    return MqttSettings(
+        host=HOST,
+        port=component.port,
+        username=credentials.username,
+        password=credentials.password,
+        ca_pem=component.ca_pem,
+    )
 
 
 def broker_accepts(settings: MqttSettings, timeout: float = 3.0) -> bool:

@@ -65,8 +65,13 @@ def start(state_dir: Path, component: ComponentState, tls: bool = True) -> Proce
     binary = find_binary("docker-registry", "install the Debian package 'docker-registry' (make system-packages)")
     config = write_config(state_dir, component, tls)
     process = launch([binary, "serve", str(config)], log_file=log_file(state_dir), cwd=state_dir, name=REGISTRY)
-    wait_ready(process, lambda: registry_answers(component), name=REGISTRY, log_file=log_file(state_dir),
-               timeout=READY_TIMEOUT_S)
+    wait_ready(
+        process,
+        lambda: registry_answers(component),
+        name=REGISTRY,
+        log_file=log_file(state_dir),
+        timeout=READY_TIMEOUT_S,
+    )
     return process
 
 

@@ -47,8 +47,9 @@ def start(state_dir: Path, component: ComponentState) -> ProcessRecord:
     ]
     process = launch(argv, log_file=log_file(state_dir), cwd=state_dir, name=SECANTUSDB)
     uri = mongo_uri(component)
-    wait_ready(process, lambda: database_answers(uri), name=SECANTUSDB, log_file=log_file(state_dir),
-               timeout=READY_TIMEOUT_S)
+    wait_ready(
+        process, lambda: database_answers(uri), name=SECANTUSDB, log_file=log_file(state_dir), timeout=READY_TIMEOUT_S
+    )
     return process
 
 

@@ -33,8 +33,9 @@ class RegistryEndpoint:
 
     def settings(self) -> RegistrySettings:
         """What a builder or an adapter needs to push to and pull from this registry."""
-        return RegistrySettings(address=self.address, username=self.username, password=self.password,
-                                ca_pem=self.ca_pem)
+        return RegistrySettings(
+            address=self.address, username=self.username, password=self.password, ca_pem=self.ca_pem
+        )
 
 
 @dataclass

@@ -132,7 +132,9 @@ def stop_component(state_dir: Path, name: str) -> None:
 def start_component(state_dir: Path, name: str, *, port_timeout: float = 30.0) -> SuiteEndpoints:
     """Start a core component again on the same port with the same config and data."""
     starters: dict[str, Callable[[Path, ComponentState], ProcessRecord]] = {
-        MOSQUITTO: mosquitto.start, SECANTUSDB: secantus.start}  # fmt: skip
+        MOSQUITTO: mosquitto.start,
+        SECANTUSDB: secantus.start,
+    }
     state_dir = _resolve(state_dir)
     with locked(state_dir):
         state = _require_state(state_dir)

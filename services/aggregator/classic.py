@@ -33,8 +33,9 @@ def learner_rounds(grid: Grid, session: ServerSession) -> FederatedRounds:
         on_lost=session.lost,
         on_back=session.back,
         on_wait=session.waiting,
-        strategy=round_strategy(session.config, "learners", min_fit=training.min_fit_clients,
-                                min_evaluate=training.min_evaluate_clients),  # fmt: skip
+        strategy=round_strategy(
+            session.config, "learners", min_fit=training.min_fit_clients, min_evaluate=training.min_evaluate_clients
+        ),
     )
 
 
@@ -110,7 +111,8 @@ def run_classic(grid: Grid, session: ServerSession) -> RunOutcome:
         session.tracker.log_metrics(metrics, step=server_round)
     if final is None:  # resumed after the last round's checkpoint
         final = rounds.evaluate_round(last_round, arrays, {})
-    outcome = finish_training(session, manager, arrays, final, step=last_round, rounds_completed=last_round,
-                              cycles_completed=1)  # fmt: skip
+    outcome = finish_training(
+        session, manager, arrays, final, step=last_round, rounds_completed=last_round, cycles_completed=1
+    )
     epsilon = plan.epsilon_after(last_round) if plan else None
     return with_privacy_outcome(outcome, session.tracker, epsilon, plan.delta if plan else None, last_round < total)

@@ -183,8 +183,10 @@ class StreamingFedAvg:
         if not self._pending:
             return
         if self._sums is None:
-            self._sums = [np.zeros(shape, dtype=accumulator_dtype(dtype, self._float64))
-                          for shape, dtype in zip(self._shapes, self._dtypes, strict=True)]  # fmt: skip
+            self._sums = [
+                np.zeros(shape, dtype=accumulator_dtype(dtype, self._float64))
+                for shape, dtype in zip(self._shapes, self._dtypes, strict=True)
+            ]
         pending, self._pending = self._pending, []
         weights = [item.weight for item in pending]
         for index, total in enumerate(self._sums):

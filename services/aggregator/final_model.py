@@ -27,8 +27,10 @@ def log_final_model(session: ServerSession, manager: ModelManager, arrays: list[
     started = time.monotonic()
     config = session.config
     megabytes = sum(np.asarray(array).nbytes for array in arrays) / 1e6
-    session.reporter.event(f"logging the final model ({megabytes:.1f} MB of parameters) to MLflow"
-                           + (f" as {config.registered_model_name}" if config.registered_model_name else ""))
+    session.reporter.event(
+        f"logging the final model ({megabytes:.1f} MB of parameters) to MLflow"
+        + (f" as {config.registered_model_name}" if config.registered_model_name else "")
+    )
     logged = session.tracker.log_model(
         model, config.flavor, config.registered_model_name, user_code_dir(config.app_dir)
     )

@@ -79,8 +79,11 @@ def run_root(grid: Grid, session: ServerSession) -> RunOutcome:
         strategy=round_strategy(config, "clusters", min_fit=clusters, min_evaluate=clusters),
     )
     root_plan = privacy_plan(config, "clusters")
-    cluster_plans = {name: plan for name in config.expected_clusters
-                     if (plan := privacy_plan(config, "learners", cluster=name)) is not None}  # fmt: skip
+    cluster_plans = {
+        name: plan
+        for name in config.expected_clusters
+        if (plan := privacy_plan(config, "learners", cluster=name)) is not None
+    }
     try:
         last_cycle = cycles_to_run(root_plan, cluster_plans, training)
     except ValueError as error:
@@ -113,30 +116,44 @@ def run_root(grid: Grid, session: ServerSession) -> RunOutcome:
         final = rounds.evaluate_round(cycle, arrays, {**job, p.FINAL: int(cycle == cycles)})
         result = trained.with_global_evaluation(final)
         privacy = hierarchical_privacy(root_plan, cluster_plans, rounds, cycle, per_cycle)
-        metrics = known({
-            "loss": result.loss,
-            "accuracy": result.accuracy,
-            "train_loss": result.train_loss,
-            "train_accuracy": result.train_accuracy,
-            CYCLE_SECONDS: result.seconds,
-            "num_examples": float(result.num_examples),
-            **privacy,
-        })
+        metrics = known(
+            {
+                "loss": result.loss,
+                "accuracy": result.accuracy,
+                "train_loss": result.train_loss,
+                "train_accuracy": result.train_accuracy,
+                CYCLE_SECONDS: result.seconds,
+                "num_examples": float(result.num_examples),
+                **privacy,
+            }
+        )
         state = {"cluster_rounds": _cluster_rounds(result, cycle, per_cycle)}
         # Checkpoint first: a crash after it logs these values on resume, a crash before it reruns the cycle.
         session.tracker.save_checkpoint(Checkpoint(per_cycle, arrays, metrics, cycle=cycle, state=state))
-        session.progress(result, cycle=cycle, total_cycles=cycles, round_=per_cycle, total_rounds=per_cycle,
-                         privacy={key: value for key, value in privacy.items() if key in PROGRESS_KEYS})
+        session.progress(
+            result,
+            cycle=cycle,
+            total_cycles=cycles,
+            round_=per_cycle,
+            total_rounds=per_cycle,
+            privacy={key: value for key, value in privacy.items() if key in PROGRESS_KEYS},
+        )
         _log_cycle(session, metrics, state, cycle)
     if final is None:  # resumed after the last cycle's checkpoint
         final = rounds.evaluate_round(
             cycles, arrays, {p.CYCLE: cycles, p.TOTAL_CYCLES: cycles, p.PARENT_RUN: run_id or "", p.FINAL: 1}
         )
-    outcome = finish_training(session, manager, arrays, final, step=cycles, rounds_completed=cycles * per_cycle,
-                              cycles_completed=cycles)  # fmt: skip
+    outcome = finish_training(
+        session, manager, arrays, final, step=cycles, rounds_completed=cycles * per_cycle, cycles_completed=cycles
+    )
     final_privacy = hierarchical_privacy(root_plan, cluster_plans, rounds, cycles, per_cycle)
-    return with_privacy_outcome(outcome, session.tracker, final_privacy.get("dp_epsilon"),
-                                final_privacy.get("dp_delta"), cycles < training.training_cycles)  # fmt: skip
+    return with_privacy_outcome(
+        outcome,
+        session.tracker,
+        final_privacy.get("dp_epsilon"),
+        final_privacy.get("dp_delta"),
+        cycles < training.training_cycles,
+    )
 
 
 PROGRESS_KEYS = ("dp_epsilon", "dp_delta", "dp_noise_multiplier", "dp_clipping_norm")
@@ -157,8 +174,9 @@ def cycles_to_run(root: PrivacyPlan | None, clusters: dict[str, PrivacyPlan], tr
     return allowed
 
 
-def hierarchical_privacy(root: PrivacyPlan | None, clusters: dict[str, PrivacyPlan], rounds: FederatedRounds,
-                         cycle: int, per_cycle: int) -> dict[str, float]:  # fmt: skip
+def hierarchical_privacy(
+    root: PrivacyPlan | None, clusters: dict[str, PrivacyPlan], rounds: FederatedRounds, cycle: int, per_cycle: int
+) -> dict[str, float]:
     """The root's DP figures after ``cycle``: ``dp_epsilon`` is the highest ε of any level (the weakest
     guarantee a learner has), with each cluster's and the root's own under their names."""
     figures: dict[str, float] = {}
@@ -295,19 +313,22 @@ def _train_cycle(
         }
         plan = privacy_plan(session.config, "learners")
         privacy = round_privacy(plan, rounds.strategy, (cycle - 1) * per_cycle + server_round) if plan else {}
-        metrics = known({
-            "loss": result.loss,
-            "accuracy": result.accuracy,
-            "train_loss": result.train_loss,
-            "train_accuracy": result.train_accuracy,
-            "eval_seconds": result.eval_seconds,
-            "round_seconds": result.seconds,
-            "participants": float(len(result.participants)),
-            **privacy,
-        })
+        metrics = known(
+            {
+                "loss": result.loss,
+                "accuracy": result.accuracy,
+                "train_loss": result.train_loss,
+                "train_accuracy": result.train_accuracy,
+                "eval_seconds": result.eval_seconds,
+                "round_seconds": result.seconds,
+                "participants": float(len(result.participants)),
+                **privacy,
+            }
+        )
         session.tracker.save_checkpoint(Checkpoint(server_round, arrays, metrics, cycle=cycle, state=state))
-        session.progress(result, cycle=cycle, total_cycles=cycles, round_=server_round, total_rounds=per_cycle,
-                         privacy=privacy)  # fmt: skip
+        session.progress(
+            result, cycle=cycle, total_cycles=cycles, round_=server_round, total_rounds=per_cycle, privacy=privacy
+        )
         session.tracker.log_metrics(dict(metrics), step=(cycle - 1) * per_cycle + server_round)
     reply = {**state["reply"], p.ROUND_LOSSES: state["round_losses"], p.ROUND_ACCURACIES: state["round_accuracies"]}
     bridge.complete(job.name, True, reply, arrays=arrays)

@@ -43,7 +43,6 @@ BUDGET_REACHED = "privacy budget reached"
 SAMPLE_MIN_ONLY = 1e-9  # a FedAvg fraction_train that rounds to no node, so min_train_nodes are sampled (0 skips)
 
 
-
 @dataclass(frozen=True)
 class PrivacyPlan:
     """One level's mechanism with its noise resolved, and what it costs per round."""
@@ -277,9 +276,13 @@ def with_privacy(strategy: Strategy, config: AggregatorConfig, level: Level, *, 
         return LocalDpRequest(strategy, plan)
     if plan.target_quantile is not None:
         return CentralAdaptiveClipping(
-            strategy, plan.noise_multiplier, min_fit, initial_clipping_norm=plan.clipping_norm,
-            target_clipped_quantile=plan.target_quantile, clipped_count_stddev=clipped_count_stddev(plan, min_fit),
-        )  # fmt: skip
+            strategy,
+            plan.noise_multiplier,
+            min_fit,
+            initial_clipping_norm=plan.clipping_norm,
+            target_clipped_quantile=plan.target_quantile,
+            clipped_count_stddev=clipped_count_stddev(plan, min_fit),
+        )
     return CentralFixedClipping(strategy, plan.noise_multiplier, plan.clipping_norm, min_fit)
 
 
@@ -318,13 +321,16 @@ def budget_note(plan: PrivacyPlan | None, allowed: int, planned: int, unit: str 
     """The event line saying that the budget cuts training short, or None."""
     if plan is None or allowed >= planned:
         return None
-    return (f"privacy budget ε={plan.budget_epsilon:g} allows {allowed} of {planned} {unit} "
-            f"(ε after {allowed}: {plan.epsilon_after(allowed):.4g}, after {allowed + 1}: "
-            f"{plan.epsilon_after(allowed + 1):.4g} at δ={plan.delta:g})")  # fmt: skip
+    return (
+        f"privacy budget ε={plan.budget_epsilon:g} allows {allowed} of {planned} {unit} "
+        f"(ε after {allowed}: {plan.epsilon_after(allowed):.4g}, after {allowed + 1}: "
+        f"{plan.epsilon_after(allowed + 1):.4g} at δ={plan.delta:g})"
+    )
 
 
-def with_privacy_outcome(outcome: RunOutcome, tracker: Tracker, epsilon: float | None, delta: float | None,
-                         stopped_by_budget: bool) -> RunOutcome:  # fmt: skip
+def with_privacy_outcome(
+    outcome: RunOutcome, tracker: Tracker, epsilon: float | None, delta: float | None, stopped_by_budget: bool
+) -> RunOutcome:
     """The outcome with the ε spent (also tagged on the run and the registered model version) and, when the
     budget ended training early, the reason."""
     if epsilon is None:

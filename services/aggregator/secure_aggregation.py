@@ -62,19 +62,28 @@ def secure_train_round(
         return {}
 
     strategy = LegacyFedAvg(
-        fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=len(nodes), min_available_clients=len(nodes),
-        on_fit_config_fn=lambda rnd: {**config, p.SERVER_ROUND: rnd}, fit_metrics_aggregation_fn=keep_metrics,
-    )  # fmt: skip
+        fraction_fit=1.0,
+        fraction_evaluate=0.0,
+        min_fit_clients=len(nodes),
+        min_available_clients=len(nodes),
+        on_fit_config_fn=lambda rnd: {**config, p.SERVER_ROUND: rnd},
+        fit_metrics_aggregation_fn=keep_metrics,
+    )
     base = Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={})
-    context = LegacyContext(base, config=ServerConfig(num_rounds=server_round), strategy=strategy,
-                            client_manager=client_manager)  # fmt: skip
+    context = LegacyContext(
+        base, config=ServerConfig(num_rounds=server_round), strategy=strategy, client_manager=client_manager
+    )
     start = p.to_arrays(arrays)
     context.state[MAIN_PARAMS_RECORD] = start
     context.state[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: server_round})
     workflow = SecAggPlusWorkflow(
-        settings.num_shares, settings.reconstruction_threshold, max_weight=settings.max_weight,
-        clipping_range=settings.clipping_range, quantization_range=settings.quantization_range, timeout=timeout_s,
-    )  # fmt: skip
+        settings.num_shares,
+        settings.reconstruction_threshold,
+        max_weight=settings.max_weight,
+        clipping_range=settings.clipping_range,
+        quantization_range=settings.quantization_range,
+        timeout=timeout_s,
+    )
     workflow(grid, context)
     result = context.state[MAIN_PARAMS_RECORD]
     if result is start or not seen:  # the workflow halted (too few learners for the threshold)
@@ -103,11 +112,20 @@ class SecureFederatedRounds(FederatedRounds):
         outcome = secure_train_round(self.grid, nodes, arrays, server_round, config, self.secure, self.timeout_s)
         names = {self.name_of(node): node for node in nodes}
         completed = [] if outcome is None else outcome.replies
-        replies = [Reply(node_id=names.get(str(m.get(p.NODE)), 0), name=str(m.get(p.NODE, "learner")), cluster=None,
-                         metrics={k: float(v) for k, v in m.items() if isinstance(v, int | float)})
-                   for m in completed]  # fmt: skip
-        lost = [(name, "did not complete the SecAgg+ round") for name in sorted(names)
-                if name not in {reply.name for reply in replies}]  # fmt: skip
+        replies = [
+            Reply(
+                node_id=names.get(str(m.get(p.NODE)), 0),
+                name=str(m.get(p.NODE, "learner")),
+                cluster=None,
+                metrics={k: float(v) for k, v in m.items() if isinstance(v, int | float)},
+            )
+            for m in completed
+        ]
+        lost = [
+            (name, "did not complete the SecAgg+ round")
+            for name in sorted(names)
+            if name not in {reply.name for reply in replies}
+        ]
         for name, why in lost:
             self.on_lost(name, f"round {server_round}: {self.what} {name} lost ({why})")
         if outcome is None or len(replies) < self.min_fit:

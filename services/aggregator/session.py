@@ -63,8 +63,9 @@ class ServerSession:
         if config.cluster:
             tags["flops.cluster"] = config.cluster
         run_name = f"{config.project_id}-{config.cluster}" if config.role == "cluster" else config.project_id
-        self.tracker = Tracker(config.tracking_uri, config.experiment_name, run_name, tags, config.tracking_token,
-                               config.tracking_ca_pem)
+        self.tracker = Tracker(
+            config.tracking_uri, config.experiment_name, run_name, tags, config.tracking_token, config.tracking_ca_pem
+        )
         self.started = time.monotonic()
 
     @property
@@ -81,24 +82,34 @@ class ServerSession:
         where = f"cluster {self.config.cluster}: " if self.config.role == "cluster" else ""
         self.reporter.event(where + text)
 
-    def progress(self, result: RoundResult, *, cycle: int, total_cycles: int, round_: int, total_rounds: int,
-                 privacy: dict[str, float] | None = None) -> None:  # fmt: skip
+    def progress(
+        self,
+        result: RoundResult,
+        *,
+        cycle: int,
+        total_cycles: int,
+        round_: int,
+        total_rounds: int,
+        privacy: dict[str, float] | None = None,
+    ) -> None:
         self.reporter.publish(
-            TrainingProgress.model_validate({
-                "project_id": self.config.project_id,
-                "sender": self.reporter.sender,
-                "cluster": self.config.cluster if self.config.role == "cluster" else None,
-                "cycle": cycle,
-                "total_cycles": total_cycles,
-                "round": round_,
-                "total_rounds": total_rounds,
-                "loss": result.loss,
-                "accuracy": result.accuracy,
-                "num_examples": result.num_examples,
-                "participants": len(result.participants),
-                "round_seconds": round(result.seconds, 3),
-                **(privacy or {}),  # the DP fields (dp_epsilon, ...)
-            })
+            TrainingProgress.model_validate(
+                {
+                    "project_id": self.config.project_id,
+                    "sender": self.reporter.sender,
+                    "cluster": self.config.cluster if self.config.role == "cluster" else None,
+                    "cycle": cycle,
+                    "total_cycles": total_cycles,
+                    "round": round_,
+                    "total_rounds": total_rounds,
+                    "loss": result.loss,
+                    "accuracy": result.accuracy,
+                    "num_examples": result.num_examples,
+                    "participants": len(result.participants),
+                    "round_seconds": round(result.seconds, 3),
+                    **(privacy or {}),  # the DP fields (dp_epsilon, ...)
+                }
+            )
         )
 
 

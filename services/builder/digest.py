@@ -36,9 +36,7 @@ def _sha256(document: object) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def environment_digest(
-    requirements: Sequence[str], runtime: dict[str, str], runtime_location: str = sys.prefix
-) -> str:
+def environment_digest(requirements: Sequence[str], runtime: dict[str, str], runtime_location: str = sys.prefix) -> str:
     """Identity of a virtualenv: what it installs, what it links to and where that runtime lives."""
     return _sha256({"requirements": list(requirements), "runtime": runtime, "location": runtime_location})
 

@@ -39,7 +39,6 @@ from services.builder.source import fetch_source
 Reporter = Callable[[FlopsMessage], None]
 
 
-
 @dataclass
 class _StepState:
     outcome: Literal["done", "cached"] = "done"
@@ -104,8 +103,14 @@ def build_local(config: BuilderConfig, report: Reporter, *, base_dir: Path | Non
     work = Path(tempfile.mkdtemp(prefix="build-", dir=work_root))
     try:
         with steps.step("clone") as clone:
-            checkout = fetch_source(config.repo_url, config.repo_ref, work / "repo", base_dir=base_dir,
-                                    credentials=config.repo_credentials, access=config.repo_access)
+            checkout = fetch_source(
+                config.repo_url,
+                config.repo_ref,
+                work / "repo",
+                base_dir=base_dir,
+                credentials=config.repo_credentials,
+                access=config.repo_access,
+            )
             clone.detail = f"{checkout.kind} {checkout.commit[:12]}"
 
         with steps.step("contract") as contract:

@@ -68,13 +68,28 @@ def build_trained_model_image(config: BuilderConfig, report: Reporter) -> ModelI
     oci = _oci_module()
     image = config.image_name or f"{oci.naming.repo_slug(config.repo_url)}-model"
     built = oci.build_model_image(
-        config.model_uri, config.tracking_uri, config.registry, image=image, base_image=config.base_image,
-        project_id=config.project_id, report=report, platforms=config.platforms)
+        config.model_uri,
+        config.tracking_uri,
+        config.registry,
+        image=image,
+        base_image=config.base_image,
+        project_id=config.project_id,
+        report=report,
+        platforms=config.platforms,
+    )
     message = ModelImageBuilt(
-        project_id=config.project_id, sender=config.instance_name or SERVICE, image=built.reference,
-        pinned=built.pinned, digest=built.digest, model_uri=built.model_uri, run_id=built.run_id,
-        run_tagged=built.run_tagged, cached=built.cached, size_bytes=built.image.size_bytes,
-        total_seconds=built.total_seconds)
+        project_id=config.project_id,
+        sender=config.instance_name or SERVICE,
+        image=built.reference,
+        pinned=built.pinned,
+        digest=built.digest,
+        model_uri=built.model_uri,
+        run_id=built.run_id,
+        run_tagged=built.run_tagged,
+        cached=built.cached,
+        size_bytes=built.image.size_bytes,
+        total_seconds=built.total_seconds,
+    )
     report(message)
     return message
 

@@ -99,8 +99,12 @@ class _Remote:
 
 
 def _git(
-    args: list[str], timeout: float, cwd: Path | None = None, credentials: RepoCredentials | None = None,
-    url: str | None = None, config: tuple[str, ...] = (),
+    args: list[str],
+    timeout: float,
+    cwd: Path | None = None,
+    credentials: RepoCredentials | None = None,
+    url: str | None = None,
+    config: tuple[str, ...] = (),
 ) -> CommandOutcome:
     command = ["git", "-c", "protocol.ext.allow=never"]
     for setting in config:
@@ -112,8 +116,11 @@ def _git(
         env.update({USERNAME_ENV: credentials.username, PASSWORD_ENV: credentials.password})
     if credentials is not None and credentials.query and url is not None:
         # git fetches from the URL with its query string; the arguments (and .git/config) keep the one without.
-        env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0=f"url.{url_with_query(url, credentials)}.insteadOf",
-                   GIT_CONFIG_VALUE_0=url)  # fmt: skip
+        env.update(
+            GIT_CONFIG_COUNT="1",
+            GIT_CONFIG_KEY_0=f"url.{url_with_query(url, credentials)}.insteadOf",
+            GIT_CONFIG_VALUE_0=url,
+        )
     return run_command([*command, *args], timeout=timeout, cwd=cwd, env=env)
 
 
@@ -133,13 +140,23 @@ def _clone(
         args += ["--depth", "1"]
     if ref:
         args += ["--branch", ref]
-    outcome = _git([*args, "--", source, str(destination)], timeout, credentials=remote.credentials, url=source,
-                   config=remote.config)  # fmt: skip
+    outcome = _git(
+        [*args, "--", source, str(destination)],
+        timeout,
+        credentials=remote.credentials,
+        url=source,
+        config=remote.config,
+    )
     return None if outcome.ok else _git_reason(outcome, timeout, remote.credentials)
 
 
 def _clone_git(
-    url: str, source: str, destination: Path, ref: str | None, shallow: bool, timeout: float,
+    url: str,
+    source: str,
+    destination: Path,
+    ref: str | None,
+    shallow: bool,
+    timeout: float,
     remote: _Remote = _Remote(),
 ) -> str:
     """Clone ``source`` at ``ref`` into ``destination`` and return the checked-out commit."""

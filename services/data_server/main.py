@@ -86,8 +86,11 @@ class DataFlightServer(flight.FlightServerBase):
     def __init__(self, config: DataServerConfig, namespaces: Namespaces, revocations: Revocations) -> None:
         scheme = "grpc+tls" if config.tls else "grpc"
         tls = [flight.CertKeyPair(config.tls.cert_pem.encode(), config.tls.key_pem.encode())] if config.tls else None
-        super().__init__(f"{scheme}://{config.host}:{config.port}", tls_certificates=tls,
-                         middleware={_AUTH_MIDDLEWARE: _BearerTokenFactory()})
+        super().__init__(
+            f"{scheme}://{config.host}:{config.port}",
+            tls_certificates=tls,
+            middleware={_AUTH_MIDDLEWARE: _BearerTokenFactory()},
+        )
         self.config = config
         self.namespaces = namespaces
         self.revocations = revocations
@@ -104,7 +107,8 @@ class DataFlightServer(flight.FlightServerBase):
             log.warning("%s refused: no token", where)
             raise flight.FlightUnauthenticatedError(
                 f"the data server of node {self.config.node} needs a data token to {doing} "
-                "(send 'authorization: Bearer <token>'; get one with 'flops data token' or from the manager)")
+                "(send 'authorization: Bearer <token>'; get one with 'flops data token' or from the manager)"
+            )
         try:
             claims = self.verifier.verify(token)
         except TokenRejected as error:
@@ -129,8 +133,9 @@ class DataFlightServer(flight.FlightServerBase):
     @staticmethod
     def _readable(claims: DataClaims, tag: str) -> None:
         if not claims.allows_tag(tag):
-            raise flight.FlightUnauthorizedError(f"this token may read only tags {', '.join(claims.tags or ())}, "
-                                                 f"not {tag!r}")
+            raise flight.FlightUnauthorizedError(
+                f"this token may read only tags {', '.join(claims.tags or ())}, not {tag!r}"
+            )
 
     def _info(self, summary: TagSummary) -> flight.FlightInfo:
         endpoint = flight.FlightEndpoint(summary.tag.encode(), [])
@@ -143,8 +148,13 @@ class DataFlightServer(flight.FlightServerBase):
             raise RejectedUpload("the descriptor must be a path of one element: the tag")
         return check_tag(bytes(descriptor.path[0]).decode("utf-8", errors="replace"))
 
-    def do_put(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
-               reader: flight.MetadataRecordBatchReader, writer: flight.FlightMetadataWriter) -> None:
+    def do_put(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.FlightMetadataWriter,
+    ) -> None:
         started = time.monotonic()
         tag = "?"
         claims = self._claims(context, "put", "store data")
@@ -153,8 +163,16 @@ class DataFlightServer(flight.FlightServerBase):
             summary = self._store(claims).write(tag, reader.schema, (chunk.data for chunk in reader))
         except RejectedUpload as error:
             raise _refuse(f"{error} (node {self.config.node})", f"put tag={tag} peer={_peer(context)}") from None
-        log.info("put customer=%s tag=%s rows=%d width=%s bytes=%d peer=%s in %.3fs", claims.customer, tag,
-                 summary.rows, summary.width, summary.bytes, _peer(context), time.monotonic() - started)
+        log.info(
+            "put customer=%s tag=%s rows=%d width=%s bytes=%d peer=%s in %.3fs",
+            claims.customer,
+            tag,
+            summary.rows,
+            summary.width,
+            summary.bytes,
+            _peer(context),
+            time.monotonic() - started,
+        )
 
     def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Iterator[flight.FlightInfo]:
         claims = self._claims(context, "list", "list tags")
@@ -166,12 +184,18 @@ class DataFlightServer(flight.FlightServerBase):
             raise _refuse(str(error), f"list criteria={criteria!r}") from None
         tags = [tag for tag in tags if claims.allows_tag(tag)]
         summaries = [summary for summary in map(store.summary, tags) if summary.fragments]
-        log.info("list customer=%s criteria=%s tags=%d peer=%s", claims.customer, ",".join(wanted) or "*",
-                 len(summaries), _peer(context))
+        log.info(
+            "list customer=%s criteria=%s tags=%d peer=%s",
+            claims.customer,
+            ",".join(wanted) or "*",
+            len(summaries),
+            _peer(context),
+        )
         return iter([self._info(summary) for summary in summaries])
 
-    def get_flight_info(self, context: flight.ServerCallContext,
-                        descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
+    def get_flight_info(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.FlightInfo:
         claims = self._claims(context, "list", "describe a tag")
         try:
             tag = self._tag_of(descriptor)
@@ -193,14 +217,23 @@ class DataFlightServer(flight.FlightServerBase):
         self._readable(claims, tag)
         store = self._store(claims)
         summary = store.summary(tag)
-        log.info("get customer=%s project=%s tag=%s fragments=%d rows=%d peer=%s", claims.customer,
-                 claims.project_id or "-", tag, summary.fragments, summary.rows, _peer(context))
+        log.info(
+            "get customer=%s project=%s tag=%s fragments=%d rows=%d peer=%s",
+            claims.customer,
+            claims.project_id or "-",
+            tag,
+            summary.fragments,
+            summary.rows,
+            _peer(context),
+        )
         return flight.GeneratorStream(FRAGMENT_SCHEMA, store.read(tag))
 
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
-        return [(DELETE_TAG_ACTION, "remove every fragment under the tag in the body"),
-                (REVOKE_PROJECT_ACTION, "refuse the read tokens of the project id in the body from now on"),
-                (PING_ACTION, "answer 'ok' when the server is up")]
+        return [
+            (DELETE_TAG_ACTION, "remove every fragment under the tag in the body"),
+            (REVOKE_PROJECT_ACTION, "refuse the read tokens of the project id in the body from now on"),
+            (PING_ACTION, "answer 'ok' when the server is up"),
+        ]
 
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
         body = action.body.to_pybytes() if action.body is not None else b""
@@ -213,10 +246,17 @@ class DataFlightServer(flight.FlightServerBase):
                 summary = self._store(claims).delete(check_tag(body.decode("utf-8", errors="replace")))
             except RejectedUpload as error:
                 raise _refuse(str(error), "delete_tag") from None
-            log.info("delete customer=%s tag=%s fragments=%d rows=%d peer=%s", claims.customer, summary.tag,
-                     summary.fragments, summary.rows, _peer(context))
-            return iter([json.dumps({"tag": summary.tag, "fragments": summary.fragments,
-                                     "rows": summary.rows}).encode()])
+            log.info(
+                "delete customer=%s tag=%s fragments=%d rows=%d peer=%s",
+                claims.customer,
+                summary.tag,
+                summary.fragments,
+                summary.rows,
+                _peer(context),
+            )
+            return iter(
+                [json.dumps({"tag": summary.tag, "fragments": summary.fragments, "rows": summary.rows}).encode()]
+            )
         if action.type == REVOKE_PROJECT_ACTION:
             self._claims(context, "revoke", "revoke tokens")
             try:
@@ -225,16 +265,21 @@ class DataFlightServer(flight.FlightServerBase):
                 raise _refuse(str(error), "revoke_project") from None
             log.info("revoked the read tokens of project %s", project_id)
             return iter([b"ok"])
-        raise _refuse(f"unknown action {action.type!r}; known: {DELETE_TAG_ACTION}, {REVOKE_PROJECT_ACTION}, "
-                      f"{PING_ACTION}", "action")
+        raise _refuse(
+            f"unknown action {action.type!r}; known: {DELETE_TAG_ACTION}, {REVOKE_PROJECT_ACTION}, {PING_ACTION}",
+            "action",
+        )
 
 
 def main() -> None:
     config = load_config(DataServerConfig)
     if config.node_from_env and os.environ.get(config.node_from_env):
         config = config.model_copy(update={"node": os.environ[config.node_from_env]})
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s data-server[{config.node}] %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format=f"%(asctime)s data-server[{config.node}] %(levelname)s %(message)s",
+    )
     namespaces = Namespaces(Path(config.storage_dir), config.max_upload_bytes)
     namespaces.prepare()
     server = DataFlightServer(config, namespaces, Revocations(Path(config.storage_dir) / ".revoked"))
@@ -243,8 +288,15 @@ def main() -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    log.info("serving node %s on %s:%d (%s), storage %s, namespaces %d", config.node, config.host, server.port,
-             "TLS" if config.tls else "plain gRPC", config.storage_dir, namespaces.count())
+    log.info(
+        "serving node %s on %s:%d (%s), storage %s, namespaces %d",
+        config.node,
+        config.host,
+        server.port,
+        "TLS" if config.tls else "plain gRPC",
+        config.storage_dir,
+        namespaces.count(),
+    )
     while not stop.wait(1.0):
         pass
     log.info("shutting down")

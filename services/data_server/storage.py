@@ -135,8 +135,10 @@ class FragmentStore:
                 raise RejectedUpload(f"upload to tag {tag!r} has no rows")
             existing = self._dimension(tag)
             if existing is not None and existing != dimension:
-                raise RejectedUpload(f"tag {tag!r} holds {describe_shape(existing)}; this upload has "
-                                     f"{describe_shape(dimension)}; delete the tag first or use another tag")
+                raise RejectedUpload(
+                    f"tag {tag!r} holds {describe_shape(existing)}; this upload has "
+                    f"{describe_shape(dimension)}; delete the tag first or use another tag"
+                )
             table = pa.Table.from_batches(collected, schema=FRAGMENT_SCHEMA).cast(FRAGMENT_SCHEMA)
             table = table.replace_schema_metadata({_DIMENSION_KEY: str(dimension).encode()})
             pq.write_table(table, incoming)
@@ -152,8 +154,11 @@ class FragmentStore:
 
     def tags(self) -> list[str]:
         with self._lock:
-            return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_valid_tag(p.name)
-                          and not p.name.startswith("."))
+            return sorted(
+                p.name
+                for p in self.root.iterdir()
+                if p.is_dir() and is_valid_tag(p.name) and not p.name.startswith(".")
+            )
 
     def summary(self, tag: str) -> TagSummary:
         fragments = rows = size = 0

@@ -41,8 +41,14 @@ class Checkpoint:
     state: dict[str, Any] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
-        header = {"format": FORMAT, "round": self.round, "cycle": self.cycle, "metrics": self.metrics,
-                  "arrays": len(self.arrays), "state": self.state}  # fmt: skip
+        header = {
+            "format": FORMAT,
+            "round": self.round,
+            "cycle": self.cycle,
+            "metrics": self.metrics,
+            "arrays": len(self.arrays),
+            "state": self.state,
+        }
         buffer = io.BytesIO()
         named: dict[str, Any] = {f"a{index}": array for index, array in enumerate(self.arrays)}
         named[_HEADER] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
@@ -59,6 +65,10 @@ class Checkpoint:
                 arrays = [archive[f"a{index}"] for index in range(int(header["arrays"]))]
         except (OSError, ValueError, KeyError) as error:
             raise CheckpointError(f"unreadable checkpoint: {error}") from None
-        return cls(round=int(header["round"]), arrays=arrays, cycle=int(header.get("cycle", 1)),
-                   metrics={key: float(value) for key, value in header.get("metrics", {}).items()},
-                   state=dict(header.get("state") or {}))
+        return cls(
+            round=int(header["round"]),
+            arrays=arrays,
+            cycle=int(header.get("cycle", 1)),
+            metrics={key: float(value) for key, value in header.get("metrics", {}).items()},
+            state=dict(header.get("state") or {}),
+        )

@@ -25,8 +25,7 @@ def client_app_handler(node_config: dict[str, UserConfigValue], node_id: int, *,
     from services.learner.client_app import app, model_manager
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, node_id, RUN_ID
-    context = Context(run_id=RUN_ID, node_id=node_id, node_config=dict(node_config), state=RecordDict(),
-                      run_config={})  # fmt: skip
+    context = Context(run_id=RUN_ID, node_id=node_id, node_config=dict(node_config), state=RecordDict(), run_config={})
     if preload:
         model_manager(context)
 

@@ -110,17 +110,25 @@ class SuperLink:
         home = self.work_dir / f"{self.name}-home"
         home.mkdir(parents=True, exist_ok=True)
         if self.tls is not None:
-            security = ["--ssl-ca-certfile", str(self.tls.ca_file), "--ssl-certfile", str(self.tls.cert_file),
-                        "--ssl-keyfile", str(self.tls.key_file)]  # fmt: skip
+            security = [
+                "--ssl-ca-certfile",
+                str(self.tls.ca_file),
+                "--ssl-certfile",
+                str(self.tls.cert_file),
+                "--ssl-keyfile",
+                str(self.tls.key_file),
+            ]
         else:
             security = ["--insecure"]
         command = [
             flower_binary("flower-superlink"),
             *security,
-            "--host", self.bind_host,
-            "--port", str(self.port),
+            "--host",
+            self.bind_host,
+            "--port",
+            str(self.port),
             "--disable-runtime-dependency-installation",
-        ]  # fmt: skip
+        ]
         env = child_environment({"FLWR_HOME": str(home)})
         self.process = ManagedProcess(self.name, command, self.work_dir / f"{self.name}.log", env).start()
         deadline = time.monotonic() + ready_timeout
@@ -195,12 +203,17 @@ class SuperNode:
         node_config_file = write_toml(self.work_dir / f"{self.name}-node-config.toml", dict(self.node_config))
         flower_binary("flower-supernode")  # fail early and clearly when Flower is missing
         command = [
-            sys.executable, "-m", "services.fl_runtime.supernode",  # flower-supernode with a shorter idle poll
+            sys.executable,
+            "-m",
+            "services.fl_runtime.supernode",  # flower-supernode with a shorter idle poll
             *(["--root-certificates", str(self.ca_file)] if self.ca_file else ["--insecure"]),
-            "--superlink", self.superlink_address,
-            "--port", str(free_port()),
-            "--node-config", str(node_config_file),
-        ]  # fmt: skip
+            "--superlink",
+            self.superlink_address,
+            "--port",
+            str(free_port()),
+            "--node-config",
+            str(node_config_file),
+        ]
         log_path = self.work_dir / f"{self.name}.log"
         self.process = ManagedProcess(self.name, command, log_path, env, cwd=self.cwd).start()
         return self
@@ -285,6 +298,12 @@ class FlowerControl:
 
 
 __all__ = [
-    "FlowerControl", "FlowerError", "SuperLink", "SuperNode", "TlsFiles", "connect_host", "write_tls_files",
+    "FlowerControl",
+    "FlowerError",
+    "SuperLink",
+    "SuperNode",
+    "TlsFiles",
+    "connect_host",
+    "write_tls_files",
     "write_toml",
-]  # fmt: skip
+]

@@ -52,8 +52,12 @@ def _clean(value: float | None) -> float | None:
 def _flavor_module(flavor: str) -> Any:
     import importlib
 
-    name = {"sklearn": "mlflow.sklearn", "pytorch": "mlflow.pytorch", "keras": "mlflow.keras",
-            "tensorflow": "mlflow.tensorflow"}[flavor]  # fmt: skip
+    name = {
+        "sklearn": "mlflow.sklearn",
+        "pytorch": "mlflow.pytorch",
+        "keras": "mlflow.keras",
+        "tensorflow": "mlflow.tensorflow",
+    }[flavor]
     return importlib.import_module(name)
 
 
@@ -138,7 +142,8 @@ class Tracker:
         query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in sorted(self.tags.items()))
         try:
             runs = self._mlflow.MlflowClient().search_runs(
-                [self.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=20)
+                [self.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=20
+            )
         except Exception as error:
             raise TrackingError(f"MLflow at {self.tracking_uri} cannot search runs: {_short(error)}") from None
         return next((str(run.info.run_id) for run in runs if run.data.tags.get(DONE_TAG) != "true"), None)

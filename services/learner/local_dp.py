@@ -23,8 +23,9 @@ def local_dp_request(config: ConfigRecord | None) -> tuple[float, float] | None:
     return float(config[LOCAL_DP_CLIP]), float(config.get(LOCAL_DP_NOISE, 0.0))  # type: ignore[arg-type]
 
 
-def privatise(received: list[np.ndarray], fitted: list[np.ndarray], clipping_norm: float,
-              noise_multiplier: float) -> list[np.ndarray]:  # fmt: skip
+def privatise(
+    received: list[np.ndarray], fitted: list[np.ndarray], clipping_norm: float, noise_multiplier: float
+) -> list[np.ndarray]:
     """``received`` plus the clipped and noised update ``fitted - received``, in the fitted dtypes."""
     outgoing = [np.asarray(array, dtype=np.float64).copy() for array in fitted]
     base = [np.asarray(array, dtype=np.float64) for array in received]

@@ -94,8 +94,10 @@ class LearnerService:
             return 1
         self.link.start()
         rows = sum(present.values())
-        self.reporter.event(f"learner on node {config.node}: {rows} rows for tags {sorted(present)}, "
-                            f"joining {config.aggregator_address}")  # fmt: skip
+        self.reporter.event(
+            f"learner on node {config.node}: {rows} rows for tags {sorted(present)}, "
+            f"joining {config.aggregator_address}"
+        )
         try:
             while not self.finished.wait(POLL_S):
                 pass

@@ -29,12 +29,16 @@ def secure_aggregation_mod(message: Message, context: Context, call_next: Client
 def _fit_through_flops_app(call_next: ClientAppCallable) -> ClientAppCallable:
     def fit(message: Message, context: Context) -> Message:
         fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
-        request = RecordDict({
-            p.ARRAYS: p.to_arrays(parameters_to_ndarrays(fitins.parameters)),
-            p.CONFIG: ConfigRecord(dict(fitins.config)),  # type: ignore[arg-type]
-        })  # fmt: skip
-        reply = call_next(Message(request, dst_node_id=message.metadata.dst_node_id,
-                                  message_type=message.metadata.message_type), context)  # fmt: skip
+        request = RecordDict(
+            {
+                p.ARRAYS: p.to_arrays(parameters_to_ndarrays(fitins.parameters)),
+                p.CONFIG: ConfigRecord(dict(fitins.config)),  # type: ignore[arg-type]
+            }
+        )
+        reply = call_next(
+            Message(request, dst_node_id=message.metadata.dst_node_id, message_type=message.metadata.message_type),
+            context,
+        )
         metrics = dict(reply.content.metric_records[p.METRICS])
         examples = int(metrics.pop(p.NUM_EXAMPLES))  # type: ignore[arg-type]
         info = reply.content.config_records.get(p.INFO)

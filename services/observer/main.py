@@ -69,8 +69,11 @@ def make_handler(events: EventLog, check: TokenCheck | None = None) -> type[Base
             if url.path == "/health":
                 self._send(200, {"status": "ok"})
             elif not access.allows(self.headers.get("Authorization")):
-                self._send(401, {"error": "send one of this project's customer tokens (Bearer, or as the Basic "
-                                          "password)"}, {"WWW-Authenticate": 'Basic realm="FLOps observer"'})
+                self._send(
+                    401,
+                    {"error": "send one of this project's customer tokens (Bearer, or as the Basic password)"},
+                    {"WWW-Authenticate": 'Basic realm="FLOps observer"'},
+                )
             elif url.path == "/events":
                 after = parse_qs(url.query).get("after", ["0"])[0]
                 self._send(200, {"events": events.since(int(after) if after.isdigit() else 0)})

@@ -49,18 +49,24 @@ class TokenGate:
         if self.check.allows(headers.get("authorization")):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"error_code": "UNAUTHENTICATED",
-                           "message": "this MLflow server belongs to one FLOps customer: send that customer's "
-                                      "API token (Bearer, or as the Basic password)"}).encode()  # fmt: skip
-        await send({
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", f'Basic realm="{self.realm}", charset="UTF-8"'.encode()),
-            ],
-        })  # fmt: skip
+        body = json.dumps(
+            {
+                "error_code": "UNAUTHENTICATED",
+                "message": "this MLflow server belongs to one FLOps customer: send that customer's "
+                "API token (Bearer, or as the Basic password)",
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", f'Basic realm="{self.realm}", charset="UTF-8"'.encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

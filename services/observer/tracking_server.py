@@ -42,20 +42,30 @@ def write_certificate_files(certificate: ServerCertificate, tls_dir: str | None)
 
 def mlflow_command(config: TrackingConfig, tls_files: tuple[Path, Path] | None = None) -> list[str]:
     mlflow = str(Path(sys.executable).with_name("mlflow"))
-    https = (["--uvicorn-opts", shlex.join(["--ssl-certfile", str(tls_files[0]), "--ssl-keyfile", str(tls_files[1])])]
-             if tls_files is not None else [])  # fmt: skip
+    https = (
+        ["--uvicorn-opts", shlex.join(["--ssl-certfile", str(tls_files[0]), "--ssl-keyfile", str(tls_files[1])])]
+        if tls_files is not None
+        else []
+    )
     return [
-        mlflow, "server",
-        "--backend-store-uri", config.backend_store_uri,
-        "--artifacts-destination", config.artifacts_destination,
+        mlflow,
+        "server",
+        "--backend-store-uri",
+        config.backend_store_uri,
+        "--artifacts-destination",
+        config.artifacts_destination,
         "--serve-artifacts",
-        "--host", config.bind_host,
-        "--port", str(config.port),
-        "--workers", str(config.workers),
-        "--allowed-hosts", "*",
+        "--host",
+        config.bind_host,
+        "--port",
+        str(config.port),
+        "--workers",
+        str(config.workers),
+        "--allowed-hosts",
+        "*",
         *(["--app-name", GATE_APP_NAME] if config.access_token_sha256 else []),
         *https,
-    ]  # fmt: skip
+    ]
 
 
 def mlflow_environment(config: TrackingConfig, base: dict[str, str]) -> dict[str, str]:

@@ -68,8 +68,12 @@ class ServingGuard:
             await self.app(scope, receive, send)
             return
         if not self._allowed(scope):
-            await _answer(send, 401, "this model endpoint needs the project customer's token "
-                                     "(Authorization: Bearer <token>); or use POST /api/flops/projects/<id>/predict")
+            await _answer(
+                send,
+                401,
+                "this model endpoint needs the project customer's token "
+                "(Authorization: Bearer <token>); or use POST /api/flops/projects/<id>/predict",
+            )
             return
         if self.width is None or scope.get("method") != "POST":
             await self.app(scope, receive, send)

@@ -46,18 +46,25 @@ def serving_from_environment(environ: Mapping[str, str]) -> ImageServing:
     digests = [item.strip().lower() for item in environ.get(TOKENS_ENV, "").split(",") if item.strip()]
     bad = [item for item in digests if not _DIGEST.fullmatch(item)]
     if bad:
-        raise GuardSettingMissing(f"{TOKENS_ENV} holds {bad[0][:20]!r}, not a SHA-256 hex digest "
-                                  "(sha256sum of a token, 64 hex characters)")
+        raise GuardSettingMissing(
+            f"{TOKENS_ENV} holds {bad[0][:20]!r}, not a SHA-256 hex digest (sha256sum of a token, 64 hex characters)"
+        )
     is_open = environ.get(OPEN_ENV, "").strip().lower() in {"1", "true", "yes"}
     if not digests and not is_open:
-        raise GuardSettingMissing(f"refusing to serve the model to anyone: set {TOKENS_ENV} to the SHA-256 digests "
-                                  f"of the tokens that may call /invocations (comma-separated), or {OPEN_ENV}=1")
+        raise GuardSettingMissing(
+            f"refusing to serve the model to anyone: set {TOKENS_ENV} to the SHA-256 digests "
+            f"of the tokens that may call /invocations (comma-separated), or {OPEN_ENV}=1"
+        )
     try:
         port = int(environ.get("UVICORN_PORT", "8080"))
     except ValueError:
         raise GuardSettingMissing(f"UVICORN_PORT is {environ.get('UVICORN_PORT')!r}, not a port number") from None
-    return ImageServing(model_dir=environ.get(MODEL_PATH_ENV, DEFAULT_MODEL_DIR), digests=digests,
-                        host=environ.get("UVICORN_HOST", "0.0.0.0"), port=port)
+    return ImageServing(
+        model_dir=environ.get(MODEL_PATH_ENV, DEFAULT_MODEL_DIR),
+        digests=digests,
+        host=environ.get("UVICORN_HOST", "0.0.0.0"),
+        port=port,
+    )
 
 
 def main() -> None:

@@ -33,8 +33,15 @@ def main() -> None:
     sender = config.instance_name or "serving"
     try:
         link = MqttLink(config.mqtt).connect(timeout=10)
-        link.publish(ServiceStatus(project_id=config.project_id, sender=sender, service="serving",
-                                   state=ReportedState.RUNNING, detail=f"serving {config.model_uri}"))
+        link.publish(
+            ServiceStatus(
+                project_id=config.project_id,
+                sender=sender,
+                service="serving",
+                state=ReportedState.RUNNING,
+                detail=f"serving {config.model_uri}",
+            )
+        )
         link.flush(5)
         link.close()
     except BrokerUnavailable:

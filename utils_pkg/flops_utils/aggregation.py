@@ -112,8 +112,17 @@ StrategyChoice = Annotated[
 ]
 
 STRATEGY_NAMES = (
-    "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "krum", "multikrum", "trimmedmean", "fedmedian",
-)  # fmt: skip
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedavgm",
+    "krum",
+    "multikrum",
+    "trimmedmean",
+    "fedmedian",
+)
 
 
 class _WithClusters(BaseModel):
@@ -143,14 +152,32 @@ class _WithClusters(BaseModel):
 
 # The same strategies with ``clusters`` (two sets of classes keep the schema free of recursion).
 class FedAvgStrategy(FedAvgChoice, _WithClusters): ...
+
+
 class FedProxStrategy(FedProxChoice, _WithClusters): ...
+
+
 class FedAdamStrategy(FedAdamChoice, _WithClusters): ...
+
+
 class FedYogiStrategy(FedYogiChoice, _WithClusters): ...
+
+
 class FedAdagradStrategy(FedAdagradChoice, _WithClusters): ...
+
+
 class FedAvgMStrategy(FedAvgMChoice, _WithClusters): ...
+
+
 class KrumStrategy(KrumChoice, _WithClusters): ...
+
+
 class MultiKrumStrategy(MultiKrumChoice, _WithClusters): ...
+
+
 class TrimmedMeanStrategy(TrimmedMeanChoice, _WithClusters): ...
+
+
 class FedMedianStrategy(FedMedianChoice, _WithClusters): ...
 
 
@@ -193,12 +220,18 @@ class SecureAggregation(BaseModel):
 
     enabled: bool = Field(default=False, description="aggregate the learners' updates under SecAgg+")
     num_shares: int | float = Field(
-        default=1.0, union_mode="left_to_right", description="learners each learner shares its secrets with "
-        "(an integer >= 3, or a fraction in (0, 1] of the round's learners)")
+        default=1.0,
+        union_mode="left_to_right",
+        description="learners each learner shares its secrets with "
+        "(an integer >= 3, or a fraction in (0, 1] of the round's learners)",
+    )
     reconstruction_threshold: int | float = Field(
-        default=0.66, union_mode="left_to_right", description="shares needed to rebuild a dropped learner's mask "
+        default=0.66,
+        union_mode="left_to_right",
+        description="shares needed to rebuild a dropped learner's mask "
         "(an integer >= 2, or a fraction in (0, 1] of num_shares); learners may drop out as long as this many of "
-        "each one's neighbours remain")
+        "each one's neighbours remain",
+    )
 
     @field_validator("num_shares", "reconstruction_threshold")
     @classmethod
@@ -228,13 +261,17 @@ def secure_aggregation_problems(
     choices = [("strategy", strategy), *((f"strategy.clusters.{c}", o) for c, o in (strategy.clusters or {}).items())]
     for where, choice in choices:
         if choice.name not in SECURE_STRATEGIES:
-            why = ("needs each learner's update, and secure aggregation reveals only their sum"
-                   if choice.name in ("krum", "multikrum", "trimmedmean", "fedmedian")
-                   else "is not available with it (Flower's SecAgg+ workflow aggregates with FedAvg)")
+            why = (
+                "needs each learner's update, and secure aggregation reveals only their sum"
+                if choice.name in ("krum", "multikrum", "trimmedmean", "fedmedian")
+                else "is not available with it (Flower's SecAgg+ workflow aggregates with FedAvg)"
+            )
             problems.append(f"{where} '{choice.name}' {why}; use fedavg or fedprox")
     if participants < 3:
-        problems.append(f"needs min_fit_clients >= 3 (with {participants}, a learner could subtract its own update "
-                        "from the sum it gets back as the global model)")
+        problems.append(
+            f"needs min_fit_clients >= 3 (with {participants}, a learner could subtract its own update "
+            "from the sum it gets back as the global model)"
+        )
     if isinstance(secure.num_shares, int) and secure.num_shares > participants:
         problems.append(f"num_shares ({secure.num_shares}) must not exceed min_fit_clients ({participants})")
     threshold = secure.reconstruction_threshold

@@ -50,9 +50,7 @@ def _reason(error: urllib.error.HTTPError) -> str:
         return str(error.reason)
 
 
-def fetch_config_json(
-    url: str, token: str, ca_pem: str | None = None, *, patience_s: float = FETCH_PATIENCE_S
-) -> str:
+def fetch_config_json(url: str, token: str, ca_pem: str | None = None, *, patience_s: float = FETCH_PATIENCE_S) -> str:
     """The configuration document at ``url``; retries while the manager is unreachable or busy."""
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
     context = _context(ca_pem) if url.startswith("https:") else None
@@ -71,6 +69,7 @@ def fetch_config_json(
             if isinstance(reason, ssl.SSLError):
                 raise ConfigFetchError(f"cannot fetch the service configuration from {url}: {problem}") from None
         if time.monotonic() >= deadline:
-            raise ConfigFetchError(f"cannot fetch the service configuration from {url} within {patience_s:g} s: "
-                                   f"{problem}")  # fmt: skip
+            raise ConfigFetchError(
+                f"cannot fetch the service configuration from {url} within {patience_s:g} s: {problem}"
+            )
         time.sleep(RETRY_S)

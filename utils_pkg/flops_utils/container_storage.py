@@ -187,28 +187,38 @@ class ContainerStorage:
             graph.mkdir(parents=True, exist_ok=True, mode=0o700)
             run.mkdir(parents=True, exist_ok=True, mode=0o700)
             storage = self.conf_dir / "storage.conf"
-            atomic_write(storage, "\n".join([
-                "# written by FLOps (flops_utils.container_storage)",
-                "[storage]",
-                f"driver = {_toml_string(driver)}",
-                f"graphroot = {_toml_string(str(graph))}",
-                f"runroot = {_toml_string(str(run))}",
-                "",
-            ]))
+            atomic_write(
+                storage,
+                "\n".join(
+                    [
+                        "# written by FLOps (flops_utils.container_storage)",
+                        "[storage]",
+                        f"driver = {_toml_string(driver)}",
+                        f"graphroot = {_toml_string(str(graph))}",
+                        f"runroot = {_toml_string(str(run))}",
+                        "",
+                    ]
+                ),
+            )
             containers = self.conf_dir / "containers.conf"
             ulimits = ", ".join(_toml_string(limit) for limit in DEFAULT_ULIMITS)
-            atomic_write(containers, "\n".join([
-                "# written by FLOps (flops_utils.container_storage)",
-                "[containers]",
-                f"default_ulimits = [{ulimits}]",
-                'log_driver = "k8s-file"',
-                "[engine]",
-                f"runtime = {_toml_string(Path(self._runtime()).name)}",
-                'cgroup_manager = "cgroupfs"',
-                'events_logger = "file"',
-                f"tmp_dir = {_toml_string(str(run / 'libpod'))}",
-                "",
-            ]))
+            atomic_write(
+                containers,
+                "\n".join(
+                    [
+                        "# written by FLOps (flops_utils.container_storage)",
+                        "[containers]",
+                        f"default_ulimits = [{ulimits}]",
+                        'log_driver = "k8s-file"',
+                        "[engine]",
+                        f"runtime = {_toml_string(Path(self._runtime()).name)}",
+                        'cgroup_manager = "cgroupfs"',
+                        'events_logger = "file"',
+                        f"tmp_dir = {_toml_string(str(run / 'libpod'))}",
+                        "",
+                    ]
+                ),
+            )
             base = {key: value for key, value in os.environ.items() if not key.startswith(_ENV_PREFIXES_DROPPED)}
             base.update(
                 CONTAINERS_STORAGE_CONF=str(storage),

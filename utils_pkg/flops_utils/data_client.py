@@ -161,9 +161,11 @@ class DataServerClient:
         if self._client is None:
             try:
                 if self.ca_pem:
-                    self._client = flight.FlightClient(f"grpc+tls://{self.address}",
-                                                       tls_root_certs=self.ca_pem.encode(),
-                                                       override_hostname=DATA_SERVER_TLS_NAME)
+                    self._client = flight.FlightClient(
+                        f"grpc+tls://{self.address}",
+                        tls_root_certs=self.ca_pem.encode(),
+                        override_hostname=DATA_SERVER_TLS_NAME,
+                    )
                 else:
                     self._client = flight.FlightClient(_location(self.address))
             except (pa.ArrowException, ValueError) as error:
@@ -212,8 +214,9 @@ class DataServerClient:
             raise DataServerError(f"cannot upload to tag {tag!r}: {problem}")
         table = table.cast(FRAGMENT_SCHEMA)
         try:
-            writer, _ = self._flight().do_put(flight.FlightDescriptor.for_path(tag), FRAGMENT_SCHEMA,
-                                              options=self._options())
+            writer, _ = self._flight().do_put(
+                flight.FlightDescriptor.for_path(tag), FRAGMENT_SCHEMA, options=self._options()
+            )
             sent = 0
             for batch in table.to_batches(max_chunksize=_PUT_BATCH_ROWS):
                 writer.write_batch(batch)
@@ -265,8 +268,9 @@ class DataServerClient:
     def delete_tag(self, tag: str) -> int:
         """Remove every fragment under ``tag``; returns how many were removed (0 if none)."""
         try:
-            results = list(self._flight().do_action(flight.Action(DELETE_TAG_ACTION, tag.encode()),
-                                                    options=self._options()))
+            results = list(
+                self._flight().do_action(flight.Action(DELETE_TAG_ACTION, tag.encode()), options=self._options())
+            )
         except (pa.ArrowException, OSError) as error:
             raise self._fail(f"delete tag {tag!r}", error) from error
         if not results:
@@ -276,8 +280,11 @@ class DataServerClient:
     def revoke_project(self, project_id: str, timeout: float = _PING_TIMEOUT_S * 5) -> None:
         """Make the server refuse ``project_id``'s read tokens from now on (needs an admin token)."""
         try:
-            list(self._flight().do_action(flight.Action(REVOKE_PROJECT_ACTION, project_id.encode()),
-                                          options=self._options(timeout)))
+            list(
+                self._flight().do_action(
+                    flight.Action(REVOKE_PROJECT_ACTION, project_id.encode()), options=self._options(timeout)
+                )
+            )
         except (pa.ArrowException, OSError) as error:
             raise self._fail(f"revoke the tokens of project {project_id}", error) from error
 

@@ -28,8 +28,10 @@ class DataFileError(ValueError):
 
 def _columns_to_fragment(table: pa.Table, label_column: str, source: str) -> pa.Table:
     if label_column not in table.column_names:
-        raise DataFileError(f"{source} has no label column {label_column!r} (columns: "
-                            f"{', '.join(table.column_names[:20])}); name it with --label-column")
+        raise DataFileError(
+            f"{source} has no label column {label_column!r} (columns: "
+            f"{', '.join(table.column_names[:20])}); name it with --label-column"
+        )
     features = [name for name in table.column_names if name != label_column]
     if not features:
         raise DataFileError(f"{source} has no feature columns besides {label_column!r}")
@@ -56,8 +58,9 @@ def read_data_file(path: Path, label_column: str = "label") -> pa.Table:
         if kind == "npz":
             with np.load(path) as arrays:
                 if "x" not in arrays or "y" not in arrays:
-                    raise DataFileError(f"{path} must hold arrays 'x' (n, d) and 'y' (n,); it has "
-                                        f"{', '.join(arrays.files) or 'none'}")
+                    raise DataFileError(
+                        f"{path} must hold arrays 'x' (n, d) and 'y' (n,); it has {', '.join(arrays.files) or 'none'}"
+                    )
                 return from_numpy(arrays["x"], arrays["y"])
         if kind == "csv":
             from pyarrow import csv

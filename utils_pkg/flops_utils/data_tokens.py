@@ -62,9 +62,14 @@ class DataClaims:
             if scope not in SCOPES or not isinstance(body["c"], str) or not body["c"]:
                 raise ValueError(scope)
             tags = body.get("t")
-            return cls(customer=body["c"], scope=scope, node=str(body.get("n", "*")), project_id=body.get("p"),
-                       tags=tuple(str(tag) for tag in tags) if tags is not None else None,
-                       expires_at=float(body["exp"]))
+            return cls(
+                customer=body["c"],
+                scope=scope,
+                node=str(body.get("n", "*")),
+                project_id=body.get("p"),
+                tags=tuple(str(tag) for tag in tags) if tags is not None else None,
+                expires_at=float(body["exp"]),
+            )
         except (ValueError, KeyError, TypeError) as error:
             raise TokenRejected("malformed data token claims") from error
 

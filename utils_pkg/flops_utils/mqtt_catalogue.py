@@ -118,7 +118,8 @@ class BuildResult(_Message):
     aggregator_image: str | None = None
     platform_digests: dict[str, dict[str, str]] = Field(
         default_factory=dict,
-        description="oci mode: image kind (learner, aggregator) -> platform (linux/arm64) -> its manifest digest")
+        description="oci mode: image kind (learner, aggregator) -> platform (linux/arm64) -> its manifest digest",
+    )
     total_seconds: float = 0.0
 
     @property
@@ -177,8 +178,9 @@ class TrainingResult(_Message):
     model_uri: str | None = None
     registered_model: str | None = None
     registered_version: str | None = None
-    reason: str | None = Field(default=None, description="why training ended before its planned rounds, e.g. "
-                               "'privacy budget reached'")
+    reason: str | None = Field(
+        default=None, description="why training ended before its planned rounds, e.g. 'privacy budget reached'"
+    )
     dp_epsilon: float | None = Field(default=None, description="differential privacy: the ε the training spent")
     dp_delta: float | None = None
 
@@ -207,7 +209,13 @@ class ControlCommand(_Message):
 
 
 FlopsMessage = Annotated[
-    ServiceStatus | BuildStep | BuildResult | ModelImageBuilt | TrainingProgress | TrainingResult | EventLine
+    ServiceStatus
+    | BuildStep
+    | BuildResult
+    | ModelImageBuilt
+    | TrainingProgress
+    | TrainingResult
+    | EventLine
     | ControlCommand,
     Field(discriminator="type"),
 ]

@@ -62,8 +62,9 @@ class MqttLink:
 
     # -- lifecycle -------------------------------------------------------------
     def connect(self, timeout: float = 10.0) -> MqttLink:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             clean_session=not self.persistent_session)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=not self.persistent_session
+        )
         if self.settings.username:
             client.username_pw_set(self.settings.username, self.settings.password)
         configure_tls(client, self.settings)

@@ -32,13 +32,17 @@ class DpMechanism(BaseModel):
 
     mode: DpMode | None = Field(default=None, description="'central' (default) or 'local'")
     clipping_norm: float | None = Field(
-        default=None, gt=0, le=1e6, description="L2 bound of each update (the initial bound with target_quantile)")
+        default=None, gt=0, le=1e6, description="L2 bound of each update (the initial bound with target_quantile)"
+    )
     target_quantile: float | None = Field(
-        default=None, gt=0, lt=1, description="adaptive clipping (central mode): the share of updates left unclipped")
+        default=None, gt=0, lt=1, description="adaptive clipping (central mode): the share of updates left unclipped"
+    )
     noise_multiplier: float | None = Field(
-        default=None, ge=0, le=1_000, description="noise std = noise_multiplier x clipping_norm (per update)")
+        default=None, ge=0, le=1_000, description="noise std = noise_multiplier x clipping_norm (per update)"
+    )
     target_epsilon: float | None = Field(
-        default=None, gt=0, le=1_000, description="instead of noise_multiplier: derive it for the planned rounds")
+        default=None, gt=0, le=1_000, description="instead of noise_multiplier: derive it for the planned rounds"
+    )
     delta: float | None = Field(default=None, gt=0, lt=1, description="the delta epsilon is reported for")
 
     @model_validator(mode="after")
@@ -78,9 +82,11 @@ class DpMechanism(BaseModel):
 class PrivacySettings(DpMechanism):
     budget: PrivacyBudget | None = Field(default=None, description="the epsilon (at delta) training may spend")
     clusters: dict[str, DpMechanism] = Field(
-        default_factory=dict, max_length=256, description="hierarchical: per-cluster overrides of the fields above")
+        default_factory=dict, max_length=256, description="hierarchical: per-cluster overrides of the fields above"
+    )
     root: DpMechanism | None = Field(
-        default=None, description="hierarchical: clip and noise the root's aggregation of cluster models (central)")
+        default=None, description="hierarchical: clip and noise the root's aggregation of cluster models (central)"
+    )
 
     @model_validator(mode="after")
     def _complete_levels(self) -> PrivacySettings:

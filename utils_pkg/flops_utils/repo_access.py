@@ -32,8 +32,16 @@ UNREACHABLE = "cannot reach the repository"
 MAX_URL_LENGTH = 2048
 REMOTE_SCHEMES = ("https", "http", "ssh", "git", "git+ssh", "ssh+git")
 # Denied to customers unless allowed: loopback, "this host", link-local (cloud metadata lives there).
-DEFAULT_DENIED_HOSTS = ("localhost", "*.localhost", "127.0.0.0/8", "::1/128", "0.0.0.0/8", "::/128",
-                        "169.254.0.0/16", "fe80::/10")  # fmt: skip
+DEFAULT_DENIED_HOSTS = (
+    "localhost",
+    "*.localhost",
+    "127.0.0.0/8",
+    "::1/128",
+    "0.0.0.0/8",
+    "::/128",
+    "169.254.0.0/16",
+    "fe80::/10",
+)
 
 _URL_WITH_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
 _TRANSPORT_HELPER = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
@@ -61,15 +69,20 @@ class RepoAccessPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     local_roots: list[str] | None = Field(
-        default=None, description="local paths must lie (symlinks resolved) under one of these; None: anywhere")
+        default=None, description="local paths must lie (symlinks resolved) under one of these; None: anywhere"
+    )
     local_denied: list[str] = Field(
-        default_factory=list, description="folders refused even inside local_roots (the manager's own state)")
+        default_factory=list, description="folders refused even inside local_roots (the manager's own state)"
+    )
     allow_hosts: list[str] = Field(default_factory=list, description="names, addresses or networks always allowed")
     deny_hosts: list[str] = Field(default_factory=list, description="names, addresses or networks refused")
-    detailed_errors: bool = Field(default=True, description="false: refusals and clone failures say only "
-                                  f"{UNREACHABLE!r}; the detail goes to the log")  # fmt: skip
-    follow_redirects: bool = Field(default=True, description="false: git follows no HTTP redirect (which could "
-                                   "lead past the host checks)")  # fmt: skip
+    detailed_errors: bool = Field(
+        default=True,
+        description=f"false: refusals and clone failures say only {UNREACHABLE!r}; the detail goes to the log",
+    )
+    follow_redirects: bool = Field(
+        default=True, description="false: git follows no HTTP redirect (which could lead past the host checks)"
+    )
 
     def public_reason(self, detail: str) -> str:
         """What the project's owner is told."""

@@ -21,14 +21,20 @@ CREDENTIAL_SCHEMES = ("http", "https")  # ssh authenticates with keys; git:// ha
 class RepoCredentials(BaseModel):
     """What git answers when the repository's host asks who is cloning."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True,
-                              json_schema_extra={"anyOf": [{"required": ["username"]}, {"required": ["query"]}]})
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"anyOf": [{"required": ["username"]}, {"required": ["query"]}]}
+    )
 
     # No control characters: git's credential protocol is line based.
     username: str | None = Field(default=None, min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f\x7f]+$")
     password: str = Field(default="", max_length=8192, pattern=r"^[^\x00-\x1f\x7f]*$", repr=False)
-    query: str = Field(default="", max_length=8192, pattern=r"^[^\x00-\x20\x7f#]*$", repr=False,
-                       description="the repository URL's query string (e.g. token=...), kept out of the URL")
+    query: str = Field(
+        default="",
+        max_length=8192,
+        pattern=r"^[^\x00-\x20\x7f#]*$",
+        repr=False,
+        description="the repository URL's query string (e.g. token=...), kept out of the URL",
+    )
 
     @model_validator(mode="after")
     def _username_or_query(self) -> RepoCredentials:

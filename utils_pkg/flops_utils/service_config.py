@@ -43,8 +43,10 @@ class MqttSettings(_Config):
     password: str | None = Field(default=None, repr=False)
     ca_file: str | None = Field(default=None, description="CA bundle file; set to use TLS")
     ca_pem: str | None = Field(
-        default=None, repr=False,
-        description="CA certificate(s) as PEM text; set to use TLS with no file on the service's host")
+        default=None,
+        repr=False,
+        description="CA certificate(s) as PEM text; set to use TLS with no file on the service's host",
+    )
 
     @property
     def tls(self) -> bool:
@@ -92,10 +94,16 @@ class RegistrySettings(_Config):
     address: str = Field(description="host:port of the OCI registry")
     username: str | None = None
     password: str | None = Field(default=None, repr=False)
-    tls_verify: bool = Field(default=False, description="HTTPS verified with the system's CAs; with both this and "
-                             "ca_pem unset the registry is reached over plain HTTP (development only)")
-    ca_pem: str | None = Field(default=None, description="PEM of the CA that signed the registry's certificate: "
-                               "HTTPS verified with it (the suite's and the deployment's CA)")
+    tls_verify: bool = Field(
+        default=False,
+        description="HTTPS verified with the system's CAs; with both this and "
+        "ca_pem unset the registry is reached over plain HTTP (development only)",
+    )
+    ca_pem: str | None = Field(
+        default=None,
+        description="PEM of the CA that signed the registry's certificate: "
+        "HTTPS verified with it (the suite's and the deployment's CA)",
+    )
 
     @property
     def verifies_tls(self) -> bool:
@@ -111,19 +119,22 @@ class _ServiceConfig(_Config):
 class BuilderConfig(_ServiceConfig):
     repo_url: str = Field(description="the repository's URL, without credentials")
     repo_credentials: RepoCredentials | None = Field(
-        default=None, repr=False,
-        description="for a private http(s) repository; git gets them from a credential helper")
+        default=None, repr=False, description="for a private http(s) repository; git gets them from a credential helper"
+    )
     repo_ref: str | None = Field(default=None, description="branch, tag or commit; default branch when None")
     repo_access: RepoAccessPolicy = Field(
-        default_factory=RepoAccessPolicy, description="what repo_url may reach (the manager's policy for the owner)")
+        default_factory=RepoAccessPolicy, description="what repo_url may reach (the manager's policy for the owner)"
+    )
     flavor: Literal["sklearn", "pytorch", "tensorflow", "keras"]
     cache_dir: str = Field(description="environments, apps and clones are cached here across projects")
     mode: Literal["local", "oci"] = "local"
     registry: RegistrySettings | None = None
     platforms: list[str] = Field(default_factory=lambda: ["linux/amd64"])
     task: Literal["project", "model_image"] = Field(
-        default="project", description="'project': learner/aggregator runtime; 'model_image': a trained model's "
-        "inference image (post-training step build_image_for_trained_model, OCI mode)")
+        default="project",
+        description="'project': learner/aggregator runtime; 'model_image': a trained model's "
+        "inference image (post-training step build_image_for_trained_model, OCI mode)",
+    )
     model_uri: str | None = Field(default=None, description="model_image: the MLflow model to package")
     tracking_uri: str | None = Field(default=None, description="model_image: the MLflow server holding it")
     tracking_token: str | None = Field(default=None, repr=False, description="bearer token for that MLflow server")
@@ -169,8 +180,9 @@ class LearnerConfig(_ServiceConfig):
     aggregator_address: str = Field(description="host:port of the SuperLink fleet API")
     data_server_address: str = Field(description="host:port of this node's data server")
     data_tags: list[str] = Field(default_factory=list)
-    data_token: str | None = Field(default=None, repr=False,
-                                   description="read-only data token for this project, node and the data tags")
+    data_token: str | None = Field(
+        default=None, repr=False, description="read-only data token for this project, node and the data tags"
+    )
     data_ca_pem: str | None = Field(default=None, description="CA of the data server's certificate; None: plain gRPC")
     work_dir: str
     flower_tls: FlowerTls | None = Field(default=None, description="the project's CA; None: no TLS (development)")
@@ -190,16 +202,20 @@ class ObserverConfig(_ServiceConfig):
 class DataServerConfig(_Config):
     node: str
     node_from_env: str | None = Field(
-        default=None, description="take the node name from this environment variable when set (the pods of a "
-        "DaemonSet share one configuration; Kubernetes puts each pod's node in FLOPS_NODE_NAME)")
+        default=None,
+        description="take the node name from this environment variable when set (the pods of a "
+        "DaemonSet share one configuration; Kubernetes puts each pod's node in FLOPS_NODE_NAME)",
+    )
     host: str = "127.0.0.1"
     port: int
     storage_dir: str
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     tls: ServerCertificate | None = Field(default=None, description="serve Flight over TLS with this; None: plain")
     token_public_key_pem: str | None = Field(
-        default=None, description="the manager's Ed25519 public key that signs data tokens; None: no authentication "
-        "and one shared namespace (development only)")
+        default=None,
+        description="the manager's Ed25519 public key that signs data tokens; None: no authentication "
+        "and one shared namespace (development only)",
+    )
 
 
 class DataServerSecurity(_Config):
@@ -215,7 +231,9 @@ class TrackingConfig(_Config):
     """The customer's MLflow tracking server (observatory)."""
 
     customer: str
-    backend_store_uri: str = Field(description="SQL backend store, e.g. sqlite:////path/mlflow.db or postgresql+psycopg2://")
+    backend_store_uri: str = Field(
+        description="SQL backend store, e.g. sqlite:////path/mlflow.db or postgresql+psycopg2://"
+    )
     artifacts_destination: str = Field(description="artifact store served through the tracking server")
     bind_host: str = "127.0.0.1"
     port: int
@@ -237,7 +255,8 @@ class ServingConfig(_ServiceConfig):
     bind_host: str = "127.0.0.1"
     port: int
     access_token_sha256: list[str] = Field(
-        default_factory=list, description="SHA-256 digests of the tokens that may call /invocations; empty: anyone")
+        default_factory=list, description="SHA-256 digests of the tokens that may call /invocations; empty: anyone"
+    )
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

@@ -47,8 +47,10 @@ class StagedApp:
 
 def runtime_packages() -> dict[str, Path]:
     """The FLOps runtime packages this builder carries (and copies into images)."""
-    return {"flops_utils": Path(flops_utils.__file__).resolve().parent,
-            "services": Path(next(iter(services.__path__))).resolve()}
+    return {
+        "flops_utils": Path(flops_utils.__file__).resolve().parent,
+        "services": Path(next(iter(services.__path__))).resolve(),
+    }
 
 
 def stage(app_dir: Path, destination: Path) -> StagedApp:
@@ -62,9 +64,16 @@ def stage(app_dir: Path, destination: Path) -> StagedApp:
 
 
 def app_tag(deps_identities: dict[str, str], staged: StagedApp, platform: Platform) -> str:
-    return tag_of({"deps": deps_identities, "app": staged.app_digest, "runtime": staged.runtime_digest,
-                   "entrypoints": {kind: list(argv) for kind, argv in ENTRYPOINTS.items()},
-                   "platform": platform.name, "format": APP_FORMAT})
+    return tag_of(
+        {
+            "deps": deps_identities,
+            "app": staged.app_digest,
+            "runtime": staged.runtime_digest,
+            "entrypoints": {kind: list(argv) for kind, argv in ENTRYPOINTS.items()},
+            "platform": platform.name,
+            "format": APP_FORMAT,
+        }
+    )
 
 
 def app_names(project: str, tag: str) -> dict[str, ImageName]:
@@ -81,22 +90,51 @@ print("ok")
 """
 
 
-def build_app_image(engine: ContainerEngine, store: ImageStore, deps_source: str, staged: StagedApp, kind: str,
-                    name: ImageName, platform: Platform, labels: dict[str, str]) -> None:
+def build_app_image(
+    engine: ContainerEngine,
+    store: ImageStore,
+    deps_source: str,
+    staged: StagedApp,
+    kind: str,
+    name: ImageName,
+    platform: Platform,
+    labels: dict[str, str],
+) -> None:
     """Commit ``name.local``: ``deps_source`` plus the app and the runtime, with ``kind``'s entrypoint."""
     with store.working_container(deps_source, platform) as container:
         engine.buildah("copy", "--quiet", container, str(staged.app_dir), IMAGE_APP_DIR, what="copying the app")
-        engine.buildah("copy", "--quiet", container, str(staged.runtime_dir), IMAGE_RUNTIME_DIR,
-                       what="copying the FLOps runtime")
-        configure(engine, container, workdir=IMAGE_APP_DIR,
-                  env={"PYTHONPATH": IMAGE_RUNTIME_DIR, "FLOPS_APP_DIR": IMAGE_APP_DIR},
-                  labels={**labels, "org.opencontainers.image.title": name.repository, "io.flops.service": kind},
-                  entrypoint=ENTRYPOINTS[kind], platform=platform)
+        engine.buildah(
+            "copy", "--quiet", container, str(staged.runtime_dir), IMAGE_RUNTIME_DIR, what="copying the FLOps runtime"
+        )
+        configure(
+            engine,
+            container,
+            workdir=IMAGE_APP_DIR,
+            env={"PYTHONPATH": IMAGE_RUNTIME_DIR, "FLOPS_APP_DIR": IMAGE_APP_DIR},
+            labels={**labels, "org.opencontainers.image.title": name.repository, "io.flops.service": kind},
+            entrypoint=ENTRYPOINTS[kind],
+            platform=platform,
+        )
         entry_module = ENTRYPOINTS[kind][2]
-        run_check(engine, container, _VERIFY.replace("sys.argv[1]", repr(entry_module)),
-                  f"the {kind} does not import in the image", timeout=900)
+        run_check(
+            engine,
+            container,
+            _VERIFY.replace("sys.argv[1]", repr(entry_module)),
+            f"the {kind} does not import in the image",
+            timeout=900,
+        )
         commit(engine, container, name.local)
 
 
-__all__ = ["ENTRYPOINTS", "IMAGE_APP_DIR", "IMAGE_RUNTIME_DIR", "IMAGE_WORK_DIR", "VENV_DIR", "StagedApp",
-           "app_names", "app_tag", "build_app_image", "stage"]
+__all__ = [
+    "ENTRYPOINTS",
+    "IMAGE_APP_DIR",
+    "IMAGE_RUNTIME_DIR",
+    "IMAGE_WORK_DIR",
+    "VENV_DIR",
+    "StagedApp",
+    "app_names",
+    "app_tag",
+    "build_app_image",
+    "stage",
+]

@@ -87,8 +87,15 @@ def debian_mirror(suite: str = DEBIAN_SUITE, sources_dir: Path = _SOURCES_DIR) -
 
 
 def recipe(settings: BaseSettings, platform: Platform) -> dict[str, object]:
-    return {"kind": "debootstrap", "suite": settings.suite, "variant": "minbase", "packages": list(settings.packages),
-            "architecture": platform.debian_architecture, "trimmed": list(_TRIMMED), "version": RECIPE_VERSION}
+    return {
+        "kind": "debootstrap",
+        "suite": settings.suite,
+        "variant": "minbase",
+        "packages": list(settings.packages),
+        "architecture": platform.debian_architecture,
+        "trimmed": list(_TRIMMED),
+        "version": RECIPE_VERSION,
+    }
 
 
 def base_name(settings: BaseSettings, platform: Platform) -> ImageName:
@@ -113,8 +120,9 @@ def _trim(rootfs: Path) -> None:
                 path.rmdir()
 
 
-def build_debootstrap_base(engine: ContainerEngine, settings: BaseSettings, platform: Platform,
-                           name: ImageName) -> None:
+def build_debootstrap_base(
+    engine: ContainerEngine, settings: BaseSettings, platform: Platform, name: ImageName
+) -> None:
     """debootstrap -> tar -> ``buildah from scratch`` + ``add`` + ``commit`` as ``name.local``."""
     work_root = engine.root / "work"
     work_root.mkdir(parents=True, exist_ok=True)
@@ -126,11 +134,20 @@ def build_debootstrap_base(engine: ContainerEngine, settings: BaseSettings, plat
         cache.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, DEBOOTSTRAP_ATTEMPTS + 1):
             try:
-                engine.run("debootstrap", [
-                    "--variant=minbase", f"--arch={platform.debian_architecture}",
-                    f"--include={','.join(settings.packages)}", f"--cache-dir={cache}",
-                    settings.suite, str(rootfs), mirror,
-                ], timeout=DEBOOTSTRAP_TIMEOUT_S, what=f"debootstrap {settings.suite} from {mirror}")
+                engine.run(
+                    "debootstrap",
+                    [
+                        "--variant=minbase",
+                        f"--arch={platform.debian_architecture}",
+                        f"--include={','.join(settings.packages)}",
+                        f"--cache-dir={cache}",
+                        settings.suite,
+                        str(rootfs),
+                        mirror,
+                    ],
+                    timeout=DEBOOTSTRAP_TIMEOUT_S,
+                    what=f"debootstrap {settings.suite} from {mirror}",
+                )
                 break
             except EngineError as error:
                 # A dropped download fails the whole run; the packages fetched so far stay in the cache dir.
@@ -139,19 +156,32 @@ def build_debootstrap_base(engine: ContainerEngine, settings: BaseSettings, plat
                 shutil.rmtree(rootfs, ignore_errors=True)
         _trim(rootfs)
         archive = work / "rootfs.tar"
-        engine.run("tar", ["--numeric-owner", "-C", str(rootfs), "-cf", str(archive), "."], timeout=600,
-                   what="packing the base root file system")
+        engine.run(
+            "tar",
+            ["--numeric-owner", "-C", str(rootfs), "-cf", str(archive), "."],
+            timeout=600,
+            what="packing the base root file system",
+        )
         shutil.rmtree(rootfs, ignore_errors=True)
-        container = engine.buildah("from", "--quiet", f"--platform={platform.name}", "scratch",
-                                   what="starting the base image").strip().splitlines()[-1]
+        container = (
+            engine.buildah("from", "--quiet", f"--platform={platform.name}", "scratch", what="starting the base image")
+            .strip()
+            .splitlines()[-1]
+        )
         try:
             engine.buildah("add", "--quiet", container, str(archive), "/", what="adding the base root file system")
-            configure(engine, container, env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                                               "LANG": "C.UTF-8"},
-                      labels={"org.opencontainers.image.title": "flops/base-python",
-                              "org.opencontainers.image.description":
-                                  f"Debian {settings.suite} minbase with {', '.join(settings.packages)}"},
-                      platform=platform)
+            configure(
+                engine,
+                container,
+                env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+                labels={
+                    "org.opencontainers.image.title": "flops/base-python",
+                    "org.opencontainers.image.description": (
+                        f"Debian {settings.suite} minbase with {', '.join(settings.packages)}"
+                    ),
+                },
+                platform=platform,
+            )
             commit(engine, container, name.local)
         finally:
             engine.run("buildah", ["rm", container], timeout=120, check=False)
@@ -159,15 +189,23 @@ def build_debootstrap_base(engine: ContainerEngine, settings: BaseSettings, plat
         shutil.rmtree(work, ignore_errors=True)
 
 
-def ensure_base(engine: ContainerEngine, store: ImageStore, settings: BaseSettings, platform: Platform,
-                record: StepRecord) -> BaseImage:
+def ensure_base(
+    engine: ContainerEngine, store: ImageStore, settings: BaseSettings, platform: Platform, record: StepRecord
+) -> BaseImage:
     """The base image for ``platform``: the upstream one, or ours (registry -> local cache -> debootstrap)."""
     if settings.upstream:
         if not engine.image_exists(settings.upstream):
-            engine.buildah("pull", "--quiet", f"--platform={platform.name}", settings.upstream,
-                           timeout=1800, what=f"pulling {settings.upstream}")
-        identity = engine.buildah("inspect", "--type", "image", "--format", "{{.FromImageID}}",
-                                  settings.upstream).strip()
+            engine.buildah(
+                "pull",
+                "--quiet",
+                f"--platform={platform.name}",
+                settings.upstream,
+                timeout=1800,
+                what=f"pulling {settings.upstream}",
+            )
+        identity = engine.buildah(
+            "inspect", "--type", "image", "--format", "{{.FromImageID}}", settings.upstream
+        ).strip()
         record.outcome, record.detail = "cached", f"upstream base {settings.upstream} ({identity[:12]})"
         return BaseImage(identity=f"{settings.upstream}@{identity}", upstream=settings.upstream)
     name = base_name(settings, platform)

@@ -70,8 +70,11 @@ class OciSettings:
         if config.registry is None:
             raise BuildError("mode 'oci' needs a registry in the builder configuration", step="platforms")
         compression = os.environ.get(COMPRESSION_ENV, "gzip")
-        return cls(registry=config.registry, base=BaseSettings(upstream=os.environ.get(BASE_IMAGE_ENV) or None),
-                   compression="zstd" if compression == "zstd" else "gzip")
+        return cls(
+            registry=config.registry,
+            base=BaseSettings(upstream=os.environ.get(BASE_IMAGE_ENV) or None),
+            compression="zstd" if compression == "zstd" else "gzip",
+        )
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,10 @@ class OciBuildResult:
     @property
     def platform_digests(self) -> dict[str, dict[str, str]]:
         """kind -> platform name -> that platform's manifest digest (what each node pulls)."""
-        return {kind: {platform: image.digest for platform, image in images.items()}
-                for kind, images in self.platform_images.items()}
+        return {
+            kind: {platform: image.digest for platform, image in images.items()}
+            for kind, images in self.platform_images.items()
+        }
 
 
 def _step_name(kind: str, platform: Platform, platforms: list[Platform]) -> str:
@@ -118,28 +123,38 @@ class _Images:
         with self.steps.step(_step_name("base-image", platform, platforms)) as record:
             return ensure_base(self.engine, self.store, self.settings.base, platform, record)
 
-    def deps(self, base: BaseImage, requirements: tuple[str, ...], platform: Platform,
-             platforms: list[Platform]) -> tuple[EnsuredImage, EnsuredImage]:
+    def deps(
+        self, base: BaseImage, requirements: tuple[str, ...], platform: Platform, platforms: list[Platform]
+    ) -> tuple[EnsuredImage, EnsuredImage]:
         """The learner's dependency image and the aggregator's (the same plus MLflow's client)."""
         constraints = runtime_constraints()
         name = _per_platform(deps_name(self.project, base, requirements, constraints, platform), platform, platforms)
         with self.steps.step(_step_name("deps-image", platform, platforms)) as record:
+
             def build() -> None:
-                installer = build_deps(self.engine, self.store, base, requirements, constraints, platform, name,
-                                       self.settings.index)
+                installer = build_deps(
+                    self.engine, self.store, base, requirements, constraints, platform, name, self.settings.index
+                )
                 record.detail = f"installed with {installer}"
 
             deps = self.store.ensure(name, build, record)
         upper = _per_platform(aggregator_deps_name(self.project, deps, constraints, platform), platform, platforms)
         with self.steps.step(_step_name("aggregator-deps-image", platform, platforms)) as record:
+
             def build_upper() -> None:
-                build_aggregator_deps(self.engine, self.store, deps, constraints, platform, upper,
-                                      self.settings.index)
+                build_aggregator_deps(self.engine, self.store, deps, constraints, platform, upper, self.settings.index)
 
             return deps, self.store.ensure(upper, build_upper, record)
 
-    def apps(self, deps: dict[str, EnsuredImage], app_dir: Path, work: Path, commit: str, platform: Platform,
-             platforms: list[Platform]) -> dict[str, EnsuredImage]:
+    def apps(
+        self,
+        deps: dict[str, EnsuredImage],
+        app_dir: Path,
+        work: Path,
+        commit: str,
+        platform: Platform,
+        platforms: list[Platform],
+    ) -> dict[str, EnsuredImage]:
         """The thin images; ``deps`` maps each kind (learner, aggregator) to the image it starts from."""
         staged = stage(app_dir, work / f"stage-{platform.suffix}")
         tag = app_tag({kind: image.identity for kind, image in deps.items()}, staged, platform)
@@ -149,9 +164,18 @@ class _Images:
         for kind, name in names.items():
             source = deps[kind]
             with self.steps.step(_step_name(f"{kind}-image", platform, platforms)) as record:
+
                 def build(kind: str = kind, name: ImageName = name, source: EnsuredImage = source) -> None:
-                    build_app_image(self.engine, self.store, self.store.source_reference(source.name, platform),
-                                    staged, kind, name, platform, {**labels, "io.flops.deps": source.reference})
+                    build_app_image(
+                        self.engine,
+                        self.store,
+                        self.store.source_reference(source.name, platform),
+                        staged,
+                        kind,
+                        name,
+                        platform,
+                        {**labels, "io.flops.deps": source.reference},
+                    )
 
                 ensured[kind] = self.store.ensure(name, build, record)
         return ensured
@@ -165,8 +189,14 @@ class _Images:
         return lists
 
 
-def build_images(config: BuilderConfig, report: Reporter | None = None, *, base_dir: Path | None = None,
-                 settings: OciSettings | None = None, engine: ContainerEngine | None = None) -> OciBuildResult:
+def build_images(
+    config: BuilderConfig,
+    report: Reporter | None = None,
+    *,
+    base_dir: Path | None = None,
+    settings: OciSettings | None = None,
+    engine: ContainerEngine | None = None,
+) -> OciBuildResult:
     """Build (or find) every image for ``config.repo_url``; raises :class:`BuildError` with one line."""
     started = time.monotonic()
     steps = StepLog(project_id=config.project_id, sender=config.instance_name or "builder", report=report)
@@ -181,17 +211,29 @@ def build_images(config: BuilderConfig, report: Reporter | None = None, *, base_
     work = Path(tempfile.mkdtemp(prefix="oci-build-", dir=cache_dir / WORK_DIR))
     try:
         with steps.step("clone") as record:
-            checkout = fetch_source(config.repo_url, config.repo_ref, work / "repo", base_dir=base_dir,
-                                    credentials=config.repo_credentials, access=config.repo_access)
+            checkout = fetch_source(
+                config.repo_url,
+                config.repo_ref,
+                work / "repo",
+                base_dir=base_dir,
+                credentials=config.repo_credentials,
+                access=config.repo_access,
+            )
             record.detail = f"{checkout.kind} {checkout.commit[:12]}"
         with steps.step("contract") as record:
             dependencies = check_contract(checkout.path)
             record.detail = f"{dependencies.file}: {', '.join(dependencies.requirements) or 'no requirements'}"
         with steps.step("augment") as record:
             digest = build_digest(checkout.commit, dependencies.requirements, runtime_versions())
-            build_info = {"commit": checkout.commit, "source": checkout.kind, "repo_url": config.repo_url,
-                          "repo_ref": config.repo_ref, "dependency_file": dependencies.file,
-                          "requirements": list(dependencies.requirements), "mode": "oci"}
+            build_info = {
+                "commit": checkout.commit,
+                "source": checkout.kind,
+                "repo_url": config.repo_url,
+                "repo_ref": config.repo_ref,
+                "dependency_file": dependencies.file,
+                "requirements": list(dependencies.requirements),
+                "mode": "oci",
+            }
             app_dir = assemble_app(checkout.path, work / "apps", digest, build_info)
             record.detail = f"app for commit {checkout.commit[:12]}"
         per_platform: list[dict[str, EnsuredImage]] = []
@@ -223,14 +265,21 @@ def build_images(config: BuilderConfig, report: Reporter | None = None, *, base_
         base=tuple(bases),
         steps=tuple(steps.records),
         total_seconds=round(time.monotonic() - started, 3),
-        platform_images={kind: {platform.name: images_of[kind] for platform, images_of in zip(platforms, per_platform,
-                                                                                             strict=True)}
-                         for kind in ("learner", "aggregator")},
+        platform_images={
+            kind: {platform.name: images_of[kind] for platform, images_of in zip(platforms, per_platform, strict=True)}
+            for kind in ("learner", "aggregator")
+        },
     )
 
 
-def build_oci(config: BuilderConfig, report: Reporter, *, base_dir: Path | None = None,
-              settings: OciSettings | None = None, engine: ContainerEngine | None = None) -> BuildResult:
+def build_oci(
+    config: BuilderConfig,
+    report: Reporter,
+    *,
+    base_dir: Path | None = None,
+    settings: OciSettings | None = None,
+    engine: ContainerEngine | None = None,
+) -> BuildResult:
     """The builder service's ``mode="oci"``: build, then publish one ``BuildResult`` through ``report``."""
     built = build_images(config, report, base_dir=base_dir, settings=settings, engine=engine)
     result = BuildResult(

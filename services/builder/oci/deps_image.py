@@ -33,11 +33,28 @@ from services.builder.oci.python_env import IMAGE_ENVIRONMENT, PackageIndex, ins
 
 DEPS_FORMAT = 2
 # Modules the learner imports; checked inside the image before it is committed.
-LEARNER_IMPORTS = ("flwr.app", "flwr.clientapp", "flwr.common.serde", "grpc", "numpy", "pyarrow.flight",
-                   "paho.mqtt.client", "pydantic", "tomli_w")
+LEARNER_IMPORTS = (
+    "flwr.app",
+    "flwr.clientapp",
+    "flwr.common.serde",
+    "grpc",
+    "numpy",
+    "pyarrow.flight",
+    "paho.mqtt.client",
+    "pydantic",
+    "tomli_w",
+)
 # ... and the aggregator (plus the learner's).
-AGGREGATOR_IMPORTS = ("flwr.serverapp.strategy", "mlflow", "mlflow.pyfunc", "pandas", "requests", "yaml",
-                      "uvicorn", "dp_accounting")
+AGGREGATOR_IMPORTS = (
+    "flwr.serverapp.strategy",
+    "mlflow",
+    "mlflow.pyfunc",
+    "pandas",
+    "requests",
+    "yaml",
+    "uvicorn",
+    "dp_accounting",
+)
 # flwr's declared server/CLI dependencies that FLOps' in-process runtime never imports.
 LEARNER_EXCLUDES = ("uv", "sqlalchemy", "alembic", "fastapi", "starlette", "uvicorn", "prompt-toolkit")
 
@@ -91,8 +108,9 @@ def runtime_constraints() -> list[str]:
     return pins
 
 
-def deps_name(project: str, base: BaseImage, requirements: Sequence[str], constraints: Sequence[str],
-              platform: Platform) -> ImageName:
+def deps_name(
+    project: str, base: BaseImage, requirements: Sequence[str], constraints: Sequence[str], platform: Platform
+) -> ImageName:
     document = {
         "base": base.identity,
         "runtime": learner_requirements(),
@@ -105,40 +123,81 @@ def deps_name(project: str, base: BaseImage, requirements: Sequence[str], constr
     return image_name("deps", tag_of(document), project)
 
 
-def aggregator_deps_name(project: str, deps: EnsuredImage, constraints: Sequence[str],
-                         platform: Platform) -> ImageName:
-    document = {"deps": deps.identity, "runtime": aggregator_requirements(), "constraints": sorted(constraints),
-                "platform": platform.name, "format": DEPS_FORMAT}
+def aggregator_deps_name(project: str, deps: EnsuredImage, constraints: Sequence[str], platform: Platform) -> ImageName:
+    document = {
+        "deps": deps.identity,
+        "runtime": aggregator_requirements(),
+        "constraints": sorted(constraints),
+        "platform": platform.name,
+        "format": DEPS_FORMAT,
+    }
     return image_name("aggregator-deps", tag_of(document), project)
 
 
-def build_deps(engine: ContainerEngine, store: ImageStore, base: BaseImage, requirements: Sequence[str],
-               constraints: Sequence[str], platform: Platform, name: ImageName, index: PackageIndex | None) -> str:
+def build_deps(
+    engine: ContainerEngine,
+    store: ImageStore,
+    base: BaseImage,
+    requirements: Sequence[str],
+    constraints: Sequence[str],
+    platform: Platform,
+    name: ImageName,
+    index: PackageIndex | None,
+) -> str:
     """Build ``name.local`` (the learner's dependency image); returns which installer ran (uv or pip)."""
     source = base.source(store, platform)
     with store.working_container(source, platform) as container:
-        installer = install_requirements(engine, container, [*learner_requirements(), *requirements],
-                                         constraints, excludes=LEARNER_EXCLUDES, index=index, platform=platform)
-        run_check(engine, container, f"import {', '.join(LEARNER_IMPORTS)}",
-                  "the learner runtime does not import in the image", timeout=900)
-        configure(engine, container, env=IMAGE_ENVIRONMENT,
-                  labels={"org.opencontainers.image.title": name.repository,
-                          "io.flops.requirements": " ".join(requirements)[:2000]},
-                  platform=platform)
+        installer = install_requirements(
+            engine,
+            container,
+            [*learner_requirements(), *requirements],
+            constraints,
+            excludes=LEARNER_EXCLUDES,
+            index=index,
+            platform=platform,
+        )
+        run_check(
+            engine,
+            container,
+            f"import {', '.join(LEARNER_IMPORTS)}",
+            "the learner runtime does not import in the image",
+            timeout=900,
+        )
+        configure(
+            engine,
+            container,
+            env=IMAGE_ENVIRONMENT,
+            labels={
+                "org.opencontainers.image.title": name.repository,
+                "io.flops.requirements": " ".join(requirements)[:2000],
+            },
+            platform=platform,
+        )
         commit(engine, container, name.local)
     return installer
 
 
-def build_aggregator_deps(engine: ContainerEngine, store: ImageStore, deps: EnsuredImage,
-                          constraints: Sequence[str], platform: Platform, name: ImageName,
-                          index: PackageIndex | None) -> str:
+def build_aggregator_deps(
+    engine: ContainerEngine,
+    store: ImageStore,
+    deps: EnsuredImage,
+    constraints: Sequence[str],
+    platform: Platform,
+    name: ImageName,
+    index: PackageIndex | None,
+) -> str:
     """Build ``name.local``: the learner's dependency image plus MLflow's client; returns the installer."""
     with store.working_container(store.source_reference(deps.name, platform), platform) as container:
-        installer = install_requirements(engine, container, aggregator_requirements(), constraints, index=index,
-                                         platform=platform)
-        run_check(engine, container, f"import {', '.join(LEARNER_IMPORTS + AGGREGATOR_IMPORTS)}",
-                  "the aggregator runtime does not import in the image", timeout=900)
-        configure(engine, container, labels={"org.opencontainers.image.title": name.repository},
-                  platform=platform)
+        installer = install_requirements(
+            engine, container, aggregator_requirements(), constraints, index=index, platform=platform
+        )
+        run_check(
+            engine,
+            container,
+            f"import {', '.join(LEARNER_IMPORTS + AGGREGATOR_IMPORTS)}",
+            "the aggregator runtime does not import in the image",
+            timeout=900,
+        )
+        configure(engine, container, labels={"org.opencontainers.image.title": name.repository}, platform=platform)
         commit(engine, container, name.local)
     return installer

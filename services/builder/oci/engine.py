@@ -24,8 +24,15 @@ from flops_utils.service_config import RegistrySettings
 from services.builder.errors import BuildError
 from services.builder.process import CommandOutcome, run_command
 
-__all__ = ["ContainerEngine", "EngineError", "EngineSettings", "default_root", "describe_failure", "find_tool",
-           "install_registry_ca"]
+__all__ = [
+    "ContainerEngine",
+    "EngineError",
+    "EngineSettings",
+    "default_root",
+    "describe_failure",
+    "find_tool",
+    "install_registry_ca",
+]
 
 TOOL_TIMEOUT_S = 900.0
 
@@ -110,8 +117,12 @@ class ContainerEngine(ContainerStorage):
         return self.run("buildah", args, timeout=timeout, what=what).stdout
 
     def image_exists(self, reference: str) -> bool:
-        outcome = self.run("buildah", ["inspect", "--type", "image", "--format", "{{.FromImageID}}", reference],
-                           timeout=60, check=False)
+        outcome = self.run(
+            "buildah",
+            ["inspect", "--type", "image", "--format", "{{.FromImageID}}", reference],
+            timeout=60,
+            check=False,
+        )
         return outcome.ok
 
     def image_size(self, reference: str) -> int | None:
@@ -123,8 +134,9 @@ class ContainerEngine(ContainerStorage):
     def mutating_commands(self) -> list[tuple[str, ...]]:
         """Commands that built, changed or pushed something (what a cache hit must not run)."""
         verbs = {"from", "run", "commit", "copy", "add", "push", "build", "bud", "manifest", "pull", "tag"}
-        return [command for command in self.history if command[0] == "buildah" and len(command) > 1
-                and command[1] in verbs]
+        return [
+            command for command in self.history if command[0] == "buildah" and len(command) > 1 and command[1] in verbs
+        ]
 
 
 def describe_failure(outcome: CommandOutcome, timeout: float) -> str:

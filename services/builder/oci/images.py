@@ -58,8 +58,13 @@ class EnsuredImage:
 class ImageStore:
     """Local storage (through :class:`ContainerEngine`) plus one registry."""
 
-    def __init__(self, engine: ContainerEngine, registry: RegistrySettings, compression: Compression = "gzip",
-                 compression_level: int | None = FAST_COMPRESSION_LEVEL) -> None:
+    def __init__(
+        self,
+        engine: ContainerEngine,
+        registry: RegistrySettings,
+        compression: Compression = "gzip",
+        compression_level: int | None = FAST_COMPRESSION_LEVEL,
+    ) -> None:
         self.engine = engine
         self.registry_settings = registry
         self.registry = RegistryClient(registry, containers_root=engine.root)
@@ -80,10 +85,20 @@ class ImageStore:
         level = [] if self.compression_level is None else ["--compression-level", str(self.compression_level)]
         with tempfile.TemporaryDirectory(prefix="flops-push-") as scratch:
             digest_file = Path(scratch) / "digest"
-            self.engine.buildah("push", "--quiet", *self._transport_args(), "--compression-format", self.compression,
-                                *level, "--digestfile", str(digest_file), local_reference,
-                                f"docker://{name.remote(self.address)}",
-                                timeout=PUSH_TIMEOUT_S, what=f"pushing {name.remote(self.address)}")
+            self.engine.buildah(
+                "push",
+                "--quiet",
+                *self._transport_args(),
+                "--compression-format",
+                self.compression,
+                *level,
+                "--digestfile",
+                str(digest_file),
+                local_reference,
+                f"docker://{name.remote(self.address)}",
+                timeout=PUSH_TIMEOUT_S,
+                what=f"pushing {name.remote(self.address)}",
+            )
         info = self.in_registry(name)
         if info is None:
             raise RuntimeError(f"{name.remote(self.address)} is not in the registry after the push")
@@ -138,11 +153,18 @@ class ImageStore:
         record.outcome = "cached"
         return self._finish(record, name, found, False, None, "already in the registry")
 
-    def _finish(self, record: StepRecord, name: ImageName, info: ManifestInfo, built: bool, size: int | None,
-                origin: str) -> EnsuredImage:
-        image = EnsuredImage(name=name, reference=name.remote(self.address), digest=info.digest, built=built,
-                             compressed_bytes=info.compressed_bytes, size_bytes=size,
-                             image_id=info.config_digest)
+    def _finish(
+        self, record: StepRecord, name: ImageName, info: ManifestInfo, built: bool, size: int | None, origin: str
+    ) -> EnsuredImage:
+        image = EnsuredImage(
+            name=name,
+            reference=name.remote(self.address),
+            digest=info.digest,
+            built=built,
+            compressed_bytes=info.compressed_bytes,
+            size_bytes=size,
+            image_id=info.config_digest,
+        )
         record.image, record.size_bytes, record.compressed_bytes = image.reference, size, info.compressed_bytes
         sizes = f"{human_size(info.compressed_bytes)} compressed"
         if size is not None:
@@ -163,10 +185,25 @@ class ImageStore:
             self.engine.buildah("manifest", "create", local_list, what="creating a manifest list")
             try:
                 for member in members:
-                    self.engine.buildah("manifest", "add", *self._transport_args(), local_list,
-                                        f"docker://{member.pinned}", what=f"adding {member.reference}")
-                self.engine.buildah("manifest", "push", "--all", "--quiet", *self._transport_args(), local_list,
-                                    f"docker://{remote}", timeout=PUSH_TIMEOUT_S, what=f"pushing {remote}")
+                    self.engine.buildah(
+                        "manifest",
+                        "add",
+                        *self._transport_args(),
+                        local_list,
+                        f"docker://{member.pinned}",
+                        what=f"adding {member.reference}",
+                    )
+                self.engine.buildah(
+                    "manifest",
+                    "push",
+                    "--all",
+                    "--quiet",
+                    *self._transport_args(),
+                    local_list,
+                    f"docker://{remote}",
+                    timeout=PUSH_TIMEOUT_S,
+                    what=f"pushing {remote}",
+                )
             finally:
                 self.engine.run("buildah", ["manifest", "rm", local_list], timeout=60, check=False)
             info = self.in_registry(name)
@@ -176,9 +213,17 @@ class ImageStore:
         return self._finish(record, name, info, True, None, f"manifest list for {', '.join(info.platforms)}")
 
 
-def configure(engine: ContainerEngine, container: str, *, env: dict[str, str] | None = None,
-              labels: dict[str, str] | None = None, entrypoint: Sequence[str] | None = None,
-              workdir: str | None = None, ports: Sequence[int] = (), platform: Platform | None = None) -> None:
+def configure(
+    engine: ContainerEngine,
+    container: str,
+    *,
+    env: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
+    entrypoint: Sequence[str] | None = None,
+    workdir: str | None = None,
+    ports: Sequence[int] = (),
+    platform: Platform | None = None,
+) -> None:
     """``buildah config`` in one call."""
     args = ["config"]
     for key, value in (env or {}).items():
@@ -199,5 +244,13 @@ def configure(engine: ContainerEngine, container: str, *, env: dict[str, str] | 
 
 
 def commit(engine: ContainerEngine, container: str, reference: str) -> None:
-    engine.buildah("commit", "--quiet", "--format", "oci", container, reference, timeout=PUSH_TIMEOUT_S,
-                   what=f"committing {reference}")
+    engine.buildah(
+        "commit",
+        "--quiet",
+        "--format",
+        "oci",
+        container,
+        reference,
+        timeout=PUSH_TIMEOUT_S,
+        what=f"committing {reference}",
+    )

@@ -157,8 +157,9 @@ def download_model(model_uri: str, tracking_uri: str | None, destination: Path) 
     if tracking_uri:  # models:/ URIs resolve through the registry, which MLflow 3 does not derive from tracking_uri
         mlflow.set_registry_uri(tracking_uri)
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=tracking_uri,
-                                                    dst_path=str(destination))
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri, tracking_uri=tracking_uri, dst_path=str(destination)
+        )
     except Exception as error:
         raise BuildError(f"cannot download model {model_uri}: {one_line(str(error), 240)}") from None
     path = Path(local)
@@ -190,8 +191,9 @@ def model_run_id(model_uri: str, tracking_uri: str | None) -> str | None:
         return None
 
 
-def tag_run(run_id: str, tracking_uri: str | None, image: EnsuredImage,
-            members: dict[str, EnsuredImage] | None = None) -> bool:
+def tag_run(
+    run_id: str, tracking_uri: str | None, image: EnsuredImage, members: dict[str, EnsuredImage] | None = None
+) -> bool:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -251,33 +253,71 @@ def build_model_image(
             with steps.step("base-image") as record:
                 base = ensure_base(engine, store, BaseSettings(), platform, record)
             base_identity = base.identity
-        name: ImageName = image_name(image, tag_of({
-            "base": base_identity, "model": content_hash(model_dir), "requirements": requirements,
-            "runtime": content_hash(runtime_dir),
-            "entrypoint": list(SERVING_ENTRYPOINT), "format": MODEL_FORMAT,
-            **({"platforms": [item.name for item in wanted]} if len(wanted) > 1 else {})}))
+        name: ImageName = image_name(
+            image,
+            tag_of(
+                {
+                    "base": base_identity,
+                    "model": content_hash(model_dir),
+                    "requirements": requirements,
+                    "runtime": content_hash(runtime_dir),
+                    "entrypoint": list(SERVING_ENTRYPOINT),
+                    "format": MODEL_FORMAT,
+                    **({"platforms": [item.name for item in wanted]} if len(wanted) > 1 else {}),
+                }
+            ),
+        )
 
         def build_for(target: Platform, target_name: ImageName) -> None:
             if base_image:
                 source = base_image
-                args = ["pull", "--quiet", *store.engine.transport_args(registry)] if base_image.startswith(
-                    f"{registry.address}/") else ["pull", "--quiet"]
-                engine.buildah(*args, "--platform", target.name, f"docker://{base_image}", timeout=1800,
-                               what=f"pulling {base_image} for {target.name}")
+                args = (
+                    ["pull", "--quiet", *store.engine.transport_args(registry)]
+                    if base_image.startswith(f"{registry.address}/")
+                    else ["pull", "--quiet"]
+                )
+                engine.buildah(
+                    *args,
+                    "--platform",
+                    target.name,
+                    f"docker://{base_image}",
+                    timeout=1800,
+                    what=f"pulling {base_image} for {target.name}",
+                )
             else:
                 source = ensure_base(engine, store, BaseSettings(), target, StepRecord("base-image")).source(
-                    store, target)
+                    store, target
+                )
             with store.working_container(source, target) as container:
                 install_requirements(engine, container, requirements, index=index, platform=target)
                 engine.buildah("copy", "--quiet", container, str(model_dir), MODEL_DIR, what="copying the model")
-                engine.buildah("copy", "--quiet", container, str(runtime_dir), IMAGE_RUNTIME_DIR,
-                               what="copying FLOps' serving code")
-                configure(engine, container, env={**IMAGE_ENVIRONMENT, MODEL_PATH_ENV: MODEL_DIR,
-                                                  "PYTHONPATH": IMAGE_RUNTIME_DIR,
-                                                  "UVICORN_HOST": "0.0.0.0", "UVICORN_PORT": str(MODEL_IMAGE_PORT)},
-                          entrypoint=SERVING_ENTRYPOINT, workdir="/", ports=(MODEL_IMAGE_PORT,),
-                          labels={"org.opencontainers.image.title": target_name.repository,
-                                  "io.flops.model_uri": model_uri[:500]}, platform=target)
+                engine.buildah(
+                    "copy",
+                    "--quiet",
+                    container,
+                    str(runtime_dir),
+                    IMAGE_RUNTIME_DIR,
+                    what="copying FLOps' serving code",
+                )
+                configure(
+                    engine,
+                    container,
+                    env={
+                        **IMAGE_ENVIRONMENT,
+                        MODEL_PATH_ENV: MODEL_DIR,
+                        "PYTHONPATH": IMAGE_RUNTIME_DIR,
+                        "UVICORN_HOST": "0.0.0.0",
+                        "UVICORN_PORT": str(MODEL_IMAGE_PORT),
+                    },
+                    entrypoint=SERVING_ENTRYPOINT,
+                    workdir="/",
+                    ports=(MODEL_IMAGE_PORT,),
+                    labels={
+                        "org.opencontainers.image.title": target_name.repository,
+                        "io.flops.model_uri": model_uri[:500],
+                    },
+                    platform=target,
+                )
                 run_check(engine, container, _VERIFY, "the model cannot be served from the image", timeout=900)
                 commit(engine, container, target_name.local)
 
@@ -290,6 +330,7 @@ def build_model_image(
             for target in wanted:
                 member = name.with_tag(f"{name.tag}-{target.suffix}")
                 with steps.step(f"model-image {target.name}") as record:
+
                     def build_member(target: Platform = target, member: ImageName = member) -> None:
                         build_for(target, member)
 
@@ -301,6 +342,12 @@ def build_model_image(
     finally:
         shutil.rmtree(work, ignore_errors=True)
         store.registry.close()
-    return ModelImageResult(image=ensured, model_uri=model_uri, run_id=run_id, run_tagged=tagged,
-                            steps=tuple(steps.records), total_seconds=round(time.monotonic() - started, 3),
-                            platform_digests={target: member.digest for target, member in members.items()})
+    return ModelImageResult(
+        image=ensured,
+        model_uri=model_uri,
+        run_id=run_id,
+        run_tagged=tagged,
+        steps=tuple(steps.records),
+        total_seconds=round(time.monotonic() - started, 3),
+        platform_digests={target: member.digest for target, member in members.items()},
+    )

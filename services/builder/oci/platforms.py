@@ -24,8 +24,16 @@ _ARCHITECTURES: dict[str, tuple[str, str]] = {
     "s390x": ("qemu-s390x", "s390x"),
     "riscv64": ("qemu-riscv64", "riscv64"),
 }
-_MACHINE_TO_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
-                    "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
+_MACHINE_TO_ARCH = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "arm",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
 
 
 class PlatformUnsupported(BuildError):

@@ -53,8 +53,13 @@ _BUILD_MOUNT = "/flops-build"
 _TOOLS_MOUNT = "/flops-tools"
 IMAGE_PYTHON_VERSION = "3.11"  # Debian bookworm's python3, the base image's interpreter
 IMAGE_GLIBC = "2_36"  # bookworm's glibc: the newest manylinux wheels the image can load
-_UV_ARCHITECTURES = {"amd64": "x86_64", "arm64": "aarch64", "ppc64le": "powerpc64le", "s390x": "s390x",
-                     "riscv64": "riscv64"}
+_UV_ARCHITECTURES = {
+    "amd64": "x86_64",
+    "arm64": "aarch64",
+    "ppc64le": "powerpc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
 # Package test suites are never run in an image (tens of MB for numpy/scipy/scikit-learn/pyarrow).
 _TRIM_TESTS = f"find {VENV_DIR}/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {{}} +"
 _PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
@@ -71,8 +76,9 @@ class PackageIndex:
     def from_environment(cls) -> PackageIndex:
         """Index settings the host's pip would use from its environment (remote URLs only)."""
         index = os.environ.get("PIP_INDEX_URL") or None
-        extras = tuple(url for url in os.environ.get("PIP_EXTRA_INDEX_URL", "").split()
-                       if url.startswith(("http://", "https://")))
+        extras = tuple(
+            url for url in os.environ.get("PIP_EXTRA_INDEX_URL", "").split() if url.startswith(("http://", "https://"))
+        )
         return cls(index, extras)
 
 
@@ -110,24 +116,28 @@ def _install_script(use_uv: bool, index: PackageIndex) -> str:
     requirements = f"-r {_BUILD_MOUNT}/requirements.txt -c {_BUILD_MOUNT}/constraints.txt"
     index_options = "".join(f" '{option}'" for option in _index_options(index))
     if use_uv:
-        install = (f"{_TOOLS_MOUNT}/uv pip install --python {VENV_DIR}/bin/python --no-cache --compile-bytecode"
-                   f"{index_options} {requirements} --excludes {_BUILD_MOUNT}/excludes.txt")
+        install = (
+            f"{_TOOLS_MOUNT}/uv pip install --python {VENV_DIR}/bin/python --no-cache --compile-bytecode"
+            f"{index_options} {requirements} --excludes {_BUILD_MOUNT}/excludes.txt"
+        )
         return f"set -e\n{create}\n{install}\n{_TRIM_TESTS}\nrm -rf /root/.cache\n"
-    return "\n".join([
-        "set -e",
-        create,
-        'W=$(ls /usr/share/python-wheels/pip-*.whl 2>/dev/null | head -n 1)',
-        'CLEAN=""',
-        f'if [ -n "$W" ]; then PIP="{VENV_DIR}/bin/python $W/pip"; '
-        f'else {VENV_DIR}/bin/python -m ensurepip --default-pip >/dev/null; PIP="{VENV_DIR}/bin/python -m pip"; '
-        'CLEAN=1; fi',
-        f"$PIP install --no-cache-dir --no-input --progress-bar off --disable-pip-version-check{index_options} "
-        f"{requirements}",
-        f'[ -z "$CLEAN" ] || {VENV_DIR}/bin/python -m pip uninstall -y -q pip',
-        _TRIM_TESTS,
-        "rm -rf /root/.cache",
-        "",
-    ])
+    return "\n".join(
+        [
+            "set -e",
+            create,
+            "W=$(ls /usr/share/python-wheels/pip-*.whl 2>/dev/null | head -n 1)",
+            'CLEAN=""',
+            f'if [ -n "$W" ]; then PIP="{VENV_DIR}/bin/python $W/pip"; '
+            f'else {VENV_DIR}/bin/python -m ensurepip --default-pip >/dev/null; PIP="{VENV_DIR}/bin/python -m pip"; '
+            "CLEAN=1; fi",
+            f"$PIP install --no-cache-dir --no-input --progress-bar off --disable-pip-version-check{index_options} "
+            f"{requirements}",
+            f'[ -z "$CLEAN" ] || {VENV_DIR}/bin/python -m pip uninstall -y -q pip',
+            _TRIM_TESTS,
+            "rm -rf /root/.cache",
+            "",
+        ]
+    )
 
 
 def install_failure_reason(output: str) -> str:
@@ -142,8 +152,12 @@ def install_failure_reason(output: str) -> str:
 
 def _install_environment(staging: Path) -> dict[str, str]:
     """Installer settings, the host's CA bundle (copied to ``staging``) and proxy variables."""
-    env: dict[str, str] = {"PIP_NO_INPUT": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "UV_HTTP_TIMEOUT": "180",
-                           "PIP_DEFAULT_TIMEOUT": "180"}
+    env: dict[str, str] = {
+        "PIP_NO_INPUT": "1",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "UV_HTTP_TIMEOUT": "180",
+        "PIP_DEFAULT_TIMEOUT": "180",
+    }
     ca = host_ca_bundle()
     if ca is not None:
         shutil.copyfile(ca, staging / "ca.crt")
@@ -175,8 +189,7 @@ def install_requirements(
     foreign = platform is not None and platform.architecture != host_architecture()
     uv = host_uv()
     if foreign and uv is None:
-        raise BuildError(f"building {platform.name if platform else ''} images needs uv on the host "
-                         "(pip install uv)")
+        raise BuildError(f"building {platform.name if platform else ''} images needs uv on the host (pip install uv)")
     with tempfile.TemporaryDirectory(prefix="flops-oci-install-") as staging_name:
         staging = Path(staging_name)
         (staging / "requirements.txt").write_text("".join(f"{line}\n" for line in requirements))
@@ -207,21 +220,56 @@ def install_requirements(
     return "uv" if uv is not None else "pip"
 
 
-def _install_foreign(engine: ContainerEngine, container: str, staging: Path, env: dict[str, str], uv: Path,
-                     index: PackageIndex, platform: Platform, timeout: float) -> CommandOutcome:
+def _install_foreign(
+    engine: ContainerEngine,
+    container: str,
+    staging: Path,
+    env: dict[str, str],
+    uv: Path,
+    index: PackageIndex,
+    platform: Platform,
+    timeout: float,
+) -> CommandOutcome:
     """The host's uv installs ``platform``'s wheels into the mounted container's ``/opt/venv``."""
-    engine.buildah("run", "--isolation", "chroot", container, "--", "sh", "-c", _CREATE_VENV,
-                   timeout=600, what="creating the virtualenv under emulation")
+    engine.buildah(
+        "run",
+        "--isolation",
+        "chroot",
+        container,
+        "--",
+        "sh",
+        "-c",
+        _CREATE_VENV,
+        timeout=600,
+        what="creating the virtualenv under emulation",
+    )
     root = Path(engine.buildah("mount", container, what="mounting the working container").strip().splitlines()[-1])
     try:
         prefix = root / VENV_DIR.lstrip("/")
         uv_env = {key: value.replace(_BUILD_MOUNT, str(staging)) for key, value in env.items()}
         uv_env["UV_SYSTEM_CERTS"] = "1"
-        args = ["pip", "install", "--no-cache", "--compile-bytecode", "--prefix", str(prefix),
-                "--python", sys.executable, "--python-version", IMAGE_PYTHON_VERSION,
-                "--python-platform", f"{_UV_ARCHITECTURES[platform.architecture]}-manylinux_{IMAGE_GLIBC}",
-                "--no-build", *_index_options(index), "-r", str(staging / "requirements.txt"),
-                "-c", str(staging / "constraints.txt"), "--excludes", str(staging / "excludes.txt")]
+        args = [
+            "pip",
+            "install",
+            "--no-cache",
+            "--compile-bytecode",
+            "--prefix",
+            str(prefix),
+            "--python",
+            sys.executable,
+            "--python-version",
+            IMAGE_PYTHON_VERSION,
+            "--python-platform",
+            f"{_UV_ARCHITECTURES[platform.architecture]}-manylinux_{IMAGE_GLIBC}",
+            "--no-build",
+            *_index_options(index),
+            "-r",
+            str(staging / "requirements.txt"),
+            "-c",
+            str(staging / "constraints.txt"),
+            "--excludes",
+            str(staging / "excludes.txt"),
+        ]
         outcome = CommandOutcome(returncode=1, stdout="", stderr="")
         for _attempt in range(INSTALL_ATTEMPTS):
             outcome = run_command([str(uv), *args], timeout=timeout, env={**os.environ, **uv_env})
@@ -229,8 +277,25 @@ def _install_foreign(engine: ContainerEngine, container: str, staging: Path, env
                 break
         if outcome.ok:
             _relocate_scripts(prefix / "bin")
-            engine.run("find", [str(prefix / "lib"), "-depth", "-type", "d", "-name", "tests", "-path",
-                                "*/site-packages/*", "-exec", "rm", "-rf", "{}", "+"], timeout=300)
+            engine.run(
+                "find",
+                [
+                    str(prefix / "lib"),
+                    "-depth",
+                    "-type",
+                    "d",
+                    "-name",
+                    "tests",
+                    "-path",
+                    "*/site-packages/*",
+                    "-exec",
+                    "rm",
+                    "-rf",
+                    "{}",
+                    "+",
+                ],
+                timeout=300,
+            )
         return outcome
     finally:
         engine.run("buildah", ["umount", container], timeout=120, check=False)
@@ -244,14 +309,18 @@ def _relocate_scripts(bin_dir: Path) -> None:
         with script.open("rb") as handle:
             first = handle.readline()
         if first.startswith(b"#!") and b"python" in first:
-            body = script.read_bytes()[len(first):]
+            body = script.read_bytes()[len(first) :]
             script.write_bytes(f"#!{VENV_DIR}/bin/python\n".encode() + body)
 
 
 def run_check(engine: ContainerEngine, container: str, script: str, what: str, timeout: float = 300.0) -> str:
     """Run a Python snippet in the working container with the image's interpreter; raise a one-line error."""
-    outcome = engine.run("buildah", ["run", "--isolation", "chroot", container, "--", f"{VENV_DIR}/bin/python", "-c",
-                                     script], timeout=timeout, check=False)
+    outcome = engine.run(
+        "buildah",
+        ["run", "--isolation", "chroot", container, "--", f"{VENV_DIR}/bin/python", "-c", script],
+        timeout=timeout,
+        check=False,
+    )
     if not outcome.ok:
         raise EngineError(f"{what}: {describe_failure(outcome, timeout)}")
     return outcome.stdout

@@ -142,8 +142,7 @@ class RegistryClient:
         if scope:
             params["scope"] = scope
         auth = (self.settings.username, self.settings.password or "") if self.settings.username else None
-        response = self._http().get(realm, params=params, auth=auth, verify=self._verification(),
-                                    timeout=_TIMEOUT_S)
+        response = self._http().get(realm, params=params, auth=auth, verify=self._verification(), timeout=_TIMEOUT_S)
         if response.status_code != 200:
             raise RegistryError(f"registry {self.address}: token request refused ({response.status_code})")
         body: dict[str, Any] = response.json()
@@ -159,13 +158,15 @@ class RegistryClient:
     def manifest(self, repository: str, reference: str) -> ManifestInfo | None:
         """The manifest (or manifest list) at ``repository:reference``, or None when there is none."""
         scope = f"repository:{repository}:pull"
-        response = self._request("GET", f"/v2/{repository}/manifests/{reference}", scope,
-                                 {"Accept": ", ".join(MANIFEST_TYPES)})
+        response = self._request(
+            "GET", f"/v2/{repository}/manifests/{reference}", scope, {"Accept": ", ".join(MANIFEST_TYPES)}
+        )
         if response.status_code == 404:
             return None
         if response.status_code != 200:
-            raise RegistryError(f"registry {self.address}: manifest {repository}:{reference} answered "
-                                f"{response.status_code}")
+            raise RegistryError(
+                f"registry {self.address}: manifest {repository}:{reference} answered {response.status_code}"
+            )
         body: dict[str, Any] = response.json()
         media_type = str(body.get("mediaType") or response.headers.get("Content-Type", "")).split(";")[0]
         digest = response.headers.get("Docker-Content-Digest", "")
@@ -173,7 +174,8 @@ class RegistryClient:
             entries = body.get("manifests", [])
             platforms = tuple(
                 f"{entry.get('platform', {}).get('os', '?')}/{entry.get('platform', {}).get('architecture', '?')}"
-                for entry in entries)
+                for entry in entries
+            )
             total = 0
             for entry in entries:
                 child = self.manifest(repository, str(entry.get("digest")))
@@ -181,8 +183,13 @@ class RegistryClient:
             return ManifestInfo(digest, media_type, total, platforms)
         layers = body.get("layers", [])
         size = sum(int(layer.get("size", 0)) for layer in layers) + int(body.get("config", {}).get("size", 0))
-        return ManifestInfo(digest, media_type, size, config_digest=str(body.get("config", {}).get("digest", "")),
-                            layers=tuple(str(layer.get("digest", "")) for layer in layers))
+        return ManifestInfo(
+            digest,
+            media_type,
+            size,
+            config_digest=str(body.get("config", {}).get("digest", "")),
+            layers=tuple(str(layer.get("digest", "")) for layer in layers),
+        )
 
     def catalog(self) -> list[str]:
         response = self._request("GET", "/v2/_catalog?n=1000", "registry:catalog:*")

@@ -57,5 +57,13 @@ class StepLog:
         record.detail = one_line(detail)
         self.records.append(record)
         if self.report is not None and self.project_id:
-            self.report(BuildStep(project_id=self.project_id, sender=self.sender, step=record.step,
-                                  outcome=outcome, duration_s=record.duration_s, detail=record.detail))
+            self.report(
+                BuildStep(
+                    project_id=self.project_id,
+                    sender=self.sender,
+                    step=record.step,
+                    outcome=outcome,
+                    duration_s=record.duration_s,
+                    detail=record.detail,
+                )
+            )

@@ -71,8 +71,11 @@ class LinkClient:
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> LinkClient:
-        for target, name in ((self._connect_loop, "link-connect"), (self._work_loop, "link-work"),
-                             (self._heartbeat_loop, "link-heartbeat")):  # fmt: skip
+        for target, name in (
+            (self._connect_loop, "link-connect"),
+            (self._work_loop, "link-work"),
+            (self._heartbeat_loop, "link-heartbeat"),
+        ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)

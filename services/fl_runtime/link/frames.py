@@ -48,8 +48,9 @@ class Hello:
             raise FrameError("the first frame must be a hello")
         try:
             data = json.loads(frame[1:])
-            return Hello(int(data["node_id"]), str(data["name"]), str(data.get("cluster", "")),
-                         str(data.get("role", "learner")))  # fmt: skip
+            return Hello(
+                int(data["node_id"]), str(data["name"]), str(data.get("cluster", "")), str(data.get("role", "learner"))
+            )
         except (ValueError, KeyError, TypeError) as error:
             raise FrameError(f"malformed hello: {error}") from None
 
