@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from manager.broker_access import BrokerAccess, BrokerAccessError
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.data_nodes import DataServers
-from manager.lifecycle.observatory import observatory_name
+from manager.lifecycle.observatory_names import observatory_name
 from manager.lifecycle.service_entries import ServiceTable
 from manager.records import ProjectRecord
 from manager.security.config_vault import ConfigVault
