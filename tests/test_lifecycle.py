@@ -23,7 +23,8 @@ from flops_utils.service_config import MqttSettings, RegistrySettings
 from manager.broker_access import SharedAccess
 from manager.lifecycle import LifecycleService, LifecycleSettings
 from manager.lifecycle.inbox import ProjectInbox
-from manager.lifecycle.observatory import ObservatoryKeeper, observatory_name
+from manager.lifecycle.observatory import ObservatoryKeeper
+from manager.lifecycle.observatory_names import observatory_name
 from manager.lifecycle.project_run import ProjectRun, RunDeps
 from manager.records import ProjectPhase, ProjectRecord, ProjectStatus
 from manager.sla import ProjectSLA

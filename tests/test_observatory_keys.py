@@ -11,8 +11,8 @@ import pytest
 
 from flops_utils.service_config import MqttSettings
 from manager.lifecycle.context import LifecycleSettings
-from manager.lifecycle.observatory import (
-    ObservatoryKeeper,
+from manager.lifecycle.observatory import ObservatoryKeeper
+from manager.lifecycle.observatory_names import (
     customer_key,
     legacy_observatory_name,
     observatory_name,

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from manager.broker_access import BrokerAccess, BrokerAccessError
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.data_nodes import DataServers
-from manager.lifecycle.observatory import observatory_name
+from manager.lifecycle.observatory_names import observatory_name
 from manager.lifecycle.service_entries import ServiceTable
 from manager.records import ProjectRecord
-from manager.security.config_vault import ConfigVault
+from manager.security.config_vault import ConfigVault, config_owner
 from manager.storage.base import ProjectStore, StorageUnavailable
 from orchestrator_adapters.base import AdapterError, AppKind, AppRef, OrchestratorAdapter
 
@@ -90,6 +90,12 @@ class ProjectCleanup:
             with _noted(problems, AdapterError):  # the observatory outlives it
                 self.adapter.remove_service(deployed.observatory_app, observer.service_id)
         return problems
+
+    def end_of_run(self, deployed: Deployed, *, keep_serving: bool, training_started: bool) -> list[str]:
+        """What a run removes when it ends; a kept serving endpoint keeps its configuration and broker account."""
+        problems = self.undeploy(deployed, keep_serving=keep_serving, linger_s=OBSERVER_LINGER_S)
+        owners = [self.project_id] + ([] if keep_serving else [config_owner(self.project_id, "serving")])
+        return problems + self.revoke(broker=not keep_serving, config_owners=owners, data_tokens=training_started)
 
     def revoke(self, *, broker: bool, config_owners: list[str], data_tokens: bool) -> list[str]:
         """Withdraw the project's MQTT accounts, its services' stored configs and the learners' data tokens."""

@@ -12,20 +12,24 @@ again by the next :meth:`ObservatoryKeeper.ensure`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from flops_utils.service_config import TrackingConfig
 from manager.lifecycle.config_reference import by_reference
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.errors import PhaseFailed
+from manager.lifecycle.observatory_names import (
+    legacy_observatory_name,
+    observatory_name,
+    observatory_owner,
+    observatory_root,
+    safe_name,
+)
 from manager.lifecycle.specs import TRACKING_PORT, service_spec
 from manager.lifecycle.waiting import http_ok, wait_until
 from manager.security.config_vault import ConfigVault
@@ -35,39 +39,6 @@ from orchestrator_adapters.base import AppKind, AppRef, OrchestratorAdapter, Pla
 TRACKING_SERVICE = "tracking"
 
 log = logging.getLogger("flops.observatory")
-
-
-def safe_name(text: str) -> str:
-    """A DNS-label-safe version of a customer or project name (lowercased: not unique on its own)."""
-    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:40] or "x"
-
-
-def customer_key(customer: str) -> str:
-    """A readable, DNS-label-safe key unique per customer: slug plus a digest of the exact name.
-
-    ``acme`` and ``Acme`` share a slug, never a key (``acme-1ba6b9e0`` vs ``acme-3e2c4d8f``).
-    """
-    digest = hashlib.sha256(customer.encode()).hexdigest()[:8]
-    return f"{safe_name(customer)[:30].strip('-') or 'x'}-{digest}"
-
-
-def observatory_name(customer: str) -> str:
-    return f"observatory-{customer_key(customer)}"
-
-
-def legacy_observatory_name(customer: str) -> str:
-    """The name observatories had before :func:`customer_key` (shared by names differing only by case)."""
-    return f"observatory-{safe_name(customer)}"
-
-
-def observatory_root(state_dir: Path, customer: str) -> Path:
-    """Where the customer's MLflow store (database, artifacts) lives; it outlives the tracking server."""
-    return state_dir / "observatories" / customer_key(customer)
-
-
-def observatory_owner(customer: str) -> str:
-    """Owner of the tracking server's configuration in the vault (no project id has a colon)."""
-    return f"observatory:{customer}"
 
 
 @dataclass(frozen=True)

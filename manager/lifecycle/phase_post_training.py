@@ -7,14 +7,8 @@ from typing import TYPE_CHECKING
 from flops_utils.mqtt_catalogue import ModelImageBuilt
 from manager.lifecycle.errors import PhaseFailed
 from manager.lifecycle.phase_build import run_builder
-from manager.lifecycle.specs import (
-    SERVING_PORT,
-    model_builder_config,
-    model_image_serving_spec,
-    resolve_repo_url,
-    serving_config,
-    sla_resources,
-)
+from manager.lifecycle.specs import SERVING_PORT, resolve_repo_url, sla_resources
+from manager.lifecycle.specs_post_training import model_builder_config, model_image_serving_spec, serving_config
 from manager.lifecycle.waiting import QuietNotes, http_ok
 from orchestrator_adapters.base import Placement, ServiceKind, ServiceState
 

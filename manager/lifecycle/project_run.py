@@ -13,25 +13,23 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from flops_utils.message_text import error_line, one_line
-from flops_utils.mqtt_catalogue import BuildResult, ControlCommand, FlopsMessage, ModelImageBuilt, TrainingResult
+from flops_utils.mqtt_catalogue import BuildResult, ControlCommand
 from flops_utils.service_config import MqttSettings
-from manager.broker_access import BrokerAccess, BrokerAccessError
+from manager.broker_access import BrokerAccessError
 from manager.lifecycle import phases
 from manager.lifecycle.cleanup import Deployed, ProjectCleanup, project_app_name
-from manager.lifecycle.clock import SYSTEM_CLOCK, Clock
 from manager.lifecycle.config_reference import by_reference
-from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.errors import PhaseFailed, StopRequested
 from manager.lifecycle.inbox import ProjectInbox
 from manager.lifecycle.mlflow_run import experiment_name
-from manager.lifecycle.observatory import Observatory, ObservatoryKeeper
+from manager.lifecycle.observatory import Observatory
 from manager.lifecycle.record_writer import RecordWriter
+from manager.lifecycle.run_state import RunDeps, RunState
 from manager.lifecycle.run_tracking import settle_experiment
 from manager.lifecycle.service_entries import OBSERVER_KEY, ServiceTable, entry
 from manager.lifecycle.specs import (
@@ -47,12 +45,11 @@ from manager.records import EventRecord, Progress, ProjectPhase, ProjectRecord, 
 from manager.security.config_vault import config_owner
 from manager.security.flower_pki import ProjectFlowerCa
 from manager.sla import ProjectSLA
-from manager.storage.base import ProjectStore, StorageUnavailable
+from manager.storage.base import StorageUnavailable
 from orchestrator_adapters.base import (
     AdapterError,
     AppKind,
     AppRef,
-    OrchestratorAdapter,
     Placement,
     PortSpec,
     ServiceKind,
@@ -62,32 +59,6 @@ from orchestrator_adapters.base import (
 __all__ = ["OBSERVER_KEY", "ProjectRun", "RunDeps", "RunState", "project_app_name", "registered_model_name"]
 
 log = logging.getLogger(__name__)
-
-Publish = Callable[[FlopsMessage], None]
-
-
-@dataclass
-class RunDeps:
-    settings: LifecycleSettings
-    store: ProjectStore
-    adapter: OrchestratorAdapter
-    observatories: ObservatoryKeeper
-    publish: Publish
-    broker: BrokerAccess
-    clear_retained: Callable[[str], None]
-    clock: Clock = SYSTEM_CLOCK  # what waits are measured with (tests inject a faster one)
-
-
-@dataclass
-class RunState:
-    observatory: Observatory | None = None
-    app: AppRef | None = None
-    services: ServiceTable = field(default_factory=ServiceTable)  # the observer included (in the observatory)
-    build: BuildResult | None = None
-    result: TrainingResult | None = None
-    model_image: ModelImageBuilt | None = None
-    mqtt: MqttSettings | None = None  # this run's broker account (granted on first use)
-    training_started: bool = False
 
 
 class ProjectRun:
@@ -197,11 +168,7 @@ class ProjectRun:
         cleanup = ProjectCleanup(
             self.project_id, self.deps.adapter, self.deps.store, self.deps.settings, self.deps.broker
         )
-        problems = cleanup.undeploy(deployed, keep_serving=keep_serving, linger_s=0.5)
-        owners = [self.project_id] + ([] if keep_serving else [config_owner(self.project_id, "serving")])
-        return problems + cleanup.revoke(
-            broker=not keep_serving, config_owners=owners, data_tokens=self.state.training_started
-        )
+        return cleanup.end_of_run(deployed, keep_serving=keep_serving, training_started=self.state.training_started)
 
     def _publish_stop(self) -> None:
         try:

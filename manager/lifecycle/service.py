@@ -1,7 +1,9 @@
 """The manager's core: starts project runs, routes MQTT reports to them, stops them.
 
 Implements :class:`manager.control.ProjectControl` for the REST API. One MQTT
-listener feeds every project's inbox; each project runs in its own thread.
+listener feeds every project's inbox (:mod:`run_registry`); each project runs in its
+own thread. Adapters (:mod:`adapter_pool`), the data calls (:mod:`data_desk`) and the
+background upkeep (:mod:`housekeeping`) are kept in their own modules.
 """
 
 from __future__ import annotations
@@ -10,24 +12,25 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
-from flops_utils.mqtt_catalogue import ALL_PROJECTS_FILTER, FlopsMessage, split_topic
+from flops_utils.mqtt_catalogue import ALL_PROJECTS_FILTER
 from flops_utils.mqtt_link import BrokerUnavailable, MqttLink
 from flops_utils.service_config import DataServerSecurity
 from manager.broker_access import ResolvingAccess
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult
 from manager.data_models import DataToken, NodeList
-from manager.lifecycle.cache_upkeep import DAY_S, prune_build_cache
+from manager.lifecycle.adapter_pool import AdapterPool
 from manager.lifecycle.cleanup import Deployed, ProjectCleanup
 from manager.lifecycle.clock import SYSTEM_CLOCK, Clock
 from manager.lifecycle.context import LifecycleSettings
-from manager.lifecycle.data_nodes import DataServers
-from manager.lifecycle.inbox import ProjectInbox, ReportLink
-from manager.lifecycle.inventory import node_inventory, write_token_for
+from manager.lifecycle.data_desk import DataDesk
+from manager.lifecycle.housekeeping import Housekeeping
+from manager.lifecycle.inbox import ReportLink
 from manager.lifecycle.observatory import ObservatoryKeeper
-from manager.lifecycle.project_run import ProjectRun, RunDeps
+from manager.lifecycle.project_run import RunDeps
 from manager.lifecycle.restart_pickup import RestartPickUp
+from manager.lifecycle.run_registry import RunRegistry
 from manager.quotas import QuotaExceeded, check_active_projects, check_observatories
 from manager.records import EventRecord, ProjectRecord
 from manager.security.config_vault import ConfigRefused, ConfigVault, config_owner
@@ -35,8 +38,7 @@ from manager.security.project_secrets import seal_project_secrets
 from manager.security.secret_box import SecretUnreadable
 from manager.sla import ProjectSLA
 from manager.storage.base import ProjectStore
-from orchestrator_adapters.base import AdapterError, AppKind, AppRef, NodeInfo, OrchestratorAdapter
-from orchestrator_adapters.registry import adapter_class, create_adapter
+from orchestrator_adapters.base import AdapterError, AppKind, AppRef, OrchestratorAdapter
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +64,12 @@ class LifecycleService:
         self.clock = clock
         self.observatories = ObservatoryKeeper(settings, store)
         self.broker = ResolvingAccess(settings.mqtt, settings.mqtt_project_credentials)
-        self._adapters: dict[str, OrchestratorAdapter] = dict(adapters or {})
-        self._adapter_lock = threading.Lock()
-        self._inboxes: dict[str, ProjectInbox] = {}
-        self._threads: dict[str, threading.Thread] = {}
-        self._runs: dict[str, ProjectRun] = {}
-        self._lock = threading.Lock()
+        self.adapters = AdapterPool(settings, adapters)
+        self.runs = RunRegistry()
         self._admission = threading.Lock()  # quota checks and the insert they allow, one request at a time
         self._closing = threading.Event()
+        self.data = DataDesk(settings, self.adapters.get)
+        self.housekeeping = Housekeeping(settings, store, self.observatories, self.adapters.get, self._closing)
 
     # -- start / stop --------------------------------------------------------------
     def start(self) -> None:
@@ -78,7 +78,7 @@ class LifecycleService:
         Runs are prepared before the MQTT link connects, so retained results published
         while the manager was away reach their inboxes.
         """
-        self.link.subscribe(ALL_PROJECTS_FILTER, self._on_report)
+        self.link.subscribe(ALL_PROJECTS_FILTER, self.runs.route)
         self.observatories.adopt_legacy_stores(self.adapter())
         pending = self._settle_interrupted_projects()
         try:
@@ -89,22 +89,8 @@ class LifecycleService:
         for thread in pending:
             thread.start()
         if self.settings.start_adapter_at_start:
-            threading.Thread(target=self._start_default_adapter, name="adapter-start", daemon=True).start()
-        if self.settings.cache_max_age_s > 0:
-            threading.Thread(target=self._prune_cache_forever, name="cache-upkeep", daemon=True).start()
-        if self.settings.quotas.observatory_idle_s > 0:
-            threading.Thread(target=self._stop_idle_observatories_forever, name="observatory-idle", daemon=True).start()
-
-    def _start_default_adapter(self) -> None:
-        """Nodes' data servers run before any project (the local adapter starts them), so data can come first."""
-        try:
-            self.adapter()
-        except AdapterError as error:
-            log.warning(
-                "the %s orchestrator did not start: %s; retrying when it is first needed",
-                self.settings.orchestrator,
-                error,
-            )
+            threading.Thread(target=self.adapters.start_default, name="adapter-start", daemon=True).start()
+        self.housekeeping.start()
 
     def _connect_forever(self) -> None:
         while not self._closing.is_set() and not self.link.connected:
@@ -117,28 +103,14 @@ class LifecycleService:
         """Disconnect. Running projects are left running: the next manager process resumes them."""
         self._closing.set()
         self.link.close()
-        for adapter in self._adapters.values():
-            adapter.close()
+        self.adapters.close()
 
     @property
     def broker_connected(self) -> bool:
         return self.link.connected
 
     def adapter(self, name: str | None = None) -> OrchestratorAdapter:
-        name = name or self.settings.orchestrator
-        with self._adapter_lock:
-            if name not in self._adapters:
-                settings = dict(self.settings.adapter_settings.get(name, {}))
-                access = self.settings.data_access
-                # Adapters that run the nodes' data servers themselves get their certificate and token key.
-                runs_data_servers = adapter_class(name).capabilities.runs_data_servers
-                if access is not None and runs_data_servers and settings.get("data_security") is None:
-                    host = str(settings.get("host") or "127.0.0.1")
-                    settings["data_security"] = access.server_security(host).model_dump()
-                adapter = create_adapter(name, settings)
-                adapter.start()
-                self._adapters[name] = adapter
-            return self._adapters[name]
+        return self.adapters.get(name)
 
     # -- ProjectControl ------------------------------------------------------------
     def start_project(self, sla: ProjectSLA, customer: str) -> ProjectRecord:
@@ -187,7 +159,6 @@ class LifecycleService:
         not_before: float | None = None,
     ) -> threading.Thread:
         """Register the project's inbox and return its (not yet started) run thread."""
-        inbox = ProjectInbox(not_before=not_before)
         deps = RunDeps(
             self.settings,
             self.store,
@@ -198,32 +169,13 @@ class LifecycleService:
             self.link.clear_retained,
             self.clock,
         )
-        run = ProjectRun(record, sla, deps, inbox)
-        body = (lambda: run.resume(record)) if resume else run.run
-        thread = threading.Thread(
-            target=self._run, args=(record.project_id, body), name=f"project-{record.project_id[:8]}", daemon=True
-        )
-        with self._lock:
-            self._inboxes[record.project_id] = inbox
-            self._threads[record.project_id] = thread
-            self._runs[record.project_id] = run
-        return thread
-
-    def _run(self, project_id: str, body: Callable[[], None]) -> None:
-        try:
-            body()
-        finally:
-            with self._lock:
-                self._inboxes.pop(project_id, None)
-                self._threads.pop(project_id, None)
-                self._runs.pop(project_id, None)
+        return self.runs.prepare(record, sla, deps, resume, not_before)
 
     def stop_project(self, project_id: str) -> ProjectRecord:
         """A running project answers STOPPING at once; its own run thread undeploys its services (so
         projects stop in parallel) and ends STOPPED. A finished one gets its serving endpoint undeployed."""
         record = self._project(project_id)
-        with self._lock:
-            run = self._runs.get(project_id)
+        run = self.runs.run(project_id)
         if run is not None:
             if run.request_stop():
                 self._event(project_id, "stop requested")
@@ -264,30 +216,16 @@ class LifecycleService:
         return self.observatories.ca_pem()
 
     def push_mock_data(self, request: MockRequest) -> MockResult:
-        from manager.mocks import push_mock_data
-
-        return push_mock_data(
-            self.adapter().list_nodes(),
-            request.mock_data_configuration,
-            request.customer_id,
-            DataServers(self.settings.data_access),
-        )
+        return self.data.push_mock_data(request)
 
     def list_nodes(self, customer: str) -> NodeList:
-        return node_inventory(self._nodes(), customer, DataServers(self.settings.data_access))
+        return self.data.list_nodes(customer)
 
     def data_write_token(self, customer: str, node: str) -> DataToken:
-        return write_token_for(self._nodes(), customer, node, self.settings.data_access)
+        return self.data.data_write_token(customer, node)
 
     def data_server_security(self) -> DataServerSecurity | None:
-        access = self.settings.data_access
-        return access.server_security() if access is not None else None
-
-    def _nodes(self) -> list[NodeInfo]:
-        try:
-            return self.adapter().list_nodes()
-        except AdapterError as error:
-            raise ControlError(f"the {self.settings.orchestrator} orchestrator is unavailable: {error}", 503) from None
+        return self.data.data_server_security()
 
     def service_config(self, config_id: str, token: str) -> str:
         try:
@@ -298,36 +236,10 @@ class LifecycleService:
             raise ControlError(f"the service configuration cannot be opened: {error}", status=503) from None
 
     def prune_cache(self, request: CachePruneRequest) -> CachePruneResult:
-        days = request.older_than_days
-        max_age_s = self.settings.cache_max_age_s if days is None else days * DAY_S
-        return prune_build_cache(
-            self.settings.cache_dir, self.store.list_projects(None), max_age_s=max_age_s, dry_run=request.dry_run
-        )
-
-    def _stop_idle_observatories_forever(self) -> None:
-        """Stop observatories unused for ``quotas.observatory_idle_s`` whose customer runs no project."""
-        idle_s = self.settings.quotas.observatory_idle_s
-        while not self._closing.wait(max(1.0, min(60.0, idle_s / 4))):
-            try:
-                busy = {record.customer for record in self.store.list_projects(None) if not record.status.finished}
-                for customer in busy:
-                    self.observatories.touch(customer)  # idle time counts from a customer's last project
-                self.observatories.stop_idle(lambda name: self.adapter(name or None), busy, idle_s)
-            except Exception as error:  # the database or orchestrator may be away; try again next turn
-                log.warning("could not stop idle observatories: %s", error)
-
-    def _prune_cache_forever(self) -> None:
-        """Prune at start and then every ``cache_prune_interval_s``; a failure waits for the next turn."""
-        while not self._closing.is_set():
-            try:
-                self.prune_cache(CachePruneRequest())
-            except Exception as error:  # the database may be away; the cache can wait
-                log.warning("could not prune the build cache: %s", error)
-            self._closing.wait(max(self.settings.cache_prune_interval_s, 60.0))
+        return self.housekeeping.prune_cache(request)
 
     def reset(self) -> None:
-        with self._lock:
-            running = dict(self._threads)
+        running = self.runs.threads()
         for project_id in running:
             self.stop_project(project_id)
         for thread in running.values():
@@ -338,17 +250,6 @@ class LifecycleService:
             observatory = AppRef(str(app["app_id"]), str(app["name"]), AppKind.OBSERVATORY, str(app["customer"]))
             self.adapter().delete_app(observatory)
         self.store.reset()
-
-    # -- MQTT reports --------------------------------------------------------------
-    def _on_report(self, topic: str, message: FlopsMessage) -> None:
-        parts = split_topic(topic)
-        if parts is None or parts[0] != message.project_id:
-            log.warning("ignored a report whose project does not match its topic %s", topic)
-            return
-        with self._lock:
-            inbox = self._inboxes.get(message.project_id)
-        if inbox is not None:
-            inbox.put(message)
 
     # -- restarts ------------------------------------------------------------------
     def _settle_interrupted_projects(self) -> list[threading.Thread]:

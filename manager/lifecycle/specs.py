@@ -21,9 +21,7 @@ from flops_utils.service_config import (
     MqttSettings,
     ObserverConfig,
     ServerCertificate,
-    ServingConfig,
 )
-from flops_utils.token_access import serving_guard_environment
 from manager.lifecycle.context import LifecycleSettings
 from manager.sla import ProjectSLA, sla_to_training_settings
 from orchestrator_adapters.base import (
@@ -162,30 +160,6 @@ def builder_config(facts: ProjectFacts, settings: LifecycleSettings, repo_url: s
     )
 
 
-def model_builder_config(
-    facts: ProjectFacts, settings: LifecycleSettings, repo_url: str, model_uri: str, build: BuildResult
-) -> BuilderConfig:
-    """The inference image of the trained model."""
-    return BuilderConfig(
-        project_id=facts.project_id,
-        mqtt=facts.mqtt,
-        instance_name="model-builder",
-        repo_url=repo_url,
-        repo_access=settings.repo_access.for_owner(facts.customer),
-        flavor=facts.sla.ml_model_flavor,
-        cache_dir=str(settings.cache_dir),
-        mode="oci",
-        registry=settings.registry,
-        task="model_image",
-        model_uri=model_uri,
-        tracking_uri=facts.tracking_url,
-        tracking_token=facts.tracking_token,
-        tracking_ca_pem=facts.tracking_ca_pem,
-        base_image=build.aggregator_image or build.learner_image,  # the aggregator's holds MLflow
-        platforms=list(facts.sla.supported_platforms),
-    )
-
-
 def run_params(sla: ProjectSLA, build: BuildResult, orchestrator: str) -> dict[str, str]:
     """The MLflow run's parameters: the SLA's training settings and the build."""
     params = {f"sla.{key}": str(value) for key, value in sla.training_configuration.model_dump().items()}
@@ -277,41 +251,4 @@ def learner_config(
         data_ca_pem=data_ca_pem,
         work_dir=str(work_dir),
         flower_tls=flower_tls,
-    )
-
-
-def serving_config(
-    facts: ProjectFacts, settings: LifecycleSettings, model_uri: str, endpoint: Endpoint
-) -> ServingConfig:
-    return ServingConfig(
-        project_id=facts.project_id,
-        mqtt=facts.mqtt,
-        instance_name="serving",
-        model_uri=model_uri,
-        tracking_uri=facts.tracking_url,
-        tracking_token=facts.tracking_token,
-        tracking_ca_pem=facts.tracking_ca_pem,
-        bind_host=facts.bind_host,
-        port=endpoint.port,
-        access_token_sha256=settings.tracking_access.digests(facts.customer),
-    )
-
-
-def model_image_serving_spec(
-    image: str, endpoint: Endpoint, bind_host: str, resources: Resources, token_digests: list[str]
-) -> ServiceSpec:
-    """The inference image serves its model by itself (MLflow's scoring server behind the token guard, which
-    lets in the holders of ``token_digests``' tokens, or anyone when there are none: access control is off)."""
-    return ServiceSpec(
-        name="serving",
-        kind=ServiceKind.SERVING,
-        config={},
-        image=image,
-        environment={
-            "UVICORN_HOST": bind_host,
-            "UVICORN_PORT": str(endpoint.port),
-            **serving_guard_environment(token_digests),
-        },
-        resources=resources,
-        ports=(PortSpec(SERVING_PORT.name, endpoint.port),),
     )

@@ -1,0 +1,68 @@
+"""The manager's background upkeep: pruning the build cache, stopping idle observatories."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from manager.control import CachePruneRequest, CachePruneResult
+from manager.lifecycle.cache_upkeep import DAY_S, prune_build_cache
+from manager.lifecycle.context import LifecycleSettings
+from manager.lifecycle.observatory import ObservatoryKeeper
+from manager.storage.base import ProjectStore
+from orchestrator_adapters.base import OrchestratorAdapter
+
+log = logging.getLogger(__name__)
+
+
+class Housekeeping:
+    def __init__(
+        self,
+        settings: LifecycleSettings,
+        store: ProjectStore,
+        observatories: ObservatoryKeeper,
+        adapter: Callable[[str | None], OrchestratorAdapter],
+        closing: threading.Event,
+    ) -> None:
+        """``adapter`` gives an orchestrator's adapter by name; the loops end when ``closing`` is set."""
+        self.settings = settings
+        self.store = store
+        self.observatories = observatories
+        self._adapter = adapter
+        self._closing = closing
+
+    def start(self) -> None:
+        """Start the loops the settings turn on, each in a daemon thread."""
+        if self.settings.cache_max_age_s > 0:
+            threading.Thread(target=self._prune_cache_forever, name="cache-upkeep", daemon=True).start()
+        if self.settings.quotas.observatory_idle_s > 0:
+            threading.Thread(target=self._stop_idle_observatories_forever, name="observatory-idle", daemon=True).start()
+
+    def prune_cache(self, request: CachePruneRequest) -> CachePruneResult:
+        days = request.older_than_days
+        max_age_s = self.settings.cache_max_age_s if days is None else days * DAY_S
+        return prune_build_cache(
+            self.settings.cache_dir, self.store.list_projects(None), max_age_s=max_age_s, dry_run=request.dry_run
+        )
+
+    def _stop_idle_observatories_forever(self) -> None:
+        """Stop observatories unused for ``quotas.observatory_idle_s`` whose customer runs no project."""
+        idle_s = self.settings.quotas.observatory_idle_s
+        while not self._closing.wait(max(1.0, min(60.0, idle_s / 4))):
+            try:
+                busy = {record.customer for record in self.store.list_projects(None) if not record.status.finished}
+                for customer in busy:
+                    self.observatories.touch(customer)  # idle time counts from a customer's last project
+                self.observatories.stop_idle(lambda name: self._adapter(name or None), busy, idle_s)
+            except Exception as error:  # the database or orchestrator may be away; try again next turn
+                log.warning("could not stop idle observatories: %s", error)
+
+    def _prune_cache_forever(self) -> None:
+        """Prune at start and then every ``cache_prune_interval_s``; a failure waits for the next turn."""
+        while not self._closing.is_set():
+            try:
+                self.prune_cache(CachePruneRequest())
+            except Exception as error:  # the database may be away; the cache can wait
+                log.warning("could not prune the build cache: %s", error)
+            self._closing.wait(max(self.settings.cache_prune_interval_s, 60.0))
