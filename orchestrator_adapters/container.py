@@ -16,9 +16,9 @@ Behaves like the local adapter, with images instead of commands:
 * ``plan_endpoint`` hands out a free host port per (app, service, port), stable across calls.
 
 A spec without an image (the lifecycle's builder, observer and tracking server when no
-manager image is configured) runs as a supervised host process through the local adapter's
-:class:`~orchestrator_adapters.host_processes.HostProcesses`: the OCI builder needs buildah
-on the host anyway. The fleet and the host processes keep their state in
+manager image is configured) runs as a supervised host process through
+:class:`~orchestrator_adapters.host_processes.HostProcesses`, as the local adapter runs every
+service: the OCI builder needs buildah on the host anyway. The fleet and the host processes keep their state in
 ``<state_dir>/nodes/state.json``.
 
 A spec's entry module runs as ``python -m MODULE`` with the image's ``python`` (an explicit

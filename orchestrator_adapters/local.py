@@ -36,7 +36,6 @@ from orchestrator_adapters.base import (
     ServiceSpec,
 )
 from orchestrator_adapters.host_processes import HostProcesses, HostProcessSettings
-from orchestrator_adapters.local_nodes import LocalNode
 from orchestrator_adapters.local_process import Spawner
 from orchestrator_adapters.local_state import StateFile
 from orchestrator_adapters.node_fleet import FleetSettings, NodeFleet
@@ -112,9 +111,6 @@ class LocalAdapter(OrchestratorAdapter):
         )
 
     # -- nodes and data servers -------------------------------------------------------
-    def nodes(self) -> list[LocalNode]:
-        return self.fleet.nodes()
-
     def start(self) -> None:
         """Start (or reuse, when an earlier manager's are still answering) one data server per learner node."""
         self.fleet.start()
