@@ -10,13 +10,16 @@ Behaves like the local adapter, with images instead of commands:
   otherwise is FAILED with its exit code and last log line (or "out of memory");
   undeploying stops and keeps it, so it reads STOPPED; undeploy and delete_app are
   idempotent;
-* nodes come from the same node file as the local adapter, whose code starts one data
-  server per learner node on this host (the containers share the host network);
+* nodes come from the same node file as the local adapter, through the same
+  :class:`~orchestrator_adapters.node_fleet.NodeFleet`, which starts one data server per
+  learner node on this host (the containers share the host network);
 * ``plan_endpoint`` hands out a free host port per (app, service, port), stable across calls.
 
 A spec without an image (the lifecycle's builder, observer and tracking server when no
-manager image is configured) runs as a supervised host process, exactly as the local
-adapter runs it: the OCI builder needs buildah on the host anyway.
+manager image is configured) runs as a supervised host process through
+:class:`~orchestrator_adapters.host_processes.HostProcesses`, as the local adapter runs every
+service: the OCI builder needs buildah on the host anyway. The fleet and the host processes keep their state in
+``<state_dir>/nodes/state.json``.
 
 A spec's entry module runs as ``python -m MODULE`` with the image's ``python`` (an explicit
 ``spec.command`` overrides the image's entrypoint as given); a host process runs it under the
@@ -60,10 +63,11 @@ from orchestrator_adapters.base import (
 from orchestrator_adapters.container_api import ContainerApi
 from orchestrator_adapters.container_settings import ContainerSettings
 from orchestrator_adapters.container_state import ContainerAppRecord, ContainerServiceRecord, ContainerStateFile
-from orchestrator_adapters.local import LocalAdapter, LocalAdapterSettings, make_app_id
+from orchestrator_adapters.host_processes import HostProcesses, HostProcessSettings, make_app_id
 from orchestrator_adapters.local_nodes import NAME_PATTERN
-from orchestrator_adapters.local_process import describe_exit
-from orchestrator_adapters.local_state import spec_to_data
+from orchestrator_adapters.local_process import Spawner, describe_exit
+from orchestrator_adapters.local_state import StateFile, spec_to_data
+from orchestrator_adapters.node_fleet import FleetSettings, NodeFleet
 
 log = logging.getLogger("flops.adapters.container")
 
@@ -156,23 +160,41 @@ class ContainerAdapter(OrchestratorAdapter):
         self.state_dir = Path(settings.state_dir)
         self.state = ContainerStateFile(self.state_dir)
         self.api = ContainerApi(settings)
-        # The local adapter's node handling: node file, one data server per learner node.
-        self.nodes_host = LocalAdapter(
-            LocalAdapterSettings(
-                state_dir=str(self.state_dir / "nodes"),
+        # The pieces shared with the local adapter: node file and data servers, host processes.
+        host_dir = self.state_dir / "nodes"
+        host_state, spawner = StateFile(host_dir), Spawner(host_dir)
+        self.fleet = NodeFleet(
+            FleetSettings(
                 nodes_file=settings.nodes_file,
                 python=settings.python,
                 host=settings.host,
-                data_server_timeout_s=settings.data_server_timeout_s,
-                data_security=settings.data_security,
-            )
+                stop_grace_s=settings.stop_grace_s,
+                timeout_s=settings.data_server_timeout_s,
+                max_upload_bytes=settings.data_server_max_upload_bytes,
+                security=settings.data_security,
+            ),
+            host_dir,
+            host_state,
+            spawner,
+        )
+        self.host_processes = HostProcesses(
+            HostProcessSettings(
+                python=settings.python,
+                host=settings.host,
+                stop_grace_s=settings.stop_grace_s,
+                enforce_memory_limits=False,
+            ),
+            host_dir,
+            host_state,
+            spawner,
+            self.fleet,
         )
 
     # -- lifecycle of the adapter ----------------------------------------------------------
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.api.start()
-        self.nodes_host.start()
+        self.fleet.start()
 
     def close(self) -> None:
         self.api.close()
@@ -185,32 +207,11 @@ class ContainerAdapter(OrchestratorAdapter):
                     self._remove(container)
                 else:
                     self._stop(container)
-        self.nodes_host.stop_everything()
+        self.host_processes.stop_all(also=self.fleet.processes())
 
     # -- nodes -------------------------------------------------------------------------------
     def list_nodes(self) -> list[NodeInfo]:
-        return self.nodes_host.list_nodes()
-
-    def _check_placement(self, placement: Placement) -> None:
-        nodes = self.nodes_host.nodes()
-        names = {node.name for node in nodes}
-        clusters = {node.cluster for node in nodes if node.cluster}
-        if placement.node is not None and placement.node not in names:
-            raise AdapterError(f"unknown node {placement.node!r}; nodes: {', '.join(sorted(names))}")
-        if placement.cluster is not None and placement.cluster not in clusters:
-            raise AdapterError(f"unknown cluster {placement.cluster!r}; clusters: {', '.join(sorted(clusters))}")
-
-    def _node_for(self, placement: Placement) -> str | None:
-        if placement.node is not None:
-            return placement.node
-        if placement.cluster is None and not placement.node_labels:
-            return None
-        for node in self.nodes_host.nodes():
-            if (placement.cluster is None or node.cluster == placement.cluster) and all(
-                node.labels.get(key) == value for key, value in placement.node_labels.items()
-            ):
-                return node.name
-        return None
+        return self.fleet.list_nodes()
 
     # -- apps --------------------------------------------------------------------------------
     def create_app(self, name: str, kind: AppKind, customer: str, project_id: str | None = None) -> AppRef:
@@ -222,7 +223,7 @@ class ContainerAdapter(OrchestratorAdapter):
                     app_id=app_id, name=name, kind=kind, customer=customer, project_id=project_id
                 )
                 state.apps[app_id] = record
-        self.nodes_host.create_app(name, kind, customer, project_id)  # same app id: for host services
+        self.host_processes.create_app(name, kind, customer, project_id)  # same app id: for host services
         return record.ref()
 
     def find_app(self, name: str, customer: str) -> AppRef | None:
@@ -240,7 +241,7 @@ class ContainerAdapter(OrchestratorAdapter):
                 list(pool.map(lambda service_id: self.undeploy_service(app, service_id), services))
         for container in self._containers({LABEL_APP: app.app_id}):
             self._remove(container)
-        self.nodes_host.delete_app(app)
+        self.host_processes.delete_app(app)
         with self.state.update() as state:
             state.apps.pop(app.app_id, None)
             prefix = f"{app.app_id}/"
@@ -269,7 +270,7 @@ class ContainerAdapter(OrchestratorAdapter):
     def add_service(self, app: AppRef, spec: ServiceSpec) -> str:
         if not re.fullmatch(NAME_PATTERN, spec.name):
             raise AdapterError(f"invalid service name {spec.name!r}: use up to 63 letters, digits, '.', '_' or '-'")
-        self._check_placement(spec.placement)
+        self.fleet.check_placement(spec.placement)
         data = spec_to_data(spec)
         existing = self.state.read().apps.get(app.app_id)
         if existing is None:
@@ -283,7 +284,7 @@ class ContainerAdapter(OrchestratorAdapter):
         if host_process:
             if not host_command(spec, self.settings.python):
                 raise AdapterError(f"service {spec.name!r} has neither an image nor a command")
-            self.nodes_host.add_service(app, spec)  # its python setting is this adapter's
+            self.host_processes.add_service(app, spec)  # its python setting is this adapter's
         with self.state.update() as state:
             services = state.apps[app.app_id].services
             if spec.name not in services or services[spec.name].spec != data:
@@ -296,7 +297,7 @@ class ContainerAdapter(OrchestratorAdapter):
             raise AdapterError(f"cannot deploy {service_id!r} with {instances} instances; use undeploy to stop it")
         record = self._service_record(app, service_id)
         if record.host_process:
-            self.nodes_host.deploy_service(app, service_id, instances)
+            self.host_processes.deploy_service(app, service_id, instances)
             return
         spec = record.service_spec()
         assert spec.image is not None  # add_service checked it
@@ -358,7 +359,7 @@ class ContainerAdapter(OrchestratorAdapter):
         }
         environment.pop("FLOPS_CONFIG_FILE", None)
         environment.pop("FLOPS_WORKDIR", None)  # a host path; the image has its own working directory
-        node = self._node_for(spec.placement)
+        node = self.fleet.node_for(spec.placement)
         labels = {
             LABEL_MANAGED: "true",
             LABEL_APP: app.app_id,
@@ -398,7 +399,7 @@ class ContainerAdapter(OrchestratorAdapter):
             if record is not None:
                 record.stop_requested = True
         if record is not None and record.host_process:
-            self.nodes_host.undeploy_service(app, service_id)
+            self.host_processes.undeploy_service(app, service_id)
             return
         for container in self._service_containers(app, service_id):
             self._stop(container)
@@ -471,7 +472,7 @@ class ContainerAdapter(OrchestratorAdapter):
     def inspect_service(self, app: AppRef, service_id: str) -> ServiceInfo:
         record = self._service_record(app, service_id)
         if record.host_process:
-            return self.nodes_host.inspect_service(app, service_id)
+            return self.host_processes.inspect_service(app, service_id)
         containers = sorted(
             self._service_containers(app, service_id), key=lambda container: int(container.labels.get(LABEL_INDEX, "0"))
         )

@@ -32,7 +32,9 @@ class ContainerSettings(BaseModel):
         description="memory limits are never set below this: Python with the FL runtime needs a few hundred MB "
         "(the SLA's default of 100 MB would kill every learner)",
     )
-    stop_grace_s: float = Field(default=5.0, ge=0, description="SIGTERM to SIGKILL when undeploying")
+    stop_grace_s: float = Field(
+        default=5.0, ge=0, description="SIGTERM to SIGKILL when undeploying (containers, host processes, data servers)"
+    )
     api_timeout_s: float = Field(default=300.0, gt=0, description="per API call (pulls of large images included)")
     containers_dir: str | None = Field(default=None, description="FLOps container storage root (own API service)")
     python: str = Field(
@@ -40,6 +42,7 @@ class ContainerSettings(BaseModel):
         description="interpreter that runs the nodes' data servers and the services without an image (host processes)",
     )
     data_server_timeout_s: float = Field(default=60.0, gt=0)
+    data_server_max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     data_security: DataServerSecurity | None = Field(
         default=None, description="TLS and token key of the node data servers (the manager sets it)"
     )

@@ -12,6 +12,7 @@ and its outcome in the exit-code file (see ``flops_utils.process_groups``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import signal
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from flops_utils.process_groups import ended, every_stat, group_alive, process_alive, signal_group, start_ticks
+from orchestrator_adapters.base import AdapterError
 
 # "$0" is the exit-code file, "$@" the command (not a Python one, see _launch_command). A signal
 # that kills the wrapper itself leaves no file; the watcher thread writes one then.
@@ -243,3 +245,59 @@ def stop_groups(
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline and anything_alive():
         time.sleep(0.05)
+
+
+class Spawner:
+    """Starts supervised processes for one state directory and keeps the ones it started until they are reaped.
+
+    The node fleet and the host processes of an adapter share one: a process this object started
+    but whose wrapper was killed gets its exit code from ``Popen.wait``. Owner markers (``OWNER_ENV``)
+    begin with a key of the state directory, so another adapter's app of the same name is not ours.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self._children: dict[int, subprocess.Popen[bytes]] = {}  # pid -> processes this object started
+        self._lock = threading.Lock()
+        self._owner_key = hashlib.sha256(os.path.abspath(state_dir).encode()).hexdigest()[:12]
+
+    def owner(self, *parts: str) -> str:
+        """The owner-marker prefix of everything (no parts), an app, a service or one instance."""
+        return "/".join((self._owner_key, *parts, ""))
+
+    def spawn(
+        self,
+        command: list[str],
+        *,
+        env: dict[str, str],
+        cwd: str,
+        log_file: str,
+        exit_file: str,
+        memory_limit_mb: int | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """:func:`spawn` and :func:`watch` ``command``; an OSError becomes a one-line ``AdapterError``."""
+        try:
+            process = spawn(
+                command, env=env, cwd=cwd, log_file=log_file, exit_file=exit_file, memory_limit_mb=memory_limit_mb
+            )
+        except OSError as error:
+            raise AdapterError(f"cannot start {command[0]}: {error.strerror or error}") from error
+        with self._lock:
+            self._children[process.pid] = process
+        watch(process, exit_file, on_exit=lambda: self._forget(process))
+        return process
+
+    def _forget(self, process: subprocess.Popen[bytes]) -> None:
+        """The watcher reaped ``process`` and its exit code is on disk: nothing more to keep."""
+        with self._lock:
+            if self._children.get(process.pid) is process:
+                del self._children[process.pid]
+
+    def exit_code(self, pid: int, exit_file: str) -> int | None:
+        code = read_exit_file(exit_file)
+        if code is None:
+            with self._lock:
+                process = self._children.get(pid)
+            if process is not None:  # the wrapper itself was killed: the watcher records how
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    code = process.wait(timeout=2.0)
+        return code

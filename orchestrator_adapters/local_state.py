@@ -1,4 +1,4 @@
-"""What the local adapter remembers in ``<state_dir>/state.json``.
+"""What the local adapter (its node fleet and host processes) remembers in ``<state_dir>/state.json``.
 
 Everything a restarted manager needs to find, inspect and stop what an earlier one
 started: apps, service specs, instance pids (with their start times, so a reused

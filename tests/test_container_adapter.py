@@ -241,7 +241,7 @@ def test_services_without_an_image_run_as_host_processes(
     container_adapter.deploy_service(adapter_app, service)
     info = wait_service(container_adapter, adapter_app, service)
     assert info.state is ServiceState.SUCCEEDED, info
-    written = container_adapter.nodes_host.log_file(adapter_app, service).read_text().strip()
+    written = container_adapter.host_processes.log_file(adapter_app, service).read_text().strip()
     assert written == f"host host-builder {container_adapter.settings.python}"
     labelled = {"label": [f"io.flops.app={adapter_app.app_id}", f"io.flops.service-id={service}"]}
     assert container_adapter.api.client.containers.list(all=True, filters=labelled) == []
