@@ -63,11 +63,10 @@ from orchestrator_adapters.base import (
 from orchestrator_adapters.container_api import ContainerApi
 from orchestrator_adapters.container_settings import ContainerSettings
 from orchestrator_adapters.container_state import ContainerAppRecord, ContainerServiceRecord, ContainerStateFile
-from orchestrator_adapters.host_processes import HostProcesses, HostProcessSettings, make_app_id
+from orchestrator_adapters.host_processes import host_pieces, make_app_id
 from orchestrator_adapters.local_nodes import NAME_PATTERN
-from orchestrator_adapters.local_process import Spawner, describe_exit
+from orchestrator_adapters.local_process import describe_exit
 from orchestrator_adapters.local_state import StateFile, spec_to_data
-from orchestrator_adapters.node_fleet import FleetSettings, NodeFleet
 
 log = logging.getLogger("flops.adapters.container")
 
@@ -162,32 +161,8 @@ class ContainerAdapter(OrchestratorAdapter):
         self.api = ContainerApi(settings)
         # The pieces shared with the local adapter: node file and data servers, host processes.
         host_dir = self.state_dir / "nodes"
-        host_state, spawner = StateFile(host_dir), Spawner(host_dir)
-        self.fleet = NodeFleet(
-            FleetSettings(
-                nodes_file=settings.nodes_file,
-                python=settings.python,
-                host=settings.host,
-                stop_grace_s=settings.stop_grace_s,
-                timeout_s=settings.data_server_timeout_s,
-                max_upload_bytes=settings.data_server_max_upload_bytes,
-                security=settings.data_security,
-            ),
-            host_dir,
-            host_state,
-            spawner,
-        )
-        self.host_processes = HostProcesses(
-            HostProcessSettings(
-                python=settings.python,
-                host=settings.host,
-                stop_grace_s=settings.stop_grace_s,
-                enforce_memory_limits=False,
-            ),
-            host_dir,
-            host_state,
-            spawner,
-            self.fleet,
+        self.fleet, self.host_processes = host_pieces(
+            settings, host_dir, StateFile(host_dir), enforce_memory_limits=False
         )
 
     # -- lifecycle of the adapter ----------------------------------------------------------

@@ -19,9 +19,10 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from flops_utils.process_groups import planned_port, process_alive, start_ticks
-from flops_utils.service_config import CONFIG_ENV
+from flops_utils.service_config import CONFIG_ENV, DataServerSecurity
 from orchestrator_adapters.base import (
     AdapterError,
     AppKind,
@@ -45,7 +46,7 @@ from orchestrator_adapters.local_state import (
     StateFile,
     spec_to_data,
 )
-from orchestrator_adapters.node_fleet import NodeFleet
+from orchestrator_adapters.node_fleet import FleetSettings, NodeFleet
 
 log = logging.getLogger("flops.adapters.local")
 
@@ -299,3 +300,57 @@ class HostProcesses:
                         if self._alive(instance.pid, instance.start_ticks):
                             instance.stop_requested = True
         stop_groups(targets + also, self.settings.stop_grace_s, owners=[self.spawner.owner()])
+
+
+class HostSettings(Protocol):
+    """What the local and the container adapter's settings both say about the host's nodes and processes."""
+
+    @property
+    def nodes_file(self) -> str | None: ...
+    @property
+    def python(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def stop_grace_s(self) -> float: ...
+    @property
+    def data_server_timeout_s(self) -> float: ...
+    @property
+    def data_server_max_upload_bytes(self) -> int: ...
+    @property
+    def data_security(self) -> DataServerSecurity | None: ...
+
+
+def host_pieces(
+    settings: HostSettings, directory: Path, state: StateFile, *, enforce_memory_limits: bool
+) -> tuple[NodeFleet, HostProcesses]:
+    """The node fleet (inventory and data servers) and the host processes, sharing ``state`` and one spawner
+    under ``directory``: what the local adapter is, and what the container adapter runs image-less services on."""
+    spawner = Spawner(directory)
+    fleet = NodeFleet(
+        FleetSettings(
+            nodes_file=settings.nodes_file,
+            python=settings.python,
+            host=settings.host,
+            stop_grace_s=settings.stop_grace_s,
+            timeout_s=settings.data_server_timeout_s,
+            max_upload_bytes=settings.data_server_max_upload_bytes,
+            security=settings.data_security,
+        ),
+        directory,
+        state,
+        spawner,
+    )
+    processes = HostProcesses(
+        HostProcessSettings(
+            python=settings.python,
+            host=settings.host,
+            stop_grace_s=settings.stop_grace_s,
+            enforce_memory_limits=enforce_memory_limits,
+        ),
+        directory,
+        state,
+        spawner,
+        fleet,
+    )
+    return fleet, processes

@@ -35,10 +35,8 @@ from orchestrator_adapters.base import (
     ServiceInfo,
     ServiceSpec,
 )
-from orchestrator_adapters.host_processes import HostProcesses, HostProcessSettings
-from orchestrator_adapters.local_process import Spawner
+from orchestrator_adapters.host_processes import host_pieces
 from orchestrator_adapters.local_state import StateFile
-from orchestrator_adapters.node_fleet import FleetSettings, NodeFleet
 
 
 class LocalAdapterSettings(BaseModel):
@@ -82,32 +80,8 @@ class LocalAdapter(OrchestratorAdapter):
         self.settings = settings
         self.state_dir = Path(settings.state_dir)
         self.state = StateFile(self.state_dir)
-        spawner = Spawner(self.state_dir)
-        self.fleet = NodeFleet(
-            FleetSettings(
-                nodes_file=settings.nodes_file,
-                python=settings.python,
-                host=settings.host,
-                stop_grace_s=settings.stop_grace_s,
-                timeout_s=settings.data_server_timeout_s,
-                max_upload_bytes=settings.data_server_max_upload_bytes,
-                security=settings.data_security,
-            ),
-            self.state_dir,
-            self.state,
-            spawner,
-        )
-        self.processes = HostProcesses(
-            HostProcessSettings(
-                python=settings.python,
-                host=settings.host,
-                stop_grace_s=settings.stop_grace_s,
-                enforce_memory_limits=settings.enforce_memory_limits,
-            ),
-            self.state_dir,
-            self.state,
-            spawner,
-            self.fleet,
+        self.fleet, self.processes = host_pieces(
+            settings, self.state_dir, self.state, enforce_memory_limits=settings.enforce_memory_limits
         )
 
     # -- nodes and data servers -------------------------------------------------------
