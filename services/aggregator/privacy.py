@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
@@ -34,6 +33,7 @@ from flwr.serverapp.strategy import (
 
 from flops_utils.privacy import DpMechanism, DpMode, PrivacySettings
 from flops_utils.service_config import AggregatorConfig
+from services.fl_runtime.dp_clip import adaptive_clip, clip_model_update
 from services.fl_runtime.outcome import RunOutcome
 from services.fl_runtime.protocol import LOCAL_DP_CLIP, LOCAL_DP_NOISE
 from services.fl_runtime.tracking import Tracker
@@ -162,30 +162,9 @@ def _plan(privacy: PrivacySettings, mechanism: DpMechanism, sampling_rate: float
 
 
 # -- strategies -------------------------------------------------------------------------------------------
-_flower_clip = dp_fixed_clipping.compute_clip_model_update
-_flower_adaptive_clip = dp_adaptive_clipping.adaptive_clip_inputs_inplace
-
-
-def _is_zero(arrays: list[np.ndarray]) -> bool:
-    return not any(np.any(array) for array in arrays)
-
-
-def _clip_model_update(param1: list[np.ndarray], param2: list[np.ndarray], clipping_norm: float) -> None:
-    """Flower's clip divides by the update's norm: an unchanged model (a learner whose fit moved nothing)
-    raised ZeroDivisionError and lost the round. A zero update is within every clipping norm: keep it."""
-    if any(np.any(np.not_equal(new, old)) for new, old in zip(param1, param2, strict=True)):
-        _flower_clip(param1, param2, clipping_norm)
-
-
-def _adaptive_clip(input_arrays: list[np.ndarray], clipping_norm: float) -> bool:
-    """As :func:`_clip_model_update` for adaptive clipping; Flower's answer is "was it clipped", and a zero
-    update was not."""
-    return False if _is_zero(input_arrays) else bool(_flower_adaptive_clip(input_arrays, clipping_norm))
-
-
-# Flower's server-side DP strategies call these helpers by their module names.
-dp_fixed_clipping.compute_clip_model_update = _clip_model_update
-dp_adaptive_clipping.adaptive_clip_inputs_inplace = _adaptive_clip
+# Flower's server-side DP strategies call these helpers by their module names: the zero-safe ones instead.
+dp_fixed_clipping.compute_clip_model_update = clip_model_update
+dp_adaptive_clipping.adaptive_clip_inputs_inplace = adaptive_clip
 
 
 def _equal_weights(strategy: Strategy, replies: Iterable[Message]) -> list[Message]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 from flwr.app import ConfigRecord
-from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_clip_model_update, compute_stdv
+from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_stdv
 
+from services.fl_runtime.dp_clip import clip_model_update
 from services.fl_runtime.protocol import LOCAL_DP_CLIP, LOCAL_DP_NOISE
 
 
@@ -29,7 +30,6 @@ def privatise(
     """``received`` plus the clipped and noised update ``fitted - received``, in the fitted dtypes."""
     outgoing = [np.asarray(array, dtype=np.float64).copy() for array in fitted]
     base = [np.asarray(array, dtype=np.float64) for array in received]
-    if any(np.any(out != ref) for out, ref in zip(outgoing, base, strict=True)):  # Flower divides by the norm
-        compute_clip_model_update(param1=outgoing, param2=base, clipping_norm=clipping_norm)
+    clip_model_update(outgoing, base, clipping_norm)
     add_gaussian_noise_inplace(outgoing, compute_stdv(noise_multiplier, clipping_norm, 1))
     return [array.astype(np.asarray(like).dtype, copy=False) for array, like in zip(outgoing, fitted, strict=True)]
