@@ -16,7 +16,6 @@ import argparse
 import importlib
 import logging
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,6 @@ from tests.helpers import wait_until  # noqa: E402
 CA = ProjectFlowerCa("p-dp-benchmark")
 DELTA = 1e-5
 CLIPPING_NORM = 2.0
-PARSING = threading.Lock()  # CPython 3.11.7: concurrent ast.literal_eval (numpy's array headers) may fail
 
 
 def model_manager() -> Any:
@@ -61,14 +59,13 @@ def learner_handler(x: np.ndarray, y: np.ndarray):  # type: ignore[no-untyped-de
     manager.x_train, manager.y_train, manager.x_test, manager.y_test = x, y, x, y
 
     def handle(message: Message) -> Message:
-        with PARSING:
-            received = p.from_arrays(message.content.array_records[p.ARRAYS])
-            manager.set_model_parameters([array.copy() for array in received])
-            examples = manager.fit_model()
-            fitted = manager.get_model_parameters()
-            request = local_dp_request(message.content.config_records.get(p.CONFIG))
-            if request is not None:
-                fitted = privatise(received, fitted, *request)
+        received = p.from_arrays(message.content.array_records[p.ARRAYS])
+        manager.set_model_parameters([array.copy() for array in received])
+        examples = manager.fit_model()
+        fitted = manager.get_model_parameters()
+        request = local_dp_request(message.content.config_records.get(p.CONFIG))
+        if request is not None:
+            fitted = privatise(received, fitted, *request)
         record = RecordDict({p.ARRAYS: p.to_arrays(fitted), p.METRICS: MetricRecord({p.NUM_EXAMPLES: examples})})
         return Message(record, reply_to=message)
 

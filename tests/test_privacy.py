@@ -8,7 +8,6 @@ chosen by the test) and, for local DP, apply the same function the FLOps ClientA
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Iterable, Iterator
 
 import dp_accounting
@@ -44,9 +43,6 @@ from tests.helpers import wait_until
 pytestmark = pytest.mark.timeout(180)
 
 CA = ProjectFlowerCa("p-privacy")
-# CPython 3.11.7 can fail concurrent ast.literal_eval calls (numpy parses array headers with it) with
-# "SystemError: AST constructor recursion depth mismatch"; the learners of this process take turns.
-PARSING = threading.Lock()
 SIZE = 4000
 
 
@@ -297,8 +293,7 @@ def learner(step: np.ndarray, examples: int, local_dp: bool = False):  # type: i
     does (services.learner.local_dp)."""
 
     def handle(message: Message) -> Message:
-        with PARSING:
-            received = p.from_arrays(message.content.array_records[p.ARRAYS])
+        received = p.from_arrays(message.content.array_records[p.ARRAYS])
         fitted = [received[0] + step.astype(received[0].dtype)]
         request = local_dp_request(message.content.config_records.get(p.CONFIG))
         if local_dp and request is not None:

@@ -2,7 +2,7 @@
 
 Flower 1.41 keeps an ``Array``'s values as the bytes ``np.save`` wrote (``stype == "numpy.ndarray"``):
 a ``.npy`` header, then the raw values. ``Array.numpy()`` goes through ``np.load`` and copies them;
-here the header is parsed and the values are viewed in place with ``np.frombuffer``.
+here ``npy_bytes`` reads the header and the values are viewed in place with ``np.frombuffer``.
 
 Each reply is added as ``weight * values`` into one accumulator per layer; the sum is divided by the
 total weight once, in ``result()``, while casting back to the reference model's dtypes. To spare memory
@@ -29,15 +29,15 @@ nearest integer (Flower leaves them float64); complex layers in at least complex
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-NUMPY_STYPE = "numpy.ndarray"  # flwr.common.constant.SType.NUMPY
-_NPY_MAGIC = b"\x93NUMPY"
+from services.fl_runtime.npy_bytes import NpyFormatError, read_npy
+from services.fl_runtime.protocol import NUMPY_STYPE
+
 BLOCK_BYTES = 128 * 1024  # accumulator block folded at a time: fits in L2 with the reply blocks
 DEFAULT_BATCH = 4
 
@@ -53,24 +53,10 @@ def array_view(array: Array) -> np.ndarray:
     """The values of a Flower ``Array`` (``np.save`` bytes) as a read-only view of its ``data``; no copy."""
     if array.stype != NUMPY_STYPE:
         raise FedAvgError(f"cannot average an Array serialized as {array.stype!r} (only {NUMPY_STYPE!r})")
-    data = array.data
-    if data[:6] != _NPY_MAGIC:
-        raise FedAvgError("an Array's data is not in .npy format")
-    major = data[6]
-    if major == 1:
-        header_length, start = int.from_bytes(data[8:10], "little"), 10
-    elif major in (2, 3):
-        header_length, start = int.from_bytes(data[8:12], "little"), 12
-    else:
-        raise FedAvgError(f"an Array's data has an unknown .npy version {major}")
-    header = ast.literal_eval(bytes(data[start : start + header_length]).decode("utf-8" if major == 3 else "latin1"))
-    dtype = np.lib.format.descr_to_dtype(header["descr"])
-    if dtype.hasobject:
-        raise FedAvgError("an Array holds Python objects")
-    shape = tuple(header["shape"])
-    count = int(np.prod(shape, dtype=np.int64))
-    flat = np.frombuffer(data, dtype=dtype, count=count, offset=start + header_length)
-    return flat.reshape(shape, order="F" if header["fortran_order"] else "C")
+    try:
+        return read_npy(array.data, copy=False)
+    except NpyFormatError as error:
+        raise FedAvgError(str(error)) from error
 
 
 def arrays_of(update: Update) -> Arrays:

@@ -10,7 +10,9 @@ naming the replying ``node`` and ``cluster``).
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
+
+from services.fl_runtime.npy_bytes import NUMPY_PARSING, read_npy
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -34,6 +36,8 @@ TOTAL_CYCLES = "total-cycles"
 PARENT_RUN = "mlflow-parent-run-id"
 FINAL = "final-evaluation"  # evaluate messages to a cluster: 1 when no cycle follows (the cluster then ends)
 
+NUMPY_STYPE = "numpy.ndarray"  # flwr.common.constant.SType.NUMPY: an Array holding np.save bytes
+
 NODE = "node"
 CLUSTER = "cluster"
 
@@ -49,7 +53,13 @@ def to_arrays(ndarrays: list[np.ndarray]) -> ArrayRecord:
 
 
 def from_arrays(record: ArrayRecord) -> list[np.ndarray]:
-    return list(record.to_numpy_ndarrays())
+    """The record's arrays as writable copies, read without ``np.load`` (see ``npy_bytes``)."""
+    return [read_npy(array.data) if array.stype == NUMPY_STYPE else _numpy(array) for array in record.values()]
+
+
+def _numpy(array: Array) -> np.ndarray:
+    with NUMPY_PARSING:
+        return array.numpy()
 
 
 def like(arrays: list[np.ndarray], reference: list[np.ndarray]) -> list[np.ndarray]:

@@ -13,17 +13,19 @@ import flwr.compat.common.recorddict_compat as compat
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from services.fl_runtime import protocol as p
+from services.fl_runtime.npy_bytes import NUMPY_PARSING, read_npy
 
 
 def secure_aggregation_mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Learner side: SecAgg+ messages go through Flower's ``secaggplus_mod``; the FLOps ClientApp trains."""
     if RECORD_KEY_CONFIGS not in message.content.config_records:
         return call_next(message, context)
-    return secaggplus_mod(message, context, _fit_through_flops_app(call_next))
+    with NUMPY_PARSING:  # secaggplus_mod reads the masked update with np.load (see npy_bytes)
+        return secaggplus_mod(message, context, _fit_through_flops_app(call_next))
 
 
 def _fit_through_flops_app(call_next: ClientAppCallable) -> ClientAppCallable:
@@ -31,7 +33,7 @@ def _fit_through_flops_app(call_next: ClientAppCallable) -> ClientAppCallable:
         fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
         request = RecordDict(
             {
-                p.ARRAYS: p.to_arrays(parameters_to_ndarrays(fitins.parameters)),
+                p.ARRAYS: p.to_arrays([read_npy(tensor) for tensor in fitins.parameters.tensors]),
                 p.CONFIG: ConfigRecord(dict(fitins.config)),  # type: ignore[arg-type]
             }
         )
