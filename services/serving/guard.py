@@ -124,3 +124,12 @@ def model_width(model: Any) -> int | None:
     except Exception:  # noqa: BLE001 - flavors without a raw model
         return None
     return int(width) if isinstance(width, int | float) and width > 0 else None
+
+
+def guarded_model_app(model_uri: str, digests: list[str]) -> ServingGuard:
+    """MLflow's scoring app for the model at ``model_uri``, behind the guard (``digests`` empty: open)."""
+    import mlflow.pyfunc
+    from mlflow.pyfunc import scoring_server
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    return ServingGuard(scoring_server.init(model), digests, model_width(model))

@@ -72,14 +72,11 @@ def main() -> None:
         serving = serving_from_environment(os.environ)
     except GuardSettingMissing as error:
         sys.exit(f"flops model image: {error}")
-    import mlflow.pyfunc
     import uvicorn
-    from mlflow.pyfunc import scoring_server
 
-    from services.serving.guard import ServingGuard, model_width
+    from services.serving.guard import guarded_model_app
 
-    model = mlflow.pyfunc.load_model(serving.model_dir)
-    app = ServingGuard(scoring_server.init(model), serving.digests, model_width(model))
+    app = guarded_model_app(serving.model_dir, serving.digests)
     uvicorn.run(app, host=serving.host, port=serving.port, log_level="warning")
 
 

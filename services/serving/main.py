@@ -22,14 +22,11 @@ def main() -> None:
     os.environ["MLFLOW_TRACKING_URI"] = config.tracking_uri
     os.environ["MLFLOW_REGISTRY_URI"] = config.tracking_uri  # models:/ URIs: never an inherited registry
     use_tracking_access(config.tracking_token, config.tracking_ca_pem)
-    import mlflow.pyfunc
     import uvicorn
-    from mlflow.pyfunc import scoring_server
 
-    from services.serving.guard import ServingGuard, model_width
+    from services.serving.guard import guarded_model_app
 
-    model = mlflow.pyfunc.load_model(config.model_uri)
-    app = ServingGuard(scoring_server.init(model), config.access_token_sha256, model_width(model))
+    app = guarded_model_app(config.model_uri, config.access_token_sha256)
     sender = config.instance_name or "serving"
     try:
         link = MqttLink(config.mqtt).connect(timeout=10)
