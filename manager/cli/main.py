@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune = _command(
         cache_commands,
         "prune",
-        "admin only: remove cached environments and apps unused for a while that no live project needs",
+        "admin only: remove cached environments, apps and images unused for a while that no live project needs",
         _cache_prune,
     )
     prune.add_argument(
@@ -480,6 +480,17 @@ def _cache_prune(args: argparse.Namespace, out: TextIO) -> int:
     )
     for entry in removed:
         out.write(f"  {entry}\n")
+    images = answer.get("images") or {}
+    registry, storage = images.get("removed_from_registry") or [], images.get("removed_from_storage") or []
+    out.write(
+        f"images: {verb} {len(registry)} from the registry, {len(storage)} from local storage; kept "
+        f"{images.get('kept_in_use', 0)} in use, {images.get('kept_recent', 0)} recent, "
+        f"{images.get('kept_busy', 0)} busy\n"
+    )
+    for entry in [*registry, *storage]:
+        out.write(f"  {entry}\n")
+    for note in images.get("notes") or []:
+        out.write(f"  note: {note}\n")
     return 0
 
 
