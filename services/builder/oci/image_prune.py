@@ -61,6 +61,7 @@ class _Pass:
     dry_run: bool
     busy: bool
     report: ImagePruneReport
+    gone: list[ImageRef] = field(default_factory=list)  # ledger entries to drop once both passes are done
 
     def recent(self, images: list[ImageRef]) -> bool:
         """Used within ``max_age_s``; images nobody has a time for start their clock now."""
@@ -112,8 +113,7 @@ def _prune_repository(client: RegistryClient, repository: str, work: _Pass, in_u
         work.report.removed_from_registry.append(f"{client.address}/{repository}@{digest}")
         if not work.dry_run:
             client.delete_manifest(repository, digest)
-            for image in [*refs[digest], digest_refs[digest]]:
-                forget(work.root, image)
+            work.gone += [*refs[digest], digest_refs[digest]]
 
 
 def prune_registry(client: RegistryClient, work: _Pass) -> set[str] | None:
@@ -167,8 +167,7 @@ def prune_storage(engine: ContainerEngine, work: _Pass, in_use_keys: set[str] | 
             failure = remove_image(engine, image)
             if failure is None:
                 work.report.removed_from_storage += image.names
-                for ref in ours:
-                    forget(work.root, ref)
+                work.gone += ours
             else:
                 work.report.kept_busy += 1
                 work.report.notes.append(f"could not remove {image.names[0]}: {failure}")
@@ -199,4 +198,6 @@ def prune_images(
         finally:
             client.close()
         prune_storage(ContainerEngine(EngineSettings(root=root)), work, in_use_keys)
+        for image in work.gone:
+            forget(root, image)
     return report
