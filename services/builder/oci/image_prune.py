@@ -190,8 +190,10 @@ def prune_images(
     moment = time.time() if now is None else now
     with try_lock(root / BUILDS_LOCK) as locked:
         work = _Pass(root, keep, max_age_s, moment, dry_run, keep.building or not locked, report)
-        if work.busy:
-            report.notes.append("a build is running: images it may use are kept until the next prune")
+        if keep.building:
+            report.notes.append("a project is building: images are kept until the next prune")
+        elif not locked:
+            report.notes.append("a build (or another prune) is running here: images are kept until the next prune")
         client = RegistryClient(registry, containers_root=root)
         try:
             in_use_keys = prune_registry(client, work)
