@@ -8,6 +8,8 @@ theirs, into a container storage of the test's own. Ages come from an injected c
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +24,8 @@ from manager.lifecycle.image_upkeep import prune_image_storage
 from manager.lifecycle.service import LifecycleService
 from manager.records import ProjectPhase, ProjectRecord, ProjectStatus
 from manager.storage import MongoProjectStore
-from manager.suite import registry as suite_registry
-from manager.suite.processes import stop
-from manager.suite.state import HOST, REGISTRY, ComponentState, Credentials
+from manager.suite import load_endpoints, start_suite, stop_suite
+from manager.suite.state import HOST
 from services.builder.oci import ContainerEngine, EngineSettings, EnsuredImage, ImageStore, RegistryClient
 from services.builder.oci.image_use import USE_DIR, building, parse_reference
 from services.builder.oci.images import commit
@@ -37,18 +38,21 @@ LATER = 40 * DAY  # the injected clock runs this far ahead: everything last used
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistrySettings]:
-    """The suite's registry alone, with the config the suite writes (TLS with the suite's CA, htpasswd)."""
+def registry_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A suite with its registry (the config the suite writes: TLS with the suite's CA, htpasswd, deletes on)."""
     state_dir = tmp_path_factory.mktemp("registry-suite")
-    component = ComponentState(port=free_port(HOST), credentials=Credentials(username="flops", password="s3cret-pw"))
-    process = suite_registry.start(state_dir, component)
     try:
-        assert component.ca_pem is not None
-        yield RegistrySettings(
-            address=f"{HOST}:{component.port}", username="flops", password="s3cret-pw", ca_pem=component.ca_pem
-        )
+        start_suite(state_dir, registry=True)
+        yield state_dir
     finally:
-        stop(process, name=REGISTRY)
+        stop_suite(state_dir)
+
+
+@pytest.fixture(scope="module")
+def registry(registry_suite: Path) -> RegistrySettings:
+    endpoints = load_endpoints(registry_suite)
+    assert endpoints is not None and endpoints.registry is not None and endpoints.registry.ca_pem
+    return endpoints.registry.settings()
 
 
 @pytest.fixture()
@@ -97,6 +101,23 @@ def in_registry(client: RegistryClient, image: EnsuredImage) -> bool:
     by_digest = client.manifest(image.name.repository, image.digest) is not None
     assert tagged == by_digest, (tagged, by_digest)
     return tagged
+
+
+@pytest.mark.parametrize(
+    ("reference", "key"),
+    [
+        ("127.0.0.1:5000/flops/sklearn-digits-learner:0123abcd", "flops/sklearn-digits-learner:0123abcd"),
+        ("localhost/flops/base-python:feed", "flops/base-python:feed"),
+        ("registry.example.org/flops/trained-model@sha256:" + "ab" * 32, "flops/trained-model@sha256:" + "ab" * 32),
+        ("docker.io/library/python:3.11-slim", None),  # not FLOps'
+        ("localhost/flops/x-learner", None),  # neither tag nor digest
+        ("localhost/flops/x-learner@sha256:short", None),
+        ("localhost/flops/../etc:tag", None),  # never a path outside the ledger
+    ],
+)
+def test_only_flops_image_names_are_ledger_keys(reference: str, key: str | None) -> None:
+    image = parse_reference(reference)
+    assert (image.key if image else None) == key
 
 
 def test_old_unused_images_go_from_registry_and_storage_and_in_use_ones_stay(
@@ -258,18 +279,40 @@ def test_the_managers_cache_prune_prunes_images_too(
         projects.close()
 
 
-@pytest.mark.parametrize(
-    ("reference", "key"),
-    [
-        ("127.0.0.1:5000/flops/sklearn-digits-learner:0123abcd", "flops/sklearn-digits-learner:0123abcd"),
-        ("localhost/flops/base-python:feed", "flops/base-python:feed"),
-        ("registry.example.org/flops/trained-model@sha256:" + "ab" * 32, "flops/trained-model@sha256:" + "ab" * 32),
-        ("docker.io/library/python:3.11-slim", None),  # not FLOps'
-        ("localhost/flops/x-learner", None),  # neither tag nor digest
-        ("localhost/flops/x-learner@sha256:short", None),
-        ("localhost/flops/../etc:tag", None),  # never a path outside the ledger
-    ],
-)
-def test_only_flops_image_names_are_ledger_keys(reference: str, key: str | None) -> None:
-    image = parse_reference(reference)
-    assert (image.key if image else None) == key
+def _blobs(suite_dir: Path) -> set[str]:
+    return {path.parent.name for path in (suite_dir / "registry" / "storage").rglob("blobs/sha256/*/*/data")}
+
+
+def test_the_suites_registry_gc_frees_the_blobs_of_pruned_images(
+    store: ImageStore, root: Path, registry: RegistrySettings, registry_suite: Path
+) -> None:
+    """Last in this file: the registry restarts (same port, same credentials)."""
+    pruned = tiny_image(store, "flops/upkeep-j-learner", "gc1")
+    kept = tiny_image(store, "flops/upkeep-j-learner", "gc2")
+    client = RegistryClient(registry, containers_root=root)
+    pruned_info, kept_info = (
+        client.manifest("flops/upkeep-j-learner", "gc1"),
+        client.manifest("flops/upkeep-j-learner", "gc2"),
+    )
+    assert pruned_info is not None and kept_info is not None
+    pruned_blobs = {digest.removeprefix("sha256:") for digest in (*pruned_info.layers, pruned_info.config_digest)}
+    date_back(root, pruned, 45 * DAY)
+    live = [record("p-gc", {"learner": kept}, status=ProjectStatus.RUNNING, phase=ProjectPhase.TRAINING)]
+    result = prune_image_storage(registry, root, live, max_age_s=LIMIT_S)
+    assert f"{registry.address}/flops/upkeep-j-learner@{pruned.digest}" in result.removed_from_registry
+    assert pruned_blobs <= _blobs(registry_suite)  # a manifest delete frees no blob
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FLOPS_")}
+    env["FLOPS_SUITE_DIR"] = str(registry_suite)
+    flops = str(Path(sys.executable).with_name("flops"))
+    done = subprocess.run([flops, "suite", "registry-gc"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("registry garbage-collect: ") and "blobs deleted" in done.stdout, done.stdout
+    assert done.stdout.rstrip().endswith("the registry is up again"), done.stdout
+    assert not pruned_blobs & _blobs(registry_suite)
+    client.close()
+    after = RegistryClient(registry, containers_root=root)  # same address and login after the restart
+    still = after.manifest("flops/upkeep-j-learner", "gc2")
+    assert still is not None and still.digest == kept.digest
+    assert {digest.removeprefix("sha256:") for digest in still.layers} <= _blobs(registry_suite)
+    after.close()

@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _command(suite_commands, "down", "stop the manager and the suite (data is kept)", _suite_down)
     _command(suite_commands, "status", "which suite components are up (exit 1 if any is down)", _suite_status)
+    _command(
+        suite_commands,
+        "registry-gc",
+        "stop the suite's registry, free the blobs of deleted images (garbage-collect), start it again",
+        _suite_registry_gc,
+    )
     _set_help(suite)
     return parser
 
@@ -513,6 +519,12 @@ def _suite_status(args: argparse.Namespace, out: TextIO) -> int:
     from manager.cli.suite_commands import suite_status_report
 
     return suite_status_report(_suite_dir(args), out)
+
+
+def _suite_registry_gc(args: argparse.Namespace, out: TextIO) -> int:
+    from manager.cli.suite_commands import suite_registry_gc
+
+    return suite_registry_gc(_suite_dir(args), out)
 
 
 if __name__ == "__main__":
