@@ -103,6 +103,7 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         ["suite", "up"],
         ["suite", "down"],
         ["suite", "status"],
+        ["suite", "registry-gc"],
         ["data"],
         ["data", "push"],
         ["data", "list"],
@@ -119,6 +120,11 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert script.returncode == 0 and "project" in script.stdout and "suite" in script.stdout
     group = flops("project")
     assert group.returncode == 2 and "usage: flops project" in group.stderr
+
+
+def test_registry_gc_without_a_suite_registry_is_one_clear_line(tmp_path: Path) -> None:
+    line = one_error_line(flops("suite", "registry-gc", suite_dir=tmp_path / "no-suite"), "registry's garbage")
+    assert "no suite in" in line and "start it first" in line, line
 
 
 def test_cli_defaults_agree_with_the_manager_and_suite() -> None:
