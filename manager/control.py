@@ -48,6 +48,23 @@ class CachePruneRequest(BaseModel):
     dry_run: bool = Field(default=False, description="only report what would be removed")
 
 
+class ImagePruneResult(BaseModel):
+    removed_from_registry: list[str] = Field(
+        default_factory=list,
+        description="manifests deleted (or that would be) as <registry>/<repository>@<digest>, their tags with "
+        "them; the registry frees their blobs at its next garbage-collect (an offline job of the operator)",
+    )
+    removed_from_storage: list[str] = Field(
+        default_factory=list, description="image names removed from the builders' container storage"
+    )
+    kept_in_use: int = Field(default=0, description="images a live project, serving endpoint or container uses")
+    kept_recent: int = Field(default=0, description="images used more recently than the limit")
+    kept_busy: int = Field(default=0, description="images kept because a build was running (or buildah refused)")
+    notes: list[str] = Field(
+        default_factory=list, description="one line per part not pruned: registry unreachable, no container storage"
+    )
+
+
 class CachePruneResult(BaseModel):
     removed: list[str] = Field(description="entries removed (or that would be): envs/<digest>, apps/<digest>, work/...")
     freed_bytes: int
@@ -55,6 +72,10 @@ class CachePruneResult(BaseModel):
     kept_recent: int = Field(description="entries used more recently than the limit")
     kept_busy: int = Field(description="entries a builder holds right now")
     dry_run: bool
+    images: ImagePruneResult = Field(
+        default_factory=ImagePruneResult,
+        description="FLOps' OCI images (flops/...) in the registry and the container storage, pruned by the same rules",
+    )
 
 
 class ControlError(Exception):

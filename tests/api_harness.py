@@ -24,7 +24,14 @@ from waitress import create_server, wasyncore
 from flops_utils.mqtt_catalogue import TrainingProgress
 from flops_utils.service_config import DataServerSecurity, MqttSettings
 from manager.api import TokenAuth, create_api
-from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult
+from manager.control import (
+    CachePruneRequest,
+    CachePruneResult,
+    ControlError,
+    ImagePruneResult,
+    MockRequest,
+    MockResult,
+)
 from manager.data_models import DataToken, NodeList, NodeView, TagInfo
 from manager.lifecycle.round_log import round_record
 from manager.lifecycle.training_clock import TrainingClock
@@ -40,6 +47,7 @@ ALICE_TOKEN = "alice-token-" + uuid.uuid4().hex
 BOB_TOKEN = "bob-token-" + uuid.uuid4().hex
 TOKENS = {ALICE_TOKEN: "alice", BOB_TOKEN: "bob"}
 SIMULATED_ROUND_S = 0.25
+PRUNED_MANIFEST = "127.0.0.1:5000/flops/demo-learner@sha256:" + "ab" * 32  # what the fake prune reports
 SIMULATE_PREFIX = "https://example.org/simulate"
 
 
@@ -176,7 +184,15 @@ class RecordingControl:
     def prune_cache(self, request: CachePruneRequest) -> CachePruneResult:
         self._record_call("prune_cache", request)
         return CachePruneResult(
-            removed=[], freed_bytes=0, kept_in_use=0, kept_recent=0, kept_busy=0, dry_run=request.dry_run
+            removed=[],
+            freed_bytes=0,
+            kept_in_use=0,
+            kept_recent=0,
+            kept_busy=0,
+            dry_run=request.dry_run,
+            images=ImagePruneResult(
+                removed_from_registry=[PRUNED_MANIFEST], kept_recent=2, notes=["local images not pruned: no storage"]
+            ),
         )
 
     def reset(self) -> None:

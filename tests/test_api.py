@@ -32,6 +32,7 @@ from tests.api_harness import (
     ADMIN_TOKEN,
     ALICE_TOKEN,
     BOB_TOKEN,
+    PRUNED_MANIFEST,
     SIMULATE_PREFIX,
     SIMULATED_ROUND_S,
     TOKENS,
@@ -441,6 +442,7 @@ def test_cache_prune_is_admin_only_and_validated(api: RunningApi) -> None:
     )
     answer = call(api, "POST", "/api/flops/cache/prune", ADMIN_TOKEN, json={"older_than_days": 2.5, "dry_run": True})
     assert answer.status_code == 200 and answer.json()["dry_run"] is True, answer.text
+    assert answer.json()["images"]["removed_from_registry"] == [PRUNED_MANIFEST], answer.text
     requests_seen = [argument for name, argument in api.control.calls if name == "prune_cache"]
     assert [(r.older_than_days, r.dry_run) for r in requests_seen] == [(2.5, True)]
 

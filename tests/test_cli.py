@@ -25,7 +25,7 @@ from manager.cli.main import main as cli_main
 from manager.cli.watch import watch_project
 from manager.settings import DEFAULT_PORT
 from manager.suite.suite import STATE_DIR_ENV
-from tests.api_harness import ADMIN_TOKEN, ALICE_TOKEN, BOB_TOKEN, RunningApi, running_api
+from tests.api_harness import ADMIN_TOKEN, ALICE_TOKEN, BOB_TOKEN, PRUNED_MANIFEST, RunningApi, running_api
 from tests.helpers import wait_until
 
 FLOPS = str(Path(sys.executable).with_name("flops"))
@@ -103,6 +103,7 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         ["suite", "up"],
         ["suite", "down"],
         ["suite", "status"],
+        ["suite", "registry-gc"],
         ["data"],
         ["data", "push"],
         ["data", "list"],
@@ -119,6 +120,11 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert script.returncode == 0 and "project" in script.stdout and "suite" in script.stdout
     group = flops("project")
     assert group.returncode == 2 and "usage: flops project" in group.stderr
+
+
+def test_registry_gc_without_a_suite_registry_is_one_clear_line(tmp_path: Path) -> None:
+    line = one_error_line(flops("suite", "registry-gc", suite_dir=tmp_path / "no-suite"), "registry's garbage")
+    assert "no suite in" in line and "start it first" in line, line
 
 
 def test_cli_defaults_agree_with_the_manager_and_suite() -> None:
@@ -331,6 +337,12 @@ def test_cache_prune_sends_the_limit_and_prints_the_answer(api: RunningApi) -> N
     done = flops("cache", "prune", "--older-than-days", "7", "--dry-run", url=api.url, token=ADMIN_TOKEN)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("would remove 0 cache entries (0.0 MB); kept 0 in use"), done.stdout
+    lines = done.stdout.splitlines()
+    assert lines[1:] == [
+        "images: would remove 1 from the registry, 0 from local storage; kept 0 in use, 2 recent, 0 busy",
+        f"  {PRUNED_MANIFEST}",
+        "  note: local images not pruned: no storage",
+    ], done.stdout
     sent = [argument for name, argument in api.control.calls if name == "prune_cache"][-1]
     assert (sent.older_than_days, sent.dry_run) == (7.0, True)
 

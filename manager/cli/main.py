@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune = _command(
         cache_commands,
         "prune",
-        "admin only: remove cached environments and apps unused for a while that no live project needs",
+        "admin only: remove cached environments, apps and images unused for a while that no live project needs",
         _cache_prune,
     )
     prune.add_argument(
@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _command(suite_commands, "down", "stop the manager and the suite (data is kept)", _suite_down)
     _command(suite_commands, "status", "which suite components are up (exit 1 if any is down)", _suite_status)
+    _command(
+        suite_commands,
+        "registry-gc",
+        "stop the suite's registry, free the blobs of deleted images (garbage-collect), start it again",
+        _suite_registry_gc,
+    )
     _set_help(suite)
     return parser
 
@@ -480,6 +486,17 @@ def _cache_prune(args: argparse.Namespace, out: TextIO) -> int:
     )
     for entry in removed:
         out.write(f"  {entry}\n")
+    images = answer.get("images") or {}
+    registry, storage = images.get("removed_from_registry") or [], images.get("removed_from_storage") or []
+    out.write(
+        f"images: {verb} {len(registry)} from the registry, {len(storage)} from local storage; kept "
+        f"{images.get('kept_in_use', 0)} in use, {images.get('kept_recent', 0)} recent, "
+        f"{images.get('kept_busy', 0)} busy\n"
+    )
+    for entry in [*registry, *storage]:
+        out.write(f"  {entry}\n")
+    for note in images.get("notes") or []:
+        out.write(f"  note: {note}\n")
     return 0
 
 
@@ -502,6 +519,12 @@ def _suite_status(args: argparse.Namespace, out: TextIO) -> int:
     from manager.cli.suite_commands import suite_status_report
 
     return suite_status_report(_suite_dir(args), out)
+
+
+def _suite_registry_gc(args: argparse.Namespace, out: TextIO) -> int:
+    from manager.cli.suite_commands import suite_registry_gc
+
+    return suite_registry_gc(_suite_dir(args), out)
 
 
 if __name__ == "__main__":

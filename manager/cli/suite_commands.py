@@ -1,4 +1,4 @@
-"""``flops suite up|down|status``: the local management suite, optionally with a detached flops-manager."""
+"""``flops suite up|down|status|registry-gc``: the local management suite, optionally with a detached flops-manager."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from manager.cli.defaults import (
     read_suite_manager_config,
     suite_manager_dir,
 )
-from manager.suite import SuiteEndpoints, SuiteError, start_suite, stop_suite, suite_status
+from manager.suite import SuiteEndpoints, SuiteError, collect_registry_garbage, start_suite, stop_suite, suite_status
 from manager.suite.processes import ProcessRecord, is_running, launch, stop, wait_ready
 from manager.suite.tls import suite_server_tls
 
@@ -175,3 +175,13 @@ def _write_private_json(path: Path, data: dict[str, Any]) -> None:
         json.dump(data, handle, indent=2)
         handle.write("\n")
     os.replace(scratch, path)
+
+
+def suite_registry_gc(state_dir: Path, out: TextIO) -> int:
+    """Blobs of images the cache prune deleted are freed only by the registry's offline garbage-collect."""
+    try:
+        summary = collect_registry_garbage(state_dir)
+    except SuiteError as error:
+        raise CliError(f"cannot collect the registry's garbage: {error}") from None
+    out.write(f"registry garbage-collect: {summary}; the registry is up again\n")
+    return 0

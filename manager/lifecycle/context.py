@@ -53,6 +53,9 @@ class LifecycleSettings:
     poll_interval_s: float = 0.5
     cache_max_age_s: float = 30 * 86400.0  # build-cache entries unused this long go (0: never automatically)
     cache_prune_interval_s: float = 6 * 3600.0  # how often the manager prunes the build cache
+    # The OCI builders' container storage (whose images the upkeep prunes); None: $FLOPS_CONTAINERS_DIR or
+    # ~/.cache/flops/containers, what builders started by the manager use (flops_utils.container_storage).
+    containers_dir: Path | None = None
 
     @property
     def secret_box(self) -> SecretBox:

@@ -1,4 +1,4 @@
-"""The manager's background upkeep: pruning the build cache, stopping idle observatories."""
+"""The manager's background upkeep: pruning the build cache and images, stopping idle observatories."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import logging
 import threading
 from collections.abc import Callable
 
-from manager.control import CachePruneRequest, CachePruneResult
+from flops_utils.container_storage import default_root
+from flops_utils.message_text import one_line
+from manager.control import CachePruneRequest, CachePruneResult, ImagePruneResult
 from manager.lifecycle.cache_upkeep import DAY_S, prune_build_cache
 from manager.lifecycle.context import LifecycleSettings
+from manager.lifecycle.image_upkeep import prune_image_storage
 from manager.lifecycle.observatory import ObservatoryKeeper
 from manager.storage.base import ProjectStore
 from orchestrator_adapters.base import OrchestratorAdapter
@@ -42,9 +45,20 @@ class Housekeeping:
     def prune_cache(self, request: CachePruneRequest) -> CachePruneResult:
         days = request.older_than_days
         max_age_s = self.settings.cache_max_age_s if days is None else days * DAY_S
-        return prune_build_cache(
-            self.settings.cache_dir, self.store.list_projects(None), max_age_s=max_age_s, dry_run=request.dry_run
-        )
+        records = list(self.store.list_projects(None))
+        result = prune_build_cache(self.settings.cache_dir, records, max_age_s=max_age_s, dry_run=request.dry_run)
+        try:
+            result.images = prune_image_storage(
+                self.settings.registry,
+                self.settings.containers_dir or default_root(),
+                records,
+                max_age_s=max_age_s,
+                dry_run=request.dry_run,
+            )
+        except Exception as error:  # images are pruned next time; the build cache's result still counts
+            log.warning("could not prune images: %s", error)
+            result.images = ImagePruneResult(notes=[f"images not pruned: {one_line(str(error), 200)}"])
+        return result
 
     def _stop_idle_observatories_forever(self) -> None:
         """Stop observatories unused for ``quotas.observatory_idle_s`` whose customer runs no project."""
@@ -64,5 +78,5 @@ class Housekeeping:
             try:
                 self.prune_cache(CachePruneRequest())
             except Exception as error:  # the database may be away; the cache can wait
-                log.warning("could not prune the build cache: %s", error)
+                log.warning("could not prune the build cache and images: %s", error)
             self._closing.wait(max(self.settings.cache_prune_interval_s, 60.0))

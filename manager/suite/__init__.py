@@ -3,6 +3,7 @@
 from manager.suite.processes import SuiteError
 from manager.suite.state import RegistryEndpoint, SuiteEndpoints
 from manager.suite.suite import (
+    collect_registry_garbage,
     default_state_dir,
     load_endpoints,
     restart_broker,
@@ -18,6 +19,7 @@ __all__ = [
     "RegistryEndpoint",
     "SuiteEndpoints",
     "SuiteError",
+    "collect_registry_garbage",
     "default_state_dir",
     "load_endpoints",
     "restart_broker",

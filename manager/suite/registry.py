@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import ssl
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import urllib3
 import yaml
 
-from manager.suite.processes import ProcessRecord, find_binary, launch, run_tool, wait_ready
+from manager.suite.processes import ProcessRecord, SuiteError, find_binary, launch, run_tool, wait_ready
 from manager.suite.state import HOST, REGISTRY, ComponentState
 from manager.suite.tls import suite_server_tls
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 30.0
+GC_TIMEOUT_S = 3600.0
+_GC_SUMMARY = re.compile(r"(\d+) blobs marked, (\d+) blobs and (\d+) manifests eligible for deletion")
 
 
 def log_file(state_dir: Path) -> Path:
@@ -60,9 +64,13 @@ def write_config(state_dir: Path, component: ComponentState, tls: bool = True) -
     return path
 
 
+def _binary() -> str:
+    return find_binary("docker-registry", "install the Debian package 'docker-registry' (make system-packages)")
+
+
 def start(state_dir: Path, component: ComponentState, tls: bool = True) -> ProcessRecord:
     """Start the registry; return once ``/v2/`` refuses anonymous and accepts our login."""
-    binary = find_binary("docker-registry", "install the Debian package 'docker-registry' (make system-packages)")
+    binary = _binary()
     config = write_config(state_dir, component, tls)
     process = launch([binary, "serve", str(config)], log_file=log_file(state_dir), cwd=state_dir, name=REGISTRY)
     wait_ready(
@@ -96,3 +104,30 @@ def registry_answers(component: ComponentState, timeout: float = 2.0) -> bool:
     finally:
         pool.clear()
     return anonymous.status == 401 and authenticated.status == 200
+
+
+def garbage_collect(state_dir: Path) -> str:
+    """Free the blobs no manifest names any more (``docker-registry garbage-collect``); the registry must be down.
+
+    Returns the tool's summary: how many blobs it kept and deleted.
+    """
+    config = state_dir / REGISTRY / "config.yml"
+    if not config.is_file():
+        raise SuiteError(f"no registry config at {config}: start the suite with its registry first")
+    try:
+        done = subprocess.run(
+            [_binary(), "garbage-collect", str(config)], capture_output=True, text=True, timeout=GC_TIMEOUT_S
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise SuiteError(f"registry garbage-collect failed: {error}") from None
+    output = done.stdout + "\n" + done.stderr
+    with log_file(state_dir).open("a") as log:
+        log.write(output)
+    if done.returncode != 0:
+        lines = [line.strip() for line in output.splitlines() if line.strip()]
+        raise SuiteError(f"registry garbage-collect failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
+    found = _GC_SUMMARY.search(output)
+    if found is None:
+        return "garbage-collect ran (no summary line)"
+    marked, deleted, manifests = found.groups()
+    return f"{deleted} blobs deleted, {marked} kept ({manifests} manifests eligible for deletion)"

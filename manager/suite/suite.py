@@ -147,6 +147,30 @@ def start_component(state_dir: Path, name: str, *, port_timeout: float = 30.0) -
         return state.endpoints()
 
 
+def collect_registry_garbage(state_dir: Path, *, port_timeout: float = 30.0) -> str:
+    """Stop the suite's registry, free unreferenced blobs, start it again on the same port; the tool's summary.
+
+    Distribution collects garbage only offline (a push during a collection could lose blobs),
+    so the registry is down meanwhile: pushes and pulls fail for those seconds.
+    """
+    state_dir = _resolve(state_dir)
+    with locked(state_dir):
+        state = _require_state(state_dir)
+        component = state.components.get(REGISTRY)
+        if component is None:
+            raise SuiteError("the suite has no registry (flops suite up --registry)")
+        stop(component.process, name=REGISTRY)
+        component.started_as(ProcessRecord(pid=0, start_ticks=0))
+        write_state(state_dir, state)
+        try:
+            summary = registry.garbage_collect(state_dir)
+        finally:
+            _await_free_port(component.port, port_timeout)
+            component.started_as(registry.start(state_dir, component, tls=component.ca_pem is not None))
+            write_state(state_dir, state)
+        return summary
+
+
 def stop_broker(state_dir: Path) -> None:
     stop_component(state_dir, MOSQUITTO)
 

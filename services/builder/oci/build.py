@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from services.builder.oci.deps_image import (
     runtime_constraints,
 )
 from services.builder.oci.engine import ContainerEngine, EngineSettings
+from services.builder.oci.image_use import building
 from services.builder.oci.images import FAST_COMPRESSION_LEVEL, Compression, EnsuredImage, ImageStore
 from services.builder.oci.naming import ImageName, repo_slug, tag_of
 from services.builder.oci.platforms import Platform, check_platforms
@@ -209,6 +211,8 @@ def build_images(
     cache_dir = Path(config.cache_dir).expanduser().resolve()
     (cache_dir / WORK_DIR).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="oci-build-", dir=cache_dir / WORK_DIR))
+    build_lock = ExitStack()
+    build_lock.enter_context(building(engine.root))  # the image upkeep deletes nothing while this runs
     try:
         with steps.step("clone") as record:
             checkout = fetch_source(
@@ -253,6 +257,7 @@ def build_images(
     finally:
         shutil.rmtree(work, ignore_errors=True)
         images.store.registry.close()
+        build_lock.close()
     image_steps = [record for record in steps.records if record.step.split()[0].endswith("-image")]
     return OciBuildResult(
         digest=final["learner"].name.tag,

@@ -22,6 +22,7 @@ from typing import Literal
 
 from flops_utils.service_config import RegistrySettings
 from services.builder.oci.engine import ContainerEngine
+from services.builder.oci.image_use import ImageRef, mark_reference_used, mark_used
 from services.builder.oci.naming import ImageName, human_size
 from services.builder.oci.platforms import Platform
 from services.builder.oci.registry import ManifestInfo, RegistryClient
@@ -112,6 +113,7 @@ class ImageStore:
 
     def pull_reference(self, reference: str, platform: Platform | None = None) -> str:
         """Any image reference, pulled unless present (with our credentials when it is in our registry)."""
+        mark_reference_used(self.engine.root, reference)
         if self.engine.image_exists(reference):
             return reference
         args = ["pull", "--quiet"]
@@ -166,6 +168,7 @@ class ImageStore:
             image_id=info.config_digest,
         )
         record.image, record.size_bytes, record.compressed_bytes = image.reference, size, info.compressed_bytes
+        mark_used(self.engine.root, ImageRef(name.repository, name.tag))  # for the image upkeep
         sizes = f"{human_size(info.compressed_bytes)} compressed"
         if size is not None:
             sizes = f"{human_size(size)}, {sizes}"

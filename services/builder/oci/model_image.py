@@ -36,6 +36,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ from services.builder.oci.app_images import IMAGE_RUNTIME_DIR, runtime_packages
 from services.builder.oci.base_image import BaseSettings, ensure_base
 from services.builder.oci.deps_image import runtime_requirements
 from services.builder.oci.engine import ContainerEngine, EngineSettings
+from services.builder.oci.image_use import building
 from services.builder.oci.images import Compression, EnsuredImage, ImageStore, commit, configure
 from services.builder.oci.naming import ImageName, image_name, tag_of
 from services.builder.oci.platforms import Platform, check_platforms
@@ -239,6 +241,8 @@ def build_model_image(
     work_root = engine.root / "work"
     work_root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="model-", dir=work_root))
+    build_lock = ExitStack()
+    build_lock.enter_context(building(engine.root))  # the image upkeep deletes nothing while this runs
     try:
         with steps.step("download-model") as record:
             model_dir = download_model(model_uri, tracking_uri, work / "download")
@@ -342,6 +346,7 @@ def build_model_image(
     finally:
         shutil.rmtree(work, ignore_errors=True)
         store.registry.close()
+        build_lock.close()
     return ModelImageResult(
         image=ensured,
         model_uri=model_uri,

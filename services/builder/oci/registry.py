@@ -45,6 +45,7 @@ class ManifestInfo:
     platforms: tuple[str, ...] = ()  # os/arch of each entry of a manifest list
     config_digest: str = ""  # the image ID: independent of layer compression (empty for a list)
     layers: tuple[str, ...] = ()  # layer blob digests, base first (empty for a list)
+    children: tuple[str, ...] = ()  # a list's per-platform manifest digests (empty for an image)
 
     @property
     def is_list(self) -> bool:
@@ -180,7 +181,8 @@ class RegistryClient:
             for entry in entries:
                 child = self.manifest(repository, str(entry.get("digest")))
                 total += child.compressed_bytes if child else 0
-            return ManifestInfo(digest, media_type, total, platforms)
+            children = tuple(str(entry.get("digest")) for entry in entries)
+            return ManifestInfo(digest, media_type, total, platforms, children=children)
         layers = body.get("layers", [])
         size = sum(int(layer.get("size", 0)) for layer in layers) + int(body.get("config", {}).get("size", 0))
         return ManifestInfo(
@@ -192,10 +194,17 @@ class RegistryClient:
         )
 
     def catalog(self) -> list[str]:
-        response = self._request("GET", "/v2/_catalog?n=1000", "registry:catalog:*")
-        if response.status_code != 200:
-            raise RegistryError(f"registry {self.address}: catalog answered {response.status_code}")
-        return [str(name) for name in response.json().get("repositories", [])]
+        """Every repository, page after page (the registry's ``Link: <...>; rel="next"``)."""
+        names: list[str] = []
+        path: str | None = "/v2/_catalog?n=1000"
+        while path:
+            response = self._request("GET", path, "registry:catalog:*")
+            if response.status_code != 200:
+                raise RegistryError(f"registry {self.address}: catalog answered {response.status_code}")
+            names += [str(name) for name in response.json().get("repositories") or []]
+            following = response.links.get("next", {}).get("url", "")
+            path = following if following.startswith("/v2/_catalog?") and following != path else None
+        return names
 
     def tags(self, repository: str) -> list[str]:
         response = self._request("GET", f"/v2/{repository}/tags/list", f"repository:{repository}:pull")
@@ -204,3 +213,40 @@ class RegistryClient:
         if response.status_code != 200:
             raise RegistryError(f"registry {self.address}: tags of {repository} answered {response.status_code}")
         return [str(tag) for tag in response.json().get("tags") or []]
+
+    def manifest_digest(self, repository: str, reference: str) -> tuple[str, str] | None:
+        """``(digest, media type)`` of ``repository:reference`` from a ``HEAD`` (None when there is none).
+
+        The Accept header names image indexes and manifest lists too, so a multi-platform tag
+        answers with the list's own digest (what a delete must name), not a platform's.
+        """
+        response = self._request(
+            "HEAD",
+            f"/v2/{repository}/manifests/{reference}",
+            f"repository:{repository}:pull",
+            {"Accept": ", ".join(MANIFEST_TYPES)},
+        )
+        if response.status_code == 404:
+            return None
+        digest = response.headers.get("Docker-Content-Digest", "")
+        if response.status_code != 200 or not digest:
+            raise RegistryError(
+                f"registry {self.address}: manifest {repository}:{reference} answered {response.status_code}"
+            )
+        return digest, response.headers.get("Content-Type", "").split(";")[0]
+
+    def delete_manifest(self, repository: str, digest: str) -> bool:
+        """Delete a manifest and every tag on it; False when it was gone already.
+
+        Frees no disk space by itself: the blobs go at the registry's next ``garbage-collect``.
+        """
+        response = self._request("DELETE", f"/v2/{repository}/manifests/{digest}", f"repository:{repository}:delete")
+        if response.status_code in (200, 202):
+            return True
+        if response.status_code == 404:
+            return False
+        if response.status_code == 405:
+            raise RegistryError(
+                f"registry {self.address} refuses deletes (405): set storage.delete.enabled: true in its config"
+            )
+        raise RegistryError(f"registry {self.address}: deleting {repository}@{digest} answered {response.status_code}")
