@@ -45,8 +45,8 @@ class BuilderRetry:
         if self.retries >= MAX_BUILDER_RETRIES:
             raise PhaseFailed(f"{label} lost ({why}), also on its retry")
         self.retries += 1
+        self.run.deps.adapter.deploy_service(self.run.app(), service_id)  # what the lost one started goes first
         self.run.event(f"{label} lost ({why}); retrying it once", level="warning")
-        self.run.deps.adapter.deploy_service(self.run.app(), service_id)
         return True
 
 
