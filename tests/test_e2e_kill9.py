@@ -193,6 +193,38 @@ def test_a_killed_data_server_is_restarted_with_its_data_and_a_redeployed_learne
     _assert_responsive(flops_stack)
 
 
+def test_a_data_server_killed_while_its_learner_starts_is_restarted_and_training_completes(
+    flops_stack: FlopsStack,  # noqa: F811
+) -> None:
+    """Killed while its learner is starting (waiting for it, listing the tags or loading the rows): the learner waits
+    for the restarted server or is redeployed once, and the first round (which needs both learners) happens."""
+    flops_stack.push_mocks("digits-k9-fetch", 2)
+    request = sla("examples/sklearn_digits", ["digits-k9-fetch"], training_rounds=2, min_available_clients=2)
+    project_id = flops_stack.submit(request)
+    app = _project_app(flops_stack, project_id)
+
+    def a_learner_started() -> str | None:
+        services = _adapter(flops_stack).state.read().apps[app.app_id].services
+        learners = sorted(name for name in services if name.startswith("learner-") and services[name].instances)
+        return learners[0] if learners else None
+
+    learner = wait_until(a_learner_started, 180, interval=0.02)
+    assert learner, flops_stack.events(project_id)[-5:]
+    node = learner.removeprefix("learner-")
+    server = _adapter(flops_stack).state.read().data_servers[node]
+    os.killpg(server.pid, signal.SIGKILL)
+
+    project = flops_stack.wait(project_id, timeout=240)
+    events = flops_stack.events(project_id)
+    assert project["status"] == "COMPLETED", (project["error"], events[-10:])
+    assert project["progress"]["round"] == 2
+    restarted = [text for text in events if text.startswith(f"data server of node {node} lost (")]
+    assert len(restarted) == 1 and f"restarted at {server.address} with its data" in restarted[0], restarted
+    assert _count(events, f"{learner} lost (") <= 1, events  # lost at most once, depending on what it was doing
+    assert _left_running(flops_stack, app) == []
+    _assert_responsive(flops_stack)
+
+
 # -- the project's observer ---------------------------------------------------------------------
 def _observer_events(stack: FlopsStack, url: str) -> list[str]:
     answer = requests.get(
@@ -287,4 +319,31 @@ def test_a_killed_serving_endpoint_is_redeployed_until_its_limit_and_the_record_
     refused = flops_stack.api("POST", f"/api/flops/projects/{project_id}/predict", json=rows)
     assert refused.status_code == 503 and "\n" not in refused.json()["error"], refused.text
     assert "serving endpoint" in refused.json()["error"] and "killed by SIGKILL" in refused.json()["error"]
+    _assert_responsive(flops_stack)
+
+
+# -- the manager, during the build ---------------------------------------------------------------
+def test_a_manager_killed_during_the_build_starts_the_project_over_and_leaves_no_builder_behind(
+    flops_stack: FlopsStack,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The builder outlives a kill -9 of the manager (it runs in a session of its own); the next manager stops it and
+    what it started, and runs the project from the beginning (the phase table's START_OVER for the build)."""
+    flops_stack.push_mocks("digits-k9-manager", 2)
+    request = sla("examples/sklearn_digits", ["digits-k9-manager"], training_rounds=2, min_available_clients=2)
+    request["ml_repo_url"] = _fresh_environment_repo(tmp_path)
+    project_id = flops_stack.submit(request)
+    app = _project_app(flops_stack, project_id)
+    builder = wait_until(lambda: _left_running(flops_stack, app, "builder"), 120, interval=0.02)
+    assert builder, flops_stack.events(project_id)[-5:]
+
+    flops_stack.restart_manager(kill=True)
+    assert not any(process_alive(*process) for process in builder), "the first builder outlived the restart"
+    project = flops_stack.wait(project_id, timeout=240)
+    events = flops_stack.events(project_id)
+    assert project["status"] == "COMPLETED", (project["error"], events[-10:])
+    assert project["progress"]["round"] == 2
+    restarted = events.index("manager restarted: the project starts again from the beginning")
+    assert _count(events[restarted:], "phase build") == 1, events
+    assert _left_running(flops_stack, app) == []
     _assert_responsive(flops_stack)
