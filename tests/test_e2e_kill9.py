@@ -242,7 +242,7 @@ def test_a_killed_observer_is_redeployed_without_disturbing_training(
     tmp_path: Path,
 ) -> None:
     flops_stack.push_mocks("digits-k9-observer", 2)
-    rounds = 40
+    rounds = 60  # 0.2 s each at least: the redeployed observer is up long before the last
     request = sla("examples/sklearn_digits", ["digits-k9-observer"], training_rounds=rounds, min_available_clients=2)
     request["ml_repo_url"] = _slow_repo(tmp_path, 0.2)
     project_id = flops_stack.submit(request)
