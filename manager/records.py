@@ -35,6 +35,20 @@ class ProjectPhase(StrEnum):
     DONE = "done"
 
 
+class ServingState(StrEnum):
+    RUNNING = "running"  # deployed and answering (or being redeployed after a loss)
+    FAILED = "failed"  # lost more often than the manager redeploys it: down until the project is served anew
+    STOPPED = "stopped"  # undeployed on request
+
+
+class ServingStatus(BaseModel):
+    """A completed project's model endpoint, as the manager's serving watch last saw it."""
+
+    state: ServingState = ServingState.RUNNING
+    restarts: int = Field(default=0, description="redeploys after the endpoint was lost")
+    detail: str | None = Field(default=None, description="why it was last lost (one line)")
+
+
 class Progress(BaseModel):
     round: int = 0
     total_rounds: int = 0
@@ -112,6 +126,7 @@ class ProjectRecord(BaseModel):
     build: dict[str, Any] = Field(default_factory=dict, description="digest, cached, seconds, images")
     model_image: str | None = None
     serving_url: str | None = None
+    serving: ServingStatus | None = Field(default=None, description="the serving endpoint's state, restarts and loss")
     services: dict[str, str] = Field(default_factory=dict, description="service name -> adapter service id")
     service_entries: list[ServiceEntry] = Field(
         default_factory=list,

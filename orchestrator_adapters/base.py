@@ -202,6 +202,12 @@ class OrchestratorAdapter(ABC):
     def start(self) -> None:  # noqa: B027 - optional hook
         """Connect / start what the adapter itself needs (e.g. the local adapter's data servers)."""
 
+    def revive_data_servers(self) -> list[str]:
+        """Start again the nodes' data servers this adapter runs that ended unasked; one line per server handled.
+
+        Adapters that run none (the operator's, or the orchestrator restarts them) have nothing to do."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; running services keep running."""
 

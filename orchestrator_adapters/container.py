@@ -188,6 +188,9 @@ class ContainerAdapter(OrchestratorAdapter):
     def list_nodes(self) -> list[NodeInfo]:
         return self.fleet.list_nodes()
 
+    def revive_data_servers(self) -> list[str]:
+        return self.fleet.revive()
+
     # -- apps --------------------------------------------------------------------------------
     def create_app(self, name: str, kind: AppKind, customer: str, project_id: str | None = None) -> AppRef:
         app_id = make_app_id(customer, name)

@@ -185,6 +185,7 @@ class HostProcesses:
         if instances < 1:
             raise AdapterError(f"cannot deploy {service_id!r} with {instances} instances; use undeploy to stop it")
         app_dir = self.state_dir / "apps" / app.app_id
+        self._stop_leftovers(app, service_id, instances)
         surplus: list[tuple[int, int | None]] = []
         surplus_owners: list[str] = []
         with self.state.update() as state:
@@ -235,6 +236,19 @@ class HostProcesses:
             record.instances = kept
         if surplus_owners:
             stop_groups(surplus, self.settings.stop_grace_s, owners=surplus_owners)
+
+    def _stop_leftovers(self, app: AppRef, service_id: str, instances: int) -> None:
+        """What ended instances started may still run (a killed builder's pip, git or uv, in sessions of their
+        own): it is stopped before the instance starts again, so two never work in the same place."""
+        record = self._service_record(self.state.read(), app, service_id)
+        ended = [
+            instance.index
+            for instance in record.instances
+            if instance.index < instances and not self._alive(instance.pid, instance.start_ticks)
+        ]
+        if ended:
+            owners = [self.spawner.owner(app.app_id, service_id, str(index)) for index in ended]
+            stop_groups([], self.settings.stop_grace_s, owners=owners)
 
     def undeploy_service(self, app: AppRef, service_id: str) -> None:
         targets: list[tuple[int, int | None]] = []

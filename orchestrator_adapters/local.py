@@ -92,6 +92,9 @@ class LocalAdapter(OrchestratorAdapter):
     def list_nodes(self) -> list[NodeInfo]:
         return self.fleet.list_nodes()
 
+    def revive_data_servers(self) -> list[str]:
+        return self.fleet.revive()
+
     # -- apps and services -----------------------------------------------------------------
     def create_app(self, name: str, kind: AppKind, customer: str, project_id: str | None = None) -> AppRef:
         return self.processes.create_app(name, kind, customer, project_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from orchestrator_adapters.local_state import DataServerRecord, StateFile
 log = logging.getLogger("flops.adapters.nodes")
 
 _DATA_SERVER_ATTEMPTS = 3
+MAX_DATA_SERVER_RESTARTS = 3  # per node and adapter life: a server that keeps dying is left down, and said so
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class NodeFleet:
         self.state = state
         self.spawner = spawner
         self._nodes: list[LocalNode] | None = None
+        self._restarts: dict[str, int] = {}  # node -> data server restarts by revive()
+        self._reviving = threading.Lock()  # project runs call revive() from their own threads
 
     # -- inventory ---------------------------------------------------------------------------
     def nodes(self) -> list[LocalNode]:
@@ -105,6 +109,40 @@ class NodeFleet:
                 name, reason = next(iter(failed.items()))
                 raise AdapterError(f"the data server of node {name} did not start: {reason}")
             log.warning("data servers of %s did not start (%s); retrying on new ports", sorted(failed), failed)
+
+    def revive(self) -> list[str]:
+        """Start again the data servers that ended unasked (killed, crashed), on the same port with the same
+        certificate and storage, so learners find their node's data where it was. One line per server handled."""
+        with self._reviving:
+            servers = self.state.read().data_servers
+            lost = {
+                node.name: servers[node.name]
+                for node in self.nodes()
+                if node.learner
+                and node.name in servers
+                and not process_alive(servers[node.name].pid, servers[node.name].start_ticks)
+                and self._restarts.get(node.name, 0) <= MAX_DATA_SERVER_RESTARTS
+            }
+            notes = []
+            for name, record in lost.items():
+                why = describe_exit(self.spawner.exit_code(record.pid, record.exit_file), "")
+                restarts = self._restarts[name] = self._restarts.get(name, 0) + 1
+                if restarts > MAX_DATA_SERVER_RESTARTS:
+                    notes.append(f"data server of node {name} lost for good ({why}) after {restarts - 1} restarts")
+                    continue
+                node = next(node for node in self.nodes() if node.name == name)
+                failed = self._await({name: self._start(node)})
+                address = self.state.read().data_servers[name].address
+                if failed:
+                    notes.append(f"data server of node {name} lost ({why}); its restart failed: {failed[name]}")
+                else:
+                    notes.append(
+                        f"data server of node {name} lost ({why}); restarted at {address} with its data, "
+                        f"restart {restarts} of {MAX_DATA_SERVER_RESTARTS}"
+                    )
+            for note in notes:
+                log.warning(note)
+            return notes
 
     def processes(self) -> list[tuple[int, int | None]]:
         """(pid, start ticks) of every recorded data server, for stopping them with everything else."""

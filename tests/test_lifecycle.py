@@ -299,6 +299,36 @@ def test_a_tracking_server_killed_during_training_is_redeployed_and_training_com
     assert lab.left_running() == {(observatory(), "tracking")}
 
 
+def test_a_builder_lost_once_is_retried_and_lost_twice_fails_the_project_in_one_line(lab: Lab) -> None:
+    lab.federation.crashes["builder"] = ["killed by signal 9"]
+    project_id = lab.manager().start_project(project_sla(), CUSTOMER).project_id
+    done = lab.finished(project_id)
+    assert done.status is ProjectStatus.COMPLETED, done.error
+    assert "builder lost (killed by signal 9); retrying it once" in lab.texts(project_id)
+    assert lab.adapter.service("builder").deploys == 2
+
+    lab.federation.always_crash["builder"] = "killed by signal 9"
+    project_id = lab.manager().start_project(project_sla(), CUSTOMER).project_id
+    done = lab.finished(project_id)
+    assert (done.status, done.error) == (ProjectStatus.FAILED, "builder lost (killed by signal 9), also on its retry")
+    assert lab.phases_entered(project_id) == PHASES[:4]
+
+
+def test_an_observer_killed_during_training_is_redeployed_and_training_completes(lab: Lab) -> None:
+    go_on = lab.federation.hold("aggregator", after_round=1)
+    project_id = lab.manager().start_project(project_sla(), CUSTOMER).project_id
+    wait_until(lambda: lab.record(project_id).progress.round == 1, WAIT_S)
+    observer = f"observer-{project_id[:8]}"
+    lab.adapter.service(observer).kill("killed by signal 9")
+    redeployed = f"{observer} lost (killed by signal 9); redeploying it, restart 1 of 3"
+    wait_until(lambda: redeployed in lab.texts(project_id), WAIT_S)
+    go_on.set()
+    done = lab.finished(project_id)
+    assert done.status is ProjectStatus.COMPLETED, done.error
+    assert lab.adapter.service(observer).deploys == 2
+    assert lab.left_running() == {(observatory(), "tracking")}
+
+
 def test_a_build_that_reports_its_failure_fails_the_project_with_that_reason(lab: Lab) -> None:
     lab.federation.failures["builder"] = "requirements.txt line 2: invalid requirement 'scikit learn'"
     project_id = lab.manager().start_project(project_sla(), CUSTOMER).project_id

@@ -414,3 +414,67 @@ def test_stopping_ends_every_process_the_service_started(local: LocalAdapter, st
         assert left == [], [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left]
     finally:
         local.delete_app(app)
+
+
+def test_a_killed_instance_started_again_first_loses_what_it_left_running(local: LocalAdapter, project: AppRef) -> None:
+    """A builder killed with -9 leaves its pip or git running in a session of their own: redeploying it stops them."""
+    marker = f"FLOPS_LEFTOVER_TEST={uuid.uuid4().hex}"
+    name, value = marker.split("=")
+    script = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], start_new_session=True); "
+        "print('helper started', flush=True); time.sleep(300)"
+    )
+    service = local.add_service(project, spec("leaver", script, environment={name: value}))
+    local.deploy_service(project, service)
+    log = local.log_file(project, service)
+    deadline = time.monotonic() + TIMEOUT
+    while "helper started" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first = local.state.read().apps[project.app_id].services[service].instances[0]
+    helpers = [pid for pid in _live_processes_of(marker, Path("/nonexistent")) if pid != first.pid]
+    assert helpers, "the helper did not start"
+    kill_instance(local, project, service)  # the instance's group: the helper, in its own session, lives on
+    assert all(process_alive(pid, None) for pid in helpers)
+
+    local.deploy_service(project, service)
+    assert not any(process_alive(pid, None) for pid in helpers), "the helper outlived the restart"
+    assert local.inspect_service(project, service).state is ServiceState.RUNNING
+
+
+def test_killed_data_servers_are_revived_on_their_address_with_their_data_up_to_a_limit(
+    tmp_path: Path,
+) -> None:
+    nodes_file = tmp_path / "nodes.json"
+    nodes_file.write_text(json.dumps({"nodes": [{"name": "solo"}]}))
+    adapter = LocalAdapter(LocalAdapterSettings(state_dir=str(tmp_path / "state"), nodes_file=str(nodes_file)))
+    try:
+        adapter.start()
+        assert adapter.revive_data_servers() == []  # nothing lost
+        address = adapter.state.read().data_servers["solo"].address
+        DataServerClient(address).put("kept", from_numpy([[0.5]], [0]))
+        for restart in (1, 2, 3):
+            record = adapter.state.read().data_servers["solo"]
+            os.killpg(record.pid, 9)
+            assert wait_for_exit(record.pid, record.start_ticks)
+            assert adapter.revive_data_servers() == [
+                f"data server of node solo lost (process exited with code -9 (killed by SIGKILL)); restarted at "
+                f"{address} with its data, restart {restart} of 3"
+            ]
+            assert DataServerClient(address).list_tags()["kept"] == 1
+        record = adapter.state.read().data_servers["solo"]
+        os.killpg(record.pid, 9)
+        assert wait_for_exit(record.pid, record.start_ticks)
+        assert adapter.revive_data_servers() == [
+            "data server of node solo lost for good (process exited with code -9 (killed by SIGKILL)) after 3 restarts"
+        ]
+        assert adapter.revive_data_servers() == []  # said once, not again and again
+    finally:
+        adapter.stop_everything()
+
+
+def wait_for_exit(pid: int, ticks: int | None) -> bool:
+    deadline = time.monotonic() + TIMEOUT
+    while process_alive(pid, ticks) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not process_alive(pid, ticks)

@@ -38,7 +38,7 @@ from manager.api.models import (
 )
 from manager.control import CachePruneRequest, CachePruneResult, ControlError, MockRequest, MockResult, ProjectControl
 from manager.learning_curve import render_png
-from manager.records import ProjectRecord, ProjectStatus, RoundRecord, project_timing
+from manager.records import ProjectRecord, ProjectStatus, RoundRecord, ServingState, project_timing
 from manager.repo_policy import repo_access_rules
 from manager.security.config_vault import CONFIG_PATH
 from manager.settings import ManagerSettings
@@ -258,12 +258,20 @@ def create_api(control: ProjectControl, store: ProjectStore, auth: TokenAuth, se
             409: ErrorResponse,
             413: ErrorResponse,
             502: ErrorResponse,
+            503: ErrorResponse,
         },
     )
     def predict(path: ProjectPath, body: PredictRequest) -> Response:
         record = visible_project(path.project_id)
         if not record.serving_url:
             raise ControlError(f"project {record.project_id} has no serving endpoint (deploy_trained_model_image)", 409)
+        serving = record.serving
+        if serving is not None and serving.state is ServingState.FAILED:
+            raise ControlError(
+                f"the serving endpoint of project {record.project_id} is down: lost ({serving.detail}) "
+                f"after {serving.restarts} restarts",
+                503,
+            )
         token = bearer_token(request.headers.get("Authorization"))  # the serving endpoint wants it too
         return _json(_forward_prediction(record.project_id, record.serving_url, body, token))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from flops_utils.service_config import DataServerSecurity
@@ -11,6 +12,8 @@ from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.data_nodes import DataServers
 from manager.lifecycle.inventory import node_inventory, write_token_for
 from orchestrator_adapters.base import AdapterError, NodeInfo, OrchestratorAdapter
+
+log = logging.getLogger(__name__)
 
 
 class DataDesk:
@@ -23,7 +26,7 @@ class DataDesk:
         from manager.mocks import push_mock_data
 
         return push_mock_data(
-            self._adapter().list_nodes(),
+            self._nodes(),
             request.mock_data_configuration,
             request.customer_id,
             DataServers(self.settings.data_access),
@@ -40,7 +43,11 @@ class DataDesk:
         return access.server_security() if access is not None else None
 
     def _nodes(self) -> list[NodeInfo]:
+        """The nodes, once the data servers that died since the last call are running again."""
         try:
-            return self._adapter().list_nodes()
+            adapter = self._adapter()
+            for note in adapter.revive_data_servers():
+                log.warning("%s", note)
+            return adapter.list_nodes()
         except AdapterError as error:
             raise ControlError(f"the {self.settings.orchestrator} orchestrator is unavailable: {error}", 503) from None

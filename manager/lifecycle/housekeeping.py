@@ -1,4 +1,5 @@
-"""The manager's background upkeep: pruning the build cache and images, stopping idle observatories."""
+"""The manager's background upkeep: pruning the build cache and images, stopping idle observatories,
+watching the serving endpoints of completed projects."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from manager.lifecycle.cache_upkeep import DAY_S, prune_build_cache
 from manager.lifecycle.context import LifecycleSettings
 from manager.lifecycle.image_upkeep import prune_image_storage
 from manager.lifecycle.observatory import ObservatoryKeeper
+from manager.lifecycle.serving_watch import WATCH_EVERY_S, ServingWatch
 from manager.storage.base import ProjectStore
 from orchestrator_adapters.base import OrchestratorAdapter
 
@@ -34,9 +36,11 @@ class Housekeeping:
         self.observatories = observatories
         self._adapter = adapter
         self._closing = closing
+        self.serving = ServingWatch(store, lambda name: adapter(name or None))
 
     def start(self) -> None:
-        """Start the loops the settings turn on, each in a daemon thread."""
+        """Start the serving watch and the loops the settings turn on, each in a daemon thread."""
+        threading.Thread(target=self._watch_serving_forever, name="serving-watch", daemon=True).start()
         if self.settings.cache_max_age_s > 0:
             threading.Thread(target=self._prune_cache_forever, name="cache-upkeep", daemon=True).start()
         if self.settings.quotas.observatory_idle_s > 0:
@@ -71,6 +75,13 @@ class Housekeeping:
                 self.observatories.stop_idle(lambda name: self._adapter(name or None), busy, idle_s)
             except Exception as error:  # the database or orchestrator may be away; try again next turn
                 log.warning("could not stop idle observatories: %s", error)
+
+    def _watch_serving_forever(self) -> None:
+        while not self._closing.wait(WATCH_EVERY_S):
+            try:
+                self.serving.check_all()
+            except Exception as error:  # the database may be away; look again next turn
+                log.warning("could not watch the serving endpoints: %s", error)
 
     def _prune_cache_forever(self) -> None:
         """Prune at start and then every ``cache_prune_interval_s``; a failure waits for the next turn."""

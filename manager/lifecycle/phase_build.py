@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, TypeVar
 from flops_utils.mqtt_catalogue import BuildResult, FlopsMessage, ModelImageBuilt, ReportedState, ServiceStatus
 from flops_utils.service_config import BuilderConfig
 from manager.lifecycle.errors import PhaseFailed
+from manager.lifecycle.service_loss import BuilderRetry
 from manager.lifecycle.specs import builder_config, resolve_repo_url
 from orchestrator_adapters.base import ServiceKind
 
@@ -30,7 +31,9 @@ def build(run: ProjectRun) -> None:
 def run_builder(
     run: ProjectRun, name: str, config: BuilderConfig, answer: type[Answer], *, failed: str, what: str
 ) -> Answer:
-    """Deploy a builder and wait for its one ``answer``; its own failure report fails the phase."""
+    """Deploy a builder and wait for its one ``answer``; its own failure report fails the phase.
+
+    A builder lost without a report (killed) is retried once; a second loss fails the phase."""
     service = run.deploy(run.spec(name, ServiceKind.BUILDER, config))
     answers: list[Answer] = []
 
@@ -46,5 +49,6 @@ def run_builder(
             raise PhaseFailed(f"{failed} failed: {message.detail}")
         return False
 
-    run.reports.wait(on_message, {name: service}, run.deps.settings.build_timeout_s, what)
+    retry = BuilderRetry(run)
+    run.reports.wait(on_message, {name: service}, run.deps.settings.build_timeout_s, what, revive=retry.revive)
     return answers[0]

@@ -10,6 +10,7 @@ from manager.lifecycle.phase_build import run_builder
 from manager.lifecycle.specs import SERVING_PORT, resolve_repo_url, sla_resources
 from manager.lifecycle.specs_post_training import model_builder_config, model_image_serving_spec, serving_config
 from manager.lifecycle.waiting import QuietNotes, http_ok
+from manager.records import ServingStatus
 from orchestrator_adapters.base import Placement, ServiceKind, ServiceState
 
 if TYPE_CHECKING:
@@ -104,5 +105,5 @@ def serve(run: ProjectRun) -> None:
                 f"the model serving endpoint did not answer /ping within {settings.serving_timeout_s:.0f}s"
             )
         run.deps.clock.sleep(1.0)
-    run.update(serving_url=endpoint.url)
+    run.update(serving_url=endpoint.url, serving=ServingStatus())
     run.event(f"model {model_uri} served at {endpoint.url}/invocations")

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 def train(run: ProjectRun) -> None:
     training = sla_to_training_settings(run.sla)
+    for note in run.deps.adapter.revive_data_servers():  # placement asks every node's server for its rows
+        run.event(note, level="warning")
     nodes = run.deps.adapter.list_nodes()
     tags = list(training.data_tags)
     plan, notes = plan_learners(nodes, training, _customer_tag_lister(run, tags))

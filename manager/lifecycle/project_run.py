@@ -32,6 +32,7 @@ from manager.lifecycle.record_writer import RecordWriter
 from manager.lifecycle.run_state import RunDeps, RunState
 from manager.lifecycle.run_tracking import settle_experiment
 from manager.lifecycle.service_entries import OBSERVER_KEY, ServiceTable, entry
+from manager.lifecycle.service_loss import ObserverKeeper
 from manager.lifecycle.specs import (
     ProjectFacts,
     environment_python,
@@ -73,6 +74,7 @@ class ProjectRun:
         self.flower_ca = ProjectFlowerCa(self.project_id)  # no I/O: keys are made on first use
         self.reports = ReportLoop(self)
         self.restarts = RestartPolicy(self)
+        self.observer_keeper = ObserverKeeper(self)
         self.phase = ProjectPhase.QUEUED
         self.phase_started: dict[str, float] = {}
         self.progress = Progress()

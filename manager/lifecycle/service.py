@@ -32,7 +32,7 @@ from manager.lifecycle.project_run import RunDeps
 from manager.lifecycle.restart_pickup import RestartPickUp
 from manager.lifecycle.run_registry import RunRegistry
 from manager.quotas import QuotaExceeded, check_active_projects, check_observatories
-from manager.records import EventRecord, ProjectRecord
+from manager.records import EventRecord, ProjectRecord, ServingState, ServingStatus
 from manager.security.config_vault import ConfigRefused, ConfigVault, config_owner
 from manager.security.project_secrets import seal_project_secrets
 from manager.security.secret_box import SecretUnreadable
@@ -189,7 +189,10 @@ class LifecycleService:
             for problem in problems:
                 log.warning("stopping project %s: %s", project_id, problem)
             if record.serving_url:
-                self.store.update_project(project_id, serving_url=None, updated_at=time.time())
+                stopped = ServingStatus(
+                    state=ServingState.STOPPED, restarts=record.serving.restarts if record.serving else 0
+                )
+                self.store.update_project(project_id, serving_url=None, serving=stopped, updated_at=time.time())
                 self._event(project_id, "serving endpoint undeployed")
         return self._project(project_id)
 

@@ -74,6 +74,7 @@ class ReportLoop:
             if now >= next_inspect:
                 next_inspect = now + INSPECT_EVERY_S
                 self.inspect(on_message, watched, exited_at, revive)
+                run.observer_keeper.check()  # the observer outlives every phase's own services
                 if on_inspect is not None:
                     on_inspect()
             if now > deadline:
@@ -151,6 +152,8 @@ class RestartPolicy:
         return True
 
     def during_training(self) -> None:
+        for note in self.run.deps.adapter.revive_data_servers():  # first: a learner started again fetches its data
+            self.run.event(note, level="warning")
         self.revive_learners()
         self.revive_tracking()
 
