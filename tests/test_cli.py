@@ -21,6 +21,7 @@ from flops_utils.repo_credentials import RepoCredentials
 from flops_utils.service_config import MqttSettings
 from manager.cli import defaults as cli_defaults
 from manager.cli.client import FlopsClient
+from manager.cli.main import _serving_text
 from manager.cli.main import main as cli_main
 from manager.cli.watch import watch_project
 from manager.settings import DEFAULT_PORT
@@ -405,3 +406,16 @@ def test_flops_manager_exits_2_with_a_clear_line_when_the_database_is_down(tmp_p
         [manager, "--config", str(tmp_path / "nope.json")], capture_output=True, text=True, env=env, timeout=60
     )
     assert bad.returncode == 2 and "cannot read the manager config" in bad.stderr
+
+
+def test_project_status_shows_a_lost_serving_endpoint_with_its_restarts_and_reason() -> None:
+    url = "http://127.0.0.1:9001"
+    assert _serving_text({"serving_url": url, "serving": {"state": "running", "restarts": 0}}) == url
+    assert (
+        _serving_text({"serving_url": url, "serving": {"state": "running", "restarts": 1}})
+        == f"{url} (running, 1 restart)"
+    )
+    failed = {"state": "failed", "restarts": 3, "detail": "killed by SIGKILL"}
+    assert _serving_text({"serving_url": url, "serving": failed}) == f"{url} (failed, 3 restarts: killed by SIGKILL)"
+    assert _serving_text({"serving_url": None, "serving": {"state": "stopped"}}) == "stopped"
+    assert _serving_text({}) is None

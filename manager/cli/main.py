@@ -330,13 +330,24 @@ def _project_status(args: argparse.Namespace, out: TextIO) -> int:
         ("tracking", record.get("tracking_url")),
         ("mlflow run", record.get("mlflow_run_url") or record.get("mlflow_run_id")),
         ("model image", record.get("model_image")),
-        ("serving", record.get("serving_url")),
+        ("serving", _serving_text(record)),
         ("error", record.get("error")),
     ]
     for name, value in lines:
         if value not in (None, ""):
             out.write(f"{name + ':':<13}{value}\n")
     return 0
+
+
+def _serving_text(record: dict[str, Any]) -> str | None:
+    """The endpoint's URL, and its state when the serving watch saw it lost (``running`` is not news)."""
+    url, serving = record.get("serving_url"), record.get("serving") or {}
+    state, restarts, detail = serving.get("state"), serving.get("restarts") or 0, serving.get("detail")
+    if state in (None, "running") and not restarts:
+        return url
+    parts = [str(state or "running")] + ([f"{restarts} restart{'s' if restarts != 1 else ''}"] if restarts else [])
+    summary = ", ".join(parts) + (f": {detail}" if detail else "")
+    return f"{url} ({summary})" if url else summary
 
 
 def _seconds_text(value: Any) -> str | None:
