@@ -26,7 +26,7 @@ from manager.lifecycle.inbox import ProjectInbox
 from manager.lifecycle.observatory import ObservatoryKeeper
 from manager.lifecycle.observatory_names import observatory_name
 from manager.lifecycle.project_run import ProjectRun, RunDeps
-from manager.records import ProjectPhase, ProjectRecord, ProjectStatus
+from manager.records import ProjectPhase, ProjectRecord, ProjectStatus, ServingState, ServingStatus
 from manager.sla import ProjectSLA
 from manager.storage import MemoryDatabase, MemoryProjectStore
 from orchestrator_adapters.base import AppKind, NodeInfo, ServiceState
@@ -208,6 +208,53 @@ def test_a_classic_project_runs_every_phase_in_order_and_keeps_only_its_serving_
     manager.stop_project(project_id)  # a finished project's serving endpoint goes on request
     assert lab.left_running() == {(observatory(), "tracking")}
     assert lab.record(project_id).serving_url is None and "serving endpoint undeployed" in lab.texts(project_id)
+
+
+def test_a_lost_serving_endpoint_is_redeployed_up_to_its_limit_then_marked_failed(lab: Lab) -> None:
+    manager = lab.manager()
+    project_id = manager.start_project(project_sla(deploy=True), CUSTOMER).project_id
+    assert lab.finished(project_id).status is ProjectStatus.COMPLETED
+    watch, serving = manager.housekeeping.serving, lab.adapter.service("serving")
+    for restart in (1, 2, 3):
+        serving.kill("killed by signal 9")
+        watch.check_all()  # the background watch may have been first: either way, one redeploy per loss
+        status = lab.record(project_id).serving
+        assert status is not None and (status.state, status.restarts) == (ServingState.RUNNING, restart)
+        assert serving.deploys == 1 + restart and serving.state is ServiceState.RUNNING
+    serving.kill("killed by signal 9")
+    watch.check_all()
+    status = lab.record(project_id).serving
+    assert status is not None and (status.state, status.restarts) == (ServingState.FAILED, 3)
+    assert status.detail == "killed by signal 9" and serving.deploys == 4
+    assert any("after 3 restarts; it is not redeployed again" in text for text in lab.texts(project_id))
+
+
+def test_the_serving_watch_leaves_alone_an_endpoint_a_stop_undeployed_while_it_waited(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = lab.manager()
+    project_id = manager.start_project(project_sla(deploy=True), CUSTOMER).project_id
+    assert lab.finished(project_id).status is ProjectStatus.COMPLETED
+    watch, serving = manager.housekeeping.serving, lab.adapter.service("serving")
+    store = watch.store
+    listed = threading.Event()
+    list_projects = store.list_projects
+
+    def listing(customer: str | None = None) -> list[ProjectRecord]:
+        records = list_projects(customer)
+        listed.set()
+        return records
+
+    monkeypatch.setattr(store, "list_projects", listing)
+    with watch.lock:  # a stop holds it while it undeploys the endpoint
+        serving.kill("killed by signal 9")
+        looking = threading.Thread(target=watch.check_all)
+        looking.start()
+        assert listed.wait(10)  # the watch listed the project as served and now waits for the lock
+        store.update_project(project_id, serving_url=None, serving=ServingStatus(state=ServingState.STOPPED))
+    looking.join(10)
+    assert not looking.is_alive() and serving.deploys == 1 and serving.state is ServiceState.FAILED
+    assert lab.record(project_id).serving == ServingStatus(state=ServingState.STOPPED)
 
 
 def test_a_hierarchical_project_trains_its_clusters_and_the_root_cycle_by_cycle(lab: Lab) -> None:

@@ -174,12 +174,18 @@ class LifecycleService:
     def stop_project(self, project_id: str) -> ProjectRecord:
         """A running project answers STOPPING at once; its own run thread undeploys its services (so
         projects stop in parallel) and ends STOPPED. A finished one gets its serving endpoint undeployed."""
-        record = self._project(project_id)
+        self._project(project_id)  # 404 for an unknown project
         run = self.runs.run(project_id)
         if run is not None:
             if run.request_stop():
                 self._event(project_id, "stop requested")
             return self._project(project_id)
+        with self.housekeeping.serving.lock:  # the serving watch must not redeploy what this undeploys
+            self._remove_finished_project_services(self._project(project_id))
+        return self._project(project_id)
+
+    def _remove_finished_project_services(self, record: ProjectRecord) -> None:
+        project_id = record.project_id
         if record.apps.get("project"):
             cleanup = self._cleanup(record)
             problems = cleanup.undeploy(Deployed.from_record(record))
@@ -194,7 +200,6 @@ class LifecycleService:
                 )
                 self.store.update_project(project_id, serving_url=None, serving=stopped, updated_at=time.time())
                 self._event(project_id, "serving endpoint undeployed")
-        return self._project(project_id)
 
     def _cleanup(self, record: ProjectRecord) -> ProjectCleanup:
         """The same cleanup a run does when it ends, for a project without a run thread."""

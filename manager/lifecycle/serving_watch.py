@@ -11,6 +11,7 @@ time with an event and the count in the record's ``serving``; after that the rec
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -31,11 +32,17 @@ class ServingWatch:
         """``adapter`` gives an orchestrator's adapter by name."""
         self.store = store
         self._adapter = adapter
+        self.lock = threading.Lock()  # held by whoever changes an endpoint: this watch, or a stop undeploying it
 
     def check_all(self) -> None:
         """One look at every served completed project."""
-        for record in self.store.list_projects(None):
-            if record.status is ProjectStatus.COMPLETED and record.serving_url and _watched(record.serving):
+        for listed in self.store.list_projects(None):
+            if not _served(listed):
+                continue
+            with self.lock:
+                record = self.store.get_project(listed.project_id)  # a stop may have undeployed it meanwhile
+                if record is None or not _served(record):
+                    continue
                 try:
                     self.check(record)
                 except AdapterError as error:  # the orchestrator may be away: look again next turn
@@ -78,6 +85,9 @@ class ServingWatch:
         self.store.append_event(EventRecord(project_id=record.project_id, source="manager", level=level, text=text))
 
 
-def _watched(status: ServingStatus | None) -> bool:
-    """Records from before the watch (no status) are watched too; failed and stopped ones are not."""
-    return status is None or status.state is ServingState.RUNNING
+def _served(record: ProjectRecord) -> bool:
+    """A completed project with an endpoint the watch looks after. Records from before the watch (no
+    status) are watched too; failed and stopped endpoints are not."""
+    status = record.serving
+    watched = status is None or status.state is ServingState.RUNNING
+    return record.status is ProjectStatus.COMPLETED and bool(record.serving_url) and watched
