@@ -391,6 +391,8 @@ def test_service_publishes_the_build_over_mqtt(
     started, finished = messages[0], messages[-1]
     assert isinstance(started, ServiceStatus) and started.state is ReportedState.STARTED
     assert isinstance(finished, ServiceStatus) and finished.state is ReportedState.SUCCEEDED
+    assert finished.detail == ""  # not "unknown error": a success has nothing to explain
+    assert not any("unknown error" in getattr(message, "detail", "") for message in messages)
     assert {message.sender for message in messages} == {"builder-1"}
     result = messages[-2]
     assert isinstance(result, BuildResult)

@@ -8,7 +8,9 @@ Two passes:
 * :func:`probe_model_manager` imports ``model_manager`` with the built environment's
   interpreter in a child process and checks the class really implements every
   method of :data:`flops_utils.ml_interfaces.REQUIRED_MODEL_METHODS` (inherited
-  methods, imported classes and import errors are only visible that way).
+  methods, imported classes and import errors are only visible that way), then
+  builds ``ModelManager()`` and checks ``get_model_parameters()`` gives numeric
+  arrays without data, as the aggregator needs for its initial model.
 
 Every failure is a :class:`BuildError` with one line such as
 ``model_manager.py: class ModelManager is missing methods fit_model, evaluate_model``.
@@ -188,6 +190,36 @@ except (TypeError, ValueError):
 required = [p.name for p in parameters if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 if required:
     done("model_manager.py: ModelManager() must take no arguments (it requires " + ", ".join(required) + ")")
+# The aggregator never loads data: it takes the initial model from a fresh ModelManager().
+try:
+    manager = cls()
+except Exception as error:
+    done(f"model_manager.py: ModelManager() failed: {type(error).__name__}: {error}")
+try:
+    arrays = manager.get_model_parameters()
+except Exception as error:
+    done(
+        f"model_manager.py: get_model_parameters() failed right after ModelManager() "
+        f"({type(error).__name__}: {error}); the aggregator takes the initial model from a fresh ModelManager "
+        "without data, so create the model's parameters in __init__"
+    )
+import numpy
+if not isinstance(arrays, (list, tuple)) or not arrays:
+    done(
+        "model_manager.py: get_model_parameters() must return a non-empty list of numpy arrays; "
+        f"it returned {type(arrays).__name__}"
+    )
+for index, array in enumerate(arrays):
+    try:
+        kind = numpy.asarray(array).dtype
+    except Exception:
+        kind = None
+    if kind is None or kind.kind not in "biuf":
+        what = f"{type(array).__name__} of dtype {kind}" if kind is not None else type(array).__name__
+        done(
+            f"model_manager.py: get_model_parameters() item {index} is {what}; "
+            "every parameter must be a numpy array of numbers"
+        )
 done(None, subclass=issubclass(cls, Base))
 """
 
