@@ -51,3 +51,33 @@ def test_npz_and_clear_refusals(tmp_path: Path) -> None:
         read_data_file(fractions)
     with pytest.raises(DataFileError, match="unknown file type '.xlsx'"):
         read_data_file(tmp_path / "sheet.xlsx")
+
+
+def test_text_labels_and_regression_targets_are_refused_with_the_remedy(tmp_path: Path) -> None:
+    """A newcomer's wine CSV with class names, and a regression target: both named, neither stored cut down."""
+    names = tmp_path / "wine.csv"
+    names.write_text("alcohol,ash,cultivar\n14.2,2.4,barolo\n13.2,2.1,grignolino\n12.4,2.6,barbera\n14.1,2.3,barolo\n")
+    with pytest.raises(DataFileError) as caught:
+        read_data_file(names, "cultivar")
+    assert str(caught.value) == (
+        f"{names}: label column 'cultivar' holds text ('barbera', 'barolo', 'grignolino'); labels are integer "
+        "classes: map the 3 classes to 0..2 the same way on every node before pushing"
+    )
+    regression = tmp_path / "diabetes.csv"
+    regression.write_text("age,bmi,progression\n0.03,0.06,151.5\n-0.01,-0.05,75.0\n")
+    with pytest.raises(DataFileError) as caught:
+        read_data_file(regression, "progression")
+    assert str(caught.value) == (
+        f"{regression}: label column 'progression' holds fractions; labels are integer classes "
+        "(FLOps trains classifiers, not regression)"
+    )
+    # .npz and the device uploader took any y and cut 151.5 to 151 without a word.
+    arrays = tmp_path / "diabetes.npz"
+    np.savez(arrays, x=np.zeros((2, 2)), y=np.array([151.5, 75.0]))
+    with pytest.raises(
+        DataFileError, match=r"y holds fractions; labels are integer classes \(FLOps trains classifiers"
+    ):
+        read_data_file(arrays)
+    with pytest.raises(ValueError, match="y holds text values, not integer class labels"):
+        from_numpy(np.zeros((2, 2)), np.array(["barolo", "barbera"]))
+    assert to_numpy(from_numpy(np.zeros((2, 2)), np.array([2.0, 0.0])))[1].tolist() == [2, 0]  # whole floats pass
