@@ -5,6 +5,7 @@ scikit-learn) on the breast-cancer data that ships with scikit-learn, pushed as 
 the CLI. Its first commit makes the mistake a newcomer makes (the model has no weights before its first fit) and
 must fail at the build with the reason and the remedy; the fixed commit trains to COMPLETED, is watched with the
 CLI, and its MLflow run holds the params, per-round metrics and a registered model that loads and predicts.
+Last, a node holding three rows fails the project with its learner's reason instead of a training timeout.
 Real manager, broker, database, data servers, MLflow and Flower processes.
 """
 
@@ -229,3 +230,23 @@ def _journey(stack: FlopsStack, repo: Path, table: pd.DataFrame, tmp_path: Path)
     predicted = np.asarray(model.predict(features)).astype(int)
     truth = (table["diagnosis"] == "benign").astype(int).to_numpy()
     assert float(np.mean(predicted == truth)) > 0.85
+
+    # A node with three rows: its DataManager's stratified split raises on every restart; the project fails
+    # with that reason once too few learners are left, instead of waiting for the training timeout.
+    for node, rows in (("node-a1", slice(0, 200)), ("node-b2", slice(200, 203))):
+        path = tmp_path / f"tiny-{node}.csv"
+        numbered.iloc[rows].to_csv(path, index=False)
+        pushed = flops(stack, "data", "push", "--node", node, "--tag", "tiny", "--label-column", "diagnosis",
+                       str(path))  # fmt: skip
+        assert pushed.returncode == 0, pushed.stderr
+    tiny = {**sla, "training_configuration": {**sla["training_configuration"], "data_tags": ["tiny"]}}
+    tiny["training_configuration"].update(min_available_clients=2, min_fit_clients=2, min_evaluate_clients=2)
+    tiny_file = tmp_path / "tiny.json"
+    tiny_file.write_text(json.dumps(tiny))
+    started = flops(stack, "project", "start", str(tiny_file))
+    assert started.returncode == 0, started.stderr
+    too_few = stack.wait(started_project(started.stdout), timeout=300)
+    assert too_few["status"] == "FAILED"
+    assert too_few["error"].startswith("learner-node-b2 failed 4 times: node node-b2: ValueError: "), too_few["error"]
+    assert "at data_manager.py:" in too_few["error"]
+    assert too_few["error"].endswith("; 1 learner(s) left, but the SLA needs 2"), too_few["error"]
