@@ -44,6 +44,20 @@ def test_missing_model_manager_file_fails_fast(tmp_path: Path) -> None:
     assert time.monotonic() - started < 1.0
 
 
+def test_files_in_a_sub_folder_are_named(tmp_path: Path) -> None:
+    """A newcomer's repo with its code under src/: the reason says where the file is and what to do."""
+    repo = _copy_example("sklearn_digits", tmp_path)
+    (repo / "src").mkdir()
+    (repo / "model_manager.py").rename(repo / "src" / "model_manager.py")
+    assert _reason(repo) == (
+        "model_manager.py is missing at the repository root (found src/model_manager.py: FLOps reads only the root, "
+        "move the files there)"
+    )
+    (repo / "src" / "model_manager.py").rename(repo / "model_manager.py")
+    (repo / "data_manager.py").rename(repo / "src" / "data_manager.py")
+    assert _reason(repo).startswith("data_manager.py is missing at the repository root (found src/data_manager.py")
+
+
 def test_missing_class(tmp_path: Path) -> None:
     repo = _copy_example("sklearn_digits", tmp_path)
     (repo / "model_manager.py").write_text("from flops_utils import ModelManager\n\nclass Model:\n    pass\n")

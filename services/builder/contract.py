@@ -128,10 +128,22 @@ def _read_source(path: Path) -> str:
         raise _fail(f"{path.name}: cannot read ({error.strerror or error})") from None
 
 
+def _missing_at_root(repo: Path, name: str) -> BuildError:
+    """The file is not at the root; a copy in a sub-folder (``src/``) is named, since FLOps reads only the root."""
+    nested = sorted(
+        path.relative_to(repo).as_posix()
+        for pattern in (f"*/{name}", f"*/*/{name}")
+        for path in repo.glob(pattern)
+        if ".git" not in path.parts
+    )
+    hint = f" (found {nested[0]}: FLOps reads only the root, move the files there)" if nested else ""
+    return _fail(f"{name} is missing at the repository root{hint}")
+
+
 def check_model_manager_source(path: Path) -> None:
     """Static check of ``model_manager.py``; raises :class:`BuildError` with a one-line reason."""
     if not path.is_file():
-        raise _fail(f"{MODEL_FILE} is missing at the repository root")
+        raise _missing_at_root(path.parent, MODEL_FILE)
     try:
         tree = ast.parse(_read_source(path), filename=path.name)
     except SyntaxError as error:
@@ -152,7 +164,7 @@ def check_contract(repo: Path) -> DependencySpec:
     """The fast, static contract check; returns the repository's dependencies when it passes."""
     check_model_manager_source(repo / MODEL_FILE)
     if not (repo / DATA_FILE).is_file():
-        raise _fail(f"{DATA_FILE} is missing at the repository root")
+        raise _missing_at_root(repo, DATA_FILE)
     try:
         return read_dependencies(repo)
     except BuildError as error:
