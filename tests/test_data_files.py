@@ -81,3 +81,21 @@ def test_text_labels_and_regression_targets_are_refused_with_the_remedy(tmp_path
     with pytest.raises(ValueError, match="y holds text values, not integer class labels"):
         from_numpy(np.zeros((2, 2)), np.array(["barolo", "barbera"]))
     assert to_numpy(from_numpy(np.zeros((2, 2)), np.array([2.0, 0.0])))[1].tolist() == [2, 0]  # whole floats pass
+
+
+def test_a_pandas_row_index_is_not_taken_as_a_feature(tmp_path: Path) -> None:
+    """DataFrame.to_csv writes the index as a nameless first column: it was stored as one more feature."""
+    path = tmp_path / "wine.csv"
+    path.write_text(",alcohol,ash,target\n0,14.2,2.4,0\n1,13.2,2.1,1\n")
+    with pytest.raises(DataFileError) as caught:
+        read_data_file(path, "target")
+    assert str(caught.value) == (
+        f"{path}: a column has no name (''), most likely a row index pandas wrote; it would be trained on as a "
+        "feature: save with to_csv(..., index=False) or drop it"
+    )
+    parquet = tmp_path / "wine.parquet"
+    pq.write_table(pa.table({"Unnamed: 0": [0, 1], "alcohol": [14.2, 13.2], "label": [0, 1]}), parquet)
+    with pytest.raises(DataFileError, match=r"a column has no name \('Unnamed: 0'\)"):
+        read_data_file(parquet)
+    path.write_text("alcohol,ash,target\n14.2,2.4,0\n13.2,2.1,1\n")
+    assert to_numpy(read_data_file(path, "target"))[0].shape == (2, 2)

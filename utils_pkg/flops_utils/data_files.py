@@ -11,6 +11,7 @@ Every problem is a :class:`DataFileError` with one line naming the file and the 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import pyarrow as pa
 from flops_utils.data_client import FRAGMENT_SCHEMA, from_numpy, schema_problem
 from flops_utils.message_text import one_line
 
+UNNAMED_COLUMN = re.compile(r"^Unnamed: \d+$")  # pandas' name for a nameless column it read
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
 
 
@@ -42,6 +44,12 @@ def _columns_to_fragment(table: pa.Table, label_column: str, source: str) -> pa.
             f"{', '.join(table.column_names[:20])}); name it with --label-column"
         )
     features = [name for name in table.column_names if name != label_column]
+    unnamed = [name for name in features if not name.strip() or UNNAMED_COLUMN.match(name)]
+    if unnamed:
+        raise DataFileError(
+            f"{source}: a column has no name ({unnamed[0]!r}), most likely a row index pandas wrote; "
+            "it would be trained on as a feature: save with to_csv(..., index=False) or drop it"
+        )
     if not features:
         raise DataFileError(f"{source} has no feature columns besides {label_column!r}")
     for name in [*features, label_column]:
