@@ -391,6 +391,8 @@ def test_service_publishes_the_build_over_mqtt(
     started, finished = messages[0], messages[-1]
     assert isinstance(started, ServiceStatus) and started.state is ReportedState.STARTED
     assert isinstance(finished, ServiceStatus) and finished.state is ReportedState.SUCCEEDED
+    assert finished.detail == ""  # not "unknown error": a success has nothing to explain
+    assert not any("unknown error" in getattr(message, "detail", "") for message in messages)
     assert {message.sender for message in messages} == {"builder-1"}
     result = messages[-2]
     assert isinstance(result, BuildResult)
@@ -475,6 +477,24 @@ def test_failed_install_leaves_no_environment_behind(tmp_path: Path) -> None:
     repo = _minimal_repo(tmp_path, f"tinypkg @ {missing.as_uri()}\n")
     reason, messages = _build_error(repo, tmp_path / "cache")
     assert reason.startswith("cannot install the repository's dependencies: ")
+    failed = messages[-1]
+    assert isinstance(failed, BuildStep) and (failed.step, failed.outcome) == ("environment", "failed")
+    assert [path.name for path in (tmp_path / "cache" / "envs").iterdir() if path.is_dir()] == []
+
+
+def test_a_pin_against_the_runtimes_numpy_names_the_runtime_version(tmp_path: Path) -> None:
+    """pip alone said only 'Cannot install numpy==1.26.4 because these package versions have conflicting
+    dependencies'; a newcomer could not tell the conflict is with FLOps' own runtime."""
+    from importlib import metadata
+
+    runtime = metadata.version("numpy")
+    repo = _minimal_repo(tmp_path, "scikit-learn\nnumpy==1.26.4\n")
+    reason, messages = _build_error(repo, tmp_path / "cache")
+    assert reason == (
+        f"cannot install the repository's dependencies: the repository asks for numpy==1.26.4 but the FL runtime "
+        f"runs numpy {runtime} (numpy, pyarrow, protobuf, grpcio, pydantic, paho-mqtt are the runtime's own): "
+        f"allow numpy {runtime}"
+    )
     failed = messages[-1]
     assert isinstance(failed, BuildStep) and (failed.step, failed.outcome) == ("environment", "failed")
     assert [path.name for path in (tmp_path / "cache" / "envs").iterdir() if path.is_dir()] == []

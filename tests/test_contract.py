@@ -44,6 +44,20 @@ def test_missing_model_manager_file_fails_fast(tmp_path: Path) -> None:
     assert time.monotonic() - started < 1.0
 
 
+def test_files_in_a_sub_folder_are_named(tmp_path: Path) -> None:
+    """A newcomer's repo with its code under src/: the reason says where the file is and what to do."""
+    repo = _copy_example("sklearn_digits", tmp_path)
+    (repo / "src").mkdir()
+    (repo / "model_manager.py").rename(repo / "src" / "model_manager.py")
+    assert _reason(repo) == (
+        "model_manager.py is missing at the repository root (found src/model_manager.py: FLOps reads only the root, "
+        "move the files there)"
+    )
+    (repo / "src" / "model_manager.py").rename(repo / "model_manager.py")
+    (repo / "data_manager.py").rename(repo / "src" / "data_manager.py")
+    assert _reason(repo).startswith("data_manager.py is missing at the repository root (found src/data_manager.py")
+
+
 def test_missing_class(tmp_path: Path) -> None:
     repo = _copy_example("sklearn_digits", tmp_path)
     (repo / "model_manager.py").write_text("from flops_utils import ModelManager\n\nclass Model:\n    pass\n")
@@ -165,3 +179,76 @@ def test_probe_accepts_the_broken_example_only_after_it_is_fixed(tmp_path: Path)
         "    def evaluate_model(self) -> tuple[float, float, int]:\n        return 0.0, 0.0, 0\n"
     )
     assert probe_model_manager(Path(sys.executable), repo, timeout=120) is True
+
+
+UNFITTED_MLP = """
+from flops_utils import ModelManager as Base
+from sklearn.neural_network import MLPClassifier
+
+
+class ModelManager(Base):
+    def __init__(self):
+        self.model = MLPClassifier(hidden_layer_sizes=(4,))
+
+    def set_model_data(self): ...
+    def get_model(self): return self.model
+    def get_model_parameters(self): return [*self.model.coefs_, *self.model.intercepts_]
+    def set_model_parameters(self, parameters): ...
+    def fit_model(self): return 0
+    def evaluate_model(self): return 0.0, 0.0, 0
+"""
+
+
+def test_probe_needs_parameters_before_any_data(tmp_path: Path) -> None:
+    """A newcomer's unfitted scikit-learn model: the aggregator would fail in round 0 with an AttributeError;
+    the build refuses it with the reason and the remedy instead."""
+    repo = _copy_example("sklearn_digits", tmp_path)
+    (repo / "model_manager.py").write_text(UNFITTED_MLP)
+    check_contract(repo)
+    assert _probe_reason(repo) == (
+        "model_manager.py: get_model_parameters() failed right after ModelManager() (AttributeError: "
+        "'MLPClassifier' object has no attribute 'coefs_'); the aggregator takes the initial model from a fresh "
+        "ModelManager without data, so create the model's parameters in __init__"
+    )
+
+    (repo / "model_manager.py").write_text(UNFITTED_MLP.replace("[*self.model.coefs_, *self.model.intercepts_]", "{}"))
+    assert _probe_reason(repo) == (
+        "model_manager.py: get_model_parameters() must return a non-empty list of numpy arrays; it returned dict"
+    )
+    (repo / "model_manager.py").write_text(
+        UNFITTED_MLP.replace("[*self.model.coefs_, *self.model.intercepts_]", "[__import__('numpy').zeros(2), 'w']")
+    )
+    assert _probe_reason(repo) == (
+        "model_manager.py: get_model_parameters() item 1 is str of dtype <U1; "
+        "every parameter must be a numpy array of numbers"
+    )
+    (repo / "model_manager.py").write_text(UNFITTED_MLP.replace("MLPClassifier(hidden_layer_sizes=(4,))", "1 / 0"))
+    assert _probe_reason(repo) == "model_manager.py: ModelManager() failed: ZeroDivisionError: division by zero"
+
+
+def test_probe_accepts_float64_and_int_parameters(tmp_path: Path) -> None:
+    repo = _copy_example("sklearn_digits", tmp_path)
+    (repo / "model_manager.py").write_text(
+        UNFITTED_MLP.replace(
+            "[*self.model.coefs_, *self.model.intercepts_]",
+            "[__import__('numpy').zeros((3, 2)), __import__('numpy').arange(3), [0.5, 1.5]]",
+        )
+    )
+    assert probe_model_manager(Path(sys.executable), repo, timeout=120) is True
+
+
+def test_the_aggregator_names_the_remedy_when_a_repo_skipped_the_probe() -> None:
+    """Images built elsewhere skip the builder's probe: the aggregator's own failure says the same."""
+    from services.fl_runtime.user_code import UserCodeError, initial_parameters
+
+    class Unfitted:
+        def get_model_parameters(self) -> list[object]:
+            raise AttributeError("'MLPClassifier' object has no attribute 'coefs_'")
+
+    with pytest.raises(UserCodeError) as caught:
+        initial_parameters(Unfitted())  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "get_model_parameters() failed right after ModelManager() (AttributeError: 'MLPClassifier' object has no "
+        "attribute 'coefs_'); the aggregator takes the initial model from a fresh ModelManager without data, "
+        "so create the model's parameters in __init__"
+    )

@@ -307,6 +307,25 @@ def test_a_learner_that_keeps_dying_is_redeployed_three_times_then_left_out(lab:
     assert {lab.adapter.service(name).deploys for name in LEARNERS[1:]} == {1}
 
 
+def test_a_learner_whose_user_code_keeps_failing_fails_the_project_when_too_few_are_left(lab: Lab) -> None:
+    """A newcomer's node with too few rows: its DataManager raised on every restart and the aggregator waited
+    for it until the training timeout. Now the project fails once the learners left cannot meet the SLA."""
+    reason = "node a1: ValueError: The least populated class in y has only 1 member at data_manager.py:11"
+    lab.federation.failures["learner-a1"] = reason
+    go_on = lab.federation.hold("aggregator", after_round=1)
+    sla = project_sla()
+    training = sla.training_configuration
+    training.min_available_clients = training.min_fit_clients = training.min_evaluate_clients = 4
+    project_id = lab.manager().start_project(sla, CUSTOMER).project_id
+    done = lab.finished(project_id)
+    go_on.set()
+    assert done.status is ProjectStatus.FAILED
+    assert done.error is not None and done.error.endswith(
+        f"learner-a1 failed 4 times: {reason}; 3 learner(s) left, but the SLA needs 4"
+    ), done.error
+    assert lab.adapter.service("learner-a1").deploys == 4
+
+
 def test_an_aggregator_lost_once_is_redeployed_and_resumes_from_its_checkpoint(lab: Lab) -> None:
     lab.federation.crash_after[("aggregator", 2)] = "killed by signal 9"
     project_id = lab.manager().start_project(project_sla(rounds=4), CUSTOMER).project_id

@@ -35,6 +35,16 @@ def test_no_data_for_tags_is_a_clear_failure() -> None:
         plan_learners(NODES, TrainingSettings(data_tags=["cats"]), lister)
 
 
+def test_an_sla_without_data_tags_says_so() -> None:
+    """data_tags defaults to []: a newcomer who left it out was told 'no learner node has data for tags []'."""
+    with pytest.raises(PhaseFailed) as caught:
+        plan_learners(NODES, TrainingSettings(), lister)
+    assert str(caught.value) == (
+        "the SLA names no data tags: set training_configuration.data_tags to the tags you pushed "
+        "(flops data list shows them)"
+    )
+
+
 def test_too_few_nodes_for_min_available_clients() -> None:
     with pytest.raises(PhaseFailed, match="only 3 learner node.* min_available_clients is 4"):
         plan_learners(NODES, TrainingSettings(data_tags=["digits"], min_available_clients=4), lister)

@@ -95,6 +95,12 @@ def await_training(run: ProjectRun) -> None:
             # A cluster aggregator's failure (often: it lost the root) is handled when its process has
             # ended: it is redeployed, and its reason is the project's if it cannot be.
             restarts.note_aggregator_failure(message.sender, message.detail or "failed")
+        elif (
+            isinstance(message, ServiceStatus)
+            and message.service == "learner"
+            and message.state is ReportedState.FAILED
+        ):
+            restarts.note_learner_failure(message.sender, message.detail or "failed")
         return False
 
     run.reports.wait(

@@ -51,6 +51,11 @@ def plan_learners(
 ) -> tuple[LearnerPlan, list[str]]:
     """Pick learner nodes; fail with a clear reason when the SLA cannot be met."""
     tags = training.data_tags
+    if not tags:
+        raise PhaseFailed(
+            "the SLA names no data tags: set training_configuration.data_tags to the tags you pushed "
+            "(flops data list shows them)"
+        )
     chosen, notes = nodes_with_data(nodes, tags, list_tags)
     if not chosen:
         raise PhaseFailed(

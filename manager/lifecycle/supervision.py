@@ -129,7 +129,12 @@ class RestartPolicy:
         self.aggregator_restarts: dict[str, int] = {}
         self.aggregator_failures: dict[str, str] = {}  # reported by cluster aggregators
         self.retired_learners: set[str] = set()  # died too often: not started again
+        self.learner_failures: dict[str, str] = {}  # a learner's own last reason (user code, data)
         self.tracking_restarts = 0
+
+    def note_learner_failure(self, name: str, detail: str) -> None:
+        """A learner reported its failure (its ModelManager or DataManager raised): the reason to show."""
+        self.learner_failures[name] = detail
 
     def note_aggregator_failure(self, name: str, detail: str) -> None:
         """A cluster aggregator reported its failure; its reason is used when its process has ended."""
@@ -179,6 +184,28 @@ class RestartPolicy:
         )
         run.deps.adapter.deploy_service(observatory.app, observatory.tracking_service)
 
+    def _fail_when_too_few_learners(self, cluster: str | None, lost: str, why: str) -> None:
+        """Without enough learners left the aggregator would wait until the training timeout: fail now,
+        with the lost learner's reason."""
+        run = self.run
+        training = run.sla.training_configuration
+        needed = training.min_available_clients
+        if run.progress.round > 0 or run.progress.cycle > 1:  # past the start only rounds need learners
+            needed = min(training.min_fit_clients, training.min_evaluate_clients)
+        if training.mode != "hierarchical":  # classic learners keep their nodes' clusters but share one aggregator
+            cluster = None
+        left = [
+            item.name
+            for item in run.state.services.learners()
+            if (cluster is None or item.cluster == cluster) and item.name not in self.retired_learners
+        ]
+        if len(left) < needed:
+            where = f" in cluster {cluster}" if cluster else ""
+            raise PhaseFailed(
+                f"{lost} failed {MAX_LEARNER_RESTARTS + 1} times: {why}; {len(left)} learner(s) left{where}, "
+                f"but the SLA needs {needed}"
+            )
+
     def revive_learners(self) -> None:
         """A learner that crashed during training is started again; it rejoins as a new Flower node.
 
@@ -195,11 +222,12 @@ class RestartPolicy:
                 continue
             if not info.redeployable:
                 raise PhaseFailed(f"{name} failed: {info.detail or 'no detail'}")
-            why = info.detail or "failed"
+            why = self.learner_failures.get(name) or info.detail or "failed"
             restarts = self.learner_restarts.get(name, 0)
             if restarts >= MAX_LEARNER_RESTARTS:
                 self.retired_learners.add(name)
                 run.event(f"{name} lost for good after {restarts} restarts: {why}", level="warning")
+                self._fail_when_too_few_learners(learner.cluster, name, why)
                 continue
             self.learner_restarts[name] = restarts + 1
             run.event(

@@ -16,7 +16,7 @@ from services.aggregator.strategy_factory import round_strategy
 from services.fl_runtime import protocol as p
 from services.fl_runtime.checkpoint import Checkpoint, known
 from services.fl_runtime.outcome import RunOutcome
-from services.fl_runtime.user_code import load_model_manager
+from services.fl_runtime.user_code import initial_parameters, load_model_manager
 
 
 def learner_rounds(grid: Grid, session: ServerSession) -> FederatedRounds:
@@ -71,7 +71,7 @@ def round_metrics(result: RoundResult) -> dict[str, float | None]:
 def run_classic(grid: Grid, session: ServerSession) -> RunOutcome:
     config, training = session.config, session.config.training
     manager = load_model_manager(config.app_dir)
-    arrays = manager.get_model_parameters()
+    arrays = initial_parameters(manager)
     rounds = learner_rounds(grid, session)
     plan = privacy_plan(config, "learners")
     try:

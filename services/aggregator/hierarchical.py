@@ -45,7 +45,7 @@ from services.aggregator.strategy_factory import round_strategy
 from services.fl_runtime import protocol as p
 from services.fl_runtime.checkpoint import Checkpoint, known
 from services.fl_runtime.outcome import RunOutcome
-from services.fl_runtime.user_code import load_model_manager
+from services.fl_runtime.user_code import initial_parameters, load_model_manager
 
 CYCLE_SECONDS = "cycle_seconds"
 
@@ -63,7 +63,7 @@ def replacement_wait_s(training: TrainingSettings) -> float:
 def run_root(grid: Grid, session: ServerSession) -> RunOutcome:
     config, training = session.config, session.config.training
     manager = load_model_manager(config.app_dir)
-    arrays = manager.get_model_parameters()
+    arrays = initial_parameters(manager)
     clusters = max(1, len(config.expected_clusters))
     rounds = FederatedRounds(
         grid,

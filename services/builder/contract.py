@@ -8,7 +8,9 @@ Two passes:
 * :func:`probe_model_manager` imports ``model_manager`` with the built environment's
   interpreter in a child process and checks the class really implements every
   method of :data:`flops_utils.ml_interfaces.REQUIRED_MODEL_METHODS` (inherited
-  methods, imported classes and import errors are only visible that way).
+  methods, imported classes and import errors are only visible that way), then
+  builds ``ModelManager()`` and checks ``get_model_parameters()`` gives numeric
+  arrays without data, as the aggregator needs for its initial model.
 
 Every failure is a :class:`BuildError` with one line such as
 ``model_manager.py: class ModelManager is missing methods fit_model, evaluate_model``.
@@ -126,10 +128,22 @@ def _read_source(path: Path) -> str:
         raise _fail(f"{path.name}: cannot read ({error.strerror or error})") from None
 
 
+def _missing_at_root(repo: Path, name: str) -> BuildError:
+    """The file is not at the root; a copy in a sub-folder (``src/``) is named, since FLOps reads only the root."""
+    nested = sorted(
+        path.relative_to(repo).as_posix()
+        for pattern in (f"*/{name}", f"*/*/{name}")
+        for path in repo.glob(pattern)
+        if ".git" not in path.parts
+    )
+    hint = f" (found {nested[0]}: FLOps reads only the root, move the files there)" if nested else ""
+    return _fail(f"{name} is missing at the repository root{hint}")
+
+
 def check_model_manager_source(path: Path) -> None:
     """Static check of ``model_manager.py``; raises :class:`BuildError` with a one-line reason."""
     if not path.is_file():
-        raise _fail(f"{MODEL_FILE} is missing at the repository root")
+        raise _missing_at_root(path.parent, MODEL_FILE)
     try:
         tree = ast.parse(_read_source(path), filename=path.name)
     except SyntaxError as error:
@@ -150,7 +164,7 @@ def check_contract(repo: Path) -> DependencySpec:
     """The fast, static contract check; returns the repository's dependencies when it passes."""
     check_model_manager_source(repo / MODEL_FILE)
     if not (repo / DATA_FILE).is_file():
-        raise _fail(f"{DATA_FILE} is missing at the repository root")
+        raise _missing_at_root(repo, DATA_FILE)
     try:
         return read_dependencies(repo)
     except BuildError as error:
@@ -188,6 +202,36 @@ except (TypeError, ValueError):
 required = [p.name for p in parameters if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 if required:
     done("model_manager.py: ModelManager() must take no arguments (it requires " + ", ".join(required) + ")")
+# The aggregator never loads data: it takes the initial model from a fresh ModelManager().
+try:
+    manager = cls()
+except Exception as error:
+    done(f"model_manager.py: ModelManager() failed: {type(error).__name__}: {error}")
+try:
+    arrays = manager.get_model_parameters()
+except Exception as error:
+    done(
+        f"model_manager.py: get_model_parameters() failed right after ModelManager() "
+        f"({type(error).__name__}: {error}); the aggregator takes the initial model from a fresh ModelManager "
+        "without data, so create the model's parameters in __init__"
+    )
+import numpy
+if not isinstance(arrays, (list, tuple)) or not arrays:
+    done(
+        "model_manager.py: get_model_parameters() must return a non-empty list of numpy arrays; "
+        f"it returned {type(arrays).__name__}"
+    )
+for index, array in enumerate(arrays):
+    try:
+        kind = numpy.asarray(array).dtype
+    except Exception:
+        kind = None
+    if kind is None or kind.kind not in "biuf":
+        what = f"{type(array).__name__} of dtype {kind}" if kind is not None else type(array).__name__
+        done(
+            f"model_manager.py: get_model_parameters() item {index} is {what}; "
+            "every parameter must be a numpy array of numbers"
+        )
 done(None, subclass=issubclass(cls, Base))
 """
 

@@ -29,6 +29,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
 import flops_utils
 import services
 from flops_utils.message_text import one_line
@@ -97,11 +100,36 @@ def _pinned_constraints() -> str:
     return "\n".join(lines) + "\n"
 
 
+def runtime_conflict(requirements: Sequence[str]) -> str | None:
+    """A one-line reason when a requirement excludes the version of a package the runtime pins (pip would
+    only say 'conflicting dependencies' without naming the runtime), else None."""
+    for line in requirements:
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        name = canonicalize_name(requirement.name)
+        if name not in PINNED_RUNTIME_PACKAGES or not requirement.specifier:
+            continue
+        try:
+            runtime_version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        if not requirement.specifier.contains(runtime_version, prereleases=True):
+            return (
+                f"the repository asks for {line} but the FL runtime runs {name} {runtime_version} "
+                f"({', '.join(PINNED_RUNTIME_PACKAGES)} are the runtime's own): allow {name} {runtime_version}"
+            )
+    return None
+
+
 def _install(path: Path, requirements: Sequence[str], timeout: float) -> None:
     requirements_file = path / REQUIREMENTS_NAME
     requirements_file.write_text("".join(f"{line}\n" for line in requirements))
     if not requirements:
         return
+    if conflict := runtime_conflict(requirements):
+        raise BuildError(f"cannot install the repository's dependencies: {conflict}")
     constraints_file = path / CONSTRAINTS_NAME
     constraints_file.write_text(_pinned_constraints())
     command = [

@@ -60,7 +60,7 @@ class _StepReporter:
             step=name,
             outcome=outcome,
             duration_s=max(0.0, seconds),
-            detail=one_line(detail),
+            detail=one_line(detail) if detail.strip() else "",
         )
         self.report(message)
 

@@ -100,7 +100,7 @@ def _status(config: BuilderConfig, state: ReportedState, detail: str = "") -> Se
         sender=config.instance_name or SERVICE,
         service=SERVICE,
         state=state,
-        detail=one_line(detail),
+        detail=one_line(detail) if detail.strip() else "",  # one_line('') says 'unknown error'
     )
 
 

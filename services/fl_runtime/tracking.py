@@ -67,6 +67,25 @@ def _needs_user_code(model: Any, flavor: str) -> bool:
     return not type(model).__module__.startswith(library)
 
 
+# skops refuses to load types outside its small default list even from these libraries (MLPClassifier's
+# AdamOptimizer, for one); a model made only of their types is trusted, anything else is pickled.
+SKOPS_TRUSTED_LIBRARIES = ("sklearn", "numpy", "scipy")
+
+
+def sklearn_serialization(model: Any) -> dict[str, Any]:
+    """``log_model`` arguments for a scikit-learn model: MLflow's default skops format, trusting the library
+    types it names as untrusted, or cloudpickle when the model holds other types (the user's own classes)."""
+    try:
+        import skops.io
+
+        untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    except Exception:  # skops cannot represent it (a custom function, a local class)
+        return {"serialization_format": "cloudpickle"}
+    if all(name.split(".")[0] in SKOPS_TRUSTED_LIBRARIES for name in untrusted):
+        return {"serialization_format": "skops", "skops_trusted_types": untrusted} if untrusted else {}
+    return {"serialization_format": "cloudpickle"}
+
+
 class Tracker:
     def __init__(
         self,
@@ -256,6 +275,8 @@ class Tracker:
             kwargs["code_paths"] = sorted(str(path) for path in code_dir.glob("*.py"))
         if flavor == "pytorch":
             kwargs["serialization_format"] = "pickle"  # MLflow 3's default 'pt2' needs an input example
+        if flavor == "sklearn":
+            kwargs.update(sklearn_serialization(model))
         first = {"sklearn": "sk_model", "pytorch": "pytorch_model"}.get(flavor, "model")
         try:
             info = module.log_model(**{first: model}, **kwargs)

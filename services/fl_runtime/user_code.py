@@ -6,6 +6,8 @@ import importlib
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from flops_utils.ml_interfaces import REQUIRED_MODEL_METHODS, ModelManager
 
 MODULE_NAME = "model_manager"
@@ -49,6 +51,18 @@ def load_model_manager(app_dir: str | None = None) -> ModelManager:
     except Exception as error:
         raise UserCodeError(f"{CLASS_NAME}() failed: {type(error).__name__}: {error}") from None
     return instance  # type: ignore[no-any-return]
+
+
+def initial_parameters(manager: ModelManager) -> list[np.ndarray]:
+    """The model a fresh ``ModelManager`` starts from: the aggregator's first global model (it has no data)."""
+    try:
+        return list(manager.get_model_parameters())
+    except Exception as error:
+        raise UserCodeError(
+            f"get_model_parameters() failed right after {CLASS_NAME}() ({type(error).__name__}: {error}); "
+            f"the aggregator takes the initial model from a fresh {CLASS_NAME} without data, "
+            "so create the model's parameters in __init__"
+        ) from None
 
 
 def user_code_dir(app_dir: str | None = None) -> Path:

@@ -104,10 +104,22 @@ def schema_problem(schema: pa.Schema) -> str | None:
     return None
 
 
+def _integer_labels(y: np.ndarray) -> np.ndarray:
+    """``y`` as int64 class labels; fractions and text are refused instead of being cut to integers."""
+    if y.dtype.kind in "biu":
+        return y.astype(np.int64)
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(np.mod(y, 1) == 0):
+            raise ValueError("y holds fractions; labels are integer classes (FLOps trains classifiers, not regression)")
+        return y.astype(np.int64)
+    what = "text" if y.dtype.kind in "USO" else f"{y.dtype}"
+    raise ValueError(f"y holds {what} values, not integer class labels; map the classes to 0..k-1 first")
+
+
 def from_numpy(x: ArrayLike, y: ArrayLike) -> pa.Table:
     """A fragment table from features ``x`` (n, d) and labels ``y`` (n,)."""
     features = np.asarray(x, dtype=np.float32)
-    labels = np.asarray(y, dtype=np.int64).reshape(-1)
+    labels = _integer_labels(np.asarray(y).reshape(-1))
     if features.ndim != 2:
         features = features.reshape(len(features), -1)
     if len(features) != len(labels):

@@ -11,6 +11,7 @@ Every problem is a :class:`DataFileError` with one line naming the file and the 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,21 @@ import pyarrow as pa
 from flops_utils.data_client import FRAGMENT_SCHEMA, from_numpy, schema_problem
 from flops_utils.message_text import one_line
 
+UNNAMED_COLUMN = re.compile(r"^Unnamed: \d+$")  # pandas' name for a nameless column it read
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
 
 
 class DataFileError(ValueError):
     """The file cannot be turned into fragments; the message is one line."""
+
+
+def _text_labels(column: pa.ChunkedArray, name: str, source: str) -> str:
+    classes = sorted({str(value) for value in column.unique().to_pylist() if value is not None})
+    shown = ", ".join(repr(value) for value in classes[:5]) + (", ..." if len(classes) > 5 else "")
+    return (
+        f"{source}: label column {name!r} holds text ({shown}); labels are integer classes: "
+        f"map the {len(classes)} classes to 0..{len(classes) - 1} the same way on every node before pushing"
+    )
 
 
 def _columns_to_fragment(table: pa.Table, label_column: str, source: str) -> pa.Table:
@@ -33,10 +44,18 @@ def _columns_to_fragment(table: pa.Table, label_column: str, source: str) -> pa.
             f"{', '.join(table.column_names[:20])}); name it with --label-column"
         )
     features = [name for name in table.column_names if name != label_column]
+    unnamed = [name for name in features if not name.strip() or UNNAMED_COLUMN.match(name)]
+    if unnamed:
+        raise DataFileError(
+            f"{source}: a column has no name ({unnamed[0]!r}), most likely a row index pandas wrote; "
+            "it would be trained on as a feature: save with to_csv(..., index=False) or drop it"
+        )
     if not features:
         raise DataFileError(f"{source} has no feature columns besides {label_column!r}")
     for name in [*features, label_column]:
         column_type = table.schema.field(name).type
+        if name == label_column and (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+            raise DataFileError(_text_labels(table.column(name), name, source))
         if not (pa.types.is_integer(column_type) or pa.types.is_floating(column_type)):
             what = "label" if name == label_column else "feature"
             raise DataFileError(f"{source}: {what} column {name!r} holds {column_type}, not numbers")
@@ -44,7 +63,10 @@ def _columns_to_fragment(table: pa.Table, label_column: str, source: str) -> pa.
             raise DataFileError(f"{source}: column {name!r} has empty values")
     labels = table.column(label_column).to_numpy()
     if not pa.types.is_integer(table.schema.field(label_column).type) and not np.all(np.mod(labels, 1) == 0):
-        raise DataFileError(f"{source}: label column {label_column!r} holds fractions; labels are integer classes")
+        raise DataFileError(
+            f"{source}: label column {label_column!r} holds fractions; labels are integer classes "
+            "(FLOps trains classifiers, not regression)"
+        )
     x = np.column_stack([table.column(name).to_numpy().astype(np.float32) for name in features])
     return from_numpy(x, labels.astype(np.int64))
 

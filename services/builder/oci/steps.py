@@ -54,7 +54,7 @@ class StepLog:
     def _finish(self, record: StepRecord, outcome: Outcome, started: float, detail: str) -> None:
         record.outcome = outcome
         record.duration_s = round(max(0.0, time.monotonic() - started), 3)
-        record.detail = one_line(detail)
+        record.detail = one_line(detail) if detail.strip() else ""
         self.records.append(record)
         if self.report is not None and self.project_id:
             self.report(
