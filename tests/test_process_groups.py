@@ -20,6 +20,8 @@ def test_a_planned_port_skips_excluded_and_listening_ports() -> None:
     first = planned_port("127.0.0.1", seed=7)
     assert planned_port("127.0.0.1", exclude=[first], seed=7) != first
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        # as servers do: an earlier connection of the suite's left in TIME_WAIT on this port must not stop the bind
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", first))
         listener.listen()
         assert not port_is_free("127.0.0.1", first)
