@@ -23,6 +23,7 @@ import pytest
 from flops_utils.service_config import MqttSettings
 from manager.suite import SuiteEndpoints, SuiteError, start_suite, stop_suite
 from tests.leak_check import pytest_configure, pytest_sessionfinish  # noqa: F401 - the session's leak check
+from tests.mlflow_file_store import file_tracking  # noqa: F401 - a fixture of the MLflow tests
 
 
 def _stop_quietly(state_dir: Path) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -14,23 +12,6 @@ import pytest
 
 from services.fl_runtime.checkpoint import Checkpoint, CheckpointError
 from services.fl_runtime.tracking import Tracker
-
-
-@pytest.fixture()
-def file_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    previous = mlflow.get_tracking_uri()
-    uri = (tmp_path / "mlruns").as_uri()
-    try:
-        yield uri
-    finally:
-        while mlflow.active_run():
-            mlflow.end_run()
-        mlflow.set_tracking_uri(previous)
-        # Tracker.start made an experiment of this store active (globally and in MLFLOW_EXPERIMENT_ID);
-        # later tests use other stores.
-        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-        mlflow.tracking.fluent._active_experiment_id = None
 
 
 def test_checkpoint_bytes_round_trip_and_garbage_is_refused() -> None:

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import numpy as np
-import pytest
 from sklearn.datasets import load_wine
 from sklearn.neural_network import MLPClassifier
 
 from services.fl_runtime.tracking import Tracker, sklearn_serialization
-
-
-@pytest.fixture()
-def file_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    previous = mlflow.get_tracking_uri()
-    try:
-        yield (tmp_path / "mlruns").as_uri()
-    finally:
-        while mlflow.active_run():
-            mlflow.end_run()
-        mlflow.set_tracking_uri(previous)
-        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-        mlflow.tracking.fluent._active_experiment_id = None
 
 
 def _wine_mlp() -> tuple[MLPClassifier, np.ndarray, np.ndarray]:
