@@ -11,6 +11,7 @@ Domain objects here are plain dataclasses; constructors of adapters do no I/O
 
 from __future__ import annotations
 
+import signal
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -117,6 +118,16 @@ class ServiceState(StrEnum):
     FAILED = "failed"
     STOPPED = "stopped"
     UNKNOWN = "unknown"
+
+
+def killing_signal(exit_code: int) -> str | None:
+    """The signal that ended a process (``SIGKILL``), from its exit code as Python (-9) or a shell (137)
+    reports it; None for a plain exit."""
+    number = -exit_code if exit_code < 0 else exit_code - 128 if exit_code > 128 else 0
+    try:
+        return signal.Signals(number).name if number else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)

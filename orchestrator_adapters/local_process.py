@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from flops_utils.process_groups import ended, every_stat, group_alive, process_alive, signal_group, start_ticks
-from orchestrator_adapters.base import AdapterError
+from orchestrator_adapters.base import AdapterError, killing_signal
 
 # "$0" is the exit-code file, "$@" the command (not a Python one, see _launch_command). A signal
 # that kills the wrapper itself leaves no file; the watcher thread writes one then.
@@ -76,19 +76,12 @@ def describe_exit(code: int | None, last_line: str) -> str:
     if code is None:
         reason = "process was killed before it recorded an exit code"
     elif code < 0:
-        reason = f"process exited with code {code} (killed by {_signal_name(-code)})"
-    elif code > 128 and _signal_name(code - 128).startswith("SIG"):
-        reason = f"process exited with code {code} (killed by {_signal_name(code - 128)})"
+        reason = f"process exited with code {code} (killed by {killing_signal(code) or f'signal {-code}'})"
+    elif code > 128 and (name := killing_signal(code)):
+        reason = f"process exited with code {code} (killed by {name})"
     else:
         reason = f"process exited with code {code}"
     return f"{reason}: {last_line}" if last_line else reason
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def spawn(

@@ -8,11 +8,10 @@ but for what the broker retains) is started again a few times without touching t
 
 from __future__ import annotations
 
-import signal
 from typing import TYPE_CHECKING
 
 from manager.lifecycle.errors import PhaseFailed
-from orchestrator_adapters.base import ServiceInfo, ServiceState
+from orchestrator_adapters.base import ServiceInfo, ServiceState, killing_signal
 
 if TYPE_CHECKING:
     from manager.lifecycle.project_run import ProjectRun
@@ -23,13 +22,10 @@ MAX_OBSERVER_RESTARTS = 3  # per project run: after that the project goes on wit
 
 def lost_reason(info: ServiceInfo) -> str:
     """Why a service ended, in a few words: the signal that killed it, else the orchestrator's one line."""
-    codes = [instance.exit_code for instance in info.instances if instance.exit_code is not None]
-    for code in codes:
-        number = -code if code < 0 else code - 128 if code > 128 else 0
-        try:
-            return f"killed by {signal.Signals(number).name}"
-        except ValueError:
-            continue
+    for instance in info.instances:
+        name = killing_signal(instance.exit_code) if instance.exit_code is not None else None
+        if name:
+            return f"killed by {name}"
     return info.detail or "failed"
 
 
